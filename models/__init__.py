@@ -1,0 +1,46 @@
+"""SQLModel tables. Importing this package registers every table on ``SQLModel.metadata``."""
+
+from sqlmodel import SQLModel
+
+from models.accounts import EmailAccount, FolderState
+from models.base import ENCRYPTED_COLUMNS, new_id, normalize_email, utcnow
+from models.crm import CRM_TABLES, ENTITY_TYPES, Contact, CrmAccount, Lead, Opportunity, User
+from models.emails import Document, Email, EmailLink, EmailLocation
+from models.notifications import Notification
+from models.notion import NotionConnection
+from models.org import ApiKey, Organization
+from models.runtime import SchedulerHeartbeat, SelfTestRun
+from models.templates import Template
+from models.tracking import TrackedLink, TrackingEvent
+
+metadata = SQLModel.metadata
+
+__all__ = [
+    "CRM_TABLES",
+    "ENCRYPTED_COLUMNS",
+    "ENTITY_TYPES",
+    "ApiKey",
+    "Contact",
+    "CrmAccount",
+    "Document",
+    "Email",
+    "EmailAccount",
+    "EmailLink",
+    "EmailLocation",
+    "FolderState",
+    "Lead",
+    "NotionConnection",
+    "Notification",
+    "Opportunity",
+    "Organization",
+    "SchedulerHeartbeat",
+    "SelfTestRun",
+    "Template",
+    "TrackedLink",
+    "TrackingEvent",
+    "User",
+    "metadata",
+    "new_id",
+    "normalize_email",
+    "utcnow",
+]

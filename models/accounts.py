@@ -1,0 +1,77 @@
+"""Mailboxes mailpipe syncs and sends from, and per-folder IMAP sync state."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from models.base import encrypted, new_id, ts_field, utcnow
+
+SYNC_STATES = ("idle", "syncing", "error", "reconnect_required", "disabled")
+PROVIDERS = ("gmail", "outlook", "exchange", "imap")
+
+
+class EmailAccount(SQLModel, table=True):
+    """One user's mailbox. Secrets are AES-GCM ciphertext (see ops.crypto)."""
+
+    __tablename__ = "email_accounts"
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=24)
+    org_id: str = Field(foreign_key="organizations.id", index=True, max_length=24)
+    user_id: str = Field(max_length=64, index=True)
+    email: str = Field(max_length=320)
+    email_norm: str = Field(max_length=320, index=True)
+    provider: str = Field(default="imap", max_length=16)
+
+    imap_host: str | None = Field(default=None, max_length=255)
+    imap_port: int | None = None
+    imap_security: str = Field(default="ssl", max_length=16)
+    imap_username: str | None = Field(default=None, max_length=320)
+    imap_password_enc: str | None = encrypted("email_accounts", "imap_password_enc")
+    smtp_host: str | None = Field(default=None, max_length=255)
+    smtp_port: int | None = None
+    smtp_security: str = Field(default="starttls", max_length=16)
+    smtp_username: str | None = Field(default=None, max_length=320)
+    smtp_password_enc: str | None = encrypted("email_accounts", "smtp_password_enc")
+    oauth_enc: str | None = encrypted("email_accounts", "oauth_enc")
+    saves_sent_copy: bool = Field(default=False, description="server files submitted mail in Sent itself")
+
+    sync_state: str = Field(default="idle", max_length=24)
+    last_synced_at: datetime | None = ts_field(default=None)
+    last_error: str | None = Field(default=None, max_length=2000)
+    consecutive_failures: int = 0
+    messages_synced: int = 0
+    backfill_done: int = 0
+    backfill_total: int = 0
+    poll_seconds: int | None = None
+    next_fetch_at: datetime | None = ts_field(default=None, index=True)
+    fetch_lease_until: datetime | None = ts_field(default=None)
+    fetch_token: str | None = Field(default=None, max_length=24)
+    rate_window_start: datetime | None = ts_field(default=None)
+    rate_window_count: int = 0
+
+    created_at: datetime = ts_field(default_factory=utcnow, nullable=False)
+    deleted_at: datetime | None = ts_field(default=None)
+
+
+class FolderState(SQLModel, table=True):
+    """UIDVALIDITY/UIDNEXT/HIGHESTMODSEQ cursor of one (account, folder)."""
+
+    __tablename__ = "folder_states"
+    __table_args__ = (UniqueConstraint("account_id", "name", name="uq_folder_account_name"),)
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=24)
+    account_id: str = Field(foreign_key="email_accounts.id", index=True, max_length=24)
+    name: str = Field(max_length=500)
+    role: str = Field(default="other", max_length=16, description="inbox | sent | all | other")
+    uidvalidity: int | None = None
+    uidnext: int | None = None
+    highestmodseq: int | None = None
+    messages: int | None = None
+    last_uid: int = Field(default=0, description="highest UID fully processed (new-mail cursor)")
+    backfill_low_uid: int | None = Field(default=None, description="lowest UID backfilled so far (newest first)")
+    backfill_done: bool = False
+    last_full_sync: datetime | None = ts_field(default=None)
+    updated_at: datetime = ts_field(default_factory=utcnow, nullable=False)

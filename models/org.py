@@ -1,0 +1,37 @@
+"""Organizations (tenants) and their API keys."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import JSON, Column
+from sqlmodel import Field, SQLModel
+
+from models.base import new_id, ts_field, utcnow
+
+
+class Organization(SQLModel, table=True):
+    """A tenant: every other row belongs to exactly one organization."""
+
+    __tablename__ = "organizations"
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=24)
+    name: str = Field(max_length=200)
+    mark_seen: bool = Field(default=False, description="set \\Seen on synced mail (off: never touch the mailbox)")
+    auto_create_leads: bool = Field(default=False)
+    own_domains: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = ts_field(default_factory=utcnow, nullable=False)
+
+
+class ApiKey(SQLModel, table=True):
+    """An API key; only its SHA-256 is stored, the prefix finds it quickly."""
+
+    __tablename__ = "api_keys"
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=24)
+    org_id: str = Field(foreign_key="organizations.id", index=True, max_length=24)
+    prefix: str = Field(index=True, max_length=16)
+    key_hash: str = Field(unique=True, max_length=64)
+    created_at: datetime = ts_field(default_factory=utcnow, nullable=False)
+    last_used_at: datetime | None = ts_field(default=None)
+    revoked_at: datetime | None = ts_field(default=None)

@@ -1,0 +1,218 @@
+"""The ``mailpipe`` command (see API.md, "Runtime")."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+import click
+
+from ops.settings import ConfigError, Settings, env_file_path, get_settings
+
+__all__ = ["main"]
+
+
+def _fail(message: str, code: int = 2) -> None:
+    click.echo(f"mailpipe: error: {message}", err=True)
+    sys.exit(code)
+
+
+def _db_error_line(exc: BaseException) -> str:
+    """One line for a database failure, without the URL's password."""
+    from ops.logging import _scrub_text
+
+    text = str(getattr(exc, "orig", exc)).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return _scrub_text(f"cannot use the database: {text}")
+
+
+def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn configuration and connection failures into one clear line and a non-zero exit."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            return fn(*args, **kwargs)
+        except ConfigError as exc:
+            _fail(str(exc))
+        except SQLAlchemyError as exc:
+            _fail(_db_error_line(exc), 1)
+        except OSError as exc:
+            _fail(f"{type(exc).__name__}: {exc.strerror or exc}", 1)
+
+    return wrapper
+
+
+def _settings() -> Settings:
+    settings = get_settings()
+    from ops.logging import configure_logging
+
+    configure_logging(settings.log_level, settings.log_json)
+    return settings
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """mailpipe: the email engine behind a CRM."""
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@friendly
+def serve(host: str, port: int) -> None:
+    """Everything in one process: API, scheduler, in-process worker (SQLite + memory broker by default)."""
+    from ops.keys import ensure_secret_keys
+    from ops.migrate import upgrade
+    from ops.serve import serve as run
+
+    settings = _settings()
+    generated = ensure_secret_keys(env_file_path())
+    settings = get_settings()
+    upgrade(settings.database_url)
+    run(settings, host, port, generated_key=generated)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@friendly
+def web(host: str, port: int) -> None:
+    """The web app only (API + tracking + websocket), for uvicorn replicas."""
+    from ops.keys import get_keyring
+    from ops.serve import run_web
+
+    settings = _settings()
+    get_keyring()
+    run_web(settings, host, port)
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("-p", "--processes", type=int, default=None, help="worker processes (dramatiq -p)")
+@click.option("-t", "--threads", type=int, default=None, help="threads per process (dramatiq -t)")
+@click.option("-Q", "--queues", multiple=True, help="only consume these queues (dramatiq -Q)")
+@click.pass_context
+@friendly
+def worker(ctx: click.Context, processes: int | None, threads: int | None, queues: tuple[str, ...]) -> None:
+    """Dramatiq worker processes consuming from RabbitMQ (wraps the `dramatiq` CLI)."""
+    settings = _settings()
+    if settings.broker_url is None:
+        raise ConfigError("`mailpipe worker` needs MAILPIPE_BROKER_URL=amqp://...; the in-memory broker only works inside `mailpipe serve`")
+    argv = [sys.executable, "-m", "dramatiq", "pipeline.actors"]
+    if processes:
+        argv += ["-p", str(processes)]
+    if threads:
+        argv += ["-t", str(threads)]
+    for q in queues:
+        argv += ["-Q", q]
+    argv += list(ctx.args)
+    sys.stdout.flush()
+    os.execv(sys.executable, argv)
+
+
+@main.command()
+@friendly
+def scheduler() -> None:
+    """The scheduler; several may run, exactly one leads (PostgreSQL advisory lock)."""
+    from ops.serve import run_scheduler
+
+    run_scheduler(_settings())
+
+
+@main.command()
+@friendly
+def migrate() -> None:
+    """Bring the database schema up to date (Alembic upgrade head)."""
+    from ops.migrate import upgrade
+
+    settings = _settings()
+    upgrade(settings.database_url)
+    click.echo(f"database {settings.redacted_database_url()} is at the latest schema")
+
+
+@main.group()
+def org() -> None:
+    """Organizations (tenants)."""
+
+
+@org.command("create")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="print {org_id, api_key} as JSON")
+@friendly
+def org_create(name: str, as_json: bool) -> None:
+    """Create an organization and print its first API key (shown only once)."""
+    from models.db import session_scope
+    from ops.migrate import upgrade
+    from ops.orgs import create_org
+
+    settings = _settings()
+    upgrade(settings.database_url)
+    if not name.strip():
+        raise ConfigError("organization name must not be empty")
+    with session_scope() as s:
+        organization, api_key = create_org(s, name)
+    if as_json:
+        click.echo(json.dumps({"org_id": organization.id, "api_key": api_key}))
+    else:
+        click.echo(f"organization {organization.name!r} created: {organization.id}")
+        click.echo(f"API key (store it now; it is not shown again): {api_key}")
+
+
+@main.group()
+def keys() -> None:
+    """Encryption keys for stored secrets."""
+
+
+@keys.command("rotate")
+@friendly
+def keys_rotate() -> None:
+    """Re-encrypt every stored secret under the newest key in MAILPIPE_SECRET_KEYS."""
+    from models.db import get_engine
+    from ops.keys import get_keyring, rotate_secrets
+
+    _settings()
+    keyring = get_keyring()
+    counts = rotate_secrets(get_engine())
+    total = sum(counts.values())
+    click.echo(f"re-encrypted {total} secret(s) under key {keyring.current_kid!r}")
+    for column, n in counts.items():
+        if n:
+            click.echo(f"  {column}: {n}")
+
+
+@keys.command("generate")
+@click.option("--kid", default=None, help="key id (default: random)")
+def keys_generate(kid: str | None) -> None:
+    """Print a new kid:base64 entry to put first in MAILPIPE_SECRET_KEYS."""
+    from ops.crypto import generate_key_entry
+
+    click.echo(generate_key_entry(kid))
+
+
+@main.command()
+@click.option("--timeout", default=30.0, show_default=True, help="seconds to wait for the round trip")
+@friendly
+def selftest(timeout: float) -> None:
+    """Send a two-stage pipeline through the broker and wait until workers finish it."""
+    from pipeline.actors import selftest as st
+
+    settings = _settings()
+    if settings.broker_url is None:
+        raise ConfigError("selftest checks external workers: set MAILPIPE_BROKER_URL (inside `serve` the worker is built in)")
+    run_id = st.start_run()
+    run = st.wait_for_run(run_id, timeout)
+    if run is None:
+        _fail(f"run {run_id} did not complete within {timeout:.0f}s: are `mailpipe worker` processes running?", 1)
+        return
+    assert run.first_at is not None and run.second_at is not None
+    click.echo(f"ok: run {run_id} went through {run.first_worker} then {run.second_worker} "
+               f"in {(run.second_at - run.created_at).total_seconds():.3f}s")
+
+
+if __name__ == "__main__":
+    main()

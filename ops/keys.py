@@ -1,0 +1,87 @@
+"""The process keyring: load from settings, generate on first `serve`, rotate stored secrets."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+
+from sqlalchemy import select, update
+from sqlalchemy.engine import Engine
+
+from ops.crypto import Keyring, generate_key_entry
+from ops.settings import ConfigError, get_settings, reset_settings
+
+__all__ = ["ensure_secret_keys", "get_keyring", "reset_keyring", "rotate_secrets", "seal", "unseal"]
+
+
+@lru_cache(maxsize=1)
+def get_keyring() -> Keyring:
+    """The keyring from ``MAILPIPE_SECRET_KEYS``; a clear error when none is configured."""
+    keys = get_settings().keys
+    if not keys:
+        raise ConfigError("MAILPIPE_SECRET_KEYS is not set: run `mailpipe serve` once to generate one, or set kid:base64-32-bytes")
+    return Keyring(keys)
+
+
+def reset_keyring() -> None:
+    get_keyring.cache_clear()
+
+
+def seal(table: str, column: str, plaintext: str | None) -> str | None:
+    """Encrypt a value for ``table.column`` (the column name is bound as associated data)."""
+    if plaintext is None:
+        return None
+    return get_keyring().encrypt(plaintext, context=f"{table}.{column}")
+
+
+def unseal(table: str, column: str, token: str | None) -> str | None:
+    """Decrypt a value stored in ``table.column``."""
+    if token is None:
+        return None
+    return get_keyring().decrypt(token, context=f"{table}.{column}")
+
+
+def ensure_secret_keys(env_path: str) -> bool:
+    """Generate and persist a key in ``env_path`` when none is configured; True if generated."""
+    if get_settings().secret_keys:
+        return False
+    entry = generate_key_entry()
+    existing = ""
+    if os.path.exists(env_path):
+        with open(env_path, encoding="utf-8") as fh:
+            existing = fh.read()
+    fd = os.open(env_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "a", encoding="utf-8") as fh:
+        if existing and not existing.endswith("\n"):
+            fh.write("\n")
+        fh.write(f"MAILPIPE_SECRET_KEYS={entry}\n")
+    os.environ["MAILPIPE_SECRET_KEYS"] = entry
+    reset_settings()
+    reset_keyring()
+    return True
+
+
+def rotate_secrets(engine: Engine) -> dict[str, int]:
+    """Re-encrypt every stored secret under the newest key; returns counts per column."""
+    from models import ENCRYPTED_COLUMNS, metadata
+
+    keyring = get_keyring()
+    counts: dict[str, int] = {}
+    for table_name, column in ENCRYPTED_COLUMNS:
+        table = metadata.tables[table_name]
+        pk = list(table.primary_key.columns)
+        col = table.c[column]
+        done = 0
+        with engine.begin() as conn:
+            rows = conn.execute(select(*pk, col).where(col.is_not(None))).all()
+            for row in rows:
+                token = row[-1]
+                if not keyring.needs_rotation(token):
+                    continue
+                context = f"{table_name}.{column}"
+                fresh = keyring.encrypt(keyring.decrypt(token, context=context), context=context)
+                cond = [c == row[i] for i, c in enumerate(pk)]
+                conn.execute(update(table).where(*cond).values({column: fresh}))
+                done += 1
+        counts[f"{table_name}.{column}"] = done
+    return counts

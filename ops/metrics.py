@@ -1,0 +1,67 @@
+"""Prometheus metrics: one registry of mailpipe's own series plus a Dramatiq middleware.
+
+When ``PROMETHEUS_MULTIPROC_DIR`` is set before this module is first imported, values are
+shared across worker processes and :func:`render` aggregates them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from dramatiq import Middleware
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import REGISTRY as DEFAULT_REGISTRY
+
+__all__ = ["CONTENT_TYPE_LATEST", "DramatiqMetrics", "render", "MESSAGES", "MESSAGE_ERRORS", "MESSAGE_SECONDS"]
+
+MESSAGES = Counter("mailpipe_messages_total", "Dramatiq messages processed", ["queue_name", "actor_name", "outcome"])
+MESSAGE_ERRORS = Counter("mailpipe_message_errors_total", "Dramatiq messages that raised", ["queue_name", "actor_name", "error"])
+MESSAGE_SECONDS = Histogram(
+    "mailpipe_message_duration_seconds",
+    "Time spent processing one Dramatiq message",
+    ["queue_name", "actor_name"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+INPROGRESS = Gauge("mailpipe_messages_inprogress", "Messages being processed", ["queue_name", "actor_name"], multiprocess_mode="livesum")
+SCHEDULER_TICKS = Counter("mailpipe_scheduler_ticks_total", "Scheduler ticks run while leading")
+SCHEDULER_LEADER = Gauge("mailpipe_scheduler_leader", "1 while this process leads the scheduler", multiprocess_mode="liveall")
+
+
+class DramatiqMetrics(Middleware):
+    """Counts, times and labels every message by queue and actor."""
+
+    def __init__(self) -> None:
+        self._started: dict[str, float] = {}
+
+    def before_process_message(self, broker: Any, message: Any) -> None:
+        self._started[message.message_id] = time.perf_counter()
+        INPROGRESS.labels(message.queue_name, message.actor_name).inc()
+
+    def after_process_message(self, broker: Any, message: Any, *, result: Any = None, exception: BaseException | None = None) -> None:
+        start = self._started.pop(message.message_id, None)
+        INPROGRESS.labels(message.queue_name, message.actor_name).dec()
+        if start is not None:
+            MESSAGE_SECONDS.labels(message.queue_name, message.actor_name).observe(time.perf_counter() - start)
+        outcome = "error" if exception is not None else "ok"
+        MESSAGES.labels(message.queue_name, message.actor_name, outcome).inc()
+        if exception is not None:
+            MESSAGE_ERRORS.labels(message.queue_name, message.actor_name, type(exception).__name__).inc()
+
+    def after_skip_message(self, broker: Any, message: Any) -> None:
+        start = self._started.pop(message.message_id, None)
+        if start is not None:
+            INPROGRESS.labels(message.queue_name, message.actor_name).dec()
+        MESSAGES.labels(message.queue_name, message.actor_name, "skipped").inc()
+
+
+def render() -> tuple[bytes, str]:
+    """The Prometheus text exposition for this process (or all processes in multiprocess mode)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(DEFAULT_REGISTRY), CONTENT_TYPE_LATEST

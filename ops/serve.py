@@ -1,0 +1,117 @@
+"""Process runtimes: embedded ``serve`` (everything in one process), ``web`` and ``scheduler``."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from typing import Any
+
+import structlog
+import uvicorn
+from dramatiq import Worker
+
+from ops.settings import Settings
+
+__all__ = ["Embedded", "run_scheduler", "run_web", "serve"]
+
+log = structlog.get_logger("mailpipe")
+
+
+class Embedded:
+    """The in-process worker and scheduler that ``serve`` runs beside the web app."""
+
+    def __init__(self, settings: Settings, worker_threads: int = 8) -> None:
+        self.settings = settings
+        self.worker_threads = worker_threads
+        self.worker: Worker | None = None
+        self.scheduler: Any = None
+
+    def start(self) -> None:
+        from models.db import get_engine
+        from pipeline.actors import broker
+        from pipeline.leader import leader_lock_for
+        from pipeline.scheduler import Scheduler
+
+        broker.emit_after("process_boot")
+        self.worker = Worker(broker, worker_threads=self.worker_threads, worker_timeout=250)
+        self.worker.start()
+        self.scheduler = Scheduler(get_engine(), leader_lock_for(self.settings.database_url), self.settings.scheduler_tick_seconds)
+        self.scheduler.start_background()
+
+    def stop(self) -> None:
+        """Scheduler first (no new work), then the worker (finish in-flight), then the broker."""
+        from pipeline.actors import broker
+
+        if self.scheduler is not None:
+            self.scheduler.shutdown()
+        if self.worker is not None:
+            self.worker.stop(timeout=10_000)
+        broker.close()
+
+
+def _banner(settings: Settings, url: str, mode: str, generated_key: bool) -> None:
+    lines = [
+        f"mailpipe {mode} listening on {url}",
+        f"  database: {settings.redacted_database_url()}",
+        f"  broker:   {settings.redacted_broker_url()}",
+        f"  storage:  {settings.storage_url}",
+    ]
+    if generated_key:
+        lines.append("  secrets:  generated a new MAILPIPE_SECRET_KEYS entry and saved it to .env (back it up)")
+    print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def _absorb_reraised_signals() -> None:
+    """uvicorn re-raises SIGINT/SIGTERM after it stops; absorb them so our cleanup runs."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: log.info("signal_received", signal=signum))
+
+
+def serve(settings: Settings, host: str, port: int, *, generated_key: bool) -> None:
+    """API + scheduler thread + in-process worker; SIGINT/SIGTERM stop all three cleanly."""
+    from web.app import create_app
+
+    server = uvicorn.Server(uvicorn.Config(create_app(), host=host, port=port, log_level="warning", lifespan="off"))
+    _banner(settings, f"http://{host}:{port}", "serve", generated_key)
+    embedded = Embedded(settings)
+    embedded.start()
+    _absorb_reraised_signals()
+    try:
+        server.run()
+    finally:
+        log.info("shutting_down")
+        embedded.stop()
+        log.info("stopped")
+
+
+def run_web(settings: Settings, host: str, port: int) -> None:
+    """The Starlette app alone (for several uvicorn replicas behind a load balancer)."""
+    from pipeline.actors import broker  # noqa: F401  (publishing needs the broker configured)
+    from web.app import create_app
+
+    server = uvicorn.Server(uvicorn.Config(create_app(), host=host, port=port, log_level="warning", lifespan="off"))
+    _banner(settings, f"http://{host}:{port}", "web", False)
+    server.run()
+
+
+def run_scheduler(settings: Settings) -> None:
+    """The scheduler alone; several may run, one leads (advisory lock on PostgreSQL)."""
+    from models.db import get_engine
+    from pipeline.actors import broker  # noqa: F401
+    from pipeline.leader import leader_lock_for
+    from pipeline.scheduler import Scheduler
+
+    sched = Scheduler(get_engine(), leader_lock_for(settings.database_url), settings.scheduler_tick_seconds)
+    stop = threading.Event()
+
+    def _stop(signum: int, _frame: Any) -> None:
+        if not stop.is_set():
+            stop.set()
+            log.info("scheduler_stopping", signal=signum)
+            threading.Thread(target=sched.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    log.info("scheduler_started", holder=sched.holder, tick_seconds=sched.tick_seconds)
+    sched.run_forever()

@@ -1,0 +1,213 @@
+"""Settings read from the environment (and `.env`), validated once at start.
+
+Every problem is reported as one readable line through :class:`ConfigError`; callers print it
+and exit non-zero instead of showing a traceback.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from urllib.parse import urlsplit
+
+from pydantic import ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["ConfigError", "SecretKey", "Settings", "get_settings", "parse_secret_keys", "reset_settings"]
+
+
+class ConfigError(Exception):
+    """A configuration value is unusable; the message is one line meant for humans."""
+
+
+@dataclass(frozen=True, slots=True)
+class SecretKey:
+    """One entry of ``MAILPIPE_SECRET_KEYS``: a key id and 32 raw key bytes."""
+
+    kid: str
+    key: bytes
+
+    def __repr__(self) -> str:  # never show key material
+        return f"SecretKey(kid={self.kid!r})"
+
+
+def parse_secret_keys(value: str) -> tuple[SecretKey, ...]:
+    """Parse ``kid:base64-32-bytes`` entries, comma-separated, newest first."""
+    keys: list[SecretKey] = []
+    for position, entry in enumerate(p.strip() for p in value.split(",") if p.strip()):
+        kid, sep, b64 = entry.partition(":")
+        if not sep or not kid or not b64:
+            raise ConfigError(f"MAILPIPE_SECRET_KEYS entry {position + 1} must look like 'kid:base64-32-bytes'")
+        if not kid.replace("-", "").replace("_", "").isalnum() or len(kid) > 32:
+            raise ConfigError(f"MAILPIPE_SECRET_KEYS entry {position + 1}: key id must be 1-32 letters, digits, - or _")
+        try:
+            raw = base64.b64decode(b64 + "=" * (-len(b64) % 4), altchars=b"-_" if ("-" in b64 or "_" in b64) else None, validate=True)
+        except (binascii.Error, ValueError):
+            raise ConfigError(f"MAILPIPE_SECRET_KEYS key {kid!r} is not valid base64") from None
+        if len(raw) != 32:
+            raise ConfigError(f"MAILPIPE_SECRET_KEYS key {kid!r} decodes to {len(raw)} bytes; AES-256 needs exactly 32")
+        if any(k.kid == kid for k in keys):
+            raise ConfigError(f"MAILPIPE_SECRET_KEYS lists key id {kid!r} twice")
+        keys.append(SecretKey(kid, raw))
+    return tuple(keys)
+
+
+class Settings(BaseSettings):
+    """All of mailpipe's configuration (see API.md, "Runtime")."""
+
+    model_config = SettingsConfigDict(env_prefix="MAILPIPE_", env_file=".env", extra="ignore")
+
+    database_url: str = "sqlite:///./mailpipe.db"
+    broker_url: str | None = None
+    secret_keys: str | None = None
+    public_url: str = "http://127.0.0.1:8000"
+    storage_url: str = "file://./attachments"
+    poll_seconds: int = 60
+    backfill_days: int = 90
+    trusted_proxies: str = ""
+    scheduler_tick_seconds: float = 5.0
+    log_level: str = "INFO"
+    log_json: bool = False
+
+    google_client_id: str | None = None
+    google_client_secret: str | None = None
+    google_auth_url: str = "https://accounts.google.com/o/oauth2/v2/auth"
+    google_token_url: str = "https://oauth2.googleapis.com/token"
+    microsoft_client_id: str | None = None
+    microsoft_client_secret: str | None = None
+    microsoft_tenant: str = "common"
+    microsoft_auth_url: str | None = None
+    microsoft_token_url: str | None = None
+    oauth_redirect_base: str | None = None
+    notion_base_url: str = "https://api.notion.com"
+    notion_client_id: str | None = None
+    notion_client_secret: str | None = None
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, v: str) -> str:
+        scheme = urlsplit(v).scheme
+        if scheme == "sqlite" and v.startswith("sqlite://"):
+            return v
+        if scheme in {"postgresql", "postgresql+psycopg", "postgres"}:
+            if not urlsplit(v).hostname and "host=" not in v:
+                raise ValueError("a PostgreSQL URL needs a host, e.g. postgresql+psycopg://user@127.0.0.1:5432/mailpipe")
+            return "postgresql+psycopg://" + v.split("://", 1)[1]
+        raise ValueError("must be sqlite:///path.db or postgresql+psycopg://user@host:5432/db")
+
+    @field_validator("broker_url")
+    @classmethod
+    def _check_broker_url(cls, v: str | None) -> str | None:
+        if v is None or v.strip() == "":
+            return None
+        for part in v.split(";"):
+            parsed = urlsplit(part.strip())
+            if parsed.scheme not in {"amqp", "amqps"} or not parsed.hostname:
+                raise ValueError("must be unset (in-process broker) or amqp://user:pass@host:5672/vhost")
+        return v
+
+    @field_validator("secret_keys")
+    @classmethod
+    def _check_keys(cls, v: str | None) -> str | None:
+        if v is None or v.strip() == "":
+            return None
+        parse_secret_keys(v)
+        return v
+
+    @field_validator("public_url", "notion_base_url", "google_auth_url", "google_token_url")
+    @classmethod
+    def _check_http_url(cls, v: str) -> str:
+        parsed = urlsplit(v)
+        if parsed.scheme not in {"http", "https"} or not parsed.hostname:
+            raise ValueError("must be an http(s):// URL")
+        return v.rstrip("/")
+
+    @field_validator("storage_url")
+    @classmethod
+    def _check_storage(cls, v: str) -> str:
+        parsed = urlsplit(v)
+        if parsed.scheme == "file" or (parsed.scheme == "s3" and parsed.netloc):
+            return v
+        raise ValueError("must be file:///path or s3://bucket?endpoint_url=...&region=...")
+
+    @field_validator("poll_seconds", "backfill_days")
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v <= 0:
+            raise ValueError("must be a positive whole number")
+        return v
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, v: str) -> str:
+        for cidr in filter(None, (c.strip() for c in v.split(","))):
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"{cidr!r} is not a CIDR like 10.0.0.0/8") from None
+        return v
+
+    @property
+    def keys(self) -> tuple[SecretKey, ...]:
+        """Parsed secret keys, newest first (empty when none configured)."""
+        return parse_secret_keys(self.secret_keys) if self.secret_keys else ()
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.broker_url is None
+
+    def redacted_database_url(self) -> str:
+        """The database URL with any password replaced, for banners and logs."""
+        return _redact_url(self.database_url)
+
+    def redacted_broker_url(self) -> str:
+        return "in-process (StubBroker)" if self.broker_url is None else _redact_url(self.broker_url)
+
+
+def _redact_url(url: str) -> str:
+    parsed = urlsplit(url)
+    if parsed.password:
+        netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@")
+        return parsed._replace(netloc=netloc).geturl()
+    return url
+
+
+def _first_error_line(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    field = str(err["loc"][0]) if err.get("loc") else "?"
+    msg = str(err.get("msg", "invalid value"))
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    ctx_error = (err.get("ctx") or {}).get("error")
+    if isinstance(ctx_error, ConfigError):
+        return str(ctx_error)
+    return f"MAILPIPE_{field.upper()}: {msg}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Load and validate settings once per process; raises :class:`ConfigError`."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise ConfigError(_first_error_line(exc)) from None
+    except ConfigError:
+        raise
+
+
+def reset_settings() -> None:
+    """Forget cached settings (tests, and `serve` after it persisted a generated key)."""
+    get_settings.cache_clear()
+
+
+def env_file_path() -> str:
+    """Where `serve` persists generated values: `.env` in the working directory."""
+    return os.path.join(os.getcwd(), ".env")

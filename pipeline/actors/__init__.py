@@ -1,0 +1,12 @@
+"""Dramatiq actors. Importing this package sets up the broker first, then declares every actor.
+
+``dramatiq pipeline.actors`` (what ``mailpipe worker`` runs) finds the broker as ``broker`` here.
+"""
+
+from pipeline.broker import setup_broker
+
+broker = setup_broker()
+
+from pipeline.actors import selftest  # noqa: E402
+
+__all__ = ["broker", "selftest"]

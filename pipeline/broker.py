@@ -1,0 +1,106 @@
+"""The one place the Dramatiq broker is built. Import it before any actor module.
+
+``MAILPIPE_BROKER_URL`` unset → an in-memory ``StubBroker`` drained by an in-process worker (the
+embedded ``serve`` mode); ``amqp://`` → ``RabbitmqBroker`` with publisher confirms.
+Actors are declared with :func:`actor`, which insists on explicit actor and queue names and
+records them so tests can rebind every actor to a fresh broker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import dramatiq
+from dramatiq import Actor, Broker
+from dramatiq.brokers.stub import StubBroker
+from dramatiq.middleware import AgeLimit, Callbacks, Pipelines, Retries, ShutdownNotifications, TimeLimit
+
+__all__ = ["ACTORS", "QUEUES", "actor", "build_broker", "get_broker", "setup_broker"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Queues by stage, so worker groups can be bound with `mailpipe worker -Q ...`.
+QUEUES = ("fetch", "pipeline", "send", "tracking", "notify", "ops")
+
+# Retries stay far below RabbitMQ's 30-minute consumer_timeout: delayed retries are held unacked.
+DEFAULT_MAX_RETRIES = 5
+DEFAULT_MIN_BACKOFF_MS = 1_000
+DEFAULT_MAX_BACKOFF_MS = 5 * 60_000
+DEFAULT_TIME_LIMIT_MS = 10 * 60_000
+
+ACTORS: list[Actor[Any, Any]] = []
+_configured: Broker | None = None
+
+
+def _middleware() -> list[Any]:
+    return [
+        AgeLimit(),
+        TimeLimit(time_limit=DEFAULT_TIME_LIMIT_MS),
+        ShutdownNotifications(),
+        Callbacks(),
+        Pipelines(),
+        Retries(max_retries=DEFAULT_MAX_RETRIES, min_backoff=DEFAULT_MIN_BACKOFF_MS, max_backoff=DEFAULT_MAX_BACKOFF_MS),
+    ]
+
+
+def build_broker(url: str | None) -> Broker:
+    """A new broker for ``url`` (None → in-memory) with mailpipe's middleware."""
+    from ops.metrics import DramatiqMetrics
+
+    middleware = [*_middleware(), DramatiqMetrics()]
+    if url is None:
+        broker: Broker = StubBroker(middleware=middleware)
+    else:
+        from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+        broker = RabbitmqBroker(url=url, confirm_delivery=True, middleware=middleware, heartbeat=30, blocked_connection_timeout=30)
+    for queue in QUEUES:
+        broker.declare_queue(queue)
+    return broker
+
+
+def setup_broker(url: str | None = None, *, from_settings: bool = True) -> Broker:
+    """Build the process broker once and make it Dramatiq's global broker."""
+    global _configured
+    if _configured is None:
+        if from_settings and url is None:
+            from ops.settings import get_settings
+
+            url = get_settings().broker_url
+        _configured = build_broker(url)
+        dramatiq.set_broker(_configured)
+    return _configured
+
+
+def get_broker() -> Broker:
+    """The configured broker (set up from settings on first use)."""
+    return _configured if _configured is not None else setup_broker()
+
+
+def use_broker(broker: Broker) -> Broker:
+    """Make ``broker`` the process broker and rebind every declared actor to it (tests, serve)."""
+    global _configured
+    _configured = broker
+    dramatiq.set_broker(broker)
+    for queue in QUEUES:
+        broker.declare_queue(queue)
+    for a in ACTORS:
+        a.broker = broker
+        broker.declare_actor(a)
+    return broker
+
+
+def actor(*, actor_name: str, queue_name: str, **options: Any) -> Callable[[F], Actor[Any, Any]]:
+    """Declare an actor with an explicit name and queue and bounded retries."""
+    if queue_name not in QUEUES:
+        raise ValueError(f"queue {queue_name!r} is not one of {QUEUES}")
+    options.setdefault("max_retries", DEFAULT_MAX_RETRIES)
+    options.setdefault("max_backoff", DEFAULT_MAX_BACKOFF_MS)
+
+    def decorate(fn: F) -> Actor[Any, Any]:
+        a = dramatiq.actor(fn, actor_name=actor_name, queue_name=queue_name, broker=get_broker(), **options)
+        ACTORS.append(a)
+        return a
+
+    return decorate

@@ -1,0 +1,41 @@
+"""The Starlette application: API, tracking endpoints, health and metrics."""
+
+from __future__ import annotations
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import BaseRoute
+
+from web.api import ApiRouter, openapi_document
+from web.auth import ApiKeyAuth
+from web.errors import exception_handlers
+from web.routes import crm, health
+
+__all__ = ["create_app"]
+
+VERSION = "0.1.0"
+
+
+def routers() -> list[ApiRouter]:
+    """Every router, in matching order."""
+    return [health.router, crm.router]
+
+
+def create_app() -> Starlette:
+    """Build the app; settings, database and broker are read lazily from the environment."""
+    all_routers = routers()
+    docs = ApiRouter("meta")
+    spec_cache: dict[str, object] = {}
+
+    @docs.route("GET", "/api/v1/openapi.json", summary="This document", public=True)
+    async def openapi(request: Request) -> JSONResponse:
+        if "spec" not in spec_cache:
+            spec_cache["spec"] = openapi_document([*all_routers, docs], version=VERSION)
+        return JSONResponse(spec_cache["spec"])
+
+    routes: list[BaseRoute] = []
+    for r in [docs, *all_routers]:
+        routes.extend(r.routes())
+    return Starlette(routes=routes, middleware=[Middleware(ApiKeyAuth)], exception_handlers=exception_handlers)

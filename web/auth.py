@@ -1,0 +1,57 @@
+"""Bearer API-key authentication for ``/api/v1/*``; public paths pass through.
+
+The key's organization is put in ``scope["state"]["org_id"]``; every query is scoped to it.
+"""
+
+from __future__ import annotations
+
+import re
+
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from models.db import get_engine
+from ops.orgs import org_for_key
+from web.errors import error_response
+
+__all__ = ["ApiKeyAuth", "PUBLIC_API_PATHS"]
+
+PUBLIC_API_PATHS = re.compile(
+    r"^/api/v1/(openapi\.json|oauth/[a-z]+/callback|notion/callback|notifications/ws)$"
+)
+
+
+class ApiKeyAuth:
+    """ASGI middleware: 401 JSON unless a valid ``Authorization: Bearer <key>`` is sent."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        if not path.startswith("/api/") or PUBLIC_API_PATHS.match(path):
+            await self.app(scope, receive, send)
+            return
+        header = ""
+        for name, value in scope.get("headers", []):
+            if name == b"authorization":
+                header = value.decode("latin-1")
+                break
+        scheme, _, token = header.partition(" ")
+        org_id = None
+        if scheme.lower() == "bearer" and token.strip():
+            org_id = await run_in_threadpool(org_for_key, get_engine(), token.strip())
+        if org_id is None:
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 4401})
+                return
+            message = "missing API key" if not header else "invalid API key"
+            response = error_response(401, "unauthorized", message)
+            response.headers["WWW-Authenticate"] = 'Bearer realm="mailpipe"'
+            await response(scope, receive, send)
+            return
+        scope.setdefault("state", {})["org_id"] = org_id
+        await self.app(scope, receive, send)

@@ -1,0 +1,348 @@
+"""CRM records pushed by NextCRM (users, contacts, leads, accounts, opportunities), typeahead search
+and entity timelines. Every query is scoped to the caller's organization."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from pydantic import field_validator
+from sqlalchemy import delete, func, or_, select, update
+from sqlmodel import Session, SQLModel
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from models import CRM_TABLES, ENTITY_TYPES, Contact, CrmAccount, Email, EmailLink, Lead, User, normalize_email, utcnow
+from models.db import get_engine
+from web.api import ApiRouter
+from web.errors import ApiError
+from web.present import iso, record_json, relative_time
+from web.validation import Body, parse_body, query_int
+
+router = ApiRouter("crm")
+
+_ID_MAX = 64
+
+
+def _email_ok(value: str | None) -> str | None:
+    if value is None or value == "":
+        return None
+    if "@" not in value or any(c.isspace() for c in value) or len(value) > 320:
+        raise ValueError("must be an email address like name@example.com")
+    return value
+
+
+class UserIn(Body):
+    name: str
+    email: str
+    phone: str | None = None
+
+    @field_validator("email")
+    @classmethod
+    def _check_email(cls, v: str) -> str:
+        checked = _email_ok(v)
+        if checked is None:
+            raise ValueError("email is required")
+        return checked
+
+
+class ContactIn(Body):
+    first_name: str | None = None
+    last_name: str
+    email: str | None = None
+    personal_email: str | None = None
+    account: str | None = None
+    position: str | None = None
+    assigned_to: str | None = None
+
+    @field_validator("email", "personal_email")
+    @classmethod
+    def _check_email(cls, v: str | None) -> str | None:
+        return _email_ok(v)
+
+
+class LeadIn(Body):
+    firstName: str | None = None
+    lastName: str
+    email: str | None = None
+    company: str | None = None
+    jobTitle: str | None = None
+    status: str | None = None
+    lead_source: str | None = None
+    assigned_to: str | None = None
+
+    @field_validator("email")
+    @classmethod
+    def _check_email(cls, v: str | None) -> str | None:
+        return _email_ok(v)
+
+
+class AccountIn(Body):
+    name: str
+    email: str | None = None
+    industry: str | None = None
+    website: str | None = None
+    annual_revenue: str | int | float | None = None
+    assigned_to: str | None = None
+
+    @field_validator("email")
+    @classmethod
+    def _check_email(cls, v: str | None) -> str | None:
+        return _email_ok(v)
+
+
+class OpportunityIn(Body):
+    name: str
+    account: str | None = None
+    contact: str | None = None
+    expected_revenue: int | None = None
+    budget: int | None = None
+    currency: str | None = None
+    close_date: datetime | None = None
+    sales_stage: str | None = None
+    assigned_to: str | None = None
+
+
+BODIES: dict[str, type[Body]] = {"contacts": ContactIn, "leads": LeadIn, "accounts": AccountIn, "opportunities": OpportunityIn}
+
+# Hooks run after a contact/lead/account is written (retroactive linking registers here).
+AFTER_UPSERT: list[Callable[[str, str, str], None]] = []
+
+
+def _org(request: Request) -> str:
+    return str(request.state.org_id)
+
+
+def _check_id(record_id: str) -> str:
+    if not record_id or len(record_id) > _ID_MAX or any(c.isspace() or c == "/" for c in record_id):
+        raise ApiError(422, "validation_error", f"id must be 1-{_ID_MAX} characters without spaces")
+    return record_id
+
+
+def _kind(request: Request) -> tuple[str, type[SQLModel]]:
+    kind = request.path_params["kind"]
+    if kind not in CRM_TABLES:
+        raise ApiError(404, "not_found", f"unknown record type {kind!r}; use one of {sorted(CRM_TABLES)}")
+    return kind, CRM_TABLES[kind]
+
+
+def _upsert(model: type[SQLModel], org_id: str, record_id: str, values: dict[str, Any]) -> tuple[SQLModel, bool]:
+    for field in ("email", "personal_email"):
+        if field in model.model_fields and f"{field}_norm" in model.model_fields:
+            values[f"{field}_norm"] = normalize_email(values.get(field))
+    if "annual_revenue" in values and values["annual_revenue"] is not None:
+        values["annual_revenue"] = str(values["annual_revenue"])
+    with Session(get_engine(), expire_on_commit=False) as s:
+        row = s.get(model, (org_id, record_id))
+        created = row is None
+        if row is None:
+            row = model(org_id=org_id, id=record_id, **values)
+        else:
+            for name, value in values.items():
+                setattr(row, name, value)
+            row.updatedAt = utcnow()  # type: ignore[attr-defined]
+        s.add(row)
+        s.commit()
+        return row, created
+
+
+def _put(model: type[SQLModel], org_id: str, record_id: str, body: Body, entity_type: str | None) -> JSONResponse:
+    values = body.model_dump()
+    if isinstance(body, LeadIn) and values.get("status") is None:
+        values["status"] = "NEW"
+    row, created = _upsert(model, org_id, record_id, values)
+    if entity_type in ("contact", "lead", "account"):
+        for hook in AFTER_UPSERT:
+            hook(org_id, entity_type, record_id)
+    return JSONResponse({**record_json(row), "created": created}, status_code=200)
+
+
+def _get(model: type[SQLModel], org_id: str, record_id: str, label: str) -> JSONResponse:
+    with Session(get_engine()) as s:
+        row = s.get(model, (org_id, record_id))
+        if row is None:
+            raise ApiError.not_found(label)
+        return JSONResponse(record_json(row))
+
+
+def _delete(model: type[SQLModel], org_id: str, record_id: str, label: str, entity_type: str | None) -> Response:
+    with Session(get_engine()) as s:
+        row = s.get(model, (org_id, record_id))
+        if row is None:
+            raise ApiError.not_found(label)
+        s.delete(row)
+        if entity_type is not None:
+            _unlink_entity(s, org_id, entity_type, record_id)
+        s.commit()
+    return Response(status_code=204)
+
+
+def _unlink_entity(s: Session, org_id: str, entity_type: str, entity_id: str) -> None:
+    """Drop a deleted record's links and recompute the affected emails' ``linked`` flag."""
+    cond = (EmailLink.org_id == org_id, EmailLink.entity_type == entity_type, EmailLink.entity_id == entity_id)
+    email_ids = list(s.execute(select(EmailLink.email_id).where(*cond)).scalars())
+    if not email_ids:
+        return
+    s.execute(delete(EmailLink).where(*cond))
+    still = select(EmailLink.id).where(EmailLink.email_id == Email.id).exists()
+    s.execute(update(Email).where(Email.id.in_(email_ids)).values(linked=still))  # type: ignore[attr-defined]
+
+
+# ---- users -------------------------------------------------------------------------------
+
+
+@router.route("PUT", "/api/v1/users/{id}", summary="Create or replace a CRM user", body=UserIn)
+async def put_user(request: Request) -> JSONResponse:
+    record_id = _check_id(request.path_params["id"])
+    body = await parse_body(request, UserIn)
+    return await run_in_threadpool(_put, User, _org(request), record_id, body, None)
+
+
+@router.route("GET", "/api/v1/users/{id}", summary="Get a CRM user", responses={404: "not found"})
+async def get_user(request: Request) -> JSONResponse:
+    return await run_in_threadpool(_get, User, _org(request), request.path_params["id"], "user")
+
+
+@router.route("DELETE", "/api/v1/users/{id}", summary="Delete a CRM user", status=204, responses={404: "not found"})
+async def delete_user(request: Request) -> Response:
+    return await run_in_threadpool(_delete, User, _org(request), request.path_params["id"], "user", None)
+
+
+# ---- search (declared before /crm/{kind}/{id} so 'search' is never taken for a kind) -----------
+
+
+def _like(value: str) -> str:
+    return "%" + value.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def _search(org_id: str, q: str, limit: int) -> list[dict[str, Any]]:
+    pattern = _like(q)
+
+    def match(*cols: Any) -> Any:
+        return or_(*(func.lower(c).like(pattern, escape="\\") for c in cols))
+
+    results: list[dict[str, Any]] = []
+    with Session(get_engine()) as s:
+        contacts = s.execute(
+            select(Contact)
+            .where(Contact.org_id == org_id, match(Contact.first_name, Contact.last_name, Contact.email, Contact.personal_email,
+                                                   func.coalesce(Contact.first_name, "") + " " + Contact.last_name))
+            .order_by(Contact.last_name)
+            .limit(limit)
+        ).scalars()
+        for c in contacts:
+            label = " ".join(p for p in (c.first_name, c.last_name) if p)
+            results.append({"entity_type": "contact", "entity_id": c.id, "label": label, "email": c.email or c.personal_email})
+        leads = s.execute(
+            select(Lead)
+            .where(Lead.org_id == org_id, match(Lead.firstName, Lead.lastName, Lead.email, Lead.company,
+                                                func.coalesce(Lead.firstName, "") + " " + Lead.lastName))
+            .order_by(Lead.lastName)
+            .limit(limit)
+        ).scalars()
+        for ld in leads:
+            label = " ".join(p for p in (ld.firstName, ld.lastName) if p)
+            results.append({"entity_type": "lead", "entity_id": ld.id, "label": label, "email": ld.email})
+        accounts = s.execute(
+            select(CrmAccount).where(CrmAccount.org_id == org_id, match(CrmAccount.name, CrmAccount.email)).order_by(CrmAccount.name).limit(limit)
+        ).scalars()
+        for a in accounts:
+            results.append({"entity_type": "account", "entity_id": a.id, "label": a.name, "email": a.email})
+    ql = q.lower()
+
+    def rank(r: dict[str, Any]) -> tuple[int, str]:
+        label, email = (r["label"] or "").lower(), (r["email"] or "").lower()
+        starts = label.startswith(ql) or email.startswith(ql) or any(w.startswith(ql) for w in label.split())
+        return (0 if starts else 1, label)
+
+    results.sort(key=rank)
+    return results[:limit]
+
+
+@router.route("GET", "/api/v1/crm/search", summary="Typeahead over contacts, leads and accounts", query=("q", "limit"))
+async def search(request: Request) -> JSONResponse:
+    q = request.query_params.get("q", "").strip()
+    if not q:
+        raise ApiError(422, "validation_error", "query parameter 'q' is required")
+    if len(q) > 200:
+        raise ApiError(422, "validation_error", "query parameter 'q' is longer than 200 characters")
+    limit = query_int(request, "limit", 20, maximum=100)
+    return JSONResponse({"results": await run_in_threadpool(_search, _org(request), q, limit)})
+
+
+# ---- contacts / leads / accounts / opportunities -----------------------------------------------
+
+
+@router.route("PUT", "/api/v1/crm/{kind}/{id}", summary="Create or replace a contact, lead, account or opportunity",
+              responses={404: "unknown record type", 422: "validation error"})
+async def put_record(request: Request) -> JSONResponse:
+    kind, model = _kind(request)
+    record_id = _check_id(request.path_params["id"])
+    body = await parse_body(request, BODIES[kind])
+    return await run_in_threadpool(_put, model, _org(request), record_id, body, ENTITY_TYPES[kind])
+
+
+@router.route("GET", "/api/v1/crm/{kind}/{id}", summary="Get a CRM record", responses={404: "not found"})
+async def get_record(request: Request) -> JSONResponse:
+    kind, model = _kind(request)
+    return await run_in_threadpool(_get, model, _org(request), request.path_params["id"], ENTITY_TYPES[kind])
+
+
+@router.route("DELETE", "/api/v1/crm/{kind}/{id}", summary="Delete a CRM record and its email links", status=204,
+              responses={404: "not found"})
+async def delete_record(request: Request) -> Response:
+    kind, model = _kind(request)
+    return await run_in_threadpool(_delete, model, _org(request), request.path_params["id"], ENTITY_TYPES[kind], ENTITY_TYPES[kind])
+
+
+def _timeline(org_id: str, model: type[SQLModel], entity_type: str, entity_id: str, limit: int, cursor: str | None) -> dict[str, Any]:
+    now = utcnow()
+    with Session(get_engine()) as s:
+        if s.get(model, (org_id, entity_id)) is None:
+            raise ApiError.not_found(entity_type)
+        at = func.coalesce(Email.received_at, Email.sent_at, Email.created_at)
+        stmt = (
+            select(Email)
+            .join(EmailLink, EmailLink.email_id == Email.id)
+            .where(EmailLink.org_id == org_id, EmailLink.entity_type == entity_type, EmailLink.entity_id == entity_id,
+                   Email.deleted_at.is_(None))  # type: ignore[union-attr]
+            .order_by(at.desc(), Email.id.desc())  # type: ignore[attr-defined]
+            .limit(limit + 1)
+        )
+        if cursor:
+            stmt = stmt.where(_before(cursor, at))
+        rows = list(s.execute(stmt).scalars())
+    items = []
+    for e in rows[:limit]:
+        when = e.received_at or e.sent_at or e.created_at
+        items.append({
+            "email_id": e.id, "subject": e.subject, "from_email": e.from_email, "to_emails": e.to_emails,
+            "direction": e.direction, "at": iso(when), "relative": relative_time(when, now), "snippet": e.snippet[:100],
+            "attachment_count": e.attachment_count, "open_count": e.open_count, "click_count": e.click_count,
+        })
+    next_cursor = None
+    if len(rows) > limit:
+        last = rows[limit - 1]
+        next_cursor = f"{iso(last.received_at or last.sent_at or last.created_at)}|{last.id}"
+    return {"items": items, "next_cursor": next_cursor}
+
+
+def _before(cursor: str, at: Any) -> Any:
+    when_text, _, last_id = cursor.partition("|")
+    try:
+        when = datetime.fromisoformat(when_text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ApiError(422, "validation_error", "cursor is malformed") from None
+    return or_(at < when, (at == when) & (Email.id < last_id))
+
+
+@router.route("GET", "/api/v1/crm/{kind}/{id}/timeline", summary="Emails linked to a record, newest first",
+              query=("limit", "cursor"), responses={404: "not found"})
+async def timeline(request: Request) -> JSONResponse:
+    kind, model = _kind(request)
+    limit = query_int(request, "limit", 50, maximum=200)
+    cursor = request.query_params.get("cursor") or None
+    data = await run_in_threadpool(_timeline, _org(request), model, ENTITY_TYPES[kind], request.path_params["id"], limit, cursor)
+    return JSONResponse(data)

@@ -1,0 +1,64 @@
+"""Request body and query validation with pydantic; failures become 422 JSON errors."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+from starlette.requests import Request
+
+from web.errors import ApiError
+
+__all__ = ["Body", "parse_body", "query_int"]
+
+M = TypeVar("M", bound=BaseModel)
+
+MAX_BODY_BYTES = 30 * 1024 * 1024
+
+
+class Body(BaseModel):
+    """Base for request bodies: unknown fields are rejected so typos surface."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+def _errors(exc: ValidationError) -> list[dict[str, Any]]:
+    return [
+        {"field": ".".join(str(p) for p in e["loc"]) or "(body)", "message": e["msg"], "type": e["type"]}
+        for e in exc.errors(include_url=False, include_input=False)
+    ]
+
+
+async def parse_body(request: Request, model: type[M]) -> M:
+    """Read and validate a JSON body (any non-multipart content type is read as JSON); 413/415/422."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype.startswith("multipart/"):
+        raise ApiError(415, "unsupported_media_type", "send JSON with Content-Type: application/json")
+    raw = await request.body()
+    if len(raw) > MAX_BODY_BYTES:
+        raise ApiError(413, "payload_too_large", f"body larger than {MAX_BODY_BYTES} bytes")
+    try:
+        data = json.loads(raw or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(422, "invalid_json", f"body is not valid JSON: {exc.msg if hasattr(exc, 'msg') else exc}") from None
+    if not isinstance(data, dict):
+        raise ApiError(422, "validation_error", "body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ApiError(422, "validation_error", "request body is invalid", {"errors": _errors(exc)}) from None
+
+
+def query_int(request: Request, name: str, default: int, *, minimum: int = 1, maximum: int = 500) -> int:
+    """An integer query parameter within bounds, or 422."""
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(422, "validation_error", f"query parameter {name!r} must be an integer") from None
+    if not minimum <= value <= maximum:
+        raise ApiError(422, "validation_error", f"query parameter {name!r} must be between {minimum} and {maximum}")
+    return value
