@@ -54,10 +54,22 @@ def build_broker(url: str | None) -> Broker:
     else:
         from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
-        broker = RabbitmqBroker(url=url, confirm_delivery=True, middleware=middleware, heartbeat=30, blocked_connection_timeout=30)
+        broker = RabbitmqBroker(url=_with_defaults(url), confirm_delivery=True, middleware=middleware)
     for queue in QUEUES:
         broker.declare_queue(queue)
     return broker
+
+
+def _with_defaults(url: str) -> str:
+    """Add heartbeat/blocked-connection timeouts to each amqp URL that does not set them."""
+    parts = []
+    for part in url.split(";"):
+        part = part.strip()
+        for key, value in (("heartbeat", "30"), ("blocked_connection_timeout", "30")):
+            if f"{key}=" not in part:
+                part += ("&" if "?" in part else "?") + f"{key}={value}"
+        parts.append(part)
+    return ";".join(parts)
 
 
 def setup_broker(url: str | None = None, *, from_settings: bool = True) -> Broker:
