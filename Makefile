@@ -1,0 +1,40 @@
+# mailpipe — the two commands: `make run` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: run test test-unit test-integration services bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Reinstall whenever pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(VENV)/.installed $@
+
+## run: create the venv, install, and run everything in one process (SQLite + in-memory broker)
+run: $(VENV)/.installed
+	$(BIN)/mailpipe serve
+
+## services: install/start what the integration tests talk to (Dovecot, PostgreSQL, RabbitMQ)
+services:
+	bash tests/setup-machine.sh
+
+## test: install what tests need and run the whole suite (unit + integration)
+test: $(VENV)/.installed-test services
+	$(BIN)/pytest
+
+test-unit: $(VENV)/.installed-test
+	$(BIN)/pytest -m "not integration"
+
+test-integration: $(VENV)/.installed-test services
+	$(BIN)/pytest -m integration
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info
