@@ -5,7 +5,7 @@ from sqlmodel import SQLModel
 from models.accounts import EmailAccount, FolderState
 from models.base import ENCRYPTED_COLUMNS, new_id, normalize_email, utcnow
 from models.crm import CRM_TABLES, ENTITY_TYPES, Contact, CrmAccount, Lead, Opportunity, User
-from models.emails import Document, Email, EmailLink, EmailLocation
+from models.emails import Document, Email, EmailAddress, EmailLink, EmailLocation
 from models.notifications import Notification
 from models.notion import NotionConnection
 from models.org import ApiKey, Organization
@@ -25,6 +25,7 @@ __all__ = [
     "Document",
     "Email",
     "EmailAccount",
+    "EmailAddress",
     "EmailLink",
     "EmailLocation",
     "FolderState",

@@ -41,6 +41,7 @@ class EmailAccount(SQLModel, table=True):
     sync_state: str = Field(default="idle", max_length=24)
     last_synced_at: datetime | None = ts_field(default=None)
     last_error: str | None = Field(default=None, max_length=2000)
+    last_error_code: str | None = Field(default=None, max_length=32, description="dns|connect|tls|auth|timeout|protocol")
     consecutive_failures: int = 0
     messages_synced: int = 0
     backfill_done: int = 0
@@ -49,6 +50,8 @@ class EmailAccount(SQLModel, table=True):
     next_fetch_at: datetime | None = ts_field(default=None, index=True)
     fetch_lease_until: datetime | None = ts_field(default=None)
     fetch_token: str | None = Field(default=None, max_length=24)
+    fetch_owner: str | None = Field(default=None, max_length=64, description="message id holding the fetch lease")
+    deferred_until: datetime | None = ts_field(default=None, description="rate limit reached: rest waits until then")
     rate_window_start: datetime | None = ts_field(default=None)
     rate_window_count: int = 0
 

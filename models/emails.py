@@ -23,6 +23,7 @@ class Email(SQLModel, table=True):
         Index("ix_emails_org_received", "org_id", "received_at"),
         Index("ix_emails_org_linked", "org_id", "linked"),
         Index("ix_emails_from_norm", "org_id", "from_email_norm"),
+        Index("ix_emails_pipeline", "pipeline_state", "stage_at"),
     )
 
     id: str = Field(default_factory=new_id, primary_key=True, max_length=24)
@@ -35,6 +36,7 @@ class Email(SQLModel, table=True):
     in_reply_to: str | None = Field(default=None, max_length=995)
     references: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     gm_msgid: int | None = Field(default=None, index=True)
+    gm_thrid: int | None = Field(default=None)
     thread_id: str | None = Field(default=None, max_length=1000, index=True)
     from_email: str | None = Field(default=None, max_length=320)
     from_email_norm: str | None = Field(default=None, max_length=320)
@@ -51,7 +53,11 @@ class Email(SQLModel, table=True):
     raw_key: str | None = Field(default=None, max_length=500, description="storage key of the raw message")
     parse_error: str | None = Field(default=None, sa_column=Column(Text))
     defects: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
-    pipeline_state: str = Field(default="fetched", max_length=24, description="fetched → parsed → stored → linked → done")
+    pipeline_state: str = Field(default="fetched", max_length=24,
+                                description="fetched → parsed → stored → linked → leads → done | quarantined")
+    stage_at: datetime | None = ts_field(default=None, description="when pipeline_state last moved (re-sweep clock)")
+    ingest_attempts: int = 0
+    silent: bool = Field(default=False, description="re-indexed copy: no notifications")
     received_at: datetime | None = ts_field(default=None)
     sent_at: datetime | None = ts_field(default=None)
     linked: bool = False
@@ -121,3 +127,18 @@ class EmailLink(SQLModel, table=True):
     how: str = Field(max_length=64, description="auto:contacts.email, manual, retro:leads.email, ...")
     needs_review: bool = False
     created_at: datetime = ts_field(default_factory=utcnow, nullable=False)
+
+
+class EmailAddress(SQLModel, table=True):
+    """An address an email can be linked by (inbound: From; outbound: To/Cc), for retroactive linking."""
+
+    __tablename__ = "email_addresses"
+    __table_args__ = (
+        UniqueConstraint("email_id", "address_norm", name="uq_email_address"),
+        Index("ix_email_addresses_org_addr", "org_id", "address_norm"),
+    )
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=24)
+    org_id: str = Field(foreign_key="organizations.id", max_length=24)
+    email_id: str = Field(foreign_key="emails.id", max_length=24)
+    address_norm: str = Field(max_length=320)

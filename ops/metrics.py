@@ -27,6 +27,16 @@ MESSAGE_SECONDS = Histogram(
 INPROGRESS = Gauge("mailpipe_messages_inprogress", "Messages being processed", ["queue_name", "actor_name"], multiprocess_mode="livesum")
 SCHEDULER_TICKS = Counter("mailpipe_scheduler_ticks_total", "Scheduler ticks run while leading")
 SCHEDULER_LEADER = Gauge("mailpipe_scheduler_leader", "1 while this process leads the scheduler", multiprocess_mode="liveall")
+EMAILS_SYNCED = Counter("mailpipe_emails_synced_total", "New emails stored by IMAP sync", ["folder_role"])
+SYNC_SECONDS = Histogram("mailpipe_sync_duration_seconds", "Duration of one fetch job",
+                         buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300))
+SYNC_LAG = Histogram("mailpipe_sync_lag_seconds", "Delay between a message reaching the server and being stored",
+                     buckets=(1, 5, 15, 30, 60, 120, 300, 900, 3600))
+FETCH_ERRORS = Counter("mailpipe_fetch_errors_total", "IMAP fetch failures", ["kind"])
+ACCOUNT_STATE = Gauge("mailpipe_account_sync_state", "Per-account sync state (0 idle, 1 syncing, 2 error, 3 reconnect_required, 4 disabled)",
+                      ["account_id"], multiprocess_mode="mostrecent")
+STATE_CODES = {"idle": 0, "syncing": 1, "error": 2, "reconnect_required": 3, "disabled": 4}
+INGESTED = Counter("mailpipe_ingest_total", "Emails through each ingest stage", ["stage", "outcome"])
 
 
 class DramatiqMetrics(Middleware):

@@ -70,6 +70,7 @@ class Settings(BaseSettings):
     backfill_days: int = 90
     trusted_proxies: str = ""
     scheduler_tick_seconds: float = 5.0
+    sync_rate_per_hour: int = 1000
     log_level: str = "INFO"
     log_json: bool = False
 
@@ -134,7 +135,7 @@ class Settings(BaseSettings):
             return v
         raise ValueError("must be file:///path or s3://bucket?endpoint_url=...&region=...")
 
-    @field_validator("poll_seconds", "backfill_days")
+    @field_validator("poll_seconds", "backfill_days", "sync_rate_per_hour")
     @classmethod
     def _positive(cls, v: int) -> int:
         if v <= 0:

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import dramatiq
 from dramatiq import Actor, Broker
 from dramatiq.brokers.stub import StubBroker
-from dramatiq.middleware import AgeLimit, Callbacks, Pipelines, Retries, ShutdownNotifications, TimeLimit
+from dramatiq.middleware import AgeLimit, Callbacks, CurrentMessage, Pipelines, Retries, ShutdownNotifications, TimeLimit
 
 __all__ = ["ACTORS", "QUEUES", "actor", "build_broker", "get_broker", "setup_broker"]
 
@@ -39,6 +39,7 @@ def _middleware() -> list[Any]:
         TimeLimit(time_limit=DEFAULT_TIME_LIMIT_MS),
         ShutdownNotifications(),
         Callbacks(),
+        CurrentMessage(),
         Pipelines(),
         Retries(max_retries=DEFAULT_MAX_RETRIES, min_backoff=DEFAULT_MIN_BACKOFF_MS, max_backoff=DEFAULT_MAX_BACKOFF_MS),
     ]

@@ -25,6 +25,10 @@ def routers() -> list[ApiRouter]:
 
 def create_app() -> Starlette:
     """Build the app; settings, database and broker are read lazily from the environment."""
+    from pipeline.actors.link import enqueue_relink
+
+    if enqueue_relink not in crm.AFTER_UPSERT:
+        crm.AFTER_UPSERT.append(enqueue_relink)
     all_routers = routers()
     docs = ApiRouter("meta")
     spec_cache: dict[str, object] = {}

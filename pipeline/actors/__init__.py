@@ -7,6 +7,15 @@ from pipeline.broker import setup_broker
 
 broker = setup_broker()
 
-from pipeline.actors import selftest  # noqa: E402
+from pipeline.actors import (  # noqa: E402
+    attachments,
+    fetch,
+    ingest,
+    leads,
+    link,
+    notify,
+    parse,
+    selftest,
+)
 
-__all__ = ["broker", "selftest"]
+__all__ = ["attachments", "broker", "fetch", "ingest", "leads", "link", "notify", "parse", "selftest"]

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-24 00:23:22.389408
+Create Date: 2026-11-24 00:37:08.182443
 """
 from typing import Sequence, Union
 
@@ -176,6 +176,7 @@ def upgrade() -> None:
     sa.Column('sync_state', sa.String(length=24), nullable=False),
     sa.Column('last_synced_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('last_error', sa.String(length=2000), nullable=True),
+    sa.Column('last_error_code', sa.String(length=32), nullable=True),
     sa.Column('consecutive_failures', sa.Integer(), nullable=False),
     sa.Column('messages_synced', sa.Integer(), nullable=False),
     sa.Column('backfill_done', sa.Integer(), nullable=False),
@@ -184,6 +185,8 @@ def upgrade() -> None:
     sa.Column('next_fetch_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('fetch_lease_until', sa.DateTime(timezone=True), nullable=True),
     sa.Column('fetch_token', sa.String(length=24), nullable=True),
+    sa.Column('fetch_owner', sa.String(length=64), nullable=True),
+    sa.Column('deferred_until', sa.DateTime(timezone=True), nullable=True),
     sa.Column('rate_window_start', sa.DateTime(timezone=True), nullable=True),
     sa.Column('rate_window_count', sa.Integer(), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
@@ -264,6 +267,7 @@ def upgrade() -> None:
     sa.Column('in_reply_to', sa.String(length=995), nullable=True),
     sa.Column('references', sa.JSON(), nullable=False),
     sa.Column('gm_msgid', sa.Integer(), nullable=True),
+    sa.Column('gm_thrid', sa.Integer(), nullable=True),
     sa.Column('thread_id', sa.String(length=1000), nullable=True),
     sa.Column('from_email', sa.String(length=320), nullable=True),
     sa.Column('from_email_norm', sa.String(length=320), nullable=True),
@@ -281,6 +285,9 @@ def upgrade() -> None:
     sa.Column('parse_error', sa.Text(), nullable=True),
     sa.Column('defects', sa.JSON(), nullable=False),
     sa.Column('pipeline_state', sa.String(length=24), nullable=False),
+    sa.Column('stage_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('ingest_attempts', sa.Integer(), nullable=False),
+    sa.Column('silent', sa.Boolean(), nullable=False),
     sa.Column('received_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('sent_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('linked', sa.Boolean(), nullable=False),
@@ -307,6 +314,7 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_emails_message_id'), ['message_id'], unique=False)
         batch_op.create_index('ix_emails_org_linked', ['org_id', 'linked'], unique=False)
         batch_op.create_index('ix_emails_org_received', ['org_id', 'received_at'], unique=False)
+        batch_op.create_index('ix_emails_pipeline', ['pipeline_state', 'stage_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_emails_thread_id'), ['thread_id'], unique=False)
 
     op.create_table('folder_states',
@@ -351,6 +359,19 @@ def upgrade() -> None:
     with op.batch_alter_table('Documents', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_Documents_email_id'), ['email_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_Documents_org_id'), ['org_id'], unique=False)
+
+    op.create_table('email_addresses',
+    sa.Column('id', sa.String(length=24), nullable=False),
+    sa.Column('org_id', sa.String(length=24), nullable=False),
+    sa.Column('email_id', sa.String(length=24), nullable=False),
+    sa.Column('address_norm', sa.String(length=320), nullable=False),
+    sa.ForeignKeyConstraint(['email_id'], ['emails.id'], ),
+    sa.ForeignKeyConstraint(['org_id'], ['organizations.id'], ),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('email_id', 'address_norm', name='uq_email_address')
+    )
+    with op.batch_alter_table('email_addresses', schema=None) as batch_op:
+        batch_op.create_index('ix_email_addresses_org_addr', ['org_id', 'address_norm'], unique=False)
 
     op.create_table('email_links',
     sa.Column('id', sa.String(length=24), nullable=False),
@@ -441,6 +462,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_email_links_email_id'))
 
     op.drop_table('email_links')
+    with op.batch_alter_table('email_addresses', schema=None) as batch_op:
+        batch_op.drop_index('ix_email_addresses_org_addr')
+
+    op.drop_table('email_addresses')
     with op.batch_alter_table('Documents', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_Documents_org_id'))
         batch_op.drop_index(batch_op.f('ix_Documents_email_id'))
@@ -452,6 +477,7 @@ def downgrade() -> None:
     op.drop_table('folder_states')
     with op.batch_alter_table('emails', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_emails_thread_id'))
+        batch_op.drop_index('ix_emails_pipeline')
         batch_op.drop_index('ix_emails_org_received')
         batch_op.drop_index('ix_emails_org_linked')
         batch_op.drop_index(batch_op.f('ix_emails_message_id'))

@@ -1,0 +1,50 @@
+"""``ingest.attachments``: store each attachment (and inline cid part) with a Documents record.
+
+Storage keys are deterministic (email id + part index), and Documents rows are unique on
+(email, part), so repeating the stage overwrites the same objects and inserts nothing twice.
+"""
+
+from __future__ import annotations
+
+from sqlmodel import Session
+
+from models import Document, Email
+from models.db import get_engine
+from models.upsert import insert_ignore
+from ops import metrics
+from pipeline.actors.ingest import in_state, move
+from pipeline.broker import actor
+from pipeline.clients.storage import get_storage, safe_key
+from pipeline.stages.parse import parse_email
+
+__all__ = ["attachment_key", "store_attachments"]
+
+
+def attachment_key(email: Email, index: int, filename: str) -> str:
+    """Where one attachment's bytes live."""
+    return safe_key("org", email.org_id, "emails", email.id, f"{index:03d}-{filename}")
+
+
+@actor(actor_name="ingest.attachments", queue_name="pipeline", max_retries=3)
+def store_attachments(email_ids: list[str]) -> None:
+    """Write attachments of parsed emails to storage and record them."""
+    storage = get_storage()
+    with Session(get_engine(), expire_on_commit=False) as s:
+        emails = in_state(s, email_ids, "parsed")
+        stored = 0
+        for email in emails:
+            if email.attachment_count == 0:
+                continue
+            parsed = parse_email(storage.get(email.raw_key or ""))
+            rows = []
+            for index, att in enumerate(parsed.attachments):
+                key = attachment_key(email, index, att.filename)
+                storage.put(key, att.content, att.content_type)
+                rows.append({"org_id": email.org_id, "email_id": email.id, "part_index": index,
+                             "document_name": att.filename[:255], "document_file_mimeType": att.content_type[:255],
+                             "size": att.size, "sha256": att.sha256, "content_id": att.content_id,
+                             "inline": att.inline, "storage_key": key})
+            stored += insert_ignore(s, Document, rows, ["email_id", "part_index"])
+        move(s, [e.id for e in emails], "stored")
+        s.commit()
+    metrics.INGESTED.labels("attachments", "ok").inc(stored)

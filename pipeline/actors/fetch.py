@@ -1,0 +1,337 @@
+"""``fetch.account``: sync one mailbox's folders by UIDVALIDITY/UID cursors, and the scheduler
+sweep that enqueues it.
+
+Reading never changes the mailbox (EXAMINE + BODY.PEEK[]); ``\\Seen`` is set only when the
+organization turned ``mark_seen`` on. Each batch is stored in one transaction (raw bytes first,
+then email rows, locations and the advanced cursor), so a killed worker repeats at most one batch
+and the unique keys turn the repeat into a no-op. New email ids go down the ingest chain.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+from dramatiq.middleware import CurrentMessage
+from sqlalchemy import delete, or_, select, update
+from sqlmodel import Session
+
+from models import Email, EmailAccount, EmailLocation, FolderState, Organization, new_id, utcnow
+from models.db import get_engine, is_postgres
+from models.upsert import insert_ignore
+from ops import metrics
+from ops.settings import get_settings
+from pipeline.actors import ingest
+from pipeline.broker import actor
+from pipeline.clients.imap import FetchedMessage, ImapError, ImapErrorKind, ImapSession
+from pipeline.clients.storage import get_storage
+from pipeline.connections import open_imap
+from pipeline.scheduler import register_sweep
+from pipeline.stages import sync
+from pipeline.stages.identity import message_identity
+
+__all__ = ["fetch_account", "request_sync", "sweep_due_accounts"]
+
+log = structlog.get_logger("mailpipe.fetch")
+
+LEASE = timedelta(minutes=5)
+STORE_BATCH = 100           # messages per transaction
+JOB_BUDGET_SECONDS = 120.0  # then continue in a fresh message (stay far below the time limit)
+MAX_BACKOFF = timedelta(hours=1)
+ERROR_AFTER_FAILURES = 3
+
+
+@dataclass(frozen=True, slots=True)
+class _Claim:
+    account: EmailAccount
+    org: Organization
+
+
+def _message_id() -> str:
+    msg = CurrentMessage.get_current_message()
+    return msg.message_id if msg is not None else new_id()
+
+
+def _claim(account_id: str, token: str, owner: str) -> _Claim | None:
+    """Take the account's fetch lease if ``token`` is current and nobody else holds it."""
+    now = utcnow()
+    with Session(get_engine(), expire_on_commit=False) as s:
+        res = s.execute(
+            update(EmailAccount)
+            .where(EmailAccount.id == account_id, EmailAccount.fetch_token == token,
+                   EmailAccount.deleted_at.is_(None),  # type: ignore[union-attr]
+                   or_(EmailAccount.fetch_lease_until.is_(None), EmailAccount.fetch_lease_until < now,  # type: ignore[union-attr]
+                       EmailAccount.fetch_owner == owner))
+            .values(fetch_lease_until=now + LEASE, fetch_owner=owner, sync_state="syncing")
+        )
+        if res.rowcount != 1:
+            s.rollback()
+            return None
+        s.commit()
+        account = s.get(EmailAccount, account_id)
+        assert account is not None
+        org = s.get(Organization, account.org_id)
+        assert org is not None
+        return _Claim(account, org)
+
+
+def _release(account_id: str, owner: str, **values: Any) -> None:
+    with Session(get_engine()) as s:
+        s.execute(update(EmailAccount).where(EmailAccount.id == account_id, EmailAccount.fetch_owner == owner)
+                  .values(fetch_lease_until=None, fetch_owner=None, **values))
+        s.commit()
+
+
+def _record_failure(account: EmailAccount, owner: str, err: ImapError) -> int:
+    """Count a failure; after a few, or at once for auth, show the account in error."""
+    failures = account.consecutive_failures + 1
+    interval = timedelta(seconds=account.poll_seconds or get_settings().poll_seconds)
+    backoff = min(interval * (2 ** min(failures, 10)), MAX_BACKOFF)
+    state = "error" if err.kind == ImapErrorKind.AUTH or failures >= ERROR_AFTER_FAILURES else "idle"
+    reason = f"{err.kind.value}: reconnect needed: {err.message}" if err.kind == ImapErrorKind.AUTH else f"{err.kind.value}: {err.message}"
+    _release(account.id, owner, consecutive_failures=failures, sync_state=state, last_error=reason[:2000],
+             last_error_code=err.kind.value, next_fetch_at=utcnow() + backoff)
+    metrics.FETCH_ERRORS.labels(err.kind.value).inc()
+    metrics.ACCOUNT_STATE.labels(account.id).set(metrics.STATE_CODES[state])
+    log.warning("fetch_failed", account_id=account.id, kind=err.kind.value, failures=failures, state=state)
+    return failures
+
+
+class _Syncer:
+    """One fetch job: walks the chosen folders, storing batches until done, budget or rate limit."""
+
+    def __init__(self, claim: _Claim, session: ImapSession, owner: str) -> None:
+        self.account = claim.account
+        self.org = claim.org
+        self.imap = session
+        self.owner = owner
+        self.settings = get_settings()
+        self.storage = get_storage()
+        self.deadline = time.monotonic() + JOB_BUDGET_SECONDS
+        self.more = False
+        now = utcnow()
+        allowance, window = sync.rate_allowance(
+            sync.RateWindow(self.account.rate_window_start, self.account.rate_window_count),
+            now=now, limit=self.settings.sync_rate_per_hour)
+        self.allowance = allowance
+        self.window = window
+        self.rate_limited = False
+        self.stored = 0
+
+    def run(self) -> None:
+        folders = self.imap.list_folders()
+        gmail = sync.is_gmail(self.imap.capabilities, folders)
+        for choice in sync.choose_folders(self.imap.capabilities, folders):
+            if not self._folder(choice, gmail):
+                break
+
+    def _folder(self, choice: sync.FolderChoice, gmail: bool) -> bool:
+        """Sync one folder; False when the job must stop (budget or rate limit)."""
+        status = self.imap.status(choice.name)
+        with Session(get_engine(), expire_on_commit=False) as s:
+            state = s.execute(select(FolderState).where(FolderState.account_id == self.account.id,
+                                                        FolderState.name == choice.name)).scalar_one_or_none()
+            if state is None:
+                insert_ignore(s, FolderState, [{"account_id": self.account.id, "name": choice.name, "role": choice.role}],
+                              ["account_id", "name"])
+                s.commit()
+                state = s.execute(select(FolderState).where(FolderState.account_id == self.account.id,
+                                                            FolderState.name == choice.name)).scalar_one()
+        cursor = None if state.uidvalidity is None else sync.FolderCursor(
+            state.uidvalidity, state.uidnext, state.highestmodseq, state.last_uid, state.backfill_low_uid, state.backfill_done)
+        plan = sync.plan_folder(cursor, status, now=utcnow(), backfill_days=self.settings.backfill_days)
+        if plan.reset:
+            self._reset_folder(state, plan, status.messages)
+        if plan.action == "noop":
+            self._save_cursor(state.id, plan.cursor, full=True)
+            return True
+        self.imap.select(choice.name, readonly=not self.org.mark_seen)
+        new_uids = self.imap.search_uids(uid_from=plan.new_from) if plan.new_from is not None else []
+        backfill_uids: list[int] = []
+        if plan.backfill_below is not None and plan.backfill_below > 1:
+            backfill_uids = [u for u in self.imap.search_uids(since=plan.backfill_since) if u < plan.backfill_below]
+        if plan.reset:
+            with Session(get_engine()) as s:
+                s.execute(update(EmailAccount).where(EmailAccount.id == self.account.id)
+                          .values(backfill_total=EmailAccount.backfill_total + len(backfill_uids)))
+                s.commit()
+        cursor = plan.cursor
+        pending_new = sorted(u for u in set(new_uids) if u > cursor.last_uid)
+        pending_old = sorted(set(backfill_uids), reverse=True)
+        if not pending_old and not cursor.backfill_done:
+            cursor = sync.advance(cursor, fetched_new=[], fetched_backfill=[], backfill_exhausted=True)
+        while pending_new or pending_old:
+            if self.allowance <= 0:
+                self.rate_limited = True
+                self._save_cursor(state.id, cursor)
+                return False
+            if time.monotonic() > self.deadline:
+                self.more = True
+                self._save_cursor(state.id, cursor)
+                return False
+            take = min(STORE_BATCH, self.allowance)
+            fresh, older = sync.select_batch(pending_new, pending_old, last_uid=cursor.last_uid,
+                                             backfill_below=cursor.backfill_low_uid if not cursor.backfill_done else None, limit=take)
+            if not fresh and not older:
+                break
+            fetched = list(self.imap.fetch(sorted(fresh + older)))
+            taken = set(fresh) | set(older)
+            pending_new = [u for u in pending_new if u not in taken]
+            pending_old = [u for u in pending_old if u not in taken]
+            cursor = sync.advance(cursor, fetched_new=fresh, fetched_backfill=older, backfill_exhausted=not pending_old)
+            self._store_batch(state.id, choice, fetched, cursor, new_uids=set(fresh), backfill_count=len(older),
+                              silent=plan.reindex, gmail=gmail)
+            if self.org.mark_seen and fetched:
+                self.imap.add_flags(choice.name, [m.uid for m in fetched], ["\\Seen"])
+        self._save_cursor(state.id, cursor, full=True)
+        return True
+
+    def _reset_folder(self, state: FolderState, plan: sync.FolderPlan, messages: int) -> None:
+        """A first sync or a UIDVALIDITY change: stored UIDs are void; drop the folder's stale locations."""
+        with Session(get_engine()) as s:
+            s.execute(delete(EmailLocation).where(EmailLocation.account_id == self.account.id,
+                                                  EmailLocation.folder == state.name,
+                                                  EmailLocation.uidvalidity != plan.cursor.uidvalidity))
+            s.commit()
+        if plan.reindex:
+            log.info("folder_reindex", account_id=self.account.id, folder=state.name, reason=plan.reason)
+        self._save_cursor(state.id, plan.cursor)
+
+    def _save_cursor(self, state_id: str, cursor: sync.FolderCursor, *, full: bool = False) -> None:
+        values: dict[str, Any] = dict(
+            uidvalidity=cursor.uidvalidity, uidnext=cursor.uidnext, highestmodseq=cursor.highestmodseq,
+            last_uid=cursor.last_uid, backfill_low_uid=cursor.backfill_low_uid, backfill_done=cursor.backfill_done,
+            updated_at=utcnow())
+        if full:
+            values["last_full_sync"] = utcnow()
+        with Session(get_engine()) as s:
+            s.execute(update(FolderState).where(FolderState.id == state_id).values(**values))
+            s.execute(update(EmailAccount).where(EmailAccount.id == self.account.id, EmailAccount.fetch_owner == self.owner)
+                      .values(fetch_lease_until=utcnow() + LEASE))
+            s.commit()
+
+    def _store_batch(self, state_id: str, choice: sync.FolderChoice, fetched: list[FetchedMessage],
+                     cursor: sync.FolderCursor, *, new_uids: set[int], backfill_count: int, silent: bool, gmail: bool) -> None:
+        """Raw bytes to storage, then rows + cursor in one transaction, then the ingest chain."""
+        acct = self.account
+        rows, locations = [], []
+        for m in fetched:
+            ident = message_identity(m.raw, m.gm_msgid if gmail else None)
+            raw_key = f"raw/{acct.id}/{ingest.raw_digest(m.raw)}.eml"
+            self.storage.put(raw_key, m.raw, "message/rfc822")
+            rows.append({
+                "org_id": acct.org_id, "account_id": acct.id, "dedupe_key": ident.dedupe_key,
+                "message_id": ident.message_id, "gm_msgid": m.gm_msgid, "gm_thrid": m.gm_thrid,
+                "direction": "outbound" if choice.role == "sent" else "inbound",
+                "status": "sent" if choice.role == "sent" else "received",
+                "size": m.size or len(m.raw), "raw_key": raw_key, "received_at": m.internaldate,
+                "pipeline_state": "fetched", "silent": silent, "stage_at": utcnow(),
+            })
+            locations.append((ident.dedupe_key, m))
+        now = utcnow()
+        with Session(get_engine()) as s:
+            created = insert_ignore(s, Email, rows, ["account_id", "dedupe_key"])
+            keys = [r["dedupe_key"] for r in rows]
+            ids = dict(s.execute(select(Email.dedupe_key, Email.id).where(Email.account_id == acct.id,
+                                                                          Email.dedupe_key.in_(keys))).all())  # type: ignore[attr-defined]
+            insert_ignore(s, EmailLocation, [
+                {"email_id": ids[key], "account_id": acct.id, "folder": choice.name, "uidvalidity": cursor.uidvalidity,
+                 "uid": m.uid, "flags": sorted(m.flags)} for key, m in locations
+            ], ["account_id", "folder", "uidvalidity", "uid"])
+            s.execute(update(FolderState).where(FolderState.id == state_id).values(
+                last_uid=cursor.last_uid, backfill_low_uid=cursor.backfill_low_uid, backfill_done=cursor.backfill_done,
+                uidvalidity=cursor.uidvalidity, updated_at=now))
+            self.window = sync.RateWindow(self.window.start, self.window.count + len(fetched))
+            s.execute(update(EmailAccount).where(EmailAccount.id == acct.id).values(
+                messages_synced=EmailAccount.messages_synced + created,
+                backfill_done=EmailAccount.backfill_done + backfill_count,
+                rate_window_start=self.window.start, rate_window_count=self.window.count,
+                fetch_lease_until=now + LEASE))
+            pending = list(s.execute(select(Email.id).where(Email.account_id == acct.id, Email.dedupe_key.in_(keys),  # type: ignore[attr-defined]
+                                                            Email.pipeline_state.not_in(ingest.FINAL_STATES))).scalars())  # type: ignore[attr-defined]
+            s.commit()
+        for m in fetched:
+            if m.internaldate is not None and m.uid in new_uids:
+                metrics.SYNC_LAG.observe(max(0.0, (now - m.internaldate).total_seconds()))
+        self.allowance -= len(fetched)
+        self.stored += created
+        metrics.EMAILS_SYNCED.labels(choice.role).inc(created)
+        if pending:
+            ingest.start_chain(pending)
+
+
+@actor(actor_name="fetch.account", queue_name="fetch", max_retries=3, min_backoff=2_000, max_backoff=60_000,
+       time_limit=10 * 60_000, max_age=30 * 60_000)
+def fetch_account(account_id: str, token: str) -> None:
+    """Sync one account; a message whose token is stale, or whose account is busy, is dropped."""
+    owner = _message_id()
+    claim = _claim(account_id, token, owner)
+    if claim is None:
+        log.debug("fetch_dropped", account_id=account_id, reason="stale token or lease held")
+        return
+    started = time.monotonic()
+    try:
+        session = open_imap(claim.account)
+    except ImapError as err:
+        failures = _record_failure(claim.account, owner, err)
+        if err.kind != ImapErrorKind.AUTH and failures < ERROR_AFTER_FAILURES:
+            raise
+        return
+    syncer = _Syncer(claim, session, owner)
+    try:
+        syncer.run()
+    except ImapError as err:
+        failures = _record_failure(claim.account, owner, err)
+        if err.kind != ImapErrorKind.AUTH and failures < ERROR_AFTER_FAILURES:
+            raise
+        return
+    finally:
+        session.close()
+    now = utcnow()
+    done: dict[str, Any] = dict(sync_state="idle", last_synced_at=now, last_error=None, last_error_code=None,
+                                consecutive_failures=0, deferred_until=None)
+    if syncer.rate_limited and syncer.window.start is not None:
+        done["deferred_until"] = syncer.window.start + timedelta(hours=1)
+        done["next_fetch_at"] = done["deferred_until"]
+    _release(account_id, owner, **done)
+    metrics.SYNC_SECONDS.observe(time.monotonic() - started)
+    metrics.ACCOUNT_STATE.labels(account_id).set(metrics.STATE_CODES["idle"])
+    log.info("fetch_done", account_id=account_id, stored=syncer.stored, more=syncer.more, rate_limited=syncer.rate_limited)
+    if syncer.more:
+        fetch_account.send(account_id, token)
+
+
+@register_sweep("fetch_due_accounts")
+def sweep_due_accounts(session: Session, now: datetime) -> int:
+    """Enqueue one fetch per due account and advance its next-fetch time in the same transaction."""
+    default = get_settings().poll_seconds
+    stmt = (
+        select(EmailAccount)
+        .where(EmailAccount.deleted_at.is_(None),  # type: ignore[union-attr]
+               EmailAccount.sync_state.not_in(("disabled", "reconnect_required")),  # type: ignore[attr-defined]
+               or_(EmailAccount.next_fetch_at.is_(None), EmailAccount.next_fetch_at <= now),  # type: ignore[union-attr]
+               or_(EmailAccount.fetch_lease_until.is_(None), EmailAccount.fetch_lease_until < now),  # type: ignore[union-attr]
+               or_(EmailAccount.deferred_until.is_(None), EmailAccount.deferred_until <= now))  # type: ignore[union-attr]
+        .order_by(EmailAccount.next_fetch_at)
+        .limit(500)
+    )
+    if is_postgres(session.get_bind()):  # type: ignore[arg-type]
+        stmt = stmt.with_for_update(skip_locked=True)
+    accounts = list(session.execute(stmt).scalars())
+    for acct in accounts:
+        token = new_id()
+        acct.fetch_token = token
+        acct.next_fetch_at = now + timedelta(seconds=acct.poll_seconds or default)
+        session.add(acct)
+        session.flush()
+        fetch_account.send(acct.id, token)
+    return len(accounts)
+
+
+def request_sync(session: Session, account_id: str) -> None:
+    """Manual refresh: make the account due now; the next tick (or this call) enqueues it."""
+    session.execute(update(EmailAccount).where(EmailAccount.id == account_id)
+                    .values(next_fetch_at=utcnow() - timedelta(seconds=1), deferred_until=None))

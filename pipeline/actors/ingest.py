@@ -1,0 +1,96 @@
+"""The ingest chain after fetch: parse → store attachments → auto-link → create lead → notify.
+
+Messages carry lists of email ids. Each stage handles only the emails sitting in its input state
+and moves them on, so a redelivered or re-swept message is a no-op for work already done. The
+``resume_ingest`` sweep restarts the chain for emails that stopped moving (a lost message, a killed
+worker); after :data:`MAX_ATTEMPTS` sweeps an email is quarantined with the reason, never retried
+forever.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+import structlog
+from dramatiq import pipeline
+from sqlalchemy import select, update
+from sqlmodel import Session
+
+from models import Email, utcnow
+from pipeline.scheduler import register_sweep
+
+__all__ = ["FINAL_STATES", "MAX_ATTEMPTS", "STATES", "chain_messages", "raw_digest", "start_chain"]
+
+log = structlog.get_logger("mailpipe.ingest")
+
+STATES = ("fetched", "parsed", "stored", "linked", "leads", "done", "quarantined")
+FINAL_STATES = ("done", "quarantined")
+MAX_ATTEMPTS = 5
+STALL = timedelta(minutes=2)
+CHAIN_BATCH = 100
+
+
+def raw_digest(raw: bytes) -> str:
+    """Content address of a raw message in storage."""
+    return hashlib.sha256(raw).hexdigest()
+
+
+def chain_messages(email_ids: Sequence[str]) -> list[object]:
+    """The five stage messages for a batch of ids (each stage ignores the previous result)."""
+    from pipeline.actors import attachments, link, leads, notify, parse
+
+    ids = list(email_ids)
+    return [
+        parse.parse_emails.message(ids),
+        attachments.store_attachments.message_with_options(args=(ids,), pipe_ignore=True),
+        link.link_emails.message_with_options(args=(ids,), pipe_ignore=True),
+        leads.create_leads.message_with_options(args=(ids,), pipe_ignore=True),
+        notify.notify_emails.message_with_options(args=(ids,), pipe_ignore=True),
+    ]
+
+
+def start_chain(email_ids: Sequence[str]) -> None:
+    """Enqueue the chain for ids, in batches (whether to notify is recorded on each email)."""
+    ids = list(email_ids)
+    for i in range(0, len(ids), CHAIN_BATCH):
+        pipeline(chain_messages(ids[i : i + CHAIN_BATCH])).run()  # type: ignore[arg-type]
+
+
+def move(session: Session, email_ids: Sequence[str], to_state: str) -> None:
+    """Advance emails to ``to_state`` and restart their stall clock."""
+    if email_ids:
+        session.execute(update(Email).where(Email.id.in_(list(email_ids))).values(pipeline_state=to_state, stage_at=utcnow()))  # type: ignore[attr-defined]
+
+
+def in_state(session: Session, email_ids: Sequence[str], state: str) -> list[Email]:
+    """The emails among ``email_ids`` that are waiting for the stage consuming ``state``."""
+    return list(session.execute(select(Email).where(Email.id.in_(list(email_ids)), Email.pipeline_state == state)).scalars())  # type: ignore[attr-defined]
+
+
+@register_sweep("resume_ingest")
+def resume_ingest(session: Session, now: datetime) -> int:
+    """Restart the chain for emails stuck mid-pipeline; quarantine those that keep stalling."""
+    stuck = list(session.execute(
+        select(Email.id, Email.ingest_attempts, Email.pipeline_state)
+        .where(Email.pipeline_state.not_in(FINAL_STATES), Email.stage_at < now - STALL)  # type: ignore[attr-defined,operator]
+        .limit(2000)
+    ).all())
+    if not stuck:
+        return 0
+    give_up = [row.id for row in stuck if row.ingest_attempts + 1 >= MAX_ATTEMPTS]
+    retry = [row.id for row in stuck if row.ingest_attempts + 1 < MAX_ATTEMPTS]
+    for row in stuck:
+        if row.id in give_up:
+            session.execute(update(Email).where(Email.id == row.id).values(
+                pipeline_state="quarantined", stage_at=now,
+                parse_error=f"ingest stalled {MAX_ATTEMPTS} times after stage '{row.pipeline_state}'"))
+    if give_up:
+        log.warning("ingest_quarantined", count=len(give_up))
+    if retry:
+        session.execute(update(Email).where(Email.id.in_(retry)).values(  # type: ignore[attr-defined]
+            stage_at=now, ingest_attempts=Email.ingest_attempts + 1))
+        session.flush()
+        start_chain(retry)
+    return len(stuck)

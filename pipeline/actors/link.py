@@ -1,0 +1,131 @@
+"""``ingest.link``: auto-link emails to contacts, leads and accounts; retroactive linking when the
+CRM later pushes a matching record."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Collection, Iterable, Mapping, Sequence
+
+from sqlalchemy import select
+from sqlmodel import Session
+
+from models import Contact, CrmAccount, Email, EmailAccount, EmailAddress, EmailLink, Lead
+from models.db import get_engine
+from models.upsert import insert_ignore
+from ops import metrics
+from pipeline.actors.ingest import in_state, move
+from pipeline.broker import actor
+from pipeline.stages.autolink import CrmMatch, DictDirectory, LinkDecision, links_for_new_record, plan_links
+
+__all__ = ["SqlDirectory", "enqueue_relink", "link_emails", "relink_record", "store_links"]
+
+
+class SqlDirectory:
+    """CRM lookups by normalized address for one organization (one query per table)."""
+
+    def __init__(self, session: Session, org_id: str) -> None:
+        self.session = session
+        self.org_id = org_id
+
+    def lookup(self, normalized_emails: Collection[str]) -> Mapping[str, Sequence[CrmMatch]]:
+        wanted = sorted(set(normalized_emails))
+        out: dict[str, list[CrmMatch]] = defaultdict(list)
+        if not wanted:
+            return out
+        s, org = self.session, self.org_id
+        for c in s.execute(select(Contact.id, Contact.email_norm, Contact.account).where(Contact.org_id == org, Contact.email_norm.in_(wanted))):  # type: ignore[union-attr]
+            out[c.email_norm].append(CrmMatch("contact", c.id, "contacts.email", c.account))
+        for c in s.execute(select(Contact.id, Contact.personal_email_norm, Contact.account).where(
+                Contact.org_id == org, Contact.personal_email_norm.in_(wanted))):  # type: ignore[union-attr]
+            out[c.personal_email_norm].append(CrmMatch("contact", c.id, "contacts.personal_email", c.account))
+        for ld in s.execute(select(Lead.id, Lead.email_norm).where(Lead.org_id == org, Lead.email_norm.in_(wanted))):  # type: ignore[union-attr]
+            out[ld.email_norm].append(CrmMatch("lead", ld.id, "leads.email"))
+        for a in s.execute(select(CrmAccount.id, CrmAccount.email_norm).where(CrmAccount.org_id == org, CrmAccount.email_norm.in_(wanted))):  # type: ignore[union-attr]
+            out[a.email_norm].append(CrmMatch("account", a.id, "accounts.email"))
+        return out
+
+
+def store_links(s: Session, email: Email, decisions: Iterable[LinkDecision], *, needs_review: bool) -> int:
+    """Insert link rows (duplicates ignored) and update the email's flags; returns rows added."""
+    rows = [{"org_id": email.org_id, "email_id": email.id, "entity_type": d.entity_type, "entity_id": d.entity_id,
+             "how": d.how, "needs_review": needs_review and d.entity_type in ("contact", "lead")} for d in decisions]
+    added = insert_ignore(s, EmailLink, rows, ["email_id", "entity_type", "entity_id"])
+    if rows:
+        email.linked = True
+        email.needs_review = email.needs_review or needs_review
+        s.add(email)
+    return added
+
+
+@actor(actor_name="ingest.link", queue_name="pipeline", max_retries=3)
+def link_emails(email_ids: list[str]) -> None:
+    """Plan and store links for every email of the batch in state ``stored``."""
+    with Session(get_engine(), expire_on_commit=False) as s:
+        emails = in_state(s, email_ids, "stored")
+        if not emails:
+            return
+        own = {a.id: a.email_norm for a in s.execute(select(EmailAccount).where(
+            EmailAccount.id.in_({e.account_id for e in emails}))).scalars()}  # type: ignore[attr-defined]
+        by_org: dict[str, list[Email]] = defaultdict(list)
+        for e in emails:
+            by_org[e.org_id].append(e)
+        linked = 0
+        for org_id, batch in by_org.items():
+            # One lookup for the whole batch, then plan each email against the in-memory result.
+            every = {addr for e in batch for addr in _addresses(e)}
+            directory = DictDirectory(SqlDirectory(s, org_id).lookup(every))
+            for e in batch:
+                plan = plan_links(e.direction, e.from_email, e.to_emails, e.cc_emails, directory, own_addresses=(own.get(e.account_id, ""),))  # type: ignore[arg-type]
+                insert_ignore(s, EmailAddress, [{"org_id": org_id, "email_id": e.id, "address_norm": a} for a in plan.addresses],
+                              ["email_id", "address_norm"])
+                if plan.links:
+                    store_links(s, e, plan.links, needs_review=plan.needs_review)
+                    linked += 1
+        move(s, [e.id for e in emails], "linked")
+        s.commit()
+    metrics.INGESTED.labels("link", "linked").inc(linked)
+    metrics.INGESTED.labels("link", "unlinked").inc(len(emails) - linked)
+
+
+def _addresses(e: Email) -> list[str]:
+    from pipeline.stages.autolink import normalize_email
+
+    raw = [e.from_email] if e.direction == "inbound" else [*e.to_emails, *e.cc_emails]
+    return [a for a in (normalize_email(x) for x in raw if x) if a]
+
+
+@actor(actor_name="link.retro", queue_name="pipeline", max_retries=3)
+def relink_record(org_id: str, entity_type: str, entity_id: str) -> int:
+    """Link earlier unlinked mail to a contact/lead/account the CRM just created or changed."""
+    model = {"contact": Contact, "lead": Lead, "account": CrmAccount}[entity_type]
+    with Session(get_engine(), expire_on_commit=False) as s:
+        record = s.get(model, (org_id, entity_id))
+        if record is None:
+            return 0
+        fields = {"email": record.email}
+        if entity_type == "contact":
+            fields["personal_email"] = record.personal_email  # type: ignore[attr-defined]
+        account_id = record.account if entity_type == "contact" else None  # type: ignore[attr-defined]
+        decisions = links_for_new_record(entity_type, entity_id, fields, account_id)  # type: ignore[arg-type]
+        if not decisions:
+            return 0
+        addresses = sorted({d.matched_email for d in decisions})
+        rows = s.execute(
+            select(Email, EmailAddress.address_norm)
+            .join(EmailAddress, EmailAddress.email_id == Email.id)
+            .where(EmailAddress.org_id == org_id, EmailAddress.address_norm.in_(addresses), Email.linked.is_(False))  # type: ignore[attr-defined]
+        ).all()
+        touched = 0
+        for email, address in rows:
+            mine = [d for d in decisions if d.matched_email == address]
+            if store_links(s, email, mine, needs_review=False):
+                touched += 1
+        s.commit()
+    return touched
+
+
+def enqueue_relink(org_id: str, entity_type: str, entity_id: str) -> None:
+    """Hook for the CRM endpoints: retro-link after a contact/lead/account is written."""
+    relink_record.send(org_id, entity_type, entity_id)
+
+

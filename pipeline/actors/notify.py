@@ -1,0 +1,48 @@
+"""``ingest.notify``: an in-app notification for the mailbox owner per new linked inbound email.
+
+Notifications are unique on ``email.received:<email id>``, so a repeat inserts nothing; re-indexed
+copies (``silent``) and mail that just created a lead (already announced) notify no one.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlmodel import Session
+
+from models import EmailAccount, EmailLink, Notification
+from models.db import get_engine
+from models.upsert import insert_ignore
+from ops import metrics
+from pipeline.actors.ingest import in_state, move
+from pipeline.broker import actor
+
+__all__ = ["notify_emails"]
+
+
+@actor(actor_name="ingest.notify", queue_name="notify", max_retries=3)
+def notify_emails(email_ids: list[str]) -> None:
+    """Write notifications for the batch's emails in state ``leads`` and finish them."""
+    with Session(get_engine(), expire_on_commit=False) as s:
+        emails = in_state(s, email_ids, "leads")
+        if not emails:
+            return
+        owners = dict(s.execute(select(EmailAccount.id, EmailAccount.user_id).where(
+            EmailAccount.id.in_({e.account_id for e in emails}))).all())  # type: ignore[attr-defined]
+        wanted = [e for e in emails if e.direction == "inbound" and e.linked and not e.silent]
+        announced = set(s.execute(select(Notification.email_id).where(
+            Notification.email_id.in_([e.id for e in wanted]), Notification.kind == "lead.created")).scalars())  # type: ignore[union-attr]
+        links: dict[str, list[tuple[str, str]]] = {}
+        for email_id, etype, eid in s.execute(select(EmailLink.email_id, EmailLink.entity_type, EmailLink.entity_id).where(
+                EmailLink.email_id.in_([e.id for e in wanted]))).all():  # type: ignore[attr-defined]
+            links.setdefault(email_id, []).append((etype, eid))
+        rows = [{
+            "org_id": e.org_id, "user_id": owners[e.account_id], "kind": "email.received",
+            "title": f"New email from {e.from_name or e.from_email or 'unknown sender'}"[:500],
+            "body": e.subject[:2000], "email_id": e.id,
+            "data": {"links": [{"entity_type": t, "entity_id": i} for t, i in links.get(e.id, [])]},
+            "dedupe_key": f"email.received:{e.id}",
+        } for e in wanted if e.id not in announced]
+        sent = insert_ignore(s, Notification, rows, ["org_id", "dedupe_key"])
+        move(s, [e.id for e in emails], "done")
+        s.commit()
+    metrics.INGESTED.labels("notify", "ok").inc(sent)
