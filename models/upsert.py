@@ -23,6 +23,6 @@ def insert_ignore(session: Session, model: type[SQLModel], rows: Sequence[dict[s
     full = [model.model_validate(r).model_dump() | {k: v for k, v in r.items()} for r in rows]
     dialect = session.get_bind().dialect.name
     ins = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
-    stmt = ins.values(full).on_conflict_do_nothing(index_elements=list(conflict))
-    result = session.execute(stmt)
-    return int(result.rowcount or 0)
+    pk = list(table.primary_key.columns)[0]
+    stmt = ins.values(full).on_conflict_do_nothing(index_elements=list(conflict)).returning(pk)
+    return len(session.execute(stmt).all())

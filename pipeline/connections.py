@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Callable
+from typing import Any
 from functools import lru_cache
 
 from models import EmailAccount
 from ops.keys import unseal
 from pipeline.clients import imap
 
-__all__ = ["imap_settings", "open_imap", "tls_context", "use_imap_connector"]
+__all__ = ["connect_imap", "imap_settings", "open_imap", "smtp_probe", "smtp_transport", "tls_context",
+           "use_imap_connector", "use_smtp_transport"]
 
 ImapConnector = Callable[[imap.ImapSettings], imap.ImapSession]
 _imap_connector: ImapConnector = imap.connect
@@ -45,9 +47,47 @@ def imap_settings(account: EmailAccount, *, timeout: float = IMAP_TIMEOUT) -> im
     )
 
 
+def connect_imap(settings: imap.ImapSettings) -> imap.ImapSession:
+    """Connect with the current factory (real, or the fake in tests)."""
+    return _imap_connector(settings)
+
+
 def open_imap(account: EmailAccount) -> imap.ImapSession:
     """Connect and log in to the account's IMAP server (raises ``ImapError``)."""
     return _imap_connector(imap_settings(account))
+
+
+_smtp_transport: Any = None
+
+
+def smtp_transport() -> Any:
+    """The SMTP transport in use (aiosmtplib unless a test swapped in the fake)."""
+    global _smtp_transport
+    if _smtp_transport is None:
+        from pipeline.clients.smtp import AiosmtplibTransport
+
+        _smtp_transport = AiosmtplibTransport()
+    return _smtp_transport
+
+
+def use_smtp_transport(transport: Any | None) -> None:
+    """Swap the SMTP transport (tests); None restores the real one."""
+    global _smtp_transport
+    _smtp_transport = transport
+
+
+def smtp_probe(ep: Any, timeout: float) -> dict[str, Any]:
+    """EHLO, STARTTLS/TLS and AUTH against an endpoint, as API.md's ``{ok, error_code, message}``."""
+    from pipeline.clients.smtp import SmtpSettings
+
+    try:
+        settings = SmtpSettings(host=ep.host, port=ep.port, security=ep.security, username=ep.username,
+                                password=ep.password, oauth_token=ep.oauth_token, timeout=timeout,
+                                ssl_context=tls_context() if ep.security != "none" else None)
+    except ValueError as err:
+        return {"ok": False, "error_code": "protocol", "message": str(err)}
+    result = smtp_transport().probe(settings)
+    return {"ok": result.ok, "error_code": result.error_code, "message": result.message}
 
 
 def use_imap_connector(connector: ImapConnector | None) -> None:

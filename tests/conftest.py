@@ -29,8 +29,13 @@ def reset_process_state() -> None:
     from ops.keys import reset_keyring
     from ops.orgs import KEY_CACHE
     from ops.settings import reset_settings
+    from pipeline.clients.storage import reset_storage
+    from pipeline.connections import use_imap_connector, use_smtp_transport
 
     reset_settings()
+    reset_storage()
+    use_imap_connector(None)
+    use_smtp_transport(None)
     reset_engine()
     reset_keyring()
     KEY_CACHE.clear()

@@ -11,7 +11,7 @@ from starlette.routing import BaseRoute
 from web.api import ApiRouter, openapi_document
 from web.auth import ApiKeyAuth
 from web.errors import exception_handlers
-from web.routes import crm, health
+from web.routes import accounts, crm, emails, health, notifications, org
 
 __all__ = ["create_app"]
 
@@ -20,7 +20,7 @@ VERSION = "0.1.0"
 
 def routers() -> list[ApiRouter]:
     """Every router, in matching order."""
-    return [health.router, crm.router]
+    return [health.router, org.router, crm.router, accounts.router, emails.router, notifications.router]
 
 
 def create_app() -> Starlette:

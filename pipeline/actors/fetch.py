@@ -44,6 +44,11 @@ MAX_BACKOFF = timedelta(hours=1)
 ERROR_AFTER_FAILURES = 3
 
 
+def _failures(account_id: str) -> int:
+    with Session(get_engine()) as s:
+        return int(s.execute(select(EmailAccount.consecutive_failures).where(EmailAccount.id == account_id)).scalar_one())
+
+
 @dataclass(frozen=True, slots=True)
 class _Claim:
     account: EmailAccount
@@ -85,18 +90,18 @@ def _release(account_id: str, owner: str, **values: Any) -> None:
         s.commit()
 
 
-def _record_failure(account: EmailAccount, owner: str, err: ImapError) -> int:
-    """Count a failure; after a few, or at once for auth, show the account in error."""
+def _record_failure(account: EmailAccount, owner: str, kind: str, message: str) -> int:
+    """Count a failure and release the lease; after a few (at once for auth) show the account in error."""
     failures = account.consecutive_failures + 1
     interval = timedelta(seconds=account.poll_seconds or get_settings().poll_seconds)
     backoff = min(interval * (2 ** min(failures, 10)), MAX_BACKOFF)
-    state = "error" if err.kind == ImapErrorKind.AUTH or failures >= ERROR_AFTER_FAILURES else "idle"
-    reason = f"{err.kind.value}: reconnect needed: {err.message}" if err.kind == ImapErrorKind.AUTH else f"{err.kind.value}: {err.message}"
+    state = "error" if kind == ImapErrorKind.AUTH.value or failures >= ERROR_AFTER_FAILURES else "idle"
+    reason = f"{kind}: reconnect needed: {message}" if kind == ImapErrorKind.AUTH.value else f"{kind}: {message}"
     _release(account.id, owner, consecutive_failures=failures, sync_state=state, last_error=reason[:2000],
-             last_error_code=err.kind.value, next_fetch_at=utcnow() + backoff)
-    metrics.FETCH_ERRORS.labels(err.kind.value).inc()
+             last_error_code=kind, next_fetch_at=utcnow() + backoff)
+    metrics.FETCH_ERRORS.labels(kind).inc()
     metrics.ACCOUNT_STATE.labels(account.id).set(metrics.STATE_CODES[state])
-    log.warning("fetch_failed", account_id=account.id, kind=err.kind.value, failures=failures, state=state)
+    log.warning("fetch_failed", account_id=account.id, kind=kind, failures=failures, state=state)
     return failures
 
 
@@ -270,26 +275,29 @@ def fetch_account(account_id: str, token: str) -> None:
     owner = _message_id()
     claim = _claim(account_id, token, owner)
     if claim is None:
-        log.debug("fetch_dropped", account_id=account_id, reason="stale token or lease held")
+        with Session(get_engine()) as s:
+            row = s.get(EmailAccount, account_id)
+            reason = ("account deleted" if row is None or row.deleted_at is not None
+                      else "stale token" if row.fetch_token != token else "another fetch holds the lease")
+        log.info("fetch_dropped", account_id=account_id, reason=reason)
         return
     started = time.monotonic()
+    claim.account.consecutive_failures = _failures(account_id)
     try:
         session = open_imap(claim.account)
+        syncer = _Syncer(claim, session, owner)
+        try:
+            syncer.run()
+        finally:
+            session.close()
     except ImapError as err:
-        failures = _record_failure(claim.account, owner, err)
+        failures = _record_failure(claim.account, owner, err.kind.value, err.message)
         if err.kind != ImapErrorKind.AUTH and failures < ERROR_AFTER_FAILURES:
-            raise
+            raise  # Dramatiq retries with backoff; the same message id may re-take the lease
         return
-    syncer = _Syncer(claim, session, owner)
-    try:
-        syncer.run()
-    except ImapError as err:
-        failures = _record_failure(claim.account, owner, err)
-        if err.kind != ImapErrorKind.AUTH and failures < ERROR_AFTER_FAILURES:
-            raise
-        return
-    finally:
-        session.close()
+    except Exception as exc:
+        _record_failure(claim.account, owner, "internal", f"{type(exc).__name__} (see worker logs)")
+        raise
     now = utcnow()
     done: dict[str, Any] = dict(sync_state="idle", last_synced_at=now, last_error=None, last_error_code=None,
                                 consecutive_failures=0, deferred_until=None)
@@ -321,14 +329,18 @@ def sweep_due_accounts(session: Session, now: datetime) -> int:
     if is_postgres(session.get_bind()):  # type: ignore[arg-type]
         stmt = stmt.with_for_update(skip_locked=True)
     accounts = list(session.execute(stmt).scalars())
+    due = []
     for acct in accounts:
-        token = new_id()
-        acct.fetch_token = token
+        acct.fetch_token = new_id()
         acct.next_fetch_at = now + timedelta(seconds=acct.poll_seconds or default)
         session.add(acct)
-        session.flush()
-        fetch_account.send(acct.id, token)
-    return len(accounts)
+        due.append((acct.id, acct.fetch_token))
+    # Commit the new tokens before sending: a worker must see the token its message carries.
+    # Dying between the two only delays that fetch to its next due time; nothing is lost.
+    session.commit()
+    for account_id, token in due:
+        fetch_account.send(account_id, token)
+    return len(due)
 
 
 def request_sync(session: Session, account_id: str) -> None:

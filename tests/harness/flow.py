@@ -1,0 +1,117 @@
+"""Helpers for end-to-end inbound tests: seeding the CRM, creating accounts, draining workers."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from dramatiq import Worker
+from dramatiq.brokers.stub import StubBroker
+from sqlalchemy import func, select
+from sqlmodel import Session
+
+from models import Contact, CrmAccount, Email, EmailAccount, EmailLink, EmailLocation, Lead, Notification, Organization, User
+from models.db import get_engine
+from ops.orgs import create_org
+from pipeline import accounts as svc
+from pipeline.broker import QUEUES
+from pipeline.leader import AlwaysLeader
+from pipeline.scheduler import Scheduler
+
+__all__ = ["CRM", "count", "drain", "make_account", "make_org", "seed_crm", "tick"]
+
+# The CRM every inbound test links against (addresses used by seeded mail).
+CRM = {
+    "contact": ("c-ada", "ada@engine.example"),
+    "contact_personal": ("c-bob", "bob.personal@home.example"),
+    "lead": ("l-lee", "lee@prospect.example"),
+    "account": ("a-acme", "hello@acme-corp.example"),
+    "collision": ("c-sam", "l-sam", "sam@both.example"),
+    "account_of_contact": "a-engine",
+}
+
+
+def make_org(name: str = "acme", **settings: Any) -> tuple[str, str]:
+    """An organization (with settings) and its API key."""
+    with Session(get_engine()) as s:
+        org, key = create_org(s, name)
+        for k, v in settings.items():
+            setattr(org, k, v)
+        s.add(org)
+        s.commit()
+        return org.id, key
+
+
+def seed_crm(org_id: str) -> None:
+    """Contacts, a lead, an account and a contact+lead collision, per :data:`CRM`."""
+    with Session(get_engine()) as s:
+        s.add(User(org_id=org_id, id="u1", name="Alice Seller", email="alice@example.test", email_norm="alice@example.test"))
+        s.add(CrmAccount(org_id=org_id, id=CRM["account_of_contact"], name="Engine Co"))
+        cid, addr = CRM["contact"]
+        s.add(Contact(org_id=org_id, id=cid, first_name="Ada", last_name="Lovelace", email=addr.upper(), email_norm=addr,
+                      account=CRM["account_of_contact"]))
+        cid, addr = CRM["contact_personal"]
+        s.add(Contact(org_id=org_id, id=cid, last_name="Bob", personal_email=addr, personal_email_norm=addr))
+        lid, addr = CRM["lead"]
+        s.add(Lead(org_id=org_id, id=lid, lastName="Lee", email=addr, email_norm=addr))
+        aid, addr = CRM["account"]
+        s.add(CrmAccount(org_id=org_id, id=aid, name="Acme Corp", email=addr, email_norm=addr))
+        cid, lid, addr = CRM["collision"]
+        s.add(Contact(org_id=org_id, id=cid, last_name="Sam", email=addr, email_norm=addr))
+        s.add(Lead(org_id=org_id, id=lid, lastName="Sam", email=addr, email_norm=addr))
+        s.commit()
+
+
+def make_account(org_id: str, *, host: str = "imap.test", port: int = 993, security: str = "ssl",
+                 email: str = "alice@example.test", password: str = "alicepass", user_id: str = "u1") -> str:
+    """An account row (connection not tested), due for its first fetch."""
+    with Session(get_engine()) as s:
+        if s.get(Organization, org_id) is None:
+            raise ValueError("unknown org")
+        ep = svc.Endpoint(host, port, security, email, password)
+        acct = svc.create_account(s, org_id=org_id, user_id=user_id, provider="imap", email=email, imap_ep=ep, smtp_ep=ep)
+        s.commit()
+        return acct.id
+
+
+def tick() -> dict[str, int]:
+    """One scheduler tick as the (only) leader."""
+    return Scheduler(get_engine(), AlwaysLeader(), 1).tick()
+
+
+def drain(broker: StubBroker, worker: Worker, timeout: float = 60) -> None:
+    """Run until every queue (and delay queue) is empty and the worker is idle."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for q in QUEUES:
+            broker.join(q, timeout=int(max(1, deadline - time.monotonic()) * 1000))
+        worker.join()
+        if all(broker.queues[q].qsize() == 0 for q in broker.queues):
+            return
+    raise TimeoutError("queues did not drain")
+
+
+def count(model: Any, *where: Any) -> int:
+    with Session(get_engine()) as s:
+        return int(s.execute(select(func.count()).select_from(model).where(*where)).scalar_one())
+
+
+def account(account_id: str) -> EmailAccount:
+    with Session(get_engine()) as s:
+        a = s.get(EmailAccount, account_id)
+        assert a is not None
+        return a
+
+
+def links_of(message_id: str) -> set[tuple[str, str]]:
+    with Session(get_engine()) as s:
+        eid = s.execute(select(Email.id).where(Email.message_id == message_id)).scalar_one()
+        return {(link.entity_type, link.entity_id) for link in s.execute(select(EmailLink).where(EmailLink.email_id == eid)).scalars()}
+
+
+def email_by_mid(message_id: str) -> Email:
+    with Session(get_engine()) as s:
+        return s.execute(select(Email).where(Email.message_id == message_id)).scalar_one()
+
+
+__all__ += ["account", "email_by_mid", "links_of", "EmailLocation", "Notification"]

@@ -1,0 +1,57 @@
+"""Fixtures for the integration tests: the real pipeline on PostgreSQL + RabbitMQ with an
+in-process Dramatiq worker, and Dovecot's certificate trusted the way production trusts CAs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dramatiq import Worker
+
+from tests.conftest import reset_process_state
+
+
+@pytest.fixture
+def live(fresh_pg_url: str, amqp_url: str, test_certs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+    """Settings on a fresh migrated PostgreSQL database and the run's RabbitMQ vhost, and a
+    4-thread worker consuming from RabbitMQ in this process."""
+    import pipeline.actors  # noqa: F401
+    from ops.migrate import upgrade
+    from pipeline.broker import build_broker, use_broker
+
+    upgrade(fresh_pg_url)
+    monkeypatch.setenv("MAILPIPE_DATABASE_URL", fresh_pg_url)
+    monkeypatch.setenv("MAILPIPE_BROKER_URL", amqp_url)
+    monkeypatch.setenv("SSL_CERT_FILE", str(test_certs[0]))
+    from pipeline.connections import tls_context
+
+    tls_context.cache_clear()
+    reset_process_state()
+    broker = build_broker(amqp_url)
+    for q in broker.get_declared_queues():
+        broker.flush(q)
+    use_broker(broker)
+    broker.emit_after("process_boot")
+    worker = Worker(broker, worker_threads=4, worker_timeout=100)
+    worker.start()
+    try:
+        yield {"pg_url": fresh_pg_url, "amqp_url": amqp_url, "broker": broker, "worker": worker}
+    finally:
+        worker.stop(timeout=10_000)
+        broker.close()
+        tls_context.cache_clear()
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 60, interval: float = 0.1, what: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail with ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")

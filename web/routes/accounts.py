@@ -1,0 +1,282 @@
+"""Mailbox accounts: test, create, read with sync status, patch, delete, manual sync."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from sqlalchemy import select
+from sqlmodel import Session
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from models import EmailAccount, User, new_id, utcnow
+from models.db import get_engine
+from ops.keys import seal
+from pipeline import accounts as svc
+from web.api import ApiRouter
+from web.errors import ApiError
+from web.validation import Body, parse_body
+
+router = ApiRouter("accounts")
+
+Security = Literal["ssl", "starttls", "none"]
+Provider = Literal["gmail", "outlook", "exchange", "imap"]
+
+
+class ServerIn(Body):
+    host: str | None = Field(default=None, max_length=255)
+    port: int | None = Field(default=None, ge=1, le=65535)
+    security: Security | None = None
+    username: str | None = Field(default=None, max_length=320)
+    password: SecretStr | None = None
+
+
+class TestIn(Body):
+    provider: Provider = "imap"
+    email: str = Field(max_length=320)
+    imap: ServerIn = ServerIn()
+    smtp: ServerIn = ServerIn()
+    oauth: dict[str, Any] | None = None
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, v: str) -> str:
+        if "@" not in v or any(c.isspace() for c in v):
+            raise ValueError("must be an email address")
+        return v
+
+
+class AccountIn(TestIn):
+    user_id: str = Field(min_length=1, max_length=64)
+    skip_test: bool = False
+
+
+class AccountPatch(Body):
+    imap: ServerIn | None = None
+    smtp: ServerIn | None = None
+    poll_seconds: int | None = Field(default=None, ge=15, le=86_400)
+    saves_sent_copy: bool | None = None
+    disabled: bool | None = None
+    skip_test: bool = False
+
+
+def _org(request: Request) -> str:
+    return str(request.state.org_id)
+
+
+def _endpoints(body: TestIn) -> tuple[svc.Endpoint, svc.Endpoint]:
+    def given(server: ServerIn) -> dict[str, Any]:
+        return {"host": server.host, "port": server.port, "security": server.security, "username": server.username}
+
+    i, s = svc.apply_presets(body.provider, body.email, given(body.imap), given(body.smtp))
+    missing = [name for name, d in (("imap.host", i), ("smtp.host", s)) if not d.get("host")]
+    if missing:
+        raise ApiError(422, "validation_error", f"{', '.join(missing)} required for provider {body.provider!r}",
+                       {"errors": [{"field": m, "message": "required for this provider", "type": "missing"} for m in missing]})
+    token = (body.oauth or {}).get("access_token")
+
+    def secret(server: ServerIn) -> str | None:
+        return server.password.get_secret_value() if server.password is not None else None
+
+    def ep(d: dict[str, Any], server: ServerIn) -> svc.Endpoint:
+        password = secret(server)
+        if password is None and token is None:
+            raise ApiError(422, "validation_error", "a password (or an oauth access_token) is required",
+                           {"errors": [{"field": "password", "message": "required", "type": "missing"}]})
+        return svc.Endpoint(str(d["host"]), int(d["port"]), str(d["security"]), str(d["username"]),
+                            password, token if password is None else None)
+
+    return ep(i, body.imap), ep(s, body.smtp)
+
+
+@router.route("POST", "/api/v1/accounts/test", summary="Test IMAP and SMTP logins without saving", body=TestIn)
+async def test_account(request: Request) -> JSONResponse:
+    body = await parse_body(request, TestIn)
+    imap_ep, smtp_ep = _endpoints(body)
+    result = await run_in_threadpool(svc.test_connection, imap_ep, smtp_ep)
+    return JSONResponse(result.as_json())
+
+
+def _create(org_id: str, body: AccountIn, imap_ep: svc.Endpoint, smtp_ep: svc.Endpoint) -> dict[str, Any]:
+    with Session(get_engine(), expire_on_commit=False) as s:
+        dup = s.execute(select(EmailAccount.id).where(EmailAccount.org_id == org_id, EmailAccount.email_norm == body.email.strip().lower(),
+                                                      EmailAccount.deleted_at.is_(None))).first()  # type: ignore[union-attr]
+        if dup is not None:
+            raise ApiError(409, "account_exists", f"{body.email} is already connected", {"account_id": dup[0]})
+        account = svc.create_account(s, org_id=org_id, user_id=body.user_id, provider=body.provider, email=body.email.strip(),
+                                     imap_ep=imap_ep, smtp_ep=smtp_ep, oauth=body.oauth)
+        if s.get(User, (org_id, body.user_id)) is None:
+            s.add(User(org_id=org_id, id=body.user_id, name=body.email, email=body.email, email_norm=body.email.lower()))
+        s.commit()
+        _kick(s, account.id)
+        return svc.account_json(account)
+
+
+@router.route("POST", "/api/v1/accounts", summary="Connect a mailbox (tested first unless skip_test)", body=AccountIn,
+              status=201, responses={409: "already connected", 422: "connection test failed or invalid body"})
+async def create_account(request: Request) -> JSONResponse:
+    body = await parse_body(request, AccountIn)
+    imap_ep, smtp_ep = _endpoints(body)
+    if not body.skip_test:
+        result = await run_in_threadpool(svc.test_connection, imap_ep, smtp_ep)
+        if not result.ok:
+            raise ApiError(422, "connection_test_failed", "the mailbox could not be reached or logged in to", result.as_json())
+    data = await run_in_threadpool(_create, _org(request), body, imap_ep, smtp_ep)
+    return JSONResponse(data, status_code=201)
+
+
+def _load(s: Session, org_id: str, account_id: str) -> EmailAccount:
+    a = s.get(EmailAccount, account_id)
+    if a is None or a.org_id != org_id or a.deleted_at is not None:
+        raise ApiError.not_found("account")
+    return a
+
+
+@router.route("GET", "/api/v1/accounts", summary="List mailboxes", query=("user_id",))
+async def list_accounts(request: Request) -> JSONResponse:
+    org_id, user_id = _org(request), request.query_params.get("user_id")
+
+    def run() -> list[dict[str, Any]]:
+        with Session(get_engine()) as s:
+            stmt = select(EmailAccount).where(EmailAccount.org_id == org_id, EmailAccount.deleted_at.is_(None))  # type: ignore[union-attr]
+            if user_id:
+                stmt = stmt.where(EmailAccount.user_id == user_id)
+            return [svc.account_json(a) for a in s.execute(stmt.order_by(EmailAccount.id)).scalars()]
+
+    return JSONResponse({"items": await run_in_threadpool(run)})
+
+
+@router.route("GET", "/api/v1/accounts/{id}", summary="A mailbox with its sync status", responses={404: "not found"})
+async def get_account(request: Request) -> JSONResponse:
+    org_id, account_id = _org(request), request.path_params["id"]
+
+    def run() -> dict[str, Any]:
+        with Session(get_engine()) as s:
+            return svc.account_json(_load(s, org_id, account_id))
+
+    return JSONResponse(await run_in_threadpool(run))
+
+
+@router.route("PATCH", "/api/v1/accounts/{id}", summary="Change servers, credentials, interval; disable or enable",
+              body=AccountPatch, responses={404: "not found", 422: "connection test failed"})
+async def patch_account(request: Request) -> JSONResponse:
+    org_id, account_id = _org(request), request.path_params["id"]
+    body = await parse_body(request, AccountPatch)
+
+    def current() -> EmailAccount:
+        with Session(get_engine(), expire_on_commit=False) as s:
+            return _load(s, org_id, account_id)
+
+    a = await run_in_threadpool(current)
+    changes: dict[str, Any] = {}
+    if body.imap is not None or body.smtp is not None:
+        merged = TestIn(provider=a.provider, email=a.email,  # type: ignore[arg-type]
+                        imap=body.imap or ServerIn(), smtp=body.smtp or ServerIn())
+        for proto, server in (("imap", merged.imap), ("smtp", merged.smtp)):
+            server.host = server.host or getattr(a, f"{proto}_host")
+            server.port = server.port or getattr(a, f"{proto}_port")
+            server.security = server.security or getattr(a, f"{proto}_security")
+            server.username = server.username or getattr(a, f"{proto}_username")
+        imap_ep, smtp_ep = _endpoints_with_stored(merged, a)
+        if not body.skip_test:
+            result = await run_in_threadpool(svc.test_connection, imap_ep, smtp_ep)
+            if not result.ok:
+                raise ApiError(422, "connection_test_failed", "the new settings did not work; nothing was changed", result.as_json())
+        for proto, ep in (("imap", imap_ep), ("smtp", smtp_ep)):
+            changes.update({f"{proto}_host": ep.host, f"{proto}_port": ep.port, f"{proto}_security": ep.security,
+                            f"{proto}_username": ep.username,
+                            f"{proto}_password_enc": seal("email_accounts", f"{proto}_password_enc", ep.password) if ep.password else getattr(a, f"{proto}_password_enc")})
+        changes.update(sync_state="idle", last_error=None, last_error_code=None, consecutive_failures=0,
+                       next_fetch_at=utcnow() - timedelta(seconds=1))
+    if body.poll_seconds is not None:
+        changes["poll_seconds"] = body.poll_seconds
+    if body.saves_sent_copy is not None:
+        changes["saves_sent_copy"] = body.saves_sent_copy
+    if body.disabled is not None:
+        changes["sync_state"] = "disabled" if body.disabled else "idle"
+        if not body.disabled:
+            changes["next_fetch_at"] = utcnow() - timedelta(seconds=1)
+
+    def save() -> dict[str, Any]:
+        with Session(get_engine(), expire_on_commit=False) as s:
+            acct = _load(s, org_id, account_id)
+            for k, v in changes.items():
+                setattr(acct, k, v)
+            s.add(acct)
+            s.commit()
+            return svc.account_json(acct)
+
+    return JSONResponse(await run_in_threadpool(save))
+
+
+def _endpoints_with_stored(body: TestIn, a: EmailAccount) -> tuple[svc.Endpoint, svc.Endpoint]:
+    """Like _endpoints, but a missing password means 'keep the stored one'."""
+    from ops.keys import unseal
+
+    for proto, server in (("imap", body.imap), ("smtp", body.smtp)):
+        if server.password is None:
+            stored = unseal("email_accounts", f"{proto}_password_enc", getattr(a, f"{proto}_password_enc"))
+            if stored is not None:
+                server.password = SecretStr(stored)
+    return _endpoints(body)
+
+
+@router.route("DELETE", "/api/v1/accounts/{id}", summary="Stop syncing; ?erase=true also deletes its mail",
+              status=204, query=("erase",), responses={404: "not found"})
+async def delete_account(request: Request) -> Response:
+    org_id, account_id = _org(request), request.path_params["id"]
+    erase = request.query_params.get("erase", "false").lower() in ("1", "true", "yes")
+
+    def run() -> None:
+        from pipeline.clients.storage import get_storage
+
+        with Session(get_engine()) as s:
+            acct = _load(s, org_id, account_id)
+            acct.deleted_at = utcnow()
+            acct.sync_state = "disabled"
+            acct.fetch_token = None
+            s.add(acct)
+            keys = svc.erase_account_mail(s, account_id) if erase else []
+            s.commit()
+        storage = get_storage()
+        for key in keys:
+            storage.delete(key)
+
+    await run_in_threadpool(run)
+    return Response(status_code=204)
+
+
+def _kick(s: Session, account_id: str) -> None:
+    """Make the account due and enqueue its fetch now (the scheduler would within a tick)."""
+    from pipeline.actors.fetch import fetch_account
+
+    acct = s.get(EmailAccount, account_id)
+    if acct is None or acct.sync_state == "disabled":
+        return
+    if acct.fetch_lease_until is not None and acct.fetch_lease_until > utcnow():
+        return
+    token = new_id()
+    acct.fetch_token = token
+    acct.deferred_until = None
+    acct.next_fetch_at = utcnow() + timedelta(seconds=acct.poll_seconds or 60)
+    s.add(acct)
+    s.commit()
+    fetch_account.send(acct.id, token)
+
+
+@router.route("POST", "/api/v1/accounts/{id}/sync", summary="Fetch now (manual refresh)", status=202, responses={404: "not found"})
+async def sync_now(request: Request) -> JSONResponse:
+    org_id, account_id = _org(request), request.path_params["id"]
+
+    def run() -> dict[str, Any]:
+        with Session(get_engine(), expire_on_commit=False) as s:
+            acct = _load(s, org_id, account_id)
+            if acct.sync_state == "disabled":
+                raise ApiError(409, "account_disabled", "enable the account first (PATCH disabled=false)")
+            _kick(s, account_id)
+            return {"id": account_id, "status": "queued"}
+
+    return JSONResponse(await run_in_threadpool(run), status_code=202)

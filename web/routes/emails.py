@@ -1,0 +1,230 @@
+"""Reading mail: list with filters (``linked=false`` is the unlinked inbox), one email with its
+attachments and links, attachment download, manual link/unlink."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+from sqlalchemy import and_, func, or_, select, update
+from sqlmodel import Session
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from models import CRM_TABLES, Document, Email, EmailLink
+from models.db import get_engine
+from ops.settings import get_settings
+from web.api import ApiRouter
+from web.errors import ApiError
+from web.present import iso
+from web.validation import Body, parse_body, query_int
+
+router = ApiRouter("emails")
+
+ENTITY_MODELS = {"contact": CRM_TABLES["contacts"], "lead": CRM_TABLES["leads"], "account": CRM_TABLES["accounts"],
+                 "opportunity": CRM_TABLES["opportunities"]}
+
+
+def _org(request: Request) -> str:
+    return str(request.state.org_id)
+
+
+def _bool(request: Request, name: str) -> bool | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return None
+    if raw.lower() in ("true", "1", "yes"):
+        return True
+    if raw.lower() in ("false", "0", "no"):
+        return False
+    raise ApiError(422, "validation_error", f"query parameter {name!r} must be true or false")
+
+
+def summary_json(e: Email) -> dict[str, Any]:
+    """An email in lists: no bodies, a snippet instead."""
+    return {
+        "id": e.id, "account_id": e.account_id, "direction": e.direction, "status": e.status, "message_id": e.message_id,
+        "thread_id": e.thread_id, "from_email": e.from_email, "from_name": e.from_name, "to_emails": e.to_emails,
+        "cc_emails": e.cc_emails, "subject": e.subject, "snippet": e.snippet, "received_at": iso(e.received_at),
+        "sent_at": iso(e.sent_at), "linked": e.linked, "needs_review": e.needs_review,
+        "attachment_count": e.attachment_count, "open_count": e.open_count, "click_count": e.click_count,
+        "pipeline_state": e.pipeline_state,
+    }
+
+
+def _list(org_id: str, request: Request) -> dict[str, Any]:
+    q = request.query_params
+    limit = query_int(request, "limit", 50, maximum=200)
+    stmt = select(Email).where(Email.org_id == org_id, Email.deleted_at.is_(None))  # type: ignore[union-attr]
+    if q.get("account_id"):
+        stmt = stmt.where(Email.account_id == q["account_id"])
+    linked = _bool(request, "linked")
+    if linked is not None:
+        stmt = stmt.where(Email.linked.is_(linked))  # type: ignore[attr-defined]
+    review = _bool(request, "needs_review")
+    if review is not None:
+        stmt = stmt.where(Email.needs_review.is_(review))  # type: ignore[attr-defined]
+    if q.get("direction"):
+        if q["direction"] not in ("inbound", "outbound"):
+            raise ApiError(422, "validation_error", "direction must be inbound or outbound")
+        stmt = stmt.where(Email.direction == q["direction"])
+    for param, etype in (("contact_id", "contact"), ("lead_id", "lead"), ("entity_account_id", "account"), ("opportunity_id", "opportunity")):
+        if q.get(param):
+            stmt = stmt.where(select(EmailLink.id).where(EmailLink.email_id == Email.id, EmailLink.entity_type == etype,
+                                                         EmailLink.entity_id == q[param]).exists())
+    if q.get("q"):
+        term = "%" + q["q"].lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        stmt = stmt.where(or_(func.lower(Email.subject).like(term, escape="\\"), func.lower(Email.from_email).like(term, escape="\\"),
+                              func.lower(Email.snippet).like(term, escape="\\")))
+    if q.get("state"):
+        stmt = stmt.where(Email.pipeline_state == q["state"])
+    at = func.coalesce(Email.received_at, Email.sent_at, Email.created_at)
+    if q.get("cursor"):
+        when, _, last = q["cursor"].partition("|")
+        from datetime import datetime
+
+        try:
+            when_dt = datetime.fromisoformat(when.replace("Z", "+00:00"))
+        except ValueError:
+            raise ApiError(422, "validation_error", "cursor is malformed") from None
+        stmt = stmt.where(or_(at < when_dt, and_(at == when_dt, Email.id < last)))
+    stmt = stmt.order_by(at.desc(), Email.id.desc()).limit(limit + 1)  # type: ignore[attr-defined]
+    with Session(get_engine()) as s:
+        rows = list(s.execute(stmt).scalars())
+    items = [summary_json(e) for e in rows[:limit]]
+    cursor = None
+    if len(rows) > limit:
+        last_row = rows[limit - 1]
+        cursor = f"{iso(last_row.received_at or last_row.sent_at or last_row.created_at)}|{last_row.id}"
+    return {"items": items, "next_cursor": cursor}
+
+
+@router.route("GET", "/api/v1/emails", summary="List emails (linked=false is the unlinked inbox)",
+              query=("account_id", "linked", "needs_review", "contact_id", "lead_id", "direction", "q", "limit", "cursor"))
+async def list_emails(request: Request) -> JSONResponse:
+    return JSONResponse(await run_in_threadpool(_list, _org(request), request))
+
+
+def _load(s: Session, org_id: str, email_id: str) -> Email:
+    e = s.get(Email, email_id)
+    if e is None or e.org_id != org_id or e.deleted_at is not None:
+        raise ApiError.not_found("email")
+    return e
+
+
+def email_json(s: Session, e: Email, base_url: str) -> dict[str, Any]:
+    """The full API view of one email (API.md "Emails")."""
+    docs = list(s.execute(select(Document).where(Document.email_id == e.id).order_by(Document.part_index)).scalars())
+    links = list(s.execute(select(EmailLink).where(EmailLink.email_id == e.id)).scalars())
+    by_type: dict[str, list[str]] = {"contact": [], "lead": [], "account": [], "opportunity": []}
+    for link in links:
+        by_type.setdefault(link.entity_type, []).append(link.entity_id)
+    return {
+        **summary_json(e),
+        "bcc_emails": e.bcc_emails, "body_text": e.body_text, "body_html": e.body_html,
+        "in_reply_to": e.in_reply_to, "references": e.references,
+        "attachments": [{"id": d.id, "filename": d.document_name, "content_type": d.document_file_mimeType, "size": d.size,
+                         "inline": d.inline, "content_id": d.content_id,
+                         "url": f"{base_url}/api/v1/emails/{e.id}/attachments/{d.id}"} for d in docs],
+        "links": {"contact_ids": by_type["contact"], "lead_ids": by_type["lead"], "account_ids": by_type["account"],
+                  "opportunity_ids": by_type["opportunity"], "needs_review": e.needs_review,
+                  "details": [{"entity_type": link.entity_type, "entity_id": link.entity_id, "how": link.how} for link in links]},
+        "tracking": {"open_count": e.open_count, "click_count": e.click_count, "first_open_at": iso(e.first_open_at),
+                     "last_open_at": iso(e.last_open_at)},
+        "template_id": e.template_id, "notion_page_url": e.notion_page_url,
+        "parse_error": e.parse_error, "defects": e.defects, "error": e.error,
+    }
+
+
+@router.route("GET", "/api/v1/emails/{id}", summary="One email with bodies, attachments, links, tracking", responses={404: "not found"})
+async def get_email(request: Request) -> JSONResponse:
+    org_id, email_id = _org(request), request.path_params["id"]
+
+    def run() -> dict[str, Any]:
+        with Session(get_engine()) as s:
+            return email_json(s, _load(s, org_id, email_id), get_settings().public_url)
+
+    return JSONResponse(await run_in_threadpool(run))
+
+
+@router.route("GET", "/api/v1/emails/{id}/attachments/{attachment_id}", summary="Download an attachment", responses={404: "not found"})
+async def download_attachment(request: Request) -> Response:
+    org_id, email_id, att_id = _org(request), request.path_params["id"], request.path_params["attachment_id"]
+
+    def find() -> Document:
+        with Session(get_engine()) as s:
+            _load(s, org_id, email_id)
+            doc = s.get(Document, att_id)
+            if doc is None or doc.email_id != email_id:
+                raise ApiError.not_found("attachment")
+            return doc
+
+    doc = await run_in_threadpool(find)
+    from pipeline.clients.storage import StorageNotFound, get_storage
+
+    storage = get_storage()
+    try:
+        exists = await run_in_threadpool(storage.exists, doc.storage_key)
+    except StorageNotFound:
+        exists = False
+    if not exists:
+        raise ApiError(404, "not_found", "attachment bytes are missing from storage")
+    safe_name = doc.document_name.replace('"', "'")
+    from urllib.parse import quote
+
+    headers = {"Content-Disposition": f"attachment; filename=\"{safe_name.encode('ascii', 'replace').decode()}\"; filename*=UTF-8''{quote(doc.document_name)}",
+               "Content-Length": str(doc.size), "X-Content-Type-Options": "nosniff"}
+    return StreamingResponse(iterate_in_threadpool(storage.open_stream(doc.storage_key)), media_type=doc.document_file_mimeType,
+                             headers=headers)
+
+
+class LinkIn(Body):
+    entity_type: Literal["contact", "lead", "account", "opportunity"]
+    entity_id: str = Field(min_length=1, max_length=64)
+
+
+@router.route("POST", "/api/v1/emails/{id}/links", summary="Link an email to a CRM record by hand", body=LinkIn,
+              responses={404: "email or record not found"})
+async def add_link(request: Request) -> JSONResponse:
+    org_id, email_id = _org(request), request.path_params["id"]
+    body = await parse_body(request, LinkIn)
+
+    def run() -> dict[str, Any]:
+        from models.upsert import insert_ignore
+
+        with Session(get_engine()) as s:
+            e = _load(s, org_id, email_id)
+            if s.get(ENTITY_MODELS[body.entity_type], (org_id, body.entity_id)) is None:
+                raise ApiError.not_found(body.entity_type)
+            insert_ignore(s, EmailLink, [{"org_id": org_id, "email_id": e.id, "entity_type": body.entity_type,
+                                          "entity_id": body.entity_id, "how": "manual"}], ["email_id", "entity_type", "entity_id"])
+            e.linked = True
+            s.add(e)
+            s.commit()
+            return email_json(s, e, get_settings().public_url)["links"]
+
+    return JSONResponse({"email_id": email_id, "links": await run_in_threadpool(run)})
+
+
+@router.route("DELETE", "/api/v1/emails/{id}/links/{entity_type}/{entity_id}", summary="Remove a link", status=204,
+              responses={404: "not found"})
+async def remove_link(request: Request) -> Response:
+    org_id, email_id = _org(request), request.path_params["id"]
+    etype, eid = request.path_params["entity_type"], request.path_params["entity_id"]
+
+    def run() -> None:
+        with Session(get_engine()) as s:
+            e = _load(s, org_id, email_id)
+            link = s.execute(select(EmailLink).where(EmailLink.email_id == e.id, EmailLink.entity_type == etype,
+                                                     EmailLink.entity_id == eid)).scalar_one_or_none()
+            if link is None:
+                raise ApiError.not_found("link")
+            s.delete(link)
+            s.flush()
+            still = s.execute(select(EmailLink.id).where(EmailLink.email_id == e.id).limit(1)).first() is not None
+            s.execute(update(Email).where(Email.id == e.id).values(linked=still, needs_review=e.needs_review and still))
+            s.commit()
+
+    await run_in_threadpool(run)
+    return Response(status_code=204)

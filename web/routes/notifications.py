@@ -1,0 +1,64 @@
+"""In-app notifications: list (optionally unread only) and mark read."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlmodel import Session
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from models import Notification, utcnow
+from models.db import get_engine
+from web.api import ApiRouter
+from web.errors import ApiError
+from web.present import iso
+from web.validation import query_int
+
+router = ApiRouter("notifications")
+
+
+def notification_json(n: Notification) -> dict[str, Any]:
+    return {"id": n.id, "user_id": n.user_id, "type": n.kind, "title": n.title, "body": n.body, "email_id": n.email_id,
+            "data": n.data, "read": n.read_at is not None, "read_at": iso(n.read_at), "created_at": iso(n.created_at)}
+
+
+@router.route("GET", "/api/v1/notifications", summary="A user's notifications, newest first", query=("user_id", "unread", "limit"))
+async def list_notifications(request: Request) -> JSONResponse:
+    org_id = str(request.state.org_id)
+    user_id = request.query_params.get("user_id")
+    if not user_id:
+        raise ApiError(422, "validation_error", "query parameter 'user_id' is required")
+    unread_only = request.query_params.get("unread", "").lower() in ("1", "true", "yes")
+    limit = query_int(request, "limit", 50, maximum=200)
+
+    def run() -> dict[str, Any]:
+        with Session(get_engine()) as s:
+            base = select(Notification).where(Notification.org_id == org_id, Notification.user_id == user_id)
+            stmt = base.where(Notification.read_at.is_(None)) if unread_only else base  # type: ignore[union-attr]
+            items = list(s.execute(stmt.order_by(Notification.created_at.desc(), Notification.id.desc()).limit(limit)).scalars())  # type: ignore[attr-defined]
+            unread = s.execute(select(func.count()).select_from(Notification).where(
+                Notification.org_id == org_id, Notification.user_id == user_id, Notification.read_at.is_(None))).scalar_one()  # type: ignore[union-attr]
+            return {"items": [notification_json(n) for n in items], "unread_count": int(unread)}
+
+    return JSONResponse(await run_in_threadpool(run))
+
+
+@router.route("POST", "/api/v1/notifications/{id}/read", summary="Mark a notification read", responses={404: "not found"})
+async def mark_read(request: Request) -> JSONResponse:
+    org_id, nid = str(request.state.org_id), request.path_params["id"]
+
+    def run() -> dict[str, Any]:
+        with Session(get_engine(), expire_on_commit=False) as s:
+            n = s.get(Notification, nid)
+            if n is None or n.org_id != org_id:
+                raise ApiError.not_found("notification")
+            if n.read_at is None:
+                n.read_at = utcnow()
+                s.add(n)
+                s.commit()
+            return notification_json(n)
+
+    return JSONResponse(await run_in_threadpool(run))

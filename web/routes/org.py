@@ -1,0 +1,72 @@
+"""The caller's organization and its settings (lead creation, \\Seen marking, own domains)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, field_validator
+from sqlmodel import Session
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from models import Organization
+from models.db import get_engine
+from web.api import ApiRouter
+from web.present import iso
+from web.validation import Body, parse_body
+
+router = ApiRouter("organization")
+
+
+class OrgPatch(Body):
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    auto_create_leads: bool | None = None
+    mark_seen: bool | None = None
+    own_domains: list[str] | None = None
+
+    @field_validator("own_domains")
+    @classmethod
+    def _domains(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        out = []
+        for d in v:
+            d = d.strip().lower().lstrip("@")
+            if not d or "." not in d or any(c.isspace() or c in "/@" for c in d):
+                raise ValueError(f"{d!r} is not a domain like example.com")
+            out.append(d)
+        return sorted(set(out))
+
+
+def org_json(o: Organization) -> dict[str, Any]:
+    return {"id": o.id, "name": o.name, "auto_create_leads": o.auto_create_leads, "mark_seen": o.mark_seen,
+            "own_domains": o.own_domains, "created_at": iso(o.created_at)}
+
+
+@router.route("GET", "/api/v1/org", summary="The calling organization and its settings")
+async def get_org(request: Request) -> JSONResponse:
+    def run() -> dict[str, Any]:
+        with Session(get_engine()) as s:
+            o = s.get(Organization, str(request.state.org_id))
+            assert o is not None
+            return org_json(o)
+
+    return JSONResponse(await run_in_threadpool(run))
+
+
+@router.route("PATCH", "/api/v1/org", summary="Change settings: auto_create_leads, mark_seen, own_domains", body=OrgPatch)
+async def patch_org(request: Request) -> JSONResponse:
+    body = await parse_body(request, OrgPatch)
+
+    def run() -> dict[str, Any]:
+        with Session(get_engine(), expire_on_commit=False) as s:
+            o = s.get(Organization, str(request.state.org_id))
+            assert o is not None
+            for k, v in body.model_dump(exclude_none=True).items():
+                setattr(o, k, v)
+            s.add(o)
+            s.commit()
+            return org_json(o)
+
+    return JSONResponse(await run_in_threadpool(run))
