@@ -1,0 +1,489 @@
+"""The SMTP client interface the send and probe code uses, and its real implementation over aiosmtplib.
+
+Callers talk to an ``SmtpTransport`` only (see ``fake_smtp`` for the in-memory twin). Both methods
+are synchronous: each call runs its own short-lived event loop, so they are safe from Dramatiq
+worker threads and from code that already runs inside an event loop. Connection-level failures
+surface as ``SmtpError`` with a kind the caller can act on; refusals by the server during the mail
+transaction become verdicts in ``SendResult``. Messages carry the server's words and never the
+password or token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import concurrent.futures
+import logging
+import socket
+import ssl
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from enum import Enum
+from functools import lru_cache
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+import aiosmtplib
+from aiosmtplib.protocol import normalize_message_line_endings
+
+from pipeline.stages.smtp_reply import (
+    SmtpOutcome,
+    SmtpVerdict,
+    classify_error,
+    classify_reply,
+    overall_verdict,
+)
+
+__all__ = [
+    "AiosmtplibTransport",
+    "ProbeResult",
+    "SendResult",
+    "SmtpError",
+    "SmtpErrorKind",
+    "SmtpSettings",
+    "SmtpTransport",
+    "envelope_recipients",
+    "send_result",
+]
+
+log = logging.getLogger(__name__)
+
+SECURITY_MODES = ("ssl", "starttls", "none")
+MIN_SCRUB_LENGTH = 4
+MIN_DATA_TIMEOUT = 120.0
+FALLBACK_LOCAL_HOSTNAME = "localhost"
+NO_SMTPUTF8 = SmtpVerdict(
+    SmtpOutcome.FAIL, None, None, "server lacks SMTPUTF8, needed for a non-ASCII address", "permanent_failure"
+)
+_UNSAFE_ADDRESS_CHARS = "\r\n\x00<>"
+_T = TypeVar("_T")
+
+
+class SmtpErrorKind(str, Enum):
+    """What went wrong, coarse enough to decide between retry, back-off and asking the user."""
+
+    DNS = "dns"
+    CONNECT = "connect"
+    TLS = "tls"
+    AUTH = "auth"
+    TIMEOUT = "timeout"
+    PROTOCOL = "protocol"
+
+
+class SmtpError(Exception):
+    """A connection-level SMTP failure; ``message`` is the server's reply when there is one."""
+
+    def __init__(self, kind: SmtpErrorKind, message: str, code: int | None = None) -> None:
+        super().__init__(f"{kind.value}: {message}")
+        self.kind = kind
+        self.message = message
+        self.code = code
+
+    @property
+    def verdict(self) -> SmtpVerdict:
+        """The failure as a verdict (retry for dns/connect/timeout, fail for tls/auth)."""
+        prefix = f"{self.code} "
+        text = self.message[len(prefix):] if self.code is not None and self.message.startswith(prefix) else self.message
+        return classify_error(self.kind.value, text, self.code)
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    """Where and how to submit mail; with a username, exactly one of password / oauth_token (XOAUTH2)."""
+
+    host: str
+    port: int
+    security: str
+    username: str | None
+    password: str | None = None
+    oauth_token: str | None = None
+    timeout: float = 30.0
+    ssl_context: ssl.SSLContext | None = None
+    local_hostname: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.security not in SECURITY_MODES:
+            raise ValueError("security must be 'ssl', 'starttls' or 'none'")
+        if self.password is not None and self.oauth_token is not None:
+            raise ValueError("give at most one of password or oauth_token")
+        if self.username is None and (self.password is not None or self.oauth_token is not None):
+            raise ValueError("a password or oauth_token needs a username")
+        if self.username is not None and self.password is None and self.oauth_token is None:
+            raise ValueError("a username needs a password or oauth_token")
+        if self.timeout <= 0:
+            raise ValueError("timeout must be positive")
+        if self.local_hostname is not None and not _is_command_word(self.local_hostname):
+            raise ValueError("local_hostname must be one word of printable ASCII")
+
+    def __repr__(self) -> str:
+        auth = "oauth" if self.oauth_token else "password" if self.password else "none"
+        return (
+            f"SmtpSettings(host={self.host!r}, port={self.port}, security={self.security!r}, "
+            f"username={self.username!r}, auth={auth}, timeout={self.timeout})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    """Outcome of a connection test; error_code is an SmtpErrorKind value when not ok."""
+
+    ok: bool
+    error_code: str | None
+    message: str
+    capabilities: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """Who got the message, who did not (and why), the server's final reply and the overall verdict."""
+
+    accepted: tuple[str, ...]
+    refused: dict[str, SmtpVerdict]
+    response: str
+    verdict: SmtpVerdict
+
+
+@runtime_checkable
+class SmtpTransport(Protocol):
+    """Submits mail to an SMTP server; one connection per call."""
+
+    def probe(self, settings: SmtpSettings) -> ProbeResult:
+        """Connect, EHLO, secure, authenticate and QUIT; never raises."""
+        ...
+
+    def send(self, settings: SmtpSettings, mail_from: str, rcpt_to: Sequence[str], raw: bytes) -> SendResult:
+        """Submit raw to rcpt_to; raise SmtpError only for connection-level failures."""
+        ...
+
+
+def send_result(recipients: Sequence[str], refused: Mapping[str, SmtpVerdict], final: SmtpVerdict | None) -> SendResult:
+    """Assemble a SendResult from RCPT refusals and the final reply (None: every RCPT was refused).
+
+    When the final reply is not a success nobody got the message, so every recipient is refused
+    (keeping its own RCPT verdict when it had one).
+    """
+    unique = tuple(dict.fromkeys(recipients))
+    if final is None:
+        final = overall_verdict(refused)
+    if final.outcome is SmtpOutcome.SENT:
+        accepted = tuple(r for r in unique if r not in refused)
+        return SendResult(accepted, {r: refused[r] for r in unique if r in refused}, final.reply, final)
+    return SendResult((), {r: refused.get(r, final) for r in unique}, final.reply, final)
+
+
+def envelope_recipients(mail_from: str, rcpt_to: Sequence[str]) -> list[str]:
+    """rcpt_to without duplicates, in order; ValueError if empty or an address would break the command line."""
+    recipients = list(dict.fromkeys(rcpt_to))
+    if not recipients:
+        raise ValueError("rcpt_to is empty")
+    blank_ok = [(mail_from, True)] + [(r, False) for r in recipients]  # MAIL FROM:<> is the null sender
+    for address, may_be_blank in blank_ok:
+        if any(ch in address for ch in _UNSAFE_ADDRESS_CHARS) or not (address.strip() or may_be_blank):
+            raise ValueError(f"invalid address {address!r}")
+    return recipients
+
+
+class AiosmtplibTransport:
+    """SmtpTransport over aiosmtplib; certificates are always verified."""
+
+    def probe(self, settings: SmtpSettings) -> ProbeResult:
+        """Connect, EHLO, STARTTLS when asked (failing if not offered), AUTH when given credentials, QUIT."""
+        progress = _Progress()
+        try:
+            message = _run(lambda: _probe(settings, progress))
+        except SmtpError as exc:
+            return ProbeResult(False, exc.kind.value, exc.message, progress.capabilities)
+        except Exception as exc:  # the contract is "never raises": report, and log for us
+            log.exception("unexpected error probing SMTP %s:%s", settings.host, settings.port)
+            text = _scrub(f"{type(exc).__name__}: {exc}", _secrets(settings))
+            return ProbeResult(False, SmtpErrorKind.PROTOCOL.value, text, progress.capabilities)
+        return ProbeResult(True, None, message, progress.capabilities)
+
+    def send(self, settings: SmtpSettings, mail_from: str, rcpt_to: Sequence[str], raw: bytes) -> SendResult:
+        """Submit raw (CRLF or LF line endings; dot-stuffing is done here) to rcpt_to.
+
+        A connection lost or timing out after the message was transmitted raises SmtpError even
+        though the server may have delivered it; a retry can then duplicate the message.
+        """
+        recipients = envelope_recipients(mail_from, rcpt_to)
+        return _run(lambda: _send(settings, mail_from, recipients, raw))
+
+
+@dataclass
+class _Progress:
+    """What a session has learnt so far, kept when it fails later: the greeting and EHLO extensions."""
+
+    greeting: str = ""
+    capabilities: frozenset[str] = field(default_factory=frozenset)
+
+
+async def _probe(settings: SmtpSettings, progress: _Progress) -> str:
+    """The probe conversation; returns a one-line summary starting with the server's greeting."""
+    async with _session(settings, progress):
+        channel = {"ssl": "implicit TLS", "starttls": "STARTTLS", "none": "plaintext"}[settings.security]
+        auth = "authenticated" if settings.username else "no credentials given"
+        return f"{progress.greeting or settings.host} ({channel}, {auth})"
+
+
+async def _send(settings: SmtpSettings, mail_from: str, recipients: list[str], raw: bytes) -> SendResult:
+    """One mail transaction: MAIL, RCPT per recipient, DATA; refusals become verdicts."""
+    secrets = _secrets(settings)
+    async with _session(settings, _Progress()) as client:
+        with _translated(secrets, "send"):
+            options = _mail_options(client, mail_from, recipients, raw)
+            if options is None:
+                return send_result(recipients, {}, NO_SMTPUTF8)
+            utf8 = "SMTPUTF8" in options
+            encoding = "utf-8" if utf8 else "ascii"
+            try:
+                await client.mail(mail_from, options=options, encoding=encoding)
+            except aiosmtplib.SMTPSenderRefused as exc:
+                await _reset(client)
+                return send_result(recipients, {}, classify_reply(exc.code, exc.message))
+            refused: dict[str, SmtpVerdict] = {}
+            for address in recipients:
+                try:
+                    await client.rcpt(address, encoding=encoding)
+                except aiosmtplib.SMTPRecipientRefused as exc:
+                    refused[address] = classify_reply(exc.code, exc.message)
+                    if exc.code == 421:  # the server is closing the connection
+                        return send_result(recipients, refused, refused[address])
+            if len(refused) == len(recipients):
+                await _reset(client)
+                return send_result(recipients, refused, None)
+            try:
+                reply = await client.data(raw, timeout=max(settings.timeout, MIN_DATA_TIMEOUT))
+            except aiosmtplib.SMTPDataError as exc:
+                await _reset(client)
+                return send_result(recipients, refused, classify_reply(exc.code, exc.message))
+            return send_result(recipients, refused, classify_reply(reply.code, reply.message))
+
+
+@asynccontextmanager
+async def _session(settings: SmtpSettings, progress: _Progress) -> AsyncIterator[aiosmtplib.SMTP]:
+    """A connected, secured and authenticated client; QUIT (best effort) on the way out.
+
+    progress is filled in as the conversation goes, so a failed probe can still report it.
+    """
+    secrets = _secrets(settings)
+    client = aiosmtplib.SMTP(
+        hostname=settings.host,
+        port=settings.port,
+        timeout=settings.timeout,
+        use_tls=settings.security == "ssl",
+        start_tls=False,
+        tls_context=_tls_context(settings),
+        local_hostname=settings.local_hostname or _local_hostname(),
+    )
+    try:
+        with _translated(secrets, "connect"):
+            greeting = await client.connect()
+        progress.greeting = f"{greeting.code} {greeting.message.splitlines()[0] if greeting.message else ''}".strip()
+        with _translated(secrets, "ehlo"):
+            await client.ehlo()
+        progress.capabilities = _extensions(client)
+        if settings.security == "starttls":
+            with _translated(secrets, "tls"):
+                if not client.supports_extension("starttls"):
+                    raise SmtpError(SmtpErrorKind.TLS, "server does not offer STARTTLS")
+                await client.starttls()
+            with _translated(secrets, "ehlo"):
+                await client.ehlo()
+            progress.capabilities = _extensions(client)
+        if settings.username is not None:
+            with _translated(secrets, "auth"):
+                await _authenticate(client, settings)
+        yield client
+        with _translated(secrets, "quit"):
+            await _quit(client)
+    finally:
+        client.close()
+
+
+async def _authenticate(client: aiosmtplib.SMTP, settings: SmtpSettings) -> None:
+    """AUTH XOAUTH2 with a token, else PLAIN (or LOGIN) as the server offers."""
+    assert settings.username is not None
+    methods = client.server_auth_methods
+    if not client.supports_extension("auth"):
+        await _auth_not_offered(client)
+    if settings.oauth_token is not None:
+        if "xoauth2" not in methods:
+            raise SmtpError(SmtpErrorKind.AUTH, f"server does not offer AUTH XOAUTH2 (offers: {_offered(methods)})")
+        await client.auth_xoauth2(settings.username, settings.oauth_token)
+        return
+    assert settings.password is not None
+    if "plain" in methods:
+        await client.auth_plain(settings.username, settings.password)
+    elif "login" in methods:
+        await client.auth_login(settings.username, settings.password)
+    else:
+        raise SmtpError(SmtpErrorKind.AUTH, f"server offers neither AUTH PLAIN nor LOGIN (offers: {_offered(methods)})")
+
+
+async def _auth_not_offered(client: aiosmtplib.SMTP) -> None:
+    """Fail because AUTH is not advertised, quoting what the server says to a bare AUTH (no credentials sent)."""
+    reply = await client.execute_command(b"AUTH", b"PLAIN")
+    if reply.code == 334:
+        await client.execute_command(b"*")  # cancel the exchange it started anyway
+    detail = f" ({reply.code} {reply.message})" if reply.code != 334 else ""
+    raise SmtpError(SmtpErrorKind.PROTOCOL, f"server does not offer AUTH{detail}", reply.code if detail else None)
+
+
+async def _quit(client: aiosmtplib.SMTP) -> None:
+    """QUIT, ignoring a server that hangs up or answers oddly (the work is already done)."""
+    if not client.is_connected:
+        return
+    try:
+        await client.quit()
+    except (aiosmtplib.SMTPException, OSError):
+        pass
+
+
+async def _reset(client: aiosmtplib.SMTP) -> None:
+    """RSET after a refused transaction, ignoring failures (the connection is about to close)."""
+    if not client.is_connected:
+        return
+    try:
+        await client.rset()
+    except (aiosmtplib.SMTPException, OSError):
+        pass
+
+
+def _mail_options(client: aiosmtplib.SMTP, mail_from: str, recipients: Sequence[str], raw: bytes) -> list[str] | None:
+    """MAIL FROM parameters (SIZE, BODY=8BITMIME, SMTPUTF8); None when non-ASCII addresses cannot be sent."""
+    options: list[str] = []
+    if client.supports_extension("size"):
+        options.append(f"SIZE={len(normalize_message_line_endings(raw))}")
+    if not raw.isascii() and client.supports_extension("8bitmime"):
+        options.append("BODY=8BITMIME")
+    if not all(address.isascii() for address in (mail_from, *recipients)):
+        if not client.supports_extension("smtputf8"):
+            return None
+        options.append("SMTPUTF8")
+    return options
+
+
+def _extensions(client: aiosmtplib.SMTP) -> frozenset[str]:
+    """EHLO extension keywords, upper-case."""
+    return frozenset(name.upper() for name in client.esmtp_extensions)
+
+
+def _offered(methods: Sequence[str]) -> str:
+    """AUTH mechanisms for a message."""
+    return " ".join(m.upper() for m in methods) or "none"
+
+
+def _tls_context(settings: SmtpSettings) -> ssl.SSLContext | None:
+    """settings.ssl_context, else the system trust store (or SSL_CERT_FILE); None for plaintext."""
+    if settings.security == "none":
+        return None
+    return settings.ssl_context or ssl.create_default_context()
+
+
+@lru_cache(maxsize=1)
+def _local_hostname() -> str:
+    """This machine's FQDN for EHLO, or "localhost" when it is unusable on a command line."""
+    name = socket.getfqdn()
+    return name if _is_command_word(name) else FALLBACK_LOCAL_HOSTNAME
+
+
+def _is_command_word(text: str) -> bool:
+    """Whether text can go on an SMTP command line as one argument (printable ASCII, no spaces)."""
+    return bool(text) and all(33 <= ord(ch) < 127 for ch in text)
+
+
+def _run(factory: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
+    """Run a coroutine to completion on a private event loop (in a helper thread if one is running here)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(factory())
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="smtp") as pool:
+        return pool.submit(lambda: asyncio.run(factory())).result()
+
+
+def _secrets(settings: SmtpSettings) -> frozenset[str]:
+    """Strings that must never appear in a message: password, token, and their AUTH base64 forms.
+
+    Secrets shorter than MIN_SCRUB_LENGTH are left alone: replacing "p" would mangle every message.
+    """
+    values = {v for v in (settings.password, settings.oauth_token) if v and len(v) >= MIN_SCRUB_LENGTH}
+    if not values:
+        return frozenset()
+    user = settings.username or ""
+    if settings.oauth_token:
+        values.add(base64.b64encode(f"user={user}\x01auth=Bearer {settings.oauth_token}\x01\x01".encode()).decode())
+    if settings.password:
+        values.add(base64.b64encode(f"\x00{user}\x00{settings.password}".encode()).decode())
+    for value in list(values):
+        values.add(base64.b64encode(value.encode()).decode())
+    return frozenset(values)
+
+
+def _scrub(text: str, secrets: frozenset[str]) -> str:
+    """Replace every secret in text with ***."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+@contextmanager
+def _translated(secrets: frozenset[str], phase: str) -> Iterator[None]:
+    """Turn aiosmtplib/socket/ssl exceptions into SmtpError for the given phase, scrubbing secrets."""
+    try:
+        yield
+    except SmtpError as exc:
+        raise SmtpError(exc.kind, _scrub(exc.message, secrets), exc.code) from None
+    except Exception as exc:
+        kind = _kind_of(exc, phase)
+        if kind is None:
+            raise
+        code = exc.code if isinstance(exc, aiosmtplib.SMTPResponseException) and exc.code > 0 else None
+        text = f"{code} {exc.message}" if code is not None else _message_of(exc)
+        raise SmtpError(kind, _scrub(text, secrets), code) from None
+
+
+def _kind_of(exc: BaseException, phase: str) -> SmtpErrorKind | None:
+    """Classify an exception (looking through its causes); None for programming errors."""
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        return _reply_kind(exc.code, phase)
+    for link in _causes(exc):
+        if isinstance(link, socket.gaierror):
+            return SmtpErrorKind.DNS
+        if isinstance(link, ssl.SSLError):
+            return SmtpErrorKind.TLS
+    if isinstance(exc, (TimeoutError, aiosmtplib.SMTPTimeoutError)):
+        return SmtpErrorKind.TIMEOUT
+    if isinstance(exc, (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPConnectError, OSError, EOFError)):
+        return SmtpErrorKind.TLS if phase == "tls" else SmtpErrorKind.CONNECT
+    if isinstance(exc, aiosmtplib.SMTPException):
+        return SmtpErrorKind.TLS if phase == "tls" else SmtpErrorKind.PROTOCOL
+    return None
+
+
+def _reply_kind(code: int, phase: str) -> SmtpErrorKind:
+    """The kind of an unexpected server reply in a phase (a 5xx to AUTH means bad credentials)."""
+    if phase == "connect":
+        return SmtpErrorKind.CONNECT
+    if phase == "tls":
+        return SmtpErrorKind.TLS
+    if phase == "auth" and 500 <= code < 600:
+        return SmtpErrorKind.AUTH
+    return SmtpErrorKind.PROTOCOL
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """exc and its __cause__/__context__ chain (cycle-safe)."""
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        yield link
+        link = link.__cause__ or link.__context__
+
+
+def _message_of(exc: BaseException) -> str:
+    """The human text of an exception."""
+    if isinstance(exc, aiosmtplib.SMTPException) and exc.message:
+        return exc.message
+    return str(exc) or type(exc).__name__
