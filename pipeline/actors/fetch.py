@@ -327,7 +327,7 @@ def sweep_due_accounts(session: Session, now: datetime) -> int:
         .limit(500)
     )
     if is_postgres(session.get_bind()):  # type: ignore[arg-type]
-        stmt = stmt.with_for_update(skip_locked=True)
+        stmt = stmt.with_for_update(skip_locked=True, key_share=True)  # FOR NO KEY UPDATE: FK checks do not block it
     accounts = list(session.execute(stmt).scalars())
     due = []
     for acct in accounts:

@@ -27,8 +27,8 @@ log = structlog.get_logger("mailpipe.ingest")
 
 STATES = ("fetched", "parsed", "stored", "linked", "leads", "done", "quarantined")
 FINAL_STATES = ("done", "quarantined")
-MAX_ATTEMPTS = 5
-STALL = timedelta(minutes=2)
+MAX_ATTEMPTS = 8
+STALL = timedelta(minutes=15)  # long enough that a queue backlog is not mistaken for a stall
 CHAIN_BATCH = 100
 
 

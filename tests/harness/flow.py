@@ -75,7 +75,9 @@ def make_account(org_id: str, *, host: str = "imap.test", port: int = 993, secur
 
 
 def tick() -> dict[str, int]:
-    """One scheduler tick as the (only) leader."""
+    """One scheduler tick as the (only) leader (importing the actors registers their sweeps)."""
+    import pipeline.actors  # noqa: F401
+
     return Scheduler(get_engine(), AlwaysLeader(), 1).tick()
 
 

@@ -39,9 +39,13 @@ def _sync(expected_total: int, timeout: float = 120) -> None:
     wait_until(lambda: all(a.fetch_owner is None for a in _accounts()), 30, what="no fetch running")
     started = utcnow()
     _due_now()
-    tick()
-    wait_until(lambda: all(a.last_synced_at is not None and a.last_synced_at >= started and a.fetch_owner is None
-                           for a in _accounts()), timeout, what="the fetch this tick enqueued")
+    ticked = tick()
+    try:
+        wait_until(lambda: all(a.last_synced_at is not None and a.last_synced_at >= started and a.fetch_owner is None
+                               for a in _accounts()), timeout, what="the fetch this tick enqueued")
+    except AssertionError as exc:
+        state = [(ticked, a.sync_state, a.next_fetch_at, a.deferred_until, a.fetch_lease_until, a.fetch_owner) for a in _accounts()]
+        raise AssertionError(f"{exc}: {state}") from None
     wait_until(lambda: _done(expected_total), timeout, what=f"{expected_total} emails through the pipeline")
 
 
