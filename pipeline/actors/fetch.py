@@ -226,7 +226,9 @@ class _Syncer:
         for m in fetched:
             ident = message_identity(m.raw, m.gm_msgid if gmail else None)
             raw_key = f"raw/{acct.id}/{ingest.raw_digest(m.raw)}.eml"
-            self.storage.put(raw_key, m.raw, "message/rfc822")
+            # Raw bytes are a cache of what the server holds: atomic but not fsynced; if a power
+            # cut loses one, the parse stage fetches it again by its location.
+            self.storage.put(raw_key, m.raw, "message/rfc822", durable=False)
             rows.append({
                 "org_id": acct.org_id, "account_id": acct.id, "dedupe_key": ident.dedupe_key,
                 "message_id": ident.message_id, "gm_msgid": m.gm_msgid, "gm_thrid": m.gm_thrid,

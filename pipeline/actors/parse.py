@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlmodel import Session
 
-from models import Email, EmailAccount, normalize_email
+from models import Email, EmailAccount, EmailLocation, normalize_email
 from models.db import get_engine
 from ops import metrics
 from pipeline.actors.ingest import in_state, move
@@ -21,7 +21,7 @@ from pipeline.clients.storage import StorageError, get_storage
 from pipeline.stages.parse import ParsedEmail, parse_email, snippet
 from pipeline.stages.threads import thread_key
 
-__all__ = ["apply_parsed", "parse_emails"]
+__all__ = ["apply_parsed", "parse_emails", "refetch_raw"]
 
 log = structlog.get_logger("mailpipe.parse")
 
@@ -55,58 +55,114 @@ def apply_parsed(email: Email, parsed: ParsedEmail, account_email: str | None) -
         email.status = "sent"
 
 
+_FIELDS = ("message_id", "in_reply_to", "references", "subject", "from_email", "from_email_norm", "from_name", "to_emails",
+           "cc_emails", "bcc_emails", "body_text", "body_html", "snippet", "headers", "defects", "attachment_count", "sent_at",
+           "received_at", "direction", "status", "thread_id", "parse_error")
+
+
 @actor(actor_name="ingest.parse", queue_name="pipeline", max_retries=3)
 def parse_emails(email_ids: list[str]) -> list[str]:
-    """Parse every email of the batch still in state ``fetched``."""
+    """Parse every email of the batch still in state ``fetched`` (one bulk UPDATE for the batch)."""
     storage = get_storage()
     with Session(get_engine(), expire_on_commit=False) as s:
         emails = in_state(s, email_ids, "fetched")
         if not emails:
             return email_ids
-        accounts = {a.id: a for a in s.execute(select(EmailAccount).where(
-            EmailAccount.id.in_({e.account_id for e in emails}))).scalars()}  # type: ignore[attr-defined]
-        parsed_ids, quarantined = [], []
+        accounts = dict(s.execute(select(EmailAccount.id, EmailAccount.email).where(
+            EmailAccount.id.in_({e.account_id for e in emails}))).all())  # type: ignore[attr-defined]
+        results: list[tuple[Email, ParsedEmail]] = []
+        quarantined: list[Email] = []
         for email in emails:
             try:
                 raw = storage.get(email.raw_key or "")
             except StorageError as exc:
-                email.parse_error = f"raw message missing from storage: {exc}"
-                quarantined.append(email.id)
-                continue
+                raw = refetch_raw(s, email)
+                if raw is None:
+                    email.parse_error = f"raw message missing from storage and no longer on the server: {exc}"
+                    quarantined.append(email)
+                    continue
             parsed = parse_email(raw)
             if parsed.error:
                 email.parse_error = parsed.error
                 email.defects = list(parsed.defects)
-                quarantined.append(email.id)
+                quarantined.append(email)
                 continue
-            acct = accounts.get(email.account_id)
-            apply_parsed(email, parsed, acct.email if acct else None)
-            email.thread_id = _thread(s, email, parsed)
-            parsed_ids.append(email.id)
-            s.add(email)
-            s.flush()
-        s.add_all(e for e in emails if e.id in quarantined)
-        move(s, parsed_ids, "parsed")
-        move(s, quarantined, "quarantined")
+            apply_parsed(email, parsed, accounts.get(email.account_id))
+            results.append((email, parsed))
+        threads = _ThreadIndex(s, results)
+        for email, parsed in sorted(results, key=lambda r: r[0].sent_at or r[0].received_at or r[0].created_at):
+            email.thread_id = threads.resolve(email, parsed)
+        s.expunge_all()  # the rows are written below in one executemany, not by the unit of work
+        rows = [{"id": e.id, **{f: getattr(e, f) for f in _FIELDS}} for e, _ in results] + \
+               [{"id": e.id, **{f: getattr(e, f) for f in _FIELDS}} for e in quarantined]
+        if rows:
+            s.execute(update(Email), rows)
+        move(s, [e.id for e, _ in results], "parsed")
+        move(s, [e.id for e in quarantined], "quarantined")
         s.commit()
-    metrics.INGESTED.labels("parse", "ok").inc(len(parsed_ids))
+    metrics.INGESTED.labels("parse", "ok").inc(len(results))
     if quarantined:
         metrics.INGESTED.labels("parse", "quarantined").inc(len(quarantined))
-        log.warning("emails_quarantined", count=len(quarantined))
+        log.warning("emails_quarantined", count=len(quarantined), reasons=sorted({e.parse_error or "" for e in quarantined})[:5])
     return email_ids
 
 
-def _thread(s: Session, email: Email, parsed: ParsedEmail) -> str:
-    def known(ids: Sequence[str]) -> str | None:
-        if not ids:
-            return None
-        rows = dict(s.execute(select(Email.message_id, Email.thread_id).where(
-            Email.account_id == email.account_id, Email.message_id.in_(list(ids)),  # type: ignore[union-attr]
-            Email.thread_id.is_not(None), Email.id != email.id)).all())  # type: ignore[union-attr]
-        for candidate in ids:
-            if rows.get(candidate):
-                return str(rows[candidate])
-        return None
+def refetch_raw(s: Session, email: Email) -> bytes | None:
+    """Fetch a message again from one of its server locations (BODY.PEEK) and re-store it."""
+    from pipeline.clients.imap import ImapError
+    from pipeline.connections import open_imap
 
-    return thread_key(message_id=email.message_id, in_reply_to=parsed.in_reply_to, references=parsed.references,
-                      gm_thrid=email.gm_thrid, known_threads=known, fallback=f"email:{email.id}")
+    account = s.get(EmailAccount, email.account_id)
+    locations = list(s.execute(select(EmailLocation).where(EmailLocation.email_id == email.id)).scalars())
+    if account is None or not locations or not email.raw_key:
+        return None
+    try:
+        session = open_imap(account)
+    except ImapError:
+        return None
+    try:
+        for loc in locations:
+            status = session.select(loc.folder, readonly=True)
+            if status.uidvalidity != loc.uidvalidity:
+                continue
+            for m in session.fetch([loc.uid]):
+                get_storage().put(email.raw_key, m.raw, "message/rfc822")
+                log.info("raw_refetched", email_id=email.id, folder=loc.folder, uid=loc.uid)
+                return m.raw
+    except ImapError:
+        return None
+    finally:
+        session.close()
+    return None
+
+
+class _ThreadIndex:
+    """Known thread ids for every message id the batch refers to, fetched in one query."""
+
+    def __init__(self, s: Session, results: list[tuple[Email, ParsedEmail]]) -> None:
+        self.known: dict[tuple[str, str], str] = {}
+        by_account: dict[str, set[str]] = {}
+        for e, p in results:
+            ids = by_account.setdefault(e.account_id, set())
+            ids.update(x for x in (e.message_id, p.in_reply_to, *p.references) if x)
+        for account_id, ids in by_account.items():
+            wanted = sorted(ids)
+            for i in range(0, len(wanted), 500):
+                for mid, tid in s.execute(select(Email.message_id, Email.thread_id).where(
+                        Email.account_id == account_id, Email.message_id.in_(wanted[i : i + 500]),  # type: ignore[union-attr]
+                        Email.thread_id.is_not(None))):  # type: ignore[union-attr]
+                    self.known.setdefault((account_id, mid), tid)
+
+    def resolve(self, email: Email, parsed: ParsedEmail) -> str:
+        def known(ids: Sequence[str]) -> str | None:
+            for candidate in ids:
+                tid = self.known.get((email.account_id, candidate))
+                if tid:
+                    return tid
+            return None
+
+        tid = thread_key(message_id=email.message_id, in_reply_to=parsed.in_reply_to, references=parsed.references,
+                         gm_thrid=email.gm_thrid, known_threads=known, fallback=f"email:{email.id}")
+        if email.message_id:
+            self.known[(email.account_id, email.message_id)] = tid
+        return tid

@@ -68,7 +68,7 @@ class InvalidKey(StorageError, ValueError):
 class Storage(Protocol):
     """Blob storage for attachments and raw messages, addressed by validated keys."""
 
-    def put(self, key: str, data: bytes, content_type: str = DEFAULT_CONTENT_TYPE) -> None:
+    def put(self, key: str, data: bytes, content_type: str = DEFAULT_CONTENT_TYPE, *, durable: bool = True) -> None:
         """Store data under key, replacing any previous object (idempotent)."""
         ...
 
@@ -148,7 +148,7 @@ class MemoryStorage:
         self.content_types: dict[str, str] = {}
         self._lock = threading.Lock()
 
-    def put(self, key: str, data: bytes, content_type: str = DEFAULT_CONTENT_TYPE) -> None:
+    def put(self, key: str, data: bytes, content_type: str = DEFAULT_CONTENT_TYPE, *, durable: bool = True) -> None:
         """Store a copy of data under key."""
         validate_key(key)
         blob = _as_bytes(data)
@@ -196,8 +196,12 @@ class LocalStorage:
     def _path(self, key: str) -> Path:
         return self.root / validate_key(key)
 
-    def put(self, key: str, data: bytes, content_type: str = DEFAULT_CONTENT_TYPE) -> None:
-        """Write data under key atomically; the content type is not kept on disk."""
+    def put(self, key: str, data: bytes, content_type: str = DEFAULT_CONTENT_TYPE, *, durable: bool = True) -> None:
+        """Write data under key atomically; the content type is not kept on disk.
+
+        ``durable=False`` skips the fsyncs: the write is still atomic against a killed process,
+        but may be lost on power failure (for data that can be fetched again, like raw mail).
+        """
         path = self._path(key)
         blob = _as_bytes(data)
         try:
@@ -208,8 +212,9 @@ class LocalStorage:
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(blob)
-                fh.flush()
-                os.fsync(fh.fileno())
+                if durable:
+                    fh.flush()
+                    os.fsync(fh.fileno())
             os.replace(tmp, path)
         except BaseException as exc:
             try:
@@ -219,7 +224,8 @@ class LocalStorage:
             if isinstance(exc, OSError):
                 raise StorageError(f"cannot write {key!r} under {self.root}: {exc.strerror or exc}") from None
             raise
-        _fsync_dir(path.parent)
+        if durable:
+            _fsync_dir(path.parent)
 
     def get(self, key: str) -> bytes:
         """Read the whole file or raise StorageNotFound."""
@@ -368,7 +374,7 @@ class S3Storage:
         text = " ".join(str(exc).split()) or type(exc).__name__
         return StorageError(f"cannot {action} {where}: {text}")
 
-    def put(self, key: str, data: bytes, content_type: str = DEFAULT_CONTENT_TYPE) -> None:
+    def put(self, key: str, data: bytes, content_type: str = DEFAULT_CONTENT_TYPE, *, durable: bool = True) -> None:
         """Upload with its content type and a Content-MD5 the server verifies."""
         full = self._key(key)
         blob = _as_bytes(data)

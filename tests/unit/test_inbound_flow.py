@@ -210,3 +210,22 @@ class TestLeads:
         with Session(get_engine()) as s:
             title = s.execute(select(Notification.title).where(Notification.kind == "lead.created")).scalar_one()
         assert title == "New lead created from email: Grace Hopper"
+
+
+class TestRawCache:
+    def test_lost_raw_is_fetched_again(self, org: str, server: FakeImapServer, stub_broker: StubBroker, stub_worker: Worker) -> None:
+        """If a stored raw message vanished (say, a power cut), parse fetches it again from its location."""
+        server.seed("INBOX", make_message(1, from_=CRM["contact"][1], message_id="<lost@t>"))
+        from pipeline.actors.fetch import fetch_account
+
+        acct_id = make_account(org)
+        stub_worker.pause()
+        tick()
+        fetch_account.fn(acct_id, account(acct_id).fetch_token)  # run the fetch here; the chain stays queued
+        e = email_by_mid("lost@t")
+        get_storage().delete(e.raw_key or "")
+        stub_worker.resume()
+        drain(stub_broker, stub_worker)
+        e = email_by_mid("lost@t")
+        assert e.pipeline_state == "done" and e.subject == "Message number 1"
+        assert get_storage().exists(e.raw_key or "")

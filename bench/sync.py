@@ -1,0 +1,224 @@
+"""Sync benchmark: mailpipe's full inbound pipeline against a plain imap-tools fetch+parse.
+
+Seeds N messages into a private Dovecot, then in the same run:
+
+1. baseline: imap-tools logs in and fetches every message (BODY.PEEK, ``mark_seen=False``) and
+   parses each with stdlib ``email`` (``policy.default``), reading its text body;
+2. mailpipe: one scheduler tick, then fetch → raw storage → parse → attachments → link → leads →
+   notify until every email is ``done``.
+
+Prints messages/second for both, their ratio (mailpipe / baseline) and the peak RSS of the
+process(es) doing mailpipe's work. Usage::
+
+    .venv/bin/python bench/sync.py --n 10000                   # embedded: SQLite + in-process worker
+    .venv/bin/python bench/sync.py --n 10000 --distributed     # PostgreSQL + RabbitMQ + `mailpipe worker`
+"""
+
+from __future__ import annotations
+
+import argparse
+import email
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from email import policy
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from imap_tools import MailBox  # noqa: E402
+
+from tests.harness.certs import make_self_signed  # noqa: E402
+from tests.harness.dovecot import Dovecot  # noqa: E402
+from tests.harness.mail import make_message  # noqa: E402
+
+USER, PASSWORD = "bench@example.test", "benchpass"
+
+
+def seed(dovecot: Dovecot, n: int) -> None:
+    senders = ["Ada <ada@engine.example>", "lee@prospect.example", "Someone <someone@unknown.example>"]
+    batch: list[bytes] = []
+    for i in range(n):
+        atts = [(f"file{i}.pdf", "application/pdf", os.urandom(2048))] if i % 20 == 0 else None
+        batch.append(make_message(i, from_=senders[i % 3], message_id=f"<bench{i}@t>", attachments=atts,
+                                  body=("Lorem ipsum dolor sit amet. " * 40) + f"\nmessage {i}\n"))
+        if len(batch) == 2000:
+            dovecot.seed(USER, "INBOX", batch)
+            batch = []
+    if batch:
+        dovecot.seed(USER, "INBOX", batch)
+
+
+def baseline(dovecot: Dovecot, cafile: Path) -> tuple[int, float]:
+    """Plain imap-tools: fetch everything without marking seen, parse each message."""
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=str(cafile))
+    start = time.perf_counter()
+    count = 0
+    with MailBox(dovecot.host, dovecot.tls_port, ssl_context=ctx).login(USER, PASSWORD, initial_folder="INBOX") as mb:
+        for msg in mb.fetch(mark_seen=False, bulk=500):
+            parsed = email.message_from_bytes(msg.obj.as_bytes(), policy=policy.default)
+            body = parsed.get_body(preferencelist=("plain", "html"))
+            if body is not None:
+                body.get_content()
+            count += 1
+    return count, time.perf_counter() - start
+
+
+def _peak_rss_of(pids: list[int]) -> int:
+    peak = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]) * 1024)
+        except OSError:
+            continue
+    return peak
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    pids = [int(p) for p in out]
+    for p in list(pids):
+        pids += _children(p)
+    return pids
+
+
+def pipeline(dovecot: Dovecot, cafile: Path, workdir: Path, n: int, distributed: bool, threads: int) -> tuple[int, float, int]:
+    """Run mailpipe's inbound pipeline over the mailbox; returns (emails, seconds, peak worker RSS)."""
+    from ops.crypto import generate_key_entry
+
+    env = {
+        "MAILPIPE_SECRET_KEYS": generate_key_entry("bench"),
+        "MAILPIPE_STORAGE_URL": f"file://{workdir / 'store'}",
+        "MAILPIPE_SYNC_RATE_PER_HOUR": str(10 * n + 1000),
+        "SSL_CERT_FILE": str(cafile),
+    }
+    pg_ctx = vhost_ctx = None
+    if distributed:
+        from tests.harness.services import pg_database, rabbit_vhost
+
+        pg_ctx, vhost_ctx = pg_database("mailpipe_bench"), rabbit_vhost("mailpipe_bench")
+        env["MAILPIPE_DATABASE_URL"] = pg_ctx.__enter__()
+        env["MAILPIPE_BROKER_URL"] = vhost_ctx.__enter__()
+    else:
+        env["MAILPIPE_DATABASE_URL"] = f"sqlite:///{workdir / 'bench.db'}"
+    os.environ.update(env)
+    try:
+        from sqlalchemy import func, select
+        from sqlmodel import Session
+
+        from models import Email
+        from models.db import get_engine
+        from ops.migrate import upgrade
+        from pipeline.broker import build_broker, use_broker
+        from tests.harness.flow import make_account, make_org, seed_crm, tick
+
+        upgrade(env["MAILPIPE_DATABASE_URL"])
+        import pipeline.actors  # noqa: F401
+
+        broker = use_broker(build_broker(env.get("MAILPIPE_BROKER_URL")))
+        org_id, _ = make_org("bench")
+        seed_crm(org_id)
+        make_account(org_id, host=dovecot.host, port=dovecot.tls_port, email=USER, password=PASSWORD)
+        worker_proc = None
+        worker = None
+        if distributed:
+            worker_proc = subprocess.Popen([str(Path(sys.executable).with_name("mailpipe")), "worker", "-p", "2", "-t", str(threads)],
+                                           env={**os.environ}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(2)
+        else:
+            from dramatiq import Worker
+
+            broker.emit_after("process_boot")
+            worker = Worker(broker, worker_threads=threads, worker_timeout=100)
+            worker.start()
+        peak = [0]
+        stop = threading.Event()
+
+        def watch() -> None:
+            while not stop.is_set():
+                if worker_proc is not None:
+                    peak[0] = max(peak[0], _peak_rss_of([worker_proc.pid, *_children(worker_proc.pid)]))
+                stop.wait(0.5)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        start = time.perf_counter()
+        tick()
+        while True:
+            with Session(get_engine()) as s:
+                done = s.execute(select(func.count()).select_from(Email).where(Email.pipeline_state.in_(("done", "quarantined")))).scalar_one()  # type: ignore[attr-defined]
+            if done >= n:
+                break
+            time.sleep(0.1)
+        elapsed = time.perf_counter() - start
+        stop.set()
+        watcher.join()
+        if worker is not None:
+            worker.stop()
+            peak[0] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        if worker_proc is not None:
+            worker_proc.terminate()
+            worker_proc.wait(30)
+        broker.close()
+        return int(done), elapsed, peak[0]
+    finally:
+        if vhost_ctx is not None:
+            vhost_ctx.__exit__(None, None, None)
+        if pg_ctx is not None:
+            from models.db import reset_engine
+
+            reset_engine()
+            pg_ctx.__exit__(None, None, None)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=2000, help="messages to seed (default 2000)")
+    ap.add_argument("--distributed", action="store_true", help="PostgreSQL + RabbitMQ + `mailpipe worker` (2 processes)")
+    ap.add_argument("--threads", type=int, default=8, help="worker threads (per process)")
+    ap.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="mailpipe-bench-"))
+    cert, key = make_self_signed(work / "tls")
+    dovecot = Dovecot(cert, key)
+    dovecot.add_user(USER, PASSWORD)
+    dovecot.start()
+    try:
+        t0 = time.perf_counter()
+        seed(dovecot, args.n)
+        seeded = time.perf_counter() - t0
+        base_n, base_s = baseline(dovecot, cert)
+        flags_before = dovecot.flags(USER, "INBOX")
+        mp_n, mp_s, rss = pipeline(dovecot, cert, work, args.n, args.distributed, args.threads)
+        assert dovecot.flags(USER, "INBOX") == flags_before, "the benchmark changed flags on the server"
+    finally:
+        dovecot.close()
+    base_rate, mp_rate = base_n / base_s, mp_n / mp_s
+    result = {
+        "n": args.n, "mode": "distributed" if args.distributed else "embedded", "seed_seconds": round(seeded, 2),
+        "baseline_msgs_per_s": round(base_rate, 1), "mailpipe_msgs_per_s": round(mp_rate, 1),
+        "ratio": round(mp_rate / base_rate, 3), "peak_worker_rss_mb": round(rss / 2**20, 1),
+    }
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"messages: {args.n} ({result['mode']}; seeded in {seeded:.1f}s)")
+    print(f"baseline imap-tools fetch+parse: {base_rate:8.1f} msg/s  ({base_s:.2f}s)")
+    print(f"mailpipe full pipeline:          {mp_rate:8.1f} msg/s  ({mp_s:.2f}s)")
+    print(f"ratio mailpipe/baseline:         {mp_rate / base_rate:8.3f}")
+    print(f"peak worker RSS:                 {rss / 2**20:8.1f} MiB")
+
+
+if __name__ == "__main__":
+    main()
