@@ -185,7 +185,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=2000, help="messages to seed (default 2000)")
     ap.add_argument("--distributed", action="store_true", help="PostgreSQL + RabbitMQ + `mailpipe worker` (2 processes)")
-    ap.add_argument("--threads", type=int, default=8, help="worker threads (per process)")
+    ap.add_argument("--threads", type=int, default=4, help="worker threads (per process)")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     args = ap.parse_args()
 

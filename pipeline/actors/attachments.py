@@ -30,7 +30,7 @@ def store_attachments(email_ids: list[str]) -> None:
     """Write attachments of parsed emails to storage and record them."""
     storage = get_storage()
     with Session(get_engine(), expire_on_commit=False) as s:
-        emails = in_state(s, email_ids, "parsed")
+        emails = in_state(s, email_ids, "parsed", "attachment_count", "raw_key")
         stored = 0
         for email in emails:
             if email.attachment_count == 0:

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 import structlog
 from dramatiq import pipeline
 from sqlalchemy import select, update
+from sqlalchemy.orm import load_only
 from sqlmodel import Session
 
 from models import Email, utcnow
@@ -64,9 +65,15 @@ def move(session: Session, email_ids: Sequence[str], to_state: str) -> None:
         session.execute(update(Email).where(Email.id.in_(list(email_ids))).values(pipeline_state=to_state, stage_at=utcnow()))  # type: ignore[attr-defined]
 
 
-def in_state(session: Session, email_ids: Sequence[str], state: str) -> list[Email]:
-    """The emails among ``email_ids`` that are waiting for the stage consuming ``state``."""
-    return list(session.execute(select(Email).where(Email.id.in_(list(email_ids)), Email.pipeline_state == state)).scalars())  # type: ignore[attr-defined]
+def in_state(session: Session, email_ids: Sequence[str], state: str, *columns: str) -> list[Email]:
+    """The emails among ``email_ids`` waiting for the stage that consumes ``state``.
+
+    Name ``columns`` to load only those (bodies are large; most stages never read them).
+    """
+    stmt = select(Email).where(Email.id.in_(list(email_ids)), Email.pipeline_state == state)  # type: ignore[attr-defined]
+    if columns:
+        stmt = stmt.options(load_only(*(getattr(Email, c) for c in ("id", "org_id", "account_id", *columns))))
+    return list(session.execute(stmt).scalars())
 
 
 @register_sweep("resume_ingest")

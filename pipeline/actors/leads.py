@@ -33,7 +33,8 @@ def lead_id_for(org_id: str, address: str) -> str:
 def create_leads(email_ids: list[str]) -> None:
     """Decide and create leads for linked-stage emails, link them, notify the mailbox owner."""
     with Session(get_engine(), expire_on_commit=False) as s:
-        emails = in_state(s, email_ids, "linked")
+        emails = in_state(s, email_ids, "linked", "direction", "from_email", "from_name", "headers", "linked",
+                          "needs_review", "subject")
         if not emails:
             return
         orgs = {o.id: o for o in s.execute(select(Organization).where(Organization.id.in_({e.org_id for e in emails}))).scalars()}  # type: ignore[attr-defined]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlmodel import Session
 
 from models import Contact, CrmAccount, Email, EmailAccount, EmailAddress, EmailLink, Lead
@@ -47,8 +47,7 @@ class SqlDirectory:
 
 def store_links(s: Session, email: Email, decisions: Iterable[LinkDecision], *, needs_review: bool) -> int:
     """Insert link rows (duplicates ignored) and update the email's flags; returns rows added."""
-    rows = [{"org_id": email.org_id, "email_id": email.id, "entity_type": d.entity_type, "entity_id": d.entity_id,
-             "how": d.how, "needs_review": needs_review and d.entity_type in ("contact", "lead")} for d in decisions]
+    rows = _link_rows(email, decisions, needs_review)
     added = insert_ignore(s, EmailLink, rows, ["email_id", "entity_type", "entity_id"])
     if rows:
         email.linked = True
@@ -57,34 +56,46 @@ def store_links(s: Session, email: Email, decisions: Iterable[LinkDecision], *, 
     return added
 
 
+def _link_rows(email: Email, decisions: Iterable[LinkDecision], needs_review: bool) -> list[dict[str, object]]:
+    return [{"org_id": email.org_id, "email_id": email.id, "entity_type": d.entity_type, "entity_id": d.entity_id,
+             "how": d.how, "needs_review": needs_review and d.entity_type in ("contact", "lead")} for d in decisions]
+
+
 @actor(actor_name="ingest.link", queue_name="pipeline", max_retries=3)
 def link_emails(email_ids: list[str]) -> None:
-    """Plan and store links for every email of the batch in state ``stored``."""
+    """Plan and store links for every email of the batch in state ``stored`` (set-at-a-time writes)."""
     with Session(get_engine(), expire_on_commit=False) as s:
-        emails = in_state(s, email_ids, "stored")
+        emails = in_state(s, email_ids, "stored", "direction", "from_email", "to_emails", "cc_emails", "linked", "needs_review")
         if not emails:
             return
-        own = {a.id: a.email_norm for a in s.execute(select(EmailAccount).where(
-            EmailAccount.id.in_({e.account_id for e in emails}))).scalars()}  # type: ignore[attr-defined]
+        own = dict(s.execute(select(EmailAccount.id, EmailAccount.email_norm).where(
+            EmailAccount.id.in_({e.account_id for e in emails}))).all())  # type: ignore[attr-defined]
         by_org: dict[str, list[Email]] = defaultdict(list)
         for e in emails:
             by_org[e.org_id].append(e)
-        linked = 0
+        addresses: list[dict[str, object]] = []
+        links: list[dict[str, object]] = []
+        flags: list[dict[str, object]] = []
         for org_id, batch in by_org.items():
             # One lookup for the whole batch, then plan each email against the in-memory result.
             every = {addr for e in batch for addr in _addresses(e)}
             directory = DictDirectory(SqlDirectory(s, org_id).lookup(every))
             for e in batch:
-                plan = plan_links(e.direction, e.from_email, e.to_emails, e.cc_emails, directory, own_addresses=(own.get(e.account_id, ""),))  # type: ignore[arg-type]
-                insert_ignore(s, EmailAddress, [{"org_id": org_id, "email_id": e.id, "address_norm": a} for a in plan.addresses],
-                              ["email_id", "address_norm"])
+                plan = plan_links(e.direction, e.from_email, e.to_emails, e.cc_emails, directory,  # type: ignore[arg-type]
+                                  own_addresses=(own.get(e.account_id, ""),))
+                addresses += [{"org_id": org_id, "email_id": e.id, "address_norm": a} for a in plan.addresses]
                 if plan.links:
-                    store_links(s, e, plan.links, needs_review=plan.needs_review)
-                    linked += 1
+                    links += _link_rows(e, plan.links, plan.needs_review)
+                    flags.append({"id": e.id, "linked": True, "needs_review": bool(e.needs_review or plan.needs_review)})
+        s.expunge_all()
+        insert_ignore(s, EmailAddress, addresses, ["email_id", "address_norm"])
+        insert_ignore(s, EmailLink, links, ["email_id", "entity_type", "entity_id"])
+        if flags:
+            s.execute(update(Email), flags)
         move(s, [e.id for e in emails], "linked")
         s.commit()
-    metrics.INGESTED.labels("link", "linked").inc(linked)
-    metrics.INGESTED.labels("link", "unlinked").inc(len(emails) - linked)
+    metrics.INGESTED.labels("link", "linked").inc(len(flags))
+    metrics.INGESTED.labels("link", "unlinked").inc(len(emails) - len(flags))
 
 
 def _addresses(e: Email) -> list[str]:

@@ -23,7 +23,7 @@ __all__ = ["notify_emails"]
 def notify_emails(email_ids: list[str]) -> None:
     """Write notifications for the batch's emails in state ``leads`` and finish them."""
     with Session(get_engine(), expire_on_commit=False) as s:
-        emails = in_state(s, email_ids, "leads")
+        emails = in_state(s, email_ids, "leads", "direction", "linked", "silent", "from_name", "from_email", "subject")
         if not emails:
             return
         owners = dict(s.execute(select(EmailAccount.id, EmailAccount.user_id).where(

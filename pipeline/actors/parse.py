@@ -70,6 +70,7 @@ def parse_emails(email_ids: list[str]) -> list[str]:
             return email_ids
         accounts = dict(s.execute(select(EmailAccount.id, EmailAccount.email).where(
             EmailAccount.id.in_({e.account_id for e in emails}))).all())  # type: ignore[attr-defined]
+        s.expunge_all()  # rows are written below in one executemany, not by the unit of work
         results: list[tuple[Email, ParsedEmail]] = []
         quarantined: list[Email] = []
         for email in emails:
@@ -92,7 +93,6 @@ def parse_emails(email_ids: list[str]) -> list[str]:
         threads = _ThreadIndex(s, results)
         for email, parsed in sorted(results, key=lambda r: r[0].sent_at or r[0].received_at or r[0].created_at):
             email.thread_id = threads.resolve(email, parsed)
-        s.expunge_all()  # the rows are written below in one executemany, not by the unit of work
         rows = [{"id": e.id, **{f: getattr(e, f) for f in _FIELDS}} for e, _ in results] + \
                [{"id": e.id, **{f: getattr(e, f) for f in _FIELDS}} for e in quarantined]
         if rows:
