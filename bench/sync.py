@@ -204,6 +204,9 @@ def main() -> None:
         assert dovecot.flags(USER, "INBOX") == flags_before, "the benchmark changed flags on the server"
     finally:
         dovecot.close()
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
     base_rate, mp_rate = base_n / base_s, mp_n / mp_s
     result = {
         "n": args.n, "mode": "distributed" if args.distributed else "embedded", "seed_seconds": round(seeded, 2),

@@ -96,3 +96,24 @@ class TestSchedulerLeadership:
         finally:
             for p in procs.values():
                 p.stop()
+
+
+class TestReadiness:
+    def test_readyz_reports_the_broker(self, pg_url: str, amqp_url: str, tmp_path: Path) -> None:
+        """`mailpipe web` on PostgreSQL + RabbitMQ is ready; pointed at a dead broker it answers 503 naming it."""
+        import httpx
+
+        from tests.harness.ports import free_port, wait_port
+
+        for broker_url, expected in ((amqp_url, 200), (f"amqp://guest:guest@127.0.0.1:{free_port()}/x", 503)):
+            port = free_port()
+            web = MailpipeProcess("web", "--port", str(port), env=_env(pg_url, broker_url), cwd=tmp_path, name="web")
+            try:
+                wait_port("127.0.0.1", port, 30)
+                r = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=15)
+                assert r.status_code == expected, r.text
+                assert r.json()["checks"]["database"]["ok"] is True
+                assert r.json()["checks"]["broker"]["ok"] is (expected == 200)
+                assert "guest:guest" not in r.text
+            finally:
+                web.stop()

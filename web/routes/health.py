@@ -29,29 +29,31 @@ def _check_database() -> str | None:
 
 
 def _check_broker() -> str | None:
+    """Open (and close) an AMQP connection to the first reachable broker URL; cached 5 s when ok."""
     global _broker_ok_until
-    from pipeline.broker import get_broker
+    from ops.settings import get_settings
 
-    broker = get_broker()
-    if not hasattr(broker, "parameters"):
+    url = get_settings().broker_url
+    if url is None:
         return None  # in-process broker: always there
     if time.monotonic() < _broker_ok_until:
         return None
     import pika
 
-    try:
-        params = broker.parameters[0]
-        probe = pika.ConnectionParameters(
-            host=params.host, port=params.port, virtual_host=params.virtual_host, credentials=params.credentials,
-            ssl_options=params.ssl_options, socket_timeout=2, blocked_connection_timeout=2,
-            connection_attempts=1, stack_timeout=3,
-        )
-        conn = pika.BlockingConnection(probe)
-        conn.close()
-    except Exception as exc:
-        return f"{type(exc).__name__}: broker unreachable"
-    _broker_ok_until = time.monotonic() + 5
-    return None
+    last = "no broker URL"
+    for part in url.split(";"):
+        try:
+            params = pika.URLParameters(part.strip())
+            params.socket_timeout = 2
+            params.stack_timeout = 3
+            params.connection_attempts = 1
+            pika.BlockingConnection(params).close()
+        except Exception as exc:  # readiness reports, never raises
+            last = f"{type(exc).__name__}: broker unreachable"
+            continue
+        _broker_ok_until = time.monotonic() + 5
+        return None
+    return last
 
 
 @router.route("GET", "/healthz", summary="Process is up", public=True)
