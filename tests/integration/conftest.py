@@ -3,8 +3,7 @@ in-process Dramatiq worker, and Dovecot's certificate trusted the way production
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,9 @@ import pytest
 from dramatiq import Worker
 
 from tests.conftest import reset_process_state
+from tests.harness.wait import wait_until
+
+__all__ = ["live", "wait_until"]
 
 
 @pytest.fixture
@@ -43,15 +45,3 @@ def live(fresh_pg_url: str, amqp_url: str, test_certs: tuple[Path, Path], monkey
         worker.stop(timeout=10_000)
         broker.close()
         tls_context.cache_clear()
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 60, interval: float = 0.1, what: str = "condition") -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail with ``what`` on timeout."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")

@@ -11,6 +11,7 @@ from sqlalchemy import create_engine, text
 
 from ops.crypto import generate_key_entry
 from tests.harness.proc import MailpipeProcess, mailpipe_env, run_mailpipe
+from tests.harness.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -52,16 +53,6 @@ def _heartbeat(pg_url: str) -> tuple[str, float, int] | None:
     return (row[0], float(row[1]), int(row[2])) if row else None
 
 
-def _wait_for(pred, timeout: float) -> object:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.05)
-    return None
-
-
 class TestSchedulerLeadership:
     def test_one_leads_and_other_takes_over(self, fresh_pg_url: str, amqp_url: str, tmp_path: Path) -> None:
         """Two schedulers: exactly one leads; SIGKILL it and the other leads within one tick."""
@@ -72,7 +63,7 @@ class TestSchedulerLeadership:
         b = MailpipeProcess("scheduler", env=env, cwd=tmp_path, name="sched-b")
         procs = {a.pid: a, b.pid: b}
         try:
-            first = _wait_for(lambda: _heartbeat(fresh_pg_url), 30)
+            first = wait_until(lambda: _heartbeat(fresh_pg_url), 30, 0.05, "a leader's heartbeat")
             assert first, a.output() + b.output()
             holder = first[0]  # type: ignore[index]
             leader_pid = int(holder.rsplit(":", 1)[1])
@@ -87,7 +78,7 @@ class TestSchedulerLeadership:
 
             killed_at = time.time()
             procs[leader_pid].kill()
-            new = _wait_for(lambda: (h := _heartbeat(fresh_pg_url)) and h[0] != holder and h, 10)
+            new = wait_until(lambda: (h := _heartbeat(fresh_pg_url)) and h[0] != holder and h, 10, 0.05, "a new leader")
             assert new, follower.output()
             new_pid = int(new[0].rsplit(":", 1)[1])  # type: ignore[index]
             assert new_pid == follower.pid

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -14,18 +13,9 @@ from tests.harness.dovecot import Dovecot
 from tests.harness.mail import make_message
 from tests.harness.ports import free_port, wait_port
 from tests.harness.proc import MailpipeProcess, mailpipe_env, run_mailpipe
+from tests.harness.wait import wait_until
 
 pytestmark = pytest.mark.integration
-
-
-def _poll(fn: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = fn()
-        if got:
-            return got
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_embedded_serve_syncs_links_and_notifies(tmp_path: Path, dovecot: Dovecot, dovecot_user: tuple[str, str],
@@ -63,7 +53,7 @@ def test_embedded_serve_syncs_links_and_notifies(tmp_path: Path, dovecot: Doveco
             items = httpx.get(f"{base}/api/v1/emails", params={"account_id": acct}, headers=h).json()["items"]
             return items if len(items) == 2 and all(i["pipeline_state"] == "done" for i in items) and a["sync"]["state"] == "idle" else None
 
-        items = {i["message_id"]: i for i in _poll(synced, 60, "two emails through the pipeline")}
+        items = {i["message_id"]: i for i in wait_until(synced, 60, 0.25, "two emails through the pipeline")}
         assert items["s1@t"]["linked"] and not items["s2@t"]["linked"]
         full = httpx.get(f"{base}/api/v1/emails/{items['s1@t']['id']}", headers=h).json()
         assert full["links"]["contact_ids"] == ["c1"]
@@ -77,8 +67,8 @@ def test_embedded_serve_syncs_links_and_notifies(tmp_path: Path, dovecot: Doveco
 
         # The unlinked sender becomes a contact later: the earlier mail links retroactively.
         httpx.put(f"{base}/api/v1/crm/contacts/c2", json={"last_name": "S", "email": "Stranger@Unknown.example"}, headers=h)
-        _poll(lambda: httpx.get(f"{base}/api/v1/emails/{items['s2@t']['id']}", headers=h).json()["links"]["contact_ids"] == ["c2"],
-              20, "retroactive link")
+        wait_until(lambda: httpx.get(f"{base}/api/v1/emails/{items['s2@t']['id']}", headers=h).json()["links"]["contact_ids"] == ["c2"],
+                   20, 0.25, "retroactive link")
         assert dovecot.flags(user, "INBOX") == before
         assert password not in proc.output()
     finally:
