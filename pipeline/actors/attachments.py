@@ -42,7 +42,7 @@ def store_attachments(email_ids: list[str]) -> None:
                 storage.put(key, att.content, att.content_type)
                 rows.append({"org_id": email.org_id, "email_id": email.id, "part_index": index,
                              "document_name": att.filename[:255], "document_file_mimeType": att.content_type[:255],
-                             "size": att.size, "sha256": att.sha256, "content_id": att.content_id,
+                             "size": att.size, "sha256": att.sha256, "content_id": att.content_id[:500] if att.content_id else None,
                              "inline": att.inline, "storage_key": key})
             stored += insert_ignore(s, Document, rows, ["email_id", "part_index"])
         move(s, [e.id for e in emails], "stored")

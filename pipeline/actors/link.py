@@ -83,7 +83,7 @@ def link_emails(email_ids: list[str]) -> None:
             for e in batch:
                 plan = plan_links(e.direction, e.from_email, e.to_emails, e.cc_emails, directory,  # type: ignore[arg-type]
                                   own_addresses=(own.get(e.account_id, ""),))
-                addresses += [{"org_id": org_id, "email_id": e.id, "address_norm": a} for a in plan.addresses]
+                addresses += [{"org_id": org_id, "email_id": e.id, "address_norm": a} for a in plan.addresses if len(a) <= 320]
                 if plan.links:
                     links += _link_rows(e, plan.links, plan.needs_review)
                     flags.append({"id": e.id, "linked": True, "needs_review": bool(e.needs_review or plan.needs_review)})

@@ -28,14 +28,14 @@ log = structlog.get_logger("mailpipe.parse")
 
 def apply_parsed(email: Email, parsed: ParsedEmail, account_email: str | None) -> None:
     """Copy a parse result onto the email row (pure assignment; no I/O)."""
-    email.message_id = email.message_id or parsed.message_id
-    email.in_reply_to = parsed.in_reply_to
-    email.references = list(parsed.references)
+    email.message_id = (email.message_id or parsed.message_id or "")[:995] or None
+    email.in_reply_to = parsed.in_reply_to[:995] if parsed.in_reply_to else None
+    email.references = [r[:995] for r in parsed.references[-100:]]
     email.subject = parsed.subject
     if parsed.from_ is not None:
-        email.from_email = parsed.from_.email
-        email.from_email_norm = normalize_email(parsed.from_.email)
-        email.from_name = parsed.from_.name or None
+        email.from_email = parsed.from_.email[:320]
+        email.from_email_norm = normalize_email(email.from_email)
+        email.from_name = parsed.from_.name[:500] or None
     email.to_emails = [a.email for a in parsed.to]
     email.cc_emails = [a.email for a in parsed.cc]
     email.bcc_emails = [a.email for a in parsed.bcc]
@@ -92,7 +92,7 @@ def parse_emails(email_ids: list[str]) -> list[str]:
             results.append((email, parsed))
         threads = _ThreadIndex(s, results)
         for email, parsed in sorted(results, key=lambda r: r[0].sent_at or r[0].received_at or r[0].created_at):
-            email.thread_id = threads.resolve(email, parsed)
+            email.thread_id = threads.resolve(email, parsed)[:1000]
         rows = [{"id": e.id, **{f: getattr(e, f) for f in _FIELDS}} for e, _ in results] + \
                [{"id": e.id, **{f: getattr(e, f) for f in _FIELDS}} for e in quarantined]
         if rows:

@@ -18,6 +18,8 @@ __all__ = ["Identity", "message_identity"]
 
 _STABLE_HEADERS = ("date", "from", "to", "cc", "subject", "in-reply-to")
 _HEADER_LIMIT = 256 * 1024
+_MAX_MESSAGE_ID = 995  # emails.message_id
+_MAX_KEY = 600  # emails.dedupe_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,10 +47,14 @@ def message_identity(raw: bytes, gm_msgid: int | None = None) -> Identity:
         stable = "\x1f".join(" ".join(str(headers.get(h, "")).split()).lower() for h in _STABLE_HEADERS)
     except Exception:  # headers so broken the parser gave up: fall back to the bytes
         message_id, stable = None, ""
+    if message_id is not None and len(message_id) > _MAX_MESSAGE_ID:
+        message_id = message_id[:_MAX_MESSAGE_ID]  # the column's size; the key below stays unique by hash
     if gm_msgid is not None:
         return Identity(f"gm:{gm_msgid}", message_id)
+    if message_id and len(message_id) <= _MAX_KEY - 4:
+        return Identity(f"mid:{message_id}", message_id)
     if message_id:
-        return Identity(f"mid:{message_id}"[:600], message_id)
+        return Identity(f"mid#{hashlib.sha256(message_id.encode('utf-8', 'replace')).hexdigest()}", message_id)
     if stable.strip("\x1f"):
         return Identity(f"hdr:{hashlib.sha256(stable.encode('utf-8', 'replace')).hexdigest()}", None)
     return Identity(f"raw:{hashlib.sha256(raw).hexdigest()}", None)

@@ -200,6 +200,8 @@ class TestFailures:
             b"From: deep@y.example\r\nMessage-ID: <deep@t>\r\nMIME-Version: 1.0\r\n" + nested,
             b"\x00\x01\x02 not a message \xff",
             big,
+            make_message(3, message_id="<" + "x" * 2000 + "@t>", from_="N" * 900 + " <" + "y" * 400 + "@t.example>",
+                         attachments=[("z" * 600 + ".txt", "text/plain", b"long name")]),
             make_message(2, message_id="<fine@t>"),
         ]
         dovecot.seed(user, "INBOX", bad)
