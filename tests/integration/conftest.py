@@ -28,6 +28,7 @@ def live(fresh_pg_url: str, amqp_url: str, test_certs: tuple[Path, Path], monkey
     monkeypatch.setenv("MAILPIPE_DATABASE_URL", fresh_pg_url)
     monkeypatch.setenv("MAILPIPE_BROKER_URL", amqp_url)
     monkeypatch.setenv("SSL_CERT_FILE", str(test_certs[0]))
+    monkeypatch.setenv("MAILPIPE_SYNC_RATE_PER_HOUR", "1000000")  # rate limiting has its own tests
     from pipeline.connections import tls_context
 
     tls_context.cache_clear()
