@@ -16,9 +16,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from enum import Enum
+
 from typing import Protocol, runtime_checkable
 
+from pipeline.clients.errors import ConnErrorKind
 from imap_tools import MailBox, MailBoxStartTls, MailBoxUnencrypted
 from imap_tools.errors import MailboxLoginError, MailboxStarttlsError, UnexpectedCommandStatusError
 from imap_tools.imap_utf7 import utf7_decode, utf7_encode
@@ -99,15 +100,8 @@ class FetchedMessage:
     gm_thrid: int | None = None
 
 
-class ImapErrorKind(str, Enum):
-    """What went wrong, coarse enough to decide between retry, back-off and asking the user."""
-
-    DNS = "dns"
-    CONNECT = "connect"
-    TLS = "tls"
-    AUTH = "auth"
-    TIMEOUT = "timeout"
-    PROTOCOL = "protocol"
+ImapErrorKind = ConnErrorKind
+"""The shared connection-failure kinds (see pipeline.clients.errors)."""
 
 
 _FATAL_KINDS = frozenset({ImapErrorKind.CONNECT, ImapErrorKind.TIMEOUT, ImapErrorKind.TLS})

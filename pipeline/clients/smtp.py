@@ -19,13 +19,14 @@ import ssl
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
-from enum import Enum
+
 from functools import lru_cache
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import aiosmtplib
 from aiosmtplib.protocol import normalize_message_line_endings
 
+from pipeline.clients.errors import ConnErrorKind
 from pipeline.stages.smtp_reply import (
     SmtpOutcome,
     SmtpVerdict,
@@ -59,15 +60,8 @@ _UNSAFE_ADDRESS_CHARS = "\r\n\x00<>"
 _T = TypeVar("_T")
 
 
-class SmtpErrorKind(str, Enum):
-    """What went wrong, coarse enough to decide between retry, back-off and asking the user."""
-
-    DNS = "dns"
-    CONNECT = "connect"
-    TLS = "tls"
-    AUTH = "auth"
-    TIMEOUT = "timeout"
-    PROTOCOL = "protocol"
+SmtpErrorKind = ConnErrorKind
+"""The shared connection-failure kinds (see pipeline.clients.errors)."""
 
 
 class SmtpError(Exception):
