@@ -16,15 +16,14 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-
 from typing import Protocol, runtime_checkable
 
-from pipeline.clients.errors import ConnErrorKind
 from imap_tools import MailBox, MailBoxStartTls, MailBoxUnencrypted
 from imap_tools.errors import MailboxLoginError, MailboxStarttlsError, UnexpectedCommandStatusError
 from imap_tools.imap_utf7 import utf7_decode, utf7_encode
 from imap_tools.mailbox import BaseMailBox
 
+from pipeline.clients.errors import ConnErrorKind
 from pipeline.clients.imap_wire import (
     ParseError,
     Value,
