@@ -19,7 +19,6 @@ import ssl
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
-
 from functools import lru_cache
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
