@@ -1,0 +1,776 @@
+"""Compose stage: a :class:`Draft` in, the raw RFC 5322 bytes to send (CRLF line ends) out. Pure: no I/O.
+
+The MIME tree is built with the stdlib ``email`` package under a 7-bit SMTP policy, so every body part
+is 7bit, quoted-printable or base64 and lines stay within 78 characters wherever they can be folded;
+an unbreakable token (a long unsubscribe URL, a Message-ID) is bounded so no line exceeds 998. Header
+values are checked for line breaks before they reach the message (header injection is a
+:class:`ComposeError`, which the API answers with 422).
+
+Shapes: text only → ``text/plain``; HTML → ``multipart/alternative`` (text first, derived from the HTML
+when not given); inline images (``content_id`` set) → ``multipart/related`` around the HTML; other
+attachments → ``multipart/mixed`` around the body. Bcc recipients belong to the SMTP envelope only
+(:func:`envelope_recipients`), never to a header. The reply and forward helpers build the threading
+headers, subjects and quoted bodies for ``/reply`` and ``/forward``.
+"""
+
+from __future__ import annotations
+
+import html as html_lib
+import re
+import secrets
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from email.headerregistry import Address
+from email.message import EmailMessage, MIMEPart
+from email.policy import EmailPolicy
+from urllib.parse import urlsplit
+
+import idna
+import lxml.etree
+import lxml.html
+
+__all__ = [
+    "ComposeError",
+    "Draft",
+    "OutgoingAttachment",
+    "check_header_value",
+    "compose",
+    "envelope_recipients",
+    "forward_block",
+    "forward_subject",
+    "html_to_text",
+    "quote_for_reply",
+    "reply_headers",
+    "reply_subject",
+    "validate_address",
+]
+
+MAX_REFERENCES = 20
+_MAX_LOCAL = 64
+_MAX_DOMAIN = 255
+_MAX_ADDRESS = 254
+_MAX_MSGID = 250
+_MAX_URL = 900
+_LINE_BREAKS = frozenset("\r\n\x00\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")  # str.splitlines() boundaries + NUL
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_ATEXT_LOCAL = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
+_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+_ANGLE_FORM = re.compile(r"^(?P<name>[^<>]*?)\s*<(?P<addr>[^<>]*)>$", re.S)
+_MSGID_TEXT = re.compile(r"^[!-;=?-~]+$")  # printable ASCII without space, '<' and '>'
+_MSGID_IN_TEXT = re.compile(r"<([^<>]*)>")
+_EMAIL_ID = re.compile(r"^[A-Za-z0-9._:@+-]{1,200}$")
+_HEADER_NAME = re.compile(r"^[!-9;-~]{1,76}$")
+_CONTENT_TYPE = re.compile(r"^[A-Za-z0-9!#$&^_.+-]{1,64}/[A-Za-z0-9!#$&^_.+-]{1,128}$")
+_URL_TEXT = re.compile(r"^[!#-;=?-~]+$")  # printable ASCII without space, '"', '<', '>'
+_MAILTO_QUERY = re.compile(r"^[A-Za-z0-9%._~!$&'()*+,;=:@/?-]*$")
+_REPLY_PREFIX = re.compile(r"^\s*re\s*(?:\[\d+\])?\s*:\s*", re.I)
+_FORWARD_PREFIX = re.compile(r"^\s*fwd?\s*(?:\[\d+\])?\s*:\s*", re.I)
+_BODY_CLOSE = re.compile(r"</body\s*>", re.I)
+_HTML_CLOSE = re.compile(r"</html\s*>", re.I)
+_SHOWN_SCHEME = re.compile(r"^(?:https?|mailto|tel|ftp):", re.I)
+_WS = re.compile(r"\s+")
+_LINE = "\x01"  # block boundary: the text around it goes on separate lines
+_PARA = "\x02"  # paragraph boundary: a blank line between the text around it
+_KEEP = "\x03"  # a space that whitespace collapsing must keep (indentation, <pre>)
+_XML_UNSAFE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
+_TAG = re.compile(r"<[^<>]*>")
+_COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.S)
+_HIDDEN_BLOCK = re.compile(r"(?is)<(head|script|style|title)\b[^<>]*>.*?(?:</\1\s*>|\Z)")
+_BREAK_RUN = re.compile(r"[ \n\x01\x02]*[\x01\x02][ \n\x01\x02]*")
+_RESERVED_HEADERS = frozenset(
+    "from to cc bcc sender subject date message-id in-reply-to references mime-version content-type "
+    "content-transfer-encoding content-disposition content-id x-mailpipe-email-id list-unsubscribe "
+    "list-unsubscribe-post return-path received".split())
+_VERBATIM_HEADERS = frozenset(
+    "message-id in-reply-to references list-unsubscribe list-unsubscribe-post x-mailpipe-email-id".split())
+_DROP_TAGS = frozenset("head script style noscript template title object embed iframe svg math".split())
+_QUOTE_DROP_TAGS = frozenset("head script style title meta link base iframe object embed noscript".split())
+_PARAGRAPH_TAGS = frozenset("p h1 h2 h3 h4 h5 h6 table hr".split())
+_LINE_TAGS = frozenset(
+    "address article aside caption center details dialog div dl dt dd fieldset figcaption figure footer form "
+    "header li main nav section summary tr".split())
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_QUOTE_STYLE = "margin:0 0 0 .8ex;border-left:1px solid #ccc;padding-left:1ex"
+_FOOTER_STYLE = "margin-top:24px;font-size:12px;color:#666"
+
+
+class ComposeError(ValueError):
+    """Input that cannot become a safe message (the API turns it into 422); ``field`` names the culprit."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(field, message)
+        self.field = field
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}"
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingAttachment:
+    """A file to attach; inline (referenced as ``cid:`` from the HTML) when ``content_id`` is set."""
+
+    filename: str
+    content_type: str
+    content: bytes = field(repr=False)
+    content_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Draft:
+    """Everything needed to build one outgoing message; addresses are "Name <addr>" or bare."""
+
+    from_email: str
+    from_name: str | None
+    to: tuple[str, ...]
+    cc: tuple[str, ...] = ()
+    bcc: tuple[str, ...] = ()
+    subject: str = ""
+    html: str | None = None
+    text: str | None = None
+    attachments: tuple[OutgoingAttachment, ...] = ()
+    message_id: str | None = None
+    date: datetime | None = None
+    in_reply_to: str | None = None
+    references: tuple[str, ...] = ()
+    mailpipe_email_id: str | None = None
+    unsubscribe_url: str | None = None
+    unsubscribe_mailto: str | None = None
+    extra_headers: tuple[tuple[str, str], ...] = ()
+
+
+class _OutboundPolicy(EmailPolicy):
+    """SMTP policy whose identifier headers are folded at spaces only, never as RFC 2047 encoded words."""
+
+    def fold(self, name: str, value: str) -> str:
+        """Fold ``name: value``; identifier headers verbatim, the rest as ``EmailPolicy`` does."""
+        if name.lower() in _VERBATIM_HEADERS:
+            return _fold_words(name, str(value), self.linesep, self.max_line_length or 78)
+        return super().fold(name, value)
+
+    def fold_binary(self, name: str, value: str) -> bytes:
+        """Binary twin of :meth:`fold`."""
+        if name.lower() in _VERBATIM_HEADERS:
+            return self.fold(name, value).encode("ascii")
+        return super().fold_binary(name, value)
+
+
+_POLICY = _OutboundPolicy(linesep="\r\n", cte_type="7bit")
+
+
+def _fold_words(name: str, value: str, linesep: str, limit: int) -> str:
+    """``name: value`` folded at whitespace so lines stay within ``limit`` where the words allow."""
+    line, lines = f"{name}:", []
+    for word in value.split():
+        if len(line) + 1 + len(word) > limit and line != f"{name}:":
+            lines.append(line)
+            line = f" {word}"
+        else:
+            line = f"{line} {word}"
+    lines.append(line)
+    return linesep.join(lines) + linesep
+
+
+def check_header_value(field: str, value: str) -> str:
+    """``value`` without surrounding whitespace; any line break or NUL is refused as header injection."""
+    if not isinstance(value, str):
+        raise ComposeError(field, f"must be a string, not {type(value).__name__}")
+    if any(ch in _LINE_BREAKS for ch in value):
+        raise ComposeError(field, "line break or NUL in a header value (header injection)")
+    return value.strip()
+
+
+def _display_name(field: str, value: str | None) -> str:
+    """A checked display name with internal whitespace collapsed; control characters refused."""
+    if value is None:
+        return ""
+    value = check_header_value(field, value)
+    if _CONTROL.search(value):
+        raise ComposeError(field, "control character in display name")
+    return " ".join(value.split())
+
+
+def _ascii_domain(field: str, domain: str) -> str:
+    """``domain`` lowercased and, when internationalized, converted to punycode (IDNA 2008, UTS 46)."""
+    if not domain:
+        raise ComposeError(field, "missing domain after @")
+    if domain.isascii():
+        ascii_domain = domain.lower()
+    else:
+        try:
+            ascii_domain = idna.encode(domain, uts46=True).decode("ascii")
+        except (idna.IDNAError, UnicodeError) as exc:
+            raise ComposeError(field, f"invalid internationalized domain ({exc})") from None
+    if len(ascii_domain) > _MAX_DOMAIN:
+        raise ComposeError(field, f"domain longer than {_MAX_DOMAIN} characters")
+    labels = ascii_domain.split(".")
+    if len(labels) < 2:
+        raise ComposeError(field, "domain needs at least one dot")
+    if not all(_LABEL.match(label) for label in labels):
+        raise ComposeError(field, f"invalid domain {ascii_domain!r}")
+    if labels[-1].isdigit():
+        raise ComposeError(field, "top-level domain cannot be numeric")
+    return ascii_domain
+
+
+def _addr_spec(field: str, value: str) -> str:
+    """A checked ``local@domain`` with the domain in ASCII; RFC 5321 length limits enforced."""
+    if any(ch.isspace() for ch in value):
+        raise ComposeError(field, "spaces in the address")
+    if "@" not in value:
+        raise ComposeError(field, "missing @ in the address")
+    if value.count("@") > 1:
+        raise ComposeError(field, "more than one @ in the address")
+    local, _, domain = value.partition("@")
+    if not local:
+        raise ComposeError(field, "missing local part before @")
+    if not local.isascii():
+        raise ComposeError(field, "non-ASCII local part (SMTPUTF8) is not supported")
+    if not _ATEXT_LOCAL.match(local):
+        raise ComposeError(field, f"invalid local part {local!r}")
+    if len(local) > _MAX_LOCAL:
+        raise ComposeError(field, f"local part longer than {_MAX_LOCAL} characters")
+    address = f"{local}@{_ascii_domain(field, domain)}"
+    if len(address) > _MAX_ADDRESS:
+        raise ComposeError(field, f"address longer than {_MAX_ADDRESS} characters")
+    return address
+
+
+def _parse_address(value: str, field: str) -> Address:
+    """One checked address from "Name <addr>", '"Doe, Jane" <addr>', "<addr>" or a bare "addr"."""
+    value = check_header_value(field, value)
+    if not value:
+        raise ComposeError(field, "empty address")
+    match = _ANGLE_FORM.match(value)
+    if match:
+        name, addr = match.group("name").strip(), match.group("addr").strip()
+        if len(name) >= 2 and name[0] == name[-1] == '"':
+            name = re.sub(r"\\(.)", r"\1", name[1:-1])
+    elif "<" in value or ">" in value:
+        raise ComposeError(field, "malformed address (unbalanced or repeated angle brackets)")
+    else:
+        name, addr = "", value
+    return Address(display_name=_display_name(field, name), addr_spec=_addr_spec(field, addr))
+
+
+def validate_address(value: str, *, field: str = "address") -> str:
+    """The normalized form of one address ("Name <addr>" or "addr", domain in punycode) or a ComposeError."""
+    address = _parse_address(value, field)
+    return str(address) if address.display_name else address.addr_spec
+
+
+def _msgid(field: str, value: str, *, need_at: bool) -> str:
+    """A Message-ID without angle brackets; printable ASCII, no spaces, at most 250 characters."""
+    value = check_header_value(field, value)
+    if value.startswith("<") and value.endswith(">"):
+        value = value[1:-1].strip()
+    if not value:
+        raise ComposeError(field, "empty message id")
+    if not _MSGID_TEXT.match(value):
+        raise ComposeError(field, "message id must be printable ASCII without spaces or angle brackets")
+    if len(value) > _MAX_MSGID:
+        raise ComposeError(field, f"message id longer than {_MAX_MSGID} characters")
+    if need_at and "@" not in value:
+        raise ComposeError(field, "message id needs an @")
+    return value
+
+
+def _as_tuple(value: Iterable[str] | str | None) -> tuple[str, ...]:
+    """A tuple of strings, a lone string counting as one item."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    return tuple(value)
+
+
+def _recipients(draft: Draft) -> tuple[tuple[Address, ...], tuple[Address, ...], tuple[Address, ...]]:
+    """Checked To, Cc and Bcc; at least one recipient overall."""
+    groups = tuple(
+        tuple(_parse_address(v, f"{name}[{i}]") for i, v in enumerate(_as_tuple(values)))
+        for name, values in (("to", draft.to), ("cc", draft.cc), ("bcc", draft.bcc)))
+    if not any(groups):
+        raise ComposeError("to", "at least one recipient is required")
+    return groups[0], groups[1], groups[2]
+
+
+def envelope_recipients(draft: Draft) -> tuple[str, ...]:
+    """The SMTP RCPT TO addresses for ``draft`` (To, Cc and Bcc; checked, deduplicated, in order)."""
+    seen: dict[str, str] = {}
+    for group in _recipients(draft):
+        for address in group:
+            seen.setdefault(address.addr_spec.lower(), address.addr_spec)
+    return tuple(seen.values())
+
+
+def _unsubscribe_url(value: str) -> str:
+    """A checked absolute http(s) unsubscribe URL."""
+    url = check_header_value("unsubscribe_url", value)
+    parts = urlsplit(url) if _URL_TEXT.match(url) else None
+    if parts is None or parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        raise ComposeError("unsubscribe_url", "must be an absolute http(s) URL of printable ASCII")
+    if len(url) > _MAX_URL:
+        raise ComposeError("unsubscribe_url", f"longer than {_MAX_URL} characters")
+    return url
+
+
+def _unsubscribe_mailto(value: str) -> str:
+    """A ``mailto:`` URI from an address or a mailto URI, the address checked."""
+    raw = check_header_value("unsubscribe_mailto", value)
+    if raw.lower().startswith("mailto:"):
+        raw = raw[7:]
+    addr, _, query = raw.partition("?")
+    if not _MAILTO_QUERY.match(query):
+        raise ComposeError("unsubscribe_mailto", "query must be percent-encoded printable ASCII")
+    uri = f"mailto:{_addr_spec('unsubscribe_mailto', addr)}" + (f"?{query}" if query else "")
+    if len(uri) > _MAX_URL:
+        raise ComposeError("unsubscribe_mailto", f"longer than {_MAX_URL} characters")
+    return uri
+
+
+def _body(field: str, value: str | None) -> str | None:
+    """Body text with LF line ends, refused when it cannot be encoded as UTF-8."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ComposeError(field, f"must be a string, not {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ComposeError(field, "text is not valid Unicode (lone surrogates)") from None
+    return value.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _with_footer(html: str, url: str) -> str:
+    """``html`` with a visible unsubscribe link spliced in before ``</body>`` (appended when absent)."""
+    footer = (f'<div style="{_FOOTER_STYLE}">If you no longer wish to receive these emails, '
+              f'<a href="{html_lib.escape(url)}">unsubscribe</a>.</div>')
+    closers = list(_BODY_CLOSE.finditer(html)) or list(_HTML_CLOSE.finditer(html))
+    if closers:
+        at = closers[-1].start()
+        return f"{html[:at]}{footer}\n{html[at:]}"
+    return f"{html}\n{footer}\n"
+
+
+def _attachment_part(index: int, att: OutgoingAttachment, disposition: str) -> MIMEPart:
+    """One attachment as a MIME part; base64, or 7bit for a clean message/rfc822."""
+    base = f"attachments[{index}]"
+    if not isinstance(att.content, (bytes, bytearray, memoryview)):
+        raise ComposeError(f"{base}.content", "must be bytes")
+    content = bytes(att.content)
+    filename = _display_name(f"{base}.filename", att.filename) or "attachment"
+    ctype = check_header_value(f"{base}.content_type", att.content_type).lower()
+    if not _CONTENT_TYPE.match(ctype) or ctype.startswith("multipart/"):
+        raise ComposeError(f"{base}.content_type", f"invalid content type {ctype!r}")
+    cid = None
+    if att.content_id is not None:
+        cid = "<" + _msgid(f"{base}.content_id", att.content_id, need_at=False) + ">"
+    part = MIMEPart(policy=_POLICY)
+    maintype, subtype = ctype.split("/", 1)
+    if maintype == "message":
+        lines = content.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+        clean = content.isascii() and b"\x00" not in content and max(map(len, lines), default=0) <= 998
+        if ctype == "message/rfc822" and clean:
+            # RFC 2046 §5.2.1: message/rfc822 must not be base64; the parser also reads it unencoded.
+            part["Content-Type"] = ctype
+            part["Content-Transfer-Encoding"] = "7bit"
+            part["Content-Disposition"] = disposition
+            part.set_param("filename", filename, header="Content-Disposition")
+            if cid:
+                part["Content-ID"] = cid
+            part.set_payload("\r\n".join(line.decode("ascii") for line in lines))
+            return part
+        maintype, subtype = "application", "octet-stream"  # 8-bit or odd message/*: opaque .eml bytes
+    part.set_content(content, maintype, subtype, disposition=disposition, filename=filename, cid=cid)
+    return part
+
+
+def _text_part(text: str, subtype: str) -> MIMEPart:
+    """A UTF-8 text part; the policy picks 7bit, quoted-printable or base64."""
+    part = MIMEPart(policy=_POLICY)
+    part.set_content(text, subtype=subtype, charset="utf-8")
+    return part
+
+
+def _container(subtype: str, parts: Sequence[MIMEPart]) -> MIMEPart:
+    """A multipart part holding ``parts``."""
+    container = MIMEPart(policy=_POLICY)
+    container["Content-Type"] = f"multipart/{subtype}"
+    for part in parts:
+        container.attach(part)
+    return container
+
+
+def _structure(text: str, html: str | None, attachments: tuple[OutgoingAttachment, ...]) -> MIMEPart:
+    """The MIME tree: alternative(text, related(html, inline...)) inside mixed(…, attachments)."""
+    inline = [(i, a) for i, a in enumerate(attachments) if a.content_id is not None and html is not None]
+    regular = [(i, a) for i, a in enumerate(attachments) if a.content_id is None or html is None]
+    seen_cids: set[str] = set()
+    for i, att in inline:
+        cid = _msgid(f"attachments[{i}].content_id", att.content_id or "", need_at=False)
+        if cid in seen_cids:
+            raise ComposeError(f"attachments[{i}].content_id", f"duplicate content id {cid!r}")
+        seen_cids.add(cid)
+    body = _text_part(text, "plain")
+    if html is not None:
+        html_part = _text_part(html, "html")
+        if inline:
+            html_part = _container("related", [html_part, *(_attachment_part(i, a, "inline") for i, a in inline)])
+            html_part.set_param("type", "text/html")
+        body = _container("alternative", [body, html_part])
+    if regular:
+        body = _container("mixed", [body, *(_attachment_part(i, a, "attachment") for i, a in regular)])
+    return body
+
+
+def compose(draft: Draft) -> tuple[bytes, str]:
+    """Build the message for ``draft``: (raw bytes with CRLF line ends, Message-ID without brackets)."""
+    given = _parse_address(draft.from_email, "from_email")
+    sender = Address(display_name=_display_name("from_name", draft.from_name) or given.display_name,
+                     addr_spec=given.addr_spec)
+    to, cc, _bcc = _recipients(draft)
+    subject = check_header_value("subject", draft.subject or "")
+    if draft.message_id is not None:
+        message_id = _msgid("message_id", draft.message_id, need_at=True)
+    else:
+        message_id = f"{secrets.token_hex(16)}@{sender.domain}"
+    date = draft.date if draft.date is not None else datetime.now(timezone.utc)
+    if not isinstance(date, datetime) or date.utcoffset() is None:
+        raise ComposeError("date", "must be a timezone-aware datetime")
+    in_reply_to = _msgid("in_reply_to", draft.in_reply_to, need_at=False) if draft.in_reply_to else None
+    references = tuple(dict.fromkeys(
+        _msgid(f"references[{i}]", ref, need_at=False) for i, ref in enumerate(_as_tuple(draft.references))))
+    if not references and in_reply_to:
+        references = (in_reply_to,)
+    email_id = None
+    if draft.mailpipe_email_id is not None:
+        email_id = check_header_value("mailpipe_email_id", draft.mailpipe_email_id)
+        if not _EMAIL_ID.match(email_id):
+            raise ComposeError("mailpipe_email_id", "must be 1-200 characters of [A-Za-z0-9._:@+-]")
+    unsubscribe = [_unsubscribe_url(draft.unsubscribe_url)] if draft.unsubscribe_url else []
+    if draft.unsubscribe_mailto:
+        unsubscribe.append(_unsubscribe_mailto(draft.unsubscribe_mailto))
+    extra = _extra_headers(draft.extra_headers)
+
+    html = _body("html", draft.html)
+    text = _body("text", draft.text)
+    if text is None:
+        text = html_to_text(html) if html is not None else ""
+    if unsubscribe:
+        link = unsubscribe[0]
+        text = f"{text.rstrip()}\n\nUnsubscribe: {link}\n".lstrip("\n")
+        if html is not None:
+            html = _with_footer(html, link)
+
+    msg = EmailMessage(policy=_POLICY)
+    msg["From"] = sender
+    if to:
+        msg["To"] = to
+    if cc:
+        msg["Cc"] = cc
+    msg["Subject"] = subject
+    msg["Date"] = date
+    msg["Message-ID"] = f"<{message_id}>"
+    if in_reply_to:
+        msg["In-Reply-To"] = f"<{in_reply_to}>"
+    if references:
+        msg["References"] = " ".join(f"<{ref}>" for ref in references)
+    if email_id:
+        msg["X-Mailpipe-Email-Id"] = email_id
+    if unsubscribe:
+        msg["List-Unsubscribe"] = ", ".join(f"<{uri}>" for uri in unsubscribe)
+        if unsubscribe[0].lower().startswith("https://"):
+            msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    for i, (name, value) in enumerate(extra):
+        try:
+            msg[name] = value
+        except ValueError as exc:  # e.g. a second Reply-To: the policy allows one
+            raise ComposeError(f"extra_headers[{i}]", str(exc)) from None
+    msg["MIME-Version"] = "1.0"
+    body = _structure(text, html, tuple(draft.attachments))
+    for name, value in body.items():
+        msg[name] = value
+    msg.set_payload(body.get_payload())
+    return msg.as_bytes(), message_id
+
+
+def _extra_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str | Address]]:
+    """Checked caller headers; structural ones are refused and Reply-To must be one valid address."""
+    checked: list[tuple[str, str | Address]] = []
+    for i, item in enumerate(headers):
+        field_name = f"extra_headers[{i}]"
+        if not (isinstance(item, tuple) and len(item) == 2):
+            raise ComposeError(field_name, "must be a (name, value) pair")
+        name = check_header_value(field_name, item[0])
+        if not _HEADER_NAME.match(name):
+            raise ComposeError(field_name, f"invalid header name {name!r}")
+        if name.lower() in _RESERVED_HEADERS or name.lower().startswith("content-"):
+            raise ComposeError(field_name, f"header {name} is set by mailpipe and cannot be overridden")
+        if name.lower() == "reply-to":
+            checked.append((name, _parse_address(item[1], field_name)))
+        else:
+            checked.append((name, check_header_value(field_name, item[1])))
+    return checked
+
+
+# --- HTML to text -------------------------------------------------------------------------------------
+
+
+def _parse_html(markup: str) -> lxml.html.HtmlElement | None:
+    """An lxml document for ``markup`` (UTF-8, comments dropped), or None when it has no content."""
+    if not markup or not markup.strip():
+        return None
+    parser = lxml.html.HTMLParser(encoding="utf-8", remove_comments=True, remove_pis=True)
+    try:
+        root = lxml.html.document_fromstring(_XML_UNSAFE.sub("", markup).encode("utf-8", "replace"), parser=parser)
+    except (lxml.etree.LxmlError, ValueError):
+        return None
+    for el in root.iter():  # character references such as &#1; decode to what lxml later refuses to store
+        if el.text and _XML_UNSAFE.search(el.text):
+            el.text = _XML_UNSAFE.sub("", el.text)
+        if el.tail and _XML_UNSAFE.search(el.tail):
+            el.tail = _XML_UNSAFE.sub("", el.tail)
+        for name, value in el.attrib.items():
+            if _XML_UNSAFE.search(value):
+                el.attrib[name] = _XML_UNSAFE.sub("", value)
+    return root
+
+
+def _collapse(text: str | None) -> str:
+    """Source whitespace (newlines included) collapsed to single spaces."""
+    return _WS.sub(" ", text) if text else ""
+
+
+def _resolve_breaks(match: re.Match[str]) -> str:
+    """One run of block markers and line breaks as a newline, or a blank line for paragraphs."""
+    run = match.group(0)
+    return "\n\n" if _PARA in run or run.count("\n") >= 2 else "\n"
+
+
+def _normalize(text: str) -> str:
+    """Block markers resolved, whitespace collapsed per line, blank-line runs reduced to one, edges trimmed."""
+    text = _BREAK_RUN.sub(_resolve_breaks, text)
+    lines: list[str] = []
+    for raw in text.split("\n"):
+        line = " ".join(raw.split())
+        if line or (lines and lines[-1]):
+            lines.append(line)
+    while lines and not lines[-1]:
+        lines.pop()
+    return "\n".join(lines)
+
+
+def _children(el: lxml.html.HtmlElement, depth: int) -> str:
+    """Rendered text of ``el``'s content: its text, each child and each child's tail."""
+    parts = [_collapse(el.text)]
+    for child in el:
+        parts.append(_render(child, depth + 1))
+        parts.append(_collapse(child.tail))
+    return "".join(parts)
+
+
+def _link(inner: str, href: str | None) -> str:
+    """Link text followed by " (url)", or just the URL when the text is the URL or empty."""
+    url = (href or "").strip()
+    if not url or not _SHOWN_SCHEME.match(url):
+        return inner
+    label = " ".join(_BREAK_RUN.sub(" ", inner).split())
+    if not label:
+        return url
+    bare = url[7:] if url.lower().startswith("mailto:") else url
+    if label in (url, bare) or label.rstrip("/") == url.rstrip("/"):
+        return inner
+    stripped = inner.rstrip(f" \n{_LINE}{_PARA}")
+    return f"{stripped} ({url}){inner[len(stripped):]}"
+
+
+def _list(el: lxml.html.HtmlElement, depth: int, ordered: bool) -> str:
+    """A list as "- item" (or "1. item") lines, one per item; continuation lines and nested lists indented."""
+    items: list[str] = []
+    number = 0
+    loose = [_collapse(el.text)]
+    for child in el:
+        if isinstance(child.tag, str) and child.tag.lower() == "li":
+            number += 1
+            marker = f"{number}." if ordered else "-"
+            lines = [line for line in _normalize(_children(child, depth + 1)).split("\n") if line] or [""]
+            indent = _KEEP * (len(marker) + 1)
+            items.append("\n".join([f"{marker}{_KEEP}{lines[0]}", *(indent + line for line in lines[1:])]))
+        else:
+            loose.append(_render(child, depth + 1))
+        loose.append(_collapse(child.tail))
+    stray = _normalize("".join(loose))
+    return "\n".join(([stray] if stray else []) + items)
+
+
+def _render(el: lxml.html.HtmlElement, depth: int) -> str:
+    """Text for one element: blocks on their own lines, links with their URL, lists and quotes marked."""
+    if not isinstance(el.tag, str):
+        return ""
+    tag = el.tag.lower()
+    if tag in _DROP_TAGS:
+        return ""
+    if depth > 200:  # libxml2 caps nesting, but stay well inside Python's recursion limit regardless
+        return _collapse(el.text_content())
+    if tag == "br":
+        return "\n"
+    if tag == "img":
+        return _collapse(el.get("alt"))
+    if tag == "pre":
+        body = el.text_content().replace("\r\n", "\n").replace("\t", _KEEP * 4).replace(" ", _KEEP)
+        return f"{_PARA}{body}{_PARA}"
+    if tag in ("ul", "ol"):
+        return f"{_PARA}{_list(el, depth, tag == 'ol')}{_PARA}"
+    inner = _children(el, depth)
+    if tag == "a":
+        return _link(inner, el.get("href"))
+    if tag == "blockquote":
+        lines = _normalize(inner).split("\n")
+        return _PARA + "\n".join(f">{_KEEP}{line}" if line else ">" for line in lines) + _PARA
+    if tag in _PARAGRAPH_TAGS:
+        return f"{_PARA}{inner}{_PARA}"
+    if tag in _LINE_TAGS:
+        return f"{_LINE}{inner}{_LINE}"
+    if tag in ("td", "th"):
+        return f"{inner} "
+    return inner
+
+
+def html_to_text(html: str) -> str:
+    """Readable plain text from HTML: one line per block, links as "text (url)", lists as "- item"."""
+    markup = _XML_UNSAFE.sub("", html) if html else ""  # also removes any stray marker characters
+    root = _parse_html(markup)
+    if root is None:
+        return ""
+    text = _normalize(_render(root, 0))
+    if not text:  # libxml2 drops content nested deeper than 256 levels: strip the tags instead
+        text = _normalize(html_lib.unescape(_TAG.sub(" ", _HIDDEN_BLOCK.sub(" ", _COMMENT.sub(" ", markup)))))
+    return "\n".join(line.replace(_KEEP, " ").rstrip() for line in text.split("\n"))
+
+
+# --- Replies and forwards -----------------------------------------------------------------------------
+
+
+def _clean_ids(values: Iterable[str | None]) -> list[str]:
+    """Message-IDs from bracketed or bare strings, without brackets; unusable ones skipped."""
+    found: list[str] = []
+    for value in values:
+        if not isinstance(value, str):
+            continue
+        candidates = _MSGID_IN_TEXT.findall(value) or value.replace(",", " ").split()
+        for candidate in candidates:
+            try:
+                found.append(_msgid("references", candidate.strip(), need_at=False))
+            except ComposeError:
+                continue
+    return list(dict.fromkeys(found))
+
+
+def reply_headers(original_message_id: str | None,
+                  original_references: Sequence[str]) -> tuple[str | None, tuple[str, ...]]:
+    """In-Reply-To and References for a reply: the parent's references plus its id, deduplicated, capped."""
+    parent = _clean_ids([original_message_id])
+    in_reply_to = parent[0] if parent else None
+    refs = [ref for ref in _clean_ids(_as_tuple(original_references)) if ref != in_reply_to]
+    if in_reply_to:
+        refs.append(in_reply_to)
+    if len(refs) > MAX_REFERENCES:  # keep the thread root and the most recent ancestors
+        refs = refs[:1] + refs[-(MAX_REFERENCES - 1):]
+    return in_reply_to, tuple(refs)
+
+
+def _strip_prefixes(subject: str, pattern: re.Pattern[str]) -> str:
+    """``subject`` with every leading prefix matching ``pattern`` removed."""
+    subject = " ".join((subject or "").split())
+    while True:
+        stripped = pattern.sub("", subject, count=1)
+        if stripped == subject:
+            return subject
+        subject = stripped
+
+
+def reply_subject(subject: str) -> str:
+    """"Re: subject" without stacking Re prefixes ("Re: RE: x" → "Re: x")."""
+    return f"Re: {_strip_prefixes(subject, _REPLY_PREFIX)}".rstrip()
+
+
+def forward_subject(subject: str) -> str:
+    """"Fwd: subject" without stacking Fwd/FW prefixes ("FW: Fwd: x" → "Fwd: x")."""
+    return f"Fwd: {_strip_prefixes(subject, _FORWARD_PREFIX)}".rstrip()
+
+
+def _when(sent_at: datetime) -> str:
+    """English, locale-independent date: "Mon, 6 Jan 2025 at 10:00 UTC" (offset kept when not UTC)."""
+    offset = sent_at.utcoffset()
+    if offset is None:
+        zone = ""
+    elif not offset:
+        zone = " UTC"
+    else:
+        zone = f" {sent_at:%z}"
+    return (f"{_DAYS[sent_at.weekday()]}, {sent_at.day} {_MONTHS[sent_at.month - 1]} {sent_at.year} "
+            f"at {sent_at:%H:%M}{zone}")
+
+
+def _html_body(markup: str | None, text: str | None) -> str:
+    """The original body as an HTML fragment: the document's body re-serialized, or escaped text."""
+    root = _parse_html(markup) if markup is not None else None
+    if root is not None:
+        for el in list(root.iter()):
+            if isinstance(el.tag, str) and el.tag.lower() in _QUOTE_DROP_TAGS:
+                el.drop_tree()
+            elif isinstance(el.tag, str):
+                for attr in [a for a in el.attrib if a.lower().startswith("on")]:
+                    del el.attrib[attr]
+        body = root.find("body")
+        if body is None:
+            body = root
+        body.tag = "div"
+        body.attrib.clear()
+        tail, body.tail = body.tail, None
+        if tail and tail.strip():  # stray text after </body> stays part of the quoted body
+            if len(body):
+                body[-1].tail = (body[-1].tail or "") + tail
+            else:
+                body.text = (body.text or "") + tail
+        return lxml.html.tostring(body, encoding="unicode", method="html")
+    if text:
+        escaped = html_lib.escape(text.replace("\r\n", "\n").replace("\r", "\n")).replace("\n", "<br>\n")
+        return f"<div>{escaped}</div>"
+    return "<div></div>"
+
+
+def _plain_body(markup: str | None, text: str | None) -> str:
+    """The original body as plain text: the given text, else the HTML converted."""
+    if text is not None and text.strip():
+        return text.replace("\r\n", "\n").replace("\r", "\n").strip("\n")
+    return html_to_text(markup) if markup else ""
+
+
+def quote_for_reply(html: str | None, text: str | None, *, sender: str,
+                    sent_at: datetime | None) -> tuple[str, str]:
+    """(html_quote, text_quote): "On <date>, <sender> wrote:" then the original as a blockquote / "> " lines."""
+    who = " ".join((sender or "").split()) or "someone"
+    attribution = f"On {_when(sent_at)}, {who} wrote:" if sent_at is not None else f"{who} wrote:"
+    html_quote = (f'<div class="mailpipe_quote"><div class="mailpipe_attr">{html_lib.escape(attribution)}</div>'
+                  f'<blockquote style="{_QUOTE_STYLE}">{_html_body(html, text)}</blockquote></div>')
+    quoted = [(f">{line}" if line.startswith(">") else f"> {line}") if line else ">"
+              for line in _plain_body(html, text).split("\n")]
+    return html_quote, "\n".join([attribution, *quoted])
+
+
+def forward_block(html: str | None, text: str | None, *, from_: str, to: Sequence[str], subject: str,
+                  sent_at: datetime | None) -> tuple[str, str]:
+    """(html_block, text_block): the "Forwarded message" header lines followed by the original body."""
+    fields = [("From", " ".join(from_.split()))]
+    if sent_at is not None:
+        fields.append(("Date", _when(sent_at)))
+    fields.append(("Subject", " ".join((subject or "").split())))
+    fields.append(("To", ", ".join(" ".join(t.split()) for t in _as_tuple(to))))
+    head = "---------- Forwarded message ---------"
+    text_block = "\n".join([head, *(f"{k}: {v}" for k, v in fields), "", _plain_body(html, text)])
+    html_head = "<br>\n".join([html_lib.escape(head), *(f"{k}: {html_lib.escape(v)}" for k, v in fields)])
+    html_block = f'<div class="mailpipe_fwd">{html_head}<br>\n<br>\n{_html_body(html, text)}</div>'
+    return html_block, text_block.rstrip("\n")
