@@ -108,8 +108,8 @@ def worker(ctx: click.Context, processes: int | None, threads: int | None, queue
         argv += ["-p", str(processes)]
     if threads:
         argv += ["-t", str(threads)]
-    for q in queues:
-        argv += ["-Q", q]
+    if queues:
+        argv += ["-Q", *queues]  # dramatiq's -Q takes the whole list once (a repeated -Q keeps only the last)
     argv += list(ctx.args)
     sys.stdout.flush()
     os.execv(sys.executable, argv)

@@ -23,9 +23,10 @@ def _env(pg_url: str, amqp_url: str, **extra: str) -> dict[str, str]:
 
 class TestWorkers:
     def test_two_actor_pipeline_through_rabbitmq(self, pg_url: str, amqp_url: str, tmp_path: Path) -> None:
-        """`mailpipe selftest` sends a two-stage pipeline through RabbitMQ and `mailpipe worker` runs both."""
+        """`mailpipe selftest` sends a two-stage pipeline through RabbitMQ and `mailpipe worker` runs both
+        (bound with two -Q options, of which the first names the selftest's queue)."""
         env = _env(pg_url, amqp_url)
-        worker = MailpipeProcess("worker", "-p", "1", "-t", "2", env=env, cwd=tmp_path, name="worker")
+        worker = MailpipeProcess("worker", "-p", "1", "-t", "2", "-Q", "ops", "-Q", "fetch", env=env, cwd=tmp_path, name="worker")
         try:
             res = run_mailpipe("selftest", "--timeout", "60", env=env, cwd=tmp_path, timeout=90)
             assert res.returncode == 0, res.stderr + worker.output()
