@@ -118,9 +118,14 @@ class _Syncer:
         self.deadline = time.monotonic() + JOB_BUDGET_SECONDS
         self.more = False
         now = utcnow()
+        with Session(get_engine()) as s:  # the hourly budget is shared by all of the user's mailboxes
+            siblings = [sync.RateWindow(start, n) for start, n in s.execute(
+                select(EmailAccount.rate_window_start, EmailAccount.rate_window_count).where(
+                    EmailAccount.org_id == self.account.org_id, EmailAccount.user_id == self.account.user_id,
+                    EmailAccount.id != self.account.id)).all()]
         allowance, window = sync.rate_allowance(
             sync.RateWindow(self.account.rate_window_start, self.account.rate_window_count),
-            now=now, limit=self.settings.sync_rate_per_hour)
+            now=now, limit=self.settings.sync_rate_per_hour, siblings=siblings)
         self.allowance = allowance
         self.window = window
         self.rate_limited = False

@@ -168,8 +168,14 @@ class RateWindow:
     count: int
 
 
-def rate_allowance(window: RateWindow, *, now: datetime, limit: int, period: timedelta = timedelta(hours=1)) -> tuple[int, RateWindow]:
-    """How many messages may be fetched now, and the window to store (a fresh one each period)."""
+def rate_allowance(window: RateWindow, *, now: datetime, limit: int, period: timedelta = timedelta(hours=1),
+                   siblings: Sequence[RateWindow] = ()) -> tuple[int, RateWindow]:
+    """How many messages this mailbox may fetch now, and the window to store for it.
+
+    The budget is per user: ``siblings`` are the windows of the user's other mailboxes, and
+    whatever they fetched within their current period counts against the same limit.
+    """
     if window.start is None or now - window.start >= period:
         window = RateWindow(now, 0)
-    return max(0, limit - window.count), window
+    used = window.count + sum(w.count for w in siblings if w.start is not None and now - w.start < period)
+    return max(0, limit - used), window

@@ -229,3 +229,27 @@ class TestRawCache:
         e = email_by_mid("lost@t")
         assert e.pipeline_state == "done" and e.subject == "Message number 1"
         assert get_storage().exists(e.raw_key or "")
+
+
+class TestUserBudget:
+    def test_two_mailboxes_share_the_hourly_budget(self, org: str, stub_broker: StubBroker, stub_worker: Worker,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+        """The hourly budget is per user: a second mailbox of the same user gets only what is left."""
+        from ops.settings import reset_settings
+
+        monkeypatch.setenv("MAILPIPE_SYNC_RATE_PER_HOUR", "6")
+        reset_settings()
+        first = FakeImapServer("alice@example.test", "alicepass")
+        first.seed("INBOX", [make_message(i, message_id=f"<a{i}@t>") for i in range(4)])
+        second = FakeImapServer("alice2@example.test", "pw2")
+        second.seed("INBOX", [make_message(i, message_id=f"<b{i}@t>") for i in range(4)])
+        servers = {"alice@example.test": first, "alice2@example.test": second}
+        use_imap_connector(lambda settings: fake_connect(servers[settings.username])(settings))
+        a = make_account(org)
+        tick()
+        drain(stub_broker, stub_worker)
+        b = make_account(org, email="alice2@example.test", password="pw2")
+        tick()
+        drain(stub_broker, stub_worker)
+        assert account(a).messages_synced == 4 and account(b).messages_synced == 2
+        assert account(b).deferred_until is not None
