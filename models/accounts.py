@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import UniqueConstraint
+from sqlalchemy import BigInteger, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from models.base import encrypted, new_id, ts_field, utcnow
@@ -69,12 +69,12 @@ class FolderState(SQLModel, table=True):
     account_id: str = Field(foreign_key="email_accounts.id", index=True, max_length=24)
     name: str = Field(max_length=500)
     role: str = Field(default="other", max_length=16, description="inbox | sent | all | other")
-    uidvalidity: int | None = None
-    uidnext: int | None = None
-    highestmodseq: int | None = None
+    uidvalidity: int | None = Field(default=None, sa_type=BigInteger)  # RFC 3501 allows up to 2**32 - 1
+    uidnext: int | None = Field(default=None, sa_type=BigInteger)
+    highestmodseq: int | None = Field(default=None, sa_type=BigInteger)  # RFC 7162: up to 2**63 - 1
     messages: int | None = None
-    last_uid: int = Field(default=0, description="highest UID fully processed (new-mail cursor)")
-    backfill_low_uid: int | None = Field(default=None, description="lowest UID backfilled so far (newest first)")
+    last_uid: int = Field(default=0, sa_type=BigInteger, description="highest UID fully processed (new-mail cursor)")
+    backfill_low_uid: int | None = Field(default=None, sa_type=BigInteger, description="lowest UID backfilled so far (newest first)")
     backfill_done: bool = False
     last_full_sync: datetime | None = ts_field(default=None)
     updated_at: datetime = ts_field(default_factory=utcnow, nullable=False)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Index
+from sqlalchemy import BigInteger, Index
 from sqlmodel import Field, SQLModel
 
 from models.base import ts_field, utcnow
@@ -97,8 +97,8 @@ class Opportunity(CrmRecord, table=True):
     name: str = Field(max_length=300)
     account: str | None = Field(default=None, max_length=64)
     contact: str | None = Field(default=None, max_length=64)
-    expected_revenue: int | None = Field(default=None)
-    budget: int | None = Field(default=None)
+    expected_revenue: int | None = Field(default=None, sa_type=BigInteger)
+    budget: int | None = Field(default=None, sa_type=BigInteger)
     currency: str | None = Field(default=None, max_length=16)
     close_date: datetime | None = ts_field(default=None)
     sales_stage: str | None = Field(default=None, max_length=100)

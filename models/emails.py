@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, Index, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from models.base import new_id, ts_field, utcnow
@@ -35,8 +35,8 @@ class Email(SQLModel, table=True):
     message_id: str | None = Field(default=None, max_length=995, index=True)
     in_reply_to: str | None = Field(default=None, max_length=995)
     references: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
-    gm_msgid: int | None = Field(default=None, index=True)
-    gm_thrid: int | None = Field(default=None)
+    gm_msgid: int | None = Field(default=None, index=True, sa_type=BigInteger)  # 64-bit on Gmail
+    gm_thrid: int | None = Field(default=None, sa_type=BigInteger)
     thread_id: str | None = Field(default=None, max_length=1000, index=True)
     from_email: str | None = Field(default=None, max_length=320)
     from_email_norm: str | None = Field(default=None, max_length=320)
@@ -84,8 +84,8 @@ class EmailLocation(SQLModel, table=True):
     email_id: str = Field(foreign_key="emails.id", index=True, max_length=24)
     account_id: str = Field(foreign_key="email_accounts.id", max_length=24)
     folder: str = Field(max_length=500)
-    uidvalidity: int
-    uid: int
+    uidvalidity: int = Field(sa_type=BigInteger)  # RFC 3501: up to 2**32 - 1
+    uid: int = Field(sa_type=BigInteger)
     flags: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     created_at: datetime = ts_field(default_factory=utcnow, nullable=False)
 

@@ -81,7 +81,8 @@ def rotate_secrets(engine: Engine) -> dict[str, int]:
                 context = f"{table_name}.{column}"
                 fresh = keyring.encrypt(keyring.decrypt(token, context=context), context=context)
                 cond = [c == row[i] for i, c in enumerate(pk)]
-                conn.execute(update(table).where(*cond).values({column: fresh}))
-                done += 1
+                # Only if unchanged since read: a secret updated meanwhile is already under the new key.
+                res = conn.execute(update(table).where(*cond, col == token).values({column: fresh}))
+                done += res.rowcount
         counts[f"{table_name}.{column}"] = done
     return counts

@@ -11,6 +11,7 @@ from starlette.routing import BaseRoute
 from web.api import ApiRouter, openapi_document
 from web.auth import ApiKeyAuth
 from web.errors import exception_handlers
+from web.guard import RejectNul
 from web.routes import accounts, crm, emails, health, notifications, org
 
 __all__ = ["create_app"]
@@ -42,4 +43,4 @@ def create_app() -> Starlette:
     routes: list[BaseRoute] = []
     for r in [docs, *all_routers]:
         routes.extend(r.routes())
-    return Starlette(routes=routes, middleware=[Middleware(ApiKeyAuth)], exception_handlers=exception_handlers)
+    return Starlette(routes=routes, middleware=[Middleware(RejectNul), Middleware(ApiKeyAuth)], exception_handlers=exception_handlers)

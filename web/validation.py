@@ -44,10 +44,23 @@ async def parse_body(request: Request, model: type[M]) -> M:
         raise ApiError(422, "invalid_json", f"body is not valid JSON: {exc.msg if hasattr(exc, 'msg') else exc}") from None
     if not isinstance(data, dict):
         raise ApiError(422, "validation_error", "body must be a JSON object")
+    if _has_nul(data):
+        raise ApiError(422, "validation_error", "NUL characters are not allowed in request bodies")
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         raise ApiError(422, "validation_error", "request body is invalid", {"errors": _errors(exc)}) from None
+
+
+def _has_nul(value: Any) -> bool:
+    """True if any string (key or value) in decoded JSON contains U+0000."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
 
 
 def query_int(request: Request, name: str, default: int, *, minimum: int = 1, maximum: int = 500) -> int:

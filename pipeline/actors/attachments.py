@@ -14,7 +14,7 @@ from models.upsert import insert_ignore
 from ops import metrics
 from pipeline.actors.ingest import in_state, move
 from pipeline.broker import actor
-from pipeline.clients.storage import get_storage, safe_key
+from pipeline.clients.storage import StorageError, get_storage, safe_key
 from pipeline.stages.parse import parse_email
 
 __all__ = ["attachment_key", "store_attachments"]
@@ -30,12 +30,22 @@ def store_attachments(email_ids: list[str]) -> None:
     """Write attachments of parsed emails to storage and record them."""
     storage = get_storage()
     with Session(get_engine(), expire_on_commit=False) as s:
-        emails = in_state(s, email_ids, "parsed", "attachment_count", "raw_key")
+        emails = in_state(s, email_ids, "parsed", "attachment_count", "raw_key", "defects")
         stored = 0
         for email in emails:
             if email.attachment_count == 0:
                 continue
-            parsed = parse_email(storage.get(email.raw_key or ""))
+            try:
+                raw = storage.get(email.raw_key or "")
+            except StorageError:
+                from pipeline.actors.parse import refetch_raw
+
+                raw = refetch_raw(s, email)
+            if raw is None:  # gone from storage and from the server: keep the email, note the loss
+                email.defects = [*(email.defects or []), "attachments not stored: raw message no longer available"]
+                s.add(email)
+                continue
+            parsed = parse_email(raw)
             rows = []
             for index, att in enumerate(parsed.attachments):
                 key = attachment_key(email, index, att.filename)

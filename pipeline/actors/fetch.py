@@ -55,21 +55,32 @@ class _Claim:
     org: Organization
 
 
+class LeaseLost(Exception):
+    """Another run took the mailbox over (or it was disabled/deleted): stop without writing."""
+
+
 def _message_id() -> str:
     msg = CurrentMessage.get_current_message()
     return msg.message_id if msg is not None else new_id()
 
 
 def _claim(account_id: str, token: str, owner: str) -> _Claim | None:
-    """Take the account's fetch lease if ``token`` is current and nobody else holds it."""
+    """Take the account's fetch lease if ``token`` is current and nobody else holds it.
+
+    ``owner`` is ``<message id>:<run nonce>``. A redelivery of the same message (its worker died)
+    may take the lease over at once; the older run, if it is in fact alive, then finds its guarded
+    writes refused and stops, so one mailbox never has two writers.
+    """
     now = utcnow()
+    message_id = owner.rsplit(":", 1)[0]
     with Session(get_engine(), expire_on_commit=False) as s:
         res = s.execute(
             update(EmailAccount)
             .where(EmailAccount.id == account_id, EmailAccount.fetch_token == token,
                    EmailAccount.deleted_at.is_(None),  # type: ignore[union-attr]
+                   EmailAccount.sync_state.not_in(("disabled", "reconnect_required")),  # type: ignore[attr-defined]
                    or_(EmailAccount.fetch_lease_until.is_(None), EmailAccount.fetch_lease_until < now,  # type: ignore[union-attr]
-                       EmailAccount.fetch_owner == owner))
+                       EmailAccount.fetch_owner.startswith(f"{message_id}:", autoescape=True)))  # type: ignore[union-attr]
             .values(fetch_lease_until=now + LEASE, fetch_owner=owner, sync_state="syncing")
         )
         if res.rowcount != 1:
@@ -81,6 +92,16 @@ def _claim(account_id: str, token: str, owner: str) -> _Claim | None:
         org = s.get(Organization, account.org_id)
         assert org is not None
         return _Claim(account, org)
+
+
+def _renew(s: Session, account_id: str, owner: str, **values: Any) -> None:
+    """Extend the lease inside the caller's transaction; LeaseLost if this run no longer owns it."""
+    res = s.execute(update(EmailAccount).where(EmailAccount.id == account_id, EmailAccount.fetch_owner == owner,
+                                               EmailAccount.deleted_at.is_(None))  # type: ignore[union-attr]
+                    .values(fetch_lease_until=utcnow() + LEASE, **values))
+    if res.rowcount != 1:
+        s.rollback()
+        raise LeaseLost(account_id)
 
 
 def _release(account_id: str, owner: str, **values: Any) -> None:
@@ -165,8 +186,7 @@ class _Syncer:
             backfill_uids = [u for u in self.imap.search_uids(since=plan.backfill_since) if u < plan.backfill_below]
         if plan.reset:
             with Session(get_engine()) as s:
-                s.execute(update(EmailAccount).where(EmailAccount.id == self.account.id)
-                          .values(backfill_total=EmailAccount.backfill_total + len(backfill_uids)))
+                _renew(s, self.account.id, self.owner, backfill_total=EmailAccount.backfill_total + len(backfill_uids))
                 s.commit()
         cursor = plan.cursor
         pending_new = sorted(u for u in set(new_uids) if u > cursor.last_uid)
@@ -218,9 +238,8 @@ class _Syncer:
         if full:
             values["last_full_sync"] = utcnow()
         with Session(get_engine()) as s:
+            _renew(s, self.account.id, self.owner)
             s.execute(update(FolderState).where(FolderState.id == state_id).values(**values))
-            s.execute(update(EmailAccount).where(EmailAccount.id == self.account.id, EmailAccount.fetch_owner == self.owner)
-                      .values(fetch_lease_until=utcnow() + LEASE))
             s.commit()
 
     def _store_batch(self, state_id: str, choice: sync.FolderChoice, fetched: list[FetchedMessage],
@@ -245,6 +264,7 @@ class _Syncer:
             locations.append((ident.dedupe_key, m))
         now = utcnow()
         with Session(get_engine()) as s:
+            _renew(s, acct.id, self.owner)  # first, so a deleted/disabled/taken-over mailbox stores nothing
             created = insert_ignore(s, Email, rows, ["account_id", "dedupe_key"])
             keys = [r["dedupe_key"] for r in rows]
             ids = dict(s.execute(select(Email.dedupe_key, Email.id).where(Email.account_id == acct.id,
@@ -257,11 +277,9 @@ class _Syncer:
                 last_uid=cursor.last_uid, backfill_low_uid=cursor.backfill_low_uid, backfill_done=cursor.backfill_done,
                 uidvalidity=cursor.uidvalidity, updated_at=now))
             self.window = sync.RateWindow(self.window.start, self.window.count + len(fetched))
-            s.execute(update(EmailAccount).where(EmailAccount.id == acct.id).values(
-                messages_synced=EmailAccount.messages_synced + created,
-                backfill_done=EmailAccount.backfill_done + backfill_count,
-                rate_window_start=self.window.start, rate_window_count=self.window.count,
-                fetch_lease_until=now + LEASE))
+            _renew(s, acct.id, self.owner, messages_synced=EmailAccount.messages_synced + created,
+                   backfill_done=EmailAccount.backfill_done + backfill_count,
+                   rate_window_start=self.window.start, rate_window_count=self.window.count)
             pending = list(s.execute(select(Email.id).where(Email.account_id == acct.id, Email.dedupe_key.in_(keys),  # type: ignore[attr-defined]
                                                             Email.pipeline_state.not_in(ingest.FINAL_STATES))).scalars())  # type: ignore[attr-defined]
             s.commit()
@@ -279,7 +297,7 @@ class _Syncer:
        time_limit=10 * 60_000, max_age=30 * 60_000)
 def fetch_account(account_id: str, token: str) -> None:
     """Sync one account; a message whose token is stale, or whose account is busy, is dropped."""
-    owner = _message_id()
+    owner = f"{_message_id()}:{new_id()[-8:]}"
     claim = _claim(account_id, token, owner)
     if claim is None:
         with Session(get_engine()) as s:
@@ -297,6 +315,9 @@ def fetch_account(account_id: str, token: str) -> None:
             syncer.run()
         finally:
             session.close()
+    except LeaseLost:
+        log.info("fetch_superseded", account_id=account_id, reason="taken over, disabled or deleted")
+        return
     except ImapError as err:
         failures = _record_failure(claim.account, owner, err.kind.value, err.message)
         if err.kind != ImapErrorKind.AUTH and failures < ERROR_AFTER_FAILURES:

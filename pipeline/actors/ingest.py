@@ -59,10 +59,16 @@ def start_chain(email_ids: Sequence[str]) -> None:
         pipeline(chain_messages(ids[i : i + CHAIN_BATCH])).run()  # type: ignore[arg-type]
 
 
+_PREVIOUS = {"parsed": ("fetched",), "quarantined": ("fetched",), "stored": ("parsed",), "linked": ("stored",),
+             "leads": ("linked",), "done": ("leads",)}
+
+
 def move(session: Session, email_ids: Sequence[str], to_state: str) -> None:
-    """Advance emails to ``to_state`` and restart their stall clock."""
+    """Advance emails to ``to_state`` (only from the state before it, so a duplicate chain can never
+    move an email backwards) and restart their stall clock."""
     if email_ids:
-        session.execute(update(Email).where(Email.id.in_(list(email_ids))).values(pipeline_state=to_state, stage_at=utcnow()))  # type: ignore[attr-defined]
+        session.execute(update(Email).where(Email.id.in_(list(email_ids)), Email.pipeline_state.in_(_PREVIOUS[to_state]))  # type: ignore[attr-defined]
+                        .values(pipeline_state=to_state, stage_at=utcnow()))
 
 
 def in_state(session: Session, email_ids: Sequence[str], state: str, *columns: str) -> list[Email]:

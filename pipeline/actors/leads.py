@@ -50,7 +50,8 @@ def create_leads(email_ids: list[str]) -> None:
                 continue
             draft = decision.draft
             lead_id = lead_id_for(org.id, draft.email)
-            new = insert_ignore(s, Lead, [{"org_id": org.id, "id": lead_id, "firstName": draft.firstName, "lastName": draft.lastName,
+            first = draft.firstName[:200] if draft.firstName else None
+            new = insert_ignore(s, Lead, [{"org_id": org.id, "id": lead_id, "firstName": first, "lastName": draft.lastName[:200],
                                            "email": draft.email, "email_norm": draft.email, "status": draft.status,
                                            "lead_source": draft.lead_source, "assigned_to": acct.user_id,
                                            "source_email_id": e.id}], ["org_id", "id"])
@@ -59,7 +60,7 @@ def create_leads(email_ids: list[str]) -> None:
                 created += 1
                 insert_ignore(s, Notification, [{
                     "org_id": org.id, "user_id": acct.user_id, "kind": "lead.created",
-                    "title": lead_notification_text(draft), "body": e.subject[:2000], "email_id": e.id,
+                    "title": lead_notification_text(draft)[:500], "body": e.subject[:2000], "email_id": e.id,
                     "data": {"lead_id": lead_id, "email": draft.email}, "dedupe_key": f"lead.created:{lead_id}",
                 }], ["org_id", "dedupe_key"])
         move(s, [e.id for e in emails], "leads")

@@ -90,7 +90,11 @@ class TestMigrations:
         """`mailpipe migrate` on an empty PostgreSQL database creates the schema with no drift."""
         res = run_mailpipe("migrate", env=mailpipe_env(MAILPIPE_DATABASE_URL=fresh_pg_url), cwd=tmp_path)
         assert res.returncode == 0, res.stderr
-        tables = set(inspect(create_engine(fresh_pg_url)).get_table_names())
+        insp = inspect(create_engine(fresh_pg_url))
+        tables = set(insp.get_table_names())
+        big = {c["name"]: type(c["type"]).__name__ for c in insp.get_columns("emails")}
+        assert big["gm_msgid"] == "BIGINT"  # Gmail's 64-bit ids; UIDVALIDITY/UID likewise
+        assert {c["name"]: type(c["type"]).__name__ for c in insp.get_columns("email_locations")}["uidvalidity"] == "BIGINT"
         assert {"emails", "crm_Contacts", "crm_Leads", "secondBrain_notions", "Users", "alembic_version"} <= tables
         check(fresh_pg_url)
         upgrade(fresh_pg_url)  # idempotent

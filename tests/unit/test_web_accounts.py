@@ -169,9 +169,9 @@ class TestThreadingAndGmail:
         srv = FakeImapServer("alice@example.test", "alicepass", gmail=True)
         use_imap_connector(fake_connect(srv))
         all_mail = next(f.name for f in srv.folders.values() if "\\All" in f.special_use)
-        srv.seed(all_mail, make_message(1, message_id="<g1@t>"), gm_msgid=111, gm_thrid=900)
-        srv.seed(all_mail, make_message(2, message_id="<g2@t>"), gm_msgid=222, gm_thrid=900)
-        srv.seed("INBOX", make_message(1, message_id="<g1@t>"), gm_msgid=111, gm_thrid=900)
+        srv.seed(all_mail, make_message(1, message_id="<g1@t>"), gm_msgid=1_300_000_000_000_000_111, gm_thrid=900)
+        srv.seed(all_mail, make_message(2, message_id="<g2@t>"), gm_msgid=1_300_000_000_000_000_222, gm_thrid=900)
+        srv.seed("INBOX", make_message(1, message_id="<g1@t>"), gm_msgid=1_300_000_000_000_000_111, gm_thrid=900)
         org_id, _ = make_org()
         make_account(org_id)
         tick()
@@ -180,5 +180,5 @@ class TestThreadingAndGmail:
             from sqlalchemy import select
 
             rows = list(s.execute(select(Email)).scalars())
-        assert sorted(r.dedupe_key for r in rows) == ["gm:111", "gm:222"]
+        assert sorted(r.dedupe_key for r in rows) == ["gm:1300000000000000111", "gm:1300000000000000222"]
         assert {r.thread_id for r in rows} == {"gm:900"}

@@ -179,3 +179,17 @@ class TestTimeline:
         with Session(get_engine()) as s:
             got = s.get(Email, email_id)
             assert got is not None and got.linked is False
+
+
+class TestHostileInput:
+    def test_nul_and_oversized_values_are_422(self, client: TestClient, keys: dict[str, tuple[str, str]]) -> None:
+        """NUL bytes anywhere, values longer than their columns and out-of-range money are 422, never 500."""
+        h = auth(keys["acme"][1])
+        assert client.get("/api/v1/crm/search?q=%00", headers=h).status_code == 422
+        assert client.get("/api/v1/crm/contacts/a%00b", headers=h).status_code == 422
+        assert client.put("/api/v1/crm/contacts/c1", json={"last_name": "x\u0000y"}, headers=h).status_code == 422
+        assert client.put("/api/v1/crm/contacts/c1", json={"last_name": "x" * 201}, headers=h).status_code == 422
+        assert client.put("/api/v1/crm/leads/l1", json={"lastName": "L", "status": "S" * 41}, headers=h).status_code == 422
+        r = client.put("/api/v1/crm/opportunities/o1", json={"name": "Big", "expected_revenue": 3_000_000_000}, headers=h)
+        assert r.status_code == 200 and r.json()["expected_revenue"] == 3_000_000_000
+        assert client.put("/api/v1/crm/opportunities/o1", json={"name": "X", "budget": 2**64}, headers=h).status_code == 422

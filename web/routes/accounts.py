@@ -198,7 +198,9 @@ async def patch_account(request: Request) -> JSONResponse:
         changes["saves_sent_copy"] = body.saves_sent_copy
     if body.disabled is not None:
         changes["sync_state"] = "disabled" if body.disabled else "idle"
-        if not body.disabled:
+        if body.disabled:  # a queued or running fetch finds its token/lease gone and stops
+            changes.update(fetch_token=None, fetch_owner=None, fetch_lease_until=None)
+        else:
             changes["next_fetch_at"] = utcnow() - timedelta(seconds=1)
 
     def save() -> dict[str, Any]:
@@ -238,7 +240,7 @@ async def delete_account(request: Request) -> Response:
             acct = _load(s, org_id, account_id)
             acct.deleted_at = utcnow()
             acct.sync_state = "disabled"
-            acct.fetch_token = None
+            acct.fetch_token, acct.fetch_owner, acct.fetch_lease_until = None, None, None
             s.add(acct)
             keys = svc.erase_account_mail(s, account_id) if erase else []
             s.commit()
@@ -260,8 +262,7 @@ def _kick(s: Session, account_id: str) -> None:
     if acct.fetch_lease_until is not None and acct.fetch_lease_until > utcnow():
         return
     token = new_id()
-    acct.fetch_token = token
-    acct.deferred_until = None
+    acct.fetch_token = token  # a manual sync does not lift the hourly budget (deferred_until stays)
     acct.next_fetch_at = utcnow() + timedelta(seconds=acct.poll_seconds or 60)
     s.add(acct)
     s.commit()

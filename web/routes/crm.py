@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import field_validator
+from pydantic import Field, StringConstraints, field_validator
 from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, SQLModel
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -23,6 +24,12 @@ from web.validation import Body, parse_body, query_int
 
 router = ApiRouter("crm")
 
+Name = Annotated[str, StringConstraints(max_length=200)]
+LongName = Annotated[str, StringConstraints(max_length=300)]
+Ref = Annotated[str, StringConstraints(max_length=64)]
+Short = Annotated[str, StringConstraints(max_length=100)]
+Money = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+
 _ID_MAX = 64
 
 
@@ -35,9 +42,9 @@ def _email_ok(value: str | None) -> str | None:
 
 
 class UserIn(Body):
-    name: str
+    name: LongName
     email: str
-    phone: str | None = None
+    phone: Annotated[str, StringConstraints(max_length=64)] | None = None
 
     @field_validator("email")
     @classmethod
@@ -49,13 +56,13 @@ class UserIn(Body):
 
 
 class ContactIn(Body):
-    first_name: str | None = None
-    last_name: str
+    first_name: Name | None = None
+    last_name: Name
     email: str | None = None
     personal_email: str | None = None
-    account: str | None = None
-    position: str | None = None
-    assigned_to: str | None = None
+    account: Ref | None = None
+    position: Name | None = None
+    assigned_to: Ref | None = None
 
     @field_validator("email", "personal_email")
     @classmethod
@@ -64,14 +71,14 @@ class ContactIn(Body):
 
 
 class LeadIn(Body):
-    firstName: str | None = None
-    lastName: str
+    firstName: Name | None = None
+    lastName: Name
     email: str | None = None
-    company: str | None = None
-    jobTitle: str | None = None
-    status: str | None = None
-    lead_source: str | None = None
-    assigned_to: str | None = None
+    company: LongName | None = None
+    jobTitle: Name | None = None
+    status: Annotated[str, StringConstraints(max_length=40)] | None = None
+    lead_source: Short | None = None
+    assigned_to: Ref | None = None
 
     @field_validator("email")
     @classmethod
@@ -80,12 +87,12 @@ class LeadIn(Body):
 
 
 class AccountIn(Body):
-    name: str
+    name: LongName
     email: str | None = None
-    industry: str | None = None
-    website: str | None = None
-    annual_revenue: str | int | float | None = None
-    assigned_to: str | None = None
+    industry: Name | None = None
+    website: Annotated[str, StringConstraints(max_length=500)] | None = None
+    annual_revenue: Short | int | float | None = None
+    assigned_to: Ref | None = None
 
     @field_validator("email")
     @classmethod
@@ -94,15 +101,15 @@ class AccountIn(Body):
 
 
 class OpportunityIn(Body):
-    name: str
-    account: str | None = None
-    contact: str | None = None
-    expected_revenue: int | None = None
-    budget: int | None = None
-    currency: str | None = None
+    name: LongName
+    account: Ref | None = None
+    contact: Ref | None = None
+    expected_revenue: Money | None = None
+    budget: Money | None = None
+    currency: Annotated[str, StringConstraints(max_length=16)] | None = None
     close_date: datetime | None = None
-    sales_stage: str | None = None
-    assigned_to: str | None = None
+    sales_stage: Short | None = None
+    assigned_to: Ref | None = None
 
 
 BODIES: dict[str, type[Body]] = {"contacts": ContactIn, "leads": LeadIn, "accounts": AccountIn, "opportunities": OpportunityIn}
@@ -134,18 +141,25 @@ def _upsert(model: type[SQLModel], org_id: str, record_id: str, values: dict[str
             values[f"{field}_norm"] = normalize_email(values.get(field))
     if "annual_revenue" in values and values["annual_revenue"] is not None:
         values["annual_revenue"] = str(values["annual_revenue"])
-    with Session(get_engine(), expire_on_commit=False) as s:
-        row = s.get(model, (org_id, record_id))
-        created = row is None
-        if row is None:
-            row = model(org_id=org_id, id=record_id, **values)
-        else:
-            for name, value in values.items():
-                setattr(row, name, value)
-            row.updatedAt = utcnow()  # type: ignore[attr-defined]
-        s.add(row)
-        s.commit()
-        return row, created
+    for attempt in range(2):
+        with Session(get_engine(), expire_on_commit=False) as s:
+            row = s.get(model, (org_id, record_id))
+            created = row is None
+            if row is None:
+                row = model(org_id=org_id, id=record_id, **values)
+            else:
+                for name, value in values.items():
+                    setattr(row, name, value)
+                row.updatedAt = utcnow()  # type: ignore[attr-defined]
+            s.add(row)
+            try:
+                s.commit()
+            except IntegrityError:
+                if attempt:  # pragma: no cover - a third writer would have to win twice
+                    raise
+                continue  # a concurrent PUT created it first: apply ours as an update
+            return row, created
+    raise AssertionError("unreachable")
 
 
 def _put(model: type[SQLModel], org_id: str, record_id: str, body: Body, entity_type: str | None) -> JSONResponse:

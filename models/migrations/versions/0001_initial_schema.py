@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-24 00:37:08.182443
+Create Date: 2026-11-24 02:15:48.831734
 """
 from typing import Sequence, Union
 
@@ -102,8 +102,8 @@ def upgrade() -> None:
     sa.Column('name', sa.String(length=300), nullable=False),
     sa.Column('account', sa.String(length=64), nullable=True),
     sa.Column('contact', sa.String(length=64), nullable=True),
-    sa.Column('expected_revenue', sa.Integer(), nullable=True),
-    sa.Column('budget', sa.Integer(), nullable=True),
+    sa.Column('expected_revenue', sa.BigInteger(), nullable=True),
+    sa.Column('budget', sa.BigInteger(), nullable=True),
     sa.Column('currency', sa.String(length=16), nullable=True),
     sa.Column('close_date', sa.DateTime(timezone=True), nullable=True),
     sa.Column('sales_stage', sa.String(length=100), nullable=True),
@@ -266,8 +266,8 @@ def upgrade() -> None:
     sa.Column('message_id', sa.String(length=995), nullable=True),
     sa.Column('in_reply_to', sa.String(length=995), nullable=True),
     sa.Column('references', sa.JSON(), nullable=False),
-    sa.Column('gm_msgid', sa.Integer(), nullable=True),
-    sa.Column('gm_thrid', sa.Integer(), nullable=True),
+    sa.Column('gm_msgid', sa.BigInteger(), nullable=True),
+    sa.Column('gm_thrid', sa.BigInteger(), nullable=True),
     sa.Column('thread_id', sa.String(length=1000), nullable=True),
     sa.Column('from_email', sa.String(length=320), nullable=True),
     sa.Column('from_email_norm', sa.String(length=320), nullable=True),
@@ -322,12 +322,12 @@ def upgrade() -> None:
     sa.Column('account_id', sa.String(length=24), nullable=False),
     sa.Column('name', sa.String(length=500), nullable=False),
     sa.Column('role', sa.String(length=16), nullable=False),
-    sa.Column('uidvalidity', sa.Integer(), nullable=True),
-    sa.Column('uidnext', sa.Integer(), nullable=True),
-    sa.Column('highestmodseq', sa.Integer(), nullable=True),
+    sa.Column('uidvalidity', sa.BigInteger(), nullable=True),
+    sa.Column('uidnext', sa.BigInteger(), nullable=True),
+    sa.Column('highestmodseq', sa.BigInteger(), nullable=True),
     sa.Column('messages', sa.Integer(), nullable=True),
-    sa.Column('last_uid', sa.Integer(), nullable=False),
-    sa.Column('backfill_low_uid', sa.Integer(), nullable=True),
+    sa.Column('last_uid', sa.BigInteger(), nullable=False),
+    sa.Column('backfill_low_uid', sa.BigInteger(), nullable=True),
     sa.Column('backfill_done', sa.Boolean(), nullable=False),
     sa.Column('last_full_sync', sa.DateTime(timezone=True), nullable=True),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
@@ -396,8 +396,8 @@ def upgrade() -> None:
     sa.Column('email_id', sa.String(length=24), nullable=False),
     sa.Column('account_id', sa.String(length=24), nullable=False),
     sa.Column('folder', sa.String(length=500), nullable=False),
-    sa.Column('uidvalidity', sa.Integer(), nullable=False),
-    sa.Column('uid', sa.Integer(), nullable=False),
+    sa.Column('uidvalidity', sa.BigInteger(), nullable=False),
+    sa.Column('uid', sa.BigInteger(), nullable=False),
     sa.Column('flags', sa.JSON(), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['account_id'], ['email_accounts.id'], ),
