@@ -253,3 +253,38 @@ class TestUserBudget:
         drain(stub_broker, stub_worker)
         assert account(a).messages_synced == 4 and account(b).messages_synced == 2
         assert account(b).deferred_until is not None
+
+
+class TestLease:
+    def test_disabled_account_drops_queued_fetch(self, org: str, server: FakeImapServer, stub_broker: StubBroker,
+                                                 stub_worker: Worker) -> None:
+        """A fetch queued before the account was disabled is dropped and leaves it disabled."""
+        from pipeline.actors.fetch import fetch_account
+
+        server.seed("INBOX", make_message(1, message_id="<d1@t>"))
+        acct_id = make_account(org)
+        stub_worker.pause()
+        tick()
+        token = account(acct_id).fetch_token
+        with Session(get_engine()) as s:
+            s.execute(update(EmailAccount).values(sync_state="disabled", fetch_token=None))
+            s.commit()
+        fetch_account.fn(acct_id, token)
+        assert account(acct_id).sync_state == "disabled" and count(Email) == 0
+        stub_worker.resume()
+
+    def test_redelivery_takes_over_and_stale_run_stops(self, org: str, server: FakeImapServer) -> None:
+        """A redelivered message takes the lease over; the older run's next write is refused."""
+        from pipeline.actors.fetch import LeaseLost, _claim, _renew
+
+        acct_id = make_account(org)
+        tick()
+        token = account(acct_id).fetch_token or ""
+        assert _claim(acct_id, token, "msg-1:aaaa") is not None
+        assert _claim(acct_id, token, "msg-2:bbbb") is None  # another message: lease held
+        assert _claim(acct_id, token, "msg-1:cccc") is not None  # same message redelivered: takeover
+        with Session(get_engine()) as s, pytest.raises(LeaseLost):
+            _renew(s, acct_id, "msg-1:aaaa")
+        with Session(get_engine()) as s:
+            _renew(s, acct_id, "msg-1:cccc")
+            s.commit()
