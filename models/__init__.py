@@ -9,7 +9,7 @@ from models.emails import Document, Email, EmailAddress, EmailLink, EmailLocatio
 from models.notifications import Notification
 from models.notion import NotionConnection
 from models.org import ApiKey, Organization
-from models.runtime import SchedulerHeartbeat, SelfTestRun
+from models.runtime import RelinkRequest, SchedulerHeartbeat, SelfTestRun
 from models.templates import Template
 from models.tracking import TrackedLink, TrackingEvent
 
@@ -34,6 +34,7 @@ __all__ = [
     "Notification",
     "Opportunity",
     "Organization",
+    "RelinkRequest",
     "SchedulerHeartbeat",
     "SelfTestRun",
     "Template",

@@ -34,3 +34,20 @@ class SelfTestRun(SQLModel, table=True):
     second_worker: str | None = Field(default=None, max_length=200)
     first_runs: int = 0
     second_runs: int = 0
+
+
+class RelinkRequest(SQLModel, table=True):
+    """A CRM record written whose address may match earlier unlinked mail (retroactive linking).
+
+    Written in the same transaction as the record, so the intent survives a crash of the web
+    process or a broker outage; the scheduler re-runs it for a while (mail still in the pipeline
+    when the record arrived gets its addresses indexed a little later), then forgets it.
+    """
+
+    __tablename__ = "relink_requests"
+
+    org_id: str = Field(primary_key=True, max_length=24)
+    entity_type: str = Field(primary_key=True, max_length=16)
+    entity_id: str = Field(primary_key=True, max_length=64)
+    created_at: datetime = ts_field(default_factory=utcnow, nullable=False)
+    last_run_at: datetime | None = ts_field(default=None)

@@ -5,19 +5,21 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, or_, select, update
 from sqlmodel import Session
 
-from models import Contact, CrmAccount, Email, EmailAccount, EmailAddress, EmailLink, Lead
+from models import Contact, CrmAccount, Email, EmailAccount, EmailAddress, EmailLink, Lead, RelinkRequest
 from models.db import get_engine
 from models.upsert import insert_ignore
 from ops import metrics
 from pipeline.actors.ingest import in_state, move
 from pipeline.broker import actor
+from pipeline.scheduler import register_sweep
 from pipeline.stages.autolink import CrmMatch, DictDirectory, LinkDecision, links_for_new_record, plan_links
 
-__all__ = ["SqlDirectory", "enqueue_relink", "link_emails", "relink_record", "store_links"]
+__all__ = ["SqlDirectory", "enqueue_relink", "link_emails", "relink_record", "store_links", "sweep_relinks"]
 
 
 class SqlDirectory:
@@ -136,7 +138,28 @@ def relink_record(org_id: str, entity_type: str, entity_id: str) -> int:
 
 
 def enqueue_relink(org_id: str, entity_type: str, entity_id: str) -> None:
-    """Hook for the CRM endpoints: retro-link after a contact/lead/account is written."""
+    """Hook for the CRM endpoints: retro-link right after a record is written (the fast path;
+    :func:`sweep_relinks` repeats it from the durable request, so a lost message loses nothing)."""
     relink_record.send(org_id, entity_type, entity_id)
+
+
+RELINK_EVERY = timedelta(minutes=1)
+RELINK_FOR = timedelta(minutes=10)
+
+
+@register_sweep("relink_requests")
+def sweep_relinks(session: Session, now: datetime) -> int:
+    """Re-run recent retro-link requests once a minute for ten minutes, then drop them."""
+    session.execute(delete(RelinkRequest).where(RelinkRequest.created_at < now - RELINK_FOR,
+                                                RelinkRequest.last_run_at.is_not(None)))  # type: ignore[union-attr]
+    due = list(session.execute(select(RelinkRequest).where(or_(
+        RelinkRequest.last_run_at.is_(None), RelinkRequest.last_run_at < now - RELINK_EVERY)).limit(1000)).scalars())  # type: ignore[union-attr,operator]
+    for req in due:
+        req.last_run_at = now
+        session.add(req)
+    session.commit()
+    for req in due:
+        relink_record.send(req.org_id, req.entity_type, req.entity_id)
+    return len(due)
 
 

@@ -182,3 +182,22 @@ class TestThreadingAndGmail:
             rows = list(s.execute(select(Email)).scalars())
         assert sorted(r.dedupe_key for r in rows) == ["gm:1300000000000000111", "gm:1300000000000000222"]
         assert {r.thread_id for r in rows} == {"gm:900"}
+
+
+class TestDurableRelink:
+    def test_lost_relink_message_is_recovered_by_the_sweep(self, env: dict[str, Any]) -> None:
+        """The retro-link intent is stored with the record: if its message is lost, the next tick does it."""
+        from tests.harness.flow import tick
+
+        c, h = env["client"], env["h"]
+        env["imap"].seed("INBOX", [make_message(1, from_="late@newco.example", message_id="<late@t>")])
+        c.post("/api/v1/accounts", json=BODY, headers=h)
+        drain(env["broker"], env["worker"])
+        env["worker"].pause()
+        assert c.put("/api/v1/crm/contacts/c-late", json={"last_name": "Late", "email": "late@newco.example"}, headers=h).status_code == 200
+        env["broker"].flush_all()  # the fast-path message is lost (web died, broker hiccup)
+        env["worker"].resume()
+        eid = c.get("/api/v1/emails?linked=false", headers=h).json()["items"][0]["id"]
+        assert tick()["relink_requests"] == 1
+        drain(env["broker"], env["worker"])
+        assert c.get(f"/api/v1/emails/{eid}", headers=h).json()["links"]["contact_ids"] == ["c-late"]

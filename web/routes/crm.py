@@ -15,7 +15,19 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from models import CRM_TABLES, ENTITY_TYPES, Contact, CrmAccount, Email, EmailLink, Lead, User, normalize_email, utcnow
+from models import (
+    CRM_TABLES,
+    ENTITY_TYPES,
+    Contact,
+    CrmAccount,
+    Email,
+    EmailLink,
+    Lead,
+    RelinkRequest,
+    User,
+    normalize_email,
+    utcnow,
+)
 from models.db import get_engine
 from web.api import ApiRouter
 from web.errors import ApiError
@@ -135,7 +147,8 @@ def _kind(request: Request) -> tuple[str, type[SQLModel]]:
     return kind, CRM_TABLES[kind]
 
 
-def _upsert(model: type[SQLModel], org_id: str, record_id: str, values: dict[str, Any]) -> tuple[SQLModel, bool]:
+def _upsert(model: type[SQLModel], org_id: str, record_id: str, values: dict[str, Any],
+            relink_type: str | None = None) -> tuple[SQLModel, bool]:
     for field in ("email", "personal_email"):
         if field in model.model_fields and f"{field}_norm" in model.model_fields:
             values[f"{field}_norm"] = normalize_email(values.get(field))
@@ -152,6 +165,8 @@ def _upsert(model: type[SQLModel], org_id: str, record_id: str, values: dict[str
                     setattr(row, name, value)
                 row.updatedAt = utcnow()  # type: ignore[attr-defined]
             s.add(row)
+            if relink_type is not None:  # the retro-link intent commits with the record
+                s.merge(RelinkRequest(org_id=org_id, entity_type=relink_type, entity_id=record_id, created_at=utcnow()))
             try:
                 s.commit()
             except IntegrityError:
@@ -166,8 +181,9 @@ def _put(model: type[SQLModel], org_id: str, record_id: str, body: Body, entity_
     values = body.model_dump()
     if isinstance(body, LeadIn) and values.get("status") is None:
         values["status"] = "NEW"
-    row, created = _upsert(model, org_id, record_id, values)
-    if entity_type in ("contact", "lead", "account"):
+    relink = entity_type if entity_type in ("contact", "lead", "account") else None
+    row, created = _upsert(model, org_id, record_id, values, relink)
+    if relink is not None:
         for hook in AFTER_UPSERT:
             hook(org_id, entity_type, record_id)
     return JSONResponse({**record_json(row), "created": created}, status_code=200)

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-24 02:15:48.831734
+Create Date: 2026-11-24 02:24:45.637188
 """
 from typing import Sequence, Union
 
@@ -118,6 +118,14 @@ def upgrade() -> None:
     sa.Column('own_domains', sa.JSON(), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id')
+    )
+    op.create_table('relink_requests',
+    sa.Column('org_id', sa.String(length=24), nullable=False),
+    sa.Column('entity_type', sa.String(length=16), nullable=False),
+    sa.Column('entity_id', sa.String(length=64), nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('last_run_at', sa.DateTime(timezone=True), nullable=True),
+    sa.PrimaryKeyConstraint('org_id', 'entity_type', 'entity_id')
     )
     op.create_table('scheduler_heartbeats',
     sa.Column('name', sa.String(length=64), nullable=False),
@@ -509,6 +517,7 @@ def downgrade() -> None:
     op.drop_table('api_keys')
     op.drop_table('selftest_runs')
     op.drop_table('scheduler_heartbeats')
+    op.drop_table('relink_requests')
     op.drop_table('organizations')
     op.drop_table('crm_Opportunities')
     with op.batch_alter_table('crm_Leads', schema=None) as batch_op:
