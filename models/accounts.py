@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, UniqueConstraint
+from sqlalchemy import BigInteger, Index, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 from models.base import encrypted, new_id, ts_field, utcnow
@@ -17,6 +17,11 @@ class EmailAccount(SQLModel, table=True):
     """One user's mailbox. Secrets are AES-GCM ciphertext (see ops.crypto)."""
 
     __tablename__ = "email_accounts"
+    __table_args__ = (
+        # One live account per mailbox address in an organization (deleted ones may repeat).
+        Index("uq_account_live_email", "org_id", "email_norm", unique=True,
+              postgresql_where=text("deleted_at IS NULL"), sqlite_where=text("deleted_at IS NULL")),
+    )
 
     id: str = Field(default_factory=new_id, primary_key=True, max_length=24)
     org_id: str = Field(foreign_key="organizations.id", index=True, max_length=24)

@@ -87,6 +87,14 @@ class TestLifecycle:
         assert c.delete(f"/api/v1/accounts/{acct['id']}?erase=true", headers=h).status_code == 204
         assert c.get(f"/api/v1/accounts/{acct['id']}", headers=h).status_code == 404
         assert count(Email) == 0
+        # The mailbox may be connected again once the old account is deleted; a live duplicate may not.
+        again = c.post("/api/v1/accounts", json=BODY, headers=h)
+        assert again.status_code == 201 and again.json()["id"] != acct["id"]
+        from sqlalchemy.exc import IntegrityError
+
+        with Session(get_engine()) as s, pytest.raises(IntegrityError):
+            s.add(EmailAccount(org_id=env["org_id"], user_id="u1", email="alice@example.test", email_norm="alice@example.test"))
+            s.commit()
 
     def test_failed_test_is_422_with_details(self, env: dict[str, Any]) -> None:
         """Creation runs the test first; a failure is 422 with the test result and saves nothing."""

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -110,8 +111,11 @@ def _create(org_id: str, body: AccountIn, imap_ep: svc.Endpoint, smtp_ep: svc.En
         account = svc.create_account(s, org_id=org_id, user_id=body.user_id, provider=body.provider, email=body.email.strip(),
                                      imap_ep=imap_ep, smtp_ep=smtp_ep, oauth=body.oauth)
         if s.get(User, (org_id, body.user_id)) is None:
-            s.add(User(org_id=org_id, id=body.user_id, name=body.email, email=body.email, email_norm=body.email.lower()))
-        s.commit()
+            s.add(User(org_id=org_id, id=body.user_id, name=body.email[:300], email=body.email, email_norm=body.email.lower()))
+        try:
+            s.commit()
+        except IntegrityError:  # a concurrent create of the same mailbox won the unique index
+            raise ApiError(409, "account_exists", f"{body.email} is already connected") from None
         _kick(s, account.id)
         return svc.account_json(account)
 

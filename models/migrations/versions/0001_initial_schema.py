@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-24 02:24:45.637188
+Create Date: 2026-11-24 02:31:05.250969
 """
 from typing import Sequence, Union
 
@@ -207,6 +207,7 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_email_accounts_next_fetch_at'), ['next_fetch_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_email_accounts_org_id'), ['org_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_email_accounts_user_id'), ['user_id'], unique=False)
+        batch_op.create_index('uq_account_live_email', ['org_id', 'email_norm'], unique=True, postgresql_where=sa.text('deleted_at IS NULL'), sqlite_where=sa.text('deleted_at IS NULL'))
 
     op.create_table('notifications',
     sa.Column('id', sa.String(length=24), nullable=False),
@@ -504,6 +505,7 @@ def downgrade() -> None:
 
     op.drop_table('notifications')
     with op.batch_alter_table('email_accounts', schema=None) as batch_op:
+        batch_op.drop_index('uq_account_live_email', postgresql_where=sa.text('deleted_at IS NULL'), sqlite_where=sa.text('deleted_at IS NULL'))
         batch_op.drop_index(batch_op.f('ix_email_accounts_user_id'))
         batch_op.drop_index(batch_op.f('ix_email_accounts_org_id'))
         batch_op.drop_index(batch_op.f('ix_email_accounts_next_fetch_at'))
