@@ -207,7 +207,7 @@ class _Syncer:
                                              backfill_below=cursor.backfill_low_uid if not cursor.backfill_done else None, limit=take)
             if not fresh and not older:
                 break
-            fetched = list(self.imap.fetch(sorted(fresh + older)))
+            fetched = list(self.imap.fetch_peek(sorted(fresh + older)))
             taken = set(fresh) | set(older)
             pending_new = [u for u in pending_new if u not in taken]
             pending_old = [u for u in pending_old if u not in taken]

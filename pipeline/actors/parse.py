@@ -125,7 +125,7 @@ def refetch_raw(s: Session, email: Email) -> bytes | None:
             status = session.select(loc.folder, readonly=True)
             if status.uidvalidity != loc.uidvalidity:
                 continue
-            for m in session.fetch([loc.uid]):
+            for m in session.fetch_peek([loc.uid]):
                 get_storage().put(email.raw_key, m.raw, "message/rfc822")
                 log.info("raw_refetched", email_id=email.id, folder=loc.folder, uid=loc.uid)
                 return m.raw

@@ -373,7 +373,7 @@ class FakeImapSession:
             if (since is None or message.internaldate.date() >= since) and (uid_from is None or uid >= uid_from)
         ]
 
-    def fetch(self, uids: Sequence[int]) -> Iterator[FetchedMessage]:
+    def fetch_peek(self, uids: Sequence[int]) -> Iterator[FetchedMessage]:
         """Messages of the selected folder in ascending UID order; flags are left alone."""
         wanted = sorted(set(uids))
         for start in range(0, len(wanted), self._fetch_batch):

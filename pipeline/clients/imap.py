@@ -138,8 +138,8 @@ class ImapSession(Protocol):
         """UIDs in the selected folder, ascending, optionally since a date and/or from a UID."""
         ...
 
-    def fetch(self, uids: Sequence[int]) -> Iterator[FetchedMessage]:
-        """Messages of the selected folder in ascending UID order; never sets \\Seen."""
+    def fetch_peek(self, uids: Sequence[int]) -> Iterator[FetchedMessage]:
+        """Messages of the selected folder in ascending UID order, read with BODY.PEEK[]: never sets \\Seen."""
         ...
 
     def add_flags(self, folder: str, uids: Sequence[int], flags: Sequence[str]) -> None:
@@ -326,7 +326,7 @@ class _ImapToolsSession:
             uids = parse_search(data)
         return [uid for uid in uids if uid_from is None or uid >= uid_from]
 
-    def fetch(self, uids: Sequence[int]) -> Iterator[FetchedMessage]:
+    def fetch_peek(self, uids: Sequence[int]) -> Iterator[FetchedMessage]:
         """UID FETCH in batches with BODY.PEEK[] (plus X-GM-MSGID/THRID on Gmail), one message at a time."""
         wanted = sorted(set(uids))
         attributes = "UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[]"

@@ -135,7 +135,7 @@ class ImapSessionContract:
         assert len(raw) > 2_500_000
         [uid] = backend.seed("INBOX", raw)
         session.select("INBOX")
-        [message] = list(session.fetch([uid]))
+        [message] = list(session.fetch_peek([uid]))
         assert message.raw == raw
         assert message.size == len(raw)
 
@@ -166,9 +166,9 @@ class ImapSessionContract:
     def test_fetch_and_search_need_a_selected_folder(self, backend: ImapBackend, session: ImapSession) -> None:
         backend.seed("INBOX", mail(1))
         with pytest.raises(ImapError) as caught:
-            list(session.fetch([1]))
+            list(session.fetch_peek([1]))
         assert caught.value.kind is ImapErrorKind.PROTOCOL
-        assert list(session.fetch([])) == []
+        assert list(session.fetch_peek([])) == []
 
     def test_search_uids_by_date_and_uid(self, backend: ImapBackend, session: ImapSession) -> None:
         jan = backend.seed("INBOX", mail(1), when=JAN)
@@ -188,7 +188,7 @@ class ImapSessionContract:
         raw = mail(7, subject="Quarterly numbers")
         [uid] = backend.seed("INBOX", raw, flags=["\\Flagged", "$Work"], when=MAR)
         session.select("INBOX")
-        [message] = list(session.fetch([uid]))
+        [message] = list(session.fetch_peek([uid]))
         assert message.uid == uid
         assert message.raw == raw
         assert message.size == len(raw)
@@ -201,7 +201,7 @@ class ImapSessionContract:
         before = backend.flags("INBOX")
         for readonly in (True, False):
             session.select("INBOX", readonly=readonly)
-            assert [m.uid for m in session.fetch(uids)] == uids
+            assert [m.uid for m in session.fetch_peek(uids)] == uids
         assert backend.flags("INBOX") == before
         assert all("\\Seen" not in flags for flags in backend.flags("INBOX").values())
 
@@ -210,7 +210,7 @@ class ImapSessionContract:
         session = backend.connect(fetch_batch=2)
         try:
             session.select("INBOX")
-            fetched = list(session.fetch([uids[4], uids[0], uids[2], 999, uids[2]]))
+            fetched = list(session.fetch_peek([uids[4], uids[0], uids[2], 999, uids[2]]))
             assert [m.uid for m in fetched] == [uids[0], uids[2], uids[4]]
             assert [m.raw for m in fetched] == [mail(1), mail(3), mail(5)]
         finally:
@@ -219,7 +219,7 @@ class ImapSessionContract:
     def test_bare_lf_messages_come_back_with_crlf(self, backend: ImapBackend, session: ImapSession) -> None:
         [uid] = backend.seed("INBOX", mail(1, eol=b"\n"))
         session.select("INBOX")
-        [message] = list(session.fetch([uid]))
+        [message] = list(session.fetch_peek([uid]))
         assert message.raw == mail(1)
 
     def test_append_returns_appenduid_and_keeps_flags_and_date(
@@ -232,7 +232,7 @@ class ImapSessionContract:
         uid = result[1]
         assert backend.flags("Sent") == {uid: frozenset({"\\Seen"})}
         session.select("Sent")
-        [message] = list(session.fetch([uid]))
+        [message] = list(session.fetch_peek([uid]))
         assert message.raw == mail(1)
         assert message.internaldate == MAR
 
@@ -258,7 +258,7 @@ class ImapSessionContract:
         assert session.search_header("Sent", "Message-ID", "<sent-3@example.test>") == [sent]
         session.add_flags("Sent", [sent], ["$Filed"])
         assert session.search_uids() == inbox
-        assert [m.raw for m in session.fetch(inbox)] == [mail(1), mail(2)]
+        assert [m.raw for m in session.fetch_peek(inbox)] == [mail(1), mail(2)]
 
     def test_add_flags_changes_only_the_given_messages(self, backend: ImapBackend, session: ImapSession) -> None:
         uids = backend.seed("INBOX", [mail(1), mail(2)])
@@ -279,7 +279,7 @@ class ImapSessionContract:
         assert after.highestmodseq > before.highestmodseq
         session.select("INBOX")
         assert session.search_uids() == [uids[0], uids[2]]
-        assert [m.flags for m in session.fetch(uids)] == [frozenset({"\\Seen"}), frozenset()]
+        assert [m.flags for m in session.fetch_peek(uids)] == [frozenset({"\\Seen"}), frozenset()]
 
     def test_uidvalidity_change_shows_in_status(self, backend: ImapBackend, session: ImapSession) -> None:
         backend.seed("INBOX", mail(1))

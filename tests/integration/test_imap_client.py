@@ -188,7 +188,7 @@ def test_outage_breaks_open_sessions_and_recovery_keeps_the_mail(
     again = connect(settings)
     try:
         again.select("INBOX")
-        assert [m.raw for m in again.fetch(uids)] == [mail(1), mail(2)]
+        assert [m.raw for m in again.fetch_peek(uids)] == [mail(1), mail(2)]
     finally:
         again.close()
 

@@ -69,7 +69,7 @@ def test_injected_timeout_mid_session_kills_the_session(backend: FakeBackend) ->
     session.select("INBOX")
     backend.server.fail("timeout", op="fetch")
     with pytest.raises(ImapError) as first:
-        list(session.fetch([1]))
+        list(session.fetch_peek([1]))
     assert first.value.kind is ImapErrorKind.TIMEOUT
     with pytest.raises(ImapError, match=re.escape(CONNECTION_LOST)) as second:
         session.search_uids()
@@ -114,7 +114,7 @@ def test_outage_breaks_open_sessions_and_recovery_keeps_the_mail(backend: FakeBa
     backend.server.start()
     again = backend.connect()
     again.select("INBOX")
-    assert [m.raw for m in again.fetch(uids)] == [mail(1), mail(2)]
+    assert [m.raw for m in again.fetch_peek(uids)] == [mail(1), mail(2)]
 
 
 def test_connection_cap_gives_limit_until_a_session_closes() -> None:
@@ -138,10 +138,10 @@ def test_gmail_mode_has_all_mail_and_message_ids() -> None:
     assert folders["[Gmail]/All Mail"] == frozenset({"\\All"})
     assert folders["[Gmail]/Sent Mail"] == frozenset({"\\Sent"})
     session.select("[Gmail]/All Mail")
-    [message] = list(session.fetch([uid]))
+    [message] = list(session.fetch_peek([uid]))
     assert (message.gm_msgid, message.gm_thrid) == (1234567890123, 42)
     session.select("INBOX")
-    [generated] = list(session.fetch([other]))
+    [generated] = list(session.fetch_peek([other]))
     assert generated.gm_msgid is not None and generated.gm_thrid == generated.gm_msgid
 
 
@@ -156,7 +156,7 @@ def test_log_records_commands_so_tests_can_prove_sync_wrote_nothing(backend: Fak
     [uid] = backend.server.seed("INBOX", mail(1))
     session = backend.connect()
     session.select("INBOX")
-    list(session.fetch([uid]))
+    list(session.fetch_peek([uid]))
     assert [op for op, _folder, _detail in backend.server.log] == ["select", "fetch"]
     assert backend.server.flags("INBOX") == {uid: frozenset()}
 
