@@ -24,27 +24,25 @@ def _worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def _stamp(run_id: str, stage: str) -> None:
+    """Record that ``stage`` ran for the run: when, on which worker, and how many times."""
+    runs = getattr(SelfTestRun, f"{stage}_runs")
+    with session_scope() as s:
+        s.execute(update(SelfTestRun).where(SelfTestRun.id == run_id).values(
+            {f"{stage}_at": utcnow(), f"{stage}_worker": _worker_name(), f"{stage}_runs": runs + 1}))
+
+
 @actor(actor_name="selftest.first", queue_name="ops", max_retries=3)
 def first(run_id: str) -> str:
     """Stage one: stamp the run and hand its id to stage two."""
-    with session_scope() as s:
-        s.execute(
-            update(SelfTestRun)
-            .where(SelfTestRun.id == run_id)
-            .values(first_at=utcnow(), first_worker=_worker_name(), first_runs=SelfTestRun.first_runs + 1)
-        )
+    _stamp(run_id, "first")
     return run_id
 
 
 @actor(actor_name="selftest.second", queue_name="ops", max_retries=3)
 def second(run_id: str) -> None:
     """Stage two: stamp the run as complete."""
-    with session_scope() as s:
-        s.execute(
-            update(SelfTestRun)
-            .where(SelfTestRun.id == run_id)
-            .values(second_at=utcnow(), second_worker=_worker_name(), second_runs=SelfTestRun.second_runs + 1)
-        )
+    _stamp(run_id, "second")
 
 
 def start_run() -> str:
