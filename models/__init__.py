@@ -9,6 +9,7 @@ from models.emails import Document, Email, EmailAddress, EmailLink, EmailLocatio
 from models.notifications import Notification
 from models.notion import NotionConnection
 from models.org import ApiKey, Organization
+from models.outbound import Delivery, Outbox, Suppression
 from models.runtime import RelinkRequest, SchedulerHeartbeat, SelfTestRun
 from models.templates import Template
 from models.tracking import TrackedLink, TrackingEvent
@@ -22,6 +23,7 @@ __all__ = [
     "ApiKey",
     "Contact",
     "CrmAccount",
+    "Delivery",
     "Document",
     "Email",
     "EmailAccount",
@@ -34,9 +36,11 @@ __all__ = [
     "Notification",
     "Opportunity",
     "Organization",
+    "Outbox",
     "RelinkRequest",
     "SchedulerHeartbeat",
     "SelfTestRun",
+    "Suppression",
     "Template",
     "TrackedLink",
     "TrackingEvent",

@@ -59,6 +59,9 @@ class EmailAccount(SQLModel, table=True):
     deferred_until: datetime | None = ts_field(default=None, description="rate limit reached: rest waits until then")
     rate_window_start: datetime | None = ts_field(default=None)
     rate_window_count: int = 0
+    send_cap_per_day: int | None = Field(default=None, description="messages per 24-hour window; None: the provider's cap")
+    send_window_start: datetime | None = ts_field(default=None)
+    send_window_count: int = 0
 
     created_at: datetime = ts_field(default_factory=utcnow, nullable=False)
     deleted_at: datetime | None = ts_field(default=None)

@@ -34,6 +34,7 @@ class User(CrmRecord, table=True):
     email: str = Field(max_length=320)
     email_norm: str = Field(max_length=320)
     phone: str | None = Field(default=None, max_length=64)
+    tracking_opt_out: bool = Field(default=False, description="mail this user sends carries no pixel and no rewritten links")
 
 
 class Contact(CrmRecord, table=True):

@@ -36,6 +36,9 @@ FETCH_ERRORS = Counter("mailpipe_fetch_errors_total", "IMAP fetch failures", ["k
 ACCOUNT_STATE = Gauge("mailpipe_account_sync_state", "Per-account sync state (0 idle, 1 syncing, 2 error, 3 reconnect_required, 4 disabled)",
                       ["account_id"], multiprocess_mode="mostrecent")
 STATE_CODES = {"idle": 0, "syncing": 1, "error": 2, "reconnect_required": 3, "disabled": 4}
+SEND_ATTEMPTS = Counter("mailpipe_send_attempts_total", "SMTP transactions attempted, by outcome", ["outcome"])
+SENT = Counter("mailpipe_emails_sent_total", "Outbound emails finished, by final status", ["status"])
+SEND_DEFERRED = Counter("mailpipe_send_deferred_total", "Sends held back by an account's daily cap")
 INGESTED = Counter("mailpipe_ingest_total", "Emails through each ingest stage", ["stage", "outcome"])
 
 

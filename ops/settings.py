@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     trusted_proxies: str = ""
     scheduler_tick_seconds: float = 5.0
     sync_rate_per_hour: int = 1000
+    send_cap_per_day: int = 2000
+    send_retry_base_seconds: float = 30.0
     log_level: str = "INFO"
     log_json: bool = False
 
@@ -135,7 +137,14 @@ class Settings(BaseSettings):
             return v
         raise ValueError("must be file:///path or s3://bucket?endpoint_url=...&region=...")
 
-    @field_validator("poll_seconds", "backfill_days", "sync_rate_per_hour")
+    @field_validator("send_retry_base_seconds")
+    @classmethod
+    def _positive_float(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError("must be a positive number of seconds")
+        return v
+
+    @field_validator("poll_seconds", "backfill_days", "sync_rate_per_hour", "send_cap_per_day")
     @classmethod
     def _positive(cls, v: int) -> int:
         if v <= 0:

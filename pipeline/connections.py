@@ -15,13 +15,14 @@ from models import EmailAccount
 from ops.keys import unseal
 from pipeline.clients import imap
 
-__all__ = ["connect_imap", "imap_settings", "open_imap", "smtp_probe", "smtp_transport", "tls_context",
+__all__ = ["connect_imap", "imap_settings", "open_imap", "smtp_probe", "smtp_settings", "smtp_transport", "tls_context",
            "use_imap_connector", "use_smtp_transport"]
 
 ImapConnector = Callable[[imap.ImapSettings], imap.ImapSession]
 _imap_connector: ImapConnector = imap.connect
 
 IMAP_TIMEOUT = 30.0
+SMTP_TIMEOUT = 30.0
 
 
 @lru_cache(maxsize=1)
@@ -44,6 +45,26 @@ def imap_settings(account: EmailAccount, *, timeout: float = IMAP_TIMEOUT) -> im
         host=account.imap_host, port=account.imap_port, security=account.imap_security,
         username=account.imap_username or account.email, password=password, oauth_token=token,
         timeout=timeout, ssl_context=tls_context() if account.imap_security != "none" else None,
+    )
+
+
+def smtp_settings(account: EmailAccount, *, timeout: float = SMTP_TIMEOUT) -> Any:
+    """SMTP settings for an account; the password or OAuth token is decrypted here."""
+    from pipeline.clients.smtp import SmtpSettings
+
+    if not account.smtp_host or not account.smtp_port:
+        raise ValueError("account has no SMTP host configured")
+    password = unseal("email_accounts", "smtp_password_enc", account.smtp_password_enc)
+    token = None
+    if account.oauth_enc is not None and password is None:
+        import json
+
+        token = json.loads(unseal("email_accounts", "oauth_enc", account.oauth_enc) or "{}").get("access_token")
+    username = account.smtp_username or account.email
+    return SmtpSettings(
+        host=account.smtp_host, port=account.smtp_port, security=account.smtp_security,
+        username=username if (password or token) else None, password=password, oauth_token=token, timeout=timeout,
+        ssl_context=tls_context() if account.smtp_security != "none" else None,
     )
 
 

@@ -16,6 +16,7 @@ from pipeline.actors import (  # noqa: E402
     notify,
     parse,
     selftest,
+    send,
 )
 
-__all__ = ["attachments", "broker", "fetch", "ingest", "leads", "link", "notify", "parse", "selftest"]
+__all__ = ["attachments", "broker", "fetch", "ingest", "leads", "link", "notify", "parse", "selftest", "send"]

@@ -38,7 +38,7 @@ def apply_parsed(email: Email, parsed: ParsedEmail, account_email: str | None) -
         email.from_name = parsed.from_.name[:500] or None
     email.to_emails = [a.email for a in parsed.to]
     email.cc_emails = [a.email for a in parsed.cc]
-    email.bcc_emails = [a.email for a in parsed.bcc]
+    email.bcc_emails = [a.email for a in parsed.bcc] or email.bcc_emails  # our own sends know their Bcc
     email.body_text = parsed.text
     email.body_html = parsed.html
     email.snippet = snippet(parsed.text, 100)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from pipeline.clients.smtp import (
@@ -108,7 +108,8 @@ class FakeSmtpTransport:
             self.probes.append(settings)
             return self.probe_result
 
-    def send(self, settings: SmtpSettings, mail_from: str, rcpt_to: Sequence[str], raw: bytes) -> SendResult:
+    def send(self, settings: SmtpSettings, mail_from: str, rcpt_to: Sequence[str], raw: bytes,
+             before_data: Callable[[], None] | None = None) -> SendResult:
         """Run the scripted transaction; record the message when DATA is accepted."""
         recipients = envelope_recipients(mail_from, rcpt_to)
         with self._lock:
@@ -126,6 +127,8 @@ class FakeSmtpTransport:
                         return send_result(recipients, refused, verdict)
             if len(refused) == len(recipients):
                 return send_result(recipients, refused, None)
+            if before_data is not None:
+                before_data()
             data_reply = self._scripted("data")
             if data_reply is not None:
                 return send_result(recipients, refused, data_reply)

@@ -144,8 +144,13 @@ class SmtpTransport(Protocol):
         """Connect, EHLO, secure, authenticate and QUIT; never raises."""
         ...
 
-    def send(self, settings: SmtpSettings, mail_from: str, rcpt_to: Sequence[str], raw: bytes) -> SendResult:
-        """Submit raw to rcpt_to; raise SmtpError only for connection-level failures."""
+    def send(self, settings: SmtpSettings, mail_from: str, rcpt_to: Sequence[str], raw: bytes,
+             before_data: Callable[[], None] | None = None) -> SendResult:
+        """Submit raw to rcpt_to; raise SmtpError only for connection-level failures.
+
+        ``before_data`` is called once a recipient was accepted, right before the DATA command:
+        from then on the server may have the message, so the caller records that first.
+        """
         ...
 
 
@@ -192,14 +197,16 @@ class AiosmtplibTransport:
             return ProbeResult(False, SmtpErrorKind.PROTOCOL.value, text, progress.capabilities)
         return ProbeResult(True, None, message, progress.capabilities)
 
-    def send(self, settings: SmtpSettings, mail_from: str, rcpt_to: Sequence[str], raw: bytes) -> SendResult:
+    def send(self, settings: SmtpSettings, mail_from: str, rcpt_to: Sequence[str], raw: bytes,
+             before_data: Callable[[], None] | None = None) -> SendResult:
         """Submit raw (CRLF or LF line endings; dot-stuffing is done here) to rcpt_to.
 
         A connection lost or timing out after the message was transmitted raises SmtpError even
-        though the server may have delivered it; a retry can then duplicate the message.
+        though the server may have delivered it; ``before_data`` tells the caller when that window
+        opens, so it can record it and never blindly retry.
         """
         recipients = envelope_recipients(mail_from, rcpt_to)
-        return _run(lambda: _send(settings, mail_from, recipients, raw))
+        return _run(lambda: _send(settings, mail_from, recipients, raw, before_data))
 
 
 @dataclass
@@ -218,7 +225,8 @@ async def _probe(settings: SmtpSettings, progress: _Progress) -> str:
         return f"{progress.greeting or settings.host} ({channel}, {auth})"
 
 
-async def _send(settings: SmtpSettings, mail_from: str, recipients: list[str], raw: bytes) -> SendResult:
+async def _send(settings: SmtpSettings, mail_from: str, recipients: list[str], raw: bytes,
+                before_data: Callable[[], None] | None = None) -> SendResult:
     """One mail transaction: MAIL, RCPT per recipient, DATA; refusals become verdicts."""
     secrets = _secrets(settings)
     async with _session(settings, _Progress()) as client:
@@ -244,6 +252,8 @@ async def _send(settings: SmtpSettings, mail_from: str, recipients: list[str], r
             if len(refused) == len(recipients):
                 await _reset(client)
                 return send_result(recipients, refused, None)
+            if before_data is not None:
+                before_data()
             try:
                 reply = await client.data(raw, timeout=max(settings.timeout, MIN_DATA_TIMEOUT))
             except aiosmtplib.SMTPDataError as exc:

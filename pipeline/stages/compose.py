@@ -41,6 +41,7 @@ __all__ = [
     "forward_subject",
     "html_to_text",
     "quote_for_reply",
+    "recipient_groups",
     "reply_headers",
     "reply_subject",
     "validate_address",
@@ -294,6 +295,12 @@ def _recipients(draft: Draft) -> tuple[tuple[Address, ...], tuple[Address, ...],
     if not any(groups):
         raise ComposeError("to", "at least one recipient is required")
     return groups[0], groups[1], groups[2]
+
+
+def recipient_groups(draft: Draft) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """The checked addr-specs of To, Cc and Bcc, as they go on the wire."""
+    to, cc, bcc = _recipients(draft)
+    return tuple(a.addr_spec for a in to), tuple(a.addr_spec for a in cc), tuple(a.addr_spec for a in bcc)
 
 
 def envelope_recipients(draft: Draft) -> tuple[str, ...]:

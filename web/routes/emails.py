@@ -132,8 +132,28 @@ def email_json(s: Session, e: Email, base_url: str) -> dict[str, Any]:
                   "details": [{"entity_type": link.entity_type, "entity_id": link.entity_id, "how": link.how} for link in links]},
         "tracking": {"open_count": e.open_count, "click_count": e.click_count, "first_open_at": iso(e.first_open_at),
                      "last_open_at": iso(e.last_open_at)},
-        "template_id": e.template_id, "notion_page_url": e.notion_page_url,
+        "template_id": e.template_id, "notion_page_url": e.notion_page_url, "send": send_json(s, e),
         "parse_error": e.parse_error, "defects": e.defects, "error": e.error,
+    }
+
+
+def send_json(s: Session, e: Email) -> dict[str, Any] | None:
+    """Where an outbound email is in sending: schedule, cap deferral, retries, each SMTP transaction."""
+    from models import Delivery, Outbox
+
+    box = s.get(Outbox, e.id)
+    if box is None:
+        return None
+    deliveries = list(s.execute(select(Delivery).where(Delivery.email_id == e.id).order_by(Delivery.seq)).scalars())
+    return {
+        "state": box.state, "kind": box.kind, "category": box.category, "send_at": iso(box.send_at),
+        "deferred_until": iso(box.deferred_until), "next_attempt_at": iso(box.next_attempt_at),
+        "track_opens": box.track_opens, "track_clicks": box.track_clicks, "idempotency_key": box.idempotency_key,
+        "sent_copy": {"state": box.sent_copy, "error": box.sent_copy_error},
+        "attempts": sum(d.attempts for d in deliveries),
+        "deliveries": [{"recipients": d.recipients, "state": d.state, "attempts": d.attempts, "smtp_code": d.smtp_code,
+                        "smtp_message": d.smtp_message, "error_code": d.error_code, "refused": d.refused,
+                        "log": d.log} for d in deliveries],
     }
 
 

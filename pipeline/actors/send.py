@@ -1,0 +1,488 @@
+"""``send.email``: deliver one outbound email over SMTP exactly once, copy it to Sent, start ingest.
+
+Every step is written to the database before it happens: the delivery is ``sending`` before the
+connection opens and ``data`` right before the DATA command (``before_data`` hook). A redelivered
+message after a crash therefore knows what the server can have seen: a delivery still in
+``sending`` is sent (the server never got DATA); one in ``data`` is reconciled
+(:func:`pipeline.stages.outbound.reconcile`: the provider's own Sent copy decides, else it is
+recorded as sent-but-unconfirmed) and never blindly resent. 4xx replies and network errors retry
+with exponential backoff (DB clock + a delayed message + the ``send_due`` sweep); a 5xx reply
+fails the delivery at once. The Sent copy (IMAP APPEND of the untracked message with ``\\Seen``)
+records intent (``appending``) first and looks for the message before appending again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import partial
+from typing import Any
+
+import structlog
+from dramatiq.middleware import CurrentMessage
+from sqlalchemy import or_, select, update
+from sqlmodel import Session
+
+from models import Delivery, Email, EmailAccount, EmailLocation, Outbox, TrackedLink, new_id, utcnow
+from models.db import get_engine, is_postgres
+from models.upsert import insert_ignore
+from ops import metrics
+from ops.keys import get_keyring
+from ops.settings import get_settings
+from pipeline.actors import ingest
+from pipeline.broker import actor
+from pipeline.clients.smtp import SmtpError
+from pipeline.clients.storage import get_storage
+from pipeline.outbound import draft_from_json, load_attachments
+from pipeline.scheduler import register_sweep
+from pipeline.stages import outbound as plan
+from pipeline.stages.compose import compose
+from pipeline.stages.smtp_reply import SmtpVerdict
+from pipeline.stages.tracking import inject, recipient_hash
+
+__all__ = ["enqueue_send", "send_email", "sweep_send_due"]
+
+log = structlog.get_logger("mailpipe.send")
+
+LEASE = timedelta(minutes=5)
+REQUEUE_AFTER = timedelta(minutes=2)  # a queued email not claimed by then is handed to the broker again
+EARLY_TOLERANCE = timedelta(seconds=1)  # a delayed retry message may arrive a hair before its time
+
+
+class LeaseLost(Exception):
+    """Another run took this email over: stop without writing."""
+
+
+def _message_id() -> str:
+    msg = CurrentMessage.get_current_message()
+    return msg.message_id if msg is not None else new_id()
+
+
+def enqueue_send(email_id: str, delay_ms: int | None = None) -> None:
+    """Hand an email to the send actor (best effort: the sweep re-sends what the broker lost)."""
+    try:
+        if delay_ms:
+            send_email.send_with_options(args=(email_id,), delay=delay_ms)
+        else:
+            send_email.send(email_id)
+    except Exception as exc:  # broker down: the database still has it; the sweep will enqueue it
+        log.warning("send_enqueue_failed", email_id=email_id, error=type(exc).__name__)
+
+
+def _claim(email_id: str, owner: str, now: datetime) -> bool:
+    """Take the email's lease when it has work due and nobody else (but a redelivery of us) holds it."""
+    message_id = owner.rsplit(":", 1)[0]
+    with Session(get_engine()) as s:
+        res = s.execute(update(Outbox).where(
+            Outbox.email_id == email_id,
+            or_(
+                Outbox.state.in_(("queued", "sending"))  # type: ignore[attr-defined]
+                & or_(Outbox.next_attempt_at.is_(None), Outbox.next_attempt_at <= now + EARLY_TOLERANCE)  # type: ignore[union-attr,operator]
+                & or_(Outbox.deferred_until.is_(None), Outbox.deferred_until <= now + EARLY_TOLERANCE),  # type: ignore[union-attr,operator]
+                (Outbox.state == "sent") & Outbox.sent_copy.in_(("pending", "appending")),  # type: ignore[attr-defined]
+            ),
+            or_(Outbox.lease_until.is_(None), Outbox.lease_until < now,  # type: ignore[union-attr]
+                Outbox.lease_owner.startswith(f"{message_id}:", autoescape=True)),  # type: ignore[union-attr]
+        ).values(lease_until=now + LEASE, lease_owner=owner, runs=Outbox.runs + 1, updated_at=now))
+        if res.rowcount != 1:  # type: ignore[attr-defined]
+            s.rollback()
+            return False
+        s.commit()
+        return True
+
+
+def _guard(s: Session, email_id: str, owner: str) -> None:
+    """Renew the lease inside the caller's transaction; LeaseLost when this run no longer owns it."""
+    res = s.execute(update(Outbox).where(Outbox.email_id == email_id, Outbox.lease_owner == owner)
+                    .values(lease_until=utcnow() + LEASE, updated_at=utcnow()))
+    if res.rowcount != 1:  # type: ignore[attr-defined]
+        s.rollback()
+        raise LeaseLost(email_id)
+
+
+def _release(email_id: str, owner: str) -> None:
+    with Session(get_engine()) as s:
+        s.execute(update(Outbox).where(Outbox.email_id == email_id, Outbox.lease_owner == owner)
+                  .values(lease_until=None, lease_owner=None))
+        s.commit()
+
+
+@dataclass
+class _Copy:
+    """The bytes of one delivery's copy and the tracked links it points at."""
+
+    raw: bytes
+    links: list[dict[str, Any]]
+
+
+class _Run:
+    """One claimed run over an email: cap, reconcile, deliver, finish, Sent copy."""
+
+    def __init__(self, email_id: str, owner: str) -> None:
+        self.email_id = email_id
+        self.owner = owner
+        self.settings = get_settings()
+        with Session(get_engine(), expire_on_commit=False) as s:
+            self.outbox = s.get(Outbox, email_id)
+            self.email = s.get(Email, email_id)
+            assert self.outbox is not None and self.email is not None
+            self.account = s.get(EmailAccount, self.outbox.account_id)
+            self.deliveries = list(s.execute(select(Delivery).where(Delivery.email_id == email_id).order_by(Delivery.seq)).scalars())
+        self._attachments: list[Any] | None = None
+
+    # -- the steps -------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        if self.outbox.state in ("queued", "sending"):
+            if self.account is None or self.account.deleted_at is not None:
+                self._fail_all("account_deleted", "the sending account was deleted before the email went out")
+            elif not self._take_slot():
+                return
+            else:
+                self._reconcile()
+                self._deliver()
+        if self.outbox.state == "sent" and self.outbox.sent_copy in ("pending", "appending"):
+            self._sent_copy()
+
+    def _take_slot(self) -> bool:
+        """Reserve one message of the account's 24-hour cap (once per email); False when over the cap."""
+        if self.outbox.cap_reserved:
+            return True
+        assert self.account is not None
+        cap = plan.daily_cap(self.account.provider, self.account.send_cap_per_day, self.settings.send_cap_per_day)
+        for _ in range(20):  # compare-and-set on the window: concurrent sends never overshoot the cap
+            now = utcnow()
+            with Session(get_engine()) as s:
+                row = s.execute(select(EmailAccount.send_window_start, EmailAccount.send_window_count)
+                                .where(EmailAccount.id == self.account.id)).one()
+                decision = plan.reserve(plan.SendWindow(row.send_window_start, row.send_window_count), now=now, cap=cap)
+                _guard(s, self.email_id, self.owner)
+                if not decision.allowed:
+                    s.execute(update(Outbox).where(Outbox.email_id == self.email_id).values(
+                        state="queued", deferred_until=decision.deferred_until, next_attempt_at=decision.deferred_until))
+                    s.execute(update(Email).where(Email.id == self.email_id).values(status="queued"))
+                    s.commit()
+                    metrics.SEND_DEFERRED.inc()
+                    log.info("send_deferred", email_id=self.email_id, until=str(decision.deferred_until), cap=cap)
+                    return False
+                cond = [EmailAccount.id == self.account.id, EmailAccount.send_window_count == row.send_window_count]
+                cond.append(EmailAccount.send_window_start.is_(None) if row.send_window_start is None  # type: ignore[union-attr]
+                            else EmailAccount.send_window_start == row.send_window_start)
+                res = s.execute(update(EmailAccount).where(*cond).values(
+                    send_window_start=decision.window.start, send_window_count=decision.window.count))
+                if res.rowcount != 1:  # type: ignore[attr-defined]
+                    s.rollback()
+                    continue
+                s.execute(update(Outbox).where(Outbox.email_id == self.email_id).values(
+                    cap_reserved=True, state="sending", deferred_until=None))
+                s.execute(update(Email).where(Email.id == self.email_id).values(status="sending"))
+                s.commit()
+                self.outbox.cap_reserved, self.outbox.state = True, "sending"
+                return True
+        raise RuntimeError("could not reserve a send slot (contention)")
+
+    def _reconcile(self) -> None:
+        """Settle deliveries a crashed run left in ``data``: never resend what the server may have."""
+        open_data = [d for d in self.deliveries if d.state == "data"]
+        if not open_data:
+            return
+        assert self.account is not None
+        keeps_copy = bool(self.account.saves_sent_copy)
+        found: bool | None = None
+        if keeps_copy:
+            found = self._in_sent_folder()
+        for d in open_data:
+            verdict = plan.reconcile(d.state, provider_keeps_copy=keeps_copy, found_in_sent=found)
+            state = {"sent": "sent", "unconfirmed": "unconfirmed", "resend": "retry"}[verdict]
+            self._record(d, state=state, entry={"event": "reconciled", "outcome": verdict,
+                                                "reason": "found in Sent" if found else "Sent checked: absent" if found is False
+                                                else "outcome unknown after a crash during DATA"},
+                         accepted=list(d.recipients) if state in ("sent", "unconfirmed") else [])
+            log.warning("send_reconciled", email_id=self.email_id, delivery=d.seq, outcome=verdict)
+
+    def _in_sent_folder(self) -> bool | None:
+        """Whether the provider's Sent folder holds our Message-ID (None when it cannot be checked)."""
+        from pipeline.clients.imap import ImapError
+        from pipeline.connections import open_imap
+
+        assert self.account is not None
+        try:
+            session = open_imap(self.account)
+        except (ImapError, ValueError):
+            return None
+        try:
+            folder = _sent_folder(session)
+            if folder is None or not self.email.message_id:
+                return None
+            return bool(session.search_header(folder, "Message-ID", self.email.message_id))
+        except ImapError:
+            return None
+        finally:
+            session.close()
+
+    def _deliver(self) -> None:
+        from pipeline.connections import smtp_settings, smtp_transport
+
+        assert self.account is not None
+        todo = [d for d in self.deliveries if d.state in ("pending", "sending", "retry")]
+        if todo:
+            try:
+                settings = smtp_settings(self.account)
+            except ValueError as exc:
+                self._fail_all("configuration", str(exc))
+                return
+            transport = smtp_transport()
+            for d in todo:
+                copy = self._copy(d)
+                if copy.links:
+                    with Session(get_engine()) as s:  # the redirect must resolve before the mail is out
+                        _guard(s, self.email_id, self.owner)
+                        insert_ignore(s, TrackedLink, copy.links, ["email_id", "link_hash"])
+                        s.commit()
+                self._attempt(d, transport, settings, copy.raw)
+        self._settle()
+
+    def _attempt(self, d: Delivery, transport: Any, settings: Any, raw: bytes) -> None:
+        attempt = d.attempts + 1
+        self._record(d, state="sending", attempts=attempt, entry={"event": "attempt", "n": attempt})
+        data_started = False
+
+        def before_data() -> None:
+            nonlocal data_started
+            self._record(d, state="data", entry={"event": "data", "n": attempt})
+            data_started = True
+
+        try:
+            result = transport.send(settings, self.account.email, d.recipients, raw, before_data=before_data)  # type: ignore[union-attr]
+            verdict: SmtpVerdict = result.verdict
+            refused = {r: {"code": v.code, "message": v.message, "error_code": v.error_code} for r, v in result.refused.items()}
+            accepted = list(result.accepted)
+        except SmtpError as exc:
+            if data_started:  # the connection broke after DATA began: the server may have it
+                self._reconcile_now(d, exc)
+                return
+            verdict, refused, accepted = exc.verdict, {}, []
+        outcome = plan.attempt_outcome(verdict.outcome, attempt)
+        metrics.SEND_ATTEMPTS.labels(outcome).inc()
+        self._record(d, state=outcome, smtp_code=verdict.code, smtp_message=verdict.message[:4000],
+                     error_code=verdict.error_code or None, accepted=accepted, refused=refused,
+                     entry={"event": "reply", "n": attempt, "outcome": outcome, "code": verdict.code,
+                            "message": verdict.message[:500]})
+        log.info("send_attempt", email_id=self.email_id, delivery=d.seq, attempt=attempt, outcome=outcome, code=verdict.code)
+
+    def _reconcile_now(self, d: Delivery, exc: SmtpError) -> None:
+        assert self.account is not None
+        keeps_copy = bool(self.account.saves_sent_copy)
+        found = self._in_sent_folder() if keeps_copy else None
+        verdict = plan.reconcile("data", provider_keeps_copy=keeps_copy, found_in_sent=found)
+        state = {"sent": "sent", "unconfirmed": "unconfirmed", "resend": "retry"}[verdict]
+        self._record(d, state=state, smtp_message=exc.message[:4000],
+                     accepted=list(d.recipients) if state != "retry" else [],
+                     entry={"event": "connection_lost_after_data", "outcome": verdict, "message": exc.message[:500]})
+
+    def _settle(self) -> None:
+        """Final status when every delivery is final; otherwise schedule the next retry."""
+        rows = [(d.state, d.smtp_code, d.smtp_message, d.error_code, d.recipients) for d in self.deliveries]
+        summary = plan.summarize(rows)
+        now = utcnow()
+        if summary is None:
+            attempts = max((d.attempts for d in self.deliveries if d.state == "retry"), default=1)
+            wait = plan.backoff(attempts, self.settings.send_retry_base_seconds)
+            with Session(get_engine()) as s:
+                _guard(s, self.email_id, self.owner)
+                s.execute(update(Outbox).where(Outbox.email_id == self.email_id).values(
+                    next_attempt_at=now + wait, enqueued_at=now))
+                s.commit()
+            enqueue_send(self.email_id, delay_ms=max(1, int(wait.total_seconds() * 1000)))
+            return
+        self._finish(summary, now)
+
+    def _finish(self, summary: plan.Summary, now: datetime) -> None:
+        sent = summary.status == "sent"
+        with Session(get_engine()) as s:
+            _guard(s, self.email_id, self.owner)
+            s.execute(update(Outbox).where(Outbox.email_id == self.email_id).values(
+                state=summary.status, next_attempt_at=None, sent_copy=self.outbox.sent_copy if sent else "skipped"))
+            values: dict[str, Any] = {"status": summary.status, "error": summary.error}
+            if sent:
+                # Stored and linked like inbound mail: the chain parses the untracked copy.
+                values.update(sent_at=now, pipeline_state="fetched", stage_at=now, raw_key=self.outbox.base_key)
+            s.execute(update(Email).where(Email.id == self.email_id).values(**values))
+            if sent and self.outbox.sync_after:
+                from pipeline.actors.fetch import request_sync
+
+                request_sync(s, self.outbox.account_id)
+            s.commit()
+        self.outbox.state = summary.status
+        metrics.SENT.labels(summary.status).inc()
+        log.info("send_finished", email_id=self.email_id, status=summary.status,
+                 error=(summary.error or {}).get("code"))
+        if sent:
+            ingest.start_chain([self.email_id])
+
+    def _sent_copy(self) -> None:
+        """APPEND the untracked message to the \\Sent folder with \\Seen and record its location."""
+        from pipeline.clients.imap import ImapError
+        from pipeline.connections import open_imap
+
+        assert self.account is not None
+        was_appending = self.outbox.sent_copy == "appending"
+        with Session(get_engine()) as s:
+            _guard(s, self.email_id, self.owner)
+            s.execute(update(Outbox).where(Outbox.email_id == self.email_id).values(sent_copy="appending"))
+            s.commit()
+        raw = get_storage().get(self.outbox.base_key)
+        try:
+            session = open_imap(self.account)
+        except (ImapError, ValueError) as exc:
+            self._sent_copy_done("failed", f"{getattr(exc, 'kind', 'config')}: {getattr(exc, 'message', exc)}")
+            return
+        try:
+            folder = _sent_folder(session)
+            if folder is None:
+                self._sent_copy_done("failed", "no folder has the \\Sent special-use attribute")
+                return
+            uids = session.search_header(folder, "Message-ID", self.email.message_id or "") if was_appending else []
+            status = session.status(folder)
+            if uids:
+                where: tuple[int, int] | None = (status.uidvalidity, uids[-1])
+            else:
+                where = session.append(folder, raw, ["\\Seen"], self.email.sent_at or utcnow())
+                if where is None:  # no UIDPLUS: find what we just appended
+                    found = session.search_header(folder, "Message-ID", self.email.message_id or "")
+                    where = (session.status(folder).uidvalidity, found[-1]) if found else None
+        except ImapError as exc:
+            self._sent_copy_done("failed", f"{exc.kind.value}: {exc.message}")
+            return
+        finally:
+            session.close()
+        with Session(get_engine()) as s:
+            _guard(s, self.email_id, self.owner)
+            if where is not None:
+                insert_ignore(s, EmailLocation, [{"email_id": self.email_id, "account_id": self.account.id, "folder": folder,
+                                                  "uidvalidity": where[0], "uid": where[1], "flags": ["\\Seen"]}],
+                              ["account_id", "folder", "uidvalidity", "uid"])
+            s.execute(update(Outbox).where(Outbox.email_id == self.email_id).values(sent_copy="done", sent_copy_error=None))
+            s.commit()
+        log.info("sent_copy_saved", email_id=self.email_id, folder=folder, uid=where[1] if where else None)
+
+    def _sent_copy_done(self, state: str, error: str | None) -> None:
+        with Session(get_engine()) as s:
+            _guard(s, self.email_id, self.owner)
+            s.execute(update(Outbox).where(Outbox.email_id == self.email_id).values(sent_copy=state, sent_copy_error=error))
+            s.commit()
+        log.warning("sent_copy_failed", email_id=self.email_id, error=error)
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _copy(self, d: Delivery) -> _Copy:
+        """Compose this delivery's copy: the stored draft, with its recipient's pixel and tracked links."""
+        if self._attachments is None:
+            self._attachments = load_attachments(self.outbox.attachments)
+        draft = self.outbox.draft
+        changes: dict[str, Any] = {}
+        links: list[dict[str, Any]] = []
+        public = self.settings.public_url
+        keyring = get_keyring()
+        if d.tracked_for is not None:
+            rhash = recipient_hash(partial(keyring.sign, "open"), self.email_id, d.tracked_for)
+            if self.outbox.category == "marketing":
+                changes["unsubscribe_url"] = f"{public.rstrip('/')}/unsubscribe/{self.email_id}/{rhash}"
+            if draft.get("html") is not None and (self.outbox.track_opens or self.outbox.track_clicks):
+                injected = inject(
+                    draft["html"], email_id=self.email_id, recipient=d.tracked_for, public_url=public,
+                    open_signer=partial(keyring.sign, "open") if self.outbox.track_opens else None,
+                    click_signer=partial(keyring.sign, "click") if self.outbox.track_clicks else None,
+                    skip_urls=(changes["unsubscribe_url"],) if "unsubscribe_url" in changes else (),
+                )
+                changes["html"] = injected.html
+                if draft.get("text") is None:  # the text part shows the original links, not tracking URLs
+                    from pipeline.stages.compose import html_to_text
+
+                    changes["text"] = html_to_text(draft["html"])
+                links = [{"email_id": self.email_id, "link_hash": spec.link_hash, "url": spec.url, "position": spec.position}
+                         for spec in injected.links]
+        raw, _ = compose(draft_from_json(draft, tuple(self._attachments), **changes))
+        return _Copy(raw, links)
+
+    def _record(self, d: Delivery, *, state: str, entry: dict[str, Any], **values: Any) -> None:
+        """Write a delivery's new state (and an attempt-log entry) before acting on it."""
+        now = utcnow()
+        entry = {"at": now.isoformat(), **entry}
+        with Session(get_engine()) as s:
+            _guard(s, self.email_id, self.owner)
+            s.execute(update(Delivery).where(Delivery.id == d.id).values(
+                state=state, updated_at=now, log=[*d.log, entry], **values))
+            s.commit()
+        d.state = state
+        d.log = [*d.log, entry]
+        for k, v in values.items():
+            setattr(d, k, v)
+
+    def _fail_all(self, code: str, message: str) -> None:
+        for d in self.deliveries:
+            if d.state not in plan.FINAL_DELIVERY_STATES:
+                self._record(d, state="failed", error_code=code, smtp_message=message, entry={"event": "failed", "reason": message})
+        self._settle()
+
+
+def _sent_folder(session: Any) -> str | None:
+    """The folder with the RFC 6154 ``\\Sent`` attribute (names are never guessed)."""
+    for f in session.list_folders():
+        if "\\Sent" in f.special_use:
+            return str(f.name)
+    return None
+
+
+@actor(actor_name="send.email", queue_name="send", max_retries=5, min_backoff=2_000, max_backoff=60_000,
+       time_limit=10 * 60_000)
+def send_email(email_id: str) -> None:
+    """Run one email's due send work under its lease; a message with nothing due is a no-op."""
+    owner = f"{_message_id()}:{new_id()[-8:]}"
+    if not _claim(email_id, owner, utcnow()):
+        log.debug("send_dropped", email_id=email_id, reason="nothing due or another run holds it")
+        return
+    try:
+        _Run(email_id, owner).run()
+    except LeaseLost:
+        log.info("send_superseded", email_id=email_id)
+        return
+    finally:
+        _release(email_id, owner)
+
+
+@register_sweep("send_due")
+def sweep_send_due(session: Session, now: datetime) -> int:
+    """Release scheduled sends that are due, and hand every email with due send work to the broker.
+
+    Work is due when it is queued or mid-send with its retry time reached and no live lease (a
+    killed worker's lease runs out), or sent with the Sent copy unfinished. An email handed over
+    less than :data:`REQUEUE_AFTER` ago is left alone so a backlog is not enqueued twice.
+    """
+    released = list(session.execute(select(Outbox.email_id).where(
+        Outbox.state == "scheduled", Outbox.send_at <= now).limit(1000)).scalars())  # type: ignore[operator]
+    if released:
+        session.execute(update(Outbox).where(Outbox.email_id.in_(released), Outbox.state == "scheduled")  # type: ignore[attr-defined]
+                        .values(state="queued", next_attempt_at=None, updated_at=now))
+        session.execute(update(Email).where(Email.id.in_(released), Email.status == "scheduled")  # type: ignore[attr-defined]
+                        .values(status="queued"))
+    stmt = select(Outbox).where(
+        or_(
+            Outbox.state.in_(("queued", "sending"))  # type: ignore[attr-defined]
+            & or_(Outbox.next_attempt_at.is_(None), Outbox.next_attempt_at <= now)  # type: ignore[union-attr,operator]
+            & or_(Outbox.deferred_until.is_(None), Outbox.deferred_until <= now),  # type: ignore[union-attr,operator]
+            (Outbox.state == "sent") & Outbox.sent_copy.in_(("pending", "appending")),  # type: ignore[attr-defined]
+        ),
+        or_(Outbox.lease_until.is_(None), Outbox.lease_until < now),  # type: ignore[union-attr]
+        or_(Outbox.enqueued_at.is_(None), Outbox.enqueued_at < now - REQUEUE_AFTER, Outbox.email_id.in_(released)),  # type: ignore[union-attr,operator,attr-defined]
+    ).order_by(Outbox.created_at).limit(1000)
+    if is_postgres(session.get_bind()):  # type: ignore[arg-type]
+        stmt = stmt.with_for_update(skip_locked=True, key_share=True)
+    due = list(session.execute(stmt).scalars())
+    for row in due:
+        row.enqueued_at = now
+        session.add(row)
+    session.commit()  # the hand-off time is durable before the messages exist
+    for row in due:
+        enqueue_send(row.email_id)
+    return len(due)

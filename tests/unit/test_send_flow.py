@@ -1,0 +1,282 @@
+"""Sending end to end on the fake SMTP transport, the fake IMAP server and the StubBroker.
+
+The same scenarios run against aiosmtpd, Dovecot, PostgreSQL and RabbitMQ in
+tests/integration/test_send_dovecot.py; these are the fast twins.
+"""
+
+from __future__ import annotations
+
+import base64
+import email
+from collections.abc import Iterator
+from datetime import timedelta
+from email import policy
+from typing import Any
+
+import pytest
+from dramatiq import Worker
+from dramatiq.brokers.stub import StubBroker
+from sqlalchemy import select, update
+from sqlmodel import Session
+from starlette.testclient import TestClient
+
+from models import Delivery, Email, EmailAccount, EmailLink, EmailLocation, Outbox, TrackedLink, User, utcnow
+from models.db import get_engine
+from pipeline.actors.send import sweep_send_due
+from pipeline.clients.fake_imap import FakeImapServer, fake_connect
+from pipeline.clients.fake_smtp import FakeSmtpTransport
+from pipeline.clients.smtp import SmtpErrorKind
+from pipeline.connections import use_imap_connector, use_smtp_transport
+from tests.harness.flow import CRM, count, drain, make_account, make_org, seed_crm, tick
+from web.app import create_app
+
+HTML = ('<html><body><p>Hi Ada,</p><p><a href="https://engine.example/deck?a=1&amp;b=2">deck</a> '
+        '<a href="mailto:ada@engine.example">mail</a> <a href="#top">top</a></p></body></html>')
+
+
+@pytest.fixture
+def env(db: str, stub_broker: StubBroker, stub_worker: Worker, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+    monkeypatch.setenv("MAILPIPE_SEND_RETRY_BASE_SECONDS", "0.05")
+    from ops.settings import reset_settings
+
+    reset_settings()
+    imap_server = FakeImapServer("alice@example.test", "alicepass")
+    smtp = FakeSmtpTransport()
+    use_imap_connector(fake_connect(imap_server))
+    use_smtp_transport(smtp)
+    org_id, key = make_org()
+    seed_crm(org_id)
+    account_id = make_account(org_id)
+    with TestClient(create_app()) as client:
+        yield {"client": client, "h": {"Authorization": f"Bearer {key}"}, "imap": imap_server, "smtp": smtp,
+               "broker": stub_broker, "worker": stub_worker, "org_id": org_id, "account_id": account_id}
+
+
+def send(env: dict[str, Any], **body: Any) -> Any:
+    payload = {"account_id": env["account_id"], "to": [CRM["contact"][1]], "subject": "Proposal", "body_html": HTML, **body}
+    return env["client"].post("/api/v1/emails/send", json=payload, headers=env["h"])
+
+
+def settle(env: dict[str, Any]) -> None:
+    drain(env["broker"], env["worker"])
+
+
+def get(env: dict[str, Any], email_id: str) -> dict[str, Any]:
+    r = env["client"].get(f"/api/v1/emails/{email_id}", headers=env["h"])
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+class TestSend:
+    def test_tracked_copies_sent_copy_links_and_timeline(self, env: dict[str, Any]) -> None:
+        """One copy per recipient with its own pixel; Sent copy untracked with \\Seen; linked and on the timeline."""
+        r = send(env, to=[CRM["contact"][1], "Bob <bob@else.example>"], cc=[CRM["lead"][1]], bcc=["boss@acme.example"])
+        assert r.status_code == 202 and r.json()["status"] == "queued"
+        eid = r.json()["id"]
+        settle(env)
+        sends = env["smtp"].sends
+        assert sorted(rcpt for _, _, rcpts, _ in sends for rcpt in rcpts) == sorted(
+            [CRM["contact"][1], "bob@else.example", CRM["lead"][1], "boss@acme.example"])
+        pixels = set()
+        for _, _, rcpts, raw in sends:
+            msg = email.message_from_bytes(raw, policy=policy.default)
+            assert msg["Bcc"] is None and msg["X-Mailpipe-Email-Id"] == eid
+            html = msg.get_body(("html",)).get_content()
+            assert "mailto:ada@engine.example" in html and 'href="#top"' in html and "engine.example/deck" not in html
+            text = msg.get_body(("plain",)).get_content()
+            assert "https://engine.example/deck?a=1&b=2" in text and "/track/" not in text
+            pixels.update(p for p in html.split('"') if "/track/open/" in p)
+        assert len(pixels) == 4
+        data = get(env, eid)
+        assert data["status"] == "sent" and data["direction"] == "outbound" and data["bcc_emails"] == ["boss@acme.example"]
+        assert data["send"]["sent_copy"]["state"] == "done"
+        sent = env["imap"].folder("Sent")
+        assert len(sent.messages) == 1
+        (stored,) = sent.messages.values()
+        assert "\\Seen" in stored.flags and b"/track/" not in stored.raw
+        with Session(get_engine()) as s:
+            links = list(s.execute(select(TrackedLink).where(TrackedLink.email_id == eid)).scalars())
+            assert [lk.url for lk in links] == ["https://engine.example/deck?a=1&b=2"]
+            assert s.execute(select(EmailLocation).where(EmailLocation.email_id == eid)).scalar_one().folder == "Sent"
+            linked = {(lk.entity_type, lk.entity_id) for lk in s.execute(select(EmailLink).where(EmailLink.email_id == eid)).scalars()}
+        assert ("contact", CRM["contact"][0]) in linked and ("lead", CRM["lead"][0]) in linked
+        timeline = env["client"].get(f"/api/v1/crm/contacts/{CRM['contact'][0]}/timeline", headers=env["h"]).json()["items"]
+        assert [i["email_id"] for i in timeline] == [eid] and timeline[0]["direction"] == "outbound"
+        # The next sync sees the Sent copy as a second location of the same email, not a new one.
+        tick()
+        settle(env)
+        assert count(Email) == 1
+
+    def test_untracked_is_one_transaction(self, env: dict[str, Any]) -> None:
+        """Tracking off: one SMTP transaction for everyone, links untouched, no pixel."""
+        eid = send(env, to=["a@x.example", "b@x.example"], track_opens=False, track_clicks=False).json()["id"]
+        settle(env)
+        (only,) = env["smtp"].sends
+        assert only[2] == ("a@x.example", "b@x.example") and b"/track/" not in only[3]
+        assert get(env, eid)["status"] == "sent"
+
+    def test_user_opt_out_means_no_tracking(self, env: dict[str, Any]) -> None:
+        """A user who opted out sends mail with no pixel and no rewritten links."""
+        with Session(get_engine()) as s:
+            s.execute(update(User).values(tracking_opt_out=True))
+            s.commit()
+        send(env)
+        settle(env)
+        (only,) = env["smtp"].sends
+        assert b"/track/" not in only[3] and b"engine.example/deck" in only[3]
+
+    def test_attachment_and_marketing_headers(self, env: dict[str, Any]) -> None:
+        """A base64 attachment arrives intact; marketing mail carries a per-recipient one-click unsubscribe."""
+        pdf = b"%PDF-1.4\n" + bytes(range(256)) * 10
+        r = send(env, category="marketing", attachments=[{"filename": "q3.pdf", "content_type": "application/pdf",
+                                                           "content_base64": base64.b64encode(pdf).decode()}])
+        eid = r.json()["id"]
+        settle(env)
+        (only,) = env["smtp"].sends
+        msg = email.message_from_bytes(only[3], policy=policy.default)
+        (att,) = list(msg.iter_attachments())
+        assert att.get_filename() == "q3.pdf" and att.get_content() == pdf
+        assert msg["List-Unsubscribe-Post"] is None or msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        assert f"/unsubscribe/{eid}/" in msg["List-Unsubscribe"]
+        assert get(env, eid)["attachments"][0]["filename"] == "q3.pdf"
+
+
+class TestValidation:
+    def test_header_injection_and_bad_addresses_are_422(self, env: dict[str, Any]) -> None:
+        """CR/LF in a header value or a bad address is refused before anything is stored."""
+        r = send(env, subject="Hi\r\nBcc: victim@evil.example")
+        assert r.status_code == 422 and r.json()["error"]["code"] == "validation_error"
+        assert send(env, to=["not an address"]).status_code == 422
+        assert send(env, to=[]).status_code == 422
+        assert send(env, account_id="nope").status_code == 404
+        assert count(Email) == 0
+
+    def test_idempotency_key(self, env: dict[str, Any]) -> None:
+        """The same key twice → the same id and one delivery; another body with that key → 409."""
+        a = send(env, idempotency_key="k-1")
+        b = send(env, idempotency_key="k-1")
+        assert a.status_code == b.status_code == 202 and a.json()["id"] == b.json()["id"] and b.json()["created"] is False
+        settle(env)
+        assert len(env["smtp"].sends) == 1
+        assert send(env, idempotency_key="k-1", subject="other").status_code == 409
+
+
+class TestFailures:
+    def test_4xx_retries_then_sent(self, env: dict[str, Any]) -> None:
+        """451 twice then 250 → sent once after three attempts."""
+        env["smtp"].fail_with(451, "4.3.0 try later", stage="data", times=2)
+        eid = send(env, track_opens=False, track_clicks=False).json()["id"]
+        settle(env)
+        for _ in range(40):
+            tick()
+            settle(env)
+            if get(env, eid)["status"] == "sent":
+                break
+        data = get(env, eid)
+        assert data["status"] == "sent" and data["send"]["attempts"] == 3 and len(env["smtp"].sends) == 1
+
+    def test_5xx_fails_at_once(self, env: dict[str, Any]) -> None:
+        """550 → failed after one attempt with the server's code and words."""
+        env["smtp"].fail_with(550, "5.1.1 no such user", stage="rcpt")
+        eid = send(env, track_opens=False, track_clicks=False).json()["id"]
+        settle(env)
+        data = get(env, eid)
+        assert data["status"] == "failed" and data["error"]["smtp_code"] == 550 and "no such user" in data["error"]["message"]
+        assert data["send"]["attempts"] == 1
+
+    def test_crash_after_data_is_not_resent(self, env: dict[str, Any]) -> None:
+        """A delivery left in `data` (worker died after DATA) is reconciled as sent, never resent."""
+        eid = send(env, track_opens=False, track_clicks=False, send_at=(utcnow() + timedelta(hours=1)).isoformat()).json()["id"]
+        with Session(get_engine()) as s:
+            s.execute(update(Delivery).where(Delivery.email_id == eid).values(state="data", attempts=1))
+            s.execute(update(Outbox).where(Outbox.email_id == eid).values(state="sending", cap_reserved=True, send_at=None))
+            s.commit()
+        tick()
+        settle(env)
+        data = get(env, eid)
+        assert env["smtp"].sends == [] and data["status"] == "sent" and data["error"]["code"] == "delivery_unconfirmed"
+
+    def test_crash_before_data_is_sent(self, env: dict[str, Any]) -> None:
+        """A delivery left in `sending` (DATA never issued) is sent on the next run."""
+        eid = send(env, track_opens=False, track_clicks=False, send_at=(utcnow() + timedelta(hours=1)).isoformat()).json()["id"]
+        with Session(get_engine()) as s:
+            s.execute(update(Delivery).where(Delivery.email_id == eid).values(state="sending", attempts=1))
+            s.execute(update(Outbox).where(Outbox.email_id == eid).values(state="sending", cap_reserved=True, send_at=None))
+            s.commit()
+        tick()
+        settle(env)
+        assert len(env["smtp"].sends) == 1 and get(env, eid)["status"] == "sent"
+
+    def test_connection_error_retries(self, env: dict[str, Any]) -> None:
+        """A refused connection is retried, then the mail goes out."""
+        env["smtp"].raise_error(SmtpErrorKind.CONNECT, "connection refused", times=1)
+        eid = send(env, track_opens=False, track_clicks=False).json()["id"]
+        for _ in range(40):
+            settle(env)
+            tick()
+            if get(env, eid)["status"] == "sent":
+                break
+        assert get(env, eid)["status"] == "sent" and len(env["smtp"].sends) == 1
+
+
+class TestScheduleAndCaps:
+    def test_scheduled_fires_when_due_and_cancel(self, env: dict[str, Any]) -> None:
+        """send_at in the future → scheduled; due (time injected) → sent; a cancelled one never goes."""
+        later = utcnow() + timedelta(hours=2)
+        a = send(env, send_at=later.isoformat(), track_opens=False, track_clicks=False).json()
+        b = send(env, send_at=later.isoformat(), to=["b@x.example"], track_opens=False, track_clicks=False).json()
+        assert a["status"] == b["status"] == "scheduled"
+        assert env["client"].post(f"/api/v1/emails/{b['id']}/cancel", headers=env["h"]).json()["status"] == "cancelled"
+        tick()
+        settle(env)
+        assert env["smtp"].sends == []
+        with Session(get_engine()) as s:
+            sweep_send_due(s, later + timedelta(seconds=1))
+            s.commit()
+        settle(env)
+        assert len(env["smtp"].sends) == 1 and get(env, a["id"])["status"] == "sent"
+        assert get(env, b["id"])["status"] == "cancelled"
+        assert env["client"].post(f"/api/v1/emails/{a['id']}/cancel", headers=env["h"]).status_code == 409
+
+    def test_daily_cap_defers(self, env: dict[str, Any]) -> None:
+        """Over the account's cap, the email stays queued with deferred_until at the window's end."""
+        with Session(get_engine()) as s:
+            s.execute(update(EmailAccount).values(send_cap_per_day=2))
+            s.commit()
+        ids = [send(env, to=[f"r{i}@x.example"], track_opens=False, track_clicks=False).json()["id"] for i in range(3)]
+        settle(env)
+        states = [get(env, i) for i in ids]
+        assert [d["status"] for d in states] == ["sent", "sent", "queued"]
+        assert states[2]["send"]["deferred_until"] is not None and len(env["smtp"].sends) == 2
+        with Session(get_engine()) as s:  # a day later (moved back rather than waited for), the window opens
+            s.execute(update(EmailAccount).values(send_window_start=utcnow() - timedelta(hours=25)))
+            s.execute(update(Outbox).where(Outbox.email_id == ids[2]).values(deferred_until=None, next_attempt_at=None))
+            s.commit()
+        tick()
+        settle(env)
+        assert get(env, ids[2])["status"] == "sent" and len(env["smtp"].sends) == 3
+
+
+class TestReplyForward:
+    def test_reply_threads_and_forward_carries_attachments(self, env: dict[str, Any]) -> None:
+        """A reply has In-Reply-To/References and the quote; a forward includes the original's attachment."""
+        pdf = b"%PDF-1.4 original"
+        first = send(env, track_opens=False, track_clicks=False, attachments=[
+            {"filename": "a.pdf", "content_type": "application/pdf", "content_base64": base64.b64encode(pdf).decode()}]).json()["id"]
+        settle(env)
+        parent = get(env, first)
+        r = env["client"].post(f"/api/v1/emails/{first}/reply", headers=env["h"],
+                               json={"account_id": env["account_id"], "body_html": "<p>Following up</p>",
+                                     "track_opens": False, "track_clicks": False})
+        assert r.status_code == 202, r.text
+        f = env["client"].post(f"/api/v1/emails/{first}/forward", headers=env["h"],
+                               json={"account_id": env["account_id"], "to": ["fwd@x.example"], "note_html": "<p>FYI</p>",
+                                     "track_opens": False, "track_clicks": False})
+        assert f.status_code == 202, f.text
+        settle(env)
+        reply_msg = email.message_from_bytes(env["smtp"].sends[1][3], policy=policy.default)
+        assert reply_msg["In-Reply-To"] == f"<{parent['message_id']}>" and reply_msg["Subject"] == "Re: Proposal"
+        assert "wrote:" in reply_msg.get_body(("plain",)).get_content()
+        fwd = email.message_from_bytes(env["smtp"].sends[2][3], policy=policy.default)
+        assert fwd["Subject"] == "Fwd: Proposal" and [a.get_content() for a in fwd.iter_attachments()] == [pdf]
+        assert get(env, r.json()["id"])["thread_id"] == parent["thread_id"]
