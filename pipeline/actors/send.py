@@ -159,7 +159,8 @@ class _Run:
                 _guard(s, self.email_id, self.owner)
                 if not decision.allowed:
                     s.execute(update(Outbox).where(Outbox.email_id == self.email_id).values(
-                        state="queued", deferred_until=decision.deferred_until, next_attempt_at=decision.deferred_until))
+                        state="queued", deferred_until=decision.deferred_until, next_attempt_at=decision.deferred_until,
+                        enqueued_at=None))  # the sweep hands it over again when the window opens
                     s.execute(update(Email).where(Email.id == self.email_id).values(status="queued"))
                     s.commit()
                     metrics.SEND_DEFERRED.inc()
