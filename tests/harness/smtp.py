@@ -15,6 +15,7 @@ import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Self, cast
 
 from aiosmtpd.controller import Controller
@@ -60,6 +61,9 @@ class _Handler:
         self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
     ) -> str:
         """Accept a recipient unless a failure is scripted for RCPT."""
+        hook = self._server.on_rcpt
+        if hook is not None:  # test hook: runs before the recipient is answered
+            hook(address)
         failure = self._server._take_failure("rcpt")
         if failure is not None:
             return failure
@@ -73,7 +77,10 @@ class _Handler:
         if failure is not None:
             return failure
         raw = envelope.original_content or b""
-        self._server._record(envelope.mail_from or "", list(envelope.rcpt_tos), raw)
+        self._server._record(envelope.mail_from or "", list(envelope.rcpt_tos), raw, tls=session.ssl is not None)
+        hook = self._server.on_message
+        if hook is not None:  # test hook: runs after the message is stored, before the 250 goes out
+            hook(envelope.mail_from or "", list(envelope.rcpt_tos), raw)
         return "250 Message accepted for delivery"
 
     async def auth_XOAUTH2(self, server: SMTP, args: list[str]) -> AuthResult:
@@ -122,6 +129,9 @@ class SmtpServer:
         self.users: dict[str, str] = dict(users or {})
         self.tokens: dict[str, str] = dict(tokens or {})
         self.messages: list[tuple[str, list[str], bytes]] = []
+        self.tls: list[bool] = []  # per accepted message: whether the session was encrypted
+        self.on_message: Callable[[str, list[str], bytes], None] | None = None
+        self.on_rcpt: Callable[[str], None] | None = None
         self.logins: list[tuple[str, str]] = []
         self.implicit_tls = implicit_tls
         self._host = host
@@ -224,10 +234,11 @@ class SmtpServer:
                     self._failure = None
             return f"{failure.code} {failure.text}"
 
-    def _record(self, mail_from: str, rcpt_tos: list[str], raw: bytes) -> None:
+    def _record(self, mail_from: str, rcpt_tos: list[str], raw: bytes, *, tls: bool = False) -> None:
         """Store one accepted message."""
         with self._lock:
             self.messages.append((mail_from, rcpt_tos, raw))
+            self.tls.append(tls)
 
     def _note_login(self, mechanism: str, user: str) -> None:
         """Store one successful login."""

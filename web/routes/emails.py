@@ -120,8 +120,10 @@ def email_json(s: Session, e: Email, base_url: str) -> dict[str, Any]:
     by_type: dict[str, list[str]] = {"contact": [], "lead": [], "account": [], "opportunity": []}
     for link in links:
         by_type.setdefault(link.entity_type, []).append(link.entity_id)
+    send = send_json(s, e)
     return {
         **summary_json(e),
+        "send_at": send["send_at"] if send else None, "deferred_until": send["deferred_until"] if send else None,
         "bcc_emails": e.bcc_emails, "body_text": e.body_text, "body_html": e.body_html,
         "in_reply_to": e.in_reply_to, "references": e.references,
         "attachments": [{"id": d.id, "filename": d.document_name, "content_type": d.document_file_mimeType, "size": d.size,
@@ -132,7 +134,7 @@ def email_json(s: Session, e: Email, base_url: str) -> dict[str, Any]:
                   "details": [{"entity_type": link.entity_type, "entity_id": link.entity_id, "how": link.how} for link in links]},
         "tracking": {"open_count": e.open_count, "click_count": e.click_count, "first_open_at": iso(e.first_open_at),
                      "last_open_at": iso(e.last_open_at)},
-        "template_id": e.template_id, "notion_page_url": e.notion_page_url, "send": send_json(s, e),
+        "template_id": e.template_id, "notion_page_url": e.notion_page_url, "send": send,
         "parse_error": e.parse_error, "defects": e.defects, "error": e.error,
     }
 
