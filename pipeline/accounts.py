@@ -14,7 +14,8 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlmodel import Session
 
-from models import Document, Email, EmailAccount, EmailAddress, EmailLink, EmailLocation, FolderState, new_id, normalize_email, utcnow
+from models import (Delivery, Document, Email, EmailAccount, EmailAddress, EmailLink, EmailLocation, FolderState, Outbox, TrackedLink,
+                    TrackingEvent, new_id, normalize_email, utcnow)
 from ops.keys import seal
 from pipeline.clients import imap
 from pipeline.connections import smtp_probe, tls_context, use_imap_connector  # noqa: F401  (re-exported for tests)
@@ -138,7 +139,9 @@ def erase_account_mail(session: Session, account_id: str) -> list[str]:
     keys = [k for k in session.execute(select(Email.raw_key).where(Email.account_id == account_id)).scalars() if k]
     for chunk in (email_ids[i : i + 500] for i in range(0, len(email_ids), 500)):
         keys += list(session.execute(select(Document.storage_key).where(Document.email_id.in_(chunk))).scalars())  # type: ignore[attr-defined]
-        for model in (Document, EmailLink, EmailAddress, EmailLocation):
+        for atts in session.execute(select(Outbox.attachments).where(Outbox.email_id.in_(chunk))).scalars():  # type: ignore[attr-defined]
+            keys += [a["key"] for a in atts if str(a.get("key", "")).startswith("outbox/")]  # forwarded files belong to others
+        for model in (Document, EmailLink, EmailAddress, EmailLocation, Delivery, Outbox, TrackedLink, TrackingEvent):
             session.execute(delete(model).where(model.email_id.in_(chunk)))  # type: ignore[attr-defined]
         session.execute(delete(Email).where(Email.id.in_(chunk)))  # type: ignore[attr-defined]
     session.execute(delete(FolderState).where(FolderState.account_id == account_id))

@@ -12,7 +12,7 @@ from web.api import ApiRouter, openapi_document
 from web.auth import ApiKeyAuth
 from web.errors import exception_handlers
 from web.guard import RejectNul
-from web.routes import accounts, crm, emails, health, notifications, org, send
+from web.routes import accounts, crm, emails, health, notifications, org, send, unsubscribe
 
 __all__ = ["create_app"]
 
@@ -21,7 +21,7 @@ VERSION = "0.1.0"
 
 def routers() -> list[ApiRouter]:
     """Every router, in matching order."""
-    return [health.router, org.router, crm.router, accounts.router, send.router, emails.router, notifications.router]
+    return [health.router, org.router, crm.router, accounts.router, send.router, emails.router, notifications.router, unsubscribe.router]
 
 
 def create_app() -> Starlette:

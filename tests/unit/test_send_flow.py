@@ -20,7 +20,7 @@ from sqlalchemy import select, update
 from sqlmodel import Session
 from starlette.testclient import TestClient
 
-from models import Delivery, Email, EmailAccount, EmailLink, EmailLocation, Outbox, TrackedLink, User, utcnow
+from models import Delivery, Email, EmailAccount, EmailLink, EmailLocation, Outbox, Suppression, TrackedLink, User, utcnow
 from models.db import get_engine
 from pipeline.actors.send import sweep_send_due
 from pipeline.clients.fake_imap import FakeImapServer, fake_connect
@@ -280,3 +280,56 @@ class TestReplyForward:
         fwd = email.message_from_bytes(env["smtp"].sends[2][3], policy=policy.default)
         assert fwd["Subject"] == "Fwd: Proposal" and [a.get_content() for a in fwd.iter_attachments()] == [pdf]
         assert get(env, r.json()["id"])["thread_id"] == parent["thread_id"]
+
+
+class TestUnsubscribeAndErase:
+    def test_one_click_unsubscribe_suppresses_later_marketing(self, env: dict[str, Any]) -> None:
+        """The List-Unsubscribe URL: GET only asks, POST (one-click) unsubscribes; forged → 404; later marketing skips them."""
+        c = env["client"]
+        eid = send(env, category="marketing", track_opens=False, track_clicks=False).json()["id"]
+        settle(env)
+        msg = email.message_from_bytes(env["smtp"].sends[0][3], policy=policy.default)
+        url = msg["List-Unsubscribe"].strip("<>").split(">")[0]
+        path = url[url.index("/unsubscribe/"):]
+        assert c.get(path).status_code == 200 and count(Suppression) == 0
+        assert c.post(path[:-4] + "0000", data={"List-Unsubscribe": "One-Click"}).status_code == 404
+        r = c.post(path, data={"List-Unsubscribe": "One-Click"})
+        assert r.status_code == 200 and count(Suppression) == 1
+        again = send(env, category="marketing", track_opens=False, track_clicks=False).json()["id"]
+        settle(env)
+        assert len(env["smtp"].sends) == 1
+        data = get(env, again)
+        assert data["status"] == "failed" and data["error"]["code"] == "all_suppressed"
+        sales = send(env, track_opens=False, track_clicks=False).json()["id"]  # sales mail is not marketing
+        settle(env)
+        assert get(env, sales)["status"] == "sent" and len(env["smtp"].sends) == 2
+        assert get(env, eid)["status"] == "sent"
+
+    def test_erase_account_removes_outbound_rows(self, env: dict[str, Any]) -> None:
+        """Deleting a mailbox with erase=true also removes its outbound mail, deliveries and tracked links."""
+        send(env)
+        settle(env)
+        assert count(Outbox) == 1 and count(TrackedLink) == 1
+        r = env["client"].delete(f"/api/v1/accounts/{env['account_id']}?erase=true", headers=env["h"])
+        assert r.status_code == 204, r.text
+        assert count(Outbox) == 0 and count(Delivery) == 0 and count(TrackedLink) == 0 and count(Email) == 0
+
+
+class TestLostMessages:
+    def test_a_send_whose_message_was_lost_goes_out_on_a_later_tick(self, env: dict[str, Any]) -> None:
+        """The database is the source of truth: a send whose broker message vanished is re-swept."""
+        env["worker"].pause()
+        eid = send(env, track_opens=False, track_clicks=False).json()["id"]
+        env["broker"].flush_all()  # the in-memory broker restarted: the message is gone
+        env["worker"].resume()
+        settle(env)
+        assert env["smtp"].sends == [] and get(env, eid)["status"] == "queued"
+        tick()  # handed over moments ago: not yet re-sent
+        settle(env)
+        assert env["smtp"].sends == []
+        with Session(get_engine()) as s:  # ... a few minutes later
+            s.execute(update(Outbox).values(enqueued_at=utcnow() - timedelta(minutes=3)))
+            s.commit()
+        tick()
+        settle(env)
+        assert get(env, eid)["status"] == "sent" and len(env["smtp"].sends) == 1
