@@ -1,0 +1,268 @@
+"""Send benchmark: mailpipe's API → SMTP 250 path against a raw aiosmtplib loop, in the same run.
+
+Starts a local aiosmtpd submission server (STARTTLS + AUTH, like a real provider's port 587), then:
+
+1. baseline: aiosmtplib connects, STARTTLS, AUTH PLAIN, sends one composed message and QUITs —
+   the same work per message mailpipe's send actor does — first one at a time (latency), then
+   ``--concurrency`` at a time (throughput);
+2. mailpipe: the Starlette app under uvicorn on a free port, the send actor on an in-process
+   Dramatiq worker (embedded: SQLite + in-memory broker) or on a ``mailpipe worker`` process
+   (``--distributed``: PostgreSQL + RabbitMQ); each message is a real ``POST /api/v1/emails/send``
+   over HTTP, and its latency runs until the SMTP server has accepted it (250). Tracking is on
+   (one pixel, three rewritten links), the email is stored and then linked by the ingest chain.
+
+Prints p50/p99 latency and sends/second for both, and the ratios. Usage::
+
+    .venv/bin/python bench/send.py                      # embedded, 200 latency + 1000 throughput sends
+    .venv/bin/python bench/send.py --distributed --concurrency 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import aiosmtplib  # noqa: E402
+import httpx  # noqa: E402
+
+from tests.harness.certs import make_self_signed  # noqa: E402
+from tests.harness.ports import free_port  # noqa: E402
+from tests.harness.smtp import SmtpServer  # noqa: E402
+
+USER, PASSWORD = "bench@example.test", "benchpass"
+HTML = ("<html><body><p>Hi {i},</p><p>Here is <a href=\"https://example.com/deck?id={i}\">the deck</a>, "
+        "<a href=\"https://example.com/pricing\">pricing</a> and <a href=\"https://example.com/demo\">a demo slot</a>.</p>"
+        "<p>" + "Lorem ipsum dolor sit amet, consectetur adipiscing elit. " * 20 + "</p></body></html>")
+_EMAIL_ID = re.compile(rb"X-Mailpipe-Email-Id: ([A-Za-z0-9]+)")
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def baseline(server: SmtpServer, cafile: Path, latency_n: int, n: int, concurrency: int) -> dict[str, float]:
+    """Raw aiosmtplib: one connection per message, STARTTLS and AUTH each time."""
+    from pipeline.stages.compose import Draft, compose
+
+    ctx = ssl.create_default_context(cafile=str(cafile))
+    raws = [compose(Draft(from_email=USER, from_name="Bench", to=(f"r{i}@bench.example",), subject=f"Note {i}",
+                          html=HTML.format(i=i)))[0] for i in range(max(latency_n, n))]
+
+    async def one(i: int) -> float:
+        t0 = time.perf_counter()
+        client = aiosmtplib.SMTP(hostname=server.host, port=server.port, start_tls=False, tls_context=ctx,
+                                 local_hostname="bench.local")
+        await client.connect()
+        await client.starttls()
+        await client.login(USER, PASSWORD)
+        await client.sendmail(USER, [f"r{i}@bench.example"], raws[i])
+        await client.quit()
+        return time.perf_counter() - t0
+
+    async def run() -> dict[str, float]:
+        lat = [await one(i) for i in range(latency_n)]
+        sem = asyncio.Semaphore(concurrency)
+
+        async def bounded(i: int) -> None:
+            async with sem:
+                await one(i)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(bounded(i) for i in range(n)))
+        return {"p50_ms": pct(lat, 0.5) * 1000, "p99_ms": pct(lat, 0.99) * 1000, "sends_per_s": n / (time.perf_counter() - t0)}
+
+    return asyncio.run(run())
+
+
+def _serve_app(port: int) -> Any:
+    import uvicorn
+
+    from web.app import create_app
+
+    config = uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return server, thread
+
+
+def mailpipe(server: SmtpServer, cafile: Path, workdir: Path, latency_n: int, n: int, concurrency: int,
+             distributed: bool) -> dict[str, float]:
+    from ops.crypto import generate_key_entry
+
+    env = {"MAILPIPE_SECRET_KEYS": generate_key_entry("bench"), "MAILPIPE_STORAGE_URL": f"file://{workdir / 'store'}",
+           "MAILPIPE_SEND_CAP_PER_DAY": str(10 * (n + latency_n) + 100), "SSL_CERT_FILE": str(cafile),
+           "MAILPIPE_LOG_LEVEL": "WARNING"}
+    contexts: list[Any] = []
+    if distributed:
+        from tests.harness.services import pg_database, rabbit_vhost
+
+        pg, vhost = pg_database("mailpipe_bench"), rabbit_vhost("mailpipe_bench")
+        contexts += [vhost, pg]
+        env["MAILPIPE_DATABASE_URL"] = pg.__enter__()
+        env["MAILPIPE_BROKER_URL"] = vhost.__enter__()
+    else:
+        env["MAILPIPE_DATABASE_URL"] = f"sqlite:///{workdir / 'bench.db'}"
+    os.environ.update(env)
+    from models.db import reset_engine
+    from ops.keys import reset_keyring
+    from ops.settings import reset_settings
+
+    reset_settings(), reset_engine(), reset_keyring()
+    accepted: dict[str, float] = {}
+    server.on_message = lambda _f, _r, raw: accepted.setdefault(
+        (m.group(1).decode() if (m := _EMAIL_ID.search(raw)) else ""), time.perf_counter())
+    procs: list[subprocess.Popen[bytes]] = []
+    worker = app = None
+    try:
+        from sqlmodel import Session
+
+        from models.db import get_engine
+        from ops.migrate import upgrade
+        from pipeline import accounts as svc
+        from pipeline.broker import build_broker, use_broker
+        from tests.harness.flow import make_org
+
+        upgrade(env["MAILPIPE_DATABASE_URL"])
+        import pipeline.actors  # noqa: F401
+
+        broker = use_broker(build_broker(env.get("MAILPIPE_BROKER_URL")))
+        org_id, key = make_org("bench")
+        with Session(get_engine()) as s:
+            ep = svc.Endpoint(server.host, server.port, "starttls", USER, PASSWORD)
+            acct = svc.create_account(s, org_id=org_id, user_id="u1", provider="imap", email=USER, imap_ep=ep, smtp_ep=ep)
+            acct.saves_sent_copy, acct.next_fetch_at = True, None  # no IMAP server here: no Sent copy, no sync
+            s.add(acct)
+            s.commit()
+            account_id = acct.id
+        if distributed:
+            exe = str(Path(sys.executable).with_name("mailpipe"))
+            procs.append(subprocess.Popen([exe, "worker", "-p", "1", "-t", str(concurrency), "-Q", "send", "-Q", "pipeline",
+                                           "-Q", "notify"], env={**os.environ}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            time.sleep(3)
+        else:
+            from dramatiq import Worker
+
+            broker.emit_after("process_boot")
+            worker = Worker(broker, worker_threads=concurrency, worker_timeout=20)
+            worker.start()
+        port = free_port("127.0.0.1")
+        app, _thread = _serve_app(port)
+        headers = {"Authorization": f"Bearer {key}"}
+
+        def body(i: int) -> dict[str, Any]:
+            return {"account_id": account_id, "to": [f"r{i}@bench.example"], "subject": f"Note {i}", "body_html": HTML.format(i=i)}
+
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=60) as client:
+            client.post("/api/v1/emails/send", json=body(-1)).raise_for_status()  # warm-up
+            _wait(accepted, 1)
+            lat = []
+            for i in range(latency_n):
+                t0 = time.perf_counter()
+                r = client.post("/api/v1/emails/send", json=body(i))
+                r.raise_for_status()
+                eid = r.json()["id"]
+                deadline = time.monotonic() + 60
+                while eid not in accepted and time.monotonic() < deadline:
+                    time.sleep(0.0005)
+                lat.append(accepted[eid] - t0)
+            before = len(accepted)
+            t0 = time.perf_counter()
+            ids = []
+            lock = threading.Lock()
+
+            def post_range(start: int) -> None:
+                with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=60) as c:
+                    for i in range(start, n, concurrency):
+                        rr = c.post("/api/v1/emails/send", json=body(latency_n + i))
+                        rr.raise_for_status()
+                        with lock:
+                            ids.append(rr.json()["id"])
+
+            posters = [threading.Thread(target=post_range, args=(k,)) for k in range(concurrency)]
+            for t in posters:
+                t.start()
+            for t in posters:
+                t.join()
+            _wait(accepted, before + n, timeout=600)
+            elapsed = max(accepted[i] for i in ids) - t0
+        return {"p50_ms": pct(lat, 0.5) * 1000, "p99_ms": pct(lat, 0.99) * 1000, "sends_per_s": n / elapsed}
+    finally:
+        server.on_message = None
+        if app is not None:
+            app.should_exit = True
+        if worker is not None:
+            worker.stop()
+        for p in procs:
+            p.terminate()
+            p.wait(30)
+        from models.db import reset_engine
+
+        reset_engine()
+        for ctx in contexts:
+            ctx.__exit__(None, None, None)
+
+
+def _wait(accepted: dict[str, float], count: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while len(accepted) < count:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {len(accepted)} of {count} messages reached the SMTP server")
+        time.sleep(0.01)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--latency-n", type=int, default=200, help="sends measured one at a time (default 200)")
+    ap.add_argument("--n", type=int, default=1000, help="sends in the throughput phase (default 1000)")
+    ap.add_argument("--concurrency", type=int, default=4, help="concurrent sends: baseline tasks and worker threads (default 4)")
+    ap.add_argument("--distributed", action="store_true", help="PostgreSQL + RabbitMQ + a `mailpipe worker` process")
+    ap.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="mailpipe-bench-send-"))
+    cert, key = make_self_signed(work / "tls")
+    server = SmtpServer(users={USER: PASSWORD}, cert_path=cert, key_path=key)
+    server.start()
+    try:
+        base = baseline(server, cert, args.latency_n, args.n, args.concurrency)
+        server.messages.clear()
+        mp = mailpipe(server, cert, work, args.latency_n, args.n, args.concurrency, args.distributed)
+    finally:
+        server.close()
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+    result = {"mode": "distributed" if args.distributed else "embedded", "latency_n": args.latency_n, "n": args.n,
+              "concurrency": args.concurrency,
+              "baseline": {k: round(v, 2) for k, v in base.items()}, "mailpipe": {k: round(v, 2) for k, v in mp.items()},
+              "ratio_sends_per_s": round(mp["sends_per_s"] / base["sends_per_s"], 3),
+              "ratio_p50": round(mp["p50_ms"] / base["p50_ms"], 3)}
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"mode: {result['mode']}; {args.latency_n} sends one at a time, then {args.n} with concurrency {args.concurrency}")
+    print(f"raw aiosmtplib (connect+STARTTLS+AUTH+send): p50 {base['p50_ms']:7.2f} ms  p99 {base['p99_ms']:7.2f} ms  {base['sends_per_s']:7.1f} sends/s")
+    print(f"mailpipe API call -> SMTP 250:               p50 {mp['p50_ms']:7.2f} ms  p99 {mp['p99_ms']:7.2f} ms  {mp['sends_per_s']:7.1f} sends/s")
+    print(f"ratio mailpipe/baseline: sends/s {result['ratio_sends_per_s']:.3f}, p50 latency {result['ratio_p50']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
