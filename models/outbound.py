@@ -55,6 +55,7 @@ class Outbox(SQLModel, table=True):
     lease_owner: str | None = Field(default=None, max_length=64)
     sent_copy: str = Field(default="pending", max_length=16)
     sent_copy_error: str | None = Field(default=None, max_length=2000)
+    sent_copy_attempts: int = 0
     sync_after: bool = False
     created_at: datetime = ts_field(default_factory=utcnow, nullable=False)
     updated_at: datetime = ts_field(default_factory=utcnow, nullable=False)

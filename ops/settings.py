@@ -73,6 +73,7 @@ class Settings(BaseSettings):
     sync_rate_per_hour: int = 1000
     send_cap_per_day: int = 2000
     send_retry_base_seconds: float = 30.0
+    send_data_grace_seconds: float = 180.0
     log_level: str = "INFO"
     log_json: bool = False
 
@@ -137,7 +138,7 @@ class Settings(BaseSettings):
             return v
         raise ValueError("must be file:///path or s3://bucket?endpoint_url=...&region=...")
 
-    @field_validator("send_retry_base_seconds")
+    @field_validator("send_retry_base_seconds", "send_data_grace_seconds")
     @classmethod
     def _positive_float(cls, v: float) -> float:
         if v <= 0:

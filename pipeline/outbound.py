@@ -92,9 +92,9 @@ def _existing(s: Session, org_id: str, key: str, fingerprint: str) -> Submitted 
     return Submitted(row.email_id, status, False)
 
 
-def _attachment_bytes(s: Session, org_id: str, items: list[dict[str, Any]]) -> list[tuple[dict[str, Any], bytes | None]]:
-    """(descriptor, new bytes to store or None when it already lives in storage) per attachment."""
-    out: list[tuple[dict[str, Any], bytes | None]] = []
+def _attachment_bytes(s: Session, org_id: str, items: list[dict[str, Any]]) -> list[tuple[dict[str, Any], bytes, bool]]:
+    """(descriptor, bytes, whether the bytes still have to be stored) per attachment."""
+    out: list[tuple[dict[str, Any], bytes, bool]] = []
     total = 0
     storage = get_storage()
     for i, item in enumerate(items):
@@ -102,15 +102,16 @@ def _attachment_bytes(s: Session, org_id: str, items: list[dict[str, Any]]) -> l
             doc = s.get(Document, item["attachment_id"])
             if doc is None or doc.org_id != org_id:
                 raise SendRejected(404, "not_found", f"attachments[{i}]: attachment {item['attachment_id']!r} not found")
+            total += doc.size
+            if total > MAX_ATTACHMENT_BYTES:
+                break
             try:
-                if not storage.exists(doc.storage_key):
-                    raise StorageError("missing")
+                content = storage.get(doc.storage_key)
             except StorageError:
                 raise SendRejected(422, "validation_error", f"attachments[{i}]: the stored file is missing") from None
-            total += doc.size
             out.append(({"filename": item.get("filename") or doc.document_name,
                          "content_type": item.get("content_type") or doc.document_file_mimeType,
-                         "key": doc.storage_key, "content_id": item.get("content_id")}, None))
+                         "key": doc.storage_key, "content_id": item.get("content_id")}, content, False))
         else:
             try:
                 content = base64.b64decode(item.get("content_base64") or "", validate=True)
@@ -119,9 +120,11 @@ def _attachment_bytes(s: Session, org_id: str, items: list[dict[str, Any]]) -> l
             total += len(content)
             out.append(({"filename": item.get("filename") or "attachment",
                          "content_type": item.get("content_type") or "application/octet-stream",
-                         "key": None, "content_id": item.get("content_id")}, content))
+                         "key": None, "content_id": item.get("content_id")}, content, True))
         if total > MAX_ATTACHMENT_BYTES:
-            raise SendRejected(413, "payload_too_large", f"attachments exceed {MAX_ATTACHMENT_BYTES // (1024 * 1024)} MiB in total")
+            break
+    if total > MAX_ATTACHMENT_BYTES:
+        raise SendRejected(413, "payload_too_large", f"attachments exceed {MAX_ATTACHMENT_BYTES // (1024 * 1024)} MiB in total")
     return out
 
 
@@ -191,10 +194,7 @@ def submit(org_id: str, req: Outgoing, *, now: datetime | None = None) -> Submit
             in_reply_to, references = reply_headers(parent.message_id, parent.references)
         email_id = new_id()
         atts = _attachment_bytes(s, org_id, req.attachments)
-        outgoing = tuple(OutgoingAttachment(d["filename"], d["content_type"], content if content is not None else b"", d["content_id"])
-                         for d, content in atts)
-        # Check everything compose checks before anything is stored (attachment bytes of stored
-        # documents are read at send time; here a placeholder stands in for them).
+        outgoing = tuple(OutgoingAttachment(d["filename"], d["content_type"], content, d["content_id"]) for d, content, _ in atts)
         draft_json: dict[str, Any] = {
             "email_id": email_id, "from_email": account.email, "from_name": user.name if user else None,
             "to": list(req.to), "cc": list(req.cc), "bcc": list(req.bcc), "subject": subject, "html": html, "text": text,
@@ -202,23 +202,20 @@ def submit(org_id: str, req: Outgoing, *, now: datetime | None = None) -> Submit
             "date": (req.send_at or now).isoformat(),
         }
         base_draft = draft_from_json(draft_json, outgoing)
-        _, message_id = _compose_or_422(base_draft)
+        # Everything is checked (addresses, header injection, sizes) before anything is stored.
+        base_raw, message_id = _compose_or_422(base_draft)
         draft_json["message_id"] = message_id
         if text is None and html is not None:
             text = html_to_text(html)
-        try:
-            rcpts = envelope_recipients(base_draft)
-        except ComposeError as exc:
-            raise SendRejected(422, "validation_error", str(exc)) from None
-        # Attachment bytes go to storage first; the rows that point at them commit after.
+        rcpts = envelope_recipients(base_draft)
+        # Attachment bytes and the canonical message go to storage first; the rows that point at them commit after.
         stored: list[dict[str, Any]] = []
-        for i, (desc, content) in enumerate(atts):
-            if content is not None:
+        for i, (desc, content, new) in enumerate(atts):
+            if new:
                 key = f"outbox/{email_id}/{i}-{hashlib.sha256(content).hexdigest()[:16]}"
                 storage.put(key, content, desc["content_type"])
                 desc = {**desc, "key": key}
             stored.append(desc)
-        base_raw, _ = compose(draft_from_json(draft_json, tuple(load_attachments(stored))))
         base_key = f"raw/{account.id}/outbound-{email_id}.eml"
         storage.put(base_key, base_raw, "message/rfc822")
 
@@ -255,12 +252,12 @@ def submit(org_id: str, req: Outgoing, *, now: datetime | None = None) -> Submit
             off = p.tracked_for is not None and (normalize_email(p.tracked_for) or "") in suppressed
             s.add(Delivery(email_id=email_id, seq=seq, recipients=list(p.recipients), tracked_for=p.tracked_for,
                            state="suppressed" if off else "pending", updated_at=now))
-        if template_id:
-            from sqlalchemy import update
-
-            s.execute(update(Template).where(Template.id == template_id).values(
-                usage_count=Template.usage_count + 1, last_used_at=now))
         try:
+            if template_id:
+                from sqlalchemy import update
+
+                s.execute(update(Template).where(Template.id == template_id).values(
+                    usage_count=Template.usage_count + 1, last_used_at=now))
             s.commit()
         except IntegrityError:
             s.rollback()

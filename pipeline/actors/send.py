@@ -32,11 +32,12 @@ from ops.settings import get_settings
 from pipeline.actors import ingest
 from pipeline.broker import actor
 from pipeline.clients.smtp import SmtpError
-from pipeline.clients.storage import get_storage
+from ops.crypto import DecryptError
+from pipeline.clients.storage import StorageError, get_storage
 from pipeline.outbound import draft_from_json, load_attachments
 from pipeline.scheduler import register_sweep
 from pipeline.stages import outbound as plan
-from pipeline.stages.compose import compose
+from pipeline.stages.compose import ComposeError, compose
 from pipeline.stages.smtp_reply import SmtpVerdict
 from pipeline.stages.tracking import inject, recipient_hash
 
@@ -47,6 +48,8 @@ log = structlog.get_logger("mailpipe.send")
 LEASE = timedelta(minutes=5)
 REQUEUE_AFTER = timedelta(minutes=2)  # a queued email not claimed by then is handed to the broker again
 EARLY_TOLERANCE = timedelta(seconds=1)  # a delayed retry message may arrive a hair before its time
+MAX_RUNS = 12  # runs that crash on something unexpected before the email is failed (not retried forever)
+SENT_COPY_ATTEMPTS = 5
 
 
 class LeaseLost(Exception):
@@ -79,7 +82,8 @@ def _claim(email_id: str, owner: str, now: datetime) -> bool:
                 Outbox.state.in_(("queued", "sending"))  # type: ignore[attr-defined]
                 & or_(Outbox.next_attempt_at.is_(None), Outbox.next_attempt_at <= now + EARLY_TOLERANCE)  # type: ignore[union-attr,operator]
                 & or_(Outbox.deferred_until.is_(None), Outbox.deferred_until <= now + EARLY_TOLERANCE),  # type: ignore[union-attr,operator]
-                (Outbox.state == "sent") & Outbox.sent_copy.in_(("pending", "appending")),  # type: ignore[attr-defined]
+                (Outbox.state == "sent") & Outbox.sent_copy.in_(("pending", "appending"))  # type: ignore[attr-defined]
+                & or_(Outbox.next_attempt_at.is_(None), Outbox.next_attempt_at <= now + EARLY_TOLERANCE),  # type: ignore[union-attr,operator]
             ),
             or_(Outbox.lease_until.is_(None), Outbox.lease_until < now,  # type: ignore[union-attr]
                 Outbox.lease_owner.startswith(f"{message_id}:", autoescape=True)),  # type: ignore[union-attr]
@@ -139,8 +143,8 @@ class _Run:
             elif not self._take_slot():
                 return
             else:
-                self._reconcile()
-                self._deliver()
+                if self._reconcile():
+                    self._deliver()
         if self.outbox.state == "sent" and self.outbox.sent_copy in ("pending", "appending"):
             self._sent_copy()
 
@@ -155,7 +159,8 @@ class _Run:
             with Session(get_engine()) as s:
                 row = s.execute(select(EmailAccount.send_window_start, EmailAccount.send_window_count)
                                 .where(EmailAccount.id == self.account.id)).one()
-                decision = plan.reserve(plan.SendWindow(row.send_window_start, row.send_window_count), now=now, cap=cap)
+                decision = plan.reserve(plan.SendWindow(row.send_window_start, row.send_window_count), now=now, cap=cap,
+                                        n=max(1, sum(1 for d in self.deliveries if d.state != "suppressed")))
                 _guard(s, self.email_id, self.owner)
                 if not decision.allowed:
                     s.execute(update(Outbox).where(Outbox.email_id == self.email_id).values(
@@ -182,24 +187,44 @@ class _Run:
                 return True
         raise RuntimeError("could not reserve a send slot (contention)")
 
-    def _reconcile(self) -> None:
-        """Settle deliveries a crashed run left in ``data``: never resend what the server may have."""
+    def _reconcile(self) -> bool:
+        """Settle deliveries a crashed run left in ``data``: never resend what the server may have.
+
+        False when one is too recent to judge: the run that issued DATA may still be waiting for the
+        reply (a redelivery can overlap a live run), so this run steps back until the grace passes.
+        """
         open_data = [d for d in self.deliveries if d.state == "data"]
         if not open_data:
-            return
-        assert self.account is not None
-        keeps_copy = bool(self.account.saves_sent_copy)
-        found: bool | None = None
-        if keeps_copy:
-            found = self._in_sent_folder()
+            return True
+        now = utcnow()
+        grace = timedelta(seconds=self.settings.send_data_grace_seconds)
+        recent = [d for d in open_data if d.updated_at is not None and d.updated_at > now - grace]
+        if recent:
+            wait_until = max(d.updated_at for d in recent) + grace
+            with Session(get_engine()) as s:
+                _guard(s, self.email_id, self.owner)
+                s.execute(update(Outbox).where(Outbox.email_id == self.email_id).values(next_attempt_at=wait_until))
+                s.commit()
+            enqueue_send(self.email_id, delay_ms=int((wait_until - now).total_seconds() * 1000) + 50)
+            log.info("send_reconcile_later", email_id=self.email_id, until=str(wait_until))
+            return False
+        found = self._confirmed_in_sent()
         for d in open_data:
-            verdict = plan.reconcile(d.state, provider_keeps_copy=keeps_copy, found_in_sent=found)
-            state = {"sent": "sent", "unconfirmed": "unconfirmed", "resend": "retry"}[verdict]
-            self._record(d, state=state, entry={"event": "reconciled", "outcome": verdict,
-                                                "reason": "found in Sent" if found else "Sent checked: absent" if found is False
-                                                else "outcome unknown after a crash during DATA"},
-                         accepted=list(d.recipients) if state in ("sent", "unconfirmed") else [])
+            verdict = plan.reconcile(d.state, found_in_sent=found)
+            self._record(d, state=verdict, entry={"event": "reconciled", "outcome": verdict,
+                                                  "reason": "found in the provider's Sent folder" if found
+                                                  else "outcome unknown after a crash during DATA"},
+                         accepted=list(d.recipients))
             log.warning("send_reconciled", email_id=self.email_id, delivery=d.seq, outcome=verdict)
+        return True
+
+    def _confirmed_in_sent(self) -> bool | None:
+        """Whether the provider's own Sent copy proves delivery (only meaningful for a single copy:
+        per-recipient copies share one Message-ID)."""
+        assert self.account is not None
+        if not self.account.saves_sent_copy or len(self.deliveries) != 1:
+            return None
+        return self._in_sent_folder()
 
     def _in_sent_folder(self) -> bool | None:
         """Whether the provider's Sent folder holds our Message-ID (None when it cannot be checked)."""
@@ -225,6 +250,8 @@ class _Run:
         from pipeline.connections import smtp_settings, smtp_transport
 
         assert self.account is not None
+        if self.outbox.category == "marketing":
+            self._suppress()
         todo = [d for d in self.deliveries if d.state in ("pending", "sending", "retry")]
         if todo:
             try:
@@ -242,6 +269,20 @@ class _Run:
                         s.commit()
                 self._attempt(d, transport, settings, copy.raw)
         self._settle()
+
+    def _suppress(self) -> None:
+        """Skip recipients who unsubscribed after the email was accepted (scheduled or retried mail)."""
+        from models import Suppression, normalize_email
+
+        wanted = {normalize_email(d.tracked_for) or d.tracked_for: d for d in self.deliveries
+                  if d.tracked_for and d.state in ("pending", "sending", "retry")}
+        if not wanted:
+            return
+        with Session(get_engine()) as s:
+            gone = set(s.execute(select(Suppression.address_norm).where(
+                Suppression.org_id == self.outbox.org_id, Suppression.address_norm.in_(list(wanted)))).scalars())  # type: ignore[attr-defined]
+        for address in gone:
+            self._record(wanted[address], state="suppressed", entry={"event": "suppressed", "reason": "unsubscribed"})
 
     def _attempt(self, d: Delivery, transport: Any, settings: Any, raw: bytes) -> None:
         attempt = d.attempts + 1
@@ -264,6 +305,11 @@ class _Run:
                 return
             verdict, refused, accepted = exc.verdict, {}, []
         outcome = plan.attempt_outcome(verdict.outcome, attempt)
+        if outcome == "sent":
+            later = [r for r, v in result.refused.items() if plan.attempt_outcome(v.outcome, attempt) == "retry"]
+            if later:  # accepted for some; the temporarily refused get a transaction of their own
+                self._split(d, later, attempt)
+                refused = {r: v for r, v in refused.items() if r not in later}
         metrics.SEND_ATTEMPTS.labels(outcome).inc()
         self._record(d, state=outcome, smtp_code=verdict.code, smtp_message=verdict.message[:4000],
                      error_code=verdict.error_code or None, accepted=accepted, refused=refused,
@@ -271,20 +317,28 @@ class _Run:
                             "message": verdict.message[:500]})
         log.info("send_attempt", email_id=self.email_id, delivery=d.seq, attempt=attempt, outcome=outcome, code=verdict.code)
 
+    def _split(self, d: Delivery, recipients: list[str], attempts: int) -> None:
+        """A new delivery for recipients a server deferred (4xx) inside an accepted transaction."""
+        seq = max(x.seq for x in self.deliveries) + 1
+        now = utcnow()
+        row = Delivery(email_id=self.email_id, seq=seq, recipients=recipients, tracked_for=d.tracked_for, state="retry",
+                       attempts=attempts, updated_at=now,
+                       log=[{"at": now.isoformat(), "event": "split", "from": d.seq, "reason": "deferred by the server"}])
+        with Session(get_engine(), expire_on_commit=False) as s:
+            _guard(s, self.email_id, self.owner)
+            s.add(row)
+            s.commit()
+        self.deliveries.append(row)
+
     def _reconcile_now(self, d: Delivery, exc: SmtpError) -> None:
-        assert self.account is not None
-        keeps_copy = bool(self.account.saves_sent_copy)
-        found = self._in_sent_folder() if keeps_copy else None
-        verdict = plan.reconcile("data", provider_keeps_copy=keeps_copy, found_in_sent=found)
-        state = {"sent": "sent", "unconfirmed": "unconfirmed", "resend": "retry"}[verdict]
-        self._record(d, state=state, smtp_message=exc.message[:4000],
-                     accepted=list(d.recipients) if state != "retry" else [],
+        verdict = plan.reconcile("data", found_in_sent=self._confirmed_in_sent())
+        self._record(d, state=verdict, smtp_message=exc.message[:4000], accepted=list(d.recipients),
                      entry={"event": "connection_lost_after_data", "outcome": verdict, "message": exc.message[:500]})
 
     def _settle(self) -> None:
         """Final status when every delivery is final; otherwise schedule the next retry."""
         rows = [(d.state, d.smtp_code, d.smtp_message, d.error_code, d.recipients) for d in self.deliveries]
-        summary = plan.summarize(rows)
+        summary = plan.summarize(rows, refused=[r for d in self.deliveries if d.state == "sent" for r in d.refused])
         now = utcnow()
         if summary is None:
             attempts = max((d.attempts for d in self.deliveries if d.state == "retry"), default=1)
@@ -335,8 +389,11 @@ class _Run:
         raw = get_storage().get(self.outbox.base_key)
         try:
             session = open_imap(self.account)
-        except (ImapError, ValueError) as exc:
-            self._sent_copy_done("failed", f"{getattr(exc, 'kind', 'config')}: {getattr(exc, 'message', exc)}")
+        except ImapError as exc:
+            self._sent_copy_retry(exc)
+            return
+        except ValueError as exc:
+            self._sent_copy_done("failed", f"configuration: {exc}")
             return
         try:
             folder = _sent_folder(session)
@@ -353,7 +410,7 @@ class _Run:
                     found = session.search_header(folder, "Message-ID", self.email.message_id or "")
                     where = (session.status(folder).uidvalidity, found[-1]) if found else None
         except ImapError as exc:
-            self._sent_copy_done("failed", f"{exc.kind.value}: {exc.message}")
+            self._sent_copy_retry(exc)
             return
         finally:
             session.close()
@@ -367,6 +424,26 @@ class _Run:
             s.commit()
         log.info("sent_copy_saved", email_id=self.email_id, folder=folder, uid=where[1] if where else None)
 
+    def _sent_copy_retry(self, exc: Any) -> None:
+        """A network-type IMAP failure is retried with backoff (the sweep brings it back); others fail."""
+        from pipeline.clients.imap import ImapErrorKind
+
+        reason = f"{exc.kind.value}: {exc.message}"
+        tries = self.outbox.sent_copy_attempts + 1
+        transient = exc.kind in (ImapErrorKind.CONNECT, ImapErrorKind.TIMEOUT, ImapErrorKind.DNS, ImapErrorKind.PROTOCOL)
+        if not transient or tries >= SENT_COPY_ATTEMPTS + 1:
+            self._sent_copy_done("failed", f"{reason} (after {tries} attempts)" if transient else reason)
+            return
+        wait = plan.backoff(tries, max(self.settings.send_retry_base_seconds, 1.0))
+        with Session(get_engine()) as s:
+            _guard(s, self.email_id, self.owner)
+            s.execute(update(Outbox).where(Outbox.email_id == self.email_id).values(
+                sent_copy="appending", sent_copy_error=reason, sent_copy_attempts=tries,
+                next_attempt_at=utcnow() + wait, enqueued_at=utcnow()))
+            s.commit()
+        enqueue_send(self.email_id, delay_ms=int(wait.total_seconds() * 1000))
+        log.warning("sent_copy_retry", email_id=self.email_id, error=reason, wait=wait.total_seconds())
+
     def _sent_copy_done(self, state: str, error: str | None) -> None:
         with Session(get_engine()) as s:
             _guard(s, self.email_id, self.owner)
@@ -377,7 +454,12 @@ class _Run:
     # -- helpers ---------------------------------------------------------------------------------
 
     def _copy(self, d: Delivery) -> _Copy:
-        """Compose this delivery's copy: the stored draft, with its recipient's pixel and tracked links."""
+        """Compose this delivery's copy: the stored draft, with its recipient's pixel and tracked links.
+
+        A copy for nobody in particular (tracking off) is the canonical message itself, byte for byte.
+        """
+        if d.tracked_for is None:
+            return _Copy(get_storage().get(self.outbox.base_key), [])
         if self._attachments is None:
             self._attachments = load_attachments(self.outbox.attachments)
         draft = self.outbox.draft
@@ -386,9 +468,9 @@ class _Run:
         public = self.settings.public_url
         keyring = get_keyring()
         if d.tracked_for is not None:
-            rhash = recipient_hash(partial(keyring.sign, "open"), self.email_id, d.tracked_for)
             if self.outbox.category == "marketing":
-                changes["unsubscribe_url"] = f"{public.rstrip('/')}/unsubscribe/{self.email_id}/{rhash}"
+                uhash = recipient_hash(partial(keyring.sign, "unsubscribe"), self.email_id, d.tracked_for)
+                changes["unsubscribe_url"] = f"{public.rstrip('/')}/unsubscribe/{self.email_id}/{uhash}"
             if draft.get("html") is not None and (self.outbox.track_opens or self.outbox.track_clicks):
                 injected = inject(
                     draft["html"], email_id=self.email_id, recipient=d.tracked_for, public_url=public,
@@ -422,7 +504,9 @@ class _Run:
 
     def _fail_all(self, code: str, message: str) -> None:
         for d in self.deliveries:
-            if d.state not in plan.FINAL_DELIVERY_STATES:
+            if d.state == "data":  # the server may have it: never claim it failed
+                self._record(d, state="unconfirmed", accepted=list(d.recipients), entry={"event": "unconfirmed", "reason": message})
+            elif d.state not in plan.FINAL_DELIVERY_STATES:
                 self._record(d, state="failed", error_code=code, smtp_message=message, entry={"event": "failed", "reason": message})
         self._settle()
 
@@ -443,13 +527,34 @@ def send_email(email_id: str) -> None:
     if not _claim(email_id, owner, utcnow()):
         log.debug("send_dropped", email_id=email_id, reason="nothing due or another run holds it")
         return
+    run: _Run | None = None
     try:
-        _Run(email_id, owner).run()
+        run = _Run(email_id, owner)
+        run.run()
     except LeaseLost:
         log.info("send_superseded", email_id=email_id)
-        return
+    except (StorageError, DecryptError, ComposeError) as exc:  # retrying cannot help: fail with the reason
+        _give_up(run, email_id, owner, "internal_error", f"{type(exc).__name__}: {exc}")
+    except Exception as exc:
+        if run is not None and run.outbox.runs >= MAX_RUNS:
+            _give_up(run, email_id, owner, "internal_error", f"gave up after {run.outbox.runs} runs: {type(exc).__name__}")
+        else:
+            raise  # Dramatiq retries; the sweep hands it over again later
     finally:
         _release(email_id, owner)
+
+
+def _give_up(run: _Run | None, email_id: str, owner: str, code: str, message: str) -> None:
+    """Fail an email's open deliveries (possibly-delivered ones become unconfirmed) and log why."""
+    log.error("send_gave_up", email_id=email_id, code=code, reason=message)
+    try:
+        run = run or _Run(email_id, owner)
+        if run.outbox.state in ("queued", "sending"):
+            run._fail_all(code, message)
+        elif run.outbox.state == "sent":
+            run._sent_copy_done("failed", message)
+    except LeaseLost:
+        pass
 
 
 @register_sweep("send_due")
@@ -467,23 +572,23 @@ def sweep_send_due(session: Session, now: datetime) -> int:
                         .values(state="queued", next_attempt_at=None, updated_at=now))
         session.execute(update(Email).where(Email.id.in_(released), Email.status == "scheduled")  # type: ignore[attr-defined]
                         .values(status="queued"))
-    stmt = select(Outbox).where(
+    stmt = select(Outbox.email_id).where(
         or_(
             Outbox.state.in_(("queued", "sending"))  # type: ignore[attr-defined]
             & or_(Outbox.next_attempt_at.is_(None), Outbox.next_attempt_at <= now)  # type: ignore[union-attr,operator]
             & or_(Outbox.deferred_until.is_(None), Outbox.deferred_until <= now),  # type: ignore[union-attr,operator]
-            (Outbox.state == "sent") & Outbox.sent_copy.in_(("pending", "appending")),  # type: ignore[attr-defined]
+            (Outbox.state == "sent") & Outbox.sent_copy.in_(("pending", "appending"))  # type: ignore[attr-defined]
+            & or_(Outbox.next_attempt_at.is_(None), Outbox.next_attempt_at <= now),  # type: ignore[union-attr,operator]
         ),
         or_(Outbox.lease_until.is_(None), Outbox.lease_until < now),  # type: ignore[union-attr]
         or_(Outbox.enqueued_at.is_(None), Outbox.enqueued_at < now - REQUEUE_AFTER, Outbox.email_id.in_(released)),  # type: ignore[union-attr,operator,attr-defined]
     ).order_by(Outbox.created_at).limit(1000)
     if is_postgres(session.get_bind()):  # type: ignore[arg-type]
         stmt = stmt.with_for_update(skip_locked=True, key_share=True)
-    due = list(session.execute(stmt).scalars())
-    for row in due:
-        row.enqueued_at = now
-        session.add(row)
+    due = list(session.execute(stmt).scalars())  # ids only: drafts can be megabytes
+    if due:
+        session.execute(update(Outbox).where(Outbox.email_id.in_(due)).values(enqueued_at=now))  # type: ignore[attr-defined]
     session.commit()  # the hand-off time is durable before the messages exist
-    for row in due:
-        enqueue_send(row.email_id)
+    for email_id in due:
+        enqueue_send(email_id)
     return len(due)

@@ -105,30 +105,31 @@ class CapDecision:
     deferred_until: datetime | None = None
 
 
-def reserve(window: SendWindow, *, now: datetime, cap: int) -> CapDecision:
-    """Take one message slot in the window, opening a new window when the old one has passed."""
+def reserve(window: SendWindow, *, now: datetime, cap: int, n: int = 1) -> CapDecision:
+    """Take ``n`` message slots (one per SMTP transaction) in the window, all or none, opening a new
+    window when the old one has passed. More than a whole window's worth is allowed into an empty
+    window, so a large email is never deferred forever."""
     if window.start is None or now >= window.start + WINDOW:
         window = SendWindow(now, 0)
-    if window.count >= cap:
+    if window.count > 0 and window.count + n > cap:
         assert window.start is not None
         return CapDecision(False, window, window.start + WINDOW)
-    return CapDecision(True, SendWindow(window.start, window.count + 1))
+    return CapDecision(True, SendWindow(window.start, window.count + n))
 
 
-def reconcile(state: str, *, provider_keeps_copy: bool, found_in_sent: bool | None) -> str:
+def reconcile(state: str, *, found_in_sent: bool | None) -> str:
     """What to do with a delivery a crashed run left behind: "resend", "sent" or "unconfirmed".
 
     ``sending``/``retry``/``pending``: the DATA command was never issued, so the server cannot have
     the message: send it. ``data``: DATA was issued and its reply never recorded, so the server may
-    have delivered it. A provider that files submitted mail in Sent itself answers the question
-    (``found_in_sent``): there → sent, absent → it was not accepted, resend. Otherwise the outcome
-    cannot be known; it is recorded as "unconfirmed" (shown as sent with a warning), never resent.
+    have delivered it. Only a positive answer is trusted: a provider that files accepted mail in
+    Sent itself and shows our Message-ID there (``found_in_sent``) confirms it was sent. Absence
+    proves nothing (the copy may not be indexed yet), so the delivery is recorded as "unconfirmed"
+    (shown as sent with a warning) and never resent.
     """
     if state != "data":
         return "resend"
-    if provider_keeps_copy and found_in_sent is not None:
-        return "sent" if found_in_sent else "resend"
-    return "unconfirmed"
+    return "sent" if found_in_sent else "unconfirmed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,11 +140,14 @@ class Summary:
     error: dict[str, object] | None
 
 
-def summarize(deliveries: Sequence[tuple[str, int | None, str | None, str | None, Sequence[str]]]) -> Summary | None:
+def summarize(deliveries: Sequence[tuple[str, int | None, str | None, str | None, Sequence[str]]],
+              refused: Sequence[str] = ()) -> Summary | None:
     """Status from (state, smtp_code, smtp_message, error_code, recipients) per delivery; None while any is open.
 
     All delivered → "sent". None delivered → "failed" with the first failure's code and text.
-    Some delivered → "sent" with ``error.code = "partial_failure"`` naming who did not get it.
+    Some delivered → "sent" with ``error.code = "partial_failure"`` naming who did not get it
+    (failed transactions plus ``refused``: recipients a server turned away for good inside a
+    transaction that others got).
     Unconfirmed deliveries count as sent and add ``delivery_unconfirmed`` when nothing failed.
     """
     if any(state not in FINAL_DELIVERY_STATES for state, *_ in deliveries):
@@ -157,9 +161,9 @@ def summarize(deliveries: Sequence[tuple[str, int | None, str | None, str | None
             return Summary("failed", {"code": error_code or "send_failed", "message": message or "the server refused the message",
                                       "smtp_code": code})
         return Summary("failed", {"code": "all_suppressed", "message": "every recipient unsubscribed", "smtp_code": None})
-    if failed:
-        who = [r for d in failed for r in d[4]]
-        state, code, message, error_code, _ = failed[0]
+    if failed or refused:
+        who = [r for d in failed for r in d[4]] + [r for r in refused if r not in {x for d in failed for x in d[4]}]
+        state, code, message, error_code, _ = failed[0] if failed else ("failed", None, "recipient refused", None, ())
         return Summary("sent", {"code": "partial_failure", "message": f"not delivered to {', '.join(who)}: {message or error_code}",
                                 "smtp_code": code, "failed_recipients": who})
     unconfirmed = [r for d in delivered if d[0] == "unconfirmed" for r in d[4]]

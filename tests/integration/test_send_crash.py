@@ -40,7 +40,9 @@ def crash_env(fresh_pg_url: str, amqp_url: str, dovecot: Dovecot, dovecot_user: 
     upgrade(fresh_pg_url)
     env = {"MAILPIPE_DATABASE_URL": fresh_pg_url, "MAILPIPE_BROKER_URL": amqp_url,
            "MAILPIPE_SECRET_KEYS": generate_key_entry("crash"), "MAILPIPE_STORAGE_URL": f"file://{tmp_path / 'store'}",
-           "MAILPIPE_SEND_RETRY_BASE_SECONDS": "0.2", "SSL_CERT_FILE": str(test_certs[0])}
+           "MAILPIPE_SEND_RETRY_BASE_SECONDS": "0.2", "SSL_CERT_FILE": str(test_certs[0]),
+           # The killed run cannot still be waiting for a reply; the default grace (180 s) would only slow the test.
+           "MAILPIPE_SEND_DATA_GRACE_SECONDS": "1"}
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     tls_context.cache_clear()

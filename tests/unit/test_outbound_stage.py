@@ -72,21 +72,27 @@ class TestCaps:
         later = reserve(window, now=NOW + timedelta(hours=24), cap=500)
         assert later.allowed and later.window == SendWindow(NOW + timedelta(hours=24), 1)
 
+    def test_one_slot_per_smtp_transaction(self) -> None:
+        """A tracked email to three people is three messages; an oversized one still gets an empty window."""
+        assert reserve(SendWindow(NOW, 498), now=NOW, cap=500, n=3).allowed is False
+        assert reserve(SendWindow(NOW, 497), now=NOW, cap=500, n=3).window == SendWindow(NOW, 500)
+        assert reserve(SendWindow(None, 0), now=NOW, cap=2, n=5).allowed is True
+
 
 class TestReconcile:
     @pytest.mark.parametrize("state", ["pending", "sending", "retry"])
     def test_before_data_is_resent(self, state: str) -> None:
         """The server never saw DATA: sending again cannot duplicate."""
-        assert reconcile(state, provider_keeps_copy=False, found_in_sent=None) == "resend"
+        assert reconcile(state, found_in_sent=None) == "resend"
 
-    def test_after_data_is_never_blindly_resent(self) -> None:
-        assert reconcile("data", provider_keeps_copy=False, found_in_sent=None) == "unconfirmed"
-        assert reconcile("data", provider_keeps_copy=True, found_in_sent=None) == "unconfirmed"
+    @pytest.mark.parametrize("found", [None, False])
+    def test_after_data_is_never_blindly_resent(self, found: bool | None) -> None:
+        """Absent from Sent proves nothing (not indexed yet): unconfirmed, not resent."""
+        assert reconcile("data", found_in_sent=found) == "unconfirmed"
 
-    def test_provider_sent_copy_decides(self) -> None:
-        """Gmail/Outlook file what they accepted in Sent: present → sent, absent → resend."""
-        assert reconcile("data", provider_keeps_copy=True, found_in_sent=True) == "sent"
-        assert reconcile("data", provider_keeps_copy=True, found_in_sent=False) == "resend"
+    def test_provider_sent_copy_confirms(self) -> None:
+        """Gmail/Outlook file what they accepted in Sent: present → sent."""
+        assert reconcile("data", found_in_sent=True) == "sent"
 
 
 class TestSummarize:
@@ -101,6 +107,11 @@ class TestSummarize:
         summary = summarize([("failed", 550, "5.1.1 no such user", "mailbox_unavailable", ["a"])])
         assert summary is not None and summary.status == "failed"
         assert summary.error == {"code": "mailbox_unavailable", "message": "5.1.1 no such user", "smtp_code": 550}
+
+    def test_refused_inside_an_accepted_transaction_is_a_partial_failure(self) -> None:
+        summary = summarize([("sent", 250, "ok", None, ["a", "b"])], refused=["b"])
+        assert summary is not None and summary.status == "sent" and summary.error is not None
+        assert summary.error["failed_recipients"] == ["b"]
 
     def test_partial_failure_names_who(self) -> None:
         summary = summarize([("sent", 250, "ok", None, ["a"]), ("failed", 550, "nope", "mailbox_unavailable", ["b"])])

@@ -188,13 +188,33 @@ class TestFailures:
         """A delivery left in `data` (worker died after DATA) is reconciled as sent, never resent."""
         eid = send(env, track_opens=False, track_clicks=False, send_at=(utcnow() + timedelta(hours=1)).isoformat()).json()["id"]
         with Session(get_engine()) as s:
-            s.execute(update(Delivery).where(Delivery.email_id == eid).values(state="data", attempts=1))
+            s.execute(update(Delivery).where(Delivery.email_id == eid).values(state="data", attempts=1,
+                                                                              updated_at=utcnow() - timedelta(hours=1)))
             s.execute(update(Outbox).where(Outbox.email_id == eid).values(state="sending", cap_reserved=True, send_at=None))
             s.commit()
         tick()
         settle(env)
         data = get(env, eid)
         assert env["smtp"].sends == [] and data["status"] == "sent" and data["error"]["code"] == "delivery_unconfirmed"
+
+    def test_a_recent_data_delivery_waits_out_the_grace(self, env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+        """A `data` delivery younger than the grace may belong to a live run still awaiting the reply:
+        a redelivered message steps back, then reconciles once the grace has passed."""
+        monkeypatch.setenv("MAILPIPE_SEND_DATA_GRACE_SECONDS", "0.5")
+        from ops.settings import reset_settings
+
+        reset_settings()
+        eid = send(env, track_opens=False, track_clicks=False, send_at=(utcnow() + timedelta(hours=1)).isoformat()).json()["id"]
+        with Session(get_engine()) as s:
+            s.execute(update(Delivery).where(Delivery.email_id == eid).values(state="data", attempts=1, updated_at=utcnow()))
+            s.execute(update(Outbox).where(Outbox.email_id == eid).values(state="sending", cap_reserved=True, send_at=None))
+            s.commit()
+        tick()
+        with Session(get_engine()) as s:
+            assert s.execute(select(Delivery.state).where(Delivery.email_id == eid)).scalar_one() == "data"
+        settle(env)
+        data = get(env, eid)
+        assert env["smtp"].sends == [] and data["status"] == "sent" and data["send"]["deliveries"][0]["state"] == "unconfirmed"
 
     def test_crash_before_data_is_sent(self, env: dict[str, Any]) -> None:
         """A delivery left in `sending` (DATA never issued) is sent on the next run."""
@@ -206,6 +226,30 @@ class TestFailures:
         tick()
         settle(env)
         assert len(env["smtp"].sends) == 1 and get(env, eid)["status"] == "sent"
+
+    def test_recipients_refused_inside_an_accepted_transaction(self, env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+        """One transaction, b deferred (450) and c refused (550): a gets it now, b in its own retry, c is reported."""
+        monkeypatch.setenv("MAILPIPE_SEND_RETRY_BASE_SECONDS", "1")
+        from ops.settings import reset_settings
+
+        reset_settings()
+        env["smtp"].refuse("b@x.example", 450, "4.2.1 mailbox busy")
+        env["smtp"].refuse("c@x.example", 550, "5.1.1 no such user")
+        eid = send(env, to=["a@x.example", "b@x.example", "c@x.example"], track_opens=False, track_clicks=False).json()["id"]
+        from tests.harness.wait import wait_until
+
+        wait_until(lambda: count(Delivery, Delivery.email_id == eid) == 2, 10, what="the first attempt")  # the retry waits 1 s
+        assert [r for _, _, rcpts, _ in env["smtp"].sends for r in rcpts] == ["a@x.example"]
+        env["smtp"].accept("b@x.example")
+        for _ in range(40):
+            tick()
+            settle(env)
+            if get(env, eid)["status"] == "sent":
+                break
+        data = get(env, eid)
+        assert [r for _, _, rcpts, _ in env["smtp"].sends for r in rcpts] == ["a@x.example", "b@x.example"]
+        assert data["status"] == "sent" and data["error"]["code"] == "partial_failure"
+        assert data["error"]["failed_recipients"] == ["c@x.example"]
 
     def test_connection_error_retries(self, env: dict[str, Any]) -> None:
         """A refused connection is retried, then the mail goes out."""

@@ -7,9 +7,9 @@ actor; they answer 202 with the email id before any SMTP traffic. Errors are 4xx
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, StringConstraints, field_validator, model_validator
 from sqlalchemy import select
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
@@ -25,9 +25,6 @@ from web.errors import ApiError
 from web.validation import Body, parse_body
 
 router = ApiRouter("sending")
-
-Address = Field(min_length=1, max_length=998)
-
 
 class AttachmentIn(Body):
     """A file given inline (base64) or by the id of an attachment mailpipe already stores."""
@@ -49,8 +46,8 @@ class AttachmentIn(Body):
 
 class _Common(Body):
     account_id: str = Field(min_length=1, max_length=24)
-    cc: list[str] = Field(default_factory=list, max_length=100)
-    bcc: list[str] = Field(default_factory=list, max_length=100)
+    cc: list[Annotated[str, StringConstraints(max_length=998)]] = Field(default_factory=list, max_length=100)
+    bcc: list[Annotated[str, StringConstraints(max_length=998)]] = Field(default_factory=list, max_length=100)
     attachments: list[AttachmentIn] = Field(default_factory=list, max_length=50)
     send_at: datetime | None = None
     track_opens: bool = True
@@ -68,7 +65,7 @@ class _Common(Body):
 
 
 class SendIn(_Common):
-    to: list[str] = Field(default_factory=list, max_length=100)
+    to: list[Annotated[str, StringConstraints(max_length=998)]] = Field(min_length=1, max_length=100)
     subject: str = Field(default="", max_length=998)
     body_html: str | None = Field(default=None, max_length=5_000_000)
     body_text: str | None = Field(default=None, max_length=5_000_000)
@@ -86,7 +83,7 @@ class ReplyIn(_Common):
 
 
 class ForwardIn(_Common):
-    to: list[str] = Field(min_length=1, max_length=100)
+    to: list[Annotated[str, StringConstraints(max_length=998)]] = Field(min_length=1, max_length=100)
     note_html: str | None = Field(default=None, max_length=5_000_000)
     include_attachments: bool = True
 

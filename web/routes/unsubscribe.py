@@ -3,7 +3,7 @@
 ``GET`` shows a confirmation page with a button (a link prefetcher or scanner must not
 unsubscribe anyone); ``POST`` unsubscribes: it is the RFC 8058 one-click target named by
 ``List-Unsubscribe-Post: List-Unsubscribe=One-Click`` and the page's form target. The hash is the
-recipient HMAC of the email's per-recipient copy, so a forged or unknown link changes nothing
+recipient HMAC (its own "unsubscribe" key purpose, not the pixel's) of a marketing email's per-recipient copy, so a forged or unknown link changes nothing
 and answers 404. An unsubscribed address is skipped by the organization's later marketing sends.
 """
 
@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
-from models import Delivery, Email, Suppression, normalize_email
+from models import Delivery, Outbox, Suppression, normalize_email
 from models.db import get_engine
 from models.upsert import insert_ignore
 from ops.keys import get_keyring
@@ -34,9 +34,9 @@ _PAGE = ("<!doctype html><html><head><meta charset=\"utf-8\"><meta name=\"viewpo
 
 def _recipient(email_id: str, rhash: str) -> tuple[str, str] | None:
     """(org_id, address) whose copy of this email carries ``rhash``, or None."""
-    verify = partial(get_keyring().verify, "open")
+    verify = partial(get_keyring().verify, "unsubscribe")
     with Session(get_engine()) as s:
-        org_id = s.execute(select(Email.org_id).where(Email.id == email_id)).scalar_one_or_none()
+        org_id = s.execute(select(Outbox.org_id).where(Outbox.email_id == email_id, Outbox.category == "marketing")).scalar_one_or_none()
         if org_id is None:
             return None
         for address in s.execute(select(Delivery.tracked_for).where(Delivery.email_id == email_id,

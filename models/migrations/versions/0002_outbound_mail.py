@@ -76,6 +76,7 @@ def upgrade() -> None:
     sa.Column('lease_owner', sa.String(length=64), nullable=True),
     sa.Column('sent_copy', sa.String(length=16), nullable=False),
     sa.Column('sent_copy_error', sa.String(length=2000), nullable=True),
+    sa.Column('sent_copy_attempts', sa.Integer(), nullable=False),
     sa.Column('sync_after', sa.Boolean(), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
