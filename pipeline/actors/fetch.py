@@ -265,6 +265,8 @@ class _Syncer:
         now = utcnow()
         with Session(get_engine()) as s:
             _renew(s, acct.id, self.owner)  # first, so a deleted/disabled/taken-over mailbox stores nothing
+            if gmail:
+                _adopt_sent(s, acct.id, rows, locations)
             created = insert_ignore(s, Email, rows, ["account_id", "dedupe_key"])
             keys = [r["dedupe_key"] for r in rows]
             ids = dict(s.execute(select(Email.dedupe_key, Email.id).where(Email.account_id == acct.id,
@@ -291,6 +293,23 @@ class _Syncer:
         metrics.EMAILS_SYNCED.labels(choice.role).inc(created)
         if pending:
             ingest.start_chain(pending)
+
+
+def _adopt_sent(s: Session, account_id: str, rows: list[dict[str, Any]], locations: list[tuple[str, FetchedMessage]]) -> None:
+    """Gmail files what we sent in its own Sent/All Mail copy, keyed by X-GM-MSGID; give such a copy
+    the key of the outbound email we already have (same Message-ID), so it becomes a location of
+    that email instead of a second one."""
+    mids = [r["message_id"] for r in rows if r["message_id"] and r["dedupe_key"].startswith("gm:")]
+    if not mids:
+        return
+    ours = dict(s.execute(select(Email.message_id, Email.dedupe_key).where(
+        Email.account_id == account_id, Email.direction == "outbound", Email.message_id.in_(mids),  # type: ignore[union-attr]
+        Email.dedupe_key.not_like("gm:%"))).all())  # type: ignore[union-attr]
+    for i, row in enumerate(rows):
+        key = ours.get(row["message_id"])
+        if key is not None and row["dedupe_key"].startswith("gm:"):
+            locations[i] = (key, locations[i][1])
+            row["dedupe_key"] = key
 
 
 @actor(actor_name="fetch.account", queue_name="fetch", max_retries=3, min_backoff=2_000, max_backoff=60_000,

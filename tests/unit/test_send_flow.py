@@ -377,3 +377,34 @@ class TestLostMessages:
         tick()
         settle(env)
         assert get(env, eid)["status"] == "sent" and len(env["smtp"].sends) == 1
+
+
+class TestGmail:
+    def test_gmails_own_sent_copy_is_a_location_not_a_second_email(self, db: str, stub_broker: StubBroker,
+                                                                    stub_worker: Worker) -> None:
+        """Gmail saves what it sent itself (no APPEND from us); syncing that copy, keyed by X-GM-MSGID,
+        adds a location to our outbound email instead of creating a second one."""
+        srv = FakeImapServer("alice@example.test", "alicepass", gmail=True)
+        smtp = FakeSmtpTransport()
+        use_imap_connector(fake_connect(srv))
+        use_smtp_transport(smtp)
+        org_id, key = make_org()
+        seed_crm(org_id)
+        with TestClient(create_app()) as c:
+            h = {"Authorization": f"Bearer {key}"}
+            body = {"user_id": "u1", "provider": "gmail", "email": "alice@example.test",
+                    "imap": {"password": "alicepass"}, "smtp": {"password": "alicepass"}}
+            acct = c.post("/api/v1/accounts", json=body, headers=h).json()
+            assert acct["saves_sent_copy"] is True
+            eid = c.post("/api/v1/emails/send", headers=h, json={"account_id": acct["id"], "to": [CRM["contact"][1]],
+                                                                 "subject": "Hi", "body_text": "Hello"}).json()["id"]
+            drain(stub_broker, stub_worker)
+            ((_, _, _, raw),) = smtp.sends
+            assert srv.folder("[Gmail]/Sent Mail").messages == {}  # we did not APPEND
+            srv.seed("[Gmail]/All Mail", raw, flags=["\\Seen"], gm_msgid=1_400_000_000_000_000_001, gm_thrid=77)
+            c.post(f"/api/v1/accounts/{acct['id']}/sync", headers=h)
+            tick()
+            drain(stub_broker, stub_worker)
+            assert count(Email) == 1
+            with Session(get_engine()) as s:
+                assert s.execute(select(EmailLocation.folder).where(EmailLocation.email_id == eid)).scalar_one() == "[Gmail]/All Mail"
