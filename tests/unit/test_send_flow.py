@@ -20,7 +20,7 @@ from sqlalchemy import select, update
 from sqlmodel import Session
 from starlette.testclient import TestClient
 
-from models import Delivery, Email, EmailAccount, EmailLink, EmailLocation, Outbox, Suppression, TrackedLink, User, utcnow
+from models import Delivery, Email, EmailAccount, EmailLink, EmailLocation, Outbox, Suppression, TrackedLink, utcnow
 from models.db import get_engine
 from pipeline.actors.send import sweep_send_due
 from pipeline.clients.fake_imap import FakeImapServer, fake_connect
@@ -117,9 +117,9 @@ class TestSend:
 
     def test_user_opt_out_means_no_tracking(self, env: dict[str, Any]) -> None:
         """A user who opted out sends mail with no pixel and no rewritten links."""
-        with Session(get_engine()) as s:
-            s.execute(update(User).values(tracking_opt_out=True))
-            s.commit()
+        r = env["client"].put("/api/v1/users/u1", headers=env["h"],
+                              json={"name": "Alice Seller", "email": "alice@example.test", "tracking_opt_out": True})
+        assert r.status_code == 200 and r.json()["tracking_opt_out"] is True
         send(env)
         settle(env)
         (only,) = env["smtp"].sends

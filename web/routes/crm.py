@@ -57,6 +57,7 @@ class UserIn(Body):
     name: LongName
     email: str
     phone: Annotated[str, StringConstraints(max_length=64)] | None = None
+    tracking_opt_out: bool = False  # mail this user sends carries no pixel and no rewritten links
 
     @field_validator("email")
     @classmethod
