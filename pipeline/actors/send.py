@@ -13,6 +13,8 @@ records intent (``appending``) first and looks for the message before appending 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
@@ -20,7 +22,7 @@ from typing import Any
 
 import structlog
 from dramatiq.middleware import CurrentMessage
-from sqlalchemy import or_, select, update
+from sqlalchemy import or_, select, text, update
 from sqlmodel import Session
 
 from models import Delivery, Email, EmailAccount, EmailLocation, Outbox, TrackedLink, new_id, utcnow
@@ -75,7 +77,7 @@ def enqueue_send(email_id: str, delay_ms: int | None = None) -> None:
 def _claim(email_id: str, owner: str, now: datetime) -> bool:
     """Take the email's lease when it has work due and nobody else (but a redelivery of us) holds it."""
     message_id = owner.rsplit(":", 1)[0]
-    with Session(get_engine()) as s:
+    with _tx() as s:
         res = s.execute(update(Outbox).where(
             Outbox.email_id == email_id,
             or_(
@@ -95,6 +97,21 @@ def _claim(email_id: str, owner: str, now: datetime) -> bool:
         return True
 
 
+@contextmanager
+def _tx(*, durable: bool = False) -> Iterator[Session]:
+    """A session for one of the send's bookkeeping transactions.
+
+    On PostgreSQL only the ``data`` mark is committed synchronously: it is the one fact a database
+    crash must not lose (DATA may follow). WAL order makes every earlier commit durable with it, and
+    losing a later one to a database crash at worst turns "sent" back into "data" — reconciled as
+    unconfirmed, never resent. A worker crash loses nothing either way.
+    """
+    with Session(get_engine(), expire_on_commit=False) as s:
+        if not durable and is_postgres():
+            s.execute(text("SET LOCAL synchronous_commit TO OFF"))
+        yield s
+
+
 def _guard(s: Session, email_id: str, owner: str) -> None:
     """Renew the lease inside the caller's transaction; LeaseLost when this run no longer owns it."""
     res = s.execute(update(Outbox).where(Outbox.email_id == email_id, Outbox.lease_owner == owner)
@@ -105,7 +122,7 @@ def _guard(s: Session, email_id: str, owner: str) -> None:
 
 
 def _release(email_id: str, owner: str) -> None:
-    with Session(get_engine()) as s:
+    with _tx() as s:
         s.execute(update(Outbox).where(Outbox.email_id == email_id, Outbox.lease_owner == owner)
                   .values(lease_until=None, lease_owner=None))
         s.commit()
@@ -126,7 +143,7 @@ class _Run:
         self.email_id = email_id
         self.owner = owner
         self.settings = get_settings()
-        with Session(get_engine(), expire_on_commit=False) as s:
+        with _tx() as s:
             self.outbox = s.get(Outbox, email_id)
             self.email = s.get(Email, email_id)
             assert self.outbox is not None and self.email is not None
@@ -156,7 +173,7 @@ class _Run:
         cap = plan.daily_cap(self.account.provider, self.account.send_cap_per_day, self.settings.send_cap_per_day)
         for _ in range(20):  # compare-and-set on the window: concurrent sends never overshoot the cap
             now = utcnow()
-            with Session(get_engine()) as s:
+            with _tx() as s:
                 row = s.execute(select(EmailAccount.send_window_start, EmailAccount.send_window_count)
                                 .where(EmailAccount.id == self.account.id)).one()
                 decision = plan.reserve(plan.SendWindow(row.send_window_start, row.send_window_count), now=now, cap=cap,
@@ -201,7 +218,7 @@ class _Run:
         recent = [d for d in open_data if d.updated_at is not None and d.updated_at > now - grace]
         if recent:
             wait_until = max(d.updated_at for d in recent) + grace
-            with Session(get_engine()) as s:
+            with _tx() as s:
                 _guard(s, self.email_id, self.owner)
                 s.execute(update(Outbox).where(Outbox.email_id == self.email_id).values(next_attempt_at=wait_until))
                 s.commit()
@@ -263,7 +280,7 @@ class _Run:
             for d in todo:
                 copy = self._copy(d)
                 if copy.links:
-                    with Session(get_engine()) as s:  # the redirect must resolve before the mail is out
+                    with _tx() as s:  # the redirect must resolve before the mail is out
                         _guard(s, self.email_id, self.owner)
                         insert_ignore(s, TrackedLink, copy.links, ["email_id", "link_hash"])
                         s.commit()
@@ -278,7 +295,7 @@ class _Run:
                   if d.tracked_for and d.state in ("pending", "sending", "retry")}
         if not wanted:
             return
-        with Session(get_engine()) as s:
+        with _tx() as s:
             gone = set(s.execute(select(Suppression.address_norm).where(
                 Suppression.org_id == self.outbox.org_id, Suppression.address_norm.in_(list(wanted)))).scalars())  # type: ignore[attr-defined]
         for address in gone:
@@ -324,7 +341,7 @@ class _Run:
         row = Delivery(email_id=self.email_id, seq=seq, recipients=recipients, tracked_for=d.tracked_for, state="retry",
                        attempts=attempts, updated_at=now,
                        log=[{"at": now.isoformat(), "event": "split", "from": d.seq, "reason": "deferred by the server"}])
-        with Session(get_engine(), expire_on_commit=False) as s:
+        with _tx() as s:
             _guard(s, self.email_id, self.owner)
             s.add(row)
             s.commit()
@@ -343,7 +360,7 @@ class _Run:
         if summary is None:
             attempts = max((d.attempts for d in self.deliveries if d.state == "retry"), default=1)
             wait = plan.backoff(attempts, self.settings.send_retry_base_seconds)
-            with Session(get_engine()) as s:
+            with _tx() as s:
                 _guard(s, self.email_id, self.owner)
                 s.execute(update(Outbox).where(Outbox.email_id == self.email_id).values(
                     next_attempt_at=now + wait, enqueued_at=now))
@@ -354,7 +371,7 @@ class _Run:
 
     def _finish(self, summary: plan.Summary, now: datetime) -> None:
         sent = summary.status == "sent"
-        with Session(get_engine()) as s:
+        with _tx() as s:
             _guard(s, self.email_id, self.owner)
             s.execute(update(Outbox).where(Outbox.email_id == self.email_id).values(
                 state=summary.status, next_attempt_at=None, sent_copy=self.outbox.sent_copy if sent else "skipped"))
@@ -382,7 +399,7 @@ class _Run:
 
         assert self.account is not None
         was_appending = self.outbox.sent_copy == "appending"
-        with Session(get_engine()) as s:
+        with _tx() as s:
             _guard(s, self.email_id, self.owner)
             s.execute(update(Outbox).where(Outbox.email_id == self.email_id).values(sent_copy="appending"))
             s.commit()
@@ -414,7 +431,7 @@ class _Run:
             return
         finally:
             session.close()
-        with Session(get_engine()) as s:
+        with _tx() as s:
             _guard(s, self.email_id, self.owner)
             if where is not None:
                 insert_ignore(s, EmailLocation, [{"email_id": self.email_id, "account_id": self.account.id, "folder": folder,
@@ -435,7 +452,7 @@ class _Run:
             self._sent_copy_done("failed", f"{reason} (after {tries} attempts)" if transient else reason)
             return
         wait = plan.backoff(tries, max(self.settings.send_retry_base_seconds, 1.0))
-        with Session(get_engine()) as s:
+        with _tx() as s:
             _guard(s, self.email_id, self.owner)
             s.execute(update(Outbox).where(Outbox.email_id == self.email_id).values(
                 sent_copy="appending", sent_copy_error=reason, sent_copy_attempts=tries,
@@ -445,7 +462,7 @@ class _Run:
         log.warning("sent_copy_retry", email_id=self.email_id, error=reason, wait=wait.total_seconds())
 
     def _sent_copy_done(self, state: str, error: str | None) -> None:
-        with Session(get_engine()) as s:
+        with _tx() as s:
             _guard(s, self.email_id, self.owner)
             s.execute(update(Outbox).where(Outbox.email_id == self.email_id).values(sent_copy=state, sent_copy_error=error))
             s.commit()
@@ -492,7 +509,7 @@ class _Run:
         """Write a delivery's new state (and an attempt-log entry) before acting on it."""
         now = utcnow()
         entry = {"at": now.isoformat(), **entry}
-        with Session(get_engine()) as s:
+        with _tx(durable=state == "data") as s:
             _guard(s, self.email_id, self.owner)
             s.execute(update(Delivery).where(Delivery.id == d.id).values(
                 state=state, updated_at=now, log=[*d.log, entry], **values))
