@@ -31,16 +31,23 @@ def tls_context() -> ssl.SSLContext:
     return ssl.create_default_context()
 
 
-def imap_settings(account: EmailAccount, *, timeout: float = IMAP_TIMEOUT) -> imap.ImapSettings:
-    """IMAP settings for an account; the password or OAuth token is decrypted here."""
-    if not account.imap_host or not account.imap_port:
-        raise ValueError("account has no IMAP host configured")
-    password = unseal("email_accounts", "imap_password_enc", account.imap_password_enc)
+def _credentials(account: EmailAccount, proto: str) -> tuple[str | None, str | None]:
+    """(password, OAuth access token) for "imap" or "smtp", decrypted at the last moment."""
+    column = f"{proto}_password_enc"
+    password = unseal("email_accounts", column, getattr(account, column))
     token = None
     if account.oauth_enc is not None and password is None:
         import json
 
         token = json.loads(unseal("email_accounts", "oauth_enc", account.oauth_enc) or "{}").get("access_token")
+    return password, token
+
+
+def imap_settings(account: EmailAccount, *, timeout: float = IMAP_TIMEOUT) -> imap.ImapSettings:
+    """IMAP settings for an account; the password or OAuth token is decrypted here."""
+    if not account.imap_host or not account.imap_port:
+        raise ValueError("account has no IMAP host configured")
+    password, token = _credentials(account, "imap")
     return imap.ImapSettings(
         host=account.imap_host, port=account.imap_port, security=account.imap_security,
         username=account.imap_username or account.email, password=password, oauth_token=token,
@@ -54,12 +61,7 @@ def smtp_settings(account: EmailAccount, *, timeout: float = SMTP_TIMEOUT) -> An
 
     if not account.smtp_host or not account.smtp_port:
         raise ValueError("account has no SMTP host configured")
-    password = unseal("email_accounts", "smtp_password_enc", account.smtp_password_enc)
-    token = None
-    if account.oauth_enc is not None and password is None:
-        import json
-
-        token = json.loads(unseal("email_accounts", "oauth_enc", account.oauth_enc) or "{}").get("access_token")
+    password, token = _credentials(account, "smtp")
     username = account.smtp_username or account.email
     return SmtpSettings(
         host=account.smtp_host, port=account.smtp_port, security=account.smtp_security,
