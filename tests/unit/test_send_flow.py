@@ -116,6 +116,19 @@ class TestSend:
         settle(env)
         assert count(Email) == 1
 
+    def test_sent_copy_waits_out_an_imap_outage(self, env: dict[str, Any]) -> None:
+        """IMAP down when the mail went out: the Sent copy is retried later, not lost."""
+        from tests.harness.wait import wait_until
+
+        env["imap"].stop()
+        eid = send(env, track_opens=False, track_clicks=False).json()["id"]
+        first = wait_until(lambda: get(env, eid)["send"]["sent_copy"]["error"], 10, what="the first APPEND failure")
+        data = get(env, eid)
+        assert data["status"] == "sent" and data["send"]["sent_copy"]["state"] == "appending" and first.startswith("connect")
+        env["imap"].start()  # back before the retry (1 s later)
+        settle(env)
+        assert get(env, eid)["send"]["sent_copy"]["state"] == "done" and len(env["imap"].folder("Sent").messages) == 1
+
     def test_untracked_is_one_transaction(self, env: dict[str, Any]) -> None:
         """Tracking off: one SMTP transaction for everyone, links untouched, no pixel."""
         eid = send(env, to=["a@x.example", "b@x.example"], track_opens=False, track_clicks=False).json()["id"]
@@ -250,6 +263,17 @@ class TestFailures:
         assert [r for _, _, rcpts, _ in env["smtp"].sends for r in rcpts] == ["a@x.example", "b@x.example"]
         assert data["status"] == "sent" and data["error"]["code"] == "partial_failure"
         assert data["error"]["failed_recipients"] == ["c@x.example"]
+
+    def test_an_unreadable_secret_fails_the_email_instead_of_retrying_forever(self, env: dict[str, Any]) -> None:
+        """A password sealed under a key that is gone cannot get better by retrying: failed, with the reason."""
+        with Session(get_engine()) as s:
+            s.execute(update(EmailAccount).values(smtp_password_enc="v1.gone.AAAA"))
+            s.commit()
+        eid = send(env, track_opens=False, track_clicks=False).json()["id"]
+        settle(env)
+        data = get(env, eid)
+        assert data["status"] == "failed" and data["error"]["code"] == "internal_error" and env["smtp"].sends == []
+        assert "alicepass" not in str(data)
 
     def test_connection_error_retries(self, env: dict[str, Any]) -> None:
         """A refused connection is retried, then the mail goes out."""
