@@ -74,8 +74,19 @@ def enqueue_send(email_id: str, delay_ms: int | None = None) -> None:
         log.warning("send_enqueue_failed", email_id=email_id, error=type(exc).__name__)
 
 
-def _claim(email_id: str, owner: str, now: datetime) -> bool:
-    """Take the email's lease when it has work due and nobody else (but a redelivery of us) holds it."""
+@dataclass
+class _Loaded:
+    """The rows a run works on, read in the claiming transaction."""
+
+    outbox: Outbox
+    email: Email
+    account: EmailAccount | None
+    deliveries: list[Delivery]
+
+
+def _claim(email_id: str, owner: str, now: datetime) -> _Loaded | None:
+    """Take the email's lease when it has work due and nobody else (but a redelivery of us) holds it,
+    and read what the run needs in the same transaction."""
     message_id = owner.rsplit(":", 1)[0]
     with _tx() as s:
         res = s.execute(update(Outbox).where(
@@ -92,9 +103,17 @@ def _claim(email_id: str, owner: str, now: datetime) -> bool:
         ).values(lease_until=now + LEASE, lease_owner=owner, runs=Outbox.runs + 1, updated_at=now))
         if res.rowcount != 1:  # type: ignore[attr-defined]
             s.rollback()
-            return False
+            return None
+        loaded = _load(s, email_id)
         s.commit()
-        return True
+        return loaded
+
+
+def _load(s: Session, email_id: str) -> _Loaded:
+    outbox, email = s.get(Outbox, email_id), s.get(Email, email_id)
+    assert outbox is not None and email is not None
+    return _Loaded(outbox, email, s.get(EmailAccount, outbox.account_id),
+                   list(s.execute(select(Delivery).where(Delivery.email_id == email_id).order_by(Delivery.seq)).scalars()))
 
 
 @contextmanager
@@ -139,17 +158,18 @@ class _Copy:
 class _Run:
     """One claimed run over an email: cap, reconcile, deliver, finish, Sent copy."""
 
-    def __init__(self, email_id: str, owner: str) -> None:
+    def __init__(self, email_id: str, owner: str, loaded: _Loaded) -> None:
         self.email_id = email_id
         self.owner = owner
         self.settings = get_settings()
-        with _tx() as s:
-            self.outbox = s.get(Outbox, email_id)
-            self.email = s.get(Email, email_id)
-            assert self.outbox is not None and self.email is not None
-            self.account = s.get(EmailAccount, self.outbox.account_id)
-            self.deliveries = list(s.execute(select(Delivery).where(Delivery.email_id == email_id).order_by(Delivery.seq)).scalars())
+        self.outbox, self.email, self.account, self.deliveries = loaded.outbox, loaded.email, loaded.account, loaded.deliveries
         self._attachments: list[Any] | None = None
+        self.released = False  # the lease was given back in the run's last write
+
+    def _let_go(self) -> dict[str, Any]:
+        """Outbox values that give the lease back in the same write that ends the run."""
+        self.released = True
+        return {"lease_owner": None, "lease_until": None}
 
     # -- the steps -------------------------------------------------------------------------------
 
@@ -182,7 +202,7 @@ class _Run:
                 if not decision.allowed:
                     s.execute(update(Outbox).where(Outbox.email_id == self.email_id).values(
                         state="queued", deferred_until=decision.deferred_until, next_attempt_at=decision.deferred_until,
-                        enqueued_at=None))  # the sweep hands it over again when the window opens
+                        enqueued_at=None, **self._let_go()))  # the sweep hands it over again when the window opens
                     s.execute(update(Email).where(Email.id == self.email_id).values(status="queued"))
                     s.commit()
                     metrics.SEND_DEFERRED.inc()
@@ -279,12 +299,7 @@ class _Run:
             transport = smtp_transport()
             for d in todo:
                 copy = self._copy(d)
-                if copy.links:
-                    with _tx() as s:  # the redirect must resolve before the mail is out
-                        _guard(s, self.email_id, self.owner)
-                        insert_ignore(s, TrackedLink, copy.links, ["email_id", "link_hash"])
-                        s.commit()
-                self._attempt(d, transport, settings, copy.raw)
+                self._attempt(d, transport, settings, copy.raw, copy.links)
         self._settle()
 
     def _suppress(self) -> None:
@@ -301,9 +316,10 @@ class _Run:
         for address in gone:
             self._record(wanted[address], state="suppressed", entry={"event": "suppressed", "reason": "unsubscribed"})
 
-    def _attempt(self, d: Delivery, transport: Any, settings: Any, raw: bytes) -> None:
+    def _attempt(self, d: Delivery, transport: Any, settings: Any, raw: bytes, links: list[dict[str, Any]]) -> None:
         attempt = d.attempts + 1
-        self._record(d, state="sending", attempts=attempt, entry={"event": "attempt", "n": attempt})
+        # The click map commits with the attempt: a redirect must resolve before the mail is out.
+        self._record(d, state="sending", attempts=attempt, entry={"event": "attempt", "n": attempt}, links=links)
         data_started = False
 
         def before_data() -> None:
@@ -363,7 +379,7 @@ class _Run:
             with _tx() as s:
                 _guard(s, self.email_id, self.owner)
                 s.execute(update(Outbox).where(Outbox.email_id == self.email_id).values(
-                    next_attempt_at=now + wait, enqueued_at=now))
+                    next_attempt_at=now + wait, enqueued_at=now, **self._let_go()))
                 s.commit()
             enqueue_send(self.email_id, delay_ms=max(1, int(wait.total_seconds() * 1000)))
             return
@@ -371,10 +387,12 @@ class _Run:
 
     def _finish(self, summary: plan.Summary, now: datetime) -> None:
         sent = summary.status == "sent"
+        copy_next = sent and self.outbox.sent_copy in ("pending", "appending")
         with _tx() as s:
             _guard(s, self.email_id, self.owner)
             s.execute(update(Outbox).where(Outbox.email_id == self.email_id).values(
-                state=summary.status, next_attempt_at=None, sent_copy=self.outbox.sent_copy if sent else "skipped"))
+                state=summary.status, next_attempt_at=None, sent_copy=self.outbox.sent_copy if sent else "skipped",
+                **({} if copy_next else self._let_go())))
             values: dict[str, Any] = {"status": summary.status, "error": summary.error}
             if sent:
                 # Stored and linked like inbound mail: the chain parses the untracked copy.
@@ -437,7 +455,8 @@ class _Run:
                 insert_ignore(s, EmailLocation, [{"email_id": self.email_id, "account_id": self.account.id, "folder": folder,
                                                   "uidvalidity": where[0], "uid": where[1], "flags": ["\\Seen"]}],
                               ["account_id", "folder", "uidvalidity", "uid"])
-            s.execute(update(Outbox).where(Outbox.email_id == self.email_id).values(sent_copy="done", sent_copy_error=None))
+            s.execute(update(Outbox).where(Outbox.email_id == self.email_id).values(sent_copy="done", sent_copy_error=None,
+                                                                                    **self._let_go()))
             s.commit()
         log.info("sent_copy_saved", email_id=self.email_id, folder=folder, uid=where[1] if where else None)
 
@@ -505,12 +524,15 @@ class _Run:
         raw, _ = compose(draft_from_json(draft, tuple(self._attachments), **changes))
         return _Copy(raw, links)
 
-    def _record(self, d: Delivery, *, state: str, entry: dict[str, Any], **values: Any) -> None:
+    def _record(self, d: Delivery, *, state: str, entry: dict[str, Any], links: list[dict[str, Any]] | None = None,
+                **values: Any) -> None:
         """Write a delivery's new state (and an attempt-log entry) before acting on it."""
         now = utcnow()
         entry = {"at": now.isoformat(), **entry}
         with _tx(durable=state == "data") as s:
             _guard(s, self.email_id, self.owner)
+            if links:
+                insert_ignore(s, TrackedLink, links, ["email_id", "link_hash"])
             s.execute(update(Delivery).where(Delivery.id == d.id).values(
                 state=state, updated_at=now, log=[*d.log, entry], **values))
             s.commit()
@@ -541,12 +563,13 @@ def _sent_folder(session: Any) -> str | None:
 def send_email(email_id: str) -> None:
     """Run one email's due send work under its lease; a message with nothing due is a no-op."""
     owner = f"{_message_id()}:{new_id()[-8:]}"
-    if not _claim(email_id, owner, utcnow()):
+    loaded = _claim(email_id, owner, utcnow())
+    if loaded is None:
         log.debug("send_dropped", email_id=email_id, reason="nothing due or another run holds it")
         return
     run: _Run | None = None
     try:
-        run = _Run(email_id, owner)
+        run = _Run(email_id, owner, loaded)
         run.run()
     except LeaseLost:
         log.info("send_superseded", email_id=email_id)
@@ -558,14 +581,17 @@ def send_email(email_id: str) -> None:
         else:
             raise  # Dramatiq retries; the sweep hands it over again later
     finally:
-        _release(email_id, owner)
+        if run is None or not run.released:
+            _release(email_id, owner)
 
 
 def _give_up(run: _Run | None, email_id: str, owner: str, code: str, message: str) -> None:
     """Fail an email's open deliveries (possibly-delivered ones become unconfirmed) and log why."""
     log.error("send_gave_up", email_id=email_id, code=code, reason=message)
     try:
-        run = run or _Run(email_id, owner)
+        if run is None:
+            with _tx() as s:
+                run = _Run(email_id, owner, _load(s, email_id))
         if run.outbox.state in ("queued", "sending"):
             run._fail_all(code, message)
         elif run.outbox.state == "sent":
