@@ -5,9 +5,10 @@ Starts a local aiosmtpd submission server (STARTTLS + AUTH, like a real provider
 1. baseline: aiosmtplib connects, STARTTLS, AUTH PLAIN, sends one composed message and QUITs —
    the same work per message mailpipe's send actor does — first one at a time (latency), then
    ``--concurrency`` at a time (throughput);
-2. mailpipe: the Starlette app under uvicorn on a free port, the send actor on an in-process
-   Dramatiq worker (embedded: SQLite + in-memory broker) or on a ``mailpipe worker`` process
-   (``--distributed``: PostgreSQL + RabbitMQ); each message is a real ``POST /api/v1/emails/send``
+2. mailpipe: embedded, the Starlette app under uvicorn and the send actor on an in-process
+   Dramatiq worker, both in this process (SQLite + in-memory broker, one GIL shared with the
+   SMTP server and the load generator); ``--distributed``, ``mailpipe web`` and ``mailpipe worker``
+   processes on PostgreSQL + RabbitMQ, as deployed; each message is a real ``POST /api/v1/emails/send``
    over HTTP, and its latency runs until the SMTP server has accepted it (250). Tracking is on
    (one pixel, three rewritten links), the email is stored and then linked by the ingest chain.
 
@@ -153,19 +154,22 @@ def mailpipe(server: SmtpServer, cafile: Path, workdir: Path, latency_n: int, n:
             s.add(acct)
             s.commit()
             account_id = acct.id
-        if distributed:
+        port = free_port("127.0.0.1")
+        if distributed:  # as deployed: the API and the workers are processes of their own
             exe = str(Path(sys.executable).with_name("mailpipe"))
             procs.append(subprocess.Popen([exe, "worker", "-p", "1", "-t", str(concurrency), "-Q", "send", "-Q", "pipeline",
                                            "-Q", "notify"], env={**os.environ}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            time.sleep(3)
+            procs.append(subprocess.Popen([exe, "web", "--host", "127.0.0.1", "--port", str(port)], env={**os.environ},
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            _wait_http(port)
+            time.sleep(2)
         else:
             from dramatiq import Worker
 
             broker.emit_after("process_boot")
             worker = Worker(broker, worker_threads=concurrency, worker_timeout=20)
             worker.start()
-        port = free_port("127.0.0.1")
-        app, _thread = _serve_app(port)
+            app, _thread = _serve_app(port)
         headers = {"Authorization": f"Bearer {key}"}
 
         def body(i: int) -> dict[str, Any]:
@@ -219,6 +223,17 @@ def mailpipe(server: SmtpServer, cafile: Path, workdir: Path, latency_n: int, n:
         reset_engine()
         for ctx in contexts:
             ctx.__exit__(None, None, None)
+
+
+def _wait_http(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise TimeoutError("mailpipe web did not start")
 
 
 def _wait(accepted: dict[str, float], count: int, timeout: float = 60) -> None:
