@@ -20,6 +20,8 @@ class Organization(SQLModel, table=True):
     mark_seen: bool = Field(default=False, description="set \\Seen on synced mail (off: never touch the mailbox)")
     auto_create_leads: bool = Field(default=False)
     own_domains: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    honor_dnt: bool = Field(default=False, description="DNT: 1 / Sec-GPC: 1 → opens are not recorded (clicks still are)")
+    anonymize_ip: bool = Field(default=False, description="store tracking IPs truncated (/24, /48)")
     created_at: datetime = ts_field(default_factory=utcnow, nullable=False)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Column, Text, UniqueConstraint
+from sqlalchemy import Column, Index, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from models.base import new_id, ts_field, utcnow
@@ -21,12 +21,14 @@ class TrackedLink(SQLModel, table=True):
     link_hash: str = Field(max_length=64)
     url: str = Field(sa_column=Column(Text, nullable=False))
     position: int = 0
+    text: str = Field(default="", max_length=500, description="the link's visible text, for notifications")
 
 
 class TrackingEvent(SQLModel, table=True):
     """One open or click; ``intake_id`` makes a redelivered intake message a no-op."""
 
     __tablename__ = "tracking_events"
+    __table_args__ = (Index("ix_tracking_events_email_at", "email_id", "at"),)
 
     id: str = Field(default_factory=new_id, primary_key=True, max_length=24)
     intake_id: str = Field(unique=True, max_length=64)
@@ -39,3 +41,7 @@ class TrackingEvent(SQLModel, table=True):
     ip: str | None = Field(default=None, max_length=64)
     user_agent: str | None = Field(default=None, max_length=1000)
     machine: bool = False
+    reason: str | None = Field(default=None, max_length=32, description="why machine (or gmail_proxy for a real proxied open)")
+    recipient_email: str | None = Field(default=None, max_length=320)
+    method: str = Field(default="GET", max_length=8)
+    counted: bool = Field(default=True, description="False for a replay collapsed into an earlier event")

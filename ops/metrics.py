@@ -39,6 +39,9 @@ STATE_CODES = {"idle": 0, "syncing": 1, "error": 2, "reconnect_required": 3, "di
 SEND_ATTEMPTS = Counter("mailpipe_send_attempts_total", "SMTP transactions attempted, by outcome", ["outcome"])
 SENT = Counter("mailpipe_emails_sent_total", "Outbound emails finished, by final status", ["status"])
 SEND_DEFERRED = Counter("mailpipe_send_deferred_total", "Sends held back by an account's daily cap")
+TRACK_INTAKE = Counter("mailpipe_tracking_intake_total",
+                       "Tracking events through the intake: buffered, published, spooled, replayed, dropped", ["stage"])
+TRACK_RECORDED = Counter("mailpipe_tracking_events_total", "Tracking events recorded, by kind and verdict", ["kind", "verdict"])
 INGESTED = Counter("mailpipe_ingest_total", "Emails through each ingest stage", ["stage", "outcome"])
 
 

@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     send_cap_per_day: int = 2000
     send_retry_base_seconds: float = 30.0
     send_data_grace_seconds: float = 180.0
+    spool_dir: str = "./spool"
+    tracking_spool_max_mb: int = 512
+    tracking_open_delay_seconds: float = 2.0
     log_level: str = "INFO"
     log_json: bool = False
 
@@ -138,14 +141,14 @@ class Settings(BaseSettings):
             return v
         raise ValueError("must be file:///path or s3://bucket?endpoint_url=...&region=...")
 
-    @field_validator("send_retry_base_seconds", "send_data_grace_seconds")
+    @field_validator("send_retry_base_seconds", "send_data_grace_seconds", "tracking_open_delay_seconds")
     @classmethod
     def _positive_float(cls, v: float) -> float:
         if v <= 0:
             raise ValueError("must be a positive number of seconds")
         return v
 
-    @field_validator("poll_seconds", "backfill_days", "sync_rate_per_hour", "send_cap_per_day")
+    @field_validator("poll_seconds", "backfill_days", "sync_rate_per_hour", "send_cap_per_day", "tracking_spool_max_mb")
     @classmethod
     def _positive(cls, v: int) -> int:
         if v <= 0:

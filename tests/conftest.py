@@ -32,6 +32,11 @@ def reset_process_state() -> None:
     from pipeline.clients.storage import reset_storage
     from pipeline.connections import use_imap_connector, use_smtp_transport
 
+    from pipeline.intake import reset_intake
+    from web.routes import tracking
+
+    reset_intake()
+    tracking._LINKS.clear()
     reset_settings()
     reset_storage()
     use_imap_connector(None)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -12,7 +16,7 @@ from web.api import ApiRouter, openapi_document
 from web.auth import ApiKeyAuth
 from web.errors import exception_handlers
 from web.guard import RejectNul
-from web.routes import accounts, crm, emails, health, notifications, org, send, unsubscribe
+from web.routes import accounts, crm, emails, health, notifications, org, send, tracking, unsubscribe
 
 __all__ = ["create_app"]
 
@@ -21,7 +25,7 @@ VERSION = "0.1.0"
 
 def routers() -> list[ApiRouter]:
     """Every router, in matching order."""
-    return [health.router, org.router, crm.router, accounts.router, send.router, emails.router, notifications.router, unsubscribe.router]
+    return [health.router, org.router, crm.router, accounts.router, send.router, tracking.router, emails.router, notifications.router, unsubscribe.router]
 
 
 def create_app() -> Starlette:
@@ -43,4 +47,12 @@ def create_app() -> Starlette:
     routes: list[BaseRoute] = []
     for r in [docs, *all_routers]:
         routes.extend(r.routes())
-    return Starlette(routes=routes, middleware=[Middleware(RejectNul), Middleware(ApiKeyAuth)], exception_handlers=exception_handlers)
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        from pipeline.intake import reset_intake
+
+        await run_in_threadpool(reset_intake)  # shutdown drains buffered tracking events (broker or spool)
+
+    return Starlette(routes=routes, middleware=[Middleware(RejectNul), Middleware(ApiKeyAuth)], exception_handlers=exception_handlers,
+                     lifespan=lifespan)

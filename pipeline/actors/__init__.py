@@ -17,6 +17,7 @@ from pipeline.actors import (  # noqa: E402
     parse,
     selftest,
     send,
+    tracking,
 )
 
-__all__ = ["attachments", "broker", "fetch", "ingest", "leads", "link", "notify", "parse", "selftest", "send"]
+__all__ = ["attachments", "broker", "fetch", "ingest", "leads", "link", "notify", "parse", "selftest", "send", "tracking"]

@@ -519,8 +519,8 @@ class _Run:
                     from pipeline.stages.compose import html_to_text
 
                     changes["text"] = html_to_text(draft["html"])
-                links = [{"email_id": self.email_id, "link_hash": spec.link_hash, "url": spec.url, "position": spec.position}
-                         for spec in injected.links]
+                links = [{"email_id": self.email_id, "link_hash": spec.link_hash, "url": spec.url, "position": spec.position,
+                          "text": spec.text[:500]} for spec in injected.links]
         raw, _ = compose(draft_from_json(draft, tuple(self._attachments), **changes))
         return _Copy(raw, links)
 

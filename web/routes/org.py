@@ -24,6 +24,8 @@ class OrgPatch(Body):
     auto_create_leads: bool | None = None
     mark_seen: bool | None = None
     own_domains: list[str] | None = None
+    honor_dnt: bool | None = None
+    anonymize_ip: bool | None = None
 
     @field_validator("own_domains")
     @classmethod
@@ -41,7 +43,8 @@ class OrgPatch(Body):
 
 def org_json(o: Organization) -> dict[str, Any]:
     return {"id": o.id, "name": o.name, "auto_create_leads": o.auto_create_leads, "mark_seen": o.mark_seen,
-            "own_domains": o.own_domains, "created_at": iso(o.created_at)}
+            "own_domains": o.own_domains, "honor_dnt": o.honor_dnt, "anonymize_ip": o.anonymize_ip,
+            "created_at": iso(o.created_at)}
 
 
 @router.route("GET", "/api/v1/org", summary="The calling organization and its settings")

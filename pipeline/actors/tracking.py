@@ -1,0 +1,275 @@
+"""``tracking.record``: turn a batch of raw pixel/click hits into tracking events, counts and notifications.
+
+Hits arrive unverified from the intake (the request path does no database work). Here each hit
+is checked: an open's ``recipient_hash`` must be the HMAC of the email and one of its tracked
+recipients, a click's ``link_hash`` must be a stored link of that email whose HMAC verifies;
+anything else (forged, unknown, another key) is dropped. Verified hits are classified
+(:mod:`pipeline.stages.tracking`: flagged, never dropped), stored once (the intake id is unique,
+so a redelivered or replayed batch changes nothing), and human ones move the email's counters
+(one statement per email, so concurrent batches never lose an increment) and notify the sender
+once per recipient (opens) or per recipient and link (clicks). A replay of the same token from
+the same IP within :data:`REPLAY_WINDOW` is stored but not counted. With the organization's
+``honor_dnt``, opens sent with ``DNT: 1`` or ``Sec-GPC: 1`` are not recorded (clicks still are);
+with ``anonymize_ip``, addresses are stored truncated.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import defaultdict
+from datetime import datetime, timedelta
+from functools import partial
+from typing import Any
+
+import structlog
+from sqlalchemy import case, select, update
+from sqlmodel import Session
+
+from models import Contact, Delivery, Email, EmailAccount, Lead, Notification, Organization, TrackedLink, TrackingEvent
+from models.db import get_engine
+from models.upsert import insert_ignore
+from ops import metrics
+from ops.keys import get_keyring
+from ops.settings import get_settings
+from pipeline.broker import actor
+from pipeline.stages.tracking import classify_click, classify_open, verify_link_hash, verify_recipient_hash
+
+__all__ = ["REPLAY_WINDOW", "anonymize", "publish_batch", "record_events"]
+
+log = structlog.get_logger("mailpipe.tracking")
+
+REPLAY_WINDOW = timedelta(seconds=10)
+
+
+def publish_batch(events: list[dict[str, Any]]) -> None:
+    """The intake's publish function: one broker message per batch (raises when the broker refuses)."""
+    record_events.send(events)
+
+
+def anonymize(ip: str | None) -> str | None:
+    """An address with its host part dropped: IPv4 /24, IPv6 /48."""
+    if not ip:
+        return ip
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return None
+    prefix = 24 if addr.version == 4 else 48
+    return str(ipaddress.ip_network(f"{addr}/{prefix}", strict=False).network_address)
+
+
+def _when(value: str) -> datetime:
+    return datetime.fromisoformat(value)
+
+
+class _Batch:
+    """Everything the batch's hits are checked against, loaded with one query per table."""
+
+    def __init__(self, s: Session, events: list[dict[str, Any]]) -> None:
+        ids = sorted({str(e.get("email_id", ""))[:24] for e in events})
+        self.emails = {r.id: r for r in s.execute(select(
+            Email.id, Email.org_id, Email.account_id, Email.sent_at, Email.subject, Email.direction).where(
+            Email.id.in_(ids), Email.direction == "outbound")).all()}  # type: ignore[attr-defined]
+        self.recipients: dict[str, list[str]] = defaultdict(list)
+        for email_id, address in s.execute(select(Delivery.email_id, Delivery.tracked_for).where(
+                Delivery.email_id.in_(list(self.emails)), Delivery.tracked_for.is_not(None))).all():  # type: ignore[attr-defined,union-attr]
+            self.recipients[email_id].append(address)
+        self.links = {(r.email_id, r.link_hash): r for r in s.execute(select(
+            TrackedLink.email_id, TrackedLink.link_hash, TrackedLink.url, TrackedLink.text).where(
+            TrackedLink.email_id.in_(list(self.emails)))).all()}  # type: ignore[attr-defined]
+        orgs = {e.org_id for e in self.emails.values()}
+        self.orgs = {r.id: r for r in s.execute(select(Organization.id, Organization.honor_dnt, Organization.anonymize_ip)
+                                                .where(Organization.id.in_(orgs))).all()}  # type: ignore[attr-defined]
+        self.owners = dict(s.execute(select(EmailAccount.id, EmailAccount.user_id).where(
+            EmailAccount.id.in_({e.account_id for e in self.emails.values()}))).all())  # type: ignore[attr-defined]
+
+
+def _verify(batch: _Batch, ev: dict[str, Any]) -> tuple[str | None, str | None, str | None] | None:
+    """(recipient, url, link text) for a genuine hit, None for a forged or unknown one."""
+    keyring = get_keyring()
+    email_id = ev.get("email_id")
+    if email_id not in batch.emails:
+        return None
+    if ev.get("kind") == "open":
+        token = str(ev.get("token", ""))
+        for address in batch.recipients.get(email_id, []):
+            if verify_recipient_hash(partial(keyring.verify, "open"), email_id, address, token):
+                return address, None, None
+        return None
+    if ev.get("kind") == "click":
+        link = batch.links.get((email_id, str(ev.get("token", ""))))
+        if link is None or not verify_link_hash(partial(keyring.verify, "click"), email_id, link.url, link.link_hash):
+            return None
+        people = batch.recipients.get(email_id, [])
+        return (people[0] if len(people) == 1 else None), link.url, link.text
+    return None
+
+
+@actor(actor_name="tracking.record", queue_name="tracking", max_retries=5)
+def record_events(events: list[dict[str, Any]]) -> int:
+    """Verify, classify and store a batch of hits; returns how many events were new."""
+    settings = get_settings()
+    with Session(get_engine(), expire_on_commit=False) as s:
+        batch = _Batch(s, events)
+        rows: list[dict[str, Any]] = []
+        for ev in events:
+            found = _verify(batch, ev)
+            if found is None:
+                metrics.TRACK_RECORDED.labels(str(ev.get("kind", "?"))[:8], "forged").inc()
+                continue
+            recipient, url, text = found
+            email = batch.emails[ev["email_id"]]
+            org = batch.orgs.get(email.org_id)
+            if ev["kind"] == "open" and org is not None and org.honor_dnt and ev.get("dnt"):
+                metrics.TRACK_RECORDED.labels("open", "dnt").inc()
+                continue
+            at = _when(ev["at"])
+            after = (at - email.sent_at).total_seconds() if email.sent_at else None
+            if ev["kind"] == "open":
+                verdict = classify_open(ev.get("ua"), ev.get("ip"), seconds_after_send=after,
+                                        min_delay_s=settings.tracking_open_delay_seconds)
+            else:
+                verdict = classify_click(ev.get("ua"), ev.get("ip"), after)
+                if ev.get("method") == "HEAD":
+                    verdict = type(verdict)(True, "head_request")
+            ip = ev.get("ip")
+            rows.append({
+                "intake_id": str(ev["id"])[:64], "email_id": email.id, "kind": ev["kind"],
+                "recipient_hash": str(ev["token"])[:64] if ev["kind"] == "open" else None,
+                "link_hash": str(ev["token"])[:64] if ev["kind"] == "click" else None, "url": url,
+                "at": at, "ip": anonymize(ip) if org is not None and org.anonymize_ip else ip,
+                "user_agent": (ev.get("ua") or "")[:1000] or None, "machine": verdict.machine, "reason": verdict.reason,
+                "recipient_email": recipient, "method": str(ev.get("method", "GET"))[:8],
+                "_raw_ip": ip, "_text": text,
+            })
+        if not rows:
+            s.commit()
+            return 0
+        _collapse_replays(s, rows)
+        fresh = [r for r in rows if r["intake_id"] not in _existing(s, [r["intake_id"] for r in rows])]
+        insert_ignore(s, TrackingEvent, [{k: v for k, v in r.items() if not k.startswith("_")} for r in fresh],
+                      ["intake_id"])
+        _count(s, fresh)
+        _notify(s, batch, fresh)
+        s.commit()
+    for r in fresh:
+        metrics.TRACK_RECORDED.labels(r["kind"], "machine" if r["machine"] else "human").inc()
+    return len(fresh)
+
+
+def _existing(s: Session, intake_ids: list[str]) -> set[str]:
+    return set(s.execute(select(TrackingEvent.intake_id).where(TrackingEvent.intake_id.in_(intake_ids))).scalars())  # type: ignore[attr-defined]
+
+
+def _collapse_replays(s: Session, rows: list[dict[str, Any]]) -> None:
+    """The same token from the same IP within the replay window counts once (stored, ``counted`` false)."""
+    rows.sort(key=lambda r: r["at"])
+    earliest = rows[0]["at"] - REPLAY_WINDOW
+    emails = sorted({r["email_id"] for r in rows})
+    seen: dict[tuple[str, str, str | None], datetime] = {}
+    for e in s.execute(select(TrackingEvent.email_id, TrackingEvent.kind, TrackingEvent.recipient_hash, TrackingEvent.link_hash,
+                              TrackingEvent.ip, TrackingEvent.at, TrackingEvent.intake_id).where(
+            TrackingEvent.email_id.in_(emails), TrackingEvent.at >= earliest)).all():  # type: ignore[attr-defined,operator]
+        key = (e.email_id, e.recipient_hash or e.link_hash or "", e.ip)
+        seen[key] = max(seen.get(key, e.at), e.at)
+    for r in rows:
+        key = (r["email_id"], r["recipient_hash"] or r["link_hash"] or "", r["ip"])
+        last = seen.get(key)
+        r["counted"] = not (last is not None and r["at"] - last <= REPLAY_WINDOW and r["at"] >= last)
+        seen[key] = r["at"] if last is None else max(last, r["at"])
+
+
+def _count(s: Session, rows: list[dict[str, Any]]) -> None:
+    """One atomic UPDATE per email: human, counted opens and clicks; first and last human open."""
+    per: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if r["machine"] or not r["counted"]:
+            continue
+        agg = per.setdefault(r["email_id"], {"opens": 0, "clicks": 0, "first": None, "last": None})
+        if r["kind"] == "open":
+            agg["opens"] += 1
+            agg["first"] = min(filter(None, (agg["first"], r["at"])))
+            agg["last"] = max(filter(None, (agg["last"], r["at"])))
+        else:
+            agg["clicks"] += 1
+    for email_id, agg in per.items():
+        values: dict[str, Any] = {"open_count": Email.open_count + agg["opens"], "click_count": Email.click_count + agg["clicks"]}
+        if agg["first"] is not None:
+            values["last_open_at"] = case((Email.last_open_at.is_(None), agg["last"]),  # type: ignore[union-attr]
+                                          (Email.last_open_at < agg["last"], agg["last"]), else_=Email.last_open_at)  # type: ignore[operator]
+            values["first_open_at"] = case((Email.first_open_at.is_(None), agg["first"]),  # type: ignore[union-attr]
+                                           (Email.first_open_at > agg["first"], agg["first"]), else_=Email.first_open_at)  # type: ignore[operator]
+        s.execute(update(Email).where(Email.id == email_id).values(**values))
+
+
+def _names(s: Session, org_id: str, addresses: set[str]) -> dict[str, str]:
+    """Display names for addresses from the CRM (contacts, then leads)."""
+    names: dict[str, str] = {}
+    wanted = sorted(a.lower() for a in addresses if a)
+    if not wanted:
+        return names
+    for c in s.execute(select(Contact.email_norm, Contact.first_name, Contact.last_name).where(
+            Contact.org_id == org_id, Contact.email_norm.in_(wanted))).all():  # type: ignore[union-attr]
+        full = " ".join(x for x in (c.first_name, c.last_name) if x)
+        if full:
+            names.setdefault(c.email_norm, full)
+    for ld in s.execute(select(Lead.email_norm, Lead.firstName, Lead.lastName).where(
+            Lead.org_id == org_id, Lead.email_norm.in_(wanted))).all():  # type: ignore[union-attr]
+        full = " ".join(x for x in (ld.firstName, ld.lastName) if x)
+        if full:
+            names.setdefault(ld.email_norm, full)
+    return names
+
+
+def _notify(s: Session, batch: _Batch, rows: list[dict[str, Any]]) -> None:
+    """In-app notifications for human opens (once per recipient) and clicks (once per recipient and link)."""
+    human = [r for r in rows if not r["machine"] and r["counted"]]
+    by_org: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in human:
+        by_org[batch.emails[r["email_id"]].org_id].append(r)
+    out = []
+    for org_id, items in by_org.items():
+        names = _names(s, org_id, {r["recipient_email"] for r in items if r["recipient_email"]})
+        for r in items:
+            email = batch.emails[r["email_id"]]
+            who_addr = r["recipient_email"]
+            who = names.get((who_addr or "").lower()) or who_addr or "Someone"
+            if r["kind"] == "open":
+                title = f"{who} opened your email '{email.subject or '(no subject)'}'"
+                key = f"email.opened:{email.id}:{(who_addr or '').lower()}"
+            else:
+                label = (r["_text"] or r["url"] or "a link")[:200]
+                title = f"{who} clicked '{label}'"
+                key = f"email.clicked:{email.id}:{(who_addr or '').lower()}:{r['link_hash']}"
+            out.append({"org_id": org_id, "user_id": batch.owners.get(email.account_id, ""), "kind": r["kind"] == "open"
+                        and "email.opened" or "email.clicked", "title": title[:500], "body": (email.subject or "")[:2000],
+                        "email_id": email.id, "dedupe_key": key[:200],
+                        "data": {"recipient_email": who_addr, "url": r["url"], "at": r["at"].isoformat()}})
+    insert_ignore(s, Notification, out, ["org_id", "dedupe_key"])
+
+
+def tracking_json(s: Session, email: Email) -> dict[str, Any]:
+    """API.md ``GET /api/v1/emails/{id}/tracking``: counts, first open after send, chronological events."""
+    from web.present import iso
+
+    events = list(s.execute(select(TrackingEvent).where(TrackingEvent.email_id == email.id)
+                            .order_by(TrackingEvent.at, TrackingEvent.id)).scalars())
+    first_after = None
+    if email.first_open_at is not None and email.sent_at is not None:
+        first_after = round((email.first_open_at - email.sent_at).total_seconds(), 3)
+
+    def item(e: TrackingEvent) -> dict[str, Any]:
+        out = {"at": iso(e.at), "ip": e.ip, "user_agent": e.user_agent, "machine": e.machine, "reason": e.reason,
+               "recipient_email": e.recipient_email, "method": e.method, "counted": e.counted}
+        if e.kind == "click":
+            out["url"] = e.url
+        return out
+
+    return {
+        "email_id": email.id, "open_count": email.open_count, "click_count": email.click_count,
+        "first_open_at": iso(email.first_open_at), "last_open_at": iso(email.last_open_at),
+        "first_open_after_send_s": first_after,
+        "opens": [item(e) for e in events if e.kind == "open"],
+        "clicks": [item(e) for e in events if e.kind == "click"],
+        "status": "clicked" if email.click_count else "opened" if email.open_count else "unopened",
+    }

@@ -1,0 +1,304 @@
+"""Durable, non-blocking intake of tracking events: request path → buffer → broker, or spool.
+
+The pixel and click handlers call :meth:`Intake.submit`, which only puts a dict on an in-memory
+queue (never a socket, never a lock held across I/O). A publisher thread takes batches off the
+queue and hands each batch to the broker as one ``tracking.record`` message (RabbitMQ with
+publisher confirms, or the in-process broker in embedded mode). When publishing fails the batch
+is appended to a spool file (JSON lines, fsync'd in groups) and replayed, oldest first, once the
+broker takes messages again; a spool left by a process that died is adopted and replayed by the
+next one to start. Every event carries a unique id, so a batch published twice (a replay that
+was interrupted) records each event once. Only a full spool (``MAILPIPE_TRACKING_SPOOL_MAX_MB``)
+drops events, and that is counted.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import queue
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from ops import metrics
+
+__all__ = ["Intake", "Spool", "get_intake", "reset_intake"]
+
+log = structlog.get_logger("mailpipe.intake")
+
+Publish = Callable[[list[dict[str, Any]]], None]
+
+
+class Spool:
+    """This process's append-only spool file, plus adoption of files left by dead processes.
+
+    Each process writes its own ``tracking-<host>-<pid>-<n>.jsonl`` and holds an exclusive
+    ``flock`` on it; a file nobody holds a lock on belongs to a process that is gone.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], max_bytes: int) -> None:
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.max_bytes = max_bytes
+        self.path = self.dir / f"tracking-{socket.gethostname()}-{os.getpid()}-{time.monotonic_ns()}.jsonl"
+        self._fh = open(self.path, "ab")
+        fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._dirty = False
+        self.size = self.path.stat().st_size
+
+    def append(self, events: list[dict[str, Any]]) -> int:
+        """Append events; returns how many did not fit (dropped)."""
+        written = 0
+        for event in events:
+            line = (json.dumps(event, separators=(",", ":")) + "\n").encode()
+            if self.size + len(line) > self.max_bytes:
+                break
+            self._fh.write(line)
+            self.size += len(line)
+            written += 1
+        self._dirty = self._dirty or written > 0
+        return len(events) - written
+
+    def sync(self) -> None:
+        """Flush and fsync what was appended since the last sync (group commit)."""
+        if self._dirty:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._dirty = False
+
+    def pending(self) -> bool:
+        return self.size > 0
+
+    def read_own(self) -> list[dict[str, Any]]:
+        self._fh.flush()
+        return _read_lines(self.path)
+
+    def truncate_own(self) -> None:
+        self._fh.flush()
+        self._fh.truncate(0)
+        self._fh.seek(0)
+        os.fsync(self._fh.fileno())
+        self.size = 0
+        self._dirty = False
+
+    def orphans(self) -> list[Path]:
+        """Spool files whose writer is gone (their lock can be taken)."""
+        found = []
+        for path in sorted(self.dir.glob("tracking-*.jsonl")):
+            if path == self.path:
+                continue
+            try:
+                fh = open(path, "ab")
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                fh.close()
+                continue
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+            fh.close()
+            found.append(path)
+        return found
+
+    def close(self) -> None:
+        """Sync and close; an empty spool file is removed."""
+        try:
+            self.sync()
+        finally:
+            self._fh.close()
+            if self.size == 0:
+                self.path.unlink(missing_ok=True)
+
+
+def _read_lines(path: Path) -> list[dict[str, Any]]:
+    events = []
+    with open(path, "rb") as fh:
+        for line in fh:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                events.append(json.loads(line))
+            except ValueError:  # a torn last line from a crash mid-write: that event was never acknowledged
+                log.warning("spool_line_unreadable", path=str(path))
+    return events
+
+
+class Intake:
+    """Buffer + publisher thread + spool (see the module docstring)."""
+
+    def __init__(self, publish: Publish, spool: Spool, *, max_buffer: int = 200_000, batch: int = 500,
+                 linger: float = 0.02, retry_every: float = 1.0, fsync_every: float = 0.05) -> None:
+        self.publish = publish
+        self.spool = spool
+        self.batch = batch
+        self.linger = linger
+        self.retry_every = retry_every
+        self.fsync_every = fsync_every
+        self._queue: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=max_buffer)
+        self._overflow: list[dict[str, Any]] = []
+        self._overflow_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._broker_ok = True
+        self._next_retry = 0.0
+        self._last_sync = time.monotonic()
+
+    # -- request path ------------------------------------------------------------------------------
+
+    def submit(self, event: dict[str, Any]) -> None:
+        """Hand over one event; never blocks on I/O."""
+        metrics.TRACK_INTAKE.labels("buffered").inc()
+        try:
+            self._queue.put_nowait(event)
+        except queue.Full:  # the publisher is far behind: park it for the spool
+            with self._overflow_lock:
+                self._overflow.append(event)
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="tracking-intake", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Drain the buffer (to the broker, else the spool) and stop."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        self._drain_all()
+        self.spool.close()
+
+    # -- publisher thread --------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        self._adopt_orphans()
+        while not self._stop.is_set():
+            try:
+                self._step()
+            except Exception as exc:  # the loop must survive anything; events stay in buffer/spool
+                log.error("intake_step_failed", error=type(exc).__name__, exc_info=exc)
+                time.sleep(0.1)
+
+    def _step(self) -> None:
+        events = self._take(self.batch, self.linger)
+        now = time.monotonic()
+        if self.spool.pending() and now >= self._next_retry:
+            self._replay_own()
+        if events:
+            if self._broker_ok and not self.spool.pending():
+                self._send(events)
+            else:
+                self._to_spool(events)
+        if now - self._last_sync >= self.fsync_every:
+            self.spool.sync()
+            self._last_sync = now
+
+    def _take(self, n: int, wait: float) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        with self._overflow_lock:
+            if self._overflow:
+                events, self._overflow = self._overflow[:n], self._overflow[n:]
+        deadline = time.monotonic() + wait
+        while len(events) < n:
+            timeout = deadline - time.monotonic()
+            try:
+                events.append(self._queue.get(timeout=max(0.0, timeout)) if timeout > 0 else self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return events
+
+    def _send(self, events: list[dict[str, Any]]) -> bool:
+        try:
+            self.publish(events)
+        except Exception as exc:
+            self._broker_ok = False
+            self._next_retry = time.monotonic() + self.retry_every
+            log.warning("intake_publish_failed", error=type(exc).__name__, events=len(events))
+            self._to_spool(events)
+            return False
+        self._broker_ok = True
+        metrics.TRACK_INTAKE.labels("published").inc(len(events))
+        return True
+
+    def _to_spool(self, events: list[dict[str, Any]]) -> None:
+        dropped = self.spool.append(events)
+        metrics.TRACK_INTAKE.labels("spooled").inc(len(events) - dropped)
+        if dropped:
+            metrics.TRACK_INTAKE.labels("dropped").inc(dropped)
+            log.error("intake_spool_full", dropped=dropped, max_bytes=self.spool.max_bytes)
+
+    def _replay_own(self) -> None:
+        """Publish the whole spool in order; truncate it only when all of it went out."""
+        self.spool.sync()
+        pending = self.spool.read_own()
+        for i in range(0, len(pending), self.batch):
+            try:
+                self.publish(pending[i : i + self.batch])
+            except Exception as exc:
+                self._broker_ok = False
+                self._next_retry = time.monotonic() + self.retry_every
+                log.info("intake_replay_waiting", error=type(exc).__name__, spooled=len(pending))
+                return  # published batches will be published again later; event ids make that harmless
+        self.spool.truncate_own()
+        self._broker_ok = True
+        metrics.TRACK_INTAKE.labels("replayed").inc(len(pending))
+        log.info("intake_replayed", events=len(pending))
+
+    def _adopt_orphans(self) -> None:
+        """Move spooled events of dead processes into this process's spool (replayed with it)."""
+        for path in self.spool.orphans():
+            events = _read_lines(path)
+            self._to_spool(events)
+            self.spool.sync()
+            path.unlink(missing_ok=True)
+            log.info("intake_adopted_spool", path=str(path), events=len(events))
+            self._next_retry = 0.0
+
+    def _drain_all(self) -> None:
+        """Everything still buffered goes out now (or into the spool)."""
+        while True:
+            events = self._take(self.batch, 0)
+            if not events:
+                break
+            if self._broker_ok and not self.spool.pending():
+                self._send(events)  # spools them itself when the broker refuses
+            else:
+                self._to_spool(events)
+        self.spool.sync()
+
+
+_intake: Intake | None = None
+_lock = threading.Lock()
+
+
+def get_intake() -> Intake:
+    """The process's intake, publishing ``tracking.record`` messages (started on first use)."""
+    global _intake
+    with _lock:
+        if _intake is None:
+            from ops.settings import get_settings
+            from pipeline.actors.tracking import publish_batch
+
+            settings = get_settings()
+            _intake = Intake(publish_batch, Spool(settings.spool_dir, settings.tracking_spool_max_mb * 1024 * 1024))
+            _intake.start()
+        return _intake
+
+
+def reset_intake() -> None:
+    """Stop and forget the process's intake (app shutdown, tests)."""
+    global _intake
+    with _lock:
+        if _intake is not None:
+            _intake.stop()
+            _intake = None

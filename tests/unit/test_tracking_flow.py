@@ -1,0 +1,214 @@
+"""Pixel and click endpoints → intake → ``tracking.record`` → events, counts, notifications (fakes + StubBroker).
+
+The RabbitMQ-outage version (5,000 hits, nothing lost or doubled) is in
+tests/integration/test_tracking_outage.py.
+"""
+
+from __future__ import annotations
+
+import email
+import re
+from collections.abc import Iterator
+from datetime import timedelta
+from email import policy
+from typing import Any
+
+import pytest
+from dramatiq import Worker
+from dramatiq.brokers.stub import StubBroker
+from sqlalchemy import select, update
+from sqlmodel import Session
+from starlette.testclient import TestClient
+
+from models import Email, Notification, Organization, TrackingEvent, utcnow
+from models.db import get_engine
+from pipeline.clients.fake_imap import FakeImapServer, fake_connect
+from pipeline.clients.fake_smtp import FakeSmtpTransport
+from pipeline.connections import use_imap_connector, use_smtp_transport
+from pipeline.intake import reset_intake
+from tests.harness.flow import CRM, count, drain, make_account, make_org, seed_crm
+from web.app import create_app
+
+HTML = ('<html><body><p>Hi Ada,</p><p><a href="https://engine.example/demo">Schedule Demo</a> '
+        '<a href="https://engine.example/pricing?plan=pro&amp;x=1">Pricing</a></p></body></html>')
+CHROME = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36"
+
+
+@pytest.fixture
+def env(db: str, stub_broker: StubBroker, stub_worker: Worker, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+    monkeypatch.setenv("MAILPIPE_TRACKING_OPEN_DELAY_SECONDS", "0.000001")
+    from ops.settings import reset_settings
+
+    reset_settings()
+    use_imap_connector(fake_connect(FakeImapServer("alice@example.test", "alicepass")))
+    smtp = FakeSmtpTransport()
+    use_smtp_transport(smtp)
+    org_id, key = make_org()
+    seed_crm(org_id)
+    account_id = make_account(org_id)
+    with TestClient(create_app()) as client:
+        h = {"Authorization": f"Bearer {key}"}
+        r = client.post("/api/v1/emails/send", headers=h, json={
+            "account_id": account_id, "to": [f"Ada Lovelace <{CRM['contact'][1]}>"], "subject": "Proposal Follow-Up",
+            "body_html": HTML})
+        eid = r.json()["id"]
+        drain(stub_broker, stub_worker)
+        msg = email.message_from_bytes(smtp.sends[0][3], policy=policy.default)
+        html = msg.get_body(("html",)).get_content()
+        pixel = re.search(r'src="http://127\.0\.0\.1:8000(/track/open/[^"]+)"', html).group(1)  # type: ignore[union-attr]
+        clicks = [m.replace("&amp;", "&") for m in re.findall(r'href="http://127\.0\.0\.1:8000(/track/click/[^"]+)"', html)]
+        with Session(get_engine()) as s:  # as if sent a minute ago, so opens are not "too soon"
+            s.execute(update(Email).where(Email.id == eid).values(sent_at=utcnow() - timedelta(minutes=1)))
+            s.commit()
+        yield {"client": client, "h": h, "eid": eid, "pixel": pixel, "clicks": clicks, "broker": stub_broker,
+               "worker": stub_worker, "org_id": org_id}
+
+
+def flush(env: dict[str, Any]) -> None:
+    """Hand everything the intake buffered to the broker, then let the worker record it."""
+    reset_intake()
+    drain(env["broker"], env["worker"])
+
+
+def tracking(env: dict[str, Any]) -> dict[str, Any]:
+    r = env["client"].get(f"/api/v1/emails/{env['eid']}/tracking", headers=env["h"])
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+class TestPixel:
+    def test_browser_open_is_recorded_counted_and_notified(self, env: dict[str, Any]) -> None:
+        """A real open: 43-byte GIF with no-store headers; one event with the UA; count, first open, notification."""
+        r = env["client"].get(env["pixel"], headers={"User-Agent": CHROME})
+        assert r.status_code == 200 and r.headers["content-type"] == "image/gif" and len(r.content) == 43
+        assert r.headers["content-length"] == "43" and "no-store" in r.headers["cache-control"]
+        assert r.headers["pragma"] == "no-cache" and r.headers["x-robots-tag"] == "noindex"
+        flush(env)
+        t = tracking(env)
+        assert t["open_count"] == 1 and t["status"] == "opened" and t["first_open_at"] is not None
+        assert t["first_open_after_send_s"] is not None and t["first_open_after_send_s"] > 0
+        (o,) = t["opens"]
+        assert o["user_agent"] == CHROME and o["machine"] is False and o["recipient_email"] == CRM["contact"][1]
+        with Session(get_engine()) as s:
+            n = s.execute(select(Notification).where(Notification.kind == "email.opened")).scalar_one()
+        assert n.title == "Ada Lovelace opened your email 'Proposal Follow-Up'" and n.user_id == "u1"
+
+    @pytest.mark.parametrize("path", ["/track/open/{eid}/00112233445566778899aabbccddeeff", "/track/open/0000000000000000deadbeef/abc12345",
+                                      "/track/open/{eid}/not-hex", "/track/open/x/y"])
+    def test_forged_or_unknown_ids_get_the_gif_and_record_nothing(self, env: dict[str, Any], path: str) -> None:
+        r = env["client"].get(path.format(eid=env["eid"]), headers={"User-Agent": CHROME})
+        assert r.status_code == 200 and len(r.content) == 43
+        flush(env)
+        assert count(TrackingEvent) == 0
+
+    def test_head_and_prefetch_are_answered_not_counted(self, env: dict[str, Any]) -> None:
+        c = env["client"]
+        assert c.head(env["pixel"]).status_code == 200
+        assert c.get(env["pixel"], headers={"Sec-Purpose": "prefetch;prerender"}).status_code == 200
+        assert c.get(env["pixel"], headers={"Purpose": "prefetch"}).status_code == 200
+        flush(env)
+        assert count(TrackingEvent) == 0
+
+    def test_machine_opens_are_flagged_not_notified(self, env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+        """Apple MPP (Apple range + generic UA) is flagged with its reason; Gmail's proxy is a real open."""
+        from web.routes import tracking as routes
+
+        monkeypatch.setattr(routes, "client_ip", lambda request: "17.58.1.2")
+        env["client"].get(env["pixel"], headers={"User-Agent": "Mozilla/5.0"})
+        flush(env)
+        (o,) = tracking(env)["opens"]
+        assert o["machine"] is True and o["reason"] == "apple_mpp" and tracking(env)["open_count"] == 0
+        assert count(Notification, Notification.kind == "email.opened") == 0
+        monkeypatch.setattr(routes, "client_ip", lambda request: "66.102.8.1")
+        env["client"].get(env["pixel"], headers={"User-Agent": "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)"})
+        flush(env)
+        opens = tracking(env)["opens"]
+        assert opens[1]["machine"] is False and opens[1]["reason"] == "gmail_proxy" and tracking(env)["open_count"] == 1
+
+    def test_replays_from_one_ip_collapse(self, env: dict[str, Any]) -> None:
+        for _ in range(3):
+            env["client"].get(env["pixel"], headers={"User-Agent": CHROME})
+        flush(env)
+        t = tracking(env)
+        assert len(t["opens"]) == 3 and t["open_count"] == 1 and [o["counted"] for o in t["opens"]] == [True, False, False]
+
+    def test_dnt_honoured_when_the_org_says_so(self, env: dict[str, Any]) -> None:
+        """DNT: 1 or Sec-GPC: 1 drop opens for an org with honor_dnt; clicks are still recorded."""
+        r = env["client"].patch("/api/v1/org", headers=env["h"], json={"honor_dnt": True})
+        assert r.status_code == 200 and r.json()["honor_dnt"] is True
+        env["client"].get(env["pixel"], headers={"User-Agent": CHROME, "DNT": "1"})
+        env["client"].get(env["pixel"], headers={"User-Agent": CHROME, "Sec-GPC": "1"})
+        env["client"].get(env["clicks"][0], headers={"User-Agent": CHROME, "DNT": "1"}, follow_redirects=False)
+        flush(env)
+        t = tracking(env)
+        assert t["opens"] == [] and len(t["clicks"]) == 1
+
+    def test_anonymized_ips(self, env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+        from web.routes import tracking as routes
+
+        with Session(get_engine()) as s:
+            s.execute(update(Organization).values(anonymize_ip=True))
+            s.commit()
+        monkeypatch.setattr(routes, "client_ip", lambda request: "203.0.113.77")
+        env["client"].get(env["pixel"], headers={"User-Agent": CHROME})
+        flush(env)
+        assert tracking(env)["opens"][0]["ip"] == "203.0.113.0"
+
+
+class TestClick:
+    def test_redirects_to_the_stored_url_and_records(self, env: dict[str, Any]) -> None:
+        r = env["client"].get(env["clicks"][0], headers={"User-Agent": CHROME}, follow_redirects=False)
+        assert r.status_code == 302 and r.headers["location"] == "https://engine.example/demo"
+        r2 = env["client"].get(env["clicks"][1], headers={"User-Agent": CHROME}, follow_redirects=False)
+        assert r2.headers["location"] == "https://engine.example/pricing?plan=pro&x=1"
+        flush(env)
+        t = tracking(env)
+        assert t["click_count"] == 2 and [c["url"] for c in t["clicks"]] == ["https://engine.example/demo",
+                                                                              "https://engine.example/pricing?plan=pro&x=1"]
+        with Session(get_engine()) as s:
+            titles = sorted(n.title for n in s.execute(select(Notification).where(Notification.kind == "email.clicked")).scalars())
+        assert titles == ["Ada Lovelace clicked 'Pricing'", "Ada Lovelace clicked 'Schedule Demo'"]
+
+    @pytest.mark.parametrize("suffix", ["?next=https://evil.example/", "?url=https%3A%2F%2Fevil.example", "?a=1&u=https://evil.example",
+                                        "#https://evil.example"])
+    def test_query_parameters_are_never_appended(self, env: dict[str, Any], suffix: str) -> None:
+        r = env["client"].get(env["clicks"][0] + suffix, follow_redirects=False)
+        assert r.status_code == 302 and r.headers["location"] == "https://engine.example/demo"
+
+    @pytest.mark.parametrize("path", [
+        "/track/click/{eid}/00112233445566778899aabbccddeeff",
+        "/track/click/{eid}/https%3A%2F%2Fevil.example",
+        "/track/click/{eid}/..%2F..%2Fhttps:%2F%2Fevil.example",
+        "/track/click/0000000000000000deadbeef/{hash}",
+        "/track/click/{eid}/{hash}%2Fhttps:%2F%2Fevil.example",
+    ])
+    def test_forged_links_are_404_never_a_redirect(self, env: dict[str, Any], path: str) -> None:
+        lhash = env["clicks"][0].rsplit("/", 1)[1]
+        r = env["client"].get(path.format(eid=env["eid"], hash=lhash), follow_redirects=False)
+        assert r.status_code == 404 and "location" not in r.headers
+
+    def test_head_click_is_a_scanner(self, env: dict[str, Any]) -> None:
+        r = env["client"].head(env["clicks"][0], follow_redirects=False)
+        assert r.status_code == 302
+        flush(env)
+        (c,) = tracking(env)["clicks"]
+        assert c["machine"] is True and c["reason"] == "head_request" and tracking(env)["click_count"] == 0
+
+
+class TestClientIp:
+    def test_forwarded_for_only_through_trusted_proxies(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """X-Forwarded-For is read from the right, past trusted proxies, only when the peer is one."""
+        from starlette.requests import Request
+
+        from ops.settings import reset_settings
+        from web.routes.tracking import client_ip
+
+        def req(peer: str, xff: str) -> Request:
+            return Request({"type": "http", "client": (peer, 1234), "headers": [(b"x-forwarded-for", xff.encode())]})
+
+        assert client_ip(req("198.51.100.9", "1.2.3.4")) == "198.51.100.9"  # no trusted proxies configured
+        monkeypatch.setenv("MAILPIPE_TRUSTED_PROXIES", "10.0.0.0/8")
+        reset_settings()
+        assert client_ip(req("10.1.2.3", "6.6.6.6, 1.2.3.4, 10.9.9.9")) == "1.2.3.4"
+        assert client_ip(req("198.51.100.9", "1.2.3.4")) == "198.51.100.9"
+        assert client_ip(req("10.1.2.3", "not-an-ip")) == "10.1.2.3"
