@@ -49,10 +49,21 @@ def create_app() -> Starlette:
         routes.extend(r.routes())
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        yield
-        from pipeline.intake import reset_intake
+        from ops.settings import get_settings
+        from pipeline.events import Listener
 
-        await run_in_threadpool(reset_intake)  # shutdown drains buffered tracking events (broker or spool)
+        url = get_settings().broker_url
+        listener = Listener(url.split(";")[0].strip()) if url else None  # real-time pushes from other processes
+        if listener is not None:
+            listener.start()
+        try:
+            yield
+        finally:
+            if listener is not None:
+                await run_in_threadpool(listener.stop)
+            from pipeline.intake import reset_intake
+
+            await run_in_threadpool(reset_intake)  # shutdown drains buffered tracking events (broker or spool)
 
     return Starlette(routes=routes, middleware=[Middleware(RejectNul), Middleware(ApiKeyAuth)], exception_handlers=exception_handlers,
                      lifespan=lifespan)

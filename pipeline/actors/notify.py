@@ -42,7 +42,15 @@ def notify_emails(email_ids: list[str]) -> None:
             "data": {"links": [{"entity_type": t, "entity_id": i} for t, i in links.get(e.id, [])]},
             "dedupe_key": f"email.received:{e.id}",
         } for e in wanted if e.id not in announced]
+        known = set(s.execute(select(Notification.dedupe_key).where(
+            Notification.dedupe_key.in_([r["dedupe_key"] for r in rows]))).scalars()) if rows else set()  # type: ignore[attr-defined]
+        rows = [r for r in rows if r["dedupe_key"] not in known]
         sent = insert_ignore(s, Notification, rows, ["org_id", "dedupe_key"])
         move(s, [e.id for e in emails], "done")
         s.commit()
     metrics.INGESTED.labels("notify", "ok").inc(sent)
+    from pipeline.events import publish_event
+
+    for r in rows:
+        publish_event({"type": "email.received", "org_id": r["org_id"], "user_id": r["user_id"], "email_id": r["email_id"],
+                       "title": r["title"], "subject": r["body"]})

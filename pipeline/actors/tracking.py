@@ -32,6 +32,7 @@ from ops import metrics
 from ops.keys import get_keyring
 from ops.settings import get_settings
 from pipeline.broker import actor
+from pipeline.events import publish_event
 from pipeline.stages.tracking import classify_click, classify_open, verify_link_hash, verify_recipient_hash
 
 __all__ = ["REPLAY_WINDOW", "anonymize", "publish_batch", "record_events"]
@@ -150,10 +151,13 @@ def record_events(events: list[dict[str, Any]]) -> int:
         insert_ignore(s, TrackingEvent, [{k: v for k, v in r.items() if not k.startswith("_")} for r in fresh],
                       ["intake_id"])
         _count(s, fresh)
-        _notify(s, batch, fresh)
+        pushed = _notify(s, batch, fresh)
         s.commit()
     for r in fresh:
         metrics.TRACK_RECORDED.labels(r["kind"], "machine" if r["machine"] else "human").inc()
+    for n in pushed:  # after the commit: the browser may fetch the notification at once
+        publish_event({"type": n["kind"], "org_id": n["org_id"], "user_id": n["user_id"], "email_id": n["email_id"],
+                       "title": n["title"], **n["data"]})
     return len(fresh)
 
 
@@ -221,7 +225,7 @@ def _names(s: Session, org_id: str, addresses: set[str]) -> dict[str, str]:
     return names
 
 
-def _notify(s: Session, batch: _Batch, rows: list[dict[str, Any]]) -> None:
+def _notify(s: Session, batch: _Batch, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """In-app notifications for human opens (once per recipient) and clicks (once per recipient and link)."""
     human = [r for r in rows if not r["machine"] and r["counted"]]
     by_org: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -245,7 +249,13 @@ def _notify(s: Session, batch: _Batch, rows: list[dict[str, Any]]) -> None:
                         and "email.opened" or "email.clicked", "title": title[:500], "body": (email.subject or "")[:2000],
                         "email_id": email.id, "dedupe_key": key[:200],
                         "data": {"recipient_email": who_addr, "url": r["url"], "at": r["at"].isoformat()}})
-    insert_ignore(s, Notification, out, ["org_id", "dedupe_key"])
+    if not out:
+        return []
+    known = set(s.execute(select(Notification.dedupe_key).where(Notification.dedupe_key.in_([n["dedupe_key"] for n in out])))
+                .scalars())  # type: ignore[attr-defined]
+    new = [n for n in out if n["dedupe_key"] not in known]
+    insert_ignore(s, Notification, new, ["org_id", "dedupe_key"])
+    return new
 
 
 def tracking_json(s: Session, email: Email) -> dict[str, Any]:

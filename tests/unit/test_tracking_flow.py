@@ -212,3 +212,36 @@ class TestClientIp:
         assert client_ip(req("10.1.2.3", "6.6.6.6, 1.2.3.4, 10.9.9.9")) == "1.2.3.4"
         assert client_ip(req("198.51.100.9", "1.2.3.4")) == "198.51.100.9"
         assert client_ip(req("10.1.2.3", "not-an-ip")) == "10.1.2.3"
+
+
+class TestRealtime:
+    def test_token_and_websocket_push(self, env: dict[str, Any]) -> None:
+        """A browser with a short-lived token hears about the open and the click as they are recorded."""
+        c = env["client"]
+        r = c.post("/api/v1/notifications/token", headers=env["h"], json={"user_id": "u1"})
+        assert r.status_code == 200 and r.json()["expires_in"] == 300
+        token = r.json()["token"]
+        with c.websocket_connect(f"/api/v1/notifications/ws?token={token}") as ws:
+            assert ws.receive_json() == {"type": "hello", "user_id": "u1"}
+            c.get(env["pixel"], headers={"User-Agent": CHROME})
+            c.get(env["clicks"][0], headers={"User-Agent": CHROME}, follow_redirects=False)
+            flush(env)
+            first, second = ws.receive_json(), ws.receive_json()
+        assert {first["type"], second["type"]} == {"email.opened", "email.clicked"}
+        opened = first if first["type"] == "email.opened" else second
+        assert opened["email_id"] == env["eid"] and opened["title"].startswith("Ada Lovelace opened")
+
+    def test_bad_or_expired_tokens_are_refused(self, env: dict[str, Any]) -> None:
+        from starlette.websockets import WebSocketDisconnect
+
+        from web.routes.notifications import check_token, issue_token
+
+        good = issue_token(env["org_id"], "u1")
+        assert check_token(good) == (env["org_id"], "u1")
+        assert check_token(issue_token(env["org_id"], "u1", now=1_000_000.0)) is None  # expired long ago
+        assert check_token(good[:-2] + "00") is None and check_token("nonsense") is None
+        for bad in ("nonsense", good[:-2] + "00"):
+            with pytest.raises(WebSocketDisconnect) as info:
+                with env["client"].websocket_connect(f"/api/v1/notifications/ws?token={bad}") as ws:
+                    ws.receive_json()
+            assert info.value.code == 4401

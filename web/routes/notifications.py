@@ -1,21 +1,28 @@
-"""In-app notifications: list (optionally unread only) and mark read."""
+"""In-app notifications: list (optionally unread only), mark read, and the real-time websocket."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import time
 from typing import Any
 
+from pydantic import Field
 from sqlalchemy import func, select
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from models import Notification, utcnow
 from models.db import get_engine
 from web.api import ApiRouter
 from web.errors import ApiError
 from web.present import iso
-from web.validation import query_int
+from ops.keys import get_keyring
+from web.validation import Body, parse_body, query_int
 
 router = ApiRouter("notifications")
 
@@ -62,3 +69,74 @@ async def mark_read(request: Request) -> JSONResponse:
             return notification_json(n)
 
     return JSONResponse(await run_in_threadpool(run))
+
+
+# ---- real-time pushes ---------------------------------------------------------------------------
+
+TOKEN_TTL_SECONDS = 300
+
+
+class TokenIn(Body):
+    user_id: str = Field(min_length=1, max_length=64)
+
+
+def _b64(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def _unb64(text: str) -> str:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
+
+
+def issue_token(org_id: str, user_id: str, now: float | None = None) -> str:
+    """A short-lived websocket token: org, user and expiry, HMAC-signed ("ws" key purpose)."""
+    exp = str(int((now or time.time()) + TOKEN_TTL_SECONDS))
+    claims = f"{_b64(org_id)}.{_b64(user_id)}.{exp}"
+    return f"{claims}.{get_keyring().sign('ws', claims)}"
+
+
+def check_token(token: str, now: float | None = None) -> tuple[str, str] | None:
+    """(org_id, user_id) of a valid, unexpired token; None otherwise."""
+    parts = token.split(".")
+    if len(parts) != 4:
+        return None
+    claims = ".".join(parts[:3])
+    if not get_keyring().verify("ws", parts[3], claims):
+        return None
+    try:
+        if int(parts[2]) < (now or time.time()):
+            return None
+        return _unb64(parts[0]), _unb64(parts[1])
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+@router.route("POST", "/api/v1/notifications/token", summary="A short-lived token for the notifications websocket",
+              body=TokenIn)
+async def ws_token(request: Request) -> JSONResponse:
+    body = await parse_body(request, TokenIn)
+    return JSONResponse({"token": issue_token(str(request.state.org_id), body.user_id), "expires_in": TOKEN_TTL_SECONDS})
+
+
+async def notifications_ws(websocket: WebSocket) -> None:
+    """``WS /api/v1/notifications/ws?token=``: pushes ``{type, email_id, ...}`` as they happen."""
+    from pipeline.events import HUB
+
+    who = check_token(websocket.query_params.get("token", ""))
+    if who is None:
+        await websocket.close(code=4401)  # application close code: the token is invalid or expired
+        return
+    await websocket.accept()
+    org_id, user_id = who
+    HUB.add(org_id, user_id, websocket, asyncio.get_running_loop())
+    try:
+        await websocket.send_json({"type": "hello", "user_id": user_id})
+        while True:
+            await websocket.receive_text()  # clients may ping; we only need to notice the close
+    except WebSocketDisconnect:
+        pass
+    finally:
+        HUB.remove(org_id, user_id, websocket)
+
+
+router.websockets.append(WebSocketRoute("/api/v1/notifications/ws", notifications_ws))
