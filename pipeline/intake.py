@@ -16,10 +16,10 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import queue
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ __all__ = ["Intake", "Spool", "get_intake", "reset_intake"]
 log = structlog.get_logger("mailpipe.intake")
 
 Publish = Callable[[list[dict[str, Any]]], None]
+_BUFFERED = metrics.TRACK_INTAKE.labels("buffered")
 
 
 class Spool:
@@ -142,7 +143,10 @@ class Intake:
         self.linger = linger
         self.retry_every = retry_every
         self.fsync_every = fsync_every
-        self._queue: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=max_buffer)
+        # A deque, not a queue.Queue: append/popleft are atomic under the GIL and wake nobody, so the
+        # request path pays no lock or thread switch per event; the publisher polls every ``linger``.
+        self._buffer: deque[dict[str, Any]] = deque()
+        self.max_buffer = max_buffer
         self._overflow: list[dict[str, Any]] = []
         self._overflow_lock = threading.Lock()
         self._stop = threading.Event()
@@ -151,14 +155,18 @@ class Intake:
         self._next_retry = 0.0
         self._last_sync = time.monotonic()
 
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
     # -- request path ------------------------------------------------------------------------------
 
     def submit(self, event: dict[str, Any]) -> None:
         """Hand over one event; never blocks on I/O."""
-        metrics.TRACK_INTAKE.labels("buffered").inc()
-        try:
-            self._queue.put_nowait(event)
-        except queue.Full:  # the publisher is far behind: park it for the spool
+        _BUFFERED.inc()
+        if len(self._buffer) < self.max_buffer:
+            self._buffer.append(event)
+        else:  # the publisher is far behind: park it for the spool
             with self._overflow_lock:
                 self._overflow.append(event)
 
@@ -208,14 +216,17 @@ class Intake:
         with self._overflow_lock:
             if self._overflow:
                 events, self._overflow = self._overflow[:n], self._overflow[n:]
-        deadline = time.monotonic() + wait
-        while len(events) < n:
-            timeout = deadline - time.monotonic()
-            try:
-                events.append(self._queue.get(timeout=max(0.0, timeout)) if timeout > 0 else self._queue.get_nowait())
-            except queue.Empty:
-                break
+        if not self._buffer and not events and wait > 0:
+            self._stop.wait(wait)
+        buffer = self._buffer
+        while buffer and len(events) < n:
+            events.append(buffer.popleft())
         return events
+
+    @property
+    def idle(self) -> bool:
+        """Nothing buffered (what was handed over is published or spooled)."""
+        return not self._buffer and not self._overflow
 
     def _send(self, events: list[dict[str, Any]]) -> bool:
         try:

@@ -16,6 +16,7 @@ from web.api import ApiRouter, openapi_document
 from web.auth import ApiKeyAuth
 from web.errors import exception_handlers
 from web.guard import RejectNul
+from web.pixel import PixelFastPath
 from web.routes import accounts, crm, emails, health, notifications, org, send, tracking, unsubscribe
 
 __all__ = ["create_app"]
@@ -65,5 +66,5 @@ def create_app() -> Starlette:
 
             await run_in_threadpool(reset_intake)  # shutdown drains buffered tracking events (broker or spool)
 
-    return Starlette(routes=routes, middleware=[Middleware(RejectNul), Middleware(ApiKeyAuth)], exception_handlers=exception_handlers,
-                     lifespan=lifespan)
+    return Starlette(routes=routes, middleware=[Middleware(PixelFastPath), Middleware(RejectNul), Middleware(ApiKeyAuth)],
+                     exception_handlers=exception_handlers, lifespan=lifespan)

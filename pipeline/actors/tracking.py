@@ -26,7 +26,7 @@ from sqlalchemy import case, select, update
 from sqlmodel import Session
 
 from models import Contact, Delivery, Email, EmailAccount, Lead, Notification, Organization, TrackedLink, TrackingEvent
-from models.db import get_engine
+from models.db import get_engine, is_postgres
 from models.upsert import insert_ignore
 from ops import metrics
 from ops.keys import get_keyring
@@ -146,6 +146,7 @@ def record_events(events: list[dict[str, Any]]) -> int:
         if not rows:
             s.commit()
             return 0
+        _lock_emails(s, sorted({r["email_id"] for r in rows}))
         _collapse_replays(s, rows)
         fresh = [r for r in rows if r["intake_id"] not in _existing(s, [r["intake_id"] for r in rows])]
         insert_ignore(s, TrackingEvent, [{k: v for k, v in r.items() if not k.startswith("_")} for r in fresh],
@@ -159,6 +160,18 @@ def record_events(events: list[dict[str, Any]]) -> int:
         publish_event({"type": n["kind"], "org_id": n["org_id"], "user_id": n["user_id"], "email_id": n["email_id"],
                        "title": n["title"], **n["data"]})
     return len(fresh)
+
+
+def _lock_emails(s: Session, email_ids: list[str]) -> None:
+    """Serialize batches that touch the same emails, so replay collapsing and counting see each other.
+
+    PostgreSQL: row locks taken in id order (no deadlock between batches); SQLite: a no-op write
+    takes the database's write lock before anything is read.
+    """
+    if is_postgres(s.get_bind()):  # type: ignore[arg-type]
+        s.execute(select(Email.id).where(Email.id.in_(email_ids)).order_by(Email.id).with_for_update())  # type: ignore[attr-defined]
+    else:
+        s.execute(update(Email).where(Email.id.in_(email_ids)).values(open_count=Email.open_count))  # type: ignore[attr-defined]
 
 
 def _existing(s: Session, intake_ids: list[str]) -> set[str]:

@@ -53,7 +53,7 @@ def test_outage_spools_then_replays_in_order(tmp_path: Path) -> None:
     broker.up = False
     for e in events(0, 500):
         intake.submit(e)
-    wait_until(lambda: intake.spool.size > 0 and intake._queue.empty(), 10, what="events spooled")
+    wait_until(lambda: intake.spool.size > 0 and intake.idle, 10, what="events spooled")
     assert broker.ids() == []
     intake.spool.sync()
     assert sum(1 for _ in open(intake.spool.path)) == 500

@@ -64,6 +64,15 @@ def env(db: str, stub_broker: StubBroker, stub_worker: Worker, monkeypatch: pyte
                "worker": stub_worker, "org_id": org_id}
 
 
+def as_if_from(monkeypatch: pytest.MonkeyPatch, ip: str) -> None:
+    """Make every tracking request come from ip (TestClient's peer is not an address)."""
+    import web.pixel
+    from web.routes import tracking as routes
+
+    monkeypatch.setattr(web.pixel, "client_ip_from", lambda client, xff: ip)
+    monkeypatch.setattr(routes, "client_ip_from", lambda client, xff: ip)
+
+
 def flush(env: dict[str, Any]) -> None:
     """Hand everything the intake buffered to the broker, then let the worker record it."""
     reset_intake()
@@ -111,15 +120,13 @@ class TestPixel:
 
     def test_machine_opens_are_flagged_not_notified(self, env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
         """Apple MPP (Apple range + generic UA) is flagged with its reason; Gmail's proxy is a real open."""
-        from web.routes import tracking as routes
-
-        monkeypatch.setattr(routes, "client_ip", lambda request: "17.58.1.2")
+        as_if_from(monkeypatch, "17.58.1.2")
         env["client"].get(env["pixel"], headers={"User-Agent": "Mozilla/5.0"})
         flush(env)
         (o,) = tracking(env)["opens"]
         assert o["machine"] is True and o["reason"] == "apple_mpp" and tracking(env)["open_count"] == 0
         assert count(Notification, Notification.kind == "email.opened") == 0
-        monkeypatch.setattr(routes, "client_ip", lambda request: "66.102.8.1")
+        as_if_from(monkeypatch, "66.102.8.1")
         env["client"].get(env["pixel"], headers={"User-Agent": "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)"})
         flush(env)
         opens = tracking(env)["opens"]
@@ -144,12 +151,10 @@ class TestPixel:
         assert t["opens"] == [] and len(t["clicks"]) == 1
 
     def test_anonymized_ips(self, env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
-        from web.routes import tracking as routes
-
         with Session(get_engine()) as s:
             s.execute(update(Organization).values(anonymize_ip=True))
             s.commit()
-        monkeypatch.setattr(routes, "client_ip", lambda request: "203.0.113.77")
+        as_if_from(monkeypatch, "203.0.113.77")
         env["client"].get(env["pixel"], headers={"User-Agent": CHROME})
         flush(env)
         assert tracking(env)["opens"][0]["ip"] == "203.0.113.0"

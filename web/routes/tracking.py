@@ -64,10 +64,15 @@ def _is_trusted(ip: str) -> bool:
 
 def client_ip(request: Request) -> str | None:
     """The socket peer, or through trusted proxies the rightmost X-Forwarded-For entry that is not one."""
-    peer = request.client.host if request.client else None
+    return client_ip_from(request.scope.get("client"), ",".join(request.headers.getlist("x-forwarded-for")))
+
+
+def client_ip_from(client: Any, forwarded_for: str) -> str | None:
+    """:func:`client_ip` from an ASGI ``client`` tuple and the X-Forwarded-For header value(s)."""
+    peer = client[0] if client else None
     if peer is None or not _is_trusted(peer):
         return peer
-    hops = [h.strip() for h in ",".join(request.headers.getlist("x-forwarded-for")).split(",") if h.strip()]
+    hops = [h.strip() for h in forwarded_for.split(",") if h.strip()]
     for hop in reversed(hops):
         if not _is_trusted(hop):
             try:
