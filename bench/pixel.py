@@ -31,7 +31,7 @@ import httpx  # noqa: E402
 
 from tests.harness.ports import free_port  # noqa: E402
 
-UVICORN = [sys.executable, "-m", "uvicorn", "--loop", "uvloop", "--http", "httptools", "--no-access-log",
+UVICORN = [sys.executable, "-m", "uvicorn", "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--no-proxy-headers",
            "--log-level", "warning", "--host", "127.0.0.1"]
 
 

@@ -72,7 +72,8 @@ def serve(settings: Settings, host: str, port: int, *, generated_key: bool) -> N
     """API + scheduler thread + in-process worker; SIGINT/SIGTERM stop all three cleanly."""
     from web.app import create_app
 
-    server = uvicorn.Server(uvicorn.Config(create_app(), host=host, port=port, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(uvicorn.Config(create_app(), host=host, port=port, log_level="warning", lifespan="on",
+                                           proxy_headers=False, access_log=False))
     _banner(settings, f"http://{host}:{port}", "serve", generated_key)
     embedded = Embedded(settings)
     embedded.start()
@@ -90,7 +91,8 @@ def run_web(settings: Settings, host: str, port: int) -> None:
     from pipeline.actors import broker  # noqa: F401  (publishing needs the broker configured)
     from web.app import create_app
 
-    server = uvicorn.Server(uvicorn.Config(create_app(), host=host, port=port, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(uvicorn.Config(create_app(), host=host, port=port, log_level="warning", lifespan="on",
+                                           proxy_headers=False, access_log=False))
     _banner(settings, f"http://{host}:{port}", "web", False)
     server.run()
 

@@ -17,6 +17,7 @@ import fcntl
 import json
 import os
 import socket
+import sys
 import threading
 import time
 from collections import deque
@@ -34,6 +35,7 @@ log = structlog.get_logger("mailpipe.intake")
 
 Publish = Callable[[list[dict[str, Any]]], None]
 _BUFFERED = metrics.TRACK_INTAKE.labels("buffered")
+SWITCH_INTERVAL = 0.0005
 
 
 class Spool:
@@ -135,7 +137,7 @@ def _read_lines(path: Path) -> list[dict[str, Any]]:
 class Intake:
     """Buffer + publisher thread + spool (see the module docstring)."""
 
-    def __init__(self, publish: Publish, spool: Spool, *, max_buffer: int = 200_000, batch: int = 500,
+    def __init__(self, publish: Publish, spool: Spool, *, max_buffer: int = 200_000, batch: int = 200,
                  linger: float = 0.02, retry_every: float = 1.0, fsync_every: float = 0.05) -> None:
         self.publish = publish
         self.spool = spool
@@ -173,6 +175,9 @@ class Intake:
     # -- lifecycle ---------------------------------------------------------------------------------
 
     def start(self) -> None:
+        # The publisher thread must never hold the GIL long enough to show in the pixel's tail
+        # latency: hand it back every 0.5 ms instead of the interpreter's default 5 ms.
+        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="tracking-intake", daemon=True)
             self._thread.start()

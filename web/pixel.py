@@ -9,7 +9,7 @@ documented route and answers if this layer is not installed). Everything else pa
 
 from __future__ import annotations
 
-import uuid
+import os
 from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -47,7 +47,7 @@ class PixelFastPath:
             purpose = b"".join(headers.get(h, b"") for h in (b"sec-purpose", b"purpose", b"x-purpose", b"x-moz")).lower()
             if b"prefetch" not in purpose:
                 self._submit({
-                    "id": uuid.uuid4().hex, "kind": "open", "email_id": email_id, "token": token, "at": utcnow().isoformat(),
+                    "id": os.urandom(16).hex(), "kind": "open", "email_id": email_id, "token": token, "at": utcnow().isoformat(),
                     "ip": client_ip_from(scope.get("client"), headers.get(b"x-forwarded-for", b"").decode("latin-1")),
                     "ua": headers.get(b"user-agent", b"").decode("latin-1")[:1000], "method": method,
                     "dnt": headers.get(b"dnt") == b"1" or headers.get(b"sec-gpc") == b"1"})

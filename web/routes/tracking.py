@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import uuid
+import os
 from collections import OrderedDict
 from functools import lru_cache, partial
 from typing import Any
@@ -70,7 +70,7 @@ def client_ip(request: Request) -> str | None:
 def client_ip_from(client: Any, forwarded_for: str) -> str | None:
     """:func:`client_ip` from an ASGI ``client`` tuple and the X-Forwarded-For header value(s)."""
     peer = client[0] if client else None
-    if peer is None or not _is_trusted(peer):
+    if peer is None or not _trusted() or not _is_trusted(peer):
         return peer
     hops = [h.strip() for h in forwarded_for.split(",") if h.strip()]
     for hop in reversed(hops):
@@ -89,7 +89,7 @@ def _prefetch(request: Request) -> bool:
 
 def _event(request: Request, kind: str, email_id: str, token: str) -> dict[str, Any]:
     h = request.headers
-    return {"id": uuid.uuid4().hex, "kind": kind, "email_id": email_id, "token": token, "at": utcnow().isoformat(),
+    return {"id": os.urandom(16).hex(), "kind": kind, "email_id": email_id, "token": token, "at": utcnow().isoformat(),
             "ip": client_ip(request), "ua": h.get("user-agent", "")[:1000], "method": request.method,
             "dnt": h.get("dnt") == "1" or h.get("sec-gpc") == "1"}
 
