@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs and starts what the integration tests need, so `make test` passes on a fresh machine:
-# Dovecot (IMAP), openssl (test certificates), PostgreSQL and RabbitMQ (started if down).
+# Dovecot (IMAP), openssl (test certificates), Chromium (the browser test), wrk (bench/pixel.py),
+# PostgreSQL and RabbitMQ (started if down).
 set -euo pipefail
 
 SUDO=""
@@ -12,6 +13,8 @@ command -v doveadm >/dev/null 2>&1 || need+=(dovecot-imapd)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v psql >/dev/null 2>&1 || need+=(postgresql)
 command -v rabbitmqctl >/dev/null 2>&1 || need+=(rabbitmq-server)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)   # the tracking browser test
+command -v wrk >/dev/null 2>&1 || need+=(wrk)             # bench/pixel.py
 if [ "${#need[@]}" -gt 0 ]; then
   echo "setup-machine: installing ${need[*]}"
   $SUDO apt-get update -qq
