@@ -45,3 +45,4 @@ class TrackingEvent(SQLModel, table=True):
     recipient_email: str | None = Field(default=None, max_length=320)
     method: str = Field(default="GET", max_length=8)
     counted: bool = Field(default=True, description="False for a replay collapsed into an earlier event")
+    settled: bool = Field(default=True, description="False for a click until its burst window has passed (then counted/notified)")

@@ -22,10 +22,10 @@ from functools import partial
 from typing import Any
 
 import structlog
-from sqlalchemy import case, select, update
+from sqlalchemy import case, func, select, update
 from sqlmodel import Session
 
-from models import Contact, Delivery, Email, EmailAccount, Lead, Notification, Organization, TrackedLink, TrackingEvent
+from models import Contact, Delivery, Email, EmailAccount, Lead, Notification, Organization, TrackedLink, TrackingEvent, utcnow
 from models.db import get_engine, is_postgres
 from models.upsert import insert_ignore
 from ops import metrics
@@ -33,6 +33,7 @@ from ops.keys import get_keyring
 from ops.settings import get_settings
 from pipeline.broker import actor
 from pipeline.events import publish_event
+from pipeline.scheduler import register_sweep
 from pipeline.stages.tracking import classify_click, classify_open, verify_link_hash, verify_recipient_hash
 
 __all__ = ["REPLAY_WINDOW", "anonymize", "publish_batch", "record_events"]
@@ -40,6 +41,11 @@ __all__ = ["REPLAY_WINDOW", "anonymize", "publish_batch", "record_events"]
 log = structlog.get_logger("mailpipe.tracking")
 
 REPLAY_WINDOW = timedelta(seconds=10)
+#: A click is judged once this long has passed after it: clicks on three or more distinct links of
+#: one email (or on every link, when it has two) within this window of each other are a scanner
+#: following every link (notes §4), flagged ``link_burst``; only then are clicks counted and notified.
+BURST_WINDOW = timedelta(seconds=1)
+SETTLE_LATE = timedelta(seconds=10)  # the sweep settles clicks whose settle message was lost
 
 
 def publish_batch(events: list[dict[str, Any]]) -> None:
@@ -141,6 +147,7 @@ def record_events(events: list[dict[str, Any]]) -> int:
                 "at": at, "ip": anonymize(ip) if org is not None and org.anonymize_ip else ip,
                 "user_agent": (ev.get("ua") or "")[:1000] or None, "machine": verdict.machine, "reason": verdict.reason,
                 "recipient_email": recipient, "method": str(ev.get("method", "GET"))[:8],
+                "settled": ev["kind"] != "click" or verdict.machine,  # human-looking clicks wait for the burst window
                 "_raw_ip": ip, "_text": text,
             })
         if not rows:
@@ -151,15 +158,79 @@ def record_events(events: list[dict[str, Any]]) -> int:
         fresh = [r for r in rows if r["intake_id"] not in _existing(s, [r["intake_id"] for r in rows])]
         insert_ignore(s, TrackingEvent, [{k: v for k, v in r.items() if not k.startswith("_")} for r in fresh],
                       ["intake_id"])
-        _count(s, fresh)
-        pushed = _notify(s, batch, fresh)
+        settled = [r for r in fresh if r["settled"]]
+        _count(s, settled)
+        pushed = _notify(s, batch, settled)
         s.commit()
+    waiting = sorted({r["email_id"] for r in fresh if not r["settled"]})
+    if waiting:
+        settle_clicks.send_with_options(args=(waiting,), delay=int(BURST_WINDOW.total_seconds() * 1000) + 100)
     for r in fresh:
         metrics.TRACK_RECORDED.labels(r["kind"], "machine" if r["machine"] else "human").inc()
     for n in pushed:  # after the commit: the browser may fetch the notification at once
         publish_event({"type": n["kind"], "org_id": n["org_id"], "user_id": n["user_id"], "email_id": n["email_id"],
                        "title": n["title"], **n["data"]})
     return len(fresh)
+
+
+@actor(actor_name="tracking.settle_clicks", queue_name="tracking", max_retries=5)
+def settle_clicks(email_ids: list[str]) -> int:
+    """Judge the emails' waiting clicks whose burst window has passed: flag bursts, count and notify the rest."""
+    now = utcnow()
+    with Session(get_engine(), expire_on_commit=False) as s:
+        _lock_emails(s, email_ids)
+        waiting = list(s.execute(select(TrackingEvent).where(
+            TrackingEvent.email_id.in_(email_ids), TrackingEvent.kind == "click",  # type: ignore[attr-defined]
+            TrackingEvent.settled.is_(False))).scalars())  # type: ignore[attr-defined]
+        due = [e for e in waiting if e.at <= now - BURST_WINDOW]
+        later = sorted({e.email_id for e in waiting if e.at > now - BURST_WINDOW})
+        if due:
+            lo, hi = min(e.at for e in due) - BURST_WINDOW, max(e.at for e in due) + BURST_WINDOW
+            nearby = list(s.execute(select(TrackingEvent.email_id, TrackingEvent.link_hash, TrackingEvent.at).where(
+                TrackingEvent.email_id.in_({e.email_id for e in due}), TrackingEvent.kind == "click",  # type: ignore[attr-defined]
+                TrackingEvent.at >= lo, TrackingEvent.at <= hi)).all())  # type: ignore[operator]
+            links = dict(s.execute(select(TrackedLink.email_id, func.count()).where(
+                TrackedLink.email_id.in_({e.email_id for e in due})).group_by(TrackedLink.email_id)).all())  # type: ignore[attr-defined]
+            for e in due:
+                distinct = {n.link_hash for n in nearby if n.email_id == e.email_id and abs((n.at - e.at).total_seconds())
+                            <= BURST_WINDOW.total_seconds()}
+                total = int(links.get(e.email_id, 0))
+                if len(distinct) >= 3 or (len(distinct) >= 2 and len(distinct) >= total):
+                    e.machine, e.reason = True, "link_burst"
+                e.settled = True
+                s.add(e)
+            s.flush()
+            batch = _Batch(s, [{"email_id": eid} for eid in {e.email_id for e in due}])
+            rows = [{"email_id": e.email_id, "kind": "click", "machine": e.machine, "counted": e.counted, "at": e.at,
+                     "recipient_email": e.recipient_email, "url": e.url, "link_hash": e.link_hash,
+                     "_text": (batch.links.get((e.email_id, e.link_hash or "")) or _NoLink).text} for e in due]
+            _count(s, rows)
+            pushed = _notify(s, batch, rows)
+        else:
+            pushed = []
+        s.commit()
+    for n in pushed:
+        publish_event({"type": n["kind"], "org_id": n["org_id"], "user_id": n["user_id"], "email_id": n["email_id"],
+                       "title": n["title"], **n["data"]})
+    for e in due:
+        metrics.TRACK_RECORDED.labels("click", "machine" if e.machine else "human").inc()
+    if later:
+        settle_clicks.send_with_options(args=(later,), delay=int(BURST_WINDOW.total_seconds() * 1000) + 100)
+    return len(due)
+
+
+class _NoLink:
+    text = ""
+
+
+@register_sweep("tracking_settle")
+def sweep_unsettled_clicks(session: Session, now: datetime) -> int:
+    """Settle clicks whose settle message was lost (a restarted in-memory broker, a dead worker)."""
+    ids = sorted(set(session.execute(select(TrackingEvent.email_id).where(
+        TrackingEvent.settled.is_(False), TrackingEvent.at < now - SETTLE_LATE).limit(1000)).scalars()))  # type: ignore[attr-defined,operator]
+    if ids:
+        settle_clicks.send(ids)
+    return len(ids)
 
 
 def _lock_emails(s: Session, email_ids: list[str]) -> None:

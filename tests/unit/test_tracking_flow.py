@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import email
 import re
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from email import policy
@@ -60,7 +61,7 @@ def env(db: str, stub_broker: StubBroker, stub_worker: Worker, monkeypatch: pyte
         with Session(get_engine()) as s:  # as if sent a minute ago, so opens are not "too soon"
             s.execute(update(Email).where(Email.id == eid).values(sent_at=utcnow() - timedelta(minutes=1)))
             s.commit()
-        yield {"client": client, "h": h, "eid": eid, "pixel": pixel, "clicks": clicks, "broker": stub_broker,
+        yield {"client": client, "h": h, "eid": eid, "pixel": pixel, "clicks": clicks, "broker": stub_broker, "smtp": smtp,
                "worker": stub_worker, "org_id": org_id}
 
 
@@ -164,6 +165,7 @@ class TestClick:
     def test_redirects_to_the_stored_url_and_records(self, env: dict[str, Any]) -> None:
         r = env["client"].get(env["clicks"][0], headers={"User-Agent": CHROME}, follow_redirects=False)
         assert r.status_code == 302 and r.headers["location"] == "https://engine.example/demo"
+        time.sleep(1.2)  # a person reads before clicking the next link (faster is a scanner's burst)
         r2 = env["client"].get(env["clicks"][1], headers={"User-Agent": CHROME}, follow_redirects=False)
         assert r2.headers["location"] == "https://engine.example/pricing?plan=pro&x=1"
         flush(env)
@@ -191,6 +193,28 @@ class TestClick:
         lhash = env["clicks"][0].rsplit("/", 1)[1]
         r = env["client"].get(path.format(eid=env["eid"], hash=lhash), follow_redirects=False)
         assert r.status_code == 404 and "location" not in r.headers
+
+    def test_a_burst_over_every_link_is_a_scanner(self, env: dict[str, Any]) -> None:
+        """Five links of one email clicked within a second: all flagged link_burst, none counted or notified."""
+        c = env["client"]
+        links = "".join(f'<a href="https://engine.example/p{i}">Part {i}</a> ' for i in range(5))
+        r = c.post("/api/v1/emails/send", headers=env["h"], json={
+            "account_id": c.get(f"/api/v1/emails/{env['eid']}", headers=env["h"]).json()["account_id"],
+            "to": [CRM["contact"][1]], "subject": "Five parts", "body_html": f"<html><body>{links}</body></html>"})
+        eid = r.json()["id"]
+        drain(env["broker"], env["worker"])
+        html = email.message_from_bytes(env["smtp"].sends[-1][3], policy=policy.default).get_body(("html",)).get_content()
+        paths = re.findall(r'href="http://127\.0\.0\.1:8000(/track/click/[^"]+)"', html)
+        assert len(paths) == 5
+        with Session(get_engine()) as s:
+            s.execute(update(Email).where(Email.id == eid).values(sent_at=utcnow() - timedelta(minutes=1)))
+            s.commit()
+        for p in paths:
+            assert c.get(p, headers={"User-Agent": CHROME}, follow_redirects=False).status_code == 302
+        flush(env)
+        t = c.get(f"/api/v1/emails/{eid}/tracking", headers=env["h"]).json()
+        assert [(x["machine"], x["reason"]) for x in t["clicks"]] == [(True, "link_burst")] * 5 and t["click_count"] == 0
+        assert count(Notification, Notification.kind == "email.clicked") == 0
 
     def test_head_click_is_a_scanner(self, env: dict[str, Any]) -> None:
         r = env["client"].head(env["clicks"][0], follow_redirects=False)

@@ -50,6 +50,9 @@ def summary_json(e: Email) -> dict[str, Any]:
         "sent_at": iso(e.sent_at), "linked": e.linked, "needs_review": e.needs_review,
         "attachment_count": e.attachment_count, "open_count": e.open_count, "click_count": e.click_count,
         "pipeline_state": e.pipeline_state,
+        # badge data for outbound mail: unopened / opened / clicked (human events only)
+        "tracking_status": None if e.direction != "outbound" else
+        "clicked" if e.click_count else "opened" if e.open_count else "unopened",
     }
 
 
