@@ -140,3 +140,52 @@ def test_chromium_open_click_and_websocket_pushes(live: dict[str, Any], monkeypa
         server.should_exit = True
         thread.join(10)
         site.close()
+
+
+def test_forged_ids_and_open_redirect_attempts_against_the_real_server(live: dict[str, Any]) -> None:
+    """Must-show 2 on uvicorn + PostgreSQL + RabbitMQ: forged pixel ids get the GIF and record nothing;
+    forged or doctored click links are 404s, never a redirect elsewhere."""
+    import httpx
+
+    from models import TrackedLink
+    from pipeline.actors.tracking import settle_clicks  # noqa: F401  (declares the actor on this broker)
+
+    port = free_port("127.0.0.1")
+    reset_process_state()
+    org_id, _ = make_org()
+    account_id = make_account(org_id)
+    smtp = FakeSmtpTransport()
+    use_smtp_transport(smtp)
+    from pipeline.actors.send import enqueue_send
+    from pipeline.outbound import Outgoing, submit
+
+    sent = submit(org_id, Outgoing(account_id=account_id, to=["ada@engine.example"], subject="S",
+                                   body_html='<a href="https://engine.example/x">x</a>'))
+    enqueue_send(sent.email_id)
+    wait_until(lambda: len(smtp.sends) == 1, 30, what="the email sent")
+    with Session(get_engine()) as s:
+        link = s.execute(select(TrackedLink).where(TrackedLink.email_id == sent.email_id)).scalar_one()
+    server, thread = _serve_app(port)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as c:
+            for path in (f"/track/open/{sent.email_id}/{'0' * 32}", f"/track/open/{'0' * 24}/{'ab' * 16}",
+                         f"/track/open/{sent.email_id}/%2e%2e%2f", "/track/open/x/y"):
+                r = c.get(path)
+                assert r.status_code == 200 and r.headers["content-type"] == "image/gif" and len(r.content) == 43, path
+            good = f"/track/click/{sent.email_id}/{link.link_hash}"
+            assert c.get(good + "?next=https://evil.example/").headers["location"] == "https://engine.example/x"
+            for path in (f"/track/click/{sent.email_id}/{'0' * 32}", f"/track/click/{sent.email_id}/https%3A%2F%2Fevil.example",
+                         f"{good}%2F%2Fevil.example", f"/track/click/{sent.email_id}/{link.link_hash[:-1]}",
+                         f"/track/click/{'0' * 24}/{link.link_hash}"):
+                r = c.get(path)
+                assert r.status_code == 404 and "location" not in r.headers, path
+        from pipeline.intake import reset_intake
+
+        reset_intake()
+        time.sleep(3)  # the recording worker has had its chance
+        with Session(get_engine()) as s:
+            kinds = list(s.execute(select(TrackingEvent.kind).where(TrackingEvent.email_id == sent.email_id)).scalars())
+        assert kinds == ["click"], "only the genuine click is recorded"
+    finally:
+        server.should_exit = True
+        thread.join(10)
