@@ -17,7 +17,6 @@ import fcntl
 import json
 import os
 import socket
-import sys
 import threading
 import time
 from collections import deque
@@ -35,7 +34,6 @@ log = structlog.get_logger("mailpipe.intake")
 
 Publish = Callable[[list[dict[str, Any]]], None]
 _BUFFERED = metrics.TRACK_INTAKE.labels("buffered")
-SWITCH_INTERVAL = 0.0005
 
 
 class Spool:
@@ -175,9 +173,6 @@ class Intake:
     # -- lifecycle ---------------------------------------------------------------------------------
 
     def start(self) -> None:
-        # The publisher thread must never hold the GIL long enough to show in the pixel's tail
-        # latency: hand it back every 0.5 ms instead of the interpreter's default 5 ms.
-        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="tracking-intake", daemon=True)
             self._thread.start()
