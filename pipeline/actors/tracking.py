@@ -167,9 +167,7 @@ def record_events(events: list[dict[str, Any]]) -> int:
         settle_clicks.send_with_options(args=(waiting,), delay=int(BURST_WINDOW.total_seconds() * 1000) + 100)
     for r in fresh:
         metrics.TRACK_RECORDED.labels(r["kind"], "machine" if r["machine"] else "human").inc()
-    for n in pushed:  # after the commit: the browser may fetch the notification at once
-        publish_event({"type": n["kind"], "org_id": n["org_id"], "user_id": n["user_id"], "email_id": n["email_id"],
-                       "title": n["title"], **n["data"]})
+    _push(pushed)  # after the commit: the browser may fetch the notification at once
     return len(fresh)
 
 
@@ -209,9 +207,7 @@ def settle_clicks(email_ids: list[str]) -> int:
         else:
             pushed = []
         s.commit()
-    for n in pushed:
-        publish_event({"type": n["kind"], "org_id": n["org_id"], "user_id": n["user_id"], "email_id": n["email_id"],
-                       "title": n["title"], **n["data"]})
+    _push(pushed)
     for e in due:
         metrics.TRACK_RECORDED.labels("click", "machine" if e.machine else "human").inc()
     if later:
@@ -243,6 +239,13 @@ def _lock_emails(s: Session, email_ids: list[str]) -> None:
         s.execute(select(Email.id).where(Email.id.in_(email_ids)).order_by(Email.id).with_for_update())  # type: ignore[attr-defined]
     else:
         s.execute(update(Email).where(Email.id.in_(email_ids)).values(open_count=Email.open_count))  # type: ignore[attr-defined]
+
+
+def _push(notifications: list[dict[str, Any]]) -> None:
+    """Real-time copies of freshly committed notifications for the users' open browsers."""
+    for n in notifications:
+        publish_event({"type": n["kind"], "org_id": n["org_id"], "user_id": n["user_id"], "email_id": n["email_id"],
+                       "title": n["title"], **n["data"]})
 
 
 def _existing(s: Session, intake_ids: list[str]) -> set[str]:
