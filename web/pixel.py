@@ -9,12 +9,12 @@ documented route and answers if this layer is not installed). Everything else pa
 
 from __future__ import annotations
 
-import os
+import time
 from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from models.base import utcnow
+from pipeline.intake import event_id
 from web.routes.tracking import _ID, _TOKEN, GIF, NO_STORE, client_ip_from
 
 __all__ = ["PixelFastPath"]
@@ -47,7 +47,7 @@ class PixelFastPath:
             purpose = b"".join(headers.get(h, b"") for h in (b"sec-purpose", b"purpose", b"x-purpose", b"x-moz")).lower()
             if b"prefetch" not in purpose:
                 self._submit({
-                    "id": os.urandom(16).hex(), "kind": "open", "email_id": email_id, "token": token, "at": utcnow().isoformat(),
+                    "id": event_id(), "kind": "open", "email_id": email_id, "token": token, "at": time.time(),
                     "ip": client_ip_from(scope.get("client"), headers.get(b"x-forwarded-for", b"").decode("latin-1")),
                     "ua": headers.get(b"user-agent", b"").decode("latin-1")[:1000], "method": method,
                     "dnt": headers.get(b"dnt") == b"1" or headers.get(b"sec-gpc") == b"1"})

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import defaultdict
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -65,7 +65,10 @@ def anonymize(ip: str | None) -> str | None:
     return str(ipaddress.ip_network(f"{addr}/{prefix}", strict=False).network_address)
 
 
-def _when(value: str) -> datetime:
+def _when(value: float | str) -> datetime:
+    """An event's time: epoch seconds (what the intake sends) or ISO-8601 (older spools)."""
+    if isinstance(value, (int, float)):
+        return datetime.fromtimestamp(value, UTC)
     return datetime.fromisoformat(value)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import os
+import time
 from collections import OrderedDict
 from functools import lru_cache, partial
 from typing import Any
@@ -24,10 +24,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
-from models import Email, TrackedLink, utcnow
+from models import Email, TrackedLink
 from models.db import get_engine
 from ops.keys import get_keyring
 from ops.settings import get_settings
+from pipeline.intake import event_id
 from pipeline.stages.tracking import verify_link_hash
 from web.api import ApiRouter
 from web.errors import ApiError
@@ -89,7 +90,7 @@ def _prefetch(request: Request) -> bool:
 
 def _event(request: Request, kind: str, email_id: str, token: str) -> dict[str, Any]:
     h = request.headers
-    return {"id": os.urandom(16).hex(), "kind": kind, "email_id": email_id, "token": token, "at": utcnow().isoformat(),
+    return {"id": event_id(), "kind": kind, "email_id": email_id, "token": token, "at": time.time(),
             "ip": client_ip(request), "ua": h.get("user-agent", "")[:1000], "method": request.method,
             "dnt": h.get("dnt") == "1" or h.get("sec-gpc") == "1"}
 
