@@ -35,6 +35,7 @@ class User(CrmRecord, table=True):
     email_norm: str = Field(max_length=320)
     phone: str | None = Field(default=None, max_length=64)
     tracking_opt_out: bool = Field(default=False, description="mail this user sends carries no pixel and no rewritten links")
+    notify_by_email: bool = Field(default=False, description="opens and clicks are also sent to the user by email")
 
 
 class Contact(CrmRecord, table=True):

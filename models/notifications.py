@@ -27,4 +27,7 @@ class Notification(SQLModel, table=True):
     data: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     dedupe_key: str = Field(max_length=200)
     read_at: datetime | None = ts_field(default=None)
+    email_state: str | None = Field(default=None, max_length=16,
+                                    description="pending | sending | sent | failed when the user gets notifications by email")
+    emailed_at: datetime | None = ts_field(default=None)
     created_at: datetime = ts_field(default_factory=utcnow, nullable=False)

@@ -75,6 +75,7 @@ class Settings(BaseSettings):
     send_retry_base_seconds: float = 30.0
     send_data_grace_seconds: float = 180.0
     spool_dir: str = "./spool"
+    notify_smtp_url: str | None = None
     tracking_spool_max_mb: int = 512
     tracking_open_delay_seconds: float = 2.0
     log_level: str = "INFO"
@@ -132,6 +133,16 @@ class Settings(BaseSettings):
         if parsed.scheme not in {"http", "https"} or not parsed.hostname:
             raise ValueError("must be an http(s):// URL")
         return v.rstrip("/")
+
+    @field_validator("notify_smtp_url")
+    @classmethod
+    def _check_notify_smtp(cls, v: str | None) -> str | None:
+        if v is None or v.strip() == "":
+            return None
+        parsed = urlsplit(v)
+        if parsed.scheme not in {"smtp", "smtps"} or not parsed.hostname or "from=" not in (parsed.query or ""):
+            raise ValueError("must look like smtp://user:pass@host:587?from=notifications@example.com (smtps:// for port 465)")
+        return v
 
     @field_validator("storage_url")
     @classmethod

@@ -14,10 +14,11 @@ from pipeline.actors import (  # noqa: E402
     leads,
     link,
     notify,
+    notify_email,
     parse,
     selftest,
     send,
     tracking,
 )
 
-__all__ = ["attachments", "broker", "fetch", "ingest", "leads", "link", "notify", "parse", "selftest", "send", "tracking"]
+__all__ = ["attachments", "broker", "fetch", "ingest", "leads", "link", "notify", "notify_email", "parse", "selftest", "send", "tracking"]

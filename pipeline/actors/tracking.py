@@ -31,6 +31,7 @@ from models.upsert import insert_ignore
 from ops import metrics
 from ops.keys import get_keyring
 from ops.settings import get_settings
+from pipeline.actors.notify_email import mark_pending
 from pipeline.broker import actor
 from pipeline.events import publish_event
 from pipeline.scheduler import register_sweep
@@ -164,7 +165,9 @@ def record_events(events: list[dict[str, Any]]) -> int:
         settled = [r for r in fresh if r["settled"]]
         _count(s, settled)
         pushed = _notify(s, batch, settled)
+        by_email = mark_pending(s, pushed)
         s.commit()
+    _email(by_email)
     waiting = sorted({r["email_id"] for r in fresh if not r["settled"]})
     if waiting:
         settle_clicks.send_with_options(args=(waiting,), delay=int(BURST_WINDOW.total_seconds() * 1000) + 100)
@@ -209,7 +212,9 @@ def settle_clicks(email_ids: list[str]) -> int:
             pushed = _notify(s, batch, rows)
         else:
             pushed = []
+        by_email = mark_pending(s, pushed)
         s.commit()
+    _email(by_email)
     _push(pushed)
     for e in due:
         metrics.TRACK_RECORDED.labels("click", "machine" if e.machine else "human").inc()
@@ -242,6 +247,13 @@ def _lock_emails(s: Session, email_ids: list[str]) -> None:
         s.execute(select(Email.id).where(Email.id.in_(email_ids)).order_by(Email.id).with_for_update())  # type: ignore[attr-defined]
     else:
         s.execute(update(Email).where(Email.id.in_(email_ids)).values(open_count=Email.open_count))  # type: ignore[attr-defined]
+
+
+def _email(notification_ids: list[str]) -> None:
+    from pipeline.actors.notify_email import email_notification
+
+    for nid in notification_ids:
+        email_notification.send(nid)
 
 
 def _push(notifications: list[dict[str, Any]]) -> None:

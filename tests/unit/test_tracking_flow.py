@@ -274,3 +274,33 @@ class TestRealtime:
                 with env["client"].websocket_connect(f"/api/v1/notifications/ws?token={bad}") as ws:
                     ws.receive_json()
             assert info.value.code == 4401
+
+
+class TestEmailNotifications:
+    def test_a_user_who_asked_gets_opens_by_email(self, env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+        """notify_by_email: the open also arrives as an email from the service address (once)."""
+        from ops.settings import reset_settings
+
+        monkeypatch.setenv("MAILPIPE_NOTIFY_SMTP_URL", "smtp://notify.example.test:2525?from=notifications@mailpipe.example&security=none")
+        reset_settings()
+        r = env["client"].put("/api/v1/users/u1", headers=env["h"],
+                              json={"name": "Alice Seller", "email": "alice@example.test", "notify_by_email": True})
+        assert r.status_code == 200 and r.json()["notify_by_email"] is True
+        before = len(env["smtp"].sends)
+        env["client"].get(env["pixel"], headers={"User-Agent": CHROME})
+        env["client"].get(env["pixel"], headers={"User-Agent": CHROME + " again"})  # a second open: no second email
+        flush(env)
+        mails = env["smtp"].sends[before:]
+        assert [(host, sender, rcpts) for host, sender, rcpts, _ in mails] == [
+            ("notify.example.test", "notifications@mailpipe.example", ("alice@example.test",))]
+        msg = email.message_from_bytes(mails[0][3], policy=policy.default)
+        assert msg["Subject"] == "Ada Lovelace opened your email 'Proposal Follow-Up'"
+        with Session(get_engine()) as s:
+            n = s.execute(select(Notification).where(Notification.kind == "email.opened")).scalar_one()
+        assert n.email_state == "sent" and n.emailed_at is not None
+
+    def test_without_the_setting_no_email(self, env: dict[str, Any]) -> None:
+        before = len(env["smtp"].sends)
+        env["client"].get(env["pixel"], headers={"User-Agent": CHROME})
+        flush(env)
+        assert len(env["smtp"].sends) == before

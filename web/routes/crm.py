@@ -58,6 +58,7 @@ class UserIn(Body):
     email: str
     phone: Annotated[str, StringConstraints(max_length=64)] | None = None
     tracking_opt_out: bool = False  # mail this user sends carries no pixel and no rewritten links
+    notify_by_email: bool = False  # opens and clicks also by email (needs MAILPIPE_NOTIFY_SMTP_URL)
 
     @field_validator("email")
     @classmethod

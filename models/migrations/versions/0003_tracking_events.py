@@ -22,6 +22,13 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('honor_dnt', sa.Boolean(), nullable=False, server_default=sa.false()))
         batch_op.add_column(sa.Column('anonymize_ip', sa.Boolean(), nullable=False, server_default=sa.false()))
 
+    with op.batch_alter_table('Users', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('notify_by_email', sa.Boolean(), nullable=False, server_default=sa.false()))
+
+    with op.batch_alter_table('notifications', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('email_state', sa.String(length=16), nullable=True))
+        batch_op.add_column(sa.Column('emailed_at', sa.DateTime(timezone=True), nullable=True))
+
     with op.batch_alter_table('tracked_links', schema=None) as batch_op:
         batch_op.add_column(sa.Column('text', sa.String(length=500), nullable=False, server_default=''))
 
@@ -48,6 +55,13 @@ def downgrade() -> None:
 
     with op.batch_alter_table('tracked_links', schema=None) as batch_op:
         batch_op.drop_column('text')
+
+    with op.batch_alter_table('notifications', schema=None) as batch_op:
+        batch_op.drop_column('emailed_at')
+        batch_op.drop_column('email_state')
+
+    with op.batch_alter_table('Users', schema=None) as batch_op:
+        batch_op.drop_column('notify_by_email')
 
     with op.batch_alter_table('organizations', schema=None) as batch_op:
         batch_op.drop_column('anonymize_ip')
