@@ -62,6 +62,7 @@ class Outgoing:
     category: str = "sales"
     idempotency_key: str | None = None
     template_id: str | None = None
+    merge: dict[str, Any] | None = None  # {contact_id?, lead_id?, account_id?, opportunity_id?}: fills {{fields}}
     sync_after: bool = False
     kind: str = "send"
     references_from: Email | None = None  # reply: the parent, already loaded and checked
@@ -128,6 +129,45 @@ def _attachment_bytes(s: Session, org_id: str, items: list[dict[str, Any]]) -> l
     return out
 
 
+def _merged(s: Session, org_id: str, merge: dict[str, Any] | None, user: User | None, sender_email: str,
+            subject: str, html: str | None, text: str | None) -> tuple[str, str | None, str | None]:
+    """Subject, HTML and text with their merge fields filled; strict: a field left without value or
+    fallback, an unknown field, a syntax error or an unsafe URL value is a 422 naming it."""
+    from pipeline.merge_fields import MergeRecordMissing, merge_values
+    from pipeline.stages.merge import MergeSyntaxError, render, suggest, unknown_fields
+
+    parts = [("subject", subject, "subject"), ("body_html", html, "html"), ("body_text", text, "text")]
+    try:
+        unknown = unknown_fields([p for _, p, _ in parts if p])
+    except MergeSyntaxError as exc:
+        raise SendRejected(422, "merge_syntax_error", exc.message, {"position": exc.position}) from None
+    if unknown:
+        raise SendRejected(422, "unknown_merge_field", f"unknown merge field(s): {', '.join(unknown)}",
+                           {"unknown": unknown, "suggestions": {u: suggest(u) for u in unknown}})
+    try:
+        values = merge_values(s, org_id, merge, user, sender_email)
+    except MergeRecordMissing as exc:
+        raise SendRejected(404, "not_found", str(exc)) from None
+    out: dict[str, str | None] = {}
+    missing: dict[str, None] = {}
+    unsafe: dict[str, None] = {}
+    for name, part, mode in parts:
+        if part is None:
+            out[name] = None
+            continue
+        done = render(part, values, mode=mode)
+        out[name] = done.text
+        missing.update(dict.fromkeys(done.missing))
+        unsafe.update(dict.fromkeys(done.unsafe))
+    if missing:
+        raise SendRejected(422, "merge_fields_missing",
+                           f"no value and no fallback for: {', '.join(missing)} (add a fallback like {{{{firstName|there}}}})",
+                           {"missing": list(missing)})
+    if unsafe:
+        raise SendRejected(422, "unsafe_merge_value", f"values not allowed in a link: {', '.join(unsafe)}", {"unsafe": list(unsafe)})
+    return out["subject"] or "", out["body_html"], out["body_text"]
+
+
 def draft_from_json(d: dict[str, Any], attachments: tuple[OutgoingAttachment, ...], **changes: Any) -> Draft:
     """The stored draft as a compose :class:`Draft` (``changes`` override fields, e.g. the tracked HTML)."""
     fields = dict(
@@ -174,13 +214,12 @@ def submit(org_id: str, req: Outgoing, *, now: datetime | None = None) -> Submit
             template = s.get(Template, req.template_id)
             if template is None or template.org_id != org_id or template.deleted_at is not None:
                 raise SendRejected(404, "not_found", "template not found")
-            if template.merge_fields or "{{" in (template.subject + template.body_html + (template.body_text or "")):
-                raise SendRejected(422, "merge_not_available",
-                                   "this template has merge fields; merge rendering is not available in this version")
             subject = subject or template.subject
             html = html if html is not None else template.body_html
             text = text if text is not None else template.body_text
             template_id = template.id
+        if req.template_id or req.merge is not None:
+            subject, html, text = _merged(s, org_id, req.merge, user, account.email, subject, html, text)
         if html is None and text is None:
             raise SendRejected(422, "validation_error", "give body_html, body_text or a template_id",
                                {"errors": [{"field": "body_html", "message": "a body is required"}]})

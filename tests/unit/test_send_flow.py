@@ -429,3 +429,58 @@ class TestGmail:
             assert count(Email) == 1
             with Session(get_engine()) as s:
                 assert s.execute(select(EmailLocation.folder).where(EmailLocation.email_id == eid)).scalar_one() == "[Gmail]/All Mail"
+
+
+class TestMerge:
+    def _template(self, env: dict[str, Any], subject: str, html: str) -> str:
+        from models import Template
+
+        with Session(get_engine()) as s:
+            t = Template(org_id=env["org_id"], name="Follow-up", subject=subject, body_html=html)
+            s.add(t)
+            s.commit()
+            return t.id
+
+    def test_template_with_fallbacks_for_contacts_and_leads(self, env: dict[str, Any]) -> None:
+        """{{firstName|there}}: "Hi Ada" for a contact with a first name, "Hi there" without, a lead's firstName too."""
+        from models import Contact, Lead
+
+        with Session(get_engine()) as s:
+            s.add(Contact(org_id=env["org_id"], id="c-nofirst", last_name="Nobody", email="nobody@x.example",
+                          email_norm="nobody@x.example"))
+            lead = s.get(Lead, (env["org_id"], CRM["lead"][0]))
+            assert lead is not None
+            lead.firstName = "Lee"
+            s.add(lead)
+            s.commit()
+        tid = self._template(env, "Next steps for {{company|your team}}", "<p>Hi {{firstName|there}},</p><p>{{senderName}}</p>")
+        sent = []
+        for merge, to in (({"contact_id": CRM["contact"][0]}, CRM["contact"][1]), ({"contact_id": "c-nofirst"}, "nobody@x.example"),
+                          ({"lead_id": CRM["lead"][0]}, CRM["lead"][1])):
+            r = env["client"].post("/api/v1/emails/send", headers=env["h"], json={
+                "account_id": env["account_id"], "to": [to], "template_id": tid, "merge": merge,
+                "track_opens": False, "track_clicks": False})
+            assert r.status_code == 202, r.text
+            sent.append(r.json()["id"])
+        settle(env)
+        by_rcpt = {rcpts[0]: email.message_from_bytes(raw, policy=policy.default) for _, _, rcpts, raw in env["smtp"].sends}
+        html_of = {r: m.get_body(("html",)).get_content() for r, m in by_rcpt.items()}
+        assert "Hi Ada," in html_of[CRM["contact"][1]] and "Hi there," in html_of["nobody@x.example"]
+        assert "Hi Lee," in html_of[CRM["lead"][1]] and all("Alice Seller" in t for t in html_of.values())
+        assert by_rcpt[CRM["contact"][1]]["Subject"] == "Next steps for Engine Co"
+        assert by_rcpt["nobody@x.example"]["Subject"] == "Next steps for your team"
+        assert get(env, sent[0])["template_id"] == tid
+
+    def test_strict_send_names_missing_and_unknown_fields(self, env: dict[str, Any]) -> None:
+        tid = self._template(env, "Hello", "<p>Hi {{firstName}}, about {{dealAmount}}</p>")
+        r = env["client"].post("/api/v1/emails/send", headers=env["h"], json={
+            "account_id": env["account_id"], "to": ["x@y.example"], "template_id": tid, "merge": {"lead_id": CRM["lead"][0]}})
+        assert r.status_code == 422 and r.json()["error"]["code"] == "merge_fields_missing"
+        assert r.json()["error"]["details"]["missing"] == ["firstName", "dealAmount"]
+        r = env["client"].post("/api/v1/emails/send", headers=env["h"], json={
+            "account_id": env["account_id"], "to": ["x@y.example"], "body_html": "<p>Hi {{fistName|there}}</p>", "merge": {}})
+        assert r.status_code == 422 and r.json()["error"]["details"]["suggestions"]["fistName"][0] == "firstName"
+        r = env["client"].post("/api/v1/emails/send", headers=env["h"], json={
+            "account_id": env["account_id"], "to": ["x@y.example"], "body_html": "<p>Hi {{firstName</p>", "merge": {}})
+        assert r.status_code == 422 and r.json()["error"]["code"] == "merge_syntax_error"
+        assert count(Email) == 0 and env["smtp"].sends == []

@@ -64,13 +64,22 @@ class _Common(Body):
         return v
 
 
+class MergeIn(Body):
+    """The CRM records whose fields fill the template's {{merge fields}}."""
+
+    contact_id: str | None = Field(default=None, max_length=64)
+    lead_id: str | None = Field(default=None, max_length=64)
+    account_id: str | None = Field(default=None, max_length=64)
+    opportunity_id: str | None = Field(default=None, max_length=64)
+
+
 class SendIn(_Common):
     to: list[Annotated[str, StringConstraints(max_length=998)]] = Field(min_length=1, max_length=100)
     subject: str = Field(default="", max_length=998)
     body_html: str | None = Field(default=None, max_length=5_000_000)
     body_text: str | None = Field(default=None, max_length=5_000_000)
     template_id: str | None = Field(default=None, max_length=24)
-    merge: dict[str, str] | None = None
+    merge: MergeIn | None = None
     in_reply_to_email_id: str | None = Field(default=None, max_length=24)
 
 
@@ -118,11 +127,10 @@ async def _accept(org_id: str, req: Outgoing) -> JSONResponse:
               status=202, responses={404: "account, template or attachment not found", 409: "idempotency key reused"})
 async def send(request: Request) -> JSONResponse:
     body = await parse_body(request, SendIn)
-    if body.merge:
-        raise ApiError(422, "merge_not_available", "merge fields are not available in this version; send rendered bodies")
     return await _accept(_org(request), _outgoing(
         body, to=list(body.to), subject=body.subject, body_html=body.body_html, body_text=body.body_text,
-        template_id=body.template_id, in_reply_to_email_id=body.in_reply_to_email_id))
+        template_id=body.template_id, in_reply_to_email_id=body.in_reply_to_email_id,
+        merge=body.merge.model_dump() if body.merge is not None else None))
 
 
 def _original(org_id: str, email_id: str) -> tuple[Email, list[Document], str | None]:

@@ -1,0 +1,128 @@
+"""Merge fields: ``{{field}}`` and ``{{field|fallback text}}`` (pure; no I/O).
+
+Grammar (../shared/notes/nextcrm-templates-notion.md §2.3): a tag is ``{{`` ws? NAME (``|``
+FALLBACK)? ws? ``}}``; NAME is ``[A-Za-z_][A-Za-z0-9_.]*``; FALLBACK is any text up to ``}}``,
+trimmed, spaces allowed. An unclosed ``{{`` or an empty or malformed name is a
+:class:`MergeSyntaxError` with its offset. A value that is missing, None or blank takes the
+fallback (or "" when there is none, which :func:`render` reports in ``missing``).
+
+Escaping by context: in HTML every value and fallback is HTML-escaped (no raw form exists), and a
+tag inside an ``href``/``src`` attribute may only produce an http, https or mailto URL (anything
+else renders as "" and is reported in ``unsafe``); in subjects and plain text CR/LF and other
+control characters are removed, so record data can never inject markup or headers.
+"""
+
+from __future__ import annotations
+
+import difflib
+import html
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+__all__ = ["FIELDS", "MergeSyntaxError", "Rendered", "Tag", "parse", "render", "suggest", "unknown_fields"]
+
+#: The merge fields of API.md.
+FIELDS = ("firstName", "lastName", "email", "company", "position", "accountName", "industry", "website", "annualRevenue",
+          "dealAmount", "closeDate", "salesStage", "senderName", "senderEmail", "senderPhone")
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
+_URL_ATTR = re.compile(r"""(?:href|src)\s*=\s*["']?([^"'<>]*)$""", re.IGNORECASE)
+_SAFE_SCHEMES = ("http://", "https://", "mailto:")
+
+
+class MergeSyntaxError(ValueError):
+    """A malformed tag: ``position`` is its offset in the text."""
+
+    def __init__(self, message: str, position: int) -> None:
+        super().__init__(f"{message} at position {position}")
+        self.message = message
+        self.position = position
+
+
+@dataclass(frozen=True, slots=True)
+class Tag:
+    start: int
+    end: int
+    name: str
+    fallback: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    text: str
+    missing: tuple[str, ...]  # fields with no value and no fallback (rendered as "")
+    unsafe: tuple[str, ...] = ()  # fields whose value was refused inside a URL attribute
+
+
+def parse(text: str) -> list[Tag]:
+    """Every tag of ``text`` in order; raises :class:`MergeSyntaxError`."""
+    tags: list[Tag] = []
+    pos = 0
+    while True:
+        start = text.find("{{", pos)
+        if start < 0:
+            return tags
+        end = text.find("}}", start + 2)
+        if end < 0:
+            raise MergeSyntaxError("unclosed '{{'", start)
+        inner = text[start + 2 : end]
+        name, bar, fallback = inner.partition("|")
+        name = name.strip()
+        if not name:
+            raise MergeSyntaxError("empty field name", start)
+        if not _NAME.match(name):
+            raise MergeSyntaxError(f"invalid field name {name!r}", start)
+        tags.append(Tag(start, end + 2, name, fallback.strip() if bar else None))
+        pos = end + 2
+
+
+def unknown_fields(texts: list[str], known: tuple[str, ...] = FIELDS) -> list[str]:
+    """Field names used in ``texts`` that are not ``known`` (raises on a syntax error)."""
+    seen: dict[str, None] = {}
+    for text in texts:
+        for tag in parse(text):
+            if tag.name not in known:
+                seen.setdefault(tag.name, None)
+    return list(seen)
+
+
+def suggest(name: str, known: tuple[str, ...] = FIELDS) -> list[str]:
+    """Close matches for a misspelt field name ("fistName" → ["firstName"])."""
+    lowered = {k.lower(): k for k in known}
+    return [lowered[m] for m in difflib.get_close_matches(name.lower(), list(lowered), n=3, cutoff=0.6)]
+
+
+def _blank(value: object) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def render(text: str, values: Mapping[str, object], *, mode: str) -> Rendered:
+    """Fill ``text``'s tags from ``values``; ``mode`` is "html", "text" or "subject"."""
+    if mode not in ("html", "text", "subject"):
+        raise ValueError("mode must be html, text or subject")
+    pieces: list[str] = []
+    missing: dict[str, None] = {}
+    unsafe: dict[str, None] = {}
+    cursor = 0
+    for tag in parse(text):
+        pieces.append(text[cursor : tag.start])
+        cursor = tag.end
+        value = values.get(tag.name)
+        out = tag.fallback if _blank(value) else str(value)
+        if out is None:
+            missing.setdefault(tag.name, None)
+            out = ""
+        if mode == "html":
+            attr = _URL_ATTR.search(text[max(0, tag.start - 2000) : tag.start])
+            in_url = attr is not None
+            at_start = attr is not None and not attr.group(1).strip()  # the value would choose the scheme
+            if at_start and not _blank(value) and not str(value).strip().lower().startswith(_SAFE_SCHEMES):
+                unsafe.setdefault(tag.name, None)
+                out = ""
+            pieces.append(html.escape(_CONTROL.sub(" ", out).strip() if in_url else out, quote=True))
+        else:
+            pieces.append(_CONTROL.sub(" ", out))
+    pieces.append(text[cursor:])
+    return Rendered("".join(pieces), tuple(missing), tuple(unsafe))
