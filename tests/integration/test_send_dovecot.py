@@ -277,3 +277,34 @@ class TestCapsAndSchedule:
         assert [rc for _, rc, _ in o["smtp"].messages] == [[CRM["contact"][1]]]
         assert _email(o, b["id"])["status"] == "cancelled"
         assert o["client"].post(f"/api/v1/emails/{a['id']}/cancel", headers=o["h"]).status_code == 409
+
+
+class TestTemplates:
+    def test_fallbacks_in_delivered_mail(self, out: dict[str, Any]) -> None:
+        """{{firstName|there}} through aiosmtpd: "Hi Ada" for a contact with a first name, "Hi there" for one
+        without, and a lead's firstName the same way (issue: templates, must-show 2)."""
+        from models import Contact, Lead, Template
+
+        o = out
+        acct = o["account"]()
+        with Session(get_engine()) as s:
+            s.add(Contact(org_id=o["org_id"], id="c-anon", last_name="Anon", email="anon@x.example", email_norm="anon@x.example"))
+            lead = s.get(Lead, (o["org_id"], CRM["lead"][0]))
+            assert lead is not None
+            lead.firstName = "Jane"
+            s.add(lead)
+            t = Template(org_id=o["org_id"], name="Hi", subject="Hello {{firstName|there}}", body_html="<p>Hi {{firstName|there}}</p>")
+            s.add(t)
+            s.commit()
+            tid = t.id
+        for merge, to in (({"contact_id": CRM["contact"][0]}, CRM["contact"][1]), ({"contact_id": "c-anon"}, "anon@x.example"),
+                          ({"lead_id": CRM["lead"][0]}, CRM["lead"][1])):
+            r = o["client"].post("/api/v1/emails/send", headers=o["h"], json={
+                "account_id": acct, "to": [to], "template_id": tid, "merge": merge, "track_opens": False, "track_clicks": False})
+            assert r.status_code == 202, r.text
+            _until_status(o, r.json()["id"], ("sent",))
+        got = {rcpts[0]: email.message_from_bytes(raw, policy=policy.default) for _, rcpts, raw in o["smtp"].messages}
+        assert got[CRM["contact"][1]].get_body(("html",)).get_content().startswith("<p>Hi Ada</p>")
+        assert got["anon@x.example"].get_body(("html",)).get_content().startswith("<p>Hi there</p>")
+        assert got[CRM["lead"][1]].get_body(("html",)).get_content().startswith("<p>Hi Jane</p>")
+        assert got["anon@x.example"]["Subject"] == "Hello there" and "Hi there" in got["anon@x.example"].get_body(("plain",)).get_content()
