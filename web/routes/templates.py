@@ -1,0 +1,251 @@
+"""Template library: create, list (search, category, sort by usage or rates), read, change, delete, preview.
+
+Merge fields are checked when a template is saved: a syntax error or an unknown field is a 422
+(``details.unknown`` with close-match suggestions). Rates are the share of a template's sent
+emails with at least one human open (click): machine events never count (they do not move
+``open_count``/``click_count``), and they are computed from those counters, so always exact.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+from sqlalchemy import case, func, or_, select
+from sqlmodel import Session
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from models import Email, Template, User, utcnow
+from models.db import get_engine
+from pipeline.stages.merge import FIELDS, MergeSyntaxError, parse, render, suggest
+from web.api import ApiRouter
+from web.errors import ApiError
+from web.present import iso
+from web.validation import Body, parse_body, query_int
+
+router = ApiRouter("templates")
+
+SORTS = ("usage", "open_rate", "click_rate", "created")
+SAMPLE = {"firstName": "Jane", "lastName": "Doe", "email": "jane.doe@example.com", "company": "Acme Corp",
+          "position": "Head of Operations", "accountName": "Acme Corp", "industry": "Manufacturing",
+          "website": "https://acme.example.com", "annualRevenue": "12,000,000", "dealAmount": "25,000 USD",
+          "closeDate": "2027-01-31", "salesStage": "Proposal"}
+
+
+class TemplateIn(Body):
+    name: str = Field(min_length=1, max_length=300)
+    category: str = Field(default="sales", min_length=1, max_length=100)
+    subject: str = Field(default="", max_length=998)
+    body_html: str = Field(default="", max_length=2_000_000)
+    body_text: str | None = Field(default=None, max_length=2_000_000)
+    is_public: bool = False
+    created_by: str | None = Field(default=None, max_length=64)
+
+
+class TemplatePatch(Body):
+    name: str | None = Field(default=None, min_length=1, max_length=300)
+    category: str | None = Field(default=None, min_length=1, max_length=100)
+    subject: str | None = Field(default=None, max_length=998)
+    body_html: str | None = Field(default=None, max_length=2_000_000)
+    body_text: str | None = Field(default=None, max_length=2_000_000)
+    is_public: bool | None = None
+
+
+class PreviewIn(Body):
+    merge: dict[str, str] | None = None
+
+
+def _org(request: Request) -> str:
+    return str(request.state.org_id)
+
+
+def merge_fields_of(subject: str, html: str, text: str | None) -> list[str]:
+    """The fields a template uses, in order; 422 on a syntax error or an unknown field."""
+    names: dict[str, None] = {}
+    for part, label in ((subject, "subject"), (html, "body_html"), (text or "", "body_text")):
+        try:
+            tags = parse(part)
+        except MergeSyntaxError as exc:
+            raise ApiError(422, "merge_syntax_error", f"{label}: {exc.message}", {"field": label, "position": exc.position}) from None
+        names.update(dict.fromkeys(t.name for t in tags))
+    unknown = [n for n in names if n not in FIELDS]
+    if unknown:
+        raise ApiError(422, "unknown_merge_field", f"unknown merge field(s): {', '.join(unknown)}",
+                       {"unknown": unknown, "suggestions": {u: suggest(u) for u in unknown}, "fields": list(FIELDS)})
+    return list(names)
+
+
+def _rates(s: Session, template_ids: list[str]) -> dict[str, tuple[int, float | None, float | None]]:
+    """(sent, open rate, click rate) per template from its sent emails' human counters."""
+    if not template_ids:
+        return {}
+    rows = s.execute(select(
+        Email.template_id, func.count(),
+        func.sum(case((Email.open_count > 0, 1), else_=0)), func.sum(case((Email.click_count > 0, 1), else_=0)))
+        .where(Email.template_id.in_(template_ids), Email.direction == "outbound", Email.status == "sent")  # type: ignore[union-attr]
+        .group_by(Email.template_id)).all()
+    return {tid: (n, (opened or 0) / n if n else None, (clicked or 0) / n if n else None) for tid, n, opened, clicked in rows}
+
+
+def template_json(t: Template, rates: tuple[int, float | None, float | None] | None = None) -> dict[str, Any]:
+    sent, open_rate, click_rate = rates or (0, None, None)
+    return {"id": t.id, "name": t.name, "category": t.category, "subject": t.subject, "body_html": t.body_html,
+            "body_text": t.body_text, "is_public": t.is_public, "created_by": t.created_by, "merge_fields": t.merge_fields,
+            "usage_count": t.usage_count, "last_used_at": iso(t.last_used_at), "sent_count": sent,
+            "avg_open_rate": round(open_rate, 4) if open_rate is not None else None,
+            "avg_click_rate": round(click_rate, 4) if click_rate is not None else None,
+            "created_at": iso(t.created_at), "updated_at": iso(t.updated_at)}
+
+
+def _load(s: Session, org_id: str, template_id: str) -> Template:
+    t = s.get(Template, template_id)
+    if t is None or t.org_id != org_id or t.deleted_at is not None:
+        raise ApiError.not_found("template")
+    return t
+
+
+@router.route("POST", "/api/v1/templates", summary="Create a template (merge fields checked)", body=TemplateIn, status=201,
+              responses={422: "unknown merge field (with suggestions) or syntax error"})
+async def create_template(request: Request) -> JSONResponse:
+    org_id, body = _org(request), await parse_body(request, TemplateIn)
+    fields = merge_fields_of(body.subject, body.body_html, body.body_text)
+
+    def run() -> dict[str, Any]:
+        with Session(get_engine(), expire_on_commit=False) as s:
+            t = Template(org_id=org_id, name=body.name, category=body.category, subject=body.subject, body_html=body.body_html,
+                         body_text=body.body_text, is_public=body.is_public, created_by=body.created_by, merge_fields=fields)
+            s.add(t)
+            s.commit()
+            return template_json(t)
+
+    return JSONResponse(await run_in_threadpool(run), status_code=201)
+
+
+@router.route("GET", "/api/v1/templates", summary="Templates: search, filter, sort by usage or rates",
+              query=("q", "category", "sort", "user_id", "limit", "cursor"))
+async def list_templates(request: Request) -> JSONResponse:
+    org_id, q = _org(request), request.query_params
+    sort = q.get("sort") or "created"
+    if sort not in SORTS:
+        raise ApiError(422, "validation_error", f"sort must be one of {', '.join(SORTS)}")
+    limit = query_int(request, "limit", 50, maximum=200)
+    try:
+        offset = int(q.get("cursor") or 0)
+    except ValueError:
+        raise ApiError(422, "validation_error", "cursor is malformed") from None
+
+    def run() -> dict[str, Any]:
+        with Session(get_engine()) as s:
+            stmt = select(Template).where(Template.org_id == org_id, Template.deleted_at.is_(None))  # type: ignore[union-attr]
+            if q.get("user_id"):  # the user's own private templates plus everyone's public ones
+                stmt = stmt.where(or_(Template.is_public.is_(True), Template.created_by == q["user_id"]))  # type: ignore[attr-defined]
+            if q.get("category"):
+                stmt = stmt.where(Template.category == q["category"])
+            if q.get("q"):
+                term = "%" + q["q"].lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+                stmt = stmt.where(func.lower(Template.name).like(term, escape="\\"))
+            if sort in ("open_rate", "click_rate"):
+                counter = Email.open_count if sort == "open_rate" else Email.click_count
+                sent = select(func.count()).where(Email.template_id == Template.id, Email.direction == "outbound",
+                                                  Email.status == "sent").scalar_subquery()
+                hit = select(func.count()).where(Email.template_id == Template.id, Email.direction == "outbound",
+                                                 Email.status == "sent", counter > 0).scalar_subquery()
+                rate = case((sent > 0, hit * 1.0 / sent), else_=-1.0)
+                stmt = stmt.order_by(rate.desc(), Template.id.desc())  # type: ignore[attr-defined]
+            elif sort == "usage":
+                stmt = stmt.order_by(Template.usage_count.desc(), Template.id.desc())  # type: ignore[attr-defined]
+            else:
+                stmt = stmt.order_by(Template.created_at.desc(), Template.id.desc())  # type: ignore[attr-defined]
+            rows = list(s.execute(stmt.offset(offset).limit(limit + 1)).scalars())
+            page = rows[:limit]
+            rates = _rates(s, [t.id for t in page])
+            return {"items": [template_json(t, rates.get(t.id)) for t in page],
+                    "next_cursor": str(offset + limit) if len(rows) > limit else None}
+
+    return JSONResponse(await run_in_threadpool(run))
+
+
+@router.route("GET", "/api/v1/templates/{id}", summary="One template with its metrics", responses={404: "not found"})
+async def get_template(request: Request) -> JSONResponse:
+    org_id, tid = _org(request), request.path_params["id"]
+
+    def run() -> dict[str, Any]:
+        with Session(get_engine()) as s:
+            t = _load(s, org_id, tid)
+            return template_json(t, _rates(s, [t.id]).get(t.id))
+
+    return JSONResponse(await run_in_threadpool(run))
+
+
+@router.route("PATCH", "/api/v1/templates/{id}", summary="Change a template (merge fields checked again)", body=TemplatePatch,
+              responses={404: "not found", 422: "unknown merge field or syntax error"})
+async def patch_template(request: Request) -> JSONResponse:
+    org_id, tid = _org(request), request.path_params["id"]
+    body = await parse_body(request, TemplatePatch)
+
+    def run() -> dict[str, Any]:
+        with Session(get_engine(), expire_on_commit=False) as s:
+            t = _load(s, org_id, tid)
+            for k, v in body.model_dump(exclude_none=True).items():
+                setattr(t, k, v)
+            t.merge_fields = merge_fields_of(t.subject, t.body_html, t.body_text)
+            t.updated_at = utcnow()
+            s.add(t)
+            s.commit()
+            return template_json(t, _rates(s, [t.id]).get(t.id))
+
+    return JSONResponse(await run_in_threadpool(run))
+
+
+@router.route("DELETE", "/api/v1/templates/{id}", summary="Delete a template (sent mail keeps its template_id)", status=204,
+              responses={404: "not found"})
+async def delete_template(request: Request) -> Response:
+    org_id, tid = _org(request), request.path_params["id"]
+
+    def run() -> None:
+        with Session(get_engine()) as s:
+            t = _load(s, org_id, tid)
+            t.deleted_at = utcnow()
+            s.add(t)
+            s.commit()
+
+    await run_in_threadpool(run)
+    return Response(status_code=204)
+
+
+@router.route("POST", "/api/v1/templates/{id}/preview", summary="Render with sample data or named records", body=PreviewIn,
+              responses={404: "template or record not found"})
+async def preview_template(request: Request) -> JSONResponse:
+    org_id, tid = _org(request), request.path_params["id"]
+    body = await parse_body(request, PreviewIn)
+
+    def run() -> dict[str, Any]:
+        from pipeline.merge_fields import MergeRecordMissing, merge_values
+
+        with Session(get_engine()) as s:
+            t = _load(s, org_id, tid)
+            sender = s.get(User, (org_id, t.created_by)) if t.created_by else None
+            if body.merge:
+                try:
+                    values: dict[str, Any] = merge_values(s, org_id, body.merge, sender, sender.email if sender else "")
+                except MergeRecordMissing as exc:
+                    raise ApiError(404, "not_found", str(exc)) from None
+            else:
+                values = {**SAMPLE, "senderName": sender.name if sender else "Sam Seller",
+                          "senderEmail": sender.email if sender else "sam@yourcompany.example",
+                          "senderPhone": (sender.phone if sender else None) or "+1 555 0100"}
+        missing: dict[str, None] = {}
+        out: dict[str, Any] = {}
+        for key, part, mode in (("subject", t.subject, "subject"), ("body_html", t.body_html, "html"),
+                                ("body_text", t.body_text, "text")):
+            if part is None:
+                out[key] = None
+                continue
+            done = render(part, values, mode=mode)
+            out[key] = done.text
+            missing.update(dict.fromkeys(done.missing))
+        return {**out, "missing": list(missing)}
+
+    return JSONResponse(await run_in_threadpool(run))
