@@ -109,3 +109,22 @@ class TestPreview:
         real = c.post(f"/api/v1/templates/{tid}/preview", headers=h, json={"merge": {"lead_id": CRM["lead"][0]}}).json()
         assert real["body_html"] == "<p>Hi there at </p>" and real["missing"] == ["company"]
         assert c.post(f"/api/v1/templates/{tid}/preview", headers=h, json={"merge": {"contact_id": "nope"}}).status_code == 404
+
+
+class TestExportAndFromEmail:
+    def test_metrics_csv_and_as_template(self, env: dict[str, Any]) -> None:
+        c, h = env["c"], env["h"]
+        tid = create(env, name="=HYPERLINK(evil)").json()["id"]
+        r = c.post("/api/v1/emails/send", headers=h, json={"account_id": env["account_id"], "to": ["r@x.example"],
+                                                          "template_id": tid, "merge": {}, "track_opens": False,
+                                                          "track_clicks": False})
+        eid = r.json()["id"]
+        drain(env["broker"], env["worker"])
+        csv_text = c.get("/api/v1/templates/metrics.csv", headers=h)
+        assert csv_text.status_code == 200 and csv_text.headers["content-type"].startswith("text/csv")
+        lines = csv_text.text.splitlines()
+        assert lines[0].startswith("id,name,category") and f"{tid},'=HYPERLINK(evil),sales,False,1,1" in lines[1]
+        made = c.post(f"/api/v1/emails/{eid}/as-template", headers=h, json={"name": "From mail", "category": "follow-up"})
+        assert made.status_code == 201 and made.json()["subject"] == "Hi there" and made.json()["merge_fields"] == []
+        assert "Hi there" in made.json()["body_html"]
+        assert c.post("/api/v1/emails/nope/as-template", headers=h, json={"name": "x"}).status_code == 404

@@ -167,6 +167,38 @@ async def list_templates(request: Request) -> JSONResponse:
     return JSONResponse(await run_in_threadpool(run))
 
 
+@router.route("GET", "/api/v1/templates/metrics.csv", summary="Every template's usage and rates as CSV")
+async def metrics_csv(request: Request) -> Response:
+    org_id = _org(request)
+
+    def run() -> str:
+        import csv
+        import io
+
+        with Session(get_engine()) as s:
+            rows = list(s.execute(select(Template).where(Template.org_id == org_id, Template.deleted_at.is_(None))  # type: ignore[union-attr]
+                                  .order_by(Template.usage_count.desc(), Template.name)).scalars())  # type: ignore[attr-defined]
+            rates = _rates(s, [t.id for t in rows])
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\r\n")
+        w.writerow(["id", "name", "category", "is_public", "usage_count", "sent_count", "avg_open_rate", "avg_click_rate",
+                    "last_used_at", "created_at"])
+        for t in rows:
+            j = template_json(t, rates.get(t.id))
+            w.writerow([t.id, _cell(t.name), _cell(t.category), t.is_public, t.usage_count, j["sent_count"],
+                        "" if j["avg_open_rate"] is None else j["avg_open_rate"],
+                        "" if j["avg_click_rate"] is None else j["avg_click_rate"], j["last_used_at"] or "", j["created_at"]])
+        return buf.getvalue()
+
+    return Response(await run_in_threadpool(run), media_type="text/csv; charset=utf-8",
+                    headers={"Content-Disposition": 'attachment; filename="template-metrics.csv"'})
+
+
+def _cell(value: str) -> str:
+    """A text cell that a spreadsheet will not run as a formula (CSV injection)."""
+    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+
+
 @router.route("GET", "/api/v1/templates/{id}", summary="One template with its metrics", responses={404: "not found"})
 async def get_template(request: Request) -> JSONResponse:
     org_id, tid = _org(request), request.path_params["id"]
@@ -249,3 +281,39 @@ async def preview_template(request: Request) -> JSONResponse:
         return {**out, "missing": list(missing)}
 
     return JSONResponse(await run_in_threadpool(run))
+
+
+class AsTemplateIn(Body):
+    name: str = Field(min_length=1, max_length=300)
+    category: str = Field(default="sales", min_length=1, max_length=100)
+    is_public: bool = False
+    created_by: str | None = Field(default=None, max_length=64)
+
+
+@router.route("POST", "/api/v1/emails/{id}/as-template", summary="Create a template from an email", body=AsTemplateIn,
+              status=201, responses={404: "email not found", 422: "the email's text is not a valid template"})
+async def email_as_template(request: Request) -> JSONResponse:
+    org_id, email_id = _org(request), request.path_params["id"]
+    body = await parse_body(request, AsTemplateIn)
+
+    def load() -> Email:
+        with Session(get_engine()) as s:
+            e = s.get(Email, email_id)
+            if e is None or e.org_id != org_id or e.deleted_at is not None:
+                raise ApiError.not_found("email")
+            return e
+
+    e = await run_in_threadpool(load)
+    html = e.body_html if e.body_html is not None else "".join(f"<p>{line}</p>" for line in
+                                                               __import__("html").escape(e.body_text).split("\n") if line)
+    fields = merge_fields_of(e.subject, html, e.body_text or None)
+
+    def run() -> dict[str, Any]:
+        with Session(get_engine(), expire_on_commit=False) as s:
+            t = Template(org_id=org_id, name=body.name, category=body.category, subject=e.subject, body_html=html,
+                         body_text=e.body_text or None, is_public=body.is_public, created_by=body.created_by, merge_fields=fields)
+            s.add(t)
+            s.commit()
+            return template_json(t)
+
+    return JSONResponse(await run_in_threadpool(run), status_code=201)
