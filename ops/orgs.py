@@ -31,13 +31,16 @@ def issue_key(session: Session, org_id: str) -> str:
 
 
 def create_org(session: Session, name: str) -> tuple[Organization, str]:
-    """Create an organization and its first API key."""
+    """Create an organization, its first API key and its default templates."""
     name = name.strip()
     if not name:
         raise ValueError("organization name must not be empty")
     org = Organization(name=name)
     session.add(org)
     session.flush()
+    from pipeline.default_templates import seed_default_templates
+
+    seed_default_templates(session, org.id)
     return org, issue_key(session, org.id)
 
 
