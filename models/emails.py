@@ -24,6 +24,7 @@ class Email(SQLModel, table=True):
         Index("ix_emails_org_linked", "org_id", "linked"),
         Index("ix_emails_from_norm", "org_id", "from_email_norm"),
         Index("ix_emails_pipeline", "pipeline_state", "stage_at"),
+        Index("ix_emails_template", "template_id", "status"),
     )
 
     id: str = Field(default_factory=new_id, primary_key=True, max_length=24)

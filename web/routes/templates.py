@@ -147,13 +147,16 @@ async def list_templates(request: Request) -> JSONResponse:
                 term = "%" + q["q"].lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
                 stmt = stmt.where(func.lower(Template.name).like(term, escape="\\"))
             if sort in ("open_rate", "click_rate"):
-                counter = Email.open_count if sort == "open_rate" else Email.click_count
-                sent = select(func.count()).where(Email.template_id == Template.id, Email.direction == "outbound",
-                                                  Email.status == "sent").scalar_subquery()
-                hit = select(func.count()).where(Email.template_id == Template.id, Email.direction == "outbound",
-                                                 Email.status == "sent", counter > 0).scalar_subquery()
-                rate = case((sent > 0, hit * 1.0 / sent), else_=-1.0)
-                stmt = stmt.order_by(rate.desc(), Template.id.desc())  # type: ignore[attr-defined]
+                # One grouped pass over the sent emails (index on emails.template_id), joined in.
+                stats = (select(Email.template_id.label("tid"), func.count().label("sent"),
+                                func.sum(case(((Email.open_count if sort == "open_rate" else Email.click_count) > 0, 1),
+                                              else_=0)).label("hit"))
+                         .where(Email.org_id == org_id, Email.template_id.is_not(None), Email.direction == "outbound",  # type: ignore[union-attr]
+                                Email.status == "sent")
+                         .group_by(Email.template_id).subquery())
+                rate = case((stats.c.sent > 0, stats.c.hit * 1.0 / stats.c.sent), else_=-1.0)
+                stmt = (stmt.outerjoin(stats, stats.c.tid == Template.id)
+                        .order_by(func.coalesce(rate, -1.0).desc(), Template.id.desc()))  # type: ignore[attr-defined]
             elif sort == "usage":
                 stmt = stmt.order_by(Template.usage_count.desc(), Template.id.desc())  # type: ignore[attr-defined]
             else:

@@ -22,6 +22,9 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('honor_dnt', sa.Boolean(), nullable=False, server_default=sa.false()))
         batch_op.add_column(sa.Column('anonymize_ip', sa.Boolean(), nullable=False, server_default=sa.false()))
 
+    with op.batch_alter_table('emails', schema=None) as batch_op:
+        batch_op.create_index('ix_emails_template', ['template_id', 'status'], unique=False)
+
     with op.batch_alter_table('Users', schema=None) as batch_op:
         batch_op.add_column(sa.Column('notify_by_email', sa.Boolean(), nullable=False, server_default=sa.false()))
 
@@ -62,6 +65,9 @@ def downgrade() -> None:
 
     with op.batch_alter_table('Users', schema=None) as batch_op:
         batch_op.drop_column('notify_by_email')
+
+    with op.batch_alter_table('emails', schema=None) as batch_op:
+        batch_op.drop_index('ix_emails_template')
 
     with op.batch_alter_table('organizations', schema=None) as batch_op:
         batch_op.drop_column('anonymize_ip')
