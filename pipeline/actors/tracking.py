@@ -268,21 +268,23 @@ def _existing(s: Session, intake_ids: list[str]) -> set[str]:
 
 
 def _collapse_replays(s: Session, rows: list[dict[str, Any]]) -> None:
-    """The same token from the same IP within the replay window counts once (stored, ``counted`` false)."""
+    """The same token from the same IP within the replay window counts once (stored, ``counted`` false).
+
+    Symmetric, so batches recorded out of order (two workers) still count one event per burst:
+    an event counts only if no other event with its token and IP lies within the window.
+    """
     rows.sort(key=lambda r: r["at"])
-    earliest = rows[0]["at"] - REPLAY_WINDOW
+    lo, hi = rows[0]["at"] - REPLAY_WINDOW, rows[-1]["at"] + REPLAY_WINDOW
     emails = sorted({r["email_id"] for r in rows})
-    seen: dict[tuple[str, str, str | None], datetime] = {}
-    for e in s.execute(select(TrackingEvent.email_id, TrackingEvent.kind, TrackingEvent.recipient_hash, TrackingEvent.link_hash,
-                              TrackingEvent.ip, TrackingEvent.at, TrackingEvent.intake_id).where(
-            TrackingEvent.email_id.in_(emails), TrackingEvent.at >= earliest)).all():  # type: ignore[attr-defined,operator]
-        key = (e.email_id, e.recipient_hash or e.link_hash or "", e.ip)
-        seen[key] = max(seen.get(key, e.at), e.at)
+    seen: dict[tuple[str, str, str | None], list[datetime]] = defaultdict(list)
+    for e in s.execute(select(TrackingEvent.email_id, TrackingEvent.recipient_hash, TrackingEvent.link_hash,
+                              TrackingEvent.ip, TrackingEvent.at).where(
+            TrackingEvent.email_id.in_(emails), TrackingEvent.at >= lo, TrackingEvent.at <= hi)).all():  # type: ignore[attr-defined,operator]
+        seen[(e.email_id, e.recipient_hash or e.link_hash or "", e.ip)].append(e.at)
     for r in rows:
         key = (r["email_id"], r["recipient_hash"] or r["link_hash"] or "", r["ip"])
-        last = seen.get(key)
-        r["counted"] = not (last is not None and r["at"] - last <= REPLAY_WINDOW and r["at"] >= last)
-        seen[key] = r["at"] if last is None else max(last, r["at"])
+        r["counted"] = not any(abs((r["at"] - t).total_seconds()) <= REPLAY_WINDOW.total_seconds() for t in seen[key])
+        seen[key].append(r["at"])
 
 
 def _count(s: Session, rows: list[dict[str, Any]]) -> None:

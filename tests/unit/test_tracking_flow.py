@@ -138,7 +138,7 @@ class TestPixel:
             env["client"].get(env["pixel"], headers={"User-Agent": CHROME})
         flush(env)
         t = tracking(env)
-        assert len(t["opens"]) == 3 and t["open_count"] == 1 and [o["counted"] for o in t["opens"]] == [True, False, False]
+        assert len(t["opens"]) == 3 and t["open_count"] == 1 and sum(o["counted"] for o in t["opens"]) == 1
 
     def test_dnt_honoured_when_the_org_says_so(self, env: dict[str, Any]) -> None:
         """DNT: 1 or Sec-GPC: 1 drop opens for an org with honor_dnt; clicks are still recorded."""
