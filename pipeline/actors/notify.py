@@ -11,8 +11,8 @@ from sqlmodel import Session
 
 from models import EmailAccount, EmailLink, Notification
 from models.db import get_engine
-from models.upsert import insert_ignore
 from ops import metrics
+from pipeline import notifications
 from pipeline.actors.ingest import in_state, move
 from pipeline.broker import actor
 
@@ -42,15 +42,8 @@ def notify_emails(email_ids: list[str]) -> None:
             "data": {"links": [{"entity_type": t, "entity_id": i} for t, i in links.get(e.id, [])]},
             "dedupe_key": f"email.received:{e.id}",
         } for e in wanted if e.id not in announced]
-        known = set(s.execute(select(Notification.dedupe_key).where(
-            Notification.dedupe_key.in_([r["dedupe_key"] for r in rows]))).scalars()) if rows else set()  # type: ignore[attr-defined]
-        rows = [r for r in rows if r["dedupe_key"] not in known]
-        sent = insert_ignore(s, Notification, rows, ["org_id", "dedupe_key"])
+        rows = notifications.insert_new(s, rows)
         move(s, [e.id for e in emails], "done")
         s.commit()
-    metrics.INGESTED.labels("notify", "ok").inc(sent)
-    from pipeline.events import publish_event
-
-    for r in rows:
-        publish_event({"type": "email.received", "org_id": r["org_id"], "user_id": r["user_id"], "email_id": r["email_id"],
-                       "title": r["title"], "subject": r["body"]})
+    metrics.INGESTED.labels("notify", "ok").inc(len(rows))
+    notifications.publish(rows)

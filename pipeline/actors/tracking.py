@@ -25,7 +25,7 @@ import structlog
 from sqlalchemy import case, func, select, update
 from sqlmodel import Session
 
-from models import Contact, Delivery, Email, EmailAccount, Lead, Notification, Organization, TrackedLink, TrackingEvent, utcnow
+from models import Contact, Delivery, Email, EmailAccount, Lead, Organization, TrackedLink, TrackingEvent, utcnow
 from models.db import get_engine, is_postgres
 from models.upsert import insert_ignore
 from ops import metrics
@@ -33,7 +33,7 @@ from ops.keys import get_keyring
 from ops.settings import get_settings
 from pipeline.actors.notify_email import mark_pending
 from pipeline.broker import actor
-from pipeline.events import publish_event
+from pipeline import notifications
 from pipeline.scheduler import register_sweep
 from pipeline.stages.tracking import classify_click, classify_open, verify_link_hash, verify_recipient_hash
 
@@ -173,7 +173,7 @@ def record_events(events: list[dict[str, Any]]) -> int:
         settle_clicks.send_with_options(args=(waiting,), delay=int(BURST_WINDOW.total_seconds() * 1000) + 100)
     for r in fresh:
         metrics.TRACK_RECORDED.labels(r["kind"], "machine" if r["machine"] else "human").inc()
-    _push(pushed)  # after the commit: the browser may fetch the notification at once
+    notifications.publish(pushed)  # after the commit: the browser may fetch the notification at once
     return len(fresh)
 
 
@@ -215,7 +215,7 @@ def settle_clicks(email_ids: list[str]) -> int:
         by_email = mark_pending(s, pushed)
         s.commit()
     _email(by_email)
-    _push(pushed)
+    notifications.publish(pushed)
     for e in due:
         metrics.TRACK_RECORDED.labels("click", "machine" if e.machine else "human").inc()
     if later:
@@ -254,13 +254,6 @@ def _email(notification_ids: list[str]) -> None:
 
     for nid in notification_ids:
         email_notification.send(nid)
-
-
-def _push(notifications: list[dict[str, Any]]) -> None:
-    """Real-time copies of freshly committed notifications for the users' open browsers."""
-    for n in notifications:
-        publish_event({"type": n["kind"], "org_id": n["org_id"], "user_id": n["user_id"], "email_id": n["email_id"],
-                       "title": n["title"], **n["data"]})
 
 
 def _existing(s: Session, intake_ids: list[str]) -> set[str]:
@@ -349,17 +342,13 @@ def _notify(s: Session, batch: _Batch, rows: list[dict[str, Any]]) -> list[dict[
                 label = (r["_text"] or r["url"] or "a link")[:200]
                 title = f"{who} clicked '{label}'"
                 key = f"email.clicked:{email.id}:{(who_addr or '').lower()}:{r['link_hash']}"
-            out.append({"org_id": org_id, "user_id": batch.owners.get(email.account_id, ""), "kind": r["kind"] == "open"
-                        and "email.opened" or "email.clicked", "title": title[:500], "body": (email.subject or "")[:2000],
+            out.append({"org_id": org_id, "user_id": batch.owners.get(email.account_id, ""), "kind": "email.opened" if r["kind"] == "open"
+                        else "email.clicked", "title": title[:500], "body": (email.subject or "")[:2000],
                         "email_id": email.id, "dedupe_key": key[:200],
                         "data": {"recipient_email": who_addr, "url": r["url"], "at": r["at"].isoformat()}})
     if not out:
         return []
-    known = set(s.execute(select(Notification.dedupe_key).where(Notification.dedupe_key.in_([n["dedupe_key"] for n in out])))
-                .scalars())  # type: ignore[attr-defined]
-    new = [n for n in out if n["dedupe_key"] not in known]
-    insert_ignore(s, Notification, new, ["org_id", "dedupe_key"])
-    return new
+    return notifications.insert_new(s, out)
 
 
 def tracking_json(s: Session, email: Email) -> dict[str, Any]:
