@@ -17,8 +17,8 @@ def insert_new(s: Session, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Insert the rows whose (org, dedupe key) is not stored yet; returns those (the ones to push)."""
     if not rows:
         return []
-    known = set(s.execute(select(Notification.org_id, Notification.dedupe_key).where(
-        Notification.dedupe_key.in_([r["dedupe_key"] for r in rows]))).tuples())  # type: ignore[attr-defined]
+    known = {(o, k) for o, k in s.execute(select(Notification.org_id, Notification.dedupe_key).where(
+        Notification.dedupe_key.in_([r["dedupe_key"] for r in rows]))).all()}  # type: ignore[attr-defined]
     new = [r for r in rows if (r["org_id"], r["dedupe_key"]) not in known]
     insert_ignore(s, Notification, new, ["org_id", "dedupe_key"])
     return new

@@ -134,7 +134,7 @@ def _merged(s: Session, org_id: str, merge: dict[str, Any] | None, user: User | 
     """Subject, HTML and text with their merge fields filled; strict: a field left without value or
     fallback, an unknown field, a syntax error or an unsafe URL value is a 422 naming it."""
     from pipeline.merge_fields import MergeRecordMissing, merge_values
-    from pipeline.stages.merge import MergeSyntaxError, render, suggest, unknown_fields
+    from pipeline.stages.merge import MergeSyntaxError, render_parts, suggest, unknown_fields
 
     parts = [("subject", subject, "subject"), ("body_html", html, "html"), ("body_text", text, "text")]
     try:
@@ -148,17 +148,7 @@ def _merged(s: Session, org_id: str, merge: dict[str, Any] | None, user: User | 
         values = merge_values(s, org_id, merge, user, sender_email)
     except MergeRecordMissing as exc:
         raise SendRejected(404, "not_found", str(exc)) from None
-    out: dict[str, str | None] = {}
-    missing: dict[str, None] = {}
-    unsafe: dict[str, None] = {}
-    for name, part, mode in parts:
-        if part is None:
-            out[name] = None
-            continue
-        done = render(part, values, mode=mode)
-        out[name] = done.text
-        missing.update(dict.fromkeys(done.missing))
-        unsafe.update(dict.fromkeys(done.unsafe))
+    out, missing, unsafe = render_parts({name: (part, mode) for name, part, mode in parts}, values)
     if missing:
         raise SendRejected(422, "merge_fields_missing",
                            f"no value and no fallback for: {', '.join(missing)} (add a fallback like {{{{firstName|there}}}})",

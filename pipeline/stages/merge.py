@@ -20,7 +20,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-__all__ = ["FIELDS", "MergeSyntaxError", "Rendered", "Tag", "parse", "render", "suggest", "unknown_fields"]
+__all__ = ["FIELDS", "MergeSyntaxError", "Rendered", "Tag", "parse", "render", "render_parts", "suggest", "unknown_fields"]
 
 #: The merge fields of API.md.
 FIELDS = ("firstName", "lastName", "email", "company", "position", "accountName", "industry", "website", "annualRevenue",
@@ -126,3 +126,20 @@ def render(text: str, values: Mapping[str, object], *, mode: str) -> Rendered:
             pieces.append(_CONTROL.sub(" ", out))
     pieces.append(text[cursor:])
     return Rendered("".join(pieces), tuple(missing), tuple(unsafe))
+
+
+def render_parts(parts: Mapping[str, tuple[str | None, str]], values: Mapping[str, object]
+                 ) -> tuple[dict[str, str | None], tuple[str, ...], tuple[str, ...]]:
+    """Render several parts (name → (text or None, mode)): the texts, and the missing and unsafe fields of all."""
+    out: dict[str, str | None] = {}
+    missing: dict[str, None] = {}
+    unsafe: dict[str, None] = {}
+    for name, (text, mode) in parts.items():
+        if text is None:
+            out[name] = None
+            continue
+        done = render(text, values, mode=mode)
+        out[name] = done.text
+        missing.update(dict.fromkeys(done.missing))
+        unsafe.update(dict.fromkeys(done.unsafe))
+    return out, tuple(missing), tuple(unsafe)

@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 
 from models import Email, Template, User, utcnow
 from models.db import get_engine
-from pipeline.stages.merge import FIELDS, MergeSyntaxError, parse, render, suggest
+from pipeline.stages.merge import FIELDS, MergeSyntaxError, parse, render_parts, suggest
 from web.api import ApiRouter
 from web.errors import ApiError
 from web.present import iso
@@ -271,16 +271,8 @@ async def preview_template(request: Request) -> JSONResponse:
                 values = {**SAMPLE, "senderName": sender.name if sender else "Sam Seller",
                           "senderEmail": sender.email if sender else "sam@yourcompany.example",
                           "senderPhone": (sender.phone if sender else None) or "+1 555 0100"}
-        missing: dict[str, None] = {}
-        out: dict[str, Any] = {}
-        for key, part, mode in (("subject", t.subject, "subject"), ("body_html", t.body_html, "html"),
-                                ("body_text", t.body_text, "text")):
-            if part is None:
-                out[key] = None
-                continue
-            done = render(part, values, mode=mode)
-            out[key] = done.text
-            missing.update(dict.fromkeys(done.missing))
+        out, missing, _ = render_parts({"subject": (t.subject, "subject"), "body_html": (t.body_html, "html"),
+                                        "body_text": (t.body_text, "text")}, values)
         return {**out, "missing": list(missing)}
 
     return JSONResponse(await run_in_threadpool(run))
