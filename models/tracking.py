@@ -41,7 +41,7 @@ class TrackingEvent(SQLModel, table=True):
     ip: str | None = Field(default=None, max_length=64)
     user_agent: str | None = Field(default=None, max_length=1000)
     machine: bool = False
-    reason: str | None = Field(default=None, max_length=32, description="why machine (or gmail_proxy for a real proxied open)")
+    reason: str | None = Field(default=None, max_length=32, description="why machine (gmail_proxy: a proxied open, counted)")
     recipient_email: str | None = Field(default=None, max_length=320)
     method: str = Field(default="GET", max_length=8)
     counted: bool = Field(default=True, description="False for a replay collapsed into an earlier event")

@@ -78,6 +78,7 @@ class Settings(BaseSettings):
     notify_smtp_url: str | None = None
     tracking_spool_max_mb: int = 512
     tracking_open_delay_seconds: float = 2.0
+    tracking_notify_proxy_opens: bool = False
     log_level: str = "INFO"
     log_json: bool = False
 

@@ -152,7 +152,7 @@ def record_events(events: list[dict[str, Any]]) -> int:
                 "user_agent": (ev.get("ua") or "")[:1000] or None, "machine": verdict.machine, "reason": verdict.reason,
                 "recipient_email": recipient, "method": str(ev.get("method", "GET"))[:8],
                 "settled": ev["kind"] != "click" or verdict.machine,  # human-looking clicks wait for the burst window
-                "_raw_ip": ip, "_text": text,
+                "_raw_ip": ip, "_text": text, "_proxied": verdict.proxied,
             })
         if not rows:
             s.commit()
@@ -164,7 +164,7 @@ def record_events(events: list[dict[str, Any]]) -> int:
                       ["intake_id"])
         settled = [r for r in fresh if r["settled"]]
         _count(s, settled)
-        pushed = _notify(s, batch, settled)
+        pushed = _notify(s, batch, settled, proxied=settings.tracking_notify_proxy_opens)
         by_email = mark_pending(s, pushed)
         s.commit()
     _email(by_email)
@@ -281,10 +281,10 @@ def _collapse_replays(s: Session, rows: list[dict[str, Any]]) -> None:
 
 
 def _count(s: Session, rows: list[dict[str, Any]]) -> None:
-    """One atomic UPDATE per email: human, counted opens and clicks; first and last human open."""
+    """One atomic UPDATE per email: counted human (and proxied) opens and clicks; first and last open."""
     per: dict[str, dict[str, Any]] = {}
     for r in rows:
-        if r["machine"] or not r["counted"]:
+        if (r["machine"] and not r.get("_proxied")) or not r["counted"]:
             continue
         agg = per.setdefault(r["email_id"], {"opens": 0, "clicks": 0, "first": None, "last": None})
         if r["kind"] == "open":
@@ -322,9 +322,12 @@ def _names(s: Session, org_id: str, addresses: set[str]) -> dict[str, str]:
     return names
 
 
-def _notify(s: Session, batch: _Batch, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """In-app notifications for human opens (once per recipient) and clicks (once per recipient and link)."""
-    human = [r for r in rows if not r["machine"] and r["counted"]]
+def _notify(s: Session, batch: _Batch, rows: list[dict[str, Any]], *, proxied: bool = False) -> list[dict[str, Any]]:
+    """In-app notifications for human opens (once per recipient) and clicks (once per recipient and link).
+
+    Proxied opens (Gmail's image proxy) notify only when ``proxied`` (MAILPIPE_TRACKING_NOTIFY_PROXY_OPENS).
+    """
+    human = [r for r in rows if r["counted"] and (not r["machine"] or (proxied and r.get("_proxied")))]
     by_org: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in human:
         by_org[batch.emails[r["email_id"]].org_id].append(r)

@@ -101,10 +101,15 @@ class Injected:
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """Whether a tracking hit looks automated, and a short reason code (set for proxies too)."""
+    """Whether a tracking hit looks automated, and a short reason code.
+
+    ``proxied`` marks a machine fetch made on a person's behalf (Gmail's image proxy): it is
+    flagged machine and does not notify, but it counts as an open.
+    """
 
     machine: bool
     reason: str | None = None
+    proxied: bool = False
 
 
 # --------------------------------------------------------------------------------------------------
@@ -547,7 +552,7 @@ def classify_open(
     seconds_after_send: float | None = None,
     min_delay_s: float = DEFAULT_MIN_OPEN_DELAY_S,
 ) -> Verdict:
-    """Classify a pixel fetch; Gmail's image proxy is a human open with reason ``gmail_proxy``.
+    """Classify a pixel fetch; Gmail's image proxy is flagged ``gmail_proxy`` but counted (``proxied``).
 
     Reasons, checked in this order (sources: ../shared/notes/anchors-tracking.md §4, checklist 7):
 
@@ -559,13 +564,15 @@ def classify_open(
     * ``http_tool``: curl, wget, python-requests, Go-http-client and similar libraries.
     * ``bot_ua``: self-declared robots and previewers ("bot", "crawler", "spider", "preview"…).
     * ``too_soon``: fetched less than ``min_delay_s`` after sending (when that time is known).
-    * ``gmail_proxy`` (not machine): ``GoogleImageProxy`` stands for a real open whose location is
-      unknown; Mautic 7.1 lost every Gmail open by filtering it (mautic#16069).
+    * ``gmail_proxy`` (machine, ``proxied``): ``GoogleImageProxy`` fetched the image. It stands for
+      a real open, so it is counted (Mautic 7.1 lost every Gmail open by filtering it, mautic#16069),
+      but who and when are hidden (the proxy caches, and some Google fetches come right after
+      delivery: mautic#10245), so it does not notify unless the operator turns that on.
     """
     if user_agent and _GMAIL_PROXY_UA.search(user_agent):
         if seconds_after_send is not None and seconds_after_send < min_delay_s:
             return Verdict(True, "too_soon")
-        return Verdict(False, "gmail_proxy")
+        return Verdict(True, "gmail_proxy", proxied=True)
     reason = _ua_reason(user_agent, ip)
     if reason is None and seconds_after_send is not None and seconds_after_send < min_delay_s:
         reason = "too_soon"

@@ -168,6 +168,25 @@ class TestTrackedSend:
         wait_until(lambda: _account_synced_since(acct, started), 60, what="the next sync")
         assert count(Email) == 1 and count(EmailLocation, EmailLocation.email_id == eid) == 1
 
+    def test_user_opt_out_sends_no_pixel_and_no_rewritten_links(self, out: dict[str, Any]) -> None:
+        """Tracking issue, must-show 5 (second half): a user who opted out sends untracked mail, one
+        transaction for every recipient, with the original links."""
+        o = out
+        acct = o["account"]()
+        r = o["client"].put("/api/v1/users/u1", headers=o["h"],
+                            json={"name": "Alice Seller", "email": o["user"], "tracking_opt_out": True})
+        assert r.status_code == 200 and r.json()["tracking_opt_out"] is True
+        r = _send(o, acct, to=[CRM["contact"][1], "bob@else.example"])
+        assert r.status_code == 202, r.text
+        assert _until_status(o, r.json()["id"], ("sent", "failed"))["status"] == "sent"
+        ((_, rcpts, raw),) = o["smtp"].messages
+        assert sorted(rcpts) == sorted([CRM["contact"][1], "bob@else.example"])
+        html = email.message_from_bytes(raw, policy=policy.default).get_body(("html",)).get_content()
+        assert "/track/" not in html and "<img" not in html
+        assert 'href="https://engine.example/deck?utm=1&amp;x=2"' in html and 'href="http://engine.example/plain"' in html
+        with Session(get_engine()) as s:
+            assert s.execute(select(TrackedLink).where(TrackedLink.email_id == r.json()["id"])).first() is None
+
 
 def _account_synced_since(account_id: str, when: Any) -> bool:
     from models import EmailAccount

@@ -78,7 +78,7 @@ def test_open_rates_count_real_opens_only(live: dict[str, Any], monkeypatch: pyt
         with httpx.Client(base_url=f"http://127.0.0.1:{port}") as c:
             for i, eid in enumerate(sent[ta][:4]):  # four people open A in a browser
                 assert c.get(pixel[eid], headers={"User-Agent": BROWSER, "X-Forwarded-For": f"198.51.100.{i + 1}"}).status_code == 200
-            c.get(pixel[sent[ta][4]], headers={"User-Agent": GMAIL, "X-Forwarded-For": "66.102.8.20"})  # Gmail: a real open
+            c.get(pixel[sent[ta][4]], headers={"User-Agent": GMAIL, "X-Forwarded-For": "66.102.8.20"})  # Gmail: counted, though flagged
             c.get(pixel[sent[ta][5]], headers={"User-Agent": "Mozilla/5.0", "X-Forwarded-For": "17.58.63.9"})  # Apple MPP: not
             c.get(pixel[sent[tb][0]], headers={"User-Agent": BROWSER, "X-Forwarded-For": "203.0.113.5"})
         wait_until(lambda: count(TrackingEvent) == 7, 60, what="7 hits recorded")
@@ -87,7 +87,7 @@ def test_open_rates_count_real_opens_only(live: dict[str, Any], monkeypatch: pyt
         top = [(t["name"], t["avg_open_rate"], t["usage_count"]) for t in items[:2]]
         assert top == [("Template A", 0.5, 10), ("Template B", 0.2, 5)]
         assert count(TrackingEvent, TrackingEvent.machine.is_(True), TrackingEvent.reason == "apple_mpp") == 1  # type: ignore[attr-defined]
-        assert count(TrackingEvent, TrackingEvent.machine.is_(False), TrackingEvent.reason == "gmail_proxy") == 1  # type: ignore[attr-defined]
+        assert count(TrackingEvent, TrackingEvent.machine.is_(True), TrackingEvent.reason == "gmail_proxy") == 1  # type: ignore[attr-defined]
     finally:
         server.should_exit = True
         thread.join(10)

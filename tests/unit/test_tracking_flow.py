@@ -120,7 +120,7 @@ class TestPixel:
         assert count(TrackingEvent) == 0
 
     def test_machine_opens_are_flagged_not_notified(self, env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
-        """Apple MPP (Apple range + generic UA) is flagged with its reason; Gmail's proxy is a real open."""
+        """Apple MPP (Apple range + generic UA) is flagged, not counted; Gmail's proxy is flagged but counted; neither notifies."""
         as_if_from(monkeypatch, "17.58.1.2")
         env["client"].get(env["pixel"], headers={"User-Agent": "Mozilla/5.0"})
         flush(env)
@@ -131,7 +131,18 @@ class TestPixel:
         env["client"].get(env["pixel"], headers={"User-Agent": "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)"})
         flush(env)
         opens = tracking(env)["opens"]
-        assert opens[1]["machine"] is False and opens[1]["reason"] == "gmail_proxy" and tracking(env)["open_count"] == 1
+        assert opens[1]["machine"] is True and opens[1]["reason"] == "gmail_proxy" and tracking(env)["open_count"] == 1
+        assert count(Notification, Notification.kind == "email.opened") == 0
+
+    def test_proxy_opens_notify_when_the_operator_says_so(self, env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+        from ops.settings import reset_settings
+
+        monkeypatch.setenv("MAILPIPE_TRACKING_NOTIFY_PROXY_OPENS", "true")
+        reset_settings()
+        as_if_from(monkeypatch, "66.102.8.1")
+        env["client"].get(env["pixel"], headers={"User-Agent": "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)"})
+        flush(env)
+        assert tracking(env)["open_count"] == 1 and count(Notification, Notification.kind == "email.opened") == 1
 
     def test_replays_from_one_ip_collapse(self, env: dict[str, Any]) -> None:
         for _ in range(3):

@@ -721,10 +721,10 @@ class TestMachineOpens:
         assert classify_open(user_agent, ip) == Verdict(False, None)
         assert not is_machine_open(user_agent, ip)
 
-    def test_gmail_image_proxy_is_a_human_open(self) -> None:
-        """Gmail's proxy stands for a real open whose location is unknown: human, with reason gmail_proxy."""
-        assert classify_open(GMAIL_PROXY, "66.249.84.1") == Verdict(False, "gmail_proxy")
-        assert not is_machine_open(GMAIL_PROXY, "66.249.84.1")
+    def test_gmail_image_proxy_is_a_flagged_but_counted_open(self) -> None:
+        """Gmail's proxy is flagged machine (gmail_proxy) but marked proxied: a real open, counted, not notified."""
+        assert classify_open(GMAIL_PROXY, "66.249.84.1") == Verdict(True, "gmail_proxy", proxied=True)
+        assert is_machine_open(GMAIL_PROXY, "66.249.84.1")
 
     def test_open_seconds_after_send_is_a_prefetch(self) -> None:
         """An open faster than the configured delay after sending is flagged too_soon, even via Gmail."""
