@@ -28,26 +28,53 @@ class Embedded:
         self.scheduler: Any = None
 
     def start(self) -> None:
+        import pipeline.actors  # noqa: F401  (declares every actor)
         from models.db import get_engine
-        from pipeline.actors import broker
+        from pipeline.broker import get_broker
         from pipeline.leader import leader_lock_for
         from pipeline.scheduler import Scheduler
 
+        broker = get_broker()
         broker.emit_after("process_boot")
         self.worker = Worker(broker, worker_threads=self.worker_threads, worker_timeout=250)
         self.worker.start()
         self.scheduler = Scheduler(get_engine(), leader_lock_for(self.settings.database_url), self.settings.scheduler_tick_seconds)
         self.scheduler.start_background()
 
-    def stop(self) -> None:
-        """Scheduler first (no new work), then the worker (finish in-flight), then the broker."""
-        from pipeline.actors import broker
+    def stop(self, tracking_grace_ms: int = 10_000) -> None:
+        """Scheduler first (no new work), then the worker (finish in-flight), then the broker.
 
+        Everything but tracking batches is also recorded in the database and swept again at the
+        next start. Tracking batches live only in the in-memory broker, so they get up to
+        ``tracking_grace_ms`` to be recorded, and whatever is left is spooled for the next start.
+        """
+        from dramatiq.errors import QueueJoinTimeout
+
+        from pipeline.broker import MemoryBroker, get_broker
+
+        broker = get_broker()
         if self.scheduler is not None:
             self.scheduler.shutdown()
         if self.worker is not None:
+            if isinstance(broker, MemoryBroker):
+                try:
+                    broker.join("tracking", timeout=tracking_grace_ms, fail_fast=False)
+                except QueueJoinTimeout:
+                    log.warning("tracking_not_drained", grace_ms=tracking_grace_ms)
             self.worker.stop(timeout=10_000)
+        if isinstance(broker, MemoryBroker):
+            _spool_tracking(broker)
         broker.close()
+
+
+def _spool_tracking(broker: Any) -> None:
+    """Tracking batches the stopped worker never recorded → the spool (replayed at the next start)."""
+    from pipeline.intake import spool_for_later
+
+    events = [ev for m in broker.unprocessed("tracking") if m.actor_name == "tracking.record" for ev in m.args[0]]
+    if events:
+        spool_for_later(events)
+        log.info("tracking_spooled_at_stop", events=len(events))
 
 
 def _banner(settings: Settings, url: str, mode: str, generated_key: bool) -> None:

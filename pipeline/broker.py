@@ -13,10 +13,10 @@ from typing import Any, TypeVar
 
 import dramatiq
 from dramatiq import Actor, Broker
-from dramatiq.brokers.stub import StubBroker
+from dramatiq.brokers.stub import StubBroker, _StubConsumer
 from dramatiq.middleware import AgeLimit, Callbacks, CurrentMessage, Pipelines, Retries, ShutdownNotifications, TimeLimit
 
-__all__ = ["ACTORS", "QUEUES", "actor", "build_broker", "get_broker", "setup_broker"]
+__all__ = ["ACTORS", "QUEUES", "MemoryBroker", "actor", "build_broker", "get_broker", "setup_broker"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -45,13 +45,52 @@ def _middleware() -> list[Any]:
     ]
 
 
+class _RequeueingConsumer(_StubConsumer):
+    """A stub consumer whose ``requeue`` puts messages back (Dramatiq's stub drops them)."""
+
+    def requeue(self, messages: Any) -> None:
+        for message in messages:
+            self.queue.put(message._message.encode())  # back on the queue it came from ...
+            self.queue.task_done()  # ... and the taken copy no longer counts as unfinished
+            self.prefetch_semaphore.release()
+
+
+class MemoryBroker(StubBroker):
+    """The embedded in-memory broker. Unlike ``StubBroker``, a stopping worker hands the messages
+    it had prefetched back to their queues, so :func:`unprocessed` can still see them."""
+
+    def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 100) -> _StubConsumer:
+        if queue_name not in self.queues:
+            from dramatiq.errors import QueueNotFound
+
+            raise QueueNotFound(queue_name)
+        return _RequeueingConsumer(self.queues[queue_name], self.dead_letters_by_queue[queue_name], prefetch, timeout)
+
+    def unprocessed(self, queue_name: str) -> list[dramatiq.Message[Any]]:
+        """Take every message still waiting on ``queue_name`` and its delay queue (after the worker stopped)."""
+        from queue import Empty
+
+        from dramatiq.common import dq_name
+
+        out = []
+        for name in (queue_name, dq_name(queue_name)):
+            q = self.queues.get(name)
+            while q is not None:
+                try:
+                    out.append(dramatiq.Message.decode(q.get_nowait()))
+                except Empty:
+                    break
+                q.task_done()
+        return out
+
+
 def build_broker(url: str | None) -> Broker:
     """A new broker for ``url`` (None → in-memory) with mailpipe's middleware."""
     from ops.metrics import DramatiqMetrics
 
     middleware = [*_middleware(), DramatiqMetrics()]
     if url is None:
-        broker: Broker = StubBroker(middleware=middleware)
+        broker: Broker = MemoryBroker(middleware=middleware)
     else:
         from dramatiq.brokers.rabbitmq import RabbitmqBroker
 

@@ -29,7 +29,7 @@ import structlog
 
 from ops import metrics
 
-__all__ = ["Intake", "Spool", "event_id", "get_intake", "reset_intake"]
+__all__ = ["Intake", "Spool", "event_id", "get_intake", "reset_intake", "spool_for_later", "spooled_files"]
 
 log = structlog.get_logger("mailpipe.intake")
 
@@ -331,3 +331,32 @@ def reset_intake() -> None:
         if _intake is not None:
             _intake.stop()
             _intake = None
+
+
+def spool_for_later(events: list[dict[str, Any]]) -> int:
+    """Write events to a spool file of their own, closed at once, so the next process's intake adopts
+    and replays them (embedded ``serve`` stopping with tracking batches still in its in-memory broker).
+    Returns how many did not fit (counted as dropped)."""
+    from ops.settings import get_settings
+
+    settings = get_settings()
+    spool = Spool(settings.spool_dir, settings.tracking_spool_max_mb * 1024 * 1024)
+    try:
+        dropped = spool.append(events)
+    finally:
+        spool.close()
+    metrics.TRACK_INTAKE.labels("spooled").inc(len(events) - dropped)
+    if dropped:
+        metrics.TRACK_INTAKE.labels("dropped").inc(dropped)
+        log.error("intake_spool_full", dropped=dropped, max_bytes=spool.max_bytes)
+    return dropped
+
+
+def spooled_files() -> list[Path]:
+    """Non-empty spool files in ``MAILPIPE_SPOOL_DIR`` (this or another process's)."""
+    from ops.settings import get_settings
+
+    directory = Path(get_settings().spool_dir)
+    if not directory.is_dir():
+        return []
+    return [p for p in sorted(directory.glob("tracking-*.jsonl")) if p.stat().st_size > 0]

@@ -61,6 +61,10 @@ def create_app() -> Starlette:
         # Everything loaded so far lives as long as the process: keep it out of the cyclic GC's
         # scans, whose full passes over it otherwise show as pauses in the pixel's tail latency.
         gc.freeze()
+        from pipeline.intake import get_intake, spooled_files
+
+        if spooled_files():  # events a stopped or dead process left behind: adopt and replay them now
+            await run_in_threadpool(get_intake)
         try:
             yield
         finally:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import email
 import json
+import re
+from email import policy
 from pathlib import Path
 from typing import Any
 
@@ -74,3 +77,57 @@ def test_embedded_serve_syncs_links_and_notifies(tmp_path: Path, dovecot: Doveco
     finally:
         code = proc.stop()
     assert code == 0, proc.output()[-3000:]
+
+
+def test_embedded_serve_keeps_tracking_hits_across_a_restart(tmp_path: Path, dovecot: Dovecot, dovecot_user: tuple[str, str],
+                                                            smtp_server: Any, test_certs: tuple[Path, Path]) -> None:
+    """Embedded mode has no RabbitMQ: tracking batches wait in the in-memory broker. Pixel hits
+    answered just before SIGTERM are recorded before it exits or spooled and replayed by the next
+    start: after a restart every hit is recorded, once."""
+    user, password = dovecot_user
+    smtp_server.users[user] = password
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = mailpipe_env(SSL_CERT_FILE=str(test_certs[0]), MAILPIPE_SCHEDULER_TICK_SECONDS="1", MAILPIPE_PUBLIC_URL=base)
+    proc = MailpipeProcess("serve", "--port", str(port), env=env, cwd=tmp_path, name="serve")
+    hits = 600
+    try:
+        wait_port("127.0.0.1", port, 30)
+        org = json.loads(run_mailpipe("org", "create", "acme", "--json", env=env, cwd=tmp_path).stdout)
+        h = {"Authorization": f"Bearer {org['api_key']}"}
+        assert httpx.put(f"{base}/api/v1/users/u1", json={"name": "Alice", "email": user}, headers=h).status_code == 200
+        body = {"user_id": "u1", "provider": "imap", "email": user,
+                "imap": {"host": dovecot.host, "port": dovecot.tls_port, "security": "ssl", "password": password},
+                "smtp": {"host": smtp_server.host, "port": smtp_server.port, "security": "starttls", "password": password}}
+        r = httpx.post(f"{base}/api/v1/accounts", json=body, headers=h, timeout=30)
+        assert r.status_code == 201, r.text
+        r = httpx.post(f"{base}/api/v1/emails/send", headers=h, json={
+            "account_id": r.json()["id"], "to": ["ada@engine.example"], "subject": "Proposal",
+            "body_html": '<p>Hi Ada, <a href="https://engine.example/demo">demo</a></p>'})
+        assert r.status_code == 202, r.text
+        eid = r.json()["id"]
+        wait_until(lambda: httpx.get(f"{base}/api/v1/emails/{eid}", headers=h).json()["status"] == "sent", 60, 0.25, "sent")
+        (_, _, raw), = smtp_server.messages
+        html = email.message_from_bytes(raw, policy=policy.default).get_body(("html",)).get_content()
+        pixel = re.search(r'src="https?://[^/"]+(/track/open/[^"]+)"', html).group(1)  # type: ignore[union-attr]
+        with httpx.Client(base_url=base) as c:
+            for _ in range(hits):
+                assert c.get(pixel, headers={"User-Agent": "Mozilla/5.0 (X11; Linux x86_64) Chrome/131.0"}).status_code == 200
+    finally:
+        code = proc.stop()
+    assert code == 0, proc.output()[-3000:]
+    first = proc.output()
+
+    proc = MailpipeProcess("serve", "--port", str(port), env=env, cwd=tmp_path, name="serve-again")
+    try:
+        wait_port("127.0.0.1", port, 30)
+
+        def opens() -> int:
+            return len(httpx.get(f"{base}/api/v1/emails/{eid}/tracking", headers=h).json()["opens"])
+
+        wait_until(lambda: opens() >= hits, 60, 0.25, f"{hits} opens recorded")
+        assert opens() == hits, "none lost, none doubled"
+    finally:
+        code = proc.stop()
+    assert code == 0, proc.output()[-3000:]
+    assert password not in first + proc.output()
