@@ -8,6 +8,7 @@ from models.crm import CRM_TABLES, ENTITY_TYPES, Contact, CrmAccount, Lead, Oppo
 from models.emails import Document, Email, EmailAddress, EmailLink, EmailLocation
 from models.notifications import Notification
 from models.notion import NotionConnection
+from models.oauth import OAuthFlow, OAuthGrant
 from models.org import ApiKey, Organization
 from models.outbound import Delivery, Outbox, Suppression
 from models.runtime import RelinkRequest, SchedulerHeartbeat, SelfTestRun
@@ -34,6 +35,8 @@ __all__ = [
     "Lead",
     "NotionConnection",
     "Notification",
+    "OAuthFlow",
+    "OAuthGrant",
     "Opportunity",
     "Organization",
     "Outbox",

@@ -38,7 +38,10 @@ ACCOUNT_STATE = Gauge("mailpipe_account_sync_state", "Per-account sync state (0 
 STATE_CODES = {"idle": 0, "syncing": 1, "error": 2, "reconnect_required": 3, "disabled": 4}
 SEND_ATTEMPTS = Counter("mailpipe_send_attempts_total", "SMTP transactions attempted, by outcome", ["outcome"])
 SENT = Counter("mailpipe_emails_sent_total", "Outbound emails finished, by final status", ["status"])
-SEND_DEFERRED = Counter("mailpipe_send_deferred_total", "Sends held back by an account's daily cap")
+SEND_DEFERRED = Counter("mailpipe_send_deferred_total", "Sends held back (an account's daily cap, or waiting for an OAuth token)")
+TOKEN_REFRESH = Counter("mailpipe_oauth_token_refresh_total",
+                        "OAuth token endpoint calls by provider and result (exchanged, exchange_failed, ok, error, unavailable, revoked)",
+                        ["provider", "result"])
 TRACK_INTAKE = Counter("mailpipe_tracking_intake_total",
                        "Tracking events through the intake: buffered, published, spooled, replayed, dropped", ["stage"])
 TRACK_RECORDED = Counter("mailpipe_tracking_events_total", "Tracking events recorded, by kind and verdict", ["kind", "verdict"])

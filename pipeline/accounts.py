@@ -21,7 +21,8 @@ from pipeline.clients import imap
 from pipeline.connections import smtp_probe, tls_context, use_imap_connector  # noqa: F401  (re-exported for tests)
 from pipeline.stages.providers import PRESETS, apply_preset
 
-__all__ = ["ConnTest", "Endpoint", "account_json", "apply_presets", "create_account", "erase_account_mail", "test_connection"]
+__all__ = ["ConnTest", "Endpoint", "account_json", "apply_presets", "create_account", "erase_account_mail", "kick_fetch",
+           "test_connection"]
 
 PROBE_TIMEOUT = 15.0
 
@@ -112,6 +113,23 @@ def create_account(session: Session, *, org_id: str, user_id: str, provider: str
         account.oauth_enc = seal("email_accounts", "oauth_enc", json.dumps(oauth))
     session.add(account)
     return account
+
+
+def kick_fetch(s: Session, account_id: str) -> None:
+    """Make the account due and enqueue its fetch now (the scheduler would within a tick)."""
+    from pipeline.actors.fetch import fetch_account
+
+    acct = s.get(EmailAccount, account_id)
+    if acct is None or acct.sync_state == "disabled":
+        return
+    if acct.fetch_lease_until is not None and acct.fetch_lease_until > utcnow():
+        return
+    token = new_id()
+    acct.fetch_token = token  # a manual sync does not lift the hourly budget (deferred_until stays)
+    acct.next_fetch_at = utcnow() + timedelta(seconds=acct.poll_seconds or 60)
+    s.add(acct)
+    s.commit()
+    fetch_account.send(acct.id, token)
 
 
 def account_json(a: EmailAccount) -> dict[str, Any]:

@@ -31,23 +31,34 @@ def tls_context() -> ssl.SSLContext:
     return ssl.create_default_context()
 
 
-def _credentials(account: EmailAccount, proto: str) -> tuple[str | None, str | None]:
-    """(password, OAuth access token) for "imap" or "smtp", decrypted at the last moment."""
+def _credentials(account: EmailAccount, proto: str, rejected: str | None = None) -> tuple[str | None, str | None]:
+    """(password, OAuth access token) for "imap" or "smtp", decrypted (or refreshed) at the last moment.
+
+    An account with an OAuth grant gets its token from the token manager (which refreshes when
+    under five minutes remain, or when ``rejected`` is the token a server just refused). An
+    account created with a bare ``oauth.access_token`` uses that token as given.
+    """
     column = f"{proto}_password_enc"
     password = unseal("email_accounts", column, getattr(account, column))
+    if password is not None:
+        return password, None
+    from pipeline import oauth
+
+    if oauth.has_grant(account.id):
+        return None, oauth.access_token(account.id, rejected=rejected)
     token = None
-    if account.oauth_enc is not None and password is None:
+    if account.oauth_enc is not None:
         import json
 
         token = json.loads(unseal("email_accounts", "oauth_enc", account.oauth_enc) or "{}").get("access_token")
-    return password, token
+    return None, token
 
 
-def imap_settings(account: EmailAccount, *, timeout: float = IMAP_TIMEOUT) -> imap.ImapSettings:
+def imap_settings(account: EmailAccount, *, timeout: float = IMAP_TIMEOUT, rejected: str | None = None) -> imap.ImapSettings:
     """IMAP settings for an account; the password or OAuth token is decrypted here."""
     if not account.imap_host or not account.imap_port:
         raise ValueError("account has no IMAP host configured")
-    password, token = _credentials(account, "imap")
+    password, token = _credentials(account, "imap", rejected)
     return imap.ImapSettings(
         host=account.imap_host, port=account.imap_port, security=account.imap_security,
         username=account.imap_username or account.email, password=password, oauth_token=token,
@@ -55,13 +66,13 @@ def imap_settings(account: EmailAccount, *, timeout: float = IMAP_TIMEOUT) -> im
     )
 
 
-def smtp_settings(account: EmailAccount, *, timeout: float = SMTP_TIMEOUT) -> Any:
+def smtp_settings(account: EmailAccount, *, timeout: float = SMTP_TIMEOUT, rejected: str | None = None) -> Any:
     """SMTP settings for an account; the password or OAuth token is decrypted here."""
     from pipeline.clients.smtp import SmtpSettings
 
     if not account.smtp_host or not account.smtp_port:
         raise ValueError("account has no SMTP host configured")
-    password, token = _credentials(account, "smtp")
+    password, token = _credentials(account, "smtp", rejected)
     username = account.smtp_username or account.email
     return SmtpSettings(
         host=account.smtp_host, port=account.smtp_port, security=account.smtp_security,
@@ -76,8 +87,22 @@ def connect_imap(settings: imap.ImapSettings) -> imap.ImapSession:
 
 
 def open_imap(account: EmailAccount) -> imap.ImapSession:
-    """Connect and log in to the account's IMAP server (raises ``ImapError``)."""
-    return _imap_connector(imap_settings(account))
+    """Connect and log in to the account's IMAP server (raises ``ImapError``; for OAuth accounts
+    also ``oauth.ReconnectRequired`` / ``oauth.TokenUnavailable``).
+
+    A server refusing an OAuth token (expired early, or revoked) gets one refresh and one retry.
+    """
+    settings = imap_settings(account)
+    try:
+        return _imap_connector(settings)
+    except imap.ImapError as err:
+        if err.kind != imap.ImapErrorKind.AUTH or settings.oauth_token is None:
+            raise
+        from pipeline import oauth
+
+        if not oauth.has_grant(account.id):
+            raise
+        return _imap_connector(imap_settings(account, rejected=settings.oauth_token))
 
 
 _smtp_transport: Any = None

@@ -29,6 +29,7 @@ from pipeline.broker import actor
 from pipeline.clients.imap import FetchedMessage, ImapError, ImapErrorKind, ImapSession
 from pipeline.clients.storage import get_storage
 from pipeline.connections import open_imap
+from pipeline.oauth import ReconnectRequired, TokenUnavailable
 from pipeline.scheduler import register_sweep
 from pipeline.stages import sync
 from pipeline.stages.identity import message_identity
@@ -341,6 +342,14 @@ def fetch_account(account_id: str, token: str) -> None:
         failures = _record_failure(claim.account, owner, err.kind.value, err.message)
         if err.kind != ImapErrorKind.AUTH and failures < ERROR_AFTER_FAILURES:
             raise  # Dramatiq retries with backoff; the same message id may re-take the lease
+        return
+    except ReconnectRequired as err:  # the token manager has set the state and told the owner
+        _release(account_id, owner, sync_state="reconnect_required", last_error=str(err)[:2000], last_error_code="auth")
+        metrics.ACCOUNT_STATE.labels(account_id).set(metrics.STATE_CODES["reconnect_required"])
+        log.warning("fetch_needs_reconnect", account_id=account_id)
+        return
+    except TokenUnavailable as err:  # the provider's token endpoint is down: back off like a network error
+        _record_failure(claim.account, owner, "connect", f"token endpoint: {err}")
         return
     except Exception as exc:
         _record_failure(claim.account, owner, "internal", f"{type(exc).__name__} (see worker logs)")

@@ -111,6 +111,7 @@ def refetch_raw(s: Session, email: Email) -> bytes | None:
     """Fetch a message again from one of its server locations (BODY.PEEK) and re-store it."""
     from pipeline.clients.imap import ImapError
     from pipeline.connections import open_imap
+    from pipeline.oauth import CredentialsUnavailable
 
     account = s.get(EmailAccount, email.account_id)
     locations = list(s.execute(select(EmailLocation).where(EmailLocation.email_id == email.id)).scalars())
@@ -118,7 +119,7 @@ def refetch_raw(s: Session, email: Email) -> bytes | None:
         return None
     try:
         session = open_imap(account)
-    except ImapError:
+    except (ImapError, CredentialsUnavailable):
         return None
     try:
         for loc in locations:

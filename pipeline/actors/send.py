@@ -36,6 +36,7 @@ from pipeline.broker import actor
 from pipeline.clients.smtp import SmtpError
 from ops.crypto import DecryptError
 from pipeline.clients.storage import StorageError, get_storage
+from pipeline.oauth import CredentialsUnavailable, ReconnectRequired
 from pipeline.outbound import draft_from_json, load_attachments
 from pipeline.scheduler import register_sweep
 from pipeline.stages import outbound as plan
@@ -52,6 +53,9 @@ REQUEUE_AFTER = timedelta(minutes=2)  # a queued email not claimed by then is ha
 EARLY_TOLERANCE = timedelta(seconds=1)  # a delayed retry message may arrive a hair before its time
 MAX_RUNS = 12  # runs that crash on something unexpected before the email is failed (not retried forever)
 SENT_COPY_ATTEMPTS = 5
+RECONNECT_HOLD = timedelta(minutes=15)  # an OAuth account needing reconnect: look again this often
+TOKEN_HOLD = timedelta(minutes=1)  # the token endpoint was unreachable
+RECONNECT_GIVE_UP = timedelta(days=3)  # mail waiting this long for a reconnect fails
 
 
 class LeaseLost(Exception):
@@ -164,6 +168,7 @@ class _Run:
         self.settings = get_settings()
         self.outbox, self.email, self.account, self.deliveries = loaded.outbox, loaded.email, loaded.account, loaded.deliveries
         self._attachments: list[Any] | None = None
+        self._smtp: Any = None  # SMTP settings of this run (replaced when a refused token is renewed)
         self.released = False  # the lease was given back in the run's last write
 
     def _let_go(self) -> dict[str, Any]:
@@ -271,7 +276,7 @@ class _Run:
         assert self.account is not None
         try:
             session = open_imap(self.account)
-        except (ImapError, ValueError):
+        except (ImapError, ValueError, CredentialsUnavailable):
             return None
         try:
             folder = _sent_folder(session)
@@ -292,15 +297,44 @@ class _Run:
         todo = [d for d in self.deliveries if d.state in ("pending", "sending", "retry")]
         if todo:
             try:
-                settings = smtp_settings(self.account)
+                self._smtp = smtp_settings(self.account)
             except ValueError as exc:
                 self._fail_all("configuration", str(exc))
                 return
+            except CredentialsUnavailable as exc:
+                self._hold(exc)
+                return
             transport = smtp_transport()
-            for d in todo:
-                copy = self._copy(d)
-                self._attempt(d, transport, settings, copy.raw, copy.links)
+            try:
+                for d in todo:
+                    copy = self._copy(d)
+                    self._attempt(d, transport, copy.raw, copy.links)
+            except CredentialsUnavailable as exc:  # a refused token could not be renewed
+                self._hold(exc)
+                return
         self._settle()
+
+    def _hold(self, exc: CredentialsUnavailable) -> None:
+        """No OAuth token now: wait (no attempt counted) for the user to reconnect or the provider to answer.
+
+        The reconnect callback releases held mail at once; mail held for RECONNECT_GIVE_UP fails.
+        """
+        now = utcnow()
+        reconnect = isinstance(exc, ReconnectRequired)
+        code = "reconnect_required" if reconnect else "token_unavailable"
+        if reconnect and self.outbox.created_at is not None and now - self.outbox.created_at > RECONNECT_GIVE_UP:
+            self._fail_all(code, f"the account was not reconnected within {RECONNECT_GIVE_UP.days} days: {exc}")
+            return
+        until = now + (RECONNECT_HOLD if reconnect else TOKEN_HOLD)
+        with _tx() as s:
+            _guard(s, self.email_id, self.owner)
+            s.execute(update(Outbox).where(Outbox.email_id == self.email_id).values(
+                state="queued", deferred_until=until, next_attempt_at=until, enqueued_at=None, **self._let_go()))
+            s.execute(update(Email).where(Email.id == self.email_id).values(
+                status="queued", error={"code": code, "message": str(exc)[:500]}))
+            s.commit()
+        metrics.SEND_DEFERRED.inc()
+        log.warning("send_held", email_id=self.email_id, reason=code, until=str(until))
 
     def _suppress(self) -> None:
         """Skip recipients who unsubscribed after the email was accepted (scheduled or retried mail)."""
@@ -316,7 +350,7 @@ class _Run:
         for address in gone:
             self._record(wanted[address], state="suppressed", entry={"event": "suppressed", "reason": "unsubscribed"})
 
-    def _attempt(self, d: Delivery, transport: Any, settings: Any, raw: bytes, links: list[dict[str, Any]]) -> None:
+    def _attempt(self, d: Delivery, transport: Any, raw: bytes, links: list[dict[str, Any]]) -> None:
         attempt = d.attempts + 1
         # The click map commits with the attempt: a redirect must resolve before the mail is out.
         self._record(d, state="sending", attempts=attempt, entry={"event": "attempt", "n": attempt}, links=links)
@@ -328,7 +362,7 @@ class _Run:
             data_started = True
 
         try:
-            result = transport.send(settings, self.account.email, d.recipients, raw, before_data=before_data)  # type: ignore[union-attr]
+            result = self._send_once(transport, d, raw, before_data, lambda: data_started)
             verdict: SmtpVerdict = result.verdict
             refused = {r: {"code": v.code, "message": v.message, "error_code": v.error_code} for r, v in result.refused.items()}
             accepted = list(result.accepted)
@@ -349,6 +383,29 @@ class _Run:
                      entry={"event": "reply", "n": attempt, "outcome": outcome, "code": verdict.code,
                             "message": verdict.message[:500]})
         log.info("send_attempt", email_id=self.email_id, delivery=d.seq, attempt=attempt, outcome=outcome, code=verdict.code)
+
+    def _send_once(self, transport: Any, d: Delivery, raw: bytes, before_data: Any, data_started: Any) -> Any:
+        """One SMTP transaction; a refused OAuth token gets one refresh and one retry (before DATA only).
+
+        Raises ``CredentialsUnavailable`` when no fresh token can be had (the caller holds the email).
+        """
+        from pipeline.clients.errors import ConnErrorKind
+        from pipeline.connections import smtp_settings
+
+        assert self.account is not None
+        settings = self._smtp
+        try:
+            return transport.send(settings, self.account.email, d.recipients, raw, before_data=before_data)
+        except SmtpError as exc:
+            if exc.kind != ConnErrorKind.AUTH or settings.oauth_token is None or data_started():
+                raise
+            from pipeline.oauth import has_grant
+
+            if not has_grant(self.account.id):
+                raise
+            log.info("send_token_refused", email_id=self.email_id, delivery=d.seq)
+            self._smtp = smtp_settings(self.account, rejected=settings.oauth_token)
+            return transport.send(self._smtp, self.account.email, d.recipients, raw, before_data=before_data)
 
     def _split(self, d: Delivery, recipients: list[str], attempts: int) -> None:
         """A new delivery for recipients a server deferred (4xx) inside an accepted transaction."""
@@ -429,6 +486,11 @@ class _Run:
             return
         except ValueError as exc:
             self._sent_copy_done("failed", f"configuration: {exc}")
+            return
+        except CredentialsUnavailable as exc:  # sent already; the copy waits like a network failure
+            from pipeline.clients.imap import ImapError as _E, ImapErrorKind
+
+            self._sent_copy_retry(_E(ImapErrorKind.CONNECT, f"no OAuth token: {exc}"))
             return
         try:
             folder = _sent_folder(session)
@@ -598,6 +660,23 @@ def _give_up(run: _Run | None, email_id: str, owner: str, code: str, message: st
             run._sent_copy_done("failed", message)
     except LeaseLost:
         pass
+
+
+def release_held(account_id: str) -> int:
+    """An account was (re)connected: its mail held for a token goes now (cap-deferred mail re-checks its window)."""
+    now = utcnow()
+    with Session(get_engine()) as s:
+        held = list(s.execute(select(Outbox.email_id).where(
+            Outbox.account_id == account_id, Outbox.state == "queued", Outbox.deferred_until > now)).scalars())  # type: ignore[operator]
+        if not held:
+            return 0
+        s.execute(update(Outbox).where(Outbox.email_id.in_(held), Outbox.state == "queued")  # type: ignore[attr-defined]
+                  .values(deferred_until=None, next_attempt_at=None, enqueued_at=now))
+        s.commit()
+    for email_id in held:
+        enqueue_send(email_id)
+    log.info("send_released", account_id=account_id, emails=len(held))
+    return len(held)
 
 
 @register_sweep("send_due")

@@ -60,6 +60,7 @@ class Dovecot:
         *,
         host: str = "127.0.0.1",
         max_userip_connections: int = 20,
+        oauth_introspection_url: str | None = None,
     ) -> None:
         self._base = Path(tempfile.mkdtemp(prefix="mailpipe-dovecot-"))
         self._base.chmod(0o755)  # login processes (nobody) must reach the sockets in run/
@@ -73,6 +74,7 @@ class Dovecot:
         self._cert, self._key = self._install_cert(cert_path, key_path)
         self._host = host
         self._max_userip = max_userip_connections
+        self._introspection = oauth_introspection_url
         self._port, self._tls_port = _two_free_ports(host)
         self._users: dict[str, str] = {}
         self._special_use: dict[str, str] = {}
@@ -328,8 +330,29 @@ class Dovecot:
                 tls_port=self._tls_port,
                 max_userip=self._max_userip,
                 mailboxes=mailboxes,
+                oauth_passdb=self._oauth_passdb(),
+                password_mechanisms="  mechanisms = plain login\n" if self._introspection else "",
+                # doveadm's userdb lookups would otherwise ask the passdbs, which are per-mechanism now
+                userdb_extra=" allow_all_users=yes" if self._introspection else "",
             )
         )
+
+    def _oauth_passdb(self) -> str:
+        """With an introspection URL: XOAUTH2/OAUTHBEARER tokens are checked by ``passdb oauth2``
+        against it (POST token=...), as a provider's IMAP server checks its own tokens."""
+        if not self._introspection:
+            return ""
+        ext = self._base / "dovecot-oauth2.conf.ext"
+        ext.write_text(
+            "introspection_mode = post\n"
+            f"introspection_url = {self._introspection}\n"
+            "force_introspection = yes\n"
+            "username_attribute = username\n"
+            "active_attribute = active\n"
+            "active_value = true\n"
+        )
+        ext.chmod(0o644)
+        return f"passdb {{\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n  args = {ext}\n}}\n"
 
     def _spawn_and_wait(self) -> str | None:
         """Run dovecot -F; return None once both ports accept, else the error output."""
@@ -489,13 +512,13 @@ auth_mechanisms = plain login xoauth2 oauthbearer
 # Failed logins still take ~0.5s with 0: Dovecot flushes delayed failures on a 500 ms timer.
 auth_failure_delay = 0
 mail_fsync = never
-passdb {{
+{oauth_passdb}passdb {{
   driver = passwd-file
-  args = scheme=PLAIN username_format=%u {base}/users/%u
+{password_mechanisms}  args = scheme=PLAIN username_format=%u {base}/users/%u
 }}
 userdb {{
   driver = static
-  args = uid={user} gid={group} home={mail}/%u
+  args = uid={user} gid={group} home={mail}/%u{userdb_extra}
 }}
 mail_location = maildir:~/Maildir
 namespace inbox {{

@@ -97,7 +97,8 @@ class _Handler:
                 return AuthResult(success=False, handled=True)
             blob = answer
         user, token = _parse_xoauth2(blob)
-        if user is not None and self._server.tokens.get(user) == token:
+        check = self._server.token_check
+        if user is not None and token is not None and (check(user, token) if check is not None else self._server.tokens.get(user) == token):
             self._server._note_login("XOAUTH2", user)
             return AuthResult(success=True, auth_data=user)
         await server.challenge_auth(json.dumps(XOAUTH2_ERROR))
@@ -132,6 +133,7 @@ class SmtpServer:
         self.tls: list[bool] = []  # per accepted message: whether the session was encrypted
         self.on_message: Callable[[str, list[str], bytes], None] | None = None
         self.on_rcpt: Callable[[str], None] | None = None
+        self.token_check: Callable[[str, str], bool] | None = None  # XOAUTH2: ask a token server instead of ``tokens``
         self.logins: list[tuple[str, str]] = []
         self.implicit_tls = implicit_tls
         self._host = host

@@ -6,15 +6,16 @@ from datetime import timedelta
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from models import EmailAccount, User, new_id, utcnow
+from models import EmailAccount, User, utcnow
 from models.db import get_engine
+from models.oauth import OAuthGrant
 from ops.keys import seal
 from pipeline import accounts as svc
 from web.api import ApiRouter
@@ -245,7 +246,9 @@ async def delete_account(request: Request) -> Response:
             acct.deleted_at = utcnow()
             acct.sync_state = "disabled"
             acct.fetch_token, acct.fetch_owner, acct.fetch_lease_until = None, None, None
+            acct.imap_password_enc = acct.smtp_password_enc = acct.oauth_enc = None  # secrets do not outlive the account
             s.add(acct)
+            s.execute(delete(OAuthGrant).where(OAuthGrant.account_id == account_id))
             keys = svc.erase_account_mail(s, account_id) if erase else []
             s.commit()
         storage = get_storage()
@@ -257,20 +260,7 @@ async def delete_account(request: Request) -> Response:
 
 
 def _kick(s: Session, account_id: str) -> None:
-    """Make the account due and enqueue its fetch now (the scheduler would within a tick)."""
-    from pipeline.actors.fetch import fetch_account
-
-    acct = s.get(EmailAccount, account_id)
-    if acct is None or acct.sync_state == "disabled":
-        return
-    if acct.fetch_lease_until is not None and acct.fetch_lease_until > utcnow():
-        return
-    token = new_id()
-    acct.fetch_token = token  # a manual sync does not lift the hourly budget (deferred_until stays)
-    acct.next_fetch_at = utcnow() + timedelta(seconds=acct.poll_seconds or 60)
-    s.add(acct)
-    s.commit()
-    fetch_account.send(acct.id, token)
+    svc.kick_fetch(s, account_id)
 
 
 @router.route("POST", "/api/v1/accounts/{id}/sync", summary="Fetch now (manual refresh)", status=202, responses={404: "not found"})

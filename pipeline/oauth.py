@@ -1,0 +1,344 @@
+"""OAuth accounts: the authorize → callback flow, and the token manager every connection asks.
+
+Flow: :func:`start` records a flow (who, which mailbox, the PKCE verifier, sealed) and returns the
+provider's authorize URL with a signed, expiring ``state`` naming it. :func:`finish` takes the
+flow once, exchanges the code with the verifier, tests IMAP and SMTP with XOAUTH2, and creates
+the account (or updates the live one for that address, which keeps its sync cursors: reconnecting
+resumes where sync stopped).
+
+Token manager: :func:`access_token` hands out the stored access token while more than five
+minutes of it are left. Otherwise it takes the grant's row lock (``SELECT ... FOR UPDATE`` on
+PostgreSQL, so one refresh per account across processes; a per-account lock inside the process,
+which is all SQLite needs), reads the row again (another holder may have refreshed meanwhile),
+and only then calls the token endpoint. A rotated refresh token is stored. A permanent refusal
+(``invalid_grant``) marks the grant revoked and the account ``reconnect_required`` with a
+readable reason and notifies the owner once; from then on the manager refuses at once, without
+calling the provider, until the user connects the mailbox again. Tokens never reach a log line.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+from sqlalchemy import select, update
+from sqlmodel import Session
+
+from models import EmailAccount, User, normalize_email, utcnow
+from models.db import get_engine
+from models.oauth import OAuthFlow, OAuthGrant
+from ops import metrics
+from ops.keys import get_keyring, seal, unseal
+from ops.settings import get_settings
+from pipeline.clients.oauth import TokenEndpointError, post_form
+from pipeline.stages.oauth import (OAuthProvider, TokenError, TokenSet, authorize_url, interpret_token_response,
+                                   needs_refresh, pkce_pair, provider_config, reconnect_reason)
+
+__all__ = ["CredentialsUnavailable", "FlowError", "NotConfigured", "ReconnectRequired", "TokenUnavailable", "access_token", "finish",
+           "has_grant", "redirect_uri", "start"]
+
+log = structlog.get_logger("mailpipe.oauth")
+
+FLOW_TTL = timedelta(minutes=15)
+_STATE_PURPOSE = "oauth_state"
+
+
+class NotConfigured(Exception):
+    """The provider has no client id configured."""
+
+
+class FlowError(Exception):
+    """A callback that cannot complete; ``code`` is the API error code, ``status`` the HTTP status."""
+
+    def __init__(self, code: str, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.code, self.message, self.status = code, message, status
+
+
+class CredentialsUnavailable(Exception):
+    """No OAuth token can be had now (a connection cannot be opened)."""
+
+
+class ReconnectRequired(CredentialsUnavailable):
+    """The provider refused the grant; only the user can fix it (``str()`` is the readable reason)."""
+
+
+class TokenUnavailable(CredentialsUnavailable):
+    """No token right now (the token endpoint is down or slow); try again later."""
+
+
+# -- flow -------------------------------------------------------------------------------------------
+
+
+def redirect_uri(provider: str) -> str:
+    settings = get_settings()
+    base = (settings.oauth_redirect_base or settings.public_url).rstrip("/")
+    return f"{base}/api/v1/oauth/{provider}/callback"
+
+
+def _provider(name: str) -> OAuthProvider:
+    provider = provider_config(name, get_settings())
+    if not provider.configured:
+        raise NotConfigured(f"set MAILPIPE_{name.upper()}_CLIENT_ID and MAILPIPE_{name.upper()}_CLIENT_SECRET to connect {name} accounts")
+    return provider
+
+
+def _state(flow_id: str, provider: str, expires: datetime) -> str:
+    exp = str(int(expires.timestamp()))
+    return f"{flow_id}.{exp}.{get_keyring().sign(_STATE_PURPOSE, flow_id, provider, exp)}"
+
+
+def _check_state(state: str, provider: str) -> str | None:
+    """The flow id a state names, if its signature verifies and it has not expired."""
+    parts = state.split(".")
+    if len(parts) != 3 or not parts[1].isdigit():
+        return None
+    flow_id, exp, sig = parts
+    if not get_keyring().verify(_STATE_PURPOSE, sig, flow_id, provider, exp):
+        return None
+    if int(exp) < utcnow().timestamp():
+        return None
+    return flow_id
+
+
+def start(org_id: str, user_id: str, provider_name: str, email: str, overrides: dict[str, Any]) -> str:
+    """Record a flow and return the provider's authorize URL."""
+    provider = _provider(provider_name)
+    verifier, challenge = pkce_pair()
+    now = utcnow()
+    flow = OAuthFlow(id=secrets.token_hex(16), org_id=org_id, user_id=user_id, provider=provider_name, email=email.strip(),
+                     overrides=overrides, created_at=now, expires_at=now + FLOW_TTL)
+    flow.verifier_enc = seal("oauth_flows", "verifier_enc", verifier)
+    with Session(get_engine(), expire_on_commit=False) as s:
+        s.add(flow)
+        s.commit()
+    return authorize_url(provider, redirect_uri=redirect_uri(provider_name), state=_state(flow.id, provider_name, flow.expires_at),
+                         code_challenge=challenge, login_hint=email)
+
+
+def _take_flow(provider: str, state: str) -> OAuthFlow:
+    flow_id = _check_state(state, provider)
+    if flow_id is None:
+        raise FlowError("invalid_state", "the sign-in link is invalid or has expired; start again")
+    with Session(get_engine(), expire_on_commit=False) as s:
+        res = s.execute(update(OAuthFlow).where(OAuthFlow.id == flow_id, OAuthFlow.provider == provider,
+                                                OAuthFlow.used_at.is_(None), OAuthFlow.expires_at > utcnow())  # type: ignore[union-attr,operator]
+                        .values(used_at=utcnow()))
+        if res.rowcount != 1:  # type: ignore[attr-defined]
+            s.rollback()
+            raise FlowError("invalid_state", "this sign-in was already completed or has expired; start again")
+        s.commit()
+        flow = s.get(OAuthFlow, flow_id)
+        assert flow is not None
+        return flow
+
+
+def finish(provider_name: str, code: str, state: str) -> dict[str, Any]:
+    """Complete a flow: exchange the code, test XOAUTH2, create or update the account."""
+    from pipeline import accounts as svc
+
+    provider = _provider(provider_name)
+    flow = _take_flow(provider_name, state)
+    verifier = unseal("oauth_flows", "verifier_enc", flow.verifier_enc) or ""
+    form = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri(provider_name),
+            "client_id": provider.client_id or "", "code_verifier": verifier}
+    if provider.client_secret:
+        form["client_secret"] = provider.client_secret
+    try:
+        reply = post_form(provider.token_url, form)
+    except TokenEndpointError as exc:
+        raise FlowError("provider_unavailable", f"could not reach {provider_name}: {exc}", 502) from None
+    tokens = interpret_token_response(reply.status, reply.body, now=utcnow())
+    if isinstance(tokens, TokenError):
+        metrics.TOKEN_REFRESH.labels(provider_name, "exchange_failed").inc()
+        log.warning("oauth_exchange_failed", provider=provider_name, error=tokens.code)
+        if not tokens.permanent:
+            raise FlowError("provider_unavailable", f"{provider_name} could not complete the sign-in ({tokens.code}); try again", 502)
+        raise FlowError("oauth_exchange_failed", f"{provider_name} refused the sign-in ({tokens.code}); start again")
+    if tokens.refresh_token is None:
+        log.warning("oauth_no_refresh_token", provider=provider_name)
+    metrics.TOKEN_REFRESH.labels(provider_name, "exchanged").inc()
+
+    o = flow.overrides
+    imap_in = {"host": o.get("imap_host"), "port": o.get("imap_port"), "security": o.get("imap_security"), "username": None}
+    smtp_in = {"host": o.get("smtp_host"), "port": o.get("smtp_port"), "security": o.get("smtp_security"), "username": None}
+    i, sm = svc.apply_presets(provider.mail_provider, flow.email, imap_in, smtp_in)
+    imap_ep = svc.Endpoint(str(i["host"]), int(i["port"]), str(i["security"]), str(i["username"]), None, tokens.access_token)  # type: ignore[call-overload]
+    smtp_ep = svc.Endpoint(str(sm["host"]), int(sm["port"]), str(sm["security"]), str(sm["username"]), None, tokens.access_token)  # type: ignore[call-overload]
+    test = svc.test_connection(imap_ep, smtp_ep)
+    account_id, reconnected = _save_account(flow, provider, imap_ep, smtp_ep, tokens, test)
+    log.info("oauth_connected", provider=provider_name, account_id=account_id, ok=test.ok, reconnected=reconnected)
+    return {"account_id": account_id, "ok": test.ok, "provider": provider.mail_provider, "email": flow.email,
+            "reconnected": reconnected, "test": test.as_json()}
+
+
+def _save_account(flow: OAuthFlow, provider: OAuthProvider, imap_ep: Any, smtp_ep: Any, tokens: TokenSet,
+                  test: Any) -> tuple[str, bool]:
+    from pipeline import accounts as svc
+    from pipeline.actors.send import release_held
+
+    now = utcnow()
+    state = "idle" if test.ok else "error"
+    error = None if test.ok else "; ".join(f"{k}: {v['message']}" for k, v in (("imap", test.imap), ("smtp", test.smtp))
+                                         if not v["ok"])[:2000]
+    norm = normalize_email(flow.email) or flow.email
+    with Session(get_engine(), expire_on_commit=False) as s:
+        account = s.execute(select(EmailAccount).where(EmailAccount.org_id == flow.org_id, EmailAccount.email_norm == norm,
+                                                       EmailAccount.deleted_at.is_(None))).scalar_one_or_none()  # type: ignore[union-attr]
+        reconnected = account is not None
+        if account is None:
+            account = svc.create_account(s, org_id=flow.org_id, user_id=flow.user_id, provider=provider.mail_provider,
+                                         email=flow.email, imap_ep=imap_ep, smtp_ep=smtp_ep)
+        else:  # the same mailbox again: new tokens, same cursors
+            account.provider = provider.mail_provider
+            account.imap_host, account.imap_port, account.imap_security = imap_ep.host, imap_ep.port, imap_ep.security
+            account.smtp_host, account.smtp_port, account.smtp_security = smtp_ep.host, smtp_ep.port, smtp_ep.security
+            account.imap_username, account.smtp_username = imap_ep.username, smtp_ep.username
+            account.imap_password_enc = account.smtp_password_enc = account.oauth_enc = None
+            account.consecutive_failures = 0
+            account.next_fetch_at = now
+        account.sync_state, account.last_error, account.last_error_code = state, error, None if test.ok else "auth"
+        if s.get(User, (flow.org_id, flow.user_id)) is None:
+            s.add(User(org_id=flow.org_id, id=flow.user_id, name=flow.email[:300], email=flow.email, email_norm=norm))
+        s.flush()
+        grant = s.get(OAuthGrant, account.id)
+        if grant is None:
+            grant = OAuthGrant(account_id=account.id, org_id=flow.org_id, provider=provider.name, generation=1)
+            s.add(grant)
+        else:
+            grant.generation += 1
+        grant.provider = provider.name
+        grant.tokens_enc = seal("oauth_grants", "tokens_enc", json.dumps(tokens.as_json()))
+        grant.expires_at, grant.refreshed_at, grant.revoked_at, grant.revoked_reason = tokens.expires_at, now, None, None
+        grant.updated_at = now
+        s.execute(update(OAuthFlow).where(OAuthFlow.id == flow.id).values(account_id=account.id))
+        s.commit()
+        account_id = account.id
+    release_held(account_id)
+    with Session(get_engine()) as s:
+        svc.kick_fetch(s, account_id)
+    return account_id, reconnected
+
+
+# -- token manager ------------------------------------------------------------------------------------
+
+_locks: dict[str, threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+def _local_lock(account_id: str) -> threading.Lock:
+    with _locks_guard:
+        return _locks.setdefault(account_id, threading.Lock())
+
+
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    access_token: str | None
+    refresh_token: str | None
+
+    @classmethod
+    def of(cls, grant: OAuthGrant) -> _Stored:
+        data = json.loads(unseal("oauth_grants", "tokens_enc", grant.tokens_enc) or "{}")
+        return cls(data.get("access_token"), data.get("refresh_token"))
+
+
+def has_grant(account_id: str) -> bool:
+    with Session(get_engine()) as s:
+        return s.get(OAuthGrant, account_id) is not None
+
+
+def _usable(grant: OAuthGrant, stored: _Stored, rejected: str | None) -> bool:
+    if stored.access_token is None or needs_refresh(grant.expires_at, utcnow()):
+        return False
+    return rejected is None or stored.access_token != rejected
+
+
+def access_token(account_id: str, *, rejected: str | None = None) -> str:
+    """A current access token for the account; ``rejected``: the token a server just refused
+    (refreshed unless someone already replaced it). Raises ReconnectRequired / TokenUnavailable."""
+    with Session(get_engine()) as s:
+        grant = s.get(OAuthGrant, account_id)
+        if grant is None:
+            raise ReconnectRequired("this mailbox has no OAuth grant; connect it again")
+        if grant.revoked_at is not None:
+            raise ReconnectRequired(grant.revoked_reason or "connect the mailbox again")
+        stored = _Stored.of(grant)
+        if _usable(grant, stored, rejected):
+            return str(stored.access_token)
+    with _local_lock(account_id), Session(get_engine(), expire_on_commit=False) as s:
+        grant = s.execute(select(OAuthGrant).where(OAuthGrant.account_id == account_id).with_for_update()).scalar_one()
+        if grant.revoked_at is not None:
+            s.rollback()
+            raise ReconnectRequired(grant.revoked_reason or "connect the mailbox again")
+        stored = _Stored.of(grant)
+        if _usable(grant, stored, rejected):  # refreshed by another holder while this one waited
+            s.rollback()
+            return str(stored.access_token)
+        return _refresh(s, grant, stored)
+
+
+def _refresh(s: Session, grant: OAuthGrant, stored: _Stored) -> str:
+    """Call the token endpoint while holding the grant's lock; commit the outcome."""
+    provider = provider_config(grant.provider, get_settings())
+    if stored.refresh_token is None:
+        return _revoke(s, grant, TokenError("invalid_grant", "no refresh token was issued", permanent=True))
+    form = {"grant_type": "refresh_token", "refresh_token": stored.refresh_token, "client_id": provider.client_id or ""}
+    if provider.client_secret:
+        form["client_secret"] = provider.client_secret
+    if grant.provider == "microsoft":
+        form["scope"] = " ".join(provider.scopes)
+    try:
+        reply = post_form(provider.token_url, form)
+    except TokenEndpointError as exc:
+        s.rollback()
+        metrics.TOKEN_REFRESH.labels(grant.provider, "unavailable").inc()
+        log.warning("oauth_refresh_unavailable", account_id=grant.account_id, error=str(exc))
+        raise TokenUnavailable(str(exc)) from None
+    result = interpret_token_response(reply.status, reply.body, now=utcnow(), previous_refresh_token=stored.refresh_token)
+    if isinstance(result, TokenError):
+        if result.permanent:
+            return _revoke(s, grant, result)
+        s.rollback()
+        metrics.TOKEN_REFRESH.labels(grant.provider, "error").inc()
+        log.warning("oauth_refresh_failed", account_id=grant.account_id, error=result.code)
+        raise TokenUnavailable(f"{grant.provider} could not renew the token right now ({result.code})")
+    grant.tokens_enc = seal("oauth_grants", "tokens_enc", json.dumps(result.as_json()))
+    grant.expires_at, grant.refreshed_at, grant.updated_at = result.expires_at, utcnow(), utcnow()
+    grant.refresh_count += 1
+    s.add(grant)
+    s.commit()
+    metrics.TOKEN_REFRESH.labels(grant.provider, "ok").inc()
+    log.info("oauth_refreshed", account_id=grant.account_id, rotated=result.rotated, expires_at=result.expires_at.isoformat())
+    return result.access_token
+
+
+def _revoke(s: Session, grant: OAuthGrant, error: TokenError) -> str:
+    """The grant is gone: remember it, put the account in reconnect_required, tell its owner once."""
+    from pipeline import notifications
+
+    reason = reconnect_reason(grant.provider, error)
+    now = utcnow()
+    grant.revoked_at, grant.revoked_reason, grant.updated_at = now, reason[:500], now
+    s.add(grant)
+    account = s.get(EmailAccount, grant.account_id)
+    pushed: list[dict[str, Any]] = []
+    if account is not None:
+        s.execute(update(EmailAccount).where(EmailAccount.id == account.id).values(
+            sync_state="reconnect_required", last_error=reason[:2000], last_error_code="auth"))
+        pushed = notifications.insert_new(s, [{
+            "org_id": account.org_id, "user_id": account.user_id, "kind": "account.reconnect_required",
+            "title": f"Reconnect {account.email}"[:500], "body": reason[:2000], "email_id": None,
+            "dedupe_key": f"account.reconnect:{account.id}:{grant.generation}",
+            "data": {"account_id": account.id, "provider": account.provider}}])
+    s.commit()
+    notifications.publish(pushed)
+    metrics.TOKEN_REFRESH.labels(grant.provider, "revoked").inc()
+    if account is not None:
+        metrics.ACCOUNT_STATE.labels(account.id).set(metrics.STATE_CODES["reconnect_required"])
+    log.warning("oauth_reconnect_required", account_id=grant.account_id, error=error.code)
+    raise ReconnectRequired(reason)
