@@ -19,6 +19,7 @@ import pytest
 from dramatiq import Worker
 from dramatiq.brokers.stub import StubBroker
 from sqlalchemy import update
+from sqlmodel import select
 from sqlmodel import Session
 from starlette.testclient import TestClient
 
@@ -101,7 +102,7 @@ class TestAuthorize:
         assert q["code_challenge_method"] == ["S256"] and q["scope"] == ["https://mail.google.com/"]
         assert q["redirect_uri"] == ["http://127.0.0.1:8000/api/v1/oauth/google/callback"] and q["login_hint"] == [USER]
         with Session(get_engine()) as s:
-            (flow,) = s.query(OAuthFlow).all()
+            (flow,) = s.exec(select(OAuthFlow)).all()
         assert flow.verifier_enc is not None and flow.email == USER and flow.expires_at > utcnow()
 
     @pytest.mark.parametrize("params,field", [({"email": "nope"}, "email"), ({"user_id": ""}, "user_id"),
