@@ -30,7 +30,7 @@ from pipeline.clients.fake_imap import FakeImapServer, fake_connect
 from pipeline.clients.fake_smtp import FakeSmtpTransport
 from pipeline.clients.oauth import use_token_transport
 from pipeline.connections import use_imap_connector, use_smtp_transport
-from tests.harness.flow import count, make_org
+from tests.harness.flow import count, drain, make_org
 
 USER = "jane@gmail.test"
 
@@ -76,7 +76,8 @@ def env(db: str, stub_broker: StubBroker, stub_worker: Worker, monkeypatch: pyte
     org_id, key = make_org()
     try:
         with TestClient(create_app()) as client:
-            yield {"client": client, "h": {"Authorization": f"Bearer {key}"}, "tokens": tokens, "imap": imap, "org_id": org_id}
+            yield {"client": client, "h": {"Authorization": f"Bearer {key}"}, "tokens": tokens, "imap": imap, "org_id": org_id,
+                   "broker": stub_broker, "worker": stub_worker}
     finally:
         use_token_transport(None)
 
@@ -91,6 +92,7 @@ def connect(env: dict[str, Any]) -> dict[str, Any]:
     state = parse_qs(urlsplit(url).query)["state"][0]
     r = env["client"].get("/api/v1/oauth/google/callback", params={"code": "the-code", "state": state})
     assert r.status_code == 200, r.text
+    drain(env["broker"], env["worker"])  # the first sync, whose IMAP login also asks for the token, is over
     return dict(r.json())
 
 
