@@ -7,7 +7,7 @@ from models.base import ENCRYPTED_COLUMNS, new_id, normalize_email, utcnow
 from models.crm import CRM_TABLES, ENTITY_TYPES, Contact, CrmAccount, Lead, Opportunity, User
 from models.emails import Document, Email, EmailAddress, EmailLink, EmailLocation
 from models.notifications import Notification
-from models.notion import NotionConnection
+from models.notion import NotionConnection, NotionSave
 from models.oauth import OAuthFlow, OAuthGrant
 from models.org import ApiKey, Organization
 from models.outbound import Delivery, Outbox, Suppression
@@ -34,6 +34,7 @@ __all__ = [
     "FolderState",
     "Lead",
     "NotionConnection",
+    "NotionSave",
     "Notification",
     "OAuthFlow",
     "OAuthGrant",

@@ -39,6 +39,8 @@ STATE_CODES = {"idle": 0, "syncing": 1, "error": 2, "reconnect_required": 3, "di
 SEND_ATTEMPTS = Counter("mailpipe_send_attempts_total", "SMTP transactions attempted, by outcome", ["outcome"])
 SENT = Counter("mailpipe_emails_sent_total", "Outbound emails finished, by final status", ["status"])
 SEND_DEFERRED = Counter("mailpipe_send_deferred_total", "Sends held back (an account's daily cap, or waiting for an OAuth token)")
+NOTION_SAVES = Counter("mailpipe_notion_saves_total", "Save-to-Notion steps by result (page_created, done, failed, retry)",
+                       ["result"])
 TOKEN_REFRESH = Counter("mailpipe_oauth_token_refresh_total",
                         "OAuth token endpoint calls by provider and result (exchanged, exchange_failed, ok, error, unavailable, revoked)",
                         ["provider", "result"])

@@ -21,7 +21,7 @@ __all__ = ["ACTORS", "QUEUES", "MemoryBroker", "actor", "build_broker", "get_bro
 F = TypeVar("F", bound=Callable[..., Any])
 
 # Queues by stage, so worker groups can be bound with `mailpipe worker -Q ...`.
-QUEUES = ("fetch", "pipeline", "send", "tracking", "notify", "ops")
+QUEUES = ("fetch", "pipeline", "send", "tracking", "notify", "notion", "ops")
 
 # Retries stay far below RabbitMQ's 30-minute consumer_timeout: delayed retries are held unacked.
 DEFAULT_MAX_RETRIES = 5

@@ -15,10 +15,11 @@ from pipeline.actors import (  # noqa: E402
     link,
     notify,
     notify_email,
+    notion,
     parse,
     selftest,
     send,
     tracking,
 )
 
-__all__ = ["attachments", "broker", "fetch", "ingest", "leads", "link", "notify", "notify_email", "parse", "selftest", "send", "tracking"]
+__all__ = ["attachments", "broker", "fetch", "ingest", "leads", "link", "notify", "notify_email", "notion", "parse", "selftest", "send", "tracking"]

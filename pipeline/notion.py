@@ -1,0 +1,257 @@
+"""Notion: a user's connection (internal token or public-integration OAuth), database discovery,
+and the calls the save actor makes, through the real ``notion-client`` pointed at
+``MAILPIPE_NOTION_BASE_URL``.
+
+Every call goes through :func:`call`, which turns the client's exceptions into :class:`NotionError`
+and waits as Notion says on 429 ``rate_limited`` and 529 ``service_overload`` (``Retry-After``),
+up to :data:`MAX_INLINE_WAIT` seconds in all; the client's own retries are off so that there is
+one policy. The token is decrypted here, handed to the client, and never logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import httpx
+import structlog
+from notion_client import Client
+from notion_client.errors import HTTPResponseError, RequestTimeoutError
+from sqlalchemy import select
+from sqlmodel import Session
+
+from models import NotionConnection, utcnow
+from models.db import get_engine
+from ops.keys import get_keyring, seal, unseal
+from ops.settings import get_settings
+from pipeline.stages.notion_page import Columns, NotionVerdict, choose_columns, classify_error
+
+__all__ = ["MAX_INLINE_WAIT", "NotionError", "call", "connect_internal", "connection", "list_databases", "make_client",
+           "oauth_finish", "oauth_start", "refresh", "schema", "token_of", "use_notion_transport"]
+
+log = structlog.get_logger("mailpipe.notion")
+
+MAX_INLINE_WAIT = 60.0  # seconds of Retry-After waits one call may sit through before it gives the job back
+SCHEMA_TTL = 300.0
+STATE_TTL = timedelta(minutes=15)
+_transport: httpx.BaseTransport | None = None
+T = TypeVar("T")
+
+
+class NotionError(Exception):
+    """A Notion call failed; ``verdict`` says whether to wait, retry later, or fail for good."""
+
+    def __init__(self, status: int, code: str, message: str, retry_after: str | None = None) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status, self.code, self.message = status, code, message
+        self.verdict: NotionVerdict = classify_error(status, code, message, retry_after)
+
+
+def use_notion_transport(transport: httpx.BaseTransport | None) -> None:
+    """Swap the HTTP transport under notion-client (unit tests: httpx.MockTransport)."""
+    global _transport
+    _transport = transport
+
+
+def make_client(token: str | None) -> Client:
+    settings = get_settings()
+    quiet = logging.getLogger("mailpipe.notion.client")
+    quiet.setLevel(logging.WARNING)
+    return Client(client=httpx.Client(transport=_transport, timeout=30.0),
+                  options={"auth": token, "base_url": settings.notion_base_url.rstrip("/"), "retry": False,
+                           "timeout_ms": 30_000, "logger": quiet, "log_level": logging.WARNING})
+
+
+def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run one client call, waiting out 429/529 as told (at most MAX_INLINE_WAIT in all)."""
+    waited = 0.0
+    while True:
+        try:
+            return fn(*args, **kwargs)
+        except HTTPResponseError as exc:
+            code = getattr(exc, "code", "") or ""
+            code = str(getattr(code, "value", code))  # APIErrorCode members carry Notion's string
+            err = NotionError(exc.status, code, str(exc)[:500], exc.headers.get("retry-after"))
+        except RequestTimeoutError:
+            err = NotionError(0, "timeout", "Notion did not answer in time")
+        except httpx.HTTPError as exc:
+            err = NotionError(0, "network", f"Notion unreachable: {type(exc).__name__}")
+        if err.verdict.action == "wait" and waited + err.verdict.wait_seconds <= MAX_INLINE_WAIT:
+            log.info("notion_wait", code=err.code, seconds=err.verdict.wait_seconds)
+            time.sleep(err.verdict.wait_seconds)
+            waited += err.verdict.wait_seconds
+            continue
+        raise err
+
+
+# -- connections ----------------------------------------------------------------------------------------
+
+
+def connection(s: Session, org_id: str, user_id: str) -> NotionConnection | None:
+    return s.execute(select(NotionConnection).where(NotionConnection.org_id == org_id, NotionConnection.user == user_id)).scalar_one_or_none()
+
+
+def token_of(conn: NotionConnection) -> str | None:
+    return unseal("secondBrain_notions", "notion_api_key", conn.notion_api_key)
+
+
+def _upsert(org_id: str, user_id: str, **values: Any) -> NotionConnection:
+    with Session(get_engine(), expire_on_commit=False) as s:
+        conn = connection(s, org_id, user_id)
+        if conn is None:
+            conn = NotionConnection(org_id=org_id, user=user_id)
+        for k, v in values.items():
+            setattr(conn, k, v)
+        s.add(conn)
+        s.commit()
+        return conn
+
+
+def _title(obj: dict[str, Any]) -> str:
+    return "".join(t.get("plain_text") or (t.get("text") or {}).get("content", "") for t in obj.get("title") or []) or "Untitled"
+
+
+def _icon(obj: dict[str, Any]) -> str | None:
+    icon = obj.get("icon") or {}
+    return icon.get("emoji") or (icon.get("external") or {}).get("url") or (icon.get("file") or {}).get("url")
+
+
+def connect_internal(org_id: str, user_id: str, api_key: str | None, database_id: str | None) -> dict[str, Any]:
+    """Check an internal-integration token (and the database, when given) with Notion, then store them.
+
+    ``api_key`` None keeps the stored token (choosing another database)."""
+    with Session(get_engine()) as s:
+        existing = connection(s, org_id, user_id)
+        token = api_key if api_key is not None else (token_of(existing) if existing else None)
+    if not token:
+        raise NotionError(422, "not_connected", "give notion_api_key (no Notion connection is stored for this user)")
+    client = make_client(token)
+    call(client.users.me)
+    database: dict[str, Any] | None = None
+    ds_id = None
+    if database_id:
+        db = call(client.databases.retrieve, database_id=database_id)
+        ds_id = (db.get("data_sources") or [{}])[0].get("id")
+        database = {"id": db.get("id", database_id), "title": _title(db), "icon": _icon(db)}
+    values: dict[str, Any] = {"notion_db_id": database_id, "data_source_id": ds_id}
+    if api_key is not None:
+        values.update(notion_api_key=seal("secondBrain_notions", "notion_api_key", api_key), refresh_token=None)
+    _upsert(org_id, user_id, **values)
+    return {"connected": True, "database": database}
+
+
+def _redirect_uri() -> str:
+    settings = get_settings()
+    return f"{(settings.oauth_redirect_base or settings.public_url).rstrip('/')}/api/v1/notion/callback"
+
+
+def oauth_start(org_id: str, user_id: str) -> str:
+    """The public integration's authorize URL with a signed, expiring state naming the user."""
+    from urllib.parse import urlencode
+
+    settings = get_settings()
+    if not settings.notion_client_id:
+        raise NotionError(400, "provider_not_configured", "set MAILPIPE_NOTION_CLIENT_ID and MAILPIPE_NOTION_CLIENT_SECRET")
+    exp = str(int((utcnow() + STATE_TTL).timestamp()))
+    state = ".".join((org_id, user_id, exp, get_keyring().sign("notion_state", org_id, user_id, exp)))
+    q = urlencode({"client_id": settings.notion_client_id, "response_type": "code", "owner": "user",
+                   "redirect_uri": _redirect_uri(), "state": state})
+    return f"{settings.notion_base_url.rstrip('/')}/v1/oauth/authorize?{q}"
+
+
+def oauth_finish(code: str, state: str) -> dict[str, Any]:
+    """Exchange the code (Basic auth) and store the tokens as the user's connection."""
+    settings = get_settings()
+    parts = state.split(".")
+    if len(parts) != 4 or not parts[2].isdigit() or int(parts[2]) < utcnow().timestamp() or \
+            not get_keyring().verify("notion_state", parts[3], parts[0], parts[1], parts[2]):
+        raise NotionError(400, "invalid_state", "the Notion sign-in link is invalid or has expired; start again")
+    org_id, user_id = parts[0], parts[1]
+    if not settings.notion_client_id or not settings.notion_client_secret:
+        raise NotionError(400, "provider_not_configured", "set MAILPIPE_NOTION_CLIENT_ID and MAILPIPE_NOTION_CLIENT_SECRET")
+    answer = call(make_client(None).oauth.token, client_id=settings.notion_client_id, client_secret=settings.notion_client_secret,
+                  grant_type="authorization_code", code=code, redirect_uri=_redirect_uri())
+    _upsert(org_id, user_id, notion_api_key=seal("secondBrain_notions", "notion_api_key", answer["access_token"]),
+            refresh_token=seal("secondBrain_notions", "refresh_token", answer.get("refresh_token")),
+            workspace_id=answer.get("workspace_id"))
+    log.info("notion_connected", org_id=org_id, user_id=user_id, workspace_id=answer.get("workspace_id"))
+    return {"connected": True, "user_id": user_id, "workspace_name": answer.get("workspace_name")}
+
+
+def refresh(conn: NotionConnection) -> str | None:
+    """A new access token from the stored refresh token (OAuth connections), or None."""
+    settings = get_settings()
+    token = unseal("secondBrain_notions", "refresh_token", conn.refresh_token)
+    if not token or not settings.notion_client_id or not settings.notion_client_secret:
+        return None
+    try:
+        answer = call(make_client(None).oauth.token, client_id=settings.notion_client_id, client_secret=settings.notion_client_secret,
+                      grant_type="refresh_token", refresh_token=token)
+    except NotionError as exc:
+        log.warning("notion_refresh_failed", user_id=conn.user, code=exc.code)
+        return None
+    _upsert(conn.org_id, conn.user, notion_api_key=seal("secondBrain_notions", "notion_api_key", answer["access_token"]),
+            refresh_token=seal("secondBrain_notions", "refresh_token", answer.get("refresh_token") or token))
+    log.info("notion_refreshed", user_id=conn.user)
+    return str(answer["access_token"])
+
+
+def list_databases(token: str) -> list[dict[str, Any]]:
+    """Databases the token can see: search for data sources, grouped by their database."""
+    client = make_client(token)
+    items: dict[str, dict[str, Any]] = {}
+    cursor = None
+    while True:
+        kwargs: dict[str, Any] = {"filter": {"property": "object", "value": "data_source"}, "page_size": 100}
+        if cursor:
+            kwargs["start_cursor"] = cursor
+        page = call(client.search, **kwargs)
+        for r in page.get("results", []):
+            parent = r.get("parent") or {}
+            db_id = parent.get("database_id") or r.get("id")
+            items.setdefault(db_id, {"id": db_id, "title": _title(r), "icon": _icon(r), "data_source_id": r.get("id")})
+        cursor = page.get("next_cursor")
+        if not page.get("has_more") or not cursor:
+            return list(items.values())
+
+
+# -- schema cache -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Schema:
+    data_source_id: str
+    columns: Columns
+
+
+_schemas: dict[tuple[str, str], tuple[float, Schema]] = {}
+_schemas_lock = threading.Lock()
+
+
+def schema(token: str, database_id: str) -> Schema:
+    """The database's (first) data source and the columns mailpipe fills; cached for five minutes."""
+    key = (get_keyring().sign("notion_cache", token, length=16), database_id)
+    with _schemas_lock:
+        hit = _schemas.get(key)
+        if hit is not None and time.monotonic() - hit[0] < SCHEMA_TTL:
+            return hit[1]
+    client = make_client(token)
+    db = call(client.databases.retrieve, database_id=database_id)
+    sources = db.get("data_sources") or []
+    if not sources:
+        raise NotionError(404, "object_not_found", "the Notion database has no data source")
+    ds = call(client.data_sources.retrieve, data_source_id=sources[0]["id"])
+    found = Schema(sources[0]["id"], choose_columns(ds.get("properties") or {}))
+    with _schemas_lock:
+        _schemas[key] = (time.monotonic(), found)
+    return found
+
+
+def forget_schemas() -> None:
+    with _schemas_lock:
+        _schemas.clear()

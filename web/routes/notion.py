@@ -1,0 +1,194 @@
+"""Save to Notion (API.md "Notion"): connect, list databases, save an email, see how the save went."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, SecretStr
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from models import Email, NotionSave, User, utcnow
+from models.db import get_engine
+from pipeline import notion
+from web.api import ApiRouter
+from web.errors import ApiError
+from web.validation import Body, parse_body
+
+router = ApiRouter("notion")
+
+
+class NotionConnectIn(Body):
+    notion_api_key: SecretStr | None = Field(default=None, description="internal integration token; omit to keep the stored one")
+    notion_db_id: str | None = Field(default=None, max_length=64)
+
+
+class NotionSaveIn(Body):
+    user_id: str = Field(min_length=1, max_length=64)
+    database_id: str | None = Field(default=None, max_length=64)
+    title: str | None = Field(default=None, min_length=1, max_length=2000)
+    tags: list[str] = Field(default_factory=list, max_length=100)
+
+
+def _api_error(exc: notion.NotionError) -> ApiError:
+    """A Notion refusal as the caller's error (the token or database was given by them)."""
+    if exc.code in ("invalid_state", "provider_not_configured", "not_connected"):
+        return ApiError(400 if exc.status == 400 else 422, exc.code, exc.message)
+    if exc.status == 401:
+        return ApiError(422, "notion_unauthorized", "Notion rejected the token (invalid or revoked)")
+    if exc.status in (403, 404):
+        return ApiError(422, "notion_database_not_found",
+                        "Notion cannot find that database for this token: check the id and share the database with the integration")
+    if exc.status == 400:
+        return ApiError(422, "notion_rejected", f"Notion refused: {exc.message[:300]}")
+    return ApiError(502, "notion_unavailable", f"Notion did not answer ({exc.code}); try again")
+
+
+def _org(request: Request) -> str:
+    return str(request.state.org_id)
+
+
+@router.route("PUT", "/api/v1/users/{id}/notion", summary="Connect a user's Notion with an internal-integration token",
+              body=NotionConnectIn, responses={422: "token or database refused by Notion"})
+async def put_connection(request: Request) -> JSONResponse:
+    body = await parse_body(request, NotionConnectIn)
+    org_id, user_id = _org(request), request.path_params["id"]
+    key = body.notion_api_key.get_secret_value() if body.notion_api_key is not None else None
+
+    def run() -> dict[str, Any]:
+        with Session(get_engine()) as s:
+            if s.get(User, (org_id, user_id)) is None:
+                raise ApiError(404, "not_found", f"user {user_id} not found (PUT /api/v1/users/{user_id} first)")
+        return notion.connect_internal(org_id, user_id, key, body.notion_db_id)
+
+    try:
+        return JSONResponse(await run_in_threadpool(run))
+    except notion.NotionError as exc:
+        raise _api_error(exc) from None
+
+
+@router.route("GET", "/api/v1/notion/authorize", summary="Start connecting Notion (public integration OAuth)", query=("user_id",),
+              responses={400: "Notion OAuth not configured"})
+async def authorize(request: Request) -> JSONResponse:
+    user_id = (request.query_params.get("user_id") or "").strip()
+    if not user_id:
+        raise ApiError(422, "validation_error", "user_id is required",
+                       {"errors": [{"field": "user_id", "message": "required", "type": "missing"}]})
+    try:
+        return JSONResponse({"url": notion.oauth_start(_org(request), user_id)})
+    except notion.NotionError as exc:
+        raise _api_error(exc) from None
+
+
+@router.route("GET", "/api/v1/notion/callback", summary="Where Notion sends the browser back (public: trusts its signed state)",
+              public=True, query=("code", "state", "error"), responses={400: "bad or expired state, or Notion refused"})
+async def callback(request: Request) -> JSONResponse:
+    if request.query_params.get("error"):
+        raise ApiError(400, "oauth_denied", f"Notion did not authorize ({request.query_params['error'][:64]})")
+    code, state = request.query_params.get("code") or "", request.query_params.get("state") or ""
+    if not code or not state:
+        raise ApiError(400, "invalid_state", "code and state are required")
+    try:
+        return JSONResponse(await run_in_threadpool(notion.oauth_finish, code, state))
+    except notion.NotionError as exc:
+        if exc.status in (400, 401) and exc.code not in ("invalid_state", "provider_not_configured"):
+            raise ApiError(400, "oauth_exchange_failed", f"Notion refused the sign-in ({exc.code}); start again") from None
+        raise _api_error(exc) from None
+
+
+def _token(org_id: str, user_id: str) -> tuple[str, Any]:
+    with Session(get_engine(), expire_on_commit=False) as s:
+        conn = notion.connection(s, org_id, user_id)
+    token = notion.token_of(conn) if conn is not None else None
+    if conn is None or not token:
+        raise ApiError(409, "notion_not_connected", f"user {user_id} has not connected Notion")
+    return token, conn
+
+
+@router.route("GET", "/api/v1/notion/databases", summary="Databases the user's Notion connection can see", query=("user_id",))
+async def databases(request: Request) -> JSONResponse:
+    user_id = (request.query_params.get("user_id") or "").strip()
+    if not user_id:
+        raise ApiError(422, "validation_error", "user_id is required",
+                       {"errors": [{"field": "user_id", "message": "required", "type": "missing"}]})
+    token, conn = _token(_org(request), user_id)
+    try:
+        items = await run_in_threadpool(notion.list_databases, token)
+    except notion.NotionError as exc:
+        raise _api_error(exc) from None
+    return JSONResponse({"items": [{**i, "selected": i["id"] == conn.notion_db_id} for i in items]})
+
+
+def _save_json(sv: NotionSave) -> dict[str, Any]:
+    from web.present import iso
+
+    return {"save_id": sv.id, "state": sv.state, "database_id": sv.database_id, "title": sv.title, "tags": sv.tags,
+            "notion_page_url": sv.page_url if sv.state == "done" else None, "error": sv.error, "error_code": sv.error_code,
+            "created_at": iso(sv.created_at), "done_at": iso(sv.done_at)}
+
+
+@router.route("POST", "/api/v1/emails/{id}/notion", summary="Save the email to Notion (202; saving again returns the page)",
+              body=NotionSaveIn, status=202, responses={200: "already saved", 404: "email not found", 409: "Notion not connected"})
+async def save(request: Request) -> JSONResponse:
+    from pipeline.actors.notion import customer_of, save_to_notion
+    from pipeline.stages.notion_page import default_title
+
+    body = await parse_body(request, NotionSaveIn)
+    org_id, email_id = _org(request), request.path_params["id"]
+
+    def run() -> tuple[int, dict[str, Any], bool]:
+        _, conn = _token(org_id, body.user_id)
+        database_id = body.database_id or conn.notion_db_id
+        if not database_id:
+            raise ApiError(422, "validation_error", "database_id is required (the user has no default Notion database)",
+                           {"errors": [{"field": "database_id", "message": "required", "type": "missing"}]})
+        with Session(get_engine(), expire_on_commit=False) as s:
+            email = s.get(Email, email_id)
+            if email is None or email.org_id != org_id or email.deleted_at is not None:
+                raise ApiError(404, "not_found", "email not found")
+            existing = s.execute(select(NotionSave).where(NotionSave.email_id == email_id, NotionSave.database_id == database_id)).scalar_one_or_none()
+            if existing is not None:
+                if existing.state == "done":
+                    return 200, _save_json(existing), False
+                if existing.state == "failed":  # a new try (the user fixed the connection or the database)
+                    s.execute(update(NotionSave).where(NotionSave.id == existing.id, NotionSave.state == "failed").values(
+                        state="pending", error=None, error_code=None, updated_at=utcnow(), user_id=body.user_id))
+                    s.commit()
+                    s.refresh(existing)
+                    return 202, _save_json(existing), True
+                return 202, _save_json(existing), False
+            title = body.title or default_title(customer_of(s, email), email.subject)
+            sv = NotionSave(org_id=org_id, email_id=email_id, user_id=body.user_id, database_id=database_id, title=title[:2000],
+                            tags=list(body.tags))
+            s.add(sv)
+            try:
+                s.commit()
+            except IntegrityError:  # the same save requested twice at once: one row wins
+                s.rollback()
+                sv = s.execute(select(NotionSave).where(NotionSave.email_id == email_id, NotionSave.database_id == database_id)).scalar_one()
+                return (200 if sv.state == "done" else 202), _save_json(sv), False
+            return 202, _save_json(sv), True
+
+    status, out, enqueue = await run_in_threadpool(run)
+    if enqueue:
+        save_to_notion.send(out["save_id"])
+    return JSONResponse(out, status_code=status)
+
+
+@router.route("GET", "/api/v1/emails/{id}/notion", summary="How the email's Notion saves went")
+async def saves(request: Request) -> JSONResponse:
+    org_id, email_id = _org(request), request.path_params["id"]
+
+    def run() -> list[dict[str, Any]]:
+        with Session(get_engine()) as s:
+            email = s.get(Email, email_id)
+            if email is None or email.org_id != org_id:
+                raise ApiError(404, "not_found", "email not found")
+            return [_save_json(sv) for sv in s.execute(select(NotionSave).where(NotionSave.email_id == email_id)
+                                                       .order_by(NotionSave.created_at)).scalars()]
+
+    return JSONResponse({"items": await run_in_threadpool(run)})
