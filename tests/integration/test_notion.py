@@ -299,3 +299,25 @@ def test_worker_killed_after_the_page_was_created_still_one_page(notion_env: dic
     assert [b["file"]["name"] for b in blocks if b["type"] == "file"] == ["proposal.pdf", "prices.csv"]
     with Session(get_engine()) as s:
         assert s.get(Email, eid).notion_page_url == url  # type: ignore[union-attr]
+
+
+def test_attachments_over_20_mb_are_listed_not_uploaded(notion_env: dict[str, Any]) -> None:
+    """A file over the single-part limit becomes a note on the page; the page is still created."""
+    from sqlalchemy import update
+
+    from models import Document
+
+    n = notion_env
+    eid = synced_email(n)
+    with Session(get_engine()) as s:  # as if prices.csv were 25 MB (its bytes are never read for a note)
+        s.execute(update(Document).where(Document.email_id == eid, Document.document_name == "prices.csv").values(size=25 * 1024 * 1024))
+        s.commit()
+    connect(n)
+    assert save(n, eid).status_code == 202
+    saved_url(n, eid)
+    (page_id,) = n["server"].pages
+    blocks = n["server"].page_blocks(page_id)
+    assert [b["file"]["name"] for b in blocks if b["type"] == "file"] == ["proposal.pdf"]
+    notes = [plain(b) for b in blocks if b["type"] == "paragraph" and "prices.csv" in plain(b)]
+    assert notes == ["📎 prices.csv (25.0 MB) — too large to upload to Notion (over 20 MB)"]
+    assert [u["filename"] for u in n["server"].uploads.values()] == ["proposal.pdf"]
