@@ -103,6 +103,7 @@ def worker(ctx: click.Context, processes: int | None, threads: int | None, queue
     settings = _settings()
     if settings.broker_url is None:
         raise ConfigError("`mailpipe worker` needs MAILPIPE_BROKER_URL=amqp://...; the in-memory broker only works inside `mailpipe serve`")
+    _prepare_worker_metrics(settings)
     argv = [sys.executable, "-m", "dramatiq", "pipeline.actors"]
     if processes:
         argv += ["-p", str(processes)]
@@ -113,6 +114,36 @@ def worker(ctx: click.Context, processes: int | None, threads: int | None, queue
     argv += list(ctx.args)
     sys.stdout.flush()
     os.execv(sys.executable, argv)
+
+
+def _prepare_worker_metrics(settings: Any) -> None:
+    """Multiprocess metrics for the worker processes and Dramatiq's exposition server.
+
+    Every process of this ``mailpipe worker`` writes its samples (Dramatiq's and mailpipe's) to
+    one directory, wiped here before the processes start (stale files from a previous run would
+    be summed in); Dramatiq's Prometheus middleware serves their sum on
+    ``MAILPIPE_METRICS_HOST:MAILPIPE_METRICS_PORT``. Give each worker group on a host its own port:
+    the directory is per port.
+    """
+    import shutil
+    import socket
+    import tempfile
+
+    probe = socket.socket()
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((settings.metrics_host, settings.metrics_port))
+    except OSError:  # the workers still run; only this group's metrics are not served
+        click.echo(f"mailpipe: warning: MAILPIPE_METRICS_PORT {settings.metrics_port} is in use on this host; give each "
+                   "worker group its own port (this group's metrics will not be served)", err=True)
+    finally:
+        probe.close()
+    directory = settings.metrics_dir or os.path.join(tempfile.gettempdir(), f"mailpipe-prometheus-{settings.metrics_port}")
+    shutil.rmtree(directory, ignore_errors=True)
+    os.makedirs(directory, exist_ok=True)
+    os.environ.update({"PROMETHEUS_MULTIPROC_DIR": directory, "prometheus_multiproc_dir": directory, "dramatiq_prom_db": directory,
+                       "dramatiq_prom_host": settings.metrics_host, "dramatiq_prom_port": str(settings.metrics_port),
+                       "MAILPIPE_DRAMATIQ_PROMETHEUS": "1", "MAILPIPE_WORKER_PROCESS": "1"})
 
 
 @main.command()
@@ -192,6 +223,31 @@ def keys_generate(kid: str | None) -> None:
     from ops.crypto import generate_key_entry
 
     click.echo(generate_key_entry(kid))
+
+
+@main.command()
+@click.option("--queue", "queues", multiple=True, help="only these queues (default: all)")
+@click.option("--replay", is_flag=True, help="move the dead messages back onto their queues")
+@click.option("--limit", type=int, default=None, help="at most this many per queue")
+@friendly
+def deadletters(queues: tuple[str, ...], replay: bool, limit: int | None) -> None:
+    """Count (or replay) the messages Dramatiq dead-lettered on RabbitMQ (<queue>.XQ)."""
+    from ops import deadletters as dl
+    from pipeline.actors import broker
+    from pipeline.broker import QUEUES
+
+    settings = _settings()
+    if settings.broker_url is None:
+        raise ConfigError("dead letters live in RabbitMQ: set MAILPIPE_BROKER_URL")
+    chosen = tuple(queues) or QUEUES
+    unknown = [q for q in chosen if q not in QUEUES]
+    if unknown:
+        raise ConfigError(f"unknown queue(s) {', '.join(unknown)}; queues are {', '.join(QUEUES)}")
+    for q, n in dl.counts(broker, chosen).items():
+        if replay and n:
+            click.echo(f"{q}: replayed {dl.replay(broker, q, limit)} of {n}")
+        else:
+            click.echo(f"{q}: {n} dead")
 
 
 @main.command()

@@ -8,8 +8,9 @@ import sys
 from typing import Any
 
 import structlog
+from dramatiq import Middleware
 
-__all__ = ["configure_logging", "scrub_secrets"]
+__all__ = ["LogContext", "configure_logging", "scrub_secrets"]
 
 _SECRET_KEYS = re.compile(r"(pass(word)?|secret|token|api_key|authorization|notion_api_key|refresh|cookie)", re.I)
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://[^:/@\s]+):[^@\s]+@", re.I)
@@ -55,3 +56,37 @@ def configure_logging(level: str = "INFO", json: bool = False) -> None:
     root.setLevel(level.upper())
     for noisy in ("pika", "apscheduler", "uvicorn.access", "alembic", "dramatiq"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+# The id each actor's first argument is, so every line an actor logs says which mailbox, email or save.
+_FIRST_ARG = {"fetch.account": "account_id", "send.email": "email_id", "notion.save": "save_id",
+              "notify.email": "notification_id"}
+
+
+class LogContext(Middleware):
+    """Dramatiq middleware: every log line of a message carries ``actor`` and ``message_id`` (and the
+    account, email or save id its first argument names); worker processes log like the CLI does."""
+
+    def after_process_boot(self, broker: Any) -> None:
+        import os
+
+        if os.environ.get("MAILPIPE_WORKER_PROCESS") == "1":  # set by `mailpipe worker` for its processes
+            from ops.settings import get_settings
+
+            settings = get_settings()
+            configure_logging(settings.log_level, settings.log_json)
+
+    def before_process_message(self, broker: Any, message: Any) -> None:
+        values: dict[str, Any] = {"actor": message.actor_name, "message_id": message.message_id}
+        name = _FIRST_ARG.get(message.actor_name)
+        if name is not None and message.args and isinstance(message.args[0], str):
+            values[name] = message.args[0]
+        elif message.args and isinstance(message.args[0], list) and message.args[0] and isinstance(message.args[0][0], str):
+            values["email_ids"] = message.args[0][:20]  # the ingest chain passes batches of email ids
+        structlog.contextvars.bind_contextvars(**values)
+
+    def after_process_message(self, broker: Any, message: Any, *, result: Any = None, exception: Any = None) -> None:
+        structlog.contextvars.clear_contextvars()
+
+    def after_skip_message(self, broker: Any, message: Any) -> None:
+        structlog.contextvars.clear_contextvars()

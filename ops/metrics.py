@@ -33,9 +33,25 @@ SYNC_SECONDS = Histogram("mailpipe_sync_duration_seconds", "Duration of one fetc
 SYNC_LAG = Histogram("mailpipe_sync_lag_seconds", "Delay between a message reaching the server and being stored",
                      buckets=(1, 5, 15, 30, 60, 120, 300, 900, 3600))
 FETCH_ERRORS = Counter("mailpipe_fetch_errors_total", "IMAP fetch failures", ["kind"])
-ACCOUNT_STATE = Gauge("mailpipe_account_sync_state", "Per-account sync state (0 idle, 1 syncing, 2 error, 3 reconnect_required, 4 disabled)",
-                      ["account_id"], multiprocess_mode="mostrecent")
-STATE_CODES = {"idle": 0, "syncing": 1, "error": 2, "reconnect_required": 3, "disabled": 4}
+ACCOUNT_STATES = ("idle", "syncing", "error", "reconnect_required", "disabled")
+ACCOUNTS = Gauge("mailpipe_accounts", "Mailboxes by sync state (set by the leading scheduler from the database)", ["state"],
+                 multiprocess_mode="mostrecent")
+ACCOUNTS_STALE = Gauge("mailpipe_accounts_sync_stale",
+                       "Active mailboxes whose last successful sync is older than three poll intervals (at least 15 min)",
+                       multiprocess_mode="mostrecent")
+QUEUE_MESSAGES = Gauge("mailpipe_queue_messages", "Broker messages per queue: ready, delayed (retries, schedules) and dead",
+                       ["queue", "state"], multiprocess_mode="mostrecent")
+SCHEDULER_TICK_SECONDS = Histogram("mailpipe_scheduler_tick_duration_seconds", "Duration of one leading scheduler tick",
+                                   buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+SMTP_ERRORS = Counter("mailpipe_smtp_errors_total", "SMTP connection-level failures by class (dns, connect, tls, auth, timeout, protocol)",
+                      ["kind"])
+EMAILS_FAILED = Counter("mailpipe_emails_failed_total", "Outbound emails that failed or partly failed, by reason class", ["reason"])
+SEND_LATENCY = Histogram("mailpipe_send_latency_seconds", "From when an email was due to the server accepting it",
+                         buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600))
+HTTP_REQUESTS = Counter("mailpipe_http_requests_total", "HTTP requests by route template, method and status", ["route", "method", "status"])
+HTTP_SECONDS = Histogram("mailpipe_http_request_duration_seconds", "HTTP request duration by route template", ["route"],
+                         buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10))
+SPOOL_BYTES = Gauge("mailpipe_tracking_spool_bytes", "Tracking events waiting in this process's spool file", multiprocess_mode="livesum")
 SEND_ATTEMPTS = Counter("mailpipe_send_attempts_total", "SMTP transactions attempted, by outcome", ["outcome"])
 SENT = Counter("mailpipe_emails_sent_total", "Outbound emails finished, by final status", ["status"])
 SEND_DEFERRED = Counter("mailpipe_send_deferred_total", "Sends held back (an account's daily cap, or waiting for an OAuth token)")

@@ -78,6 +78,10 @@ def _spool_tracking(broker: Any) -> None:
 
 
 def _banner(settings: Settings, url: str, mode: str, generated_key: bool) -> None:
+    if settings.log_json:  # one JSON object per line, the banner included
+        log.info("mailpipe_started", mode=mode, url=url, database=settings.redacted_database_url(),
+                 broker=settings.redacted_broker_url(), storage=settings.storage_url, generated_key=generated_key)
+        return
     lines = [
         f"mailpipe {mode} listening on {url}",
         f"  database: {settings.redacted_database_url()}",
@@ -100,7 +104,7 @@ def serve(settings: Settings, host: str, port: int, *, generated_key: bool) -> N
     from web.app import create_app
 
     server = uvicorn.Server(uvicorn.Config(create_app(), host=host, port=port, log_level="warning", lifespan="on",
-                                           proxy_headers=False, access_log=False))
+                                           proxy_headers=False, access_log=False, log_config=None))
     _banner(settings, f"http://{host}:{port}", "serve", generated_key)
     embedded = Embedded(settings)
     embedded.start()
@@ -119,7 +123,7 @@ def run_web(settings: Settings, host: str, port: int) -> None:
     from web.app import create_app
 
     server = uvicorn.Server(uvicorn.Config(create_app(), host=host, port=port, log_level="warning", lifespan="on",
-                                           proxy_headers=False, access_log=False))
+                                           proxy_headers=False, access_log=False, log_config=None))
     _banner(settings, f"http://{host}:{port}", "web", False)
     server.run()
 
@@ -132,6 +136,14 @@ def run_scheduler(settings: Settings) -> None:
     from pipeline.scheduler import Scheduler
 
     sched = Scheduler(get_engine(), leader_lock_for(settings.database_url), settings.scheduler_tick_seconds)
+    if settings.scheduler_metrics_port:
+        from prometheus_client import start_http_server
+
+        # The leader's fleet gauges (mailboxes by state, queue depths), tick durations and leadership.
+        try:
+            start_http_server(settings.scheduler_metrics_port, addr=settings.metrics_host)
+        except OSError as exc:  # another scheduler on this host has the port: schedule anyway, say so
+            log.warning("scheduler_metrics_port_busy", port=settings.scheduler_metrics_port, error=str(exc))
     stop = threading.Event()
 
     def _stop(signum: int, _frame: Any) -> None:

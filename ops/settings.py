@@ -81,6 +81,10 @@ class Settings(BaseSettings):
     tracking_notify_proxy_opens: bool = False
     log_level: str = "INFO"
     log_json: bool = False
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = 9191
+    metrics_dir: str | None = None
+    scheduler_metrics_port: int | None = 9192
 
     google_client_id: str | None = None
     google_client_secret: str | None = None
@@ -107,6 +111,11 @@ class Settings(BaseSettings):
                 raise ValueError("a PostgreSQL URL needs a host, e.g. postgresql+psycopg://user@127.0.0.1:5432/mailpipe")
             return "postgresql+psycopg://" + v.split("://", 1)[1]
         raise ValueError("must be sqlite:///path.db or postgresql+psycopg://user@host:5432/db")
+
+    @field_validator("scheduler_metrics_port", mode="before")
+    @classmethod
+    def _empty_port(cls, v: object) -> object:
+        return None if isinstance(v, str) and v.strip().lower() in ("", "0", "off", "none") else v
 
     @field_validator("broker_url")
     @classmethod

@@ -8,6 +8,7 @@ records them so tests can rebind every actor to a fresh broker.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -86,9 +87,16 @@ class MemoryBroker(StubBroker):
 
 def build_broker(url: str | None) -> Broker:
     """A new broker for ``url`` (None → in-memory) with mailpipe's middleware."""
+    from ops.logging import LogContext
     from ops.metrics import DramatiqMetrics
 
-    middleware = [*_middleware(), DramatiqMetrics()]
+    middleware = [*_middleware(), DramatiqMetrics(), LogContext()]
+    if url is not None and os.environ.get("MAILPIPE_DRAMATIQ_PROMETHEUS") == "1":
+        # Under `mailpipe worker` only: Dramatiq's own counters, and the one exposition server per
+        # worker master (its `forks`) serving every process's samples, mailpipe's included.
+        from dramatiq.middleware.prometheus import Prometheus
+
+        middleware.append(Prometheus())
     if url is None:
         broker: Broker = MemoryBroker(middleware=middleware)
     else:

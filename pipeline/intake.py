@@ -261,6 +261,7 @@ class Intake:
 
     def _to_spool(self, events: list[dict[str, Any]]) -> None:
         dropped = self.spool.append(events)
+        metrics.SPOOL_BYTES.set(self.spool.size)
         metrics.TRACK_INTAKE.labels("spooled").inc(len(events) - dropped)
         if dropped:
             metrics.TRACK_INTAKE.labels("dropped").inc(dropped)
@@ -279,6 +280,7 @@ class Intake:
                 log.info("intake_replay_waiting", error=type(exc).__name__, spooled=len(pending))
                 return  # published batches will be published again later; event ids make that harmless
         self.spool.truncate_own()
+        metrics.SPOOL_BYTES.set(0)
         self._broker_ok = True
         metrics.TRACK_INTAKE.labels("replayed").inc(len(pending))
         log.info("intake_replayed", events=len(pending))

@@ -338,7 +338,5 @@ def _revoke(s: Session, grant: OAuthGrant, error: TokenError) -> str:
     s.commit()
     notifications.publish(pushed)
     metrics.TOKEN_REFRESH.labels(grant.provider, "revoked").inc()
-    if account is not None:
-        metrics.ACCOUNT_STATE.labels(account.id).set(metrics.STATE_CODES["reconnect_required"])
     log.warning("oauth_reconnect_required", account_id=grant.account_id, error=error.code)
     raise ReconnectRequired(reason)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime
 
@@ -70,6 +71,7 @@ class Scheduler:
             if not self.leading:
                 return {}
             metrics.SCHEDULER_TICKS.inc()
+            started = time.perf_counter()
             now = utcnow()
             self._heartbeat(now, became=not was_leading)
             results: dict[str, int] = {}
@@ -80,6 +82,7 @@ class Scheduler:
                         s.commit()
                 except Exception as exc:  # one failing sweep must not stop the others or the loop
                     log.error("sweep_failed", sweep=name, error=type(exc).__name__, exc_info=exc)
+            metrics.SCHEDULER_TICK_SECONDS.observe(time.perf_counter() - started)
             return results
         finally:
             self._tick_lock.release()

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs and starts what the integration tests need, so `make test` passes on a fresh machine:
 # Dovecot (IMAP), openssl (test certificates), Chromium (the browser test), wrk (bench/pixel.py),
-# PostgreSQL and RabbitMQ (started if down).
+# promtool (the alert rules test), PostgreSQL and RabbitMQ (started if down).
 set -euo pipefail
 
 SUDO=""
@@ -19,6 +19,11 @@ if [ "${#need[@]}" -gt 0 ]; then
   echo "setup-machine: installing ${need[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+if ! command -v promtool >/dev/null 2>&1; then   # promtool check rules ops/prometheus/alerts.yml
+  echo "setup-machine: installing prometheus (for promtool)"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }

@@ -17,6 +17,7 @@ from web.api import ApiRouter, openapi_document
 from web.auth import ApiKeyAuth
 from web.errors import exception_handlers
 from web.guard import RejectNul
+from web.http_metrics import HttpMetrics
 from web.pixel import PixelFastPath
 from web.routes import accounts, crm, emails, health, notifications, notion, oauth, org, send, templates, tracking, unsubscribe
 
@@ -74,5 +75,5 @@ def create_app() -> Starlette:
 
             await run_in_threadpool(reset_intake)  # shutdown drains buffered tracking events (broker or spool)
 
-    return Starlette(routes=routes, middleware=[Middleware(PixelFastPath), Middleware(RejectNul), Middleware(ApiKeyAuth)],
+    return Starlette(routes=routes, middleware=[Middleware(PixelFastPath), Middleware(HttpMetrics), Middleware(RejectNul), Middleware(ApiKeyAuth)],
                      exception_handlers=exception_handlers, lifespan=lifespan)

@@ -14,6 +14,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ops import metrics
 from pipeline.intake import event_id
 from web.routes.tracking import _ID, _TOKEN, GIF, NO_STORE, client_ip_from
 
@@ -25,6 +26,8 @@ _HEADERS = [(b"content-type", b"image/gif"), (b"content-length", str(len(GIF)).e
 _START = {"type": "http.response.start", "status": 200, "headers": _HEADERS}
 _BODY = {"type": "http.response.body", "body": GIF}
 _EMPTY = {"type": "http.response.body", "body": b""}
+# Counted with children bound once: the pixel path pays one increment, no label lookup or timer.
+_COUNT = {m: metrics.HTTP_REQUESTS.labels("/track/open/{email_id}/{recipient_hash}", m, "200") for m in ("GET", "HEAD")}
 
 
 class PixelFastPath:
@@ -55,6 +58,7 @@ class PixelFastPath:
                     "dnt": headers.get(b"dnt") == b"1" or headers.get(b"sec-gpc") == b"1"})
         await send(_START)
         await send(_BODY if method == "GET" else _EMPTY)
+        _COUNT[method].inc()
 
     def _submit(self, event: dict[str, Any]) -> None:
         try:

@@ -21,5 +21,6 @@ from pipeline.actors import (  # noqa: E402
     send,
     tracking,
 )
+from pipeline import fleet  # noqa: E402,F401  (registers the fleet-gauge sweep beside the actors' sweeps)
 
 __all__ = ["attachments", "broker", "fetch", "ingest", "leads", "link", "notify", "notify_email", "notion", "parse", "selftest", "send", "tracking"]

@@ -122,7 +122,6 @@ def _record_failure(account: EmailAccount, owner: str, kind: str, message: str) 
     _release(account.id, owner, consecutive_failures=failures, sync_state=state, last_error=reason[:2000],
              last_error_code=kind, next_fetch_at=utcnow() + backoff)
     metrics.FETCH_ERRORS.labels(kind).inc()
-    metrics.ACCOUNT_STATE.labels(account.id).set(metrics.STATE_CODES[state])
     log.warning("fetch_failed", account_id=account.id, kind=kind, failures=failures, state=state)
     return failures
 
@@ -345,7 +344,6 @@ def fetch_account(account_id: str, token: str) -> None:
         return
     except ReconnectRequired as err:  # the token manager has set the state and told the owner
         _release(account_id, owner, sync_state="reconnect_required", last_error=str(err)[:2000], last_error_code="auth")
-        metrics.ACCOUNT_STATE.labels(account_id).set(metrics.STATE_CODES["reconnect_required"])
         log.warning("fetch_needs_reconnect", account_id=account_id)
         return
     except TokenUnavailable as err:  # the provider's token endpoint is down: back off like a network error
@@ -362,7 +360,6 @@ def fetch_account(account_id: str, token: str) -> None:
         done["next_fetch_at"] = done["deferred_until"]
     _release(account_id, owner, **done)
     metrics.SYNC_SECONDS.observe(time.monotonic() - started)
-    metrics.ACCOUNT_STATE.labels(account_id).set(metrics.STATE_CODES["idle"])
     log.info("fetch_done", account_id=account_id, stored=syncer.stored, more=syncer.more, rate_limited=syncer.rate_limited)
     if syncer.more:
         fetch_account.send(account_id, token)

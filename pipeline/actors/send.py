@@ -367,6 +367,7 @@ class _Run:
             refused = {r: {"code": v.code, "message": v.message, "error_code": v.error_code} for r, v in result.refused.items()}
             accepted = list(result.accepted)
         except SmtpError as exc:
+            metrics.SMTP_ERRORS.labels(exc.kind.value).inc()
             if data_started:  # the connection broke after DATA began: the server may have it
                 self._reconcile_now(d, exc)
                 return
@@ -462,6 +463,11 @@ class _Run:
             s.commit()
         self.outbox.state = summary.status
         metrics.SENT.labels(summary.status).inc()
+        if sent:
+            due = max(filter(None, (self.outbox.send_at, self.outbox.created_at)))
+            metrics.SEND_LATENCY.observe(max(0.0, (now - due).total_seconds()))
+        if summary.error:
+            metrics.EMAILS_FAILED.labels(str(summary.error.get("code") or "unknown")[:40]).inc()
         log.info("send_finished", email_id=self.email_id, status=summary.status,
                  error=(summary.error or {}).get("code"))
         if sent:
