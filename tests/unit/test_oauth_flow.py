@@ -251,3 +251,33 @@ class TestTokenManager:
         acct = connect(env)["account_id"]
         assert env["client"].delete(f"/api/v1/accounts/{acct}", headers=env["h"]).status_code == 204
         assert count(OAuthGrant) == 0
+
+
+def test_microsoft_uses_the_tenant_endpoints_scopes_and_outlook_presets(env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same flow for Microsoft: tenant URLs, the IMAP/SMTP scopes with offline_access, the
+    Outlook presets, and a refresh that asks for the scopes again (as Microsoft's v2 endpoint wants)."""
+    from ops.settings import reset_settings
+    from pipeline import oauth
+
+    monkeypatch.setenv("MAILPIPE_MICROSOFT_CLIENT_ID", "mid")
+    monkeypatch.setenv("MAILPIPE_MICROSOFT_CLIENT_SECRET", "msecret")
+    monkeypatch.setenv("MAILPIPE_MICROSOFT_TENANT", "contoso.example")
+    reset_settings()
+    r = env["client"].get("/api/v1/oauth/microsoft/authorize", headers=env["h"], params={"user_id": "u1", "email": "sam@contoso.example"})
+    assert r.status_code == 200
+    url = r.json()["url"]
+    assert url.startswith("https://login.microsoftonline.com/contoso.example/oauth2/v2.0/authorize?")
+    q = parse_qs(urlsplit(url).query)
+    assert q["scope"] == ["https://outlook.office.com/IMAP.AccessAsUser.All https://outlook.office.com/SMTP.Send offline_access"]
+    env["imap"].username = "sam@contoso.example"
+    r = env["client"].get("/api/v1/oauth/microsoft/callback", params={"code": "c", "state": q["state"][0]})
+    assert r.status_code == 200 and r.json()["provider"] == "outlook", r.text
+    acct = r.json()["account_id"]
+    drain(env["broker"], env["worker"])
+    with Session(get_engine()) as s:
+        a = s.get(EmailAccount, acct)
+    assert a is not None and a.imap_host == "outlook.office365.com" and a.smtp_host == "smtp.office365.com"
+    _grant_expires_in(acct, 60)
+    assert oauth.access_token(acct) == "access-2"
+    refresh = env["tokens"].calls[-1]
+    assert refresh["grant_type"] == "refresh_token" and "offline_access" in refresh["scope"] and refresh["client_id"] == "mid"
