@@ -22,14 +22,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tests.harness.ports import free_port
-from tests.harness.wait import wait_until
+from tests.harness.asgi_server import AsgiServer
 
 __all__ = ["NotionServer", "validate_children"]
 
@@ -134,7 +132,6 @@ class NotionServer:
         self.refresh_tokens: dict[str, str] = {}
         self._script: list[tuple[str, int, str, dict[str, str]]] = []
         self.after_create: Any = None  # test hook, called with the page id once a page is stored
-        self.port = free_port("127.0.0.1")
         routes = [
             Route("/v1/users/me", self._me), Route("/v1/search", self._search, methods=["POST"]),
             Route("/v1/databases/{id}", self._database), Route("/v1/data_sources/{id}", self._data_source),
@@ -144,26 +141,20 @@ class NotionServer:
             Route("/v1/file_uploads/{id}/send", self._send_upload, methods=["POST"]),
             Route("/v1/oauth/token", self._oauth_token, methods=["POST"]),
         ]
-        self._server = uvicorn.Server(uvicorn.Config(Starlette(routes=routes), host="127.0.0.1", port=self.port,
-                                                     log_level="warning", access_log=False, lifespan="off"))
-        self._thread: threading.Thread | None = None
+        self._http = AsgiServer(Starlette(routes=routes), "the Notion stand-in")
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
     @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self._http.base
 
     def start(self) -> NotionServer:
-        self._thread = threading.Thread(target=self._server.run, daemon=True, name="notion-standin")
-        self._thread.start()
-        wait_until(lambda: self._server.started, 20, what="the Notion stand-in")
+        self._http.start()
         return self
 
     def stop(self) -> None:
-        self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(10)
+        self._http.stop()
 
     # -- test controls ----------------------------------------------------------------------------------
 

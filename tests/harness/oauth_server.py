@@ -24,14 +24,12 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from tests.harness.ports import free_port
-from tests.harness.wait import wait_until
+from tests.harness.asgi_server import AsgiServer
 
 __all__ = ["OAuthServer"]
 
@@ -71,29 +69,22 @@ class OAuthServer:
         self._access: dict[str, _Access] = {}
         self._refresh: dict[str, str] = {}  # live refresh token → user
         self._revoked: set[str] = set()
-        self.port = free_port("127.0.0.1")
         app = Starlette(routes=[Route("/authorize", self._authorize), Route("/token", self._token, methods=["POST"]),
                                 Route("/introspect", self._introspect, methods=["POST"])])
-        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                     access_log=False, lifespan="off"))
-        self._thread: threading.Thread | None = None
+        self._http = AsgiServer(app, "the OAuth stand-in")
 
-    # -- lifecycle -----------------------------------------------------------------------------------
+    # -- lifecycle ------------------------------------------------------------------------------------
 
     @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self._http.base
 
     def start(self) -> OAuthServer:
-        self._thread = threading.Thread(target=self._server.run, daemon=True, name="oauth-standin")
-        self._thread.start()
-        wait_until(lambda: self._server.started, 20, what="the OAuth stand-in")
+        self._http.start()
         return self
 
     def stop(self) -> None:
-        self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(10)
+        self._http.stop()
 
     # -- test controls --------------------------------------------------------------------------------
 

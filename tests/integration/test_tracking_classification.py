@@ -12,7 +12,6 @@ from __future__ import annotations
 import email
 import json
 import re
-import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -31,6 +30,7 @@ from models.db import get_engine
 from pipeline.clients.fake_smtp import FakeSmtpTransport
 from pipeline.connections import use_smtp_transport
 from tests.conftest import reset_process_state
+from tests.harness.asgi_server import AsgiServer
 from tests.harness.flow import CRM, count, make_account, make_org, seed_crm
 from tests.harness.ports import free_port
 from tests.harness.wait import wait_until
@@ -45,8 +45,6 @@ LINKS = ["demo", "pricing", "deck", "case-study", "contact"]
 @pytest.fixture
 def stack(live: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     """One tracked email with five links to Ada, sent a minute ago; the app under uvicorn; a socket as u1."""
-    import uvicorn
-
     from web.app import create_app
 
     port = free_port("127.0.0.1")
@@ -62,9 +60,7 @@ def stack(live: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Iterator[dic
     body = "".join(f'<p><a href="https://engine.example/{p}">{p.title()}</a></p>' for p in LINKS)
     api = TestClient(create_app())
     api.__enter__()
-    server = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning",
-                                           proxy_headers=False, access_log=False))
-    thread = threading.Thread(target=server.run, daemon=True)
+    server = AsgiServer(create_app(), "mailpipe under uvicorn", port=port, lifespan="on")
     try:
         r = api.post("/api/v1/emails/send", headers=h, json={
             "account_id": account_id, "to": [f"Ada Lovelace <{CRM['contact'][1]}>"], "subject": "Proposal Follow-Up",
@@ -79,17 +75,14 @@ def stack(live: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Iterator[dic
         pixel = re.search(r'src="http://127\.0\.0\.1:\d+(/track/open/[^"]+)"', html).group(1)  # type: ignore[union-attr]
         clicks = [m.replace("&amp;", "&") for m in re.findall(r'href="http://127\.0\.0\.1:\d+(/track/click/[^"]+)"', html)]
         assert len(clicks) == 5
-        thread.start()
-        wait_until(lambda: server.started, 20, what="uvicorn")
+        server.start()
         token = api.post("/api/v1/notifications/token", headers=h, json={"user_id": "u1"}).json()["token"]
         with connect(f"ws://127.0.0.1:{port}/api/v1/notifications/ws?token={token}") as socket, \
                 httpx.Client(base_url=f"http://127.0.0.1:{port}") as http:
             assert json.loads(socket.recv(timeout=5))["type"] == "hello"
             yield {"api": api, "h": h, "eid": eid, "pixel": pixel, "clicks": clicks, "http": http, "socket": socket}
     finally:
-        server.should_exit = True
-        if thread.is_alive():
-            thread.join(10)
+        server.stop()
         api.__exit__(None, None, None)
 
 
