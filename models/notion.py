@@ -52,6 +52,8 @@ class NotionSave(SQLModel, table=True):
     page_url: str | None = Field(default=None, max_length=1000)
     blocks_done: int = 0
     attempts: int = 0
+    lease_owner: str | None = Field(default=None, max_length=64, description="the run working on it (message id:nonce)")
+    lease_until: datetime | None = ts_field(default=None)
     error: str | None = Field(default=None, max_length=1000)
     error_code: str | None = Field(default=None, max_length=64)
     intent_at: datetime | None = ts_field(default=None)

@@ -130,15 +130,19 @@ def _prepare_worker_metrics(settings: Any) -> None:
     import tempfile
 
     probe = socket.socket()
+    busy = False
     try:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         probe.bind((settings.metrics_host, settings.metrics_port))
     except OSError:  # the workers still run; only this group's metrics are not served
+        busy = True
         click.echo(f"mailpipe: warning: MAILPIPE_METRICS_PORT {settings.metrics_port} is in use on this host; give each "
                    "worker group its own port (this group's metrics will not be served)", err=True)
     finally:
         probe.close()
     directory = settings.metrics_dir or os.path.join(tempfile.gettempdir(), f"mailpipe-prometheus-{settings.metrics_port}")
+    if busy and not settings.metrics_dir:  # the group holding the port owns that directory: leave its files alone
+        directory = tempfile.mkdtemp(prefix="mailpipe-prometheus-unserved-")
     shutil.rmtree(directory, ignore_errors=True)
     os.makedirs(directory, exist_ok=True)
     os.environ.update({"PROMETHEUS_MULTIPROC_DIR": directory, "prometheus_multiproc_dir": directory, "dramatiq_prom_db": directory,

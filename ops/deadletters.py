@@ -31,7 +31,9 @@ def replay(broker: Any, queue: str, limit: int | None = None) -> int:
     """
     channel = broker.channel
     moved = 0
-    while limit is None or moved < limit:
+    waiting = int(broker.get_queue_message_counts(queue)[2])  # what is dead now; what fails again meanwhile stays
+    limit = waiting if limit is None else min(limit, waiting)
+    while moved < limit:
         method, _props, body = channel.basic_get(f"{queue}.XQ", auto_ack=False)
         if method is None:
             break

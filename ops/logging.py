@@ -24,13 +24,27 @@ def _scrub_text(value: str) -> str:
     return _MP_KEY.sub("mp_***", value)
 
 
+def _scrub(value: Any, depth: int = 0) -> Any:
+    if isinstance(value, str):
+        return _scrub_text(value)
+    if depth > 5:
+        return value
+    if isinstance(value, dict):
+        return {k: ("***" if isinstance(k, str) and _SECRET_KEYS.search(k) and v is not None else _scrub(v, depth + 1))
+                for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_scrub(v, depth + 1) for v in value)
+    return value
+
+
 def scrub_secrets(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
-    """structlog processor: mask values under secret-looking keys and secrets inside strings."""
+    """structlog processor: mask values under secret-looking keys (nested ones too) and secrets
+    inside strings, exception text included (it runs after the traceback is rendered)."""
     for key, value in list(event_dict.items()):
         if _SECRET_KEYS.search(key) and value is not None:
             event_dict[key] = "***"
-        elif isinstance(value, str):
-            event_dict[key] = _scrub_text(value)
+        else:
+            event_dict[key] = _scrub(value)
     return event_dict
 
 
@@ -41,16 +55,18 @@ def configure_logging(level: str = "INFO", json: bool = False) -> None:
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        scrub_secrets,
     ]
+    # Tracebacks become text first (for stdlib records too), then everything is scrubbed.
+    tail = [structlog.processors.format_exc_info, scrub_secrets]
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        processors=[*shared, *tail, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=False,
     )
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(structlog.stdlib.ProcessorFormatter(processor=renderer, foreign_pre_chain=shared))
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *tail, renderer], foreign_pre_chain=shared))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -10,6 +10,8 @@ one policy. The token is decrypted here, handed to the client, and never logged.
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import threading
 import time
@@ -158,7 +160,8 @@ def oauth_start(org_id: str, user_id: str) -> str:
     if not settings.notion_client_id:
         raise NotionError(400, "provider_not_configured", "set MAILPIPE_NOTION_CLIENT_ID and MAILPIPE_NOTION_CLIENT_SECRET")
     exp = str(int((utcnow() + STATE_TTL).timestamp()))
-    state = ".".join((org_id, user_id, exp, get_keyring().sign("notion_state", org_id, user_id, exp)))
+    payload = base64.urlsafe_b64encode(json.dumps([org_id, user_id, exp]).encode()).rstrip(b"=").decode()
+    state = f"{payload}.{get_keyring().sign('notion_state', org_id, user_id, exp)}"
     q = urlencode({"client_id": settings.notion_client_id, "response_type": "code", "owner": "user",
                    "redirect_uri": _redirect_uri(), "state": state})
     return f"{settings.notion_base_url.rstrip('/')}/v1/oauth/authorize?{q}"
@@ -167,11 +170,15 @@ def oauth_start(org_id: str, user_id: str) -> str:
 def oauth_finish(code: str, state: str) -> dict[str, Any]:
     """Exchange the code (Basic auth) and store the tokens as the user's connection."""
     settings = get_settings()
-    parts = state.split(".")
-    if len(parts) != 4 or not parts[2].isdigit() or int(parts[2]) < utcnow().timestamp() or \
-            not get_keyring().verify("notion_state", parts[3], parts[0], parts[1], parts[2]):
+    try:
+        payload, sig = state.rsplit(".", 1)
+        org_id, user_id, exp = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        valid = (isinstance(exp, str) and exp.isdigit() and int(exp) >= utcnow().timestamp()
+                 and get_keyring().verify("notion_state", sig, str(org_id), str(user_id), exp))
+    except (ValueError, TypeError):
+        valid = False
+    if not valid:
         raise NotionError(400, "invalid_state", "the Notion sign-in link is invalid or has expired; start again")
-    org_id, user_id = parts[0], parts[1]
     if not settings.notion_client_id or not settings.notion_client_secret:
         raise NotionError(400, "provider_not_configured", "set MAILPIPE_NOTION_CLIENT_ID and MAILPIPE_NOTION_CLIENT_SECRET")
     answer = call(make_client(None).oauth.token, client_id=settings.notion_client_id, client_secret=settings.notion_client_secret,
@@ -183,8 +190,29 @@ def oauth_finish(code: str, state: str) -> dict[str, Any]:
     return {"connected": True, "user_id": user_id, "workspace_name": answer.get("workspace_name")}
 
 
+_refresh_locks: dict[tuple[str, str], threading.Lock] = {}
+_refresh_guard = threading.Lock()
+
+
 def refresh(conn: NotionConnection) -> str | None:
-    """A new access token from the stored refresh token (OAuth connections), or None."""
+    """A new access token from the stored refresh token (OAuth connections), or None.
+
+    One refresh per connection at a time in this process; whoever waited re-reads the stored token
+    and uses it if another run has already replaced the one that failed."""
+    with _refresh_guard:
+        lock = _refresh_locks.setdefault((conn.org_id, conn.user), threading.Lock())
+    failed = token_of(conn)
+    with lock:
+        with Session(get_engine(), expire_on_commit=False) as s:
+            current = connection(s, conn.org_id, conn.user)
+        if current is None:
+            return None
+        if token_of(current) and token_of(current) != failed:
+            return token_of(current)
+        return _refresh_locked(current)
+
+
+def _refresh_locked(conn: NotionConnection) -> str | None:
     settings = get_settings()
     token = unseal("secondBrain_notions", "refresh_token", conn.refresh_token)
     if not token or not settings.notion_client_id or not settings.notion_client_secret:

@@ -191,6 +191,11 @@ def _save_account(flow: OAuthFlow, provider: OAuthProvider, imap_ep: Any, smtp_e
         account = s.execute(select(EmailAccount).where(EmailAccount.org_id == flow.org_id, EmailAccount.email_norm == norm,
                                                        EmailAccount.deleted_at.is_(None))).scalar_one_or_none()  # type: ignore[union-attr]
         reconnected = account is not None
+        if reconnected and not test.ok:
+            # Another mailbox's consent, or the server refuses it: keep what works (or the
+            # reconnect_required state) rather than replace it with tokens that do not.
+            log.warning("oauth_reconnect_test_failed", account_id=account.id)  # type: ignore[union-attr]
+            return account.id, True  # type: ignore[union-attr]
         if account is None:
             account = svc.create_account(s, org_id=flow.org_id, user_id=flow.user_id, provider=provider.mail_provider,
                                          email=flow.email, imap_ep=imap_ep, smtp_ep=smtp_ep)
@@ -271,7 +276,10 @@ def access_token(account_id: str, *, rejected: str | None = None) -> str:
         if _usable(grant, stored, rejected):
             return str(stored.access_token)
     with _local_lock(account_id), Session(get_engine(), expire_on_commit=False) as s:
-        grant = s.execute(select(OAuthGrant).where(OAuthGrant.account_id == account_id).with_for_update()).scalar_one()
+        grant = s.execute(select(OAuthGrant).where(OAuthGrant.account_id == account_id).with_for_update()).scalar_one_or_none()
+        if grant is None:  # the account was deleted meanwhile
+            s.rollback()
+            raise ReconnectRequired("this mailbox has no OAuth grant; connect it again")
         if grant.revoked_at is not None:
             s.rollback()
             raise ReconnectRequired(grant.revoked_reason or "connect the mailbox again")

@@ -16,6 +16,9 @@ import secrets
 from datetime import timedelta
 from typing import Any
 
+from dramatiq.middleware import CurrentMessage
+from sqlalchemy import or_
+
 import structlog
 from sqlalchemy import select, update
 from sqlmodel import Session
@@ -37,8 +40,14 @@ __all__ = ["customer_of", "save_to_notion", "sweep_notion_saves"]
 log = structlog.get_logger("mailpipe.notion")
 
 SINGLE_PART_MAX = 20 * 1024 * 1024
+LEASE = timedelta(minutes=10)  # one run works on a save at a time; a dead run's lease runs out
 STALE = timedelta(minutes=10)  # a save not finished by then is handed to the broker again
+GIVE_UP = timedelta(days=1)  # a save still failing after this is failed for good, with a notification
 RECOVERY_SKEW = timedelta(minutes=2)
+
+
+class _LeaseLost(Exception):
+    """Another run owns the save now: stop without writing."""
 
 
 class _Failed(Exception):
@@ -66,8 +75,9 @@ def customer_of(s: Session, email: Email) -> str | None:
 
 
 class _Save:
-    def __init__(self, save_id: str) -> None:
+    def __init__(self, save_id: str, owner: str | None = None) -> None:
         self.save_id = save_id
+        self.owner = owner or f"{secrets.token_hex(6)}:{secrets.token_hex(4)}"
         with Session(get_engine(), expire_on_commit=False) as s:
             self.row = s.get(NotionSave, save_id)
             if self.row is None:
@@ -79,13 +89,37 @@ class _Save:
             self.docs = list(s.execute(select(Document).where(Document.email_id == self.row.email_id)
                                        .order_by(Document.part_index)).scalars())
 
-    def _set(self, **values: Any) -> None:
-        values["updated_at"] = utcnow()
+    def claim(self) -> bool:
+        """Take the save's lease (a redelivery of the same message may take it over at once)."""
+        now = utcnow()
+        message_id = self.owner.rsplit(":", 1)[0]
         with Session(get_engine()) as s:
-            s.execute(update(NotionSave).where(NotionSave.id == self.save_id).values(**values))
+            res = s.execute(update(NotionSave).where(
+                NotionSave.id == self.save_id, NotionSave.state.not_in(("done", "failed")),  # type: ignore[attr-defined]
+                or_(NotionSave.lease_until.is_(None), NotionSave.lease_until < now,  # type: ignore[union-attr,operator]
+                    NotionSave.lease_owner.startswith(f"{message_id}:", autoescape=True)))  # type: ignore[union-attr]
+                .values(lease_owner=self.owner, lease_until=now + LEASE))
             s.commit()
+            return bool(res.rowcount == 1)  # type: ignore[attr-defined]
+
+    def _set(self, **values: Any) -> None:
+        """A guarded write: only while this run holds the lease (which it renews)."""
+        values["updated_at"] = utcnow()
+        values.setdefault("lease_until", utcnow() + LEASE)
+        with Session(get_engine()) as s:
+            res = s.execute(update(NotionSave).where(NotionSave.id == self.save_id, NotionSave.lease_owner == self.owner)
+                            .values(**values))
+            s.commit()
+        if res.rowcount != 1:  # type: ignore[attr-defined]
+            raise _LeaseLost(self.save_id)
         for k, v in values.items():
             setattr(self.row, k, v)
+
+    def release(self) -> None:
+        with Session(get_engine()) as s:
+            s.execute(update(NotionSave).where(NotionSave.id == self.save_id, NotionSave.lease_owner == self.owner)
+                      .values(lease_owner=None, lease_until=None))
+            s.commit()
 
     # -- content ---------------------------------------------------------------------------------------
 
@@ -184,19 +218,25 @@ class _Save:
         return self._plan()
 
     def _recover(self, client: Any, data_source_id: str) -> None:
-        """A run died around pages.create: find the page it made (by title, parent, time and ref)."""
+        """A run died around pages.create: find the page it made. The data source is queried for
+        pages created since the intent (Notion's query, unlike its search, is not eventually
+        consistent), all result pages read, and the candidate whose first block carries our ref wins."""
         since = (self.row.intent_at or self.row.created_at) - RECOVERY_SKEW
-        result = call(client.search, query=self.row.title[:200], filter={"property": "object", "value": "page"}, page_size=100)
-        for page in result.get("results", []):
-            if (page.get("parent") or {}).get("data_source_id") != data_source_id:
-                continue
-            created = page.get("created_time")
-            if created and created.replace("Z", "+00:00") < since.isoformat():
-                continue
-            first = call(client.blocks.children.list, block_id=page["id"], page_size=1).get("results", [])
-            if first and find_ref(first[0]) == self.row.ref:
-                log.info("notion_page_recovered", save_id=self.save_id, email_id=self.row.email_id)
-                self._set(page_id=page["id"], page_url=page.get("url"), state="appending")
+        cursor = None
+        while True:
+            kwargs: dict[str, Any] = {"data_source_id": data_source_id, "page_size": 100,
+                                      "filter": {"timestamp": "created_time", "created_time": {"on_or_after": since.isoformat()}}}
+            if cursor:
+                kwargs["start_cursor"] = cursor
+            result = call(client.data_sources.query, **kwargs)
+            for page in result.get("results", []):
+                first = call(client.blocks.children.list, block_id=page["id"], page_size=1).get("results", [])
+                if first and find_ref(first[0]) == self.row.ref:
+                    log.info("notion_page_recovered", save_id=self.save_id, email_id=self.row.email_id)
+                    self._set(page_id=page["id"], page_url=page.get("url"), state="appending")
+                    return
+            cursor = result.get("next_cursor")
+            if not result.get("has_more") or not cursor:
                 return
 
     def _count_top_level(self, client: Any, page_id: str) -> int:
@@ -234,8 +274,11 @@ class _Save:
         assert self.row is not None
         now = utcnow()
         with Session(get_engine()) as s:
-            s.execute(update(NotionSave).where(NotionSave.id == self.save_id).values(state="done", done_at=now, updated_at=now,
-                                                                                    error=None, error_code=None))
+            res = s.execute(update(NotionSave).where(NotionSave.id == self.save_id, NotionSave.lease_owner == self.owner).values(
+                state="done", done_at=now, updated_at=now, error=None, error_code=None, lease_owner=None, lease_until=None))
+            if res.rowcount != 1:  # type: ignore[attr-defined]
+                s.rollback()
+                raise _LeaseLost(self.save_id)
             s.execute(update(Email).where(Email.id == self.row.email_id).values(notion_page_url=self.row.page_url))
             pushed = notifications.insert_new(s, [{
                 "org_id": self.row.org_id, "user_id": self.row.user_id, "kind": "notion.saved",
@@ -250,8 +293,13 @@ class _Save:
         assert self.row is not None
         now = utcnow()
         with Session(get_engine()) as s:
-            s.execute(update(NotionSave).where(NotionSave.id == self.save_id, NotionSave.state != "done")
-                      .values(state="failed", error=message[:1000], error_code=code[:64], updated_at=now))
+            res = s.execute(update(NotionSave).where(NotionSave.id == self.save_id, NotionSave.state != "done",
+                                                     or_(NotionSave.lease_owner == self.owner, NotionSave.lease_owner.is_(None)))  # type: ignore[union-attr]
+                            .values(state="failed", error=message[:1000], error_code=code[:64], updated_at=now,
+                                    lease_owner=None, lease_until=None))
+            if res.rowcount != 1:  # type: ignore[attr-defined]
+                s.rollback()
+                return
             pushed = notifications.insert_new(s, [{
                 "org_id": self.row.org_id, "user_id": self.row.user_id, "kind": "notion.failed",
                 "title": f"Could not save to Notion: {self.row.title}"[:500], "body": message[:2000], "email_id": self.row.email_id,
@@ -262,32 +310,56 @@ class _Save:
         log.warning("notion_save_failed", save_id=self.save_id, code=code)
 
 
+def _owner() -> str:
+    msg = CurrentMessage.get_current_message()
+    return f"{msg.message_id if msg is not None else secrets.token_hex(6)}:{secrets.token_hex(4)}"
+
+
 @actor(actor_name="notion.save", queue_name="notion", max_retries=5, min_backoff=5_000, max_backoff=300_000)
 def save_to_notion(save_id: str) -> None:
-    job = _Save(save_id)
-    if job.row is None:
+    job = _Save(save_id, _owner())
+    if job.row is None or job.row.state in ("done", "failed"):
+        return
+    if not job.claim():
+        log.info("notion_save_busy", save_id=save_id)  # another run holds the lease
         return
     try:
         job.run()
+    except _LeaseLost:
+        log.info("notion_save_superseded", save_id=save_id)
     except _Failed as exc:
         job.fail(exc.code, exc.message)
     except NotionError as exc:
         if exc.verdict.action == "fail":
             job.fail(exc.verdict.code, exc.verdict.message)
             return
+        job.release()
         metrics.NOTION_SAVES.labels("retry").inc()
         log.warning("notion_save_retry", save_id=save_id, code=exc.code, status=exc.status)
         raise  # Dramatiq's backoff; the sweep hands it over again if the retries run out
+    except Exception:
+        job.release()
+        raise
 
 
 @register_sweep("notion_saves")
 def sweep_notion_saves(session: Session, now: Any) -> int:
-    """Hand saves that stalled (a lost message, a killed worker) to the broker again."""
-    stale = list(session.execute(select(NotionSave.id).where(NotionSave.state.in_(("pending", "creating", "appending")),  # type: ignore[attr-defined]
-                                                             NotionSave.updated_at < now - STALE)).scalars())
+    """Hand saves that stalled (a lost message, a killed worker) to the broker again; fail the ones
+    that have not got through for a day (each with a notification)."""
+    open_states = ("pending", "creating", "appending")
+    idle = or_(NotionSave.lease_until.is_(None), NotionSave.lease_until < now)  # type: ignore[union-attr,operator]
+    expired = list(session.execute(select(NotionSave.id).where(NotionSave.state.in_(open_states), idle,  # type: ignore[attr-defined]
+                                                               NotionSave.created_at < now - GIVE_UP)).scalars())
+    stale = list(session.execute(select(NotionSave.id).where(NotionSave.state.in_(open_states), idle,  # type: ignore[attr-defined]
+                                                             NotionSave.updated_at < now - STALE,
+                                                             NotionSave.created_at >= now - GIVE_UP)).scalars())
     if stale:
         session.execute(update(NotionSave).where(NotionSave.id.in_(stale)).values(updated_at=now))  # type: ignore[attr-defined]
     session.commit()
+    for save_id in expired:
+        job = _Save(save_id)
+        if job.row is not None:
+            job.fail("gave_up", f"the page could not be saved within {GIVE_UP.days} day ({job.row.error or 'Notion kept failing'})")
     for save_id in stale:
         save_to_notion.send(save_id)
     return len(stale)

@@ -322,7 +322,8 @@ class _Run:
         now = utcnow()
         reconnect = isinstance(exc, ReconnectRequired)
         code = "reconnect_required" if reconnect else "token_unavailable"
-        if reconnect and self.outbox.created_at is not None and now - self.outbox.created_at > RECONNECT_GIVE_UP:
+        due = max(filter(None, (self.outbox.send_at, self.outbox.created_at)), default=now)  # scheduled mail waits from its time
+        if reconnect and now - due > RECONNECT_GIVE_UP:
             self._fail_all(code, f"the account was not reconnected within {RECONNECT_GIVE_UP.days} days: {exc}")
             return
         until = now + (RECONNECT_HOLD if reconnect else TOKEN_HOLD)
@@ -366,6 +367,10 @@ class _Run:
             verdict: SmtpVerdict = result.verdict
             refused = {r: {"code": v.code, "message": v.message, "error_code": v.error_code} for r, v in result.refused.items()}
             accepted = list(result.accepted)
+        except CredentialsUnavailable:  # the token was refused and none could be had: this was no attempt
+            self._record(d, state="pending" if attempt == 1 else "retry", attempts=attempt - 1,
+                         entry={"event": "held", "n": attempt, "reason": "no OAuth token"})
+            raise
         except SmtpError as exc:
             metrics.SMTP_ERRORS.labels(exc.kind.value).inc()
             if data_started:  # the connection broke after DATA began: the server may have it

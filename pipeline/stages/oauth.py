@@ -118,9 +118,9 @@ def interpret_token_response(status: int, body: Any, *, now: datetime,
                              previous_refresh_token: str | None = None) -> TokenSet | TokenError:
     """What a token endpoint's answer means (RFC 6749 §5.1/§5.2).
 
-    ``invalid_grant`` (revoked, expired or already used grant) and ``invalid_client`` /
-    ``unauthorized_client`` (the app's credentials or consent are gone) are permanent: retrying
-    cannot help. Anything else (5xx, 429, an unreadable body) is temporary. A refresh answer that
+    ``invalid_grant`` (revoked, expired or already used grant) is permanent: only the user can fix
+    it. Anything else is temporary for the user: 5xx, 429, an unreadable body, and also
+    ``invalid_client``/``unauthorized_client`` (the operator's client id or secret, alerted on). A refresh answer that
     carries no refresh token keeps the previous one (Google does not rotate; Microsoft does).
     """
     if not isinstance(body, dict):
@@ -139,9 +139,10 @@ def interpret_token_response(status: int, body: Any, *, now: datetime,
                         rotated=fresh is not None and fresh != previous_refresh_token)
     code = body.get("error") if isinstance(body.get("error"), str) else f"http_{status}"
     description = body.get("error_description") if isinstance(body.get("error_description"), str) else ""
-    permanent = code in ("invalid_grant", "invalid_client", "unauthorized_client") or (
-        status in (400, 401) and code not in ("temporarily_unavailable", "slow_down") and not code.startswith("http_"))
-    return TokenError(code, description[:500], permanent=permanent)
+    # Only the user's grant being gone is theirs to fix. invalid_client / unauthorized_client mean
+    # the app's own registration (an expired client secret, a bad deploy): revoking every user's
+    # grant for that would force everyone to reconnect once the operator fixes it.
+    return TokenError(code, description[:500], permanent=code == "invalid_grant")
 
 
 def needs_refresh(expires_at: datetime | None, now: datetime, margin: timedelta = REFRESH_MARGIN) -> bool:

@@ -135,6 +135,7 @@ class NotionServer:
         routes = [
             Route("/v1/users/me", self._me), Route("/v1/search", self._search, methods=["POST"]),
             Route("/v1/databases/{id}", self._database), Route("/v1/data_sources/{id}", self._data_source),
+            Route("/v1/data_sources/{id}/query", self._query, methods=["POST"]),
             Route("/v1/pages", self._create_page, methods=["POST"]), Route("/v1/pages/{id}", self._page),
             Route("/v1/blocks/{id}/children", self._children, methods=["GET", "PATCH"]),
             Route("/v1/file_uploads", self._create_upload, methods=["POST"]),
@@ -261,6 +262,29 @@ class NotionServer:
             return _err(404, "object_not_found", "Could not find data source.")
         return JSONResponse({"object": "data_source", "id": d["data_source_id"], "properties": d["properties"],
                              "parent": {"type": "database_id", "database_id": d["id"]}})
+
+    async def _query(self, request: Request) -> Response:
+        """Pages of a data source, oldest first; supports the created_time on_or_after timestamp filter."""
+        if (denied := self._gate(request)) is not None:
+            return denied
+        ds_id = request.path_params["id"]
+        if self._ds(ds_id) is None:
+            return _err(404, "object_not_found", "Could not find data source.")
+        body = await request.json()
+        flt = body.get("filter") or {}
+        since = None
+        if flt:
+            if flt.get("timestamp") != "created_time" or "on_or_after" not in (flt.get("created_time") or {}):
+                return _err(400, "validation_error", "this stand-in filters on created_time on_or_after only")
+            since = datetime.fromisoformat(flt["created_time"]["on_or_after"].replace("Z", "+00:00"))
+        pages = [p for p in self.pages.values() if p["parent"].get("data_source_id") == ds_id and
+                 (since is None or datetime.fromisoformat(p["created_time"].replace("Z", "+00:00")) >= since)]
+        start = int(body.get("start_cursor") or 0)
+        size = min(int(body.get("page_size") or 100), 100)
+        chunk = pages[start : start + size]
+        more = start + size < len(pages)
+        return JSONResponse({"object": "list", "results": [{k: v for k, v in p.items() if k != "title"} for p in chunk],
+                             "has_more": more, "next_cursor": str(start + size) if more else None})
 
     async def _create_page(self, request: Request) -> Response:
         if (denied := self._gate(request)) is not None:

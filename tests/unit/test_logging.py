@@ -17,3 +17,35 @@ class TestScrub:
         out = scrub_secrets(None, "error", {"event": text})["event"]
         assert "topsecret" not in out and "abc.def" not in out and "A" * 40 not in out
         assert "amqp://guest:***@h/v" in out
+
+    def test_nested_secret_keys_masked(self) -> None:
+        out = scrub_secrets(None, "info", {"event": "x", "data": {"refresh_token": "rt-1", "items": [{"api_key": "k"}], "n": 2}})
+        assert out["data"] == {"refresh_token": "***", "items": [{"api_key": "***"}], "n": 2}
+
+
+def test_json_lines_render_and_scrub_tracebacks_of_stdlib_records(capsys: "object") -> None:
+    """Dramatiq logs through stdlib logging with exc_info: the JSON line has the traceback as text,
+    scrubbed like everything else."""
+    import io
+    import json
+    import logging
+    import sys
+
+    from ops.logging import configure_logging
+
+    buf = io.StringIO()
+    saved = sys.stderr
+    sys.stderr = buf
+    try:
+        configure_logging("INFO", True)
+        try:
+            raise ValueError("login with Bearer abcdefghijk refused")
+        except ValueError:
+            logging.getLogger("mailpipe.test").error("Failed to process message", exc_info=True)
+    finally:
+        sys.stderr = saved
+        logging.getLogger().handlers.clear()
+    (line,) = [ln for ln in buf.getvalue().splitlines() if "Failed to process" in ln]
+    record = json.loads(line)
+    assert record["exception"].startswith("Traceback") and "Bearer ***" in record["exception"]
+    assert "abcdefghijk" not in line

@@ -281,3 +281,32 @@ def test_microsoft_uses_the_tenant_endpoints_scopes_and_outlook_presets(env: dic
     assert oauth.access_token(acct) == "access-2"
     refresh = env["tokens"].calls[-1]
     assert refresh["grant_type"] == "refresh_token" and "offline_access" in refresh["scope"] and refresh["client_id"] == "mid"
+
+
+def test_invalid_client_is_the_operators_problem_not_the_users(env: dict[str, Any]) -> None:
+    """An expired client secret (invalid_client) must not revoke every grant: temporary, no notification."""
+    from pipeline import oauth
+
+    acct = connect(env)["account_id"]
+    _grant_expires_in(acct, 10)
+    env["tokens"].answer = (401, {"error": "invalid_client", "error_description": "client secret expired"})
+    with pytest.raises(oauth.TokenUnavailable):
+        oauth.access_token(acct)
+    with Session(get_engine()) as s:
+        g, a = s.get(OAuthGrant, acct), s.get(EmailAccount, acct)
+    assert g is not None and g.revoked_at is None and a is not None and a.sync_state != "reconnect_required"
+    assert count(Notification) == 0
+    env["tokens"].answer = None  # the operator fixed the secret: it works again, nobody reconnects
+    assert oauth.access_token(acct).startswith("access-")
+
+
+def test_a_reconnect_whose_test_fails_keeps_the_working_grant(env: dict[str, Any]) -> None:
+    """Consent for the wrong mailbox (the servers refuse its token): the stored grant stays."""
+    from pipeline import oauth
+
+    acct = connect(env)["account_id"]
+    url = authorize(env).json()["url"]
+    state = parse_qs(urlsplit(url).query)["state"][0]
+    r = env["client"].get("/api/v1/oauth/google/callback", params={"code": "other", "state": state})
+    assert r.status_code == 200 and r.json()["ok"] is False and r.json()["reconnected"] is True
+    assert oauth.access_token(acct) == "access-1", "the token that works is still the one in use"

@@ -70,8 +70,8 @@ class TestTokenAnswers:
 
     @pytest.mark.parametrize("status,body,code,permanent", [
         (400, {"error": "invalid_grant", "error_description": "Token has been expired or revoked."}, "invalid_grant", True),
-        (401, {"error": "invalid_client"}, "invalid_client", True),
-        (400, {"error": "unauthorized_client"}, "unauthorized_client", True),
+        (401, {"error": "invalid_client"}, "invalid_client", False),
+        (400, {"error": "unauthorized_client"}, "unauthorized_client", False),
         (503, {"error": "temporarily_unavailable"}, "temporarily_unavailable", False),
         (500, None, "http_500", False),
         (429, "slow down", "http_429", False),

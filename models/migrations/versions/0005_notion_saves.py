@@ -2,7 +2,7 @@
 
 Revision ID: 0005
 Revises: 0004
-Create Date: 2026-12-02 01:47:48.382139
+Create Date: 2026-12-02 02:27:18.068182
 """
 from typing import Sequence, Union
 
@@ -33,6 +33,8 @@ def upgrade() -> None:
     sa.Column('page_url', sa.String(length=1000), nullable=True),
     sa.Column('blocks_done', sa.Integer(), nullable=False),
     sa.Column('attempts', sa.Integer(), nullable=False),
+    sa.Column('lease_owner', sa.String(length=64), nullable=True),
+    sa.Column('lease_until', sa.DateTime(timezone=True), nullable=True),
     sa.Column('error', sa.String(length=1000), nullable=True),
     sa.Column('error_code', sa.String(length=64), nullable=True),
     sa.Column('intent_at', sa.DateTime(timezone=True), nullable=True),
