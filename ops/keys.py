@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import os
+import time
+from collections.abc import Sequence
 from functools import lru_cache
 
 from sqlalchemy import select, update
@@ -11,7 +14,7 @@ from sqlalchemy.engine import Engine
 from ops.crypto import Keyring, generate_key_entry
 from ops.settings import ConfigError, get_settings, reset_settings
 
-__all__ = ["ensure_secret_keys", "get_keyring", "reset_keyring", "rotate_secrets", "seal", "unseal"]
+__all__ = ["ensure_secret_keys", "get_keyring", "read_claims", "reset_keyring", "rotate_secrets", "seal", "sign_claims", "unseal"]
 
 
 @lru_cache(maxsize=1)
@@ -39,6 +42,36 @@ def unseal(table: str, column: str, token: str | None) -> str | None:
     if token is None:
         return None
     return get_keyring().decrypt(token, context=f"{table}.{column}")
+
+
+def _b64(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def _unb64(text: str) -> str:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
+
+
+def sign_claims(purpose: str, claims: Sequence[str], ttl_seconds: float, now: float | None = None) -> str:
+    """A URL-safe token carrying ``claims`` and an expiry, HMAC-signed under ``purpose``
+    (``b64(claim)...expiry.signature``): websocket tokens and OAuth ``state`` values."""
+    exp = str(int((now if now is not None else time.time()) + ttl_seconds))
+    body = ".".join([*(_b64(c) for c in claims), exp])
+    return f"{body}.{get_keyring().sign(purpose, body)}"
+
+
+def read_claims(purpose: str, token: str, now: float | None = None) -> tuple[str, ...] | None:
+    """The claims of a :func:`sign_claims` token whose signature verifies and which has not expired."""
+    body, _, sig = token.rpartition(".")
+    head, _, exp = body.rpartition(".")
+    if not head or not exp.isdigit() or not get_keyring().verify(purpose, sig, body):
+        return None
+    if int(exp) < (now if now is not None else time.time()):
+        return None
+    try:
+        return tuple(_unb64(c) for c in head.split("."))
+    except (ValueError, UnicodeDecodeError):
+        return None
 
 
 def ensure_secret_keys(env_path: str) -> bool:

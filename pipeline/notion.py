@@ -10,8 +10,6 @@ one policy. The token is decrypted here, handed to the client, and never logged.
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import threading
 import time
@@ -27,9 +25,9 @@ from notion_client.errors import HTTPResponseError, RequestTimeoutError
 from sqlalchemy import select
 from sqlmodel import Session
 
-from models import NotionConnection, utcnow
+from models import NotionConnection
 from models.db import get_engine
-from ops.keys import get_keyring, seal, unseal
+from ops.keys import get_keyring, read_claims, seal, sign_claims, unseal
 from ops.settings import get_settings
 from pipeline.stages.notion_page import Columns, NotionVerdict, choose_columns, classify_error
 
@@ -159,9 +157,7 @@ def oauth_start(org_id: str, user_id: str) -> str:
     settings = get_settings()
     if not settings.notion_client_id:
         raise NotionError(400, "provider_not_configured", "set MAILPIPE_NOTION_CLIENT_ID and MAILPIPE_NOTION_CLIENT_SECRET")
-    exp = str(int((utcnow() + STATE_TTL).timestamp()))
-    payload = base64.urlsafe_b64encode(json.dumps([org_id, user_id, exp]).encode()).rstrip(b"=").decode()
-    state = f"{payload}.{get_keyring().sign('notion_state', org_id, user_id, exp)}"
+    state = sign_claims("notion_state", (org_id, user_id), STATE_TTL.total_seconds())
     q = urlencode({"client_id": settings.notion_client_id, "response_type": "code", "owner": "user",
                    "redirect_uri": _redirect_uri(), "state": state})
     return f"{settings.notion_base_url.rstrip('/')}/v1/oauth/authorize?{q}"
@@ -170,15 +166,10 @@ def oauth_start(org_id: str, user_id: str) -> str:
 def oauth_finish(code: str, state: str) -> dict[str, Any]:
     """Exchange the code (Basic auth) and store the tokens as the user's connection."""
     settings = get_settings()
-    try:
-        payload, sig = state.rsplit(".", 1)
-        org_id, user_id, exp = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-        valid = (isinstance(exp, str) and exp.isdigit() and int(exp) >= utcnow().timestamp()
-                 and get_keyring().verify("notion_state", sig, str(org_id), str(user_id), exp))
-    except (ValueError, TypeError):
-        valid = False
-    if not valid:
+    claims = read_claims("notion_state", state)
+    if claims is None or len(claims) != 2:
         raise NotionError(400, "invalid_state", "the Notion sign-in link is invalid or has expired; start again")
+    org_id, user_id = claims
     if not settings.notion_client_id or not settings.notion_client_secret:
         raise NotionError(400, "provider_not_configured", "set MAILPIPE_NOTION_CLIENT_ID and MAILPIPE_NOTION_CLIENT_SECRET")
     answer = call(make_client(None).oauth.token, client_id=settings.notion_client_id, client_secret=settings.notion_client_secret,

@@ -22,7 +22,7 @@ import json
 import secrets
 import threading
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import structlog
@@ -33,7 +33,7 @@ from models import EmailAccount, User, normalize_email, utcnow
 from models.db import get_engine
 from models.oauth import OAuthFlow, OAuthGrant
 from ops import metrics
-from ops.keys import get_keyring, seal, unseal
+from ops.keys import read_claims, seal, sign_claims, unseal
 from ops.settings import get_settings
 from pipeline.clients.oauth import TokenEndpointError, post_form
 from pipeline.stages.oauth import (OAuthProvider, TokenError, TokenSet, authorize_url, interpret_token_response,
@@ -88,22 +88,12 @@ def _provider(name: str) -> OAuthProvider:
     return provider
 
 
-def _state(flow_id: str, provider: str, expires: datetime) -> str:
-    exp = str(int(expires.timestamp()))
-    return f"{flow_id}.{exp}.{get_keyring().sign(_STATE_PURPOSE, flow_id, provider, exp)}"
-
-
 def _check_state(state: str, provider: str) -> str | None:
-    """The flow id a state names, if its signature verifies and it has not expired."""
-    parts = state.split(".")
-    if len(parts) != 3 or not parts[1].isdigit():
+    """The flow id a state names, if its signature verifies, it has not expired and it is this provider's."""
+    claims = read_claims(_STATE_PURPOSE, state)
+    if claims is None or len(claims) != 2 or claims[1] != provider:
         return None
-    flow_id, exp, sig = parts
-    if not get_keyring().verify(_STATE_PURPOSE, sig, flow_id, provider, exp):
-        return None
-    if int(exp) < utcnow().timestamp():
-        return None
-    return flow_id
+    return claims[0]
 
 
 def start(org_id: str, user_id: str, provider_name: str, email: str, overrides: dict[str, Any]) -> str:
@@ -117,8 +107,8 @@ def start(org_id: str, user_id: str, provider_name: str, email: str, overrides: 
     with Session(get_engine(), expire_on_commit=False) as s:
         s.add(flow)
         s.commit()
-    return authorize_url(provider, redirect_uri=redirect_uri(provider_name), state=_state(flow.id, provider_name, flow.expires_at),
-                         code_challenge=challenge, login_hint=email)
+    state = sign_claims(_STATE_PURPOSE, (flow.id, provider_name), FLOW_TTL.total_seconds())
+    return authorize_url(provider, redirect_uri=redirect_uri(provider_name), state=state, code_challenge=challenge, login_hint=email)
 
 
 def _take_flow(provider: str, state: str) -> OAuthFlow:

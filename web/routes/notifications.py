@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import time
 from typing import Any
 
 from pydantic import Field
@@ -21,7 +19,7 @@ from models.db import get_engine
 from web.api import ApiRouter
 from web.errors import ApiError
 from web.present import iso
-from ops.keys import get_keyring
+from ops.keys import read_claims, sign_claims
 from web.validation import Body, parse_body, query_int
 
 router = ApiRouter("notifications")
@@ -80,35 +78,15 @@ class TokenIn(Body):
     user_id: str = Field(min_length=1, max_length=64)
 
 
-def _b64(text: str) -> str:
-    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
-
-
-def _unb64(text: str) -> str:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
-
-
 def issue_token(org_id: str, user_id: str, now: float | None = None) -> str:
     """A short-lived websocket token: org, user and expiry, HMAC-signed ("ws" key purpose)."""
-    exp = str(int((now or time.time()) + TOKEN_TTL_SECONDS))
-    claims = f"{_b64(org_id)}.{_b64(user_id)}.{exp}"
-    return f"{claims}.{get_keyring().sign('ws', claims)}"
+    return sign_claims("ws", (org_id, user_id), TOKEN_TTL_SECONDS, now)
 
 
 def check_token(token: str, now: float | None = None) -> tuple[str, str] | None:
     """(org_id, user_id) of a valid, unexpired token; None otherwise."""
-    parts = token.split(".")
-    if len(parts) != 4:
-        return None
-    claims = ".".join(parts[:3])
-    if not get_keyring().verify("ws", parts[3], claims):
-        return None
-    try:
-        if int(parts[2]) < (now or time.time()):
-            return None
-        return _unb64(parts[0]), _unb64(parts[1])
-    except (ValueError, UnicodeDecodeError):
-        return None
+    claims = read_claims("ws", token, now)
+    return (claims[0], claims[1]) if claims is not None and len(claims) == 2 else None
 
 
 @router.route("POST", "/api/v1/notifications/token", summary="A short-lived token for the notifications websocket",
