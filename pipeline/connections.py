@@ -44,9 +44,9 @@ def _credentials(account: EmailAccount, proto: str, rejected: str | None = None)
         return password, None
     from pipeline import oauth
 
-    if oauth.has_grant(account.id):
-        return None, oauth.access_token(account.id, rejected=rejected)
-    token = None
+    token = oauth.grant_token(account.id, rejected=rejected)
+    if token is not None:
+        return None, token
     if account.oauth_enc is not None:
         import json
 
@@ -98,11 +98,10 @@ def open_imap(account: EmailAccount) -> imap.ImapSession:
     except imap.ImapError as err:
         if err.kind != imap.ImapErrorKind.AUTH or settings.oauth_token is None:
             raise
-        from pipeline import oauth
-
-        if not oauth.has_grant(account.id):
+        renewed = imap_settings(account, rejected=settings.oauth_token)
+        if renewed.oauth_token == settings.oauth_token:  # a token given as is (no grant): nothing to renew
             raise
-        return _imap_connector(imap_settings(account, rejected=settings.oauth_token))
+        return _imap_connector(renewed)
 
 
 _smtp_transport: Any = None

@@ -40,7 +40,7 @@ from pipeline.stages.oauth import (OAuthProvider, TokenError, TokenSet, authoriz
                                    needs_refresh, pkce_pair, provider_config, reconnect_reason)
 
 __all__ = ["CredentialsUnavailable", "FlowError", "NotConfigured", "ReconnectRequired", "TokenUnavailable", "access_token", "finish",
-           "has_grant", "redirect_uri", "start"]
+           "grant_token", "redirect_uri", "start"]
 
 log = structlog.get_logger("mailpipe.oauth")
 
@@ -242,11 +242,6 @@ class _Stored:
         return cls(data.get("access_token"), data.get("refresh_token"))
 
 
-def has_grant(account_id: str) -> bool:
-    with Session(get_engine()) as s:
-        return s.get(OAuthGrant, account_id) is not None
-
-
 def _usable(grant: OAuthGrant, stored: _Stored, rejected: str | None) -> bool:
     if stored.access_token is None or needs_refresh(grant.expires_at, utcnow()):
         return False
@@ -256,10 +251,19 @@ def _usable(grant: OAuthGrant, stored: _Stored, rejected: str | None) -> bool:
 def access_token(account_id: str, *, rejected: str | None = None) -> str:
     """A current access token for the account; ``rejected``: the token a server just refused
     (refreshed unless someone already replaced it). Raises ReconnectRequired / TokenUnavailable."""
+    token = grant_token(account_id, rejected=rejected)
+    if token is None:
+        raise ReconnectRequired("this mailbox has no OAuth grant; connect it again")
+    return token
+
+
+def grant_token(account_id: str, *, rejected: str | None = None) -> str | None:
+    """:func:`access_token`, or None when the account has no OAuth grant (a password account):
+    what a connection asks, one read of the grant on the usual path."""
     with Session(get_engine()) as s:
         grant = s.get(OAuthGrant, account_id)
         if grant is None:
-            raise ReconnectRequired("this mailbox has no OAuth grant; connect it again")
+            return None
         if grant.revoked_at is not None:
             raise ReconnectRequired(grant.revoked_reason or "connect the mailbox again")
         stored = _Stored.of(grant)

@@ -405,12 +405,11 @@ class _Run:
         except SmtpError as exc:
             if exc.kind != ConnErrorKind.AUTH or settings.oauth_token is None or data_started():
                 raise
-            from pipeline.oauth import has_grant
-
-            if not has_grant(self.account.id):
+            renewed = smtp_settings(self.account, rejected=settings.oauth_token)
+            if renewed.oauth_token == settings.oauth_token:  # a token given as is (no grant): nothing to renew
                 raise
             log.info("send_token_refused", email_id=self.email_id, delivery=d.seq)
-            self._smtp = smtp_settings(self.account, rejected=settings.oauth_token)
+            self._smtp = renewed
             return transport.send(self._smtp, self.account.email, d.recipients, raw, before_data=before_data)
 
     def _split(self, d: Delivery, recipients: list[str], attempts: int) -> None:
