@@ -13,14 +13,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from datetime import timedelta
 from typing import Any, TypeVar
 
 import httpx
 import structlog
 from notion_client import Client
+from notion_client.helpers import iterate_paginated_api
 from notion_client.errors import HTTPResponseError, RequestTimeoutError
 from sqlalchemy import select
 from sqlmodel import Session
@@ -31,7 +33,7 @@ from ops.keys import get_keyring, read_claims, seal, sign_claims, unseal
 from ops.settings import get_settings
 from pipeline.stages.notion_page import Columns, NotionVerdict, choose_columns, classify_error
 
-__all__ = ["MAX_INLINE_WAIT", "NotionError", "call", "connect_internal", "connection", "list_databases", "make_client",
+__all__ = ["MAX_INLINE_WAIT", "NotionError", "call", "results", "connect_internal", "connection", "list_databases", "make_client",
            "oauth_finish", "oauth_start", "refresh", "schema", "token_of", "use_notion_transport"]
 
 log = structlog.get_logger("mailpipe.notion")
@@ -220,23 +222,18 @@ def _refresh_locked(conn: NotionConnection) -> str | None:
     return str(answer["access_token"])
 
 
+def results(fn: Callable[..., Any], **kwargs: Any) -> Iterator[dict[str, Any]]:
+    """Every result of a paginated Notion call (notion-client's own iterator, each page through :func:`call`)."""
+    return iterate_paginated_api(partial(call, fn), page_size=100, **kwargs)
+
+
 def list_databases(token: str) -> list[dict[str, Any]]:
     """Databases the token can see: search for data sources, grouped by their database."""
-    client = make_client(token)
     items: dict[str, dict[str, Any]] = {}
-    cursor = None
-    while True:
-        kwargs: dict[str, Any] = {"filter": {"property": "object", "value": "data_source"}, "page_size": 100}
-        if cursor:
-            kwargs["start_cursor"] = cursor
-        page = call(client.search, **kwargs)
-        for r in page.get("results", []):
-            parent = r.get("parent") or {}
-            db_id = parent.get("database_id") or r.get("id")
-            items.setdefault(db_id, {"id": db_id, "title": _title(r), "icon": _icon(r), "data_source_id": r.get("id")})
-        cursor = page.get("next_cursor")
-        if not page.get("has_more") or not cursor:
-            return list(items.values())
+    for r in results(make_client(token).search, filter={"property": "object", "value": "data_source"}):
+        db_id = (r.get("parent") or {}).get("database_id") or r.get("id")
+        items.setdefault(db_id, {"id": db_id, "title": _title(r), "icon": _icon(r), "data_source_id": r.get("id")})
+    return list(items.values())
 
 
 # -- schema cache -----------------------------------------------------------------------------------------

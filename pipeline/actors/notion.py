@@ -30,7 +30,7 @@ from ops.settings import get_settings
 from pipeline import notifications
 from pipeline.broker import actor
 from pipeline.clients.storage import StorageError, get_storage
-from pipeline.notion import NotionError, call, make_client, refresh, schema, token_of
+from pipeline.notion import NotionError, call, make_client, refresh, results, schema, token_of
 from pipeline.scheduler import register_sweep
 from pipeline.stages import notion_blocks as nb
 from pipeline.stages.notion_page import default_title, find_ref, header_block, page_properties
@@ -222,34 +222,16 @@ class _Save:
         pages created since the intent (Notion's query, unlike its search, is not eventually
         consistent), all result pages read, and the candidate whose first block carries our ref wins."""
         since = (self.row.intent_at or self.row.created_at) - RECOVERY_SKEW
-        cursor = None
-        while True:
-            kwargs: dict[str, Any] = {"data_source_id": data_source_id, "page_size": 100,
-                                      "filter": {"timestamp": "created_time", "created_time": {"on_or_after": since.isoformat()}}}
-            if cursor:
-                kwargs["start_cursor"] = cursor
-            result = call(client.data_sources.query, **kwargs)
-            for page in result.get("results", []):
-                first = call(client.blocks.children.list, block_id=page["id"], page_size=1).get("results", [])
-                if first and find_ref(first[0]) == self.row.ref:
-                    log.info("notion_page_recovered", save_id=self.save_id, email_id=self.row.email_id)
-                    self._set(page_id=page["id"], page_url=page.get("url"), state="appending")
-                    return
-            cursor = result.get("next_cursor")
-            if not result.get("has_more") or not cursor:
+        created_since = {"timestamp": "created_time", "created_time": {"on_or_after": since.isoformat()}}
+        for page in results(client.data_sources.query, data_source_id=data_source_id, filter=created_since):
+            first = call(client.blocks.children.list, block_id=page["id"], page_size=1).get("results", [])
+            if first and find_ref(first[0]) == self.row.ref:
+                log.info("notion_page_recovered", save_id=self.save_id, email_id=self.row.email_id)
+                self._set(page_id=page["id"], page_url=page.get("url"), state="appending")
                 return
 
     def _count_top_level(self, client: Any, page_id: str) -> int:
-        n, cursor = 0, None
-        while True:
-            kwargs: dict[str, Any] = {"block_id": page_id, "page_size": 100}
-            if cursor:
-                kwargs["start_cursor"] = cursor
-            page = call(client.blocks.children.list, **kwargs)
-            n += len(page.get("results", []))
-            cursor = page.get("next_cursor")
-            if not page.get("has_more") or not cursor:
-                return n
+        return sum(1 for _ in results(client.blocks.children.list, block_id=page_id))
 
     def _append_rest(self, client: Any, blocks: list[dict[str, Any]]) -> None:
         """Append the top-level blocks after ``blocks_done``, and the children deferred for depth."""
