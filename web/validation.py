@@ -75,3 +75,17 @@ def query_int(request: Request, name: str, default: int, *, minimum: int = 1, ma
     if not minimum <= value <= maximum:
         raise ApiError(422, "validation_error", f"query parameter {name!r} must be between {minimum} and {maximum}")
     return value
+
+
+def field_error(field: str, message: str, *, kind: str = "value_error", text: str | None = None) -> ApiError:
+    """A 422 naming one field, in the same shape as body validation errors."""
+    return ApiError(422, "validation_error", text or f"{field}: {message}",
+                    {"errors": [{"field": field, "message": message, "type": kind}]})
+
+
+def query_required(request: Request, name: str, max_length: int = 64) -> str:
+    """A required, non-empty query parameter (stripped), or 422 naming it."""
+    value = (request.query_params.get(name) or "").strip()
+    if not value or len(value) > max_length:
+        raise field_error(name, "required", kind="missing", text=f"{name} is required")
+    return value

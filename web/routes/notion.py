@@ -17,7 +17,7 @@ from models.db import get_engine
 from pipeline import notion
 from web.api import ApiRouter
 from web.errors import ApiError
-from web.validation import Body, parse_body
+from web.validation import Body, field_error, parse_body, query_required
 
 router = ApiRouter("notion")
 
@@ -74,10 +74,7 @@ async def put_connection(request: Request) -> JSONResponse:
 @router.route("GET", "/api/v1/notion/authorize", summary="Start connecting Notion (public integration OAuth)", query=("user_id",),
               responses={400: "Notion OAuth not configured"})
 async def authorize(request: Request) -> JSONResponse:
-    user_id = (request.query_params.get("user_id") or "").strip()
-    if not user_id:
-        raise ApiError(422, "validation_error", "user_id is required",
-                       {"errors": [{"field": "user_id", "message": "required", "type": "missing"}]})
+    user_id = query_required(request, "user_id")
     try:
         return JSONResponse({"url": notion.oauth_start(_org(request), user_id)})
     except notion.NotionError as exc:
@@ -111,10 +108,7 @@ def _token(org_id: str, user_id: str) -> tuple[str, Any]:
 
 @router.route("GET", "/api/v1/notion/databases", summary="Databases the user's Notion connection can see", query=("user_id",))
 async def databases(request: Request) -> JSONResponse:
-    user_id = (request.query_params.get("user_id") or "").strip()
-    if not user_id:
-        raise ApiError(422, "validation_error", "user_id is required",
-                       {"errors": [{"field": "user_id", "message": "required", "type": "missing"}]})
+    user_id = query_required(request, "user_id")
     token, conn = _token(_org(request), user_id)
     try:
         items = await run_in_threadpool(notion.list_databases, token)
@@ -144,8 +138,8 @@ async def save(request: Request) -> JSONResponse:
         _, conn = _token(org_id, body.user_id)
         database_id = body.database_id or conn.notion_db_id
         if not database_id:
-            raise ApiError(422, "validation_error", "database_id is required (the user has no default Notion database)",
-                           {"errors": [{"field": "database_id", "message": "required", "type": "missing"}]})
+            raise field_error("database_id", "required", kind="missing",
+                              text="database_id is required (the user has no default Notion database)")
         with Session(get_engine(), expire_on_commit=False) as s:
             email = s.get(Email, email_id)
             if email is None or email.org_id != org_id or email.deleted_at is not None:

@@ -13,6 +13,7 @@ from models.db import get_engine
 from pipeline import oauth
 from web.api import ApiRouter
 from web.errors import ApiError
+from web.validation import field_error
 
 router = ApiRouter("oauth")
 
@@ -27,11 +28,6 @@ def _provider(request: Request) -> str:
     return name
 
 
-def _invalid(field: str, message: str) -> ApiError:
-    return ApiError(422, "validation_error", f"{field}: {message}",
-                    {"errors": [{"field": field, "message": message, "type": "value_error"}]})
-
-
 def _overrides(request: Request) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, kind in _OVERRIDES.items():
@@ -40,15 +36,15 @@ def _overrides(request: Request) -> dict[str, Any]:
             continue
         if kind is int:
             if not raw.isdigit() or not 1 <= int(raw) <= 65535:
-                raise _invalid(key, "must be a port number (1-65535)")
+                raise field_error(key, "must be a port number (1-65535)")
             out[key] = int(raw)
         elif key.endswith("_security"):
             if raw not in ("ssl", "starttls", "none"):
-                raise _invalid(key, "must be ssl, starttls or none")
+                raise field_error(key, "must be ssl, starttls or none")
             out[key] = raw
         else:
             if len(raw) > 255 or any(c.isspace() for c in raw):
-                raise _invalid(key, "must be a host name")
+                raise field_error(key, "must be a host name")
             out[key] = raw
     return out
 
@@ -61,9 +57,9 @@ async def authorize(request: Request) -> JSONResponse:
     user_id = (request.query_params.get("user_id") or "").strip()
     email = (request.query_params.get("email") or "").strip()
     if not user_id or len(user_id) > 64:
-        raise _invalid("user_id", "required (the CRM user who owns the mailbox)")
+        raise field_error("user_id", "required (the CRM user who owns the mailbox)")
     if "@" not in email or len(email) > 320 or any(c.isspace() for c in email):
-        raise _invalid("email", "must be the mailbox's email address")
+        raise field_error("email", "must be the mailbox's email address")
     overrides = _overrides(request)
     org_id = str(request.state.org_id)
 
