@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import email
 import re
-import threading
 from datetime import timedelta
 from email import policy
 from typing import Any
@@ -21,6 +20,7 @@ from models.db import get_engine
 from pipeline.clients.fake_smtp import FakeSmtpTransport
 from pipeline.connections import use_smtp_transport
 from tests.conftest import reset_process_state
+from tests.harness.asgi_server import AsgiServer
 from tests.harness.flow import count, make_account, make_org, seed_crm
 from tests.harness.ports import free_port
 from tests.harness.wait import wait_until
@@ -32,8 +32,6 @@ GMAIL = "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com
 
 
 def test_open_rates_count_real_opens_only(live: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
-    import uvicorn
-
     from web.app import create_app
 
     port = free_port("127.0.0.1")
@@ -70,10 +68,7 @@ def test_open_rates_count_real_opens_only(live: dict[str, Any], monkeypatch: pyt
         m = re.search(r'src="http://127\.0\.0\.1:\d+(/track/open/[^"]+)"', msg.get_body(("html",)).get_content())
         assert m is not None
         pixel[msg["X-Mailpipe-Email-Id"]] = m.group(1)
-    server = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning", proxy_headers=False))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_until(lambda: server.started, 20, what="uvicorn")
+    server = AsgiServer(create_app(), "mailpipe under uvicorn", port=port, lifespan="on").start()
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}") as c:
             for i, eid in enumerate(sent[ta][:4]):  # four people open A in a browser
@@ -89,5 +84,4 @@ def test_open_rates_count_real_opens_only(live: dict[str, Any], monkeypatch: pyt
         assert count(TrackingEvent, TrackingEvent.machine.is_(True), TrackingEvent.reason == "apple_mpp") == 1  # type: ignore[attr-defined]
         assert count(TrackingEvent, TrackingEvent.machine.is_(True), TrackingEvent.reason == "gmail_proxy") == 1  # type: ignore[attr-defined]
     finally:
-        server.should_exit = True
-        thread.join(10)
+        server.stop()

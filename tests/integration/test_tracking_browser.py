@@ -26,6 +26,7 @@ from models.db import get_engine
 from pipeline.clients.fake_smtp import FakeSmtpTransport
 from pipeline.connections import use_smtp_transport
 from tests.conftest import reset_process_state
+from tests.harness.asgi_server import AsgiServer
 from tests.harness.chromium import Chromium
 from tests.harness.flow import CRM, make_account, make_org, seed_crm
 from tests.harness.ports import free_port
@@ -63,17 +64,10 @@ class _Site:
         self.server.shutdown()
 
 
-def _serve_app(port: int) -> tuple[Any, threading.Thread]:
-    import uvicorn
-
+def _serve_app(port: int) -> AsgiServer:
     from web.app import create_app
 
-    server = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning",
-                                           proxy_headers=False, access_log=False))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_until(lambda: server.started, 20, what="uvicorn")
-    return server, thread
+    return AsgiServer(create_app(), "mailpipe under uvicorn", port=port, lifespan="on").start()
 
 
 def test_chromium_open_click_and_websocket_pushes(live: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -87,7 +81,7 @@ def test_chromium_open_click_and_websocket_pushes(live: dict[str, Any], monkeypa
     seed_crm(org_id)
     account_id = make_account(org_id)
     h = {"Authorization": f"Bearer {key}"}
-    server, thread = _serve_app(app_port)
+    server = _serve_app(app_port)
     browser = Chromium()
     try:
         with TestClient(__import__("web.app", fromlist=["create_app"]).create_app()) as api:
@@ -137,8 +131,7 @@ def test_chromium_open_click_and_websocket_pushes(live: dict[str, Any], monkeypa
         crm.close()
     finally:
         browser.close()
-        server.should_exit = True
-        thread.join(10)
+        server.stop()
         site.close()
 
 
@@ -165,7 +158,7 @@ def test_forged_ids_and_open_redirect_attempts_against_the_real_server(live: dic
     wait_until(lambda: len(smtp.sends) == 1, 30, what="the email sent")
     with Session(get_engine()) as s:
         link = s.execute(select(TrackedLink).where(TrackedLink.email_id == sent.email_id)).scalar_one()
-    server, thread = _serve_app(port)
+    server = _serve_app(port)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}") as c:
             for path in (f"/track/open/{sent.email_id}/{'0' * 32}", f"/track/open/{'0' * 24}/{'ab' * 16}",
@@ -187,5 +180,4 @@ def test_forged_ids_and_open_redirect_attempts_against_the_real_server(live: dic
             kinds = list(s.execute(select(TrackingEvent.kind).where(TrackingEvent.email_id == sent.email_id)).scalars())
         assert kinds == ["click"], "only the genuine click is recorded"
     finally:
-        server.should_exit = True
-        thread.join(10)
+        server.stop()
