@@ -13,7 +13,7 @@ from dramatiq import Worker
 from tests.conftest import reset_process_state
 from tests.harness.wait import wait_until
 
-__all__ = ["live", "wait_until"]
+__all__ = ["live", "process_env", "wait_until"]
 
 
 @pytest.fixture
@@ -46,3 +46,26 @@ def live(fresh_pg_url: str, amqp_url: str, test_certs: tuple[Path, Path], monkey
         worker.stop(timeout=10_000)
         broker.close()
         tls_context.cache_clear()
+
+
+def process_env(pg_url: str, amqp_url: str, tmp_path: Path, cert: Path, monkeypatch: pytest.MonkeyPatch,
+                **extra: str) -> tuple[dict[str, str], Any]:
+    """Settings shared by this process and the `mailpipe worker` processes a test starts: a migrated
+    database, the run's RabbitMQ vhost (queues emptied), a key and a storage directory of its own.
+    Returns the environment for the processes and this process's broker (no worker here)."""
+    from ops.crypto import generate_key_entry
+    from ops.migrate import upgrade
+    from pipeline.broker import build_broker, use_broker
+    from pipeline.connections import tls_context
+
+    upgrade(pg_url)
+    env = {"MAILPIPE_DATABASE_URL": pg_url, "MAILPIPE_BROKER_URL": amqp_url, "MAILPIPE_SECRET_KEYS": generate_key_entry("proc"),
+           "MAILPIPE_STORAGE_URL": f"file://{tmp_path / 'store'}", "SSL_CERT_FILE": str(cert), **extra}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    tls_context.cache_clear()
+    reset_process_state()
+    broker = use_broker(build_broker(amqp_url))
+    for q in broker.get_declared_queues():
+        broker.flush(q)
+    return env, broker

@@ -24,15 +24,14 @@ from sqlmodel import Session
 
 from models import Email, EmailLocation, SelfTestRun
 from models.db import get_engine
-from ops.crypto import generate_key_entry
 from pipeline import accounts as svc
-from tests.conftest import reset_process_state
 from tests.harness.dovecot import Dovecot
 from tests.harness.flow import make_org, tick
 from tests.harness.mail import make_message
 from tests.harness.ports import free_port, wait_port
 from tests.harness.proc import MailpipeProcess, mailpipe_env, run_mailpipe
 from tests.harness.wait import wait_until
+from tests.integration.conftest import process_env
 
 pytestmark = pytest.mark.integration
 
@@ -43,23 +42,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def ops_env(fresh_pg_url: str, amqp_url: str, dovecot: Dovecot, dovecot_user: tuple[str, str], test_certs: tuple[Path, Path],
             tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     """PostgreSQL + RabbitMQ settings shared with worker processes, and one mailbox due for sync."""
-    from ops.migrate import upgrade
-    from pipeline.broker import build_broker, use_broker
-    from pipeline.connections import tls_context
-
-    upgrade(fresh_pg_url)
-    env = {"MAILPIPE_DATABASE_URL": fresh_pg_url, "MAILPIPE_BROKER_URL": amqp_url,
-           "MAILPIPE_SECRET_KEYS": generate_key_entry("ops"), "MAILPIPE_STORAGE_URL": f"file://{tmp_path / 'store'}",
-           "SSL_CERT_FILE": str(test_certs[0]), "MAILPIPE_SYNC_RATE_PER_HOUR": "1000000",
-           "MAILPIPE_METRICS_PORT": str(free_port("127.0.0.1")), "MAILPIPE_METRICS_HOST": "127.0.0.1",
-           "MAILPIPE_METRICS_DIR": str(tmp_path / "prom"), "MAILPIPE_LOG_JSON": "true"}
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    tls_context.cache_clear()
-    reset_process_state()
-    broker = use_broker(build_broker(amqp_url))
-    for q in broker.get_declared_queues():
-        broker.flush(q)
+    env, broker = process_env(fresh_pg_url, amqp_url, tmp_path, test_certs[0], monkeypatch, MAILPIPE_SYNC_RATE_PER_HOUR="1000000",
+                              MAILPIPE_METRICS_PORT=str(free_port("127.0.0.1")), MAILPIPE_METRICS_HOST="127.0.0.1",
+                              MAILPIPE_METRICS_DIR=str(tmp_path / "prom"), MAILPIPE_LOG_JSON="true")
     user, password = dovecot_user
     org_id, _ = make_org()
     with Session(get_engine()) as s:

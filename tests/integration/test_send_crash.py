@@ -18,13 +18,11 @@ from sqlmodel import Session
 
 from models import Delivery, Email, Outbox
 from models.db import get_engine
-from ops.crypto import generate_key_entry
 from pipeline import accounts as svc
-from tests.conftest import reset_process_state
 from tests.harness.dovecot import Dovecot
 from tests.harness.flow import make_org
 from tests.harness.proc import MailpipeProcess, mailpipe_env
-from tests.integration.conftest import wait_until
+from tests.integration.conftest import process_env, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -33,23 +31,9 @@ pytestmark = pytest.mark.integration
 def crash_env(fresh_pg_url: str, amqp_url: str, dovecot: Dovecot, dovecot_user: tuple[str, str], smtp_server: Any,
               test_certs: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """PostgreSQL + RabbitMQ settings shared with worker subprocesses, and one mailbox (no worker in this process)."""
-    from ops.migrate import upgrade
-    from pipeline.broker import build_broker, use_broker
-    from pipeline.connections import tls_context
-
-    upgrade(fresh_pg_url)
-    env = {"MAILPIPE_DATABASE_URL": fresh_pg_url, "MAILPIPE_BROKER_URL": amqp_url,
-           "MAILPIPE_SECRET_KEYS": generate_key_entry("crash"), "MAILPIPE_STORAGE_URL": f"file://{tmp_path / 'store'}",
-           "MAILPIPE_SEND_RETRY_BASE_SECONDS": "0.2", "SSL_CERT_FILE": str(test_certs[0]),
-           # The killed run cannot still be waiting for a reply; the default grace (180 s) would only slow the test.
-           "MAILPIPE_SEND_DATA_GRACE_SECONDS": "1"}
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    tls_context.cache_clear()
-    reset_process_state()
-    broker = use_broker(build_broker(amqp_url))
-    for q in broker.get_declared_queues():
-        broker.flush(q)
+    env, _ = process_env(fresh_pg_url, amqp_url, tmp_path, test_certs[0], monkeypatch, MAILPIPE_SEND_RETRY_BASE_SECONDS="0.2",
+                         # The killed run cannot still be waiting for a reply; the default grace (180 s) would only slow the test.
+                         MAILPIPE_SEND_DATA_GRACE_SECONDS="1")
     user, password = dovecot_user
     smtp_server.users[user] = password
     org_id, _ = make_org()
