@@ -24,12 +24,26 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def _private_sqlite_file(path: str) -> None:
+    """Create the database file 0600 (in a new 0700 directory), or tighten it and its ``-wal``/``-shm``.
+
+    SQLite gives the ``-wal``, ``-shm`` and journal files it creates later the permissions of the
+    database file, so a private database file keeps them private too.
+    """
+    from ops.private_files import PRIVATE_FILE, make_private_dirs, open_private, tighten
+
+    make_private_dirs(os.path.dirname(os.path.abspath(path)))
+    os.close(open_private(path, os.O_RDONLY))
+    for suffix in ("-wal", "-shm", "-journal"):
+        tighten(path + suffix, PRIVATE_FILE)
+
+
 def engine_for(url: str, **kwargs: Any) -> Engine:
-    """Build an engine with the dialect's production settings."""
+    """Build an engine with the dialect's production settings (a SQLite file is private: 0600)."""
     if url.startswith("sqlite"):
-        path = url.split("///", 1)[1] if "///" in url else ""
-        if path and path != ":memory:":
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        path = url.split("///", 1)[1].split("?", 1)[0] if "///" in url else ""
+        if path and path != ":memory:" and not path.startswith("file:"):
+            _private_sqlite_file(path)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine

@@ -26,12 +26,17 @@ class Organization(SQLModel, table=True):
 
 
 class ApiKey(SQLModel, table=True):
-    """An API key; only its SHA-256 is stored, the prefix finds it quickly."""
+    """An API key; only its SHA-256 is stored, the prefix finds it quickly.
+
+    Several per organization, each with a name. Revoked keys stay (listed, never deleted), which
+    is what lets every process notice a revocation by counting them.
+    """
 
     __tablename__ = "api_keys"
 
     id: str = Field(default_factory=new_id, primary_key=True, max_length=24)
     org_id: str = Field(foreign_key="organizations.id", index=True, max_length=24)
+    name: str = Field(default="default", max_length=100)
     prefix: str = Field(index=True, max_length=16)
     key_hash: str = Field(unique=True, max_length=64)
     created_at: datetime = ts_field(default_factory=utcnow, nullable=False)

@@ -198,6 +198,96 @@ def org_create(name: str, as_json: bool) -> None:
         click.echo(f"API key (store it now; it is not shown again): {api_key}")
 
 
+@org.group("key")
+def org_key() -> None:
+    """An organization's API keys: create more, list them, revoke one."""
+
+
+def _key_store() -> Any:
+    """The migrated database's engine for the key commands."""
+    from models.db import get_engine
+    from ops.migrate import upgrade
+
+    upgrade(_settings().database_url)
+    return get_engine()
+
+
+def _when(value: Any) -> str:
+    return "-" if value is None else value.strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+@org_key.command("create")
+@click.argument("org_id")
+@click.option("--name", default=None, help="what the key is for (default: key-<n>)")
+@click.option("--json", "as_json", is_flag=True, help="print the key's fields and api_key as JSON")
+@friendly
+def org_key_create(org_id: str, name: str | None, as_json: bool) -> None:
+    """Create another API key for ORG_ID and print it (shown only once)."""
+    from ops.orgs import create_key
+
+    try:
+        info, api_key = create_key(_key_store(), org_id, name)
+    except (LookupError, ValueError) as exc:
+        _fail(str(exc), 1)
+        return
+    if as_json:
+        click.echo(json.dumps({**info.as_json(), "key_id": info.id, "api_key": api_key}))
+    else:
+        click.echo(f"API key {info.name!r} ({info.id}) created for organization {info.org_id}")
+        click.echo(f"API key (store it now; it is not shown again): {api_key}")
+
+
+@org_key.command("list")
+@click.argument("org_id")
+@click.option("--json", "as_json", is_flag=True, help="print {org_id, items: [...]} as JSON")
+@friendly
+def org_key_list(org_id: str, as_json: bool) -> None:
+    """ORG_ID's API keys (revoked ones too) with their names and last use; never the keys themselves."""
+    from ops.orgs import list_keys
+
+    try:
+        keys_ = list_keys(_key_store(), org_id)
+    except LookupError as exc:
+        _fail(str(exc), 1)
+        return
+    if as_json:
+        click.echo(json.dumps({"org_id": org_id, "items": [k.as_json() for k in keys_]}))
+        return
+    rows = [("ID", "NAME", "PREFIX", "CREATED", "LAST USED", "REVOKED")]
+    rows += [(k.id, k.name, k.prefix, _when(k.created_at), _when(k.last_used_at), _when(k.revoked_at)) for k in keys_]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
+
+
+@org_key.command("revoke")
+@click.argument("key_id")
+@click.option("--json", "as_json", is_flag=True, help="print the key's fields and already_revoked as JSON")
+@friendly
+def org_key_revoke(key_id: str, as_json: bool) -> None:
+    """Revoke the API key KEY_ID: refused at once here, within seconds by every `mailpipe` process."""
+    from ops.key_cache import KEY_CACHE_TTL_SECONDS
+    from ops.orgs import list_keys, revoke_key
+
+    engine = _key_store()
+    try:
+        info, newly = revoke_key(engine, key_id)
+    except LookupError as exc:
+        _fail(str(exc), 1)
+        return
+    if as_json:
+        click.echo(json.dumps({**info.as_json(), "key_id": info.id, "already_revoked": not newly}))
+        return
+    if not newly:
+        click.echo(f"API key {info.name!r} ({info.id}) was already revoked at {_when(info.revoked_at)}")
+        return
+    click.echo(f"API key {info.name!r} ({info.id}) of organization {info.org_id} revoked; running processes refuse it "
+               f"within {KEY_CACHE_TTL_SECONDS:.0f} s")
+    if not any(k.active for k in list_keys(engine, info.org_id)):
+        click.echo(f"note: organization {info.org_id} has no active API key left; "
+                   f"`mailpipe org key create {info.org_id}` makes one", err=True)
+
+
 @main.group()
 def keys() -> None:
     """Encryption keys for stored secrets."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import stat
 import time
 from collections.abc import Sequence
 from functools import lru_cache
@@ -12,6 +13,7 @@ from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 
 from ops.crypto import Keyring, generate_key_entry
+from ops.private_files import PRIVATE_FILE, open_private
 from ops.settings import ConfigError, get_settings, reset_settings
 
 __all__ = ["ensure_secret_keys", "get_keyring", "read_claims", "reset_keyring", "rotate_secrets", "seal", "sign_claims", "unseal"]
@@ -75,7 +77,11 @@ def read_claims(purpose: str, token: str, now: float | None = None) -> tuple[str
 
 
 def ensure_secret_keys(env_path: str) -> bool:
-    """Generate and persist a key in ``env_path`` when none is configured; True if generated."""
+    """Generate and persist a key in ``env_path`` when none is configured; True if generated.
+
+    ``env_path`` is made 0600 before the key is written (created so, or tightened when it already
+    existed); a file that cannot be made private (another user's) is refused with a ConfigError.
+    """
     if get_settings().secret_keys:
         return False
     entry = generate_key_entry()
@@ -83,7 +89,11 @@ def ensure_secret_keys(env_path: str) -> bool:
     if os.path.exists(env_path):
         with open(env_path, encoding="utf-8") as fh:
             existing = fh.read()
-    fd = os.open(env_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    fd = open_private(env_path, os.O_WRONLY | os.O_APPEND)
+    if stat.S_IMODE(os.fstat(fd).st_mode) & ~PRIVATE_FILE:
+        os.close(fd)
+        raise ConfigError(f"{env_path} belongs to another user and cannot be made private (0600); set MAILPIPE_SECRET_KEYS "
+                          "yourself (`mailpipe keys generate`) instead of letting serve write it there")
     with os.fdopen(fd, "a", encoding="utf-8") as fh:
         if existing and not existing.endswith("\n"):
             fh.write("\n")

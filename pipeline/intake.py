@@ -28,6 +28,7 @@ from typing import Any
 import structlog
 
 from ops import metrics
+from ops.private_files import PRIVATE_DIR, make_private_dirs, open_private, tighten
 
 __all__ = ["Intake", "Spool", "event_id", "get_intake", "reset_intake", "spool_for_later", "spooled_files"]
 
@@ -58,15 +59,17 @@ class Spool:
     """This process's append-only spool file, plus adoption of files left by dead processes.
 
     Each process writes its own ``tracking-<host>-<pid>-<n>.jsonl`` and holds an exclusive
-    ``flock`` on it; a file nobody holds a lock on belongs to a process that is gone.
+    ``flock`` on it; a file nobody holds a lock on belongs to a process that is gone. The events
+    carry recipients' IPs and user agents: the directory is 0700 and the files 0600.
     """
 
     def __init__(self, directory: str | os.PathLike[str], max_bytes: int) -> None:
         self.dir = Path(directory)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(self.dir)
+        tighten(self.dir, PRIVATE_DIR)
         self.max_bytes = max_bytes
         self.path = self.dir / f"tracking-{socket.gethostname()}-{os.getpid()}-{time.monotonic_ns()}.jsonl"
-        self._fh = open(self.path, "ab")
+        self._fh = os.fdopen(open_private(self.path, os.O_WRONLY | os.O_APPEND), "ab")
         fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         self._dirty = False
         self.size = self.path.stat().st_size

@@ -14,11 +14,26 @@ from models.db import get_engine
 from ops.orgs import org_for_key
 from web.errors import error_response
 
-__all__ = ["ApiKeyAuth", "PUBLIC_API_PATHS"]
+__all__ = ["ApiKeyAuth", "PUBLIC_API_PATHS", "WS_UNAUTHORIZED", "refuse_websocket"]
+
+WS_UNAUTHORIZED = 4401  # websocket close code: missing, invalid or expired credentials (HTTP 401's analogue)
 
 PUBLIC_API_PATHS = re.compile(
     r"^/api/v1/(openapi\.json|oauth/[a-z]+/callback|notion/callback|notifications/ws)$"
 )
+
+
+async def refuse_websocket(receive: Receive, send: Send, reason: str = "unauthorized") -> None:
+    """Refuse a websocket with close code 4401 that the client actually sees.
+
+    A ``websocket.close`` sent before ``websocket.accept`` ends the handshake instead: uvicorn
+    answers it with HTTP 403 and the client never gets a close code. So: accept, then close.
+    """
+    message = await receive()
+    if message["type"] != "websocket.connect":  # the client is already gone
+        return
+    await send({"type": "websocket.accept"})
+    await send({"type": "websocket.close", "code": WS_UNAUTHORIZED, "reason": reason})
 
 
 class ApiKeyAuth:
@@ -46,7 +61,7 @@ class ApiKeyAuth:
             org_id = await run_in_threadpool(org_for_key, get_engine(), token.strip())
         if org_id is None:
             if scope["type"] == "websocket":
-                await send({"type": "websocket.close", "code": 4401})
+                await refuse_websocket(receive, send)
                 return
             message = "missing API key" if not header else "invalid API key"
             response = error_response(401, "unauthorized", message)

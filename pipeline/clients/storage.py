@@ -25,6 +25,8 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from ops.private_files import PRIVATE_DIR, make_private_dirs, tighten
+
 __all__ = [
     "CHUNK_SIZE",
     "InvalidKey",
@@ -188,10 +190,23 @@ class MemoryStorage:
 
 
 class LocalStorage:
-    """Files under a root directory; writes are atomic (temp file, fsync, rename) so readers never see partial files."""
+    """Files under a root directory; writes are atomic (temp file, fsync, rename) so readers never see partial files.
+
+    Everything is private to the process's user: files 0600 (``mkstemp``'s mode, kept by the
+    rename), directories 0700, and the root is tightened to 0700 on the first write (a root left
+    0755 by an older version would otherwise expose every attachment under it).
+    """
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).absolute()
+        self._root_ready = False
+
+    def _make_dirs(self, directory: Path) -> None:
+        if not self._root_ready:
+            make_private_dirs(self.root)
+            tighten(self.root, PRIVATE_DIR)
+            self._root_ready = True
+        make_private_dirs(directory)
 
     def _path(self, key: str) -> Path:
         return self.root / validate_key(key)
@@ -205,7 +220,7 @@ class LocalStorage:
         path = self._path(key)
         blob = _as_bytes(data)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            self._make_dirs(path.parent)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         except OSError as exc:
             raise StorageError(f"cannot write {key!r} under {self.root}: {exc.strerror or exc}") from None

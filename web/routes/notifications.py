@@ -17,6 +17,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from models import Notification, utcnow
 from models.db import get_engine
 from web.api import ApiRouter
+from web.auth import WS_UNAUTHORIZED
 from web.errors import ApiError
 from web.present import iso
 from ops.keys import read_claims, sign_claims
@@ -102,7 +103,9 @@ async def notifications_ws(websocket: WebSocket) -> None:
 
     who = check_token(websocket.query_params.get("token", ""))
     if who is None:
-        await websocket.close(code=4401)  # application close code: the token is invalid or expired
+        # Accept first: a close before the handshake completes reaches the client as HTTP 403, not 4401.
+        await websocket.accept()
+        await websocket.close(code=WS_UNAUTHORIZED, reason="invalid or expired token")
         return
     await websocket.accept()
     org_id, user_id = who
