@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,30 @@ class TestGeneration:
         env = tmp_path / "fresh.env"
         ensure_secret_keys(str(env))
         assert env.stat().st_mode & 0o077 == 0
+
+    def test_existing_world_readable_env_becomes_private_when_the_key_is_appended(self, monkeypatch: pytest.MonkeyPatch,
+                                                                                  tmp_path: Path) -> None:
+        """A pre-existing 0644 .env is 0600 once it holds the generated key (its other lines kept)."""
+        monkeypatch.delenv("MAILPIPE_SECRET_KEYS")
+        reset_settings()
+        env = tmp_path / ".env"
+        env.write_text("MAILPIPE_PUBLIC_URL=https://crm.example\n")
+        env.chmod(0o644)
+        assert ensure_secret_keys(str(env)) is True
+        assert env.stat().st_mode & 0o777 == 0o600
+        assert env.read_text().startswith("MAILPIPE_PUBLIC_URL=https://crm.example\nMAILPIPE_SECRET_KEYS=")
+
+    @pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+    def test_an_env_that_cannot_be_made_private_is_refused(self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+        """Another user's world-readable .env: no key is written into it; one clear ConfigError."""
+        from ops.settings import ConfigError
+
+        monkeypatch.delenv("MAILPIPE_SECRET_KEYS")
+        reset_settings()
+        env = tmp_path / ".env"
+        env.write_text("OTHER=1\n")
+        env.chmod(0o666)
+        os.chown(env, 65534, 65534)
+        with pytest.raises(ConfigError, match="cannot be made private"):
+            ensure_secret_keys(str(env))
+        assert env.read_text() == "OTHER=1\n" and env.stat().st_mode & 0o777 == 0o666
