@@ -51,10 +51,14 @@ class TestRender:
     @given(values)
     def test_never_raises_and_never_lets_markup_through(self, vals: dict[str, str | None]) -> None:
         out = render(TEMPLATE, vals, mode="html")
+        # What the fields produced: the output with the template's own markup taken out.
+        produced = out.text
+        for literal in ('<p>Hi ', ', ', ' <a href="https://x.example/?c=', '">x</a></p>'):
+            produced = produced.replace(literal, "\x00", 1)
         for v in vals.values():
-            if v and ("<" in v or '"' in v):
-                assert v not in out.text or not any(c in v for c in '<>"&')
-        assert "<script" not in out.text.lower() or "<script" in TEMPLATE
+            if v and any(c in v for c in '<>"'):
+                assert v not in produced
+        assert not any(c in produced for c in '<>"')
 
     @given(st.text(max_size=30).map(lambda s: f"<script>{s}</script>\"'"))
     def test_hostile_values_are_escaped(self, hostile: str) -> None:
