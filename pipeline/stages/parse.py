@@ -24,7 +24,8 @@ from typing import Mapping
 
 import lxml.html
 
-__all__ = ["Address", "ParsedAttachment", "ParsedEmail", "parse_email", "normalize_message_id", "snippet"]
+__all__ = ["Address", "ParsedAttachment", "ParsedEmail", "accept_obsolete_header_names", "normalize_message_id",
+           "parse_email", "snippet"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +70,9 @@ class ParsedEmail:
     size: int
     defects: tuple[str, ...]
     error: str | None
+    #: The From display name holds an address other than the real one (``"ceo@corp" <x@evil>``):
+    #: never trust the name for linking or naming.
+    suspicious_sender: bool = False
 
     @property
     def bulk(self) -> bool:
@@ -92,6 +96,15 @@ _TAG = re.compile(r"<[^<>]*>")
 _SCRIPT_STYLE = re.compile(r"(?is)<(script|style)\b[^<>]*>.*?(?:</\1\s*>|\Z)")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+_OBSOLETE_NAME = re.compile(rb"(?m)^([!-9;-~]+)[ \t]+:")  # RFC 5322 §4.5: "Subject  : x" (obsolete field syntax)
+_ADDRESS_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"?|\((?:[^()\\]|\\.)*\)?|<[^<>]*>?|[^"(<,]+|.', re.S)
+_ADDRESS_LIKE = re.compile(r"""[^\s@<>()\[\],;:"']{1,64}@[^\s@<>()\[\],;:"']{1,255}""")
+_ENCODED_WORD_START = re.compile(r"=\?[^?\s]{1,75}\?[bBqQ]\?")
+_ENCODED_WORD = re.compile(r"=\?[^?\s]{1,75}\?[bBqQ]\?[^?\s]*\?=")
+_ASCII_BYTES = bytes(range(128))
+_UTF8_FFFD = "\ufffd".encode()
+_ADDRESS_HEADERS = ("to", "cc", "bcc", "reply-to")  # every occurrence counts (RFC 5322 allows one; mail has two)
 _MAX_DEFECTS = 50
 _FAST_HEADER_CHARS = 8192  # policy.default header parsing turns superlinear beyond this
 _MAX_HEADER_CHARS = 65536
@@ -146,6 +159,20 @@ def snippet(text: str, limit: int = 100) -> str:
     return head.rstrip() + "…"
 
 
+def accept_obsolete_header_names(raw: bytes) -> bytes:
+    """``raw`` with whitespace between a top-level header's name and its colon removed.
+
+    RFC 5322 §4.5 says to accept the obsolete ``Subject  : x`` form; the stdlib parser takes such a
+    line for the start of the body, which loses every header after it. Returns ``raw`` itself
+    (the same object) when there is nothing to change.
+    """
+    end = _HEADER_END.search(raw)
+    cut = end.start() if end else len(raw)
+    if not _OBSOLETE_NAME.search(raw, 0, cut):
+        return raw
+    return _OBSOLETE_NAME.sub(rb"\1:", raw[:cut]) + raw[cut:]
+
+
 def parse_email(raw: bytes, *, max_depth: int = 20) -> ParsedEmail:
     """Parse ``raw`` into a ParsedEmail; never raises."""
     if isinstance(raw, (bytearray, memoryview)):
@@ -184,14 +211,26 @@ def _failed(raw: bytes, error: str, defects) -> ParsedEmail:
 
 
 def _parse(raw: bytes, max_depth: int, st: _State) -> ParsedEmail:
+    source = accept_obsolete_header_names(raw)
+    if source is not raw:
+        st.add("obsolete header syntax (whitespace before the colon) accepted")
     try:
-        root, structured = _PARSER.parsebytes(raw), True
+        root, structured = _PARSER.parsebytes(source), True
     except RecursionError:  # the stdlib parser recurses once per nesting level
-        root, structured = _PARSER.parsebytes(raw, headersonly=True), False
+        root, structured = _PARSER.parsebytes(source, headersonly=True), False
         st.add("MIME structure too deeply nested to parse; body not extracted")
     hv: dict[str, str] = {}
+    repeated: dict[str, list[str]] = {}
     for name, value in root.raw_items():
-        hv.setdefault(str(name).strip().lower(), _clean(str(value).replace("\r", "").replace("\n", "")).strip())
+        key = str(name).strip().lower()
+        text = _clean(str(value).replace("\r", "").replace("\n", "")).strip()
+        hv.setdefault(key, text)
+        if key in _ADDRESS_HEADERS:
+            repeated.setdefault(key, []).append(text)
+    for key, values in repeated.items():
+        if len(values) > 1:  # a second To:/Cc: is as real to the sender's client as the first
+            hv[key] = ", ".join(v for v in (v.strip().strip(",").strip() for v in values) if v)
+            st.add(f"{len(values)} {key.title()} headers merged")
     error = None if _KNOWN_HEADERS.intersection(hv) else "not an email: no recognizable RFC 5322 headers"
     if structured and error is None:
         _walk(root, max_depth, st)
@@ -202,6 +241,9 @@ def _parse(raw: bytes, max_depth: int, st: _State) -> ParsedEmail:
     from_ = _addresses("from", hv.get("from"), st)
     if "from" not in hv:
         st.add("missing From")
+    suspicious = bool(from_) and _impersonates(from_[0])
+    if suspicious:
+        st.add("From display name holds a different address")
     text = "\n".join(st.texts).strip("\n")
     html = "\n".join(st.htmls) if st.htmls else None
     if html is not None and not text.strip():
@@ -221,7 +263,13 @@ def _parse(raw: bytes, max_depth: int, st: _State) -> ParsedEmail:
         cc=_addresses("cc", hv.get("cc"), st), bcc=_addresses("bcc", hv.get("bcc"), st),
         date=_parse_date(hv.get("date"), st), text=text, html=html, attachments=tuple(st.attachments),
         headers=MappingProxyType({k.replace("-", "_"): hv[k] for k in _DOWNSTREAM_HEADERS if k in hv}),
-        size=len(raw), defects=tuple(st.defects), error=error)
+        size=len(raw), defects=tuple(st.defects), error=error, suspicious_sender=suspicious)
+
+
+def _impersonates(sender: Address) -> bool:
+    """True when the display name contains an address other than the sender's real one."""
+    real = sender.email.strip().lower()
+    return any(m.group(0).strip(".").lower() != real for m in _ADDRESS_LIKE.finditer(sender.name[:1000]))
 
 
 def _walk(root: Message, max_depth: int, st: _State) -> None:
@@ -249,7 +297,7 @@ def _walk(root: Message, max_depth: int, st: _State) -> None:
 
 def _leaf(part: Message, ctype: str, label: str, st: _State) -> None:
     disposition = _safe(part.get_content_disposition, None)
-    filename = _safe(part.get_filename, None)
+    filename = _filename(part)
     is_body = ctype in ("text/plain", "text/html") or ctype.startswith("multipart/")  # broken multipart: text
     if is_body and disposition != "attachment" and not filename:
         charset = _safe(part.get_content_charset, None)
@@ -269,6 +317,27 @@ def _leaf(part: Message, ctype: str, label: str, st: _State) -> None:
         filename=_safe_filename(filename, ctype, len(st.attachments) + 1), content_type=ctype, content=content,
         content_id=content_id or None, inline=disposition == "inline" or (bool(content_id) and disposition is None),
         size=len(content), sha256=hashlib.sha256(content).hexdigest()))
+
+
+def _filename(part: Message) -> str | None:
+    """The part's file name as ``policy.default`` reads it (RFC 2231, encoded words, raw 8-bit names
+    decoded rather than replaced, folding removed); the compat32 reading where that finds nothing."""
+    found: dict[str, str] = {}
+    for name, value in part.raw_items():
+        key = str(name).strip().lower()
+        if key in ("content-disposition", "content-type") and key not in found:
+            found[key] = str(value)
+    for header, param in (("content-disposition", "filename"), ("content-type", "name")):
+        value = found.get(header)
+        if value is None or len(value) > _FAST_HEADER_CHARS or param not in value.lower():
+            continue
+        try:
+            name = policy.default.header_fetch_parse(header, _clean(value)).params.get(param)
+        except Exception:
+            name = None
+        if name:
+            return name
+    return _safe(part.get_filename, None)
 
 
 def _payload_bytes(part: Message) -> bytes:
@@ -317,9 +386,48 @@ def _decode_text(data: bytes, charset: str | None, is_html: bool, label: str, st
             if not charset:
                 st.add(f"8-bit text without declared charset in {label} decoded as utf-8")
         except UnicodeDecodeError:
-            st.add(f"undecodable 8-bit text in {label} decoded as cp1252 with replacements")
-            text = data.decode("cp1252", errors="replace")
+            text, replaced, cp1252 = _decode_mixed(data)
+            if replaced:
+                st.add(f"invalid utf-8 bytes in {label} replaced")
+            if cp1252:
+                st.add(f"undecodable 8-bit text in {label} decoded as cp1252 with replacements")
     return _clean(text.replace("\r\n", "\n").replace("\r", "\n")).lstrip("\ufeff")
+
+
+def _utf8_evidence(data: bytes) -> tuple[int, int]:
+    """(characters that decode as UTF-8 multi-byte sequences, invalid sequences) in ``data``."""
+    text = data.decode("utf-8", "replace")
+    high = len(data.translate(None, _ASCII_BYTES))
+    bad = text.count("\ufffd") - data.count(_UTF8_FFFD)
+    return len(text) - (len(data) - high) - bad, bad
+
+
+def _decode_mixed(data: bytes) -> tuple[str, bool, bool]:
+    """Text from bytes that are not valid UTF-8, as (text, some bytes replaced, cp1252 used).
+
+    Decided line by line: a valid line is UTF-8; a line with more valid UTF-8 sequences than
+    invalid ones is UTF-8 with U+FFFD for the bad bytes (one stray byte must not turn the rest into
+    mojibake); a line with no UTF-8 at all follows the whole text's verdict, and otherwise, like a
+    text with no UTF-8 anywhere, is cp1252 (the usual label-less legacy charset), with replacements.
+    """
+    good, bad = _utf8_evidence(data)
+    mostly_utf8 = good > 0 and good >= bad
+    out: list[str] = []
+    replaced = cp1252 = False
+    for line in data.split(b"\n"):
+        try:
+            out.append(line.decode("utf-8"))
+            continue
+        except UnicodeDecodeError:
+            pass
+        good, bad = _utf8_evidence(line)
+        if (good >= bad) if good else mostly_utf8:
+            out.append(line.decode("utf-8", "replace"))
+            replaced = True
+        else:
+            out.append(line.decode("cp1252", "replace"))
+            cp1252 = True
+    return "\n".join(out), replaced, cp1252
 
 
 def _codec(charset: str) -> str | None:
@@ -332,23 +440,25 @@ def _codec(charset: str) -> str | None:
 
 
 def _clean(value: str) -> str:
-    """Storable text: surrogate-escaped 8-bit bytes decoded (utf-8, else cp1252), other surrogates and NULs dropped."""
+    """Storable text: raw 8-bit bytes (surrogate-escaped by the parser) decoded as UTF-8, with U+FFFD
+    for stray bytes when the value is mostly UTF-8, else as cp1252 (see :func:`_decode_mixed`);
+    other surrogates and NULs dropped."""
     if "\x00" in value:
         value = value.replace("\x00", "")
     if not _SURROGATES.search(value):
         return value
+    try:
+        data = value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # surrogates that are not escaped bytes: decode each run alone
+        return _SURROGATES.sub(_clean_run, value)
+    return _decode_mixed(data)[0]
 
-    def fix(match: re.Match) -> str:
-        run = match.group(0)
-        if not all("\udc80" <= ch <= "\udcff" for ch in run):
-            return "\ufffd"
-        data = bytes(ord(ch) - 0xDC00 for ch in run)
-        try:
-            return data.decode("utf-8")
-        except UnicodeDecodeError:
-            return data.decode("cp1252", errors="replace")
 
-    return _SURROGATES.sub(fix, value)
+def _clean_run(match: re.Match) -> str:
+    run = match.group(0)
+    if not all("\udc80" <= ch <= "\udcff" for ch in run):
+        return "\ufffd"
+    return _decode_mixed(bytes(ord(ch) - 0xDC00 for ch in run))[0]
 
 
 def _safe(func, default):
@@ -360,7 +470,7 @@ def _safe(func, default):
 
 def _text_header(value: str, st: _State | None = None) -> str:
     if len(value) > _MAX_HEADER_CHARS:
-        value = value[:_MAX_HEADER_CHARS]
+        value = _cut_header(value, _MAX_HEADER_CHARS)
         if st is not None:
             st.add(f"header Subject longer than {_MAX_HEADER_CHARS} characters truncated")
     compat = lambda: str(make_header(decode_header(value)))  # noqa: E731
@@ -371,9 +481,69 @@ def _text_header(value: str, st: _State | None = None) -> str:
     return _clean(decoded).strip()
 
 
+def _cut_header(value: str, limit: int) -> str:
+    """At most ``limit`` characters of an unstructured header, cut before an encoded word the limit
+    would split (its tail would show as ``=?utf-8?b?w6l0...``), else at the last space."""
+    head = value[:limit]
+    last = None
+    for last in _ENCODED_WORD_START.finditer(head, max(0, limit - 1000)):
+        pass
+    if last is not None and not _ENCODED_WORD.match(head, last.start()):
+        return head[: last.start()].rstrip()
+    if not value[limit].isspace():
+        space = head.rfind(" ", limit - 200)
+        head = head[:space] if space > 0 else head
+    return head.rstrip()
+
+
+def _quote_address_names(value: str) -> str:
+    """Quote a bare display name that holds an '@' (``alice@x.com <bob@y.com>``).
+
+    RFC 5322 allows no '@' in an unquoted phrase, and the stdlib parsers then read the name as an
+    address of its own (the real one being dropped, or kept as a second recipient). The address in
+    angle brackets is the one mail is delivered from or to; the name stays the display name.
+    """
+    if "<" not in value or value.count("@") <= value.count("<"):
+        return value
+    elements: list[list[str]] = [[]]
+    for token in _ADDRESS_TOKEN.findall(value):
+        if token == ",":
+            elements.append([])
+        else:
+            elements[-1].append(token)
+    fixed = [_quote_element(tokens) for tokens in elements]
+    return ",".join(fixed)
+
+
+def _quote_element(tokens: list[str]) -> str:
+    original = "".join(tokens)
+    angle = next((i for i, t in enumerate(tokens) if t.startswith("<")), None)
+    if angle is None or not any("@" in t for t in tokens[:angle] if not t.startswith(('"', "("))):
+        return original
+    if any(t.strip(" \t;") and not t.startswith("(") for t in tokens[angle + 1:]):
+        return original  # something after the address: leave it to the parsers
+    prefix, words = "", []
+    for token in tokens[:angle]:
+        if token.startswith("("):
+            continue
+        if token.startswith('"'):
+            words.append(re.sub(r"\\(.)", r"\1", token[1:-1] if token.endswith('"') and len(token) > 1 else token[1:]))
+            continue
+        if ":" in token:  # a group name ("Team: ...") stays outside the quotes
+            group, _, token = token.rpartition(":")
+            prefix, words = prefix + "".join(words) + group + ":", []
+        words.append(token)
+    display = " ".join("".join(words).split())
+    if not display:
+        return original
+    quoted = display.replace("\\", "\\\\").replace('"', '\\"')
+    return f'{prefix} "{quoted}" {"".join(tokens[angle:])}'
+
+
 def _addresses(name: str, value: str | None, st: _State) -> tuple[Address, ...]:
     if value is None or not value.strip():
         return ()
+    value = _quote_address_names(value)
     found: list[Address] = []
     header = None
     if value.isascii() and "=?" not in value and ":" not in value and len(value) <= _FAST_HEADER_CHARS:
