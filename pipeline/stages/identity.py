@@ -7,7 +7,7 @@ Message-ID a hash of the stable headers *and the body* (``hb:``): two messages w
 Date/From/To/Subject but different bodies are two emails.
 
 Keys change only in new prefixes. ``legacy_key`` is what the previous rules (``hdr:``, a hash of the
-headers alone, and no obsolete header syntax) gave the same bytes, so the fetch step can find a row
+headers alone, no obsolete header syntax, no leading byte-order mark) gave the same bytes, so the fetch step can find a row
 stored before the change instead of importing the message a second time.
 """
 
@@ -19,7 +19,7 @@ from email.message import Message
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 
-from pipeline.stages.parse import accept_obsolete_header_names, normalize_message_id
+from pipeline.stages.parse import repair_header_block, normalize_message_id
 
 __all__ = ["Identity", "message_identity"]
 
@@ -107,7 +107,7 @@ def _legacy_key(raw: bytes) -> str:
 
 def message_identity(raw: bytes, gm_msgid: int | None = None) -> Identity:
     """Identity of a raw message; never raises."""
-    fixed = accept_obsolete_header_names(raw)
+    fixed = repair_header_block(raw)
     block = _header_block(fixed)
     headers = _headers(block)
     message_id = _message_id(headers)

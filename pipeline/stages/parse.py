@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import hashlib
 import html as html_lib
+import quopri
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -24,8 +25,8 @@ from typing import Mapping
 
 import lxml.html
 
-__all__ = ["Address", "ParsedAttachment", "ParsedEmail", "accept_obsolete_header_names", "normalize_message_id",
-           "parse_email", "snippet"]
+__all__ = ["Address", "ParsedAttachment", "ParsedEmail", "normalize_message_id", "parse_email", "repair_header_block",
+           "snippet"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +97,7 @@ _TAG = re.compile(r"<[^<>]*>")
 _SCRIPT_STYLE = re.compile(r"(?is)<(script|style)\b[^<>]*>.*?(?:</\1\s*>|\Z)")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
+_BOM = b"\xef\xbb\xbf"
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _OBSOLETE_NAME = re.compile(rb"(?m)^([!-9;-~]+)[ \t]+:")  # RFC 5322 §4.5: "Subject  : x" (obsolete field syntax)
 _ADDRESS_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"?|\((?:[^()\\]|\\.)*\)?|<[^<>]*>?|[^"(<,]+|.', re.S)
@@ -117,7 +119,12 @@ _DOWNSTREAM_HEADERS = ("list-unsubscribe", "list-unsubscribe-post", "list-id", "
                        "x-auto-response-suppress", "x-gm-thrid", "x-gmail-labels")
 _CHARSET_ALIASES = {  # labels Python lacks, or whose real-world meaning is a superset (as browsers do)
     "iso-8859-8-i": "iso-8859-8", "x-user-defined": "cp1252", "gb2312": "gb18030", "gbk": "gb18030",
-    "ks_c_5601-1987": "cp949", "iso-8859-1": "cp1252", "latin1": "cp1252", "unicode-1-1-utf-7": "utf-7"}
+    "ks_c_5601-1987": "cp949", "euc-kr": "cp949", "iso-8859-1": "cp1252", "latin1": "cp1252",
+    "unicode-1-1-utf-7": "utf-7", "big5": "big5hkscs", "shift_jis": "cp932", "x-sjis": "cp932",
+    "tis-620": "cp874", "iso-8859-11": "cp874"}
+_LENIENT_Q_WORD = re.compile(r"=\?([^?\s]{1,75})\?[qQ]\?([^?]*[^\x00-\x7f][^?]*)\?=")
+_BETWEEN_WORDS = re.compile(r"\?=[ \t]+=\?")
+_EW_CHARSET = re.compile(r"=\?([^?\s*]{1,75})((?:\*[^?\s]{0,40})?\?[bBqQ]\?)")
 _EXTENSIONS = {
     "application/pdf": ".pdf", "application/zip": ".zip", "application/json": ".json", "image/png": ".png",
     "image/jpeg": ".jpg", "image/gif": ".gif", "text/plain": ".txt", "text/html": ".html", "text/csv": ".csv",
@@ -159,18 +166,28 @@ def snippet(text: str, limit: int = 100) -> str:
     return head.rstrip() + "…"
 
 
-def accept_obsolete_header_names(raw: bytes) -> bytes:
-    """``raw`` with whitespace between a top-level header's name and its colon removed.
+def repair_header_block(raw: bytes) -> bytes:
+    """``raw`` as the header parser needs it; ``raw`` itself (the same object) when nothing changes.
 
-    RFC 5322 §4.5 says to accept the obsolete ``Subject  : x`` form; the stdlib parser takes such a
-    line for the start of the body, which loses every header after it. Returns ``raw`` itself
-    (the same object) when there is nothing to change.
+    A leading UTF-8 byte-order mark (``.eml`` files saved by Windows editors) is dropped, and
+    whitespace between a top-level header's name and its colon is removed: RFC 5322 §4.5 says to
+    accept the obsolete ``Subject  : x`` form, and the stdlib parser takes such a line for the start
+    of the body, which loses every header after it.
     """
+    return _repair_header_block(raw)[0]
+
+
+def _repair_header_block(raw: bytes) -> tuple[bytes, list[str]]:
+    repairs = []
+    if raw.startswith(_BOM):
+        raw = raw[len(_BOM):]
+        repairs.append("leading byte-order mark ignored")
     end = _HEADER_END.search(raw)
     cut = end.start() if end else len(raw)
-    if not _OBSOLETE_NAME.search(raw, 0, cut):
-        return raw
-    return _OBSOLETE_NAME.sub(rb"\1:", raw[:cut]) + raw[cut:]
+    if _OBSOLETE_NAME.search(raw, 0, cut):
+        raw = _OBSOLETE_NAME.sub(rb"\1:", raw[:cut]) + raw[cut:]
+        repairs.append("obsolete header syntax (whitespace before the colon) accepted")
+    return raw, repairs
 
 
 def parse_email(raw: bytes, *, max_depth: int = 20) -> ParsedEmail:
@@ -189,9 +206,10 @@ def parse_email(raw: bytes, *, max_depth: int = 20) -> ParsedEmail:
 
 
 class _State:
-    __slots__ = ("defects", "texts", "htmls", "attachments", "truncated")
+    __slots__ = ("defects", "texts", "htmls", "attachments", "truncated", "hint")
 
     def __init__(self) -> None:
+        self.hint: str | None = None  # the message's declared legacy charset, for raw 8-bit header bytes
         self.defects: list[str] = []
         self.texts: list[str] = []
         self.htmls: list[str] = []
@@ -211,19 +229,20 @@ def _failed(raw: bytes, error: str, defects) -> ParsedEmail:
 
 
 def _parse(raw: bytes, max_depth: int, st: _State) -> ParsedEmail:
-    source = accept_obsolete_header_names(raw)
-    if source is not raw:
-        st.add("obsolete header syntax (whitespace before the colon) accepted")
+    source, repairs = _repair_header_block(raw)
+    for repair in repairs:
+        st.add(repair)
     try:
         root, structured = _PARSER.parsebytes(source), True
     except RecursionError:  # the stdlib parser recurses once per nesting level
         root, structured = _PARSER.parsebytes(source, headersonly=True), False
         st.add("MIME structure too deeply nested to parse; body not extracted")
+    st.hint = _charset_hint(root)
     hv: dict[str, str] = {}
     repeated: dict[str, list[str]] = {}
     for name, value in root.raw_items():
         key = str(name).strip().lower()
-        text = _clean(str(value).replace("\r", "").replace("\n", "")).strip()
+        text = _clean(str(value).replace("\r", "").replace("\n", ""), st.hint).strip()
         hv.setdefault(key, text)
         if key in _ADDRESS_HEADERS:
             repeated.setdefault(key, []).append(text)
@@ -272,6 +291,24 @@ def _impersonates(sender: Address) -> bool:
     return any(m.group(0).strip(".").lower() != real for m in _ADDRESS_LIKE.finditer(sender.name[:1000]))
 
 
+def _charset_hint(root: Message) -> str | None:
+    """The codec of the first declared charset among the first text parts, unless it is UTF-8 or
+    ASCII: raw 8-bit bytes in headers and filenames that are not UTF-8 are most likely in it."""
+    stack, seen = [root], 0
+    while stack and seen < 50:
+        part = stack.pop(0)
+        seen += 1
+        children = _safe(part.get_payload, None) if part.is_multipart() else None
+        if isinstance(children, list):
+            stack.extend(children)
+            continue
+        charset = _safe(part.get_content_charset, None) if _safe(part.get_content_maintype, "") == "text" else None
+        codec = _codec(charset) if charset else None
+        if codec is not None:
+            return None if codec in ("utf-8", "ascii") else codec
+    return None
+
+
 def _walk(root: Message, max_depth: int, st: _State) -> None:
     """Iterative depth-first walk (IMAP-style part numbers) collecting body text and attachments."""
     stack = [(root, 0, "" if root.is_multipart() else "1")]
@@ -297,7 +334,7 @@ def _walk(root: Message, max_depth: int, st: _State) -> None:
 
 def _leaf(part: Message, ctype: str, label: str, st: _State) -> None:
     disposition = _safe(part.get_content_disposition, None)
-    filename = _filename(part)
+    filename = _filename(part, st.hint)
     is_body = ctype in ("text/plain", "text/html") or ctype.startswith("multipart/")  # broken multipart: text
     if is_body and disposition != "attachment" and not filename:
         charset = _safe(part.get_content_charset, None)
@@ -319,7 +356,7 @@ def _leaf(part: Message, ctype: str, label: str, st: _State) -> None:
         size=len(content), sha256=hashlib.sha256(content).hexdigest()))
 
 
-def _filename(part: Message) -> str | None:
+def _filename(part: Message, hint: str | None) -> str | None:
     """The part's file name as ``policy.default`` reads it (RFC 2231, encoded words, raw 8-bit names
     decoded rather than replaced, folding removed); the compat32 reading where that finds nothing."""
     found: dict[str, str] = {}
@@ -332,7 +369,7 @@ def _filename(part: Message) -> str | None:
         if value is None or len(value) > _FAST_HEADER_CHARS or param not in value.lower():
             continue
         try:
-            name = policy.default.header_fetch_parse(header, _clean(value)).params.get(param)
+            name = policy.default.header_fetch_parse(header, _alias_encoded_words(_clean(value, hint))).params.get(param)
         except Exception:
             name = None
         if name:
@@ -363,13 +400,14 @@ def _serialize_embedded(part: Message, label: str, st: _State) -> bytes:
 
 
 def _decode_text(data: bytes, charset: str | None, is_html: bool, label: str, st: _State) -> str:
-    """Declared charset, then utf-8, then cp1252 with replacements; every fallback is a defect."""
+    """Declared charset, then UTF-8, then the declared charset with replacements (legacy charsets),
+    then UTF-8 or cp1252 line by line (:func:`_decode_mixed`); every fallback is a defect."""
     if not charset and is_html:
         meta = _META_CHARSET.search(data[:4096])
         charset = meta.group(1).decode("ascii") if meta else None
     text = None
+    codec = _codec(charset) if charset else None
     if charset:
-        codec = _codec(charset)
         shown = _clean(charset)[:40]
         if codec is None:
             st.add(f"undecodable charset {shown!r} in {label}")
@@ -386,11 +424,18 @@ def _decode_text(data: bytes, charset: str | None, is_html: bool, label: str, st
             if not charset:
                 st.add(f"8-bit text without declared charset in {label} decoded as utf-8")
         except UnicodeDecodeError:
-            text, replaced, cp1252 = _decode_mixed(data)
-            if replaced:
-                st.add(f"invalid utf-8 bytes in {label} replaced")
-            if cp1252:
-                st.add(f"undecodable 8-bit text in {label} decoded as cp1252 with replacements")
+            pass
+    if text is None and codec is not None and codec not in ("utf-8", "ascii"):
+        # Not UTF-8 either: the declared (legacy, often multi-byte) charset it is, stray bytes replaced.
+        text = _safe(lambda: data.decode(codec, "replace"), None)
+        if text is not None:
+            st.add(f"invalid bytes for charset {shown!r} in {label} replaced")
+    if text is None:
+        text, replaced, cp1252 = _decode_mixed(data)
+        if replaced:
+            st.add(f"invalid utf-8 bytes in {label} replaced")
+        if cp1252:
+            st.add(f"undecodable 8-bit text in {label} decoded as cp1252 with replacements")
     return _clean(text.replace("\r\n", "\n").replace("\r", "\n")).lstrip("\ufeff")
 
 
@@ -439,10 +484,10 @@ def _codec(charset: str) -> str | None:
     return info.name if getattr(info, "_is_text_encoding", True) else None  # refuse zlib, base64, rot13...
 
 
-def _clean(value: str) -> str:
-    """Storable text: raw 8-bit bytes (surrogate-escaped by the parser) decoded as UTF-8, with U+FFFD
-    for stray bytes when the value is mostly UTF-8, else as cp1252 (see :func:`_decode_mixed`);
-    other surrogates and NULs dropped."""
+def _clean(value: str, hint: str | None = None) -> str:
+    """Storable text: raw 8-bit bytes (surrogate-escaped by the parser) decoded as UTF-8, else in the
+    message's declared charset ``hint`` when they are valid in it, else UTF-8 with U+FFFD for stray
+    bytes or cp1252 (see :func:`_decode_mixed`); other surrogates and NULs dropped."""
     if "\x00" in value:
         value = value.replace("\x00", "")
     if not _SURROGATES.search(value):
@@ -451,6 +496,15 @@ def _clean(value: str) -> str:
         data = value.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:  # surrogates that are not escaped bytes: decode each run alone
         return _SURROGATES.sub(_clean_run, value)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    if hint:
+        try:
+            return data.decode(hint)
+        except (UnicodeDecodeError, LookupError):
+            pass
     return _decode_mixed(data)[0]
 
 
@@ -473,12 +527,45 @@ def _text_header(value: str, st: _State | None = None) -> str:
         value = _cut_header(value, _MAX_HEADER_CHARS)
         if st is not None:
             st.add(f"header Subject longer than {_MAX_HEADER_CHARS} characters truncated")
+    value = _alias_encoded_words(value)
     compat = lambda: str(make_header(decode_header(value)))  # noqa: E731
     try:
         decoded = str(policy.default.header_factory("subject", value)) if len(value) <= _FAST_HEADER_CHARS else compat()
     except Exception:
         decoded = _safe(compat, value)
-    return _clean(decoded).strip()
+    return _lenient_encoded_words(_clean(decoded)).strip()
+
+
+def _lenient_encoded_words(text: str) -> str:
+    """Decode Q encoded words the strict decoders left alone because raw 8-bit characters sit
+    inside them (Eudora wrote ``=?iso-8859-1?Q?Fr\xf6sche?=``)."""
+    if "=?" not in text:
+        return text
+
+    def decode(match: re.Match) -> str:
+        codec = _codec(match.group(1).split("*")[0])
+        if codec is None:
+            return match.group(0)
+        try:
+            data = match.group(2).replace("_", " ").encode(codec)
+            return quopri.decodestring(data, header=True).decode(codec)
+        except Exception:
+            return match.group(0)
+
+    return _LENIENT_Q_WORD.sub(decode, _BETWEEN_WORDS.sub("?==?", text))  # RFC 2047: no space between words
+
+
+def _alias_encoded_words(value: str) -> str:
+    """Encoded words relabelled like bodies (``=?gb2312?`` → gb18030, ...): the label's real-world
+    meaning is a superset, and the strict codec would turn the extra characters into U+FFFD."""
+    if "=?" not in value:
+        return value
+
+    def relabel(match: re.Match) -> str:
+        alias = _CHARSET_ALIASES.get(match.group(1).lower())
+        return f"=?{alias}{match.group(2)}" if alias else match.group(0)
+
+    return _EW_CHARSET.sub(relabel, value)
 
 
 def _cut_header(value: str, limit: int) -> str:
@@ -543,7 +630,7 @@ def _quote_element(tokens: list[str]) -> str:
 def _addresses(name: str, value: str | None, st: _State) -> tuple[Address, ...]:
     if value is None or not value.strip():
         return ()
-    value = _quote_address_names(value)
+    value = _alias_encoded_words(_quote_address_names(value))
     found: list[Address] = []
     header = None
     if value.isascii() and "=?" not in value and ":" not in value and len(value) <= _FAST_HEADER_CHARS:
@@ -560,7 +647,7 @@ def _addresses(name: str, value: str | None, st: _State) -> tuple[Address, ...]:
     if len(value) <= _FAST_HEADER_CHARS:
         try:
             header = policy.default.header_factory(name, value)
-            found = [Address(email=_clean(a.addr_spec).strip(), name=_clean(a.display_name).strip())
+            found = [Address(email=_clean(a.addr_spec).strip(), name=_lenient_encoded_words(_clean(a.display_name)).strip())
                      for a in header.addresses if "@" in a.addr_spec]
         except Exception:
             header = None
