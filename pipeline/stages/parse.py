@@ -184,7 +184,7 @@ def _repair_header_block(raw: bytes) -> tuple[bytes, list[str]]:
         repairs.append("leading byte-order mark ignored")
     end = _HEADER_END.search(raw)
     cut = end.start() if end else len(raw)
-    if _OBSOLETE_NAME.search(raw, 0, cut):
+    if (raw.find(b" :", 0, cut) != -1 or raw.find(b"\t:", 0, cut) != -1) and _OBSOLETE_NAME.search(raw, 0, cut):
         raw = _OBSOLETE_NAME.sub(rb"\1:", raw[:cut]) + raw[cut:]
         repairs.append("obsolete header syntax (whitespace before the colon) accepted")
     return raw, repairs
@@ -237,7 +237,7 @@ def _parse(raw: bytes, max_depth: int, st: _State) -> ParsedEmail:
     except RecursionError:  # the stdlib parser recurses once per nesting level
         root, structured = _PARSER.parsebytes(source, headersonly=True), False
         st.add("MIME structure too deeply nested to parse; body not extracted")
-    st.hint = _charset_hint(root)
+    st.hint = None if source.isascii() else _charset_hint(root)  # only raw 8-bit bytes need it
     hv: dict[str, str] = {}
     repeated: dict[str, list[str]] = {}
     for name, value in root.raw_items():
@@ -364,6 +364,8 @@ def _filename(part: Message, hint: str | None) -> str | None:
         key = str(name).strip().lower()
         if key in ("content-disposition", "content-type") and key not in found:
             found[key] = str(value)
+    if all(v.isascii() and "=?" not in v and "*" not in v for v in found.values()):
+        return _safe(part.get_filename, None)  # plain names: the same answer, ~10x faster
     for header, param in (("content-disposition", "filename"), ("content-type", "name")):
         value = found.get(header)
         if value is None or len(value) > _FAST_HEADER_CHARS or param not in value.lower():
