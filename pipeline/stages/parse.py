@@ -122,7 +122,7 @@ _CHARSET_ALIASES = {  # labels Python lacks, or whose real-world meaning is a su
     "ks_c_5601-1987": "cp949", "euc-kr": "cp949", "iso-8859-1": "cp1252", "latin1": "cp1252",
     "unicode-1-1-utf-7": "utf-7", "big5": "big5hkscs", "shift_jis": "cp932", "x-sjis": "cp932",
     "tis-620": "cp874", "iso-8859-11": "cp874"}
-_LENIENT_Q_WORD = re.compile(r"=\?([^?\s]{1,75})\?[qQ]\?([^?]*[^\x00-\x7f][^?]*)\?=")
+_LENIENT_Q_WORD = re.compile(r"=\?([^?\s]{1,75})\?[qQ]\?([^?]*)\?=")
 _BETWEEN_WORDS = re.compile(r"\?=[ \t]+=\?")
 _EW_CHARSET = re.compile(r"=\?([^?\s*]{1,75})((?:\*[^?\s]{0,40})?\?[bBqQ]\?)")
 _EXTENSIONS = {
@@ -546,7 +546,7 @@ def _lenient_encoded_words(text: str) -> str:
 
     def decode(match: re.Match) -> str:
         codec = _codec(match.group(1).split("*")[0])
-        if codec is None:
+        if codec is None or match.group(2).isascii():  # an ASCII word the strict decoders refused: leave it
             return match.group(0)
         try:
             data = match.group(2).replace("_", " ").encode(codec)
