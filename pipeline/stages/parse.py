@@ -540,7 +540,7 @@ def _text_header(value: str, st: _State | None = None) -> str:
 
 def _lenient_encoded_words(text: str) -> str:
     """Decode Q encoded words the strict decoders left alone because raw 8-bit characters sit
-    inside them (Eudora wrote ``=?iso-8859-1?Q?Fr\xf6sche?=``)."""
+    inside them (Eudora 4 wrote ``=?iso-8859-1?Q?Fr<byte 0xF6>sche?=``); ASCII words are left as they are."""
     if "=?" not in text:
         return text
 
