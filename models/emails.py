@@ -63,6 +63,7 @@ class Email(SQLModel, table=True):
     sent_at: datetime | None = ts_field(default=None)
     linked: bool = False
     needs_review: bool = False
+    suspicious_sender: bool = Field(default=False, description="the From display name holds a different address")
     attachment_count: int = 0
     open_count: int = 0
     click_count: int = 0

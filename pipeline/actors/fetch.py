@@ -246,9 +246,10 @@ class _Syncer:
                      cursor: sync.FolderCursor, *, new_uids: set[int], backfill_count: int, silent: bool, gmail: bool) -> None:
         """Raw bytes to storage, then rows + cursor in one transaction, then the ingest chain."""
         acct = self.account
-        rows, locations = [], []
+        rows, locations, legacy = [], [], []
         for m in fetched:
             ident = message_identity(m.raw, m.gm_msgid if gmail else None)
+            legacy.append(ident.legacy_key)
             raw_key = f"raw/{acct.id}/{ingest.raw_digest(m.raw)}.eml"
             # Raw bytes are a cache of what the server holds: atomic but not fsynced; if a power
             # cut loses one, the parse stage fetches it again by its location.
@@ -265,6 +266,7 @@ class _Syncer:
         now = utcnow()
         with Session(get_engine()) as s:
             _renew(s, acct.id, self.owner)  # first, so a deleted/disabled/taken-over mailbox stores nothing
+            _adopt_known(s, acct.id, choice.name, cursor.uidvalidity, rows, locations, legacy)
             if gmail:
                 _adopt_sent(s, acct.id, rows, locations)
             created = insert_ignore(s, Email, rows, ["account_id", "dedupe_key"])
@@ -293,6 +295,28 @@ class _Syncer:
         metrics.EMAILS_SYNCED.labels(choice.role).inc(created)
         if pending:
             ingest.start_chain(pending)
+
+
+def _adopt_known(s: Session, account_id: str, folder: str, uidvalidity: int | None, rows: list[dict[str, Any]],
+                 locations: list[tuple[str, FetchedMessage]], legacy: list[str | None]) -> None:
+    """Give a message the key its stored copy already has, so a change in how keys are computed never
+    imports it twice: first by location (this folder, UIDVALIDITY and UID already belong to an email),
+    then by the key earlier releases computed for the same bytes (``Identity.legacy_key``), taken only
+    when that row holds these very bytes, since the old header-only key also matched other messages."""
+    by_uid = dict(s.execute(
+        select(EmailLocation.uid, Email.dedupe_key).join(Email, Email.id == EmailLocation.email_id)  # type: ignore[arg-type]
+        .where(EmailLocation.account_id == account_id, EmailLocation.folder == folder,
+               EmailLocation.uidvalidity == uidvalidity, EmailLocation.uid.in_([m.uid for _, m in locations]))).all())  # type: ignore[attr-defined]
+    old = sorted({k for k in legacy if k})
+    stored = dict(s.execute(select(Email.dedupe_key, Email.raw_key).where(
+        Email.account_id == account_id, Email.dedupe_key.in_(old))).all()) if old else {}  # type: ignore[attr-defined]
+    for i, (row, (key, m)) in enumerate(zip(rows, locations)):
+        adopted = by_uid.get(m.uid)
+        if adopted is None and legacy[i] in stored and stored[legacy[i]] == row["raw_key"]:
+            adopted = legacy[i]
+        if adopted is not None and adopted != key:
+            row["dedupe_key"] = adopted
+            locations[i] = (adopted, m)
 
 
 def _adopt_sent(s: Session, account_id: str, rows: list[dict[str, Any]], locations: list[tuple[str, FetchedMessage]]) -> None:

@@ -34,7 +34,7 @@ def create_leads(email_ids: list[str]) -> None:
     """Decide and create leads for linked-stage emails, link them, notify the mailbox owner."""
     with Session(get_engine(), expire_on_commit=False) as s:
         emails = in_state(s, email_ids, "linked", "direction", "from_email", "from_name", "headers", "linked",
-                          "needs_review", "subject")
+                          "needs_review", "subject", "suspicious_sender")
         if not emails:
             return
         orgs = {o.id: o for o in s.execute(select(Organization).where(Organization.id.in_({e.org_id for e in emails}))).scalars()}  # type: ignore[attr-defined]
@@ -44,7 +44,7 @@ def create_leads(email_ids: list[str]) -> None:
             org, acct = orgs[e.org_id], accounts[e.account_id]
             headers = {k.replace("_", "-"): str(v) for k, v in (e.headers or {}).items()}
             decision = decide_lead(enabled=org.auto_create_leads, direction=e.direction, from_email=e.from_email,
-                                   from_name=e.from_name, headers=headers, already_linked=e.linked,
+                                   from_name=None if e.suspicious_sender else e.from_name, headers=headers, already_linked=e.linked,
                                    own_addresses=(acct.email_norm,), org_domains=org.own_domains or ())
             if not decision.create or decision.draft is None:
                 continue

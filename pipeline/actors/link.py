@@ -67,7 +67,8 @@ def _link_rows(email: Email, decisions: Iterable[LinkDecision], needs_review: bo
 def link_emails(email_ids: list[str]) -> None:
     """Plan and store links for every email of the batch in state ``stored`` (set-at-a-time writes)."""
     with Session(get_engine(), expire_on_commit=False) as s:
-        emails = in_state(s, email_ids, "stored", "direction", "from_email", "to_emails", "cc_emails", "linked", "needs_review")
+        emails = in_state(s, email_ids, "stored", "direction", "from_email", "to_emails", "cc_emails", "linked", "needs_review",
+                          "suspicious_sender")
         if not emails:
             return
         own = dict(s.execute(select(EmailAccount.id, EmailAccount.email_norm).where(
@@ -84,7 +85,7 @@ def link_emails(email_ids: list[str]) -> None:
             directory = DictDirectory(SqlDirectory(s, org_id).lookup(every))
             for e in batch:
                 plan = plan_links(e.direction, e.from_email, e.to_emails, e.cc_emails, directory,  # type: ignore[arg-type]
-                                  own_addresses=(own.get(e.account_id, ""),))
+                                  own_addresses=(own.get(e.account_id, ""),), suspicious_sender=e.suspicious_sender)
                 addresses += [{"org_id": org_id, "email_id": e.id, "address_norm": a} for a in plan.addresses if len(a) <= 320]
                 if plan.links:
                     links += _link_rows(e, plan.links, plan.needs_review)

@@ -43,6 +43,7 @@ def apply_parsed(email: Email, parsed: ParsedEmail, account_email: str | None) -
     email.body_html = parsed.html
     email.snippet = snippet(parsed.text, 100)
     email.headers = dict(parsed.headers)
+    email.suspicious_sender = parsed.suspicious_sender
     email.defects = list(parsed.defects)
     email.attachment_count = len(parsed.attachments)
     if parsed.date is not None:
@@ -57,7 +58,7 @@ def apply_parsed(email: Email, parsed: ParsedEmail, account_email: str | None) -
 
 _FIELDS = ("message_id", "in_reply_to", "references", "subject", "from_email", "from_email_norm", "from_name", "to_emails",
            "cc_emails", "bcc_emails", "body_text", "body_html", "snippet", "headers", "defects", "attachment_count", "sent_at",
-           "received_at", "direction", "status", "thread_id", "parse_error")
+           "received_at", "direction", "status", "thread_id", "parse_error", "suspicious_sender")
 
 
 @actor(actor_name="ingest.parse", queue_name="pipeline", max_retries=3)

@@ -194,6 +194,8 @@ def plan_links(
     cc_emails: Iterable[str],
     directory: CrmDirectory,
     own_addresses: Collection[str] = (),
+    *,
+    suspicious_sender: bool = False,
 ) -> LinkPlan:
     """Match the email's candidate addresses against the CRM and decide its links.
 
@@ -201,6 +203,10 @@ def plan_links(
     ``leads.email``, ``accounts.email``; then each matched contact's account (``auto:contact_account``).
     A record is linked once, with the ``how`` of its first decision. An address matching both a
     contact and a lead links both and sets ``needs_review``.
+
+    Only addresses are matched, never display names. ``suspicious_sender`` (the parse stage found
+    another address in the From display name, as in ``"ceo@client.example" <x@elsewhere.example>``)
+    still links by the real address, but always with ``needs_review``.
     """
     addresses = candidate_addresses(direction, from_email, to_emails, cc_emails, own_addresses)
     if not addresses:
@@ -236,9 +242,11 @@ def plan_links(
         reason = f"contact and lead both match {', '.join(ambiguous)}"
     else:
         reason = "linked " + ", ".join(f"{d.entity_type} {d.entity_id} ({d.how})" for d in links.values())
+    if suspicious_sender and direction == "inbound":
+        reason += "; the sender's display name holds a different address"
     return LinkPlan(
         tuple(links.values()),
-        needs_review=bool(ambiguous),
+        needs_review=bool(ambiguous) or (suspicious_sender and direction == "inbound"),
         unlinked=False,
         reason=reason,
         addresses=tuple(addresses),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import hashlib
 import html as html_lib
+import quopri
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -24,7 +25,8 @@ from typing import Mapping
 
 import lxml.html
 
-__all__ = ["Address", "ParsedAttachment", "ParsedEmail", "parse_email", "normalize_message_id", "snippet"]
+__all__ = ["Address", "ParsedAttachment", "ParsedEmail", "normalize_message_id", "parse_email", "repair_header_block",
+           "snippet"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +71,9 @@ class ParsedEmail:
     size: int
     defects: tuple[str, ...]
     error: str | None
+    #: The From display name holds an address other than the real one (``"ceo@corp" <x@evil>``):
+    #: never trust the name for linking or naming.
+    suspicious_sender: bool = False
 
     @property
     def bulk(self) -> bool:
@@ -92,6 +97,16 @@ _TAG = re.compile(r"<[^<>]*>")
 _SCRIPT_STYLE = re.compile(r"(?is)<(script|style)\b[^<>]*>.*?(?:</\1\s*>|\Z)")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
+_BOM = b"\xef\xbb\xbf"
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+_OBSOLETE_NAME = re.compile(rb"(?m)^([!-9;-~]+)[ \t]+:")  # RFC 5322 §4.5: "Subject  : x" (obsolete field syntax)
+_ADDRESS_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"?|\((?:[^()\\]|\\.)*\)?|<[^<>]*>?|[^"(<,]+|.', re.S)
+_ADDRESS_LIKE = re.compile(r"""[^\s@<>()\[\],;:"']{1,64}@[^\s@<>()\[\],;:"']{1,255}""")
+_ENCODED_WORD_START = re.compile(r"=\?[^?\s]{1,75}\?[bBqQ]\?")
+_ENCODED_WORD = re.compile(r"=\?[^?\s]{1,75}\?[bBqQ]\?[^?\s]*\?=")
+_ASCII_BYTES = bytes(range(128))
+_UTF8_FFFD = "\ufffd".encode()
+_ADDRESS_HEADERS = ("to", "cc", "bcc", "reply-to")  # every occurrence counts (RFC 5322 allows one; mail has two)
 _MAX_DEFECTS = 50
 _FAST_HEADER_CHARS = 8192  # policy.default header parsing turns superlinear beyond this
 _MAX_HEADER_CHARS = 65536
@@ -104,7 +119,12 @@ _DOWNSTREAM_HEADERS = ("list-unsubscribe", "list-unsubscribe-post", "list-id", "
                        "x-auto-response-suppress", "x-gm-thrid", "x-gmail-labels")
 _CHARSET_ALIASES = {  # labels Python lacks, or whose real-world meaning is a superset (as browsers do)
     "iso-8859-8-i": "iso-8859-8", "x-user-defined": "cp1252", "gb2312": "gb18030", "gbk": "gb18030",
-    "ks_c_5601-1987": "cp949", "iso-8859-1": "cp1252", "latin1": "cp1252", "unicode-1-1-utf-7": "utf-7"}
+    "ks_c_5601-1987": "cp949", "euc-kr": "cp949", "iso-8859-1": "cp1252", "latin1": "cp1252",
+    "unicode-1-1-utf-7": "utf-7", "big5": "big5hkscs", "shift_jis": "cp932", "x-sjis": "cp932",
+    "tis-620": "cp874", "iso-8859-11": "cp874"}
+_LENIENT_Q_WORD = re.compile(r"=\?([^?\s]{1,75})\?[qQ]\?([^?]*)\?=")
+_BETWEEN_WORDS = re.compile(r"\?=[ \t]+=\?")
+_EW_CHARSET = re.compile(r"=\?([^?\s*]{1,75})((?:\*[^?\s]{0,40})?\?[bBqQ]\?)")
 _EXTENSIONS = {
     "application/pdf": ".pdf", "application/zip": ".zip", "application/json": ".json", "image/png": ".png",
     "image/jpeg": ".jpg", "image/gif": ".gif", "text/plain": ".txt", "text/html": ".html", "text/csv": ".csv",
@@ -146,6 +166,30 @@ def snippet(text: str, limit: int = 100) -> str:
     return head.rstrip() + "…"
 
 
+def repair_header_block(raw: bytes) -> bytes:
+    """``raw`` as the header parser needs it; ``raw`` itself (the same object) when nothing changes.
+
+    A leading UTF-8 byte-order mark (``.eml`` files saved by Windows editors) is dropped, and
+    whitespace between a top-level header's name and its colon is removed: RFC 5322 §4.5 says to
+    accept the obsolete ``Subject  : x`` form, and the stdlib parser takes such a line for the start
+    of the body, which loses every header after it.
+    """
+    return _repair_header_block(raw)[0]
+
+
+def _repair_header_block(raw: bytes) -> tuple[bytes, list[str]]:
+    repairs = []
+    if raw.startswith(_BOM):
+        raw = raw[len(_BOM):]
+        repairs.append("leading byte-order mark ignored")
+    end = _HEADER_END.search(raw)
+    cut = end.start() if end else len(raw)
+    if (raw.find(b" :", 0, cut) != -1 or raw.find(b"\t:", 0, cut) != -1) and _OBSOLETE_NAME.search(raw, 0, cut):
+        raw = _OBSOLETE_NAME.sub(rb"\1:", raw[:cut]) + raw[cut:]
+        repairs.append("obsolete header syntax (whitespace before the colon) accepted")
+    return raw, repairs
+
+
 def parse_email(raw: bytes, *, max_depth: int = 20) -> ParsedEmail:
     """Parse ``raw`` into a ParsedEmail; never raises."""
     if isinstance(raw, (bytearray, memoryview)):
@@ -162,9 +206,10 @@ def parse_email(raw: bytes, *, max_depth: int = 20) -> ParsedEmail:
 
 
 class _State:
-    __slots__ = ("defects", "texts", "htmls", "attachments", "truncated")
+    __slots__ = ("defects", "texts", "htmls", "attachments", "truncated", "hint")
 
     def __init__(self) -> None:
+        self.hint: str | None = None  # the message's declared legacy charset, for raw 8-bit header bytes
         self.defects: list[str] = []
         self.texts: list[str] = []
         self.htmls: list[str] = []
@@ -184,14 +229,27 @@ def _failed(raw: bytes, error: str, defects) -> ParsedEmail:
 
 
 def _parse(raw: bytes, max_depth: int, st: _State) -> ParsedEmail:
+    source, repairs = _repair_header_block(raw)
+    for repair in repairs:
+        st.add(repair)
     try:
-        root, structured = _PARSER.parsebytes(raw), True
+        root, structured = _PARSER.parsebytes(source), True
     except RecursionError:  # the stdlib parser recurses once per nesting level
-        root, structured = _PARSER.parsebytes(raw, headersonly=True), False
+        root, structured = _PARSER.parsebytes(source, headersonly=True), False
         st.add("MIME structure too deeply nested to parse; body not extracted")
+    st.hint = None if source.isascii() else _charset_hint(root)  # only raw 8-bit bytes need it
     hv: dict[str, str] = {}
+    repeated: dict[str, list[str]] = {}
     for name, value in root.raw_items():
-        hv.setdefault(str(name).strip().lower(), _clean(str(value).replace("\r", "").replace("\n", "")).strip())
+        key = str(name).strip().lower()
+        text = _clean(str(value).replace("\r", "").replace("\n", ""), st.hint).strip()
+        hv.setdefault(key, text)
+        if key in _ADDRESS_HEADERS:
+            repeated.setdefault(key, []).append(text)
+    for key, values in repeated.items():
+        if len(values) > 1:  # a second To:/Cc: is as real to the sender's client as the first
+            hv[key] = ", ".join(v for v in (v.strip().strip(",").strip() for v in values) if v)
+            st.add(f"{len(values)} {key.title()} headers merged")
     error = None if _KNOWN_HEADERS.intersection(hv) else "not an email: no recognizable RFC 5322 headers"
     if structured and error is None:
         _walk(root, max_depth, st)
@@ -202,6 +260,9 @@ def _parse(raw: bytes, max_depth: int, st: _State) -> ParsedEmail:
     from_ = _addresses("from", hv.get("from"), st)
     if "from" not in hv:
         st.add("missing From")
+    suspicious = bool(from_) and _impersonates(from_[0])
+    if suspicious:
+        st.add("From display name holds a different address")
     text = "\n".join(st.texts).strip("\n")
     html = "\n".join(st.htmls) if st.htmls else None
     if html is not None and not text.strip():
@@ -221,7 +282,31 @@ def _parse(raw: bytes, max_depth: int, st: _State) -> ParsedEmail:
         cc=_addresses("cc", hv.get("cc"), st), bcc=_addresses("bcc", hv.get("bcc"), st),
         date=_parse_date(hv.get("date"), st), text=text, html=html, attachments=tuple(st.attachments),
         headers=MappingProxyType({k.replace("-", "_"): hv[k] for k in _DOWNSTREAM_HEADERS if k in hv}),
-        size=len(raw), defects=tuple(st.defects), error=error)
+        size=len(raw), defects=tuple(st.defects), error=error, suspicious_sender=suspicious)
+
+
+def _impersonates(sender: Address) -> bool:
+    """True when the display name contains an address other than the sender's real one."""
+    real = sender.email.strip().lower()
+    return any(m.group(0).strip(".").lower() != real for m in _ADDRESS_LIKE.finditer(sender.name[:1000]))
+
+
+def _charset_hint(root: Message) -> str | None:
+    """The codec of the first declared charset among the first text parts, unless it is UTF-8 or
+    ASCII: raw 8-bit bytes in headers and filenames that are not UTF-8 are most likely in it."""
+    stack, seen = [root], 0
+    while stack and seen < 50:
+        part = stack.pop(0)
+        seen += 1
+        children = _safe(part.get_payload, None) if part.is_multipart() else None
+        if isinstance(children, list):
+            stack.extend(children)
+            continue
+        charset = _safe(part.get_content_charset, None) if _safe(part.get_content_maintype, "") == "text" else None
+        codec = _codec(charset) if charset else None
+        if codec is not None:
+            return None if codec in ("utf-8", "ascii") else codec
+    return None
 
 
 def _walk(root: Message, max_depth: int, st: _State) -> None:
@@ -249,7 +334,7 @@ def _walk(root: Message, max_depth: int, st: _State) -> None:
 
 def _leaf(part: Message, ctype: str, label: str, st: _State) -> None:
     disposition = _safe(part.get_content_disposition, None)
-    filename = _safe(part.get_filename, None)
+    filename = _filename(part, st.hint)
     is_body = ctype in ("text/plain", "text/html") or ctype.startswith("multipart/")  # broken multipart: text
     if is_body and disposition != "attachment" and not filename:
         charset = _safe(part.get_content_charset, None)
@@ -269,6 +354,29 @@ def _leaf(part: Message, ctype: str, label: str, st: _State) -> None:
         filename=_safe_filename(filename, ctype, len(st.attachments) + 1), content_type=ctype, content=content,
         content_id=content_id or None, inline=disposition == "inline" or (bool(content_id) and disposition is None),
         size=len(content), sha256=hashlib.sha256(content).hexdigest()))
+
+
+def _filename(part: Message, hint: str | None) -> str | None:
+    """The part's file name as ``policy.default`` reads it (RFC 2231, encoded words, raw 8-bit names
+    decoded rather than replaced, folding removed); the compat32 reading where that finds nothing."""
+    found: dict[str, str] = {}
+    for name, value in part.raw_items():
+        key = str(name).strip().lower()
+        if key in ("content-disposition", "content-type") and key not in found:
+            found[key] = str(value)
+    if all(v.isascii() and "=?" not in v and "*" not in v for v in found.values()):
+        return _safe(part.get_filename, None)  # plain names: the same answer, ~10x faster
+    for header, param in (("content-disposition", "filename"), ("content-type", "name")):
+        value = found.get(header)
+        if value is None or len(value) > _FAST_HEADER_CHARS or param not in value.lower():
+            continue
+        try:
+            name = policy.default.header_fetch_parse(header, _alias_encoded_words(_clean(value, hint))).params.get(param)
+        except Exception:
+            name = None
+        if name:
+            return name
+    return _safe(part.get_filename, None)
 
 
 def _payload_bytes(part: Message) -> bytes:
@@ -294,13 +402,14 @@ def _serialize_embedded(part: Message, label: str, st: _State) -> bytes:
 
 
 def _decode_text(data: bytes, charset: str | None, is_html: bool, label: str, st: _State) -> str:
-    """Declared charset, then utf-8, then cp1252 with replacements; every fallback is a defect."""
+    """Declared charset, then UTF-8, then the declared charset with replacements (legacy charsets),
+    then UTF-8 or cp1252 line by line (:func:`_decode_mixed`); every fallback is a defect."""
     if not charset and is_html:
         meta = _META_CHARSET.search(data[:4096])
         charset = meta.group(1).decode("ascii") if meta else None
     text = None
+    codec = _codec(charset) if charset else None
     if charset:
-        codec = _codec(charset)
         shown = _clean(charset)[:40]
         if codec is None:
             st.add(f"undecodable charset {shown!r} in {label}")
@@ -317,9 +426,55 @@ def _decode_text(data: bytes, charset: str | None, is_html: bool, label: str, st
             if not charset:
                 st.add(f"8-bit text without declared charset in {label} decoded as utf-8")
         except UnicodeDecodeError:
+            pass
+    if text is None and codec is not None and codec not in ("utf-8", "ascii"):
+        # Not UTF-8 either: the declared (legacy, often multi-byte) charset it is, stray bytes replaced.
+        text = _safe(lambda: data.decode(codec, "replace"), None)
+        if text is not None:
+            st.add(f"invalid bytes for charset {shown!r} in {label} replaced")
+    if text is None:
+        text, replaced, cp1252 = _decode_mixed(data)
+        if replaced:
+            st.add(f"invalid utf-8 bytes in {label} replaced")
+        if cp1252:
             st.add(f"undecodable 8-bit text in {label} decoded as cp1252 with replacements")
-            text = data.decode("cp1252", errors="replace")
     return _clean(text.replace("\r\n", "\n").replace("\r", "\n")).lstrip("\ufeff")
+
+
+def _utf8_evidence(data: bytes) -> tuple[int, int]:
+    """(characters that decode as UTF-8 multi-byte sequences, invalid sequences) in ``data``."""
+    text = data.decode("utf-8", "replace")
+    high = len(data.translate(None, _ASCII_BYTES))
+    bad = text.count("\ufffd") - data.count(_UTF8_FFFD)
+    return len(text) - (len(data) - high) - bad, bad
+
+
+def _decode_mixed(data: bytes) -> tuple[str, bool, bool]:
+    """Text from bytes that are not valid UTF-8, as (text, some bytes replaced, cp1252 used).
+
+    Decided line by line: a valid line is UTF-8; a line with more valid UTF-8 sequences than
+    invalid ones is UTF-8 with U+FFFD for the bad bytes (one stray byte must not turn the rest into
+    mojibake); a line with no UTF-8 at all follows the whole text's verdict, and otherwise, like a
+    text with no UTF-8 anywhere, is cp1252 (the usual label-less legacy charset), with replacements.
+    """
+    good, bad = _utf8_evidence(data)
+    mostly_utf8 = good > 0 and good >= bad
+    out: list[str] = []
+    replaced = cp1252 = False
+    for line in data.split(b"\n"):
+        try:
+            out.append(line.decode("utf-8"))
+            continue
+        except UnicodeDecodeError:
+            pass
+        good, bad = _utf8_evidence(line)
+        if (good >= bad) if good else mostly_utf8:
+            out.append(line.decode("utf-8", "replace"))
+            replaced = True
+        else:
+            out.append(line.decode("cp1252", "replace"))
+            cp1252 = True
+    return "\n".join(out), replaced, cp1252
 
 
 def _codec(charset: str) -> str | None:
@@ -331,24 +486,35 @@ def _codec(charset: str) -> str | None:
     return info.name if getattr(info, "_is_text_encoding", True) else None  # refuse zlib, base64, rot13...
 
 
-def _clean(value: str) -> str:
-    """Storable text: surrogate-escaped 8-bit bytes decoded (utf-8, else cp1252), other surrogates and NULs dropped."""
+def _clean(value: str, hint: str | None = None) -> str:
+    """Storable text: raw 8-bit bytes (surrogate-escaped by the parser) decoded as UTF-8, else in the
+    message's declared charset ``hint`` when they are valid in it, else UTF-8 with U+FFFD for stray
+    bytes or cp1252 (see :func:`_decode_mixed`); other surrogates and NULs dropped."""
     if "\x00" in value:
         value = value.replace("\x00", "")
     if not _SURROGATES.search(value):
         return value
-
-    def fix(match: re.Match) -> str:
-        run = match.group(0)
-        if not all("\udc80" <= ch <= "\udcff" for ch in run):
-            return "\ufffd"
-        data = bytes(ord(ch) - 0xDC00 for ch in run)
+    try:
+        data = value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # surrogates that are not escaped bytes: decode each run alone
+        return _SURROGATES.sub(_clean_run, value)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    if hint:
         try:
-            return data.decode("utf-8")
-        except UnicodeDecodeError:
-            return data.decode("cp1252", errors="replace")
+            return data.decode(hint)
+        except (UnicodeDecodeError, LookupError):
+            pass
+    return _decode_mixed(data)[0]
 
-    return _SURROGATES.sub(fix, value)
+
+def _clean_run(match: re.Match) -> str:
+    run = match.group(0)
+    if not all("\udc80" <= ch <= "\udcff" for ch in run):
+        return "\ufffd"
+    return _decode_mixed(bytes(ord(ch) - 0xDC00 for ch in run))[0]
 
 
 def _safe(func, default):
@@ -360,20 +526,113 @@ def _safe(func, default):
 
 def _text_header(value: str, st: _State | None = None) -> str:
     if len(value) > _MAX_HEADER_CHARS:
-        value = value[:_MAX_HEADER_CHARS]
+        value = _cut_header(value, _MAX_HEADER_CHARS)
         if st is not None:
             st.add(f"header Subject longer than {_MAX_HEADER_CHARS} characters truncated")
+    value = _alias_encoded_words(value)
     compat = lambda: str(make_header(decode_header(value)))  # noqa: E731
     try:
         decoded = str(policy.default.header_factory("subject", value)) if len(value) <= _FAST_HEADER_CHARS else compat()
     except Exception:
         decoded = _safe(compat, value)
-    return _clean(decoded).strip()
+    return _lenient_encoded_words(_clean(decoded)).strip()
+
+
+def _lenient_encoded_words(text: str) -> str:
+    """Decode Q encoded words the strict decoders left alone because raw 8-bit characters sit
+    inside them (Eudora 4 wrote ``=?iso-8859-1?Q?Fr<byte 0xF6>sche?=``); ASCII words are left as they are."""
+    if "=?" not in text:
+        return text
+
+    def decode(match: re.Match) -> str:
+        codec = _codec(match.group(1).split("*")[0])
+        if codec is None or match.group(2).isascii():  # an ASCII word the strict decoders refused: leave it
+            return match.group(0)
+        try:
+            data = match.group(2).replace("_", " ").encode(codec)
+            return quopri.decodestring(data, header=True).decode(codec)
+        except Exception:
+            return match.group(0)
+
+    return _LENIENT_Q_WORD.sub(decode, _BETWEEN_WORDS.sub("?==?", text))  # RFC 2047: no space between words
+
+
+def _alias_encoded_words(value: str) -> str:
+    """Encoded words relabelled like bodies (``=?gb2312?`` → gb18030, ...): the label's real-world
+    meaning is a superset, and the strict codec would turn the extra characters into U+FFFD."""
+    if "=?" not in value:
+        return value
+
+    def relabel(match: re.Match) -> str:
+        alias = _CHARSET_ALIASES.get(match.group(1).lower())
+        return f"=?{alias}{match.group(2)}" if alias else match.group(0)
+
+    return _EW_CHARSET.sub(relabel, value)
+
+
+def _cut_header(value: str, limit: int) -> str:
+    """At most ``limit`` characters of an unstructured header, cut before an encoded word the limit
+    would split (its tail would show as ``=?utf-8?b?w6l0...``), else at the last space."""
+    head = value[:limit]
+    last = None
+    for last in _ENCODED_WORD_START.finditer(head, max(0, limit - 1000)):
+        pass
+    if last is not None and not _ENCODED_WORD.match(head, last.start()):
+        return head[: last.start()].rstrip()
+    if not value[limit].isspace():
+        space = head.rfind(" ", limit - 200)
+        head = head[:space] if space > 0 else head
+    return head.rstrip()
+
+
+def _quote_address_names(value: str) -> str:
+    """Quote a bare display name that holds an '@' (``alice@x.com <bob@y.com>``).
+
+    RFC 5322 allows no '@' in an unquoted phrase, and the stdlib parsers then read the name as an
+    address of its own (the real one being dropped, or kept as a second recipient). The address in
+    angle brackets is the one mail is delivered from or to; the name stays the display name.
+    """
+    if "<" not in value or value.count("@") <= value.count("<"):
+        return value
+    elements: list[list[str]] = [[]]
+    for token in _ADDRESS_TOKEN.findall(value):
+        if token == ",":
+            elements.append([])
+        else:
+            elements[-1].append(token)
+    fixed = [_quote_element(tokens) for tokens in elements]
+    return ",".join(fixed)
+
+
+def _quote_element(tokens: list[str]) -> str:
+    original = "".join(tokens)
+    angle = next((i for i, t in enumerate(tokens) if t.startswith("<")), None)
+    if angle is None or not any("@" in t for t in tokens[:angle] if not t.startswith(('"', "("))):
+        return original
+    if any(t.strip(" \t;") and not t.startswith("(") for t in tokens[angle + 1:]):
+        return original  # something after the address: leave it to the parsers
+    prefix, words = "", []
+    for token in tokens[:angle]:
+        if token.startswith("("):
+            continue
+        if token.startswith('"'):
+            words.append(re.sub(r"\\(.)", r"\1", token[1:-1] if token.endswith('"') and len(token) > 1 else token[1:]))
+            continue
+        if ":" in token:  # a group name ("Team: ...") stays outside the quotes
+            group, _, token = token.rpartition(":")
+            prefix, words = prefix + "".join(words) + group + ":", []
+        words.append(token)
+    display = " ".join("".join(words).split())
+    if not display:
+        return original
+    quoted = display.replace("\\", "\\\\").replace('"', '\\"')
+    return f'{prefix} "{quoted}" {"".join(tokens[angle:])}'
 
 
 def _addresses(name: str, value: str | None, st: _State) -> tuple[Address, ...]:
     if value is None or not value.strip():
         return ()
+    value = _alias_encoded_words(_quote_address_names(value))
     found: list[Address] = []
     header = None
     if value.isascii() and "=?" not in value and ":" not in value and len(value) <= _FAST_HEADER_CHARS:
@@ -390,7 +649,7 @@ def _addresses(name: str, value: str | None, st: _State) -> tuple[Address, ...]:
     if len(value) <= _FAST_HEADER_CHARS:
         try:
             header = policy.default.header_factory(name, value)
-            found = [Address(email=_clean(a.addr_spec).strip(), name=_clean(a.display_name).strip())
+            found = [Address(email=_clean(a.addr_spec).strip(), name=_lenient_encoded_words(_clean(a.display_name)).strip())
                      for a in header.addresses if "@" in a.addr_spec]
         except Exception:
             header = None

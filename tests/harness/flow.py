@@ -7,7 +7,7 @@ from typing import Any
 
 from dramatiq import Worker
 from dramatiq.brokers.stub import StubBroker
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlmodel import Session
 
 from models import Contact, CrmAccount, Email, EmailAccount, EmailLink, EmailLocation, Lead, Notification, Organization, User
@@ -116,4 +116,27 @@ def email_by_mid(message_id: str) -> Email:
         return s.execute(select(Email).where(Email.message_id == message_id)).scalar_one()
 
 
-__all__ += ["account", "email_by_mid", "links_of", "EmailLocation", "Notification"]
+def sync_until_done(expected_total: int, timeout: float = 120) -> None:
+    """Make every account due, run one tick whose fetch completes, then wait until ``expected_total``
+    emails have reached a final pipeline state (done or quarantined). For live workers (RabbitMQ)."""
+    from models import utcnow
+    from tests.harness.wait import wait_until
+
+    def accounts() -> list[EmailAccount]:
+        with Session(get_engine()) as s:
+            return list(s.execute(select(EmailAccount)).scalars())
+
+    wait_until(lambda: all(a.fetch_owner is None for a in accounts()), 30, what="no fetch running")
+    started = utcnow()
+    with Session(get_engine()) as s:
+        s.execute(update(EmailAccount).values(next_fetch_at=None))
+        s.commit()
+    tick()
+    wait_until(lambda: all(a.last_synced_at is not None and a.last_synced_at >= started and a.fetch_owner is None
+                           for a in accounts()), timeout, what="the fetch this tick enqueued")
+    final = Email.pipeline_state.in_(("done", "quarantined"))  # type: ignore[attr-defined]
+    wait_until(lambda: count(Email, final) >= expected_total, timeout,
+               what=f"{expected_total} emails through the pipeline")
+
+
+__all__ += ["account", "email_by_mid", "links_of", "sync_until_done", "EmailLocation", "Notification"]

@@ -322,3 +322,27 @@ class TestLinksForNewRecord:
         """Only contacts, leads and accounts have addresses to link on."""
         with pytest.raises(ValueError, match="entity_type"):
             links_for_new_record("opportunity", "o1", {"email": "a@x.com"})  # type: ignore[arg-type]
+
+
+class TestSuspiciousSender:
+    """plan_links with ``suspicious_sender``: the display name claimed another address (issue 14)."""
+
+    def test_spoofed_name_links_nothing_by_the_name(self) -> None:
+        """Mail from an unknown address whose display name is Alice's address is not linked to Alice."""
+        from pipeline.stages.parse import parse_email
+
+        parsed = parse_email(b"From: Alice@Example.com <mallory@evil.example>\r\n\r\npay now\r\n")
+        assert parsed.suspicious_sender and parsed.from_ is not None
+        plan = plan_links("inbound", parsed.from_.email, [], [], directory(), OWN, suspicious_sender=True)
+        assert plan.links == () and plan.unlinked and plan.addresses == ("mallory@evil.example",)
+
+    def test_real_address_still_links_but_needs_review(self) -> None:
+        """When the real address is a CRM record it links, flagged for review with the reason."""
+        plan = plan_links("inbound", "bob@lead.io", [], [], directory(), OWN, suspicious_sender=True)
+        assert [(d.entity_type, d.entity_id) for d in plan.links] == [("lead", "l-bob")]
+        assert plan.needs_review and "display name holds a different address" in plan.reason
+
+    def test_not_suspicious_is_unchanged(self) -> None:
+        """Without the flag the plan is as before (no review)."""
+        plan = plan_links("inbound", "bob@lead.io", [], [], directory(), OWN)
+        assert not plan.needs_review and plan.reason.startswith("linked lead l-bob")

@@ -28,6 +28,10 @@ def load(name: str) -> bytes:
     return (MIME_DIR / name).read_bytes()
 
 
+def load_corpus(name: str) -> bytes:
+    return (MIME_DIR.parent / "corpus" / name).read_bytes()
+
+
 def assert_storable(result: ParsedEmail) -> None:
     """Every string in the result must be encodable as UTF-8 without NULs (database-safe)."""
     strings = [result.subject, result.text, result.html or "", result.dedupe_key, result.error or ""]
@@ -788,3 +792,163 @@ class TestAttachmentType:
         assert att.inline is True
         assert att.content_id == "img1@example.com"
         assert att.filename == "attachment-1.png"
+
+
+class TestRealWorld:
+    """Issue 14 "Real-world mail": one test per reported bug (the corpus tests cover the rest)."""
+
+    def test_display_name_address_does_not_win(self):
+        """From: alice@x <bob@y> is from bob (the address mail came from), with alice@x as the name,
+        and flagged: the name must never file the mail onto Alice's timeline."""
+        result = parse_email(b"From: alice@example.com <bob@example.com>\r\nSubject: x\r\n\r\nbody\r\n")
+        assert result.from_ == Address(email="bob@example.com", name="alice@example.com")
+        assert result.suspicious_sender is True
+        assert "From display name holds a different address" in result.defects
+
+    @pytest.mark.parametrize("header", [
+        '"alice@example.com" <bob@example.com>',
+        "=?utf-8?q?alice=40example=2Ecom?= <bob@example.com>",
+        "Alice (alice@example.com) <bob@example.com>",
+        "mailto:alice@example.com <bob@example.com>",
+    ])
+    def test_other_spoof_spellings_are_flagged(self, header):
+        """Quoted, encoded, commented or mailto: spellings of another address in the name are flagged too."""
+        result = parse_email(f"From: {header}\r\n\r\nbody\r\n".encode())
+        assert result.from_ is not None and result.from_.email == "bob@example.com"
+        assert result.suspicious_sender is True
+
+    @pytest.mark.parametrize("header", ['"Bob@Example.com" <bob@example.com>', "Bob Smith <bob@example.com>",
+                                        "bob@example.com", "<bob@example.com>"])
+    def test_own_address_as_name_is_not_suspicious(self, header):
+        """A display name that is the sender's own address (many clients do that) is not a spoof."""
+        result = parse_email(f"From: {header}\r\n\r\nbody\r\n".encode())
+        assert result.from_ is not None and result.from_.email == "bob@example.com"
+        assert result.suspicious_sender is False
+
+    def test_recipient_display_name_address_is_one_recipient(self):
+        """To: Name@Host <real@address> is one recipient, not two; groups and quoting still work."""
+        raw = (b"From: a@example.com\r\nTo: Name@Host <real@example.org>, lee@prospect.example <lee2@example.org>\r\n"
+               b"Cc: Team: x@y.example <cc@example.org>, \"Q, R\" <q@example.org>;\r\n\r\nbody\r\n")
+        result = parse_email(raw)
+        assert result.to == (Address(email="real@example.org", name="Name@Host"),
+                             Address(email="lee2@example.org", name="lee@prospect.example"))
+        assert result.cc == (Address(email="cc@example.org", name="x@y.example"), Address(email="q@example.org", name="Q, R"))
+        assert result.suspicious_sender is False
+
+    def test_messages_without_message_id_differ_by_body(self):
+        """Same Date/From/To/Subject, no Message-ID, different bodies: different keys (both are kept)."""
+        one = parse_email(load_corpus("handwritten/no_message_id_same_headers_a.eml"))
+        two = parse_email(load_corpus("handwritten/no_message_id_same_headers_b.eml"))
+        assert one.message_id is None and two.message_id is None
+        assert one.dedupe_key != two.dedupe_key
+
+    def test_raw_utf8_filename(self):
+        """A raw 8-bit UTF-8 filename is decoded, not turned into U+FFFD (ciële.txt)."""
+        (att,) = parse_email(load_corpus("handwritten/eight_bit_utf8_filename.eml")).attachments
+        assert att.filename == "ciële.txt"
+
+    def test_raw_legacy_filename_uses_the_message_charset(self):
+        """A raw 8-bit filename that is not UTF-8 is read in the message's declared charset."""
+        raw = ("From: a@example.com\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n"
+               "Content-Type: text/plain; charset=koi8-r\r\n\r\n" + "Привет\r\n--b\r\n"
+               "Content-Type: application/octet-stream; name=\"Список.doc\"\r\n\r\nx\r\n--b--\r\n").encode("koi8-r")
+        result = parse_email(raw)
+        assert result.text == "Привет"
+        assert [a.filename for a in result.attachments] == ["Список.doc"]
+
+    def test_one_bad_byte_in_utf8_body(self):
+        """One invalid byte in a UTF-8 body becomes one U+FFFD; the rest stays readable."""
+        result = parse_email(load_corpus("handwritten/one_bad_byte_utf8.eml"))
+        assert result.text == ("Grüße aus Köln — ça va très bien.\n"
+                               "One stray byte here: \ufffd and the rest must stay readable: été, “quotes”.")
+        assert "invalid utf-8 bytes in part 1 replaced" in result.defects
+
+    def test_one_bad_byte_in_raw_utf8_header(self):
+        """The same in a raw 8-bit header: the bad byte is replaced, the UTF-8 around it kept."""
+        result = parse_email(load_corpus("handwritten/one_bad_byte_utf8.eml"))
+        assert result.subject == "Café crème — résumé \ufffd naïve"
+
+    def test_mixed_utf8_and_legacy_lines(self):
+        """A UTF-8 reply quoting a cp1252 line: each line decoded in its own charset."""
+        raw = b"From: a@example.com\r\n\r\nR\xc3\xa9ponse \xe2\x80\x94 merci\r\n> caf\xe9 cr\xe8me \x93quoted\x94\r\n"
+        result = parse_email(raw)
+        assert result.text == "Réponse — merci\n> café crème “quoted”"
+
+    def test_legacy_multibyte_charset_with_a_bad_byte(self):
+        """A Big5 body with one stray byte keeps its Chinese text (declared charset with replacement)."""
+        body = "中文測試，這是一封信。".encode("big5") + b"\xff\r\n"
+        raw = b"From: a@example.com\r\nContent-Type: text/plain; charset=big5\r\n\r\n" + body
+        result = parse_email(raw)
+        assert result.text.startswith("中文測試，這是一封信。")
+        assert not any(ch in result.text for ch in "¤¤¤å")
+
+    def test_huge_subject_cut_between_encoded_words(self):
+        """A 213 KB subject of encoded words is cut before a word the limit would split: no '=?' left."""
+        result = parse_email(load_corpus("handwritten/huge_encoded_subject.eml"))
+        assert "=?" not in result.subject and "?=" not in result.subject
+        assert result.subject.startswith("Résumé du comité — été 00000 Résumé")
+        assert result.subject.split()[-1].isdigit() and len(result.subject.split()[-1]) == 5
+        assert "header Subject longer than 65536 characters truncated" in result.defects
+
+    def test_folded_encoded_word_filename(self):
+        """Encoded words folded across lines inside a quoted filename join without the folding space."""
+        (att,) = parse_email(load_corpus("handwritten/folded_encoded_word_filename.eml")).attachments
+        assert att.filename == "été résumé de la réunion du conseil d'administration.pdf"
+
+    def test_second_to_and_cc_headers_are_kept(self):
+        """Every To: and Cc: header counts."""
+        result = parse_email(load_corpus("handwritten/two_to_headers.eml"))
+        assert [a.email for a in result.to] == ["alice@example.test", "lee@prospect.example"]
+        assert [a.email for a in result.cc] == ["carol@example.org", "dan@example.org"]
+        assert {"2 To headers merged", "2 Cc headers merged"} <= set(result.defects)
+
+    def test_obsolete_whitespace_before_colon(self):
+        """'From  :' (RFC 5322 §4.5 obsolete syntax) is a header, not the start of the body."""
+        result = parse_email(load_corpus("handwritten/obsolete_header_syntax.eml"))
+        assert result.error is None
+        assert result.from_ == Address(email="ada@engine.example", name="Ada Lovelace")
+        assert result.subject == "Obsolete header syntax"
+        assert result.message_id == "obsolete-syntax@engine.example"
+        assert result.text == "RFC 5322 section 4.5 allows whitespace before the colon."
+
+    def test_mbox_from_line_is_not_taken_for_obsolete_syntax(self):
+        """The repair touches 'Name  :' lines only, not an mbox 'From ' envelope line or the body."""
+        raw = b"From someone@example.org Tue Nov 15 08:12:31 1994\r\nSubject: x\r\n\r\nBody  : stays\r\n"
+        result = parse_email(raw)
+        assert result.subject == "x" and result.text == "Body  : stays"
+
+    def test_byte_order_mark_before_headers(self):
+        """A UTF-8 byte-order mark before the first header (saved .eml files) is ignored."""
+        result = parse_email(b"\xef\xbb\xbfFrom: a@example.com\r\nSubject: BOM\r\n\r\nbody\r\n")
+        assert result.error is None and result.subject == "BOM"
+        assert result.from_ == Address(email="a@example.com", name="")
+
+    def test_gb2312_label_decodes_gbk_characters(self):
+        """Encoded words labelled gb2312 are read as GB18030, like bodies (no U+FFFD for GBK characters)."""
+        subject = "=?gb2312?B?" + base64.b64encode("镜头是什么屄".encode("gbk")).decode() + "?="
+        result = parse_email(f"From: a@example.com\r\nSubject: {subject}\r\n\r\nx\r\n".encode())
+        assert result.subject == "镜头是什么屄"
+
+    def test_raw_8bit_inside_encoded_word(self):
+        """Eudora wrote raw latin-1 bytes inside Q encoded words; they are decoded, not shown raw."""
+        raw = (b"From: a@example.com\r\nTo: =?iso-8859-1?Q?J\xfcrgen?= =?iso-8859-1?Q?_Schm\xfcrgen?= <j@example.com>\r\n"
+               b"Subject: =?iso-8859-1?Q?Die_Hasen_und_die_Fr\xf6sche?=\r\nContent-Type: text/plain; charset=iso-8859-1\r\n\r\nx\r\n")
+        result = parse_email(raw)
+        assert result.subject == "Die Hasen und die Frösche"
+        assert result.to == (Address(email="j@example.com", name="Jürgen Schmürgen"),)
+
+    @pytest.mark.timeout(60)  # a hang guard for pathological input, not a timing
+    @pytest.mark.parametrize("header", [
+        "Subject: =?utf-8?q?" + "é" * 60_000,
+        "Subject: " + "=?x?q?é" * 1_100,  # within policy.default's size; beyond it the stdlib's own
+                                          # decode_header regex is quadratic (not this change)
+        "To: " + "=?utf-8?q?é" * 700 + " <a@b>",
+        "To: " + "a@b " * 20_000 + "<c@d>",
+        "To: " + '"' * 50_000 + "x@y <z@w>",
+        "From: " + "(" * 30_000 + "a@b <c@d>",
+        "From: " + "x" * 100_000 + "@y <z@w>",
+    ])
+    def test_new_repairs_stay_linear(self, header):
+        """The address quoting, spoof check and lenient encoded-word decoding stay fast on hostile headers."""
+        result = parse_email(f"{header}\r\nMessage-ID: <x@y>\r\n\r\nbody\r\n".encode())
+        assert result.error is None and result.message_id == "x@y"

@@ -138,6 +138,8 @@ def email_json(s: Session, e: Email, base_url: str) -> dict[str, Any]:
         "tracking": {"open_count": e.open_count, "click_count": e.click_count, "first_open_at": iso(e.first_open_at),
                      "last_open_at": iso(e.last_open_at)},
         "template_id": e.template_id, "notion_page_url": e.notion_page_url, "send": send,
+        # the From display name holds another address ("ceo@client.example" <x@elsewhere.example>)
+        "suspicious_sender": e.suspicious_sender,
         "parse_error": e.parse_error, "defects": e.defects, "error": e.error,
     }
 
