@@ -1,6 +1,6 @@
 """api key names
 
-Revision ID: 0006_api_key_names
+Revision ID: 0006
 Revises: 0005
 Create Date: 2026-12-03 09:00:00.000000
 """
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 
-revision: str = '0006_api_key_names'
+revision: str = '0006'
 down_revision: Union[str, None] = '0005'
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
