@@ -10,8 +10,8 @@ so a redelivered or replayed batch changes nothing), and human ones move the ema
 once per recipient (opens) or per recipient and link (clicks). A replay of the same token from
 the same IP within :data:`REPLAY_WINDOW` is stored but not counted. Beyond
 ``MAILPIPE_TRACKING_TOKEN_PER_MINUTE`` stored events of one token within :data:`TOKEN_WINDOW`,
-hits are dropped and counted (the web processes' pre-filter is per process; this cap is not). With the organization's
-``honor_dnt``, opens sent with ``DNT: 1`` or ``Sec-GPC: 1`` are not recorded (clicks still are);
+hits are dropped and counted (the web processes' pre-filter is per process; this cap is not).
+With the organization's ``honor_dnt``, opens sent with ``DNT: 1`` or ``Sec-GPC: 1`` are not recorded (clicks still are);
 with ``anonymize_ip``, addresses are stored truncated.
 """
 
@@ -159,12 +159,15 @@ def record_events(events: list[dict[str, Any]]) -> int:
                 "settled": ev["kind"] != "click" or verdict.machine,  # human-looking clicks wait for the burst window
                 "_raw_ip": ip, "_text": text, "_proxied": verdict.proxied,
             })
+        throttled: list[str] = []
         if rows:
             _lock_emails(s, sorted({r["email_id"] for r in rows}))
             known = _existing(s, [r["intake_id"] for r in rows])  # a redelivered or replayed batch
-            rows = _cap_per_token(s, [r for r in rows if r["intake_id"] not in known], settings.tracking_token_per_minute)
+            rows, throttled = _cap_per_token(s, [r for r in rows if r["intake_id"] not in known],
+                                             settings.tracking_token_per_minute)
         if not rows:
             s.commit()
+            _count_throttled(throttled)
             return 0
         _collapse_replays(s, rows)
         fresh = rows  # new, within the rate
@@ -175,6 +178,7 @@ def record_events(events: list[dict[str, Any]]) -> int:
         pushed = _notify(s, batch, settled, proxied=settings.tracking_notify_proxy_opens)
         by_email = mark_pending(s, pushed)
         s.commit()
+    _count_throttled(throttled)
     _email(by_email)
     waiting = sorted({r["email_id"] for r in fresh if not r["settled"]})
     if waiting:
@@ -268,13 +272,13 @@ def _existing(s: Session, intake_ids: list[str]) -> set[str]:
     return set(s.execute(select(TrackingEvent.intake_id).where(TrackingEvent.intake_id.in_(intake_ids))).scalars())  # type: ignore[attr-defined]
 
 
-def _cap_per_token(s: Session, rows: list[dict[str, Any]], per_minute: int) -> list[dict[str, Any]]:
+def _cap_per_token(s: Session, rows: list[dict[str, Any]], per_minute: int) -> tuple[list[dict[str, Any]], list[str]]:
     """The authoritative throttle: at most ``per_minute`` stored events per token (email and
-    recipient or link hash) within any minute, whatever the web processes let through; the rest are
-    dropped and counted (``mailpipe_tracking_throttled_total{by="record"}``). Runs under
+    recipient or link hash) within any minute, whatever the web processes let through. Returns the
+    rows to store and the kinds of those dropped (counted after the commit). Runs under
     :func:`_lock_emails`, so concurrent batches for one email see each other's rows."""
     if per_minute <= 0 or not rows:
-        return rows
+        return rows, []
     rows.sort(key=lambda r: r["at"])
     lo, hi = rows[0]["at"] - TOKEN_WINDOW, rows[-1]["at"] + TOKEN_WINDOW
     opens = sorted({r["recipient_hash"] for r in rows if r["recipient_hash"]})
@@ -288,10 +292,13 @@ def _cap_per_token(s: Session, rows: list[dict[str, Any]], per_minute: int) -> l
         stored[(e.email_id, e.kind, e.recipient_hash or e.link_hash or "")].append(e.at.timestamp())
     keep = window_cap((((r["email_id"], r["kind"], r["recipient_hash"] or r["link_hash"] or ""), r["at"].timestamp()) for r in rows),
                       stored, limit=per_minute, window=TOKEN_WINDOW.total_seconds())
-    for r, ok in zip(rows, keep):
-        if not ok:
-            metrics.TRACK_THROTTLED.labels(r["kind"], "record").inc()
-    return [r for r, ok in zip(rows, keep) if ok]
+    return [r for r, ok in zip(rows, keep) if ok], [r["kind"] for r, ok in zip(rows, keep) if not ok]
+
+
+def _count_throttled(kinds: list[str]) -> None:
+    """``mailpipe_tracking_throttled_total{by="record"}`` for the hits the cap dropped."""
+    for kind in kinds:
+        metrics.TRACK_THROTTLED.labels(kind, "record").inc()
 
 
 def _collapse_replays(s: Session, rows: list[dict[str, Any]]) -> None:
