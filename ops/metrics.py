@@ -63,6 +63,9 @@ TOKEN_REFRESH = Counter("mailpipe_oauth_token_refresh_total",
 TRACK_INTAKE = Counter("mailpipe_tracking_intake_total",
                        "Tracking events through the intake: buffered, published, spooled, replayed, dropped", ["stage"])
 TRACK_RECORDED = Counter("mailpipe_tracking_events_total", "Tracking events recorded, by kind and verdict", ["kind", "verdict"])
+TRACK_THROTTLED = Counter("mailpipe_tracking_throttled_total",
+                          "Tracking hits dropped beyond a rate: by token or ip (a web process's pre-filter) or record (the stored cap)",
+                          ["kind", "by"])
 INGESTED = Counter("mailpipe_ingest_total", "Emails through each ingest stage", ["stage", "outcome"])
 
 

@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     tracking_spool_max_mb: int = 512
     tracking_open_delay_seconds: float = 2.0
     tracking_notify_proxy_opens: bool = False
+    tracking_token_per_minute: int = 20
+    tracking_ip_per_minute: int = 600
+    tracking_throttle_keys: int = 50_000
     log_level: str = "INFO"
     log_json: bool = False
     metrics_host: str = "0.0.0.0"
@@ -174,6 +177,20 @@ class Settings(BaseSettings):
     def _positive(cls, v: int) -> int:
         if v <= 0:
             raise ValueError("must be a positive whole number")
+        return v
+
+    @field_validator("tracking_token_per_minute", "tracking_ip_per_minute")
+    @classmethod
+    def _rate_or_off(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError("must be a whole number of events per minute (0 turns the limit off)")
+        return v
+
+    @field_validator("tracking_throttle_keys")
+    @classmethod
+    def _throttle_keys(cls, v: int) -> int:
+        if v < 100:
+            raise ValueError("must be at least 100 (keys each tracking limiter remembers)")
         return v
 
     @field_validator("trusted_proxies")

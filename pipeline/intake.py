@@ -8,7 +8,9 @@ is appended to a spool file (JSON lines, fsync'd in groups) and replayed, oldest
 broker takes messages again; a spool left by a process that died is adopted and replayed by the
 next one to start. Every event carries a unique id, so a batch published twice (a replay that
 was interrupted) records each event once. Only a full spool (``MAILPIPE_TRACKING_SPOOL_MAX_MB``)
-drops events, and that is counted.
+drops events, and that is counted. Before any of that, :meth:`Intake.submit` asks its ``admit``
+pre-filter (the per-token and per-address :class:`pipeline.throttle.HitThrottle`) whether the hit
+is within its rate; hits beyond it are counted there and go no further.
 """
 
 from __future__ import annotations
@@ -29,12 +31,14 @@ import structlog
 
 from ops import metrics
 from ops.private_files import PRIVATE_DIR, make_private_dirs, open_private, tighten
+from pipeline.throttle import HitThrottle
 
 __all__ = ["Intake", "Spool", "event_id", "get_intake", "reset_intake", "spool_for_later", "spooled_files"]
 
 log = structlog.get_logger("mailpipe.intake")
 
 Publish = Callable[[list[dict[str, Any]]], None]
+Admit = Callable[[dict[str, Any]], bool]
 _BUFFERED = metrics.TRACK_INTAKE.labels("buffered")
 _ID_PREFIX = os.urandom(8).hex()
 _ID_COUNTER = itertools.count()
@@ -157,8 +161,9 @@ class Intake:
     """Buffer + publisher thread + spool (see the module docstring)."""
 
     def __init__(self, publish: Publish, spool: Spool, *, max_buffer: int = 200_000, batch: int = 200,
-                 linger: float = 0.02, retry_every: float = 1.0, fsync_every: float = 0.05) -> None:
+                 linger: float = 0.02, retry_every: float = 1.0, fsync_every: float = 0.05, admit: Admit | None = None) -> None:
         self.publish = publish
+        self.admit = admit
         self.spool = spool
         self.batch = batch
         self.linger = linger
@@ -183,7 +188,9 @@ class Intake:
     # -- request path ------------------------------------------------------------------------------
 
     def submit(self, event: dict[str, Any]) -> None:
-        """Hand over one event; never blocks on I/O."""
+        """Hand over one event (dropped when ``admit`` refuses it); never blocks on I/O."""
+        if self.admit is not None and not self.admit(event):
+            return
         _BUFFERED.inc()
         if len(self._buffer) < self.max_buffer:
             self._buffer.append(event)
@@ -316,7 +323,8 @@ _lock = threading.Lock()
 
 
 def get_intake() -> Intake:
-    """The process's intake, publishing ``tracking.record`` messages (started on first use)."""
+    """The process's intake, publishing ``tracking.record`` messages (started on first use), with the
+    hit throttle configured by ``MAILPIPE_TRACKING_TOKEN_PER_MINUTE`` / ``_IP_PER_MINUTE`` / ``_THROTTLE_KEYS``."""
     global _intake
     with _lock:
         if _intake is None:
@@ -324,7 +332,10 @@ def get_intake() -> Intake:
             from pipeline.actors.tracking import publish_batch
 
             settings = get_settings()
-            _intake = Intake(publish_batch, Spool(settings.spool_dir, settings.tracking_spool_max_mb * 1024 * 1024))
+            throttle = HitThrottle(token_per_minute=settings.tracking_token_per_minute,
+                                   ip_per_minute=settings.tracking_ip_per_minute, max_keys=settings.tracking_throttle_keys)
+            _intake = Intake(publish_batch, Spool(settings.spool_dir, settings.tracking_spool_max_mb * 1024 * 1024),
+                             admit=throttle.admit)
             _intake.start()
         return _intake
 

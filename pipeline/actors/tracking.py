@@ -8,8 +8,10 @@ anything else (forged, unknown, another key) is dropped. Verified hits are class
 so a redelivered or replayed batch changes nothing), and human ones move the email's counters
 (one statement per email, so concurrent batches never lose an increment) and notify the sender
 once per recipient (opens) or per recipient and link (clicks). A replay of the same token from
-the same IP within :data:`REPLAY_WINDOW` is stored but not counted. With the organization's
-``honor_dnt``, opens sent with ``DNT: 1`` or ``Sec-GPC: 1`` are not recorded (clicks still are);
+the same IP within :data:`REPLAY_WINDOW` is stored but not counted. Beyond
+``MAILPIPE_TRACKING_TOKEN_PER_MINUTE`` stored events of one token within :data:`TOKEN_WINDOW`,
+hits are dropped and counted (the web processes' pre-filter is per process; this cap is not).
+With the organization's ``honor_dnt``, opens sent with ``DNT: 1`` or ``Sec-GPC: 1`` are not recorded (clicks still are);
 with ``anonymize_ip``, addresses are stored truncated.
 """
 
@@ -22,7 +24,7 @@ from functools import partial
 from typing import Any
 
 import structlog
-from sqlalchemy import case, func, select, update
+from sqlalchemy import case, func, or_, select, update
 from sqlmodel import Session
 
 from models import Contact, Delivery, Email, EmailAccount, Lead, Organization, TrackedLink, TrackingEvent, utcnow
@@ -35,9 +37,10 @@ from pipeline.actors.notify_email import mark_pending
 from pipeline.broker import actor
 from pipeline import notifications
 from pipeline.scheduler import register_sweep
+from pipeline.stages.throttle import window_cap
 from pipeline.stages.tracking import classify_click, classify_open, verify_link_hash, verify_recipient_hash
 
-__all__ = ["REPLAY_WINDOW", "anonymize", "publish_batch", "record_events"]
+__all__ = ["REPLAY_WINDOW", "TOKEN_WINDOW", "anonymize", "publish_batch", "record_events"]
 
 log = structlog.get_logger("mailpipe.tracking")
 
@@ -47,6 +50,8 @@ REPLAY_WINDOW = timedelta(seconds=10)
 #: following every link (notes §4), flagged ``link_burst``; only then are clicks counted and notified.
 BURST_WINDOW = timedelta(seconds=1)
 SETTLE_LATE = timedelta(seconds=10)  # the sweep settles clicks whose settle message was lost
+#: ``MAILPIPE_TRACKING_TOKEN_PER_MINUTE`` stored events per token within any window this long.
+TOKEN_WINDOW = timedelta(minutes=1)
 
 
 def publish_batch(events: list[dict[str, Any]]) -> None:
@@ -154,12 +159,18 @@ def record_events(events: list[dict[str, Any]]) -> int:
                 "settled": ev["kind"] != "click" or verdict.machine,  # human-looking clicks wait for the burst window
                 "_raw_ip": ip, "_text": text, "_proxied": verdict.proxied,
             })
+        throttled: list[str] = []
+        if rows:
+            _lock_emails(s, sorted({r["email_id"] for r in rows}))
+            known = _existing(s, [r["intake_id"] for r in rows])  # a redelivered or replayed batch
+            rows, throttled = _cap_per_token(s, [r for r in rows if r["intake_id"] not in known],
+                                             settings.tracking_token_per_minute)
         if not rows:
             s.commit()
+            _count_throttled(throttled)
             return 0
-        _lock_emails(s, sorted({r["email_id"] for r in rows}))
         _collapse_replays(s, rows)
-        fresh = [r for r in rows if r["intake_id"] not in _existing(s, [r["intake_id"] for r in rows])]
+        fresh = rows  # new, within the rate
         insert_ignore(s, TrackingEvent, [{k: v for k, v in r.items() if not k.startswith("_")} for r in fresh],
                       ["intake_id"])
         settled = [r for r in fresh if r["settled"]]
@@ -167,6 +178,7 @@ def record_events(events: list[dict[str, Any]]) -> int:
         pushed = _notify(s, batch, settled, proxied=settings.tracking_notify_proxy_opens)
         by_email = mark_pending(s, pushed)
         s.commit()
+    _count_throttled(throttled)
     _email(by_email)
     waiting = sorted({r["email_id"] for r in fresh if not r["settled"]})
     if waiting:
@@ -258,6 +270,35 @@ def _email(notification_ids: list[str]) -> None:
 
 def _existing(s: Session, intake_ids: list[str]) -> set[str]:
     return set(s.execute(select(TrackingEvent.intake_id).where(TrackingEvent.intake_id.in_(intake_ids))).scalars())  # type: ignore[attr-defined]
+
+
+def _cap_per_token(s: Session, rows: list[dict[str, Any]], per_minute: int) -> tuple[list[dict[str, Any]], list[str]]:
+    """The authoritative throttle: at most ``per_minute`` stored events per token (email and
+    recipient or link hash) within any minute, whatever the web processes let through. Returns the
+    rows to store and the kinds of those dropped (counted after the commit). Runs under
+    :func:`_lock_emails`, so concurrent batches for one email see each other's rows."""
+    if per_minute <= 0 or not rows:
+        return rows, []
+    rows.sort(key=lambda r: r["at"])
+    lo, hi = rows[0]["at"] - TOKEN_WINDOW, rows[-1]["at"] + TOKEN_WINDOW
+    opens = sorted({r["recipient_hash"] for r in rows if r["recipient_hash"]})
+    clicks = sorted({r["link_hash"] for r in rows if r["link_hash"]})
+    stored: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    for e in s.execute(select(TrackingEvent.email_id, TrackingEvent.kind, TrackingEvent.recipient_hash, TrackingEvent.link_hash,
+                              TrackingEvent.at).where(
+            TrackingEvent.email_id.in_(sorted({r["email_id"] for r in rows})),  # type: ignore[attr-defined]
+            TrackingEvent.at >= lo, TrackingEvent.at <= hi,  # type: ignore[operator]
+            or_(TrackingEvent.recipient_hash.in_(opens), TrackingEvent.link_hash.in_(clicks)))).all():  # type: ignore[union-attr]
+        stored[(e.email_id, e.kind, e.recipient_hash or e.link_hash or "")].append(e.at.timestamp())
+    keep = window_cap((((r["email_id"], r["kind"], r["recipient_hash"] or r["link_hash"] or ""), r["at"].timestamp()) for r in rows),
+                      stored, limit=per_minute, window=TOKEN_WINDOW.total_seconds())
+    return [r for r, ok in zip(rows, keep) if ok], [r["kind"] for r, ok in zip(rows, keep) if not ok]
+
+
+def _count_throttled(kinds: list[str]) -> None:
+    """``mailpipe_tracking_throttled_total{by="record"}`` for the hits the cap dropped."""
+    for kind in kinds:
+        metrics.TRACK_THROTTLED.labels(kind, "record").inc()
 
 
 def _collapse_replays(s: Session, rows: list[dict[str, Any]]) -> None:
@@ -352,30 +393,3 @@ def _notify(s: Session, batch: _Batch, rows: list[dict[str, Any]], *, proxied: b
     if not out:
         return []
     return notifications.insert_new(s, out)
-
-
-def tracking_json(s: Session, email: Email) -> dict[str, Any]:
-    """API.md ``GET /api/v1/emails/{id}/tracking``: counts, first open after send, chronological events."""
-    from web.present import iso
-
-    events = list(s.execute(select(TrackingEvent).where(TrackingEvent.email_id == email.id)
-                            .order_by(TrackingEvent.at, TrackingEvent.id)).scalars())
-    first_after = None
-    if email.first_open_at is not None and email.sent_at is not None:
-        first_after = round((email.first_open_at - email.sent_at).total_seconds(), 3)
-
-    def item(e: TrackingEvent) -> dict[str, Any]:
-        out = {"at": iso(e.at), "ip": e.ip, "user_agent": e.user_agent, "machine": e.machine, "reason": e.reason,
-               "recipient_email": e.recipient_email, "method": e.method, "counted": e.counted}
-        if e.kind == "click":
-            out["url"] = e.url
-        return out
-
-    return {
-        "email_id": email.id, "open_count": email.open_count, "click_count": email.click_count,
-        "first_open_at": iso(email.first_open_at), "last_open_at": iso(email.last_open_at),
-        "first_open_after_send_s": first_after,
-        "opens": [item(e) for e in events if e.kind == "open"],
-        "clicks": [item(e) for e in events if e.kind == "click"],
-        "status": "clicked" if email.click_count else "opened" if email.open_count else "unopened",
-    }

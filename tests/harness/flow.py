@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 from typing import Any
 
 from dramatiq import Worker
@@ -18,7 +19,7 @@ from pipeline.broker import QUEUES
 from pipeline.leader import AlwaysLeader
 from pipeline.scheduler import Scheduler
 
-__all__ = ["CRM", "count", "drain", "make_account", "make_org", "seed_crm", "tick"]
+__all__ = ["CRM", "count", "drain", "make_account", "make_org", "seed_crm", "sent_tracked_emails", "tick"]
 
 # The CRM every inbound test links against (addresses used by seeded mail).
 CRM = {
@@ -72,6 +73,31 @@ def make_account(org_id: str, *, host: str = "imap.test", port: int = 993, secur
         acct = svc.create_account(s, org_id=org_id, user_id=user_id, provider="imap", email=email, imap_ep=ep, smtp_ep=ep)
         s.commit()
         return acct.id
+
+
+def sent_tracked_emails(org_id: str, account_id: str, n: int, *, sent_ago: timedelta = timedelta(minutes=5),
+                        prefix: str = "reader") -> list[tuple[str, str]]:
+    """n outbound emails, sent ``sent_ago``, with one tracked recipient each (``{prefix}{i}@customer.example``);
+    returns each one's (email id, recipient hash): its pixel is ``/track/open/{id}/{hash}``."""
+    from functools import partial
+
+    from models import Delivery, new_id, utcnow
+    from ops.keys import get_keyring
+    from pipeline.stages.tracking import recipient_hash
+
+    out = []
+    sign = partial(get_keyring().sign, "open")
+    with Session(get_engine()) as s:
+        for i in range(n):
+            eid, rcpt = new_id(), f"{prefix}{i}@customer.example"
+            s.add(Email(id=eid, org_id=org_id, account_id=account_id, direction="outbound", status="sent",
+                        dedupe_key=f"mid:{eid}@t", message_id=f"{eid}@t", subject=f"Offer {i}", sent_at=utcnow() - sent_ago,
+                        pipeline_state="done"))
+            s.flush()
+            s.add(Delivery(email_id=eid, seq=0, recipients=[rcpt], tracked_for=rcpt, state="sent"))
+            out.append((eid, recipient_hash(sign, eid, rcpt)))
+        s.commit()
+    return out
 
 
 def tick() -> dict[str, int]:

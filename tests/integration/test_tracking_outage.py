@@ -7,20 +7,17 @@ import concurrent.futures
 import subprocess
 import threading
 import time
-from functools import partial
 from typing import Any
 
 import httpx
 import pytest
 from sqlmodel import Session
 
-from models import Delivery, Email, TrackingEvent, new_id, utcnow
+from models import Email, TrackingEvent
 from models.db import get_engine
 from ops import metrics
-from ops.keys import get_keyring
-from pipeline.stages.tracking import recipient_hash
 from tests.conftest import reset_process_state
-from tests.harness.flow import count, make_account, make_org
+from tests.harness.flow import count, make_account, make_org, sent_tracked_emails
 from tests.harness.ports import free_port
 from tests.harness.services import ensure_rabbitmq
 from tests.harness.wait import wait_until
@@ -33,23 +30,6 @@ OUTAGE_S = 20.0
 
 def _rabbit(action: str) -> None:
     subprocess.run(["rabbitmqctl", "-q", action], check=True, capture_output=True, timeout=120)
-
-
-def _sent_emails(org_id: str, account_id: str, n: int) -> list[tuple[str, str]]:
-    """n outbound emails with one tracked recipient each; returns their pixel paths' (email id, hash)."""
-    out = []
-    sign = partial(get_keyring().sign, "open")
-    with Session(get_engine()) as s:
-        for i in range(n):
-            eid, rcpt = new_id(), f"reader{i}@customer.example"
-            s.add(Email(id=eid, org_id=org_id, account_id=account_id, direction="outbound", status="sent",
-                        dedupe_key=f"mid:o{i}@t", message_id=f"o{i}@t", subject=f"Offer {i}", sent_at=utcnow(),
-                        pipeline_state="done"))
-            s.flush()
-            s.add(Delivery(email_id=eid, seq=0, recipients=[rcpt], tracked_for=rcpt, state="sent"))
-            out.append((eid, recipient_hash(sign, eid, rcpt)))
-        s.commit()
-    return out
 
 
 def _serve(port: int) -> Any:
@@ -66,10 +46,11 @@ def _serve(port: int) -> Any:
 
 def test_5000_pixel_hits_through_a_20_second_broker_outage(live: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MAILPIPE_TRUSTED_PROXIES", "127.0.0.1/32")  # the load generator plays a proxy: one IP per reader
+    monkeypatch.setenv("MAILPIPE_TRACKING_TOKEN_PER_MINUTE", "0")  # 500 hits per pixel: durability here, throttling in test_tracking_throttle.py
     reset_process_state()
     org_id, _ = make_org()
     account_id = make_account(org_id)
-    pixels = _sent_emails(org_id, account_id, 10)
+    pixels = sent_tracked_emails(org_id, account_id, 10)
     port = free_port("127.0.0.1")
     server, thread = _serve(port)
     spooled_before = metrics.TRACK_INTAKE.labels("spooled")._value.get()

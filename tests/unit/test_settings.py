@@ -84,3 +84,20 @@ class TestOtherValues:
         """Zero or negative poll intervals are refused."""
         with pytest.raises(ConfigError, match="MAILPIPE_POLL_SECONDS"):
             _load(monkeypatch, MAILPIPE_POLL_SECONDS="0")
+
+
+class TestTrackingThrottle:
+    def test_defaults(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """20 events per token per minute, 600 hits per client per minute, 50,000 keys per limiter."""
+        s = _load(monkeypatch)
+        assert (s.tracking_token_per_minute, s.tracking_ip_per_minute, s.tracking_throttle_keys) == (20, 600, 50_000)  # type: ignore[attr-defined]
+
+    def test_zero_turns_a_limit_off(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        s = _load(monkeypatch, MAILPIPE_TRACKING_TOKEN_PER_MINUTE="0", MAILPIPE_TRACKING_IP_PER_MINUTE="0")
+        assert (s.tracking_token_per_minute, s.tracking_ip_per_minute) == (0, 0)  # type: ignore[attr-defined]
+
+    @pytest.mark.parametrize(("var", "value"), [("MAILPIPE_TRACKING_TOKEN_PER_MINUTE", "-1"), ("MAILPIPE_TRACKING_IP_PER_MINUTE", "lots"),
+                                                ("MAILPIPE_TRACKING_THROTTLE_KEYS", "10")])
+    def test_bad_values_name_the_variable(self, monkeypatch: pytest.MonkeyPatch, var: str, value: str) -> None:
+        with pytest.raises(ConfigError, match=var):
+            _load(monkeypatch, **{var: value})

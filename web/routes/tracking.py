@@ -5,8 +5,10 @@ unknown ids alike; the hit is handed to the intake (``pipeline.intake``, never a
 call) and verified by the recording actor, so a forged id records nothing. HEAD and prefetch
 requests are answered but not handed over. The click redirect goes only to the URL stored for
 that link hash at send time (and whose HMAC verifies); anything else is a 404 page, and request
-query parameters are never appended. The client IP is the socket's, or — only when the socket
-peer is in ``MAILPIPE_TRUSTED_PROXIES`` — the rightmost untrusted ``X-Forwarded-For`` entry.
+query parameters are never appended. Hits beyond the per-token and per-address rates are dropped
+by the intake's throttle (``pipeline.throttle``); the answer is the same. The client IP is the
+socket's, or — only when the socket peer is in ``MAILPIPE_TRUSTED_PROXIES`` — the rightmost
+untrusted ``X-Forwarded-For`` entry.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from pipeline.intake import event_id
 from pipeline.stages.tracking import verify_link_hash
 from web.api import ApiRouter
 from web.errors import ApiError
+from web.tracking_page import DEFAULT_LIMIT, MAX_LIMIT, decode_cursor, tracking_page
+from web.validation import query_int
 
 router = ApiRouter("tracking")
 
@@ -146,18 +150,20 @@ async def click(request: Request) -> Response:
     return RedirectResponse(url, status_code=302, headers={**NO_STORE, "Referrer-Policy": "no-referrer"})
 
 
-@router.route("GET", "/api/v1/emails/{id}/tracking", summary="Opens and clicks of a sent email, chronological",
-              responses={404: "not found"})
+@router.route("GET", "/api/v1/emails/{id}/tracking", summary="Opens and clicks of a sent email, chronological, paged",
+              query=("limit", "cursor"), responses={404: "not found", 422: "bad limit or cursor"})
 async def tracking(request: Request) -> JSONResponse:
     org_id, email_id = str(request.state.org_id), request.path_params["id"]
+    limit = query_int(request, "limit", DEFAULT_LIMIT, maximum=MAX_LIMIT)
+    cursor = request.query_params.get("cursor") or None
+    if cursor is not None:
+        decode_cursor(cursor)  # a malformed cursor is a 422 before any database work
 
     def run() -> dict[str, Any]:
-        from pipeline.actors.tracking import tracking_json
-
         with Session(get_engine()) as s:
             e = s.get(Email, email_id)
             if e is None or e.org_id != org_id or e.deleted_at is not None:
                 raise ApiError.not_found("email")
-            return tracking_json(s, e)
+            return tracking_page(s, e, limit=limit, cursor=cursor)
 
     return JSONResponse(await run_in_threadpool(run))
