@@ -68,6 +68,13 @@ def stack(live: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Iterator[dic
         assert r.status_code == 202, r.text
         eid = r.json()["id"]
         wait_until(lambda: len(smtp.sends) == 1, 30, what="the email sent")
+
+        def recorded_sent() -> bool:  # the send run writes sent_at when it finishes, after the server took it
+            with Session(get_engine()) as s:
+                row = s.get(Email, eid)
+                return row is not None and row.status == "sent"
+
+        wait_until(recorded_sent, 30, what="the send recorded")
         with Session(get_engine()) as s:  # sent a minute ago: nothing below is "seconds after delivery"
             s.execute(update(Email).where(Email.id == eid).values(sent_at=utcnow() - timedelta(minutes=1)))
             s.commit()
