@@ -30,7 +30,8 @@ from ops.keys import get_keyring
 from ops.settings import get_settings
 from pipeline.intake import event_id
 from pipeline.stages.tracking import verify_link_hash
-from web.api import ApiRouter
+from web.api import ApiRouter, Raw
+from web.schemas.emails import TrackingOut
 from web.errors import ApiError
 
 router = ApiRouter("tracking")
@@ -104,7 +105,8 @@ def _submit(event: dict[str, Any]) -> None:
         pass
 
 
-@router.route("GET", "/track/open/{email_id}/{recipient_hash}", summary="Open-tracking pixel (always a 1x1 GIF)", public=True)
+@router.route("GET", "/track/open/{email_id}/{recipient_hash}", summary="Open-tracking pixel (always a 1x1 GIF)", public=True,
+              response=Raw("image/gif", {"type": "string", "format": "binary"}))
 async def pixel(request: Request) -> Response:
     email_id, token = request.path_params["email_id"], request.path_params["recipient_hash"]
     if request.method == "GET" and not _prefetch(request) and _ID.match(email_id) and _TOKEN.match(token):
@@ -135,7 +137,7 @@ _NOT_FOUND = ("<!doctype html><html><head><meta charset=\"utf-8\"><title>Link no
 
 
 @router.route("GET", "/track/click/{email_id}/{link_hash}", summary="Click redirect to the URL stored at send time",
-              public=True, status=302, responses={404: "unknown or forged link"})
+              public=True, status=302, responses={404: ("unknown or forged link", Raw("text/html"))})
 async def click(request: Request) -> Response:
     email_id, token = request.path_params["email_id"], request.path_params["link_hash"]
     url = await run_in_threadpool(_target, email_id, token) if _ID.match(email_id) and _TOKEN.match(token) else None
@@ -147,7 +149,7 @@ async def click(request: Request) -> Response:
 
 
 @router.route("GET", "/api/v1/emails/{id}/tracking", summary="Opens and clicks of a sent email, chronological",
-              responses={404: "not found"})
+              response=TrackingOut, responses={404: "not found"})
 async def tracking(request: Request) -> JSONResponse:
     org_id, email_id = str(request.state.org_id), request.path_params["id"]
 
