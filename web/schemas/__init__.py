@@ -1,7 +1,7 @@
 """Response shapes for the OpenAPI document, one module per API area; :class:`Error` is shared.
 
 They describe what the handlers return (the handlers build plain dicts); schemathesis checks
-every response against them (``tests/unit/test_schemathesis.py``). Fields may be added to a
+every response against them (``tests/integration/test_schemathesis.py``). Fields may be added to a
 response without breaking a client, so the models leave additional properties allowed.
 """
 
