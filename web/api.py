@@ -1,16 +1,40 @@
-"""A tiny route registry: Starlette routes plus the metadata the OpenAPI document is built from."""
+"""A tiny route registry: Starlette routes plus the metadata the OpenAPI document is built from.
+
+Each operation declares its body model, its typed query parameters (``web.params.Param``), its
+success response (a pydantic model, or :class:`Raw` for non-JSON content), the statuses it may
+answer and its body cap; :func:`openapi_document` turns that into OpenAPI 3.1 with a schema for
+every response (errors share the ``Error`` schema), and :meth:`ApiRouter.routes` wraps every
+route in ``web.body_limit.BodyLimit`` with its cap.
+"""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Union
 
 from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
 from starlette.routing import Route, WebSocketRoute
 
-__all__ = ["ApiRouter", "Endpoint", "openapi_document"]
+from web.body_limit import DEFAULT_MAX_BODY, BodyLimit
+from web.params import ID, Param
+from web.schemas import Error
+
+__all__ = ["ApiRouter", "Endpoint", "Raw", "WebSocketDoc", "openapi_document"]
+
+
+@dataclass(frozen=True, slots=True)
+class Raw:
+    """A non-JSON response body (HTML page, CSV, image, metrics text) or a JSON one without a model."""
+
+    media_type: str
+    schema: dict[str, Any] = field(default_factory=lambda: {"type": "string"})
+
+
+Schema = Union[type[BaseModel], Raw, None]
+Reply = Union[str, tuple[str, Schema]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,8 +49,21 @@ class Endpoint:
     body: type[BaseModel] | None = None
     status: int = 200
     public: bool = False
-    query: tuple[str, ...] = ()
-    responses: dict[int, str] = field(default_factory=dict)
+    query: tuple[Param, ...] = ()
+    responses: dict[int, Reply] = field(default_factory=dict)
+    response: Schema = None
+    path_params: dict[str, Param] = field(default_factory=dict)
+    max_body: int = DEFAULT_MAX_BODY
+
+
+@dataclass(frozen=True, slots=True)
+class WebSocketDoc:
+    """A websocket route as the OpenAPI document shows it (a GET with ``x-websocket``)."""
+
+    path: str
+    summary: str
+    tag: str
+    query: tuple[Param, ...] = ()
 
 
 class ApiRouter:
@@ -36,6 +73,7 @@ class ApiRouter:
         self.tag = tag
         self.endpoints: list[Endpoint] = []
         self.websockets: list[WebSocketRoute] = []
+        self.websocket_docs: list[WebSocketDoc] = []
 
     def route(
         self,
@@ -46,60 +84,137 @@ class ApiRouter:
         body: type[BaseModel] | None = None,
         status: int = 200,
         public: bool = False,
-        query: tuple[str, ...] = (),
-        responses: dict[int, str] | None = None,
+        query: tuple[Param | str, ...] = (),
+        responses: dict[int, Reply] | None = None,
+        response: Schema = None,
+        path_params: dict[str, Param] | None = None,
+        max_body: int = DEFAULT_MAX_BODY,
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        params = tuple(q if isinstance(q, Param) else Param.text(q) for q in query)
+
         def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-            self.endpoints.append(
-                Endpoint(method.upper(), path, fn, summary, self.tag, body, status, public, query, responses or {})
-            )
+            self.endpoints.append(Endpoint(method.upper(), path, fn, summary, self.tag, body, status, public, params,
+                                           responses or {}, response, path_params or {}, max_body))
+            return fn
+
+        return decorate
+
+    def websocket(self, path: str, *, summary: str, query: tuple[Param, ...] = ()) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+            self.websockets.append(WebSocketRoute(path, fn))
+            self.websocket_docs.append(WebSocketDoc(path, summary, self.tag, query))
             return fn
 
         return decorate
 
     def routes(self) -> list[Route | WebSocketRoute]:
-        return [Route(e.path, e.handler, methods=[e.method], name=f"{e.method} {e.path}") for e in self.endpoints] + list(
-            self.websockets
-        )
+        out: list[Route | WebSocketRoute] = []
+        for e in self.endpoints:
+            route = Route(e.path, e.handler, methods=[e.method], name=f"{e.method} {e.path}")
+            route.app = BodyLimit(route.app, e.max_body)
+            out.append(route)
+        return out + list(self.websockets)
 
 
 def _params(path: str) -> list[str]:
     return re.findall(r"{([a-zA-Z_]+)(?::[a-z]+)?}", path)
 
 
+def _operation_id(method: str, path: str) -> str:
+    return f"{method.lower()}_{re.sub(r'[^a-zA-Z0-9]+', '_', path).strip('_')}"
+
+
+class _Schemas:
+    """Collects every model first, then names them once (pydantic disambiguates equal class names)."""
+
+    def __init__(self) -> None:
+        self.wanted: list[tuple[type[BaseModel], str]] = [(Error, "serialization")]
+
+    def want(self, model: type[BaseModel], mode: str) -> None:
+        if (model, mode) not in self.wanted:
+            self.wanted.append((model, mode))
+
+    def build(self) -> tuple[dict[tuple[type[BaseModel], str], dict[str, Any]], dict[str, Any]]:
+        refs, top = models_json_schema(self.wanted, ref_template="#/components/schemas/{model}")  # type: ignore[arg-type]
+        return refs, top.get("$defs", {})  # type: ignore[return-value]
+
+
+def _content(schema: Schema, refs: dict[tuple[type[BaseModel], str], dict[str, Any]]) -> dict[str, Any] | None:
+    if schema is None:
+        return None
+    if isinstance(schema, Raw):
+        return {schema.media_type: {"schema": schema.schema}}
+    return {"application/json": {"schema": refs[(schema, "serialization")]}}
+
+
+def _reply(description: str, schema: Schema, refs: dict[tuple[type[BaseModel], str], dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"description": description}
+    content = _content(schema, refs)
+    if content is not None:
+        out["content"] = content
+    return out
+
+
+def _statuses(e: Endpoint) -> dict[int, tuple[str, Schema]]:
+    """Every status the operation may answer, with its schema: declared ones plus the generic errors."""
+    out: dict[int, tuple[str, Schema]] = {e.status: ("success", e.response)}
+    for code, reply in e.responses.items():
+        text, schema = reply if isinstance(reply, tuple) else (reply, e.response if code < 400 else Error)
+        out[code] = (text, schema)
+    if not e.public and e.path.startswith("/api/"):
+        out.setdefault(401, ("missing or invalid API key", Error))
+    if e.body is not None or e.query or _params(e.path):
+        out.setdefault(422, ("validation error (details.errors names each field)", Error))
+    if e.body is not None:
+        out.setdefault(413, ("request body larger than this route accepts", Error))
+        out.setdefault(415, ("multipart bodies are not accepted; send JSON", Error))
+    return out
+
+
 def openapi_document(routers: list[ApiRouter], *, version: str) -> dict[str, Any]:
-    """OpenAPI 3.1 for every registered endpoint; bodies come from the pydantic models."""
+    """OpenAPI 3.1 for every registered endpoint and websocket; schemas come from the pydantic models."""
+    collected = _Schemas()
+    for router in routers:
+        for e in router.endpoints:
+            if e.body is not None:
+                collected.want(e.body, "validation")
+            for _, schema in _statuses(e).values():
+                if isinstance(schema, type):
+                    collected.want(schema, "serialization")
+    refs, schemas = collected.build()
     paths: dict[str, dict[str, Any]] = {}
-    schemas: dict[str, Any] = {}
     for router in routers:
         for e in router.endpoints:
             op: dict[str, Any] = {
                 "summary": e.summary,
                 "tags": [e.tag],
-                "operationId": f"{e.method.lower()}_{re.sub(r'[^a-zA-Z0-9]+', '_', e.path).strip('_')}",
-                "responses": {str(e.status): {"description": "success"}},
+                "operationId": _operation_id(e.method, e.path),
+                "responses": {str(code): _reply(text, schema, refs) for code, (text, schema) in sorted(_statuses(e).items())},
             }
-            for code, text in e.responses.items():
-                op["responses"][str(code)] = {"description": text}
             if not e.public and e.path.startswith("/api/"):
                 op["security"] = [{"bearer": []}]
-                op["responses"].setdefault("401", {"description": "missing or invalid API key"})
-            params = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}} for p in _params(e.path)]
-            params += [{"name": q, "in": "query", "required": False, "schema": {"type": "string"}} for q in e.query]
+            params = [e.path_params.get(p, ID).openapi("path") | {"name": p} for p in _params(e.path)]
+            params += [q.openapi() for q in e.query]
             if params:
                 op["parameters"] = params
             if e.body is not None:
-                schema = e.body.model_json_schema(ref_template="#/components/schemas/{model}")
-                for name, sub in schema.pop("$defs", {}).items():
-                    schemas[name] = sub
-                schemas[e.body.__name__] = schema
-                op["requestBody"] = {
-                    "required": True,
-                    "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{e.body.__name__}"}}},
-                }
-                op["responses"].setdefault("422", {"description": "validation error"})
+                op["requestBody"] = {"required": True, "content": {"application/json": {"schema": refs[(e.body, "validation")]}},
+                                     "x-max-bytes": e.max_body}
             oa_path = re.sub(r"{([a-zA-Z_]+):[a-z]+}", r"{\1}", e.path)
             paths.setdefault(oa_path, {})[e.method.lower()] = op
+        documented = {d.path for d in router.websocket_docs}
+        docs = list(router.websocket_docs) + [
+            WebSocketDoc(w.path, (getattr(w.endpoint, "__doc__", None) or "websocket").strip().splitlines()[0], router.tag)
+            for w in router.websockets if w.path not in documented]
+        for d in docs:
+            ws: dict[str, Any] = {
+                "summary": d.summary, "tags": [d.tag], "operationId": _operation_id("ws", d.path), "x-websocket": True,
+                "description": "A WebSocket endpoint (connect with ws:// or wss://); documented here so every route is listed.",
+                "responses": {"101": {"description": "switching protocols; JSON messages follow"}},
+            }
+            if d.query:
+                ws["parameters"] = [q.openapi() for q in d.query]
+            paths.setdefault(d.path, {})["get"] = ws
     return {
         "openapi": "3.1.0",
         "info": {"title": "mailpipe", "version": version},

@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute
 
-from web.api import ApiRouter, openapi_document
+from web.api import ApiRouter, Raw, openapi_document
 from web.auth import ApiKeyAuth
 from web.errors import exception_handlers
 from web.guard import RejectNul
@@ -41,7 +41,8 @@ def create_app() -> Starlette:
     docs = ApiRouter("meta")
     spec_cache: dict[str, object] = {}
 
-    @docs.route("GET", "/api/v1/openapi.json", summary="This document", public=True)
+    @docs.route("GET", "/api/v1/openapi.json", summary="This document", public=True,
+                response=Raw("application/json", {"type": "object"}))
     async def openapi(request: Request) -> JSONResponse:
         if "spec" not in spec_cache:
             spec_cache["spec"] = openapi_document([*all_routers, docs], version=VERSION)

@@ -9,7 +9,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-__all__ = ["ApiError", "error_response", "exception_handlers"]
+__all__ = ["ApiError", "error_response", "exception_handlers", "field_error"]
 
 log = structlog.get_logger("mailpipe.web")
 
@@ -41,6 +41,12 @@ class ApiError(Exception):
     @classmethod
     def not_found(cls, what: str) -> ApiError:
         return cls(404, "not_found", f"{what} not found")
+
+
+def field_error(field: str, message: str, *, kind: str = "value_error", text: str | None = None) -> ApiError:
+    """A 422 naming one field, in the same shape as body validation errors."""
+    return ApiError(422, "validation_error", text or f"{field}: {message}",
+                    {"errors": [{"field": field, "message": message, "type": kind}]})
 
 
 def error_response(status: int, code: str, message: str, details: dict[str, Any] | None = None) -> JSONResponse:

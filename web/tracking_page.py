@@ -11,48 +11,22 @@ of the email on every page.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import re
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select
 from sqlmodel import Session
 
 from models import Email, TrackingEvent
+from web.cursors import keyset_cursor, read_keyset
 from web.present import iso
-from web.validation import field_error
 
-__all__ = ["DEFAULT_LIMIT", "MAX_LIMIT", "decode_cursor", "encode_cursor", "tracking_page"]
+__all__ = ["DEFAULT_LIMIT", "MAX_LIMIT", "tracking_page"]
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 500
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICRO = timedelta(microseconds=1)
-_CURSOR = re.compile(r"^(-?\d{1,19}):([0-9A-Za-z_-]{1,64})$")
 _COLUMNS = (TrackingEvent.id, TrackingEvent.kind, TrackingEvent.at, TrackingEvent.ip, TrackingEvent.user_agent,
             TrackingEvent.machine, TrackingEvent.reason, TrackingEvent.recipient_email, TrackingEvent.method,
             TrackingEvent.counted, TrackingEvent.url)
-
-
-def encode_cursor(at: datetime, event_id: str) -> str:
-    """The position just after the event at ``at`` with id ``event_id``."""
-    micros = (at - _EPOCH) // _MICRO
-    return base64.urlsafe_b64encode(f"{micros}:{event_id}".encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    """``(at, id)`` from :func:`encode_cursor`'s output; a 422 naming ``cursor`` for anything else."""
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
-        m = _CURSOR.match(text)
-        if m is None or len(cursor) > 128:
-            raise ValueError(text)
-        return _EPOCH + int(m.group(1)) * _MICRO, m.group(2)
-    except (binascii.Error, UnicodeDecodeError, ValueError, OverflowError):
-        raise field_error("cursor", "not a cursor from this endpoint; pass next_cursor unchanged",
-                          text="cursor is malformed") from None
 
 
 def _item(e: Any) -> dict[str, Any]:
@@ -66,8 +40,9 @@ def _item(e: Any) -> dict[str, Any]:
 def tracking_page(s: Session, email: Email, *, limit: int = DEFAULT_LIMIT, cursor: str | None = None) -> dict[str, Any]:
     """API.md ``GET /api/v1/emails/{id}/tracking`` for one page (see the module docstring)."""
     stmt = select(*_COLUMNS).where(TrackingEvent.email_id == email.id)
-    if cursor:
-        at, last_id = decode_cursor(cursor)
+    after = read_keyset(cursor)
+    if after is not None:
+        at, last_id = after
         stmt = stmt.where(or_(TrackingEvent.at > at, and_(TrackingEvent.at == at, TrackingEvent.id > last_id)))  # type: ignore[arg-type,operator]
     rows = list(s.execute(stmt.order_by(TrackingEvent.at, TrackingEvent.id).limit(limit + 1)).all())  # type: ignore[arg-type]
     page = rows[:limit]
@@ -84,5 +59,5 @@ def tracking_page(s: Session, email: Email, *, limit: int = DEFAULT_LIMIT, curso
         "clicks": [_item(e) for e in page if e.kind == "click"],
         "status": "clicked" if email.click_count else "opened" if email.open_count else "unopened",
         "events_total": {"opens": int(totals.get("open", 0)), "clicks": int(totals.get("click", 0))},
-        "next_cursor": encode_cursor(page[-1].at, page[-1].id) if len(rows) > limit else None,
+        "next_cursor": keyset_cursor(page[-1].at, page[-1].id) if len(rows) > limit else None,
     }

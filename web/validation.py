@@ -1,26 +1,43 @@
-"""Request body and query validation with pydantic; failures become 422 JSON errors."""
+"""Request body and query validation with pydantic; failures become 422 JSON errors naming the field.
+
+Bodies are read under the route's size cap (``web.body_limit``), decoded by
+``web.json_limits.load_json`` (UTF-8, depth, item count, finite 64-bit numbers) and validated
+*strictly*: a boolean field takes only ``true``/``false``, a number field only a JSON number
+(``"yes"``, ``"1"`` or ``1`` for a bool is a 422 naming the field). Date-times are the one
+legitimate coercion: :data:`IsoDateTime` takes an ISO-8601 string.
+"""
 
 from __future__ import annotations
 
-import json
-from typing import Any, TypeVar
+from datetime import datetime
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 
-from web.errors import ApiError
+from web.errors import ApiError, field_error
+from web.json_limits import load_json
+from web.params import Param
 
-__all__ = ["Body", "parse_body", "query_int"]
+__all__ = ["Body", "IsoDateTime", "field_error", "parse_body", "query_int", "query_required"]
 
 M = TypeVar("M", bound=BaseModel)
 
-MAX_BODY_BYTES = 30 * 1024 * 1024
-
 
 class Body(BaseModel):
-    """Base for request bodies: unknown fields are rejected so typos surface."""
+    """Base for request bodies: unknown fields are rejected so typos surface; types are strict."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, strict=True)
+
+
+def _iso_text(value: Any) -> Any:
+    if not isinstance(value, (str, datetime)):
+        raise ValueError("must be an ISO-8601 date-time string, e.g. 2026-12-01T09:00:00+01:00")
+    return value
+
+
+IsoDateTime = Annotated[datetime, BeforeValidator(_iso_text), Field(strict=False)]
+"""A date-time given as an ISO-8601 string (the one coercion strict bodies allow)."""
 
 
 def _errors(exc: ValidationError) -> list[dict[str, Any]]:
@@ -35,52 +52,22 @@ async def parse_body(request: Request, model: type[M]) -> M:
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype.startswith("multipart/"):
         raise ApiError(415, "unsupported_media_type", "send JSON with Content-Type: application/json")
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise ApiError(413, "payload_too_large", f"body larger than {MAX_BODY_BYTES} bytes")
-    try:
-        data = json.loads(raw or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(422, "invalid_json", f"body is not valid JSON: {exc.msg if hasattr(exc, 'msg') else exc}") from None
+    data = load_json(await request.body())  # the route's BodyLimit stops the read at its cap
     if not isinstance(data, dict):
-        raise ApiError(422, "validation_error", "body must be a JSON object")
-    if _has_nul(data):
-        raise ApiError(422, "validation_error", "NUL characters are not allowed in request bodies")
+        raise ApiError(422, "validation_error", "body must be a JSON object",
+                       {"errors": [{"field": "(body)", "message": "must be a JSON object", "type": "model_type"}]})
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ApiError(422, "validation_error", "request body is invalid", {"errors": _errors(exc)}) from None
-
-
-def _has_nul(value: Any) -> bool:
-    """True if any string (key or value) in decoded JSON contains U+0000."""
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(v) for v in value)
-    return False
+        errors = _errors(exc)
+        names = ", ".join(dict.fromkeys(e["field"] for e in errors))
+        raise ApiError(422, "validation_error", f"request body is invalid: {names}", {"errors": errors}) from None
 
 
 def query_int(request: Request, name: str, default: int, *, minimum: int = 1, maximum: int = 500) -> int:
-    """An integer query parameter within bounds, or 422."""
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(422, "validation_error", f"query parameter {name!r} must be an integer") from None
-    if not minimum <= value <= maximum:
-        raise ApiError(422, "validation_error", f"query parameter {name!r} must be between {minimum} and {maximum}")
+    """An integer query parameter within bounds, or 422 (prefer declaring a ``web.params.Param``)."""
+    value: int = Param.integer(name, default, minimum=minimum, maximum=maximum).read(request)
     return value
-
-
-def field_error(field: str, message: str, *, kind: str = "value_error", text: str | None = None) -> ApiError:
-    """A 422 naming one field, in the same shape as body validation errors."""
-    return ApiError(422, "validation_error", text or f"{field}: {message}",
-                    {"errors": [{"field": field, "message": message, "type": kind}]})
 
 
 def query_required(request: Request, name: str, max_length: int = 64) -> str:

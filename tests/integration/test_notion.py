@@ -138,6 +138,9 @@ def test_connect_list_and_save_a_formatted_email_with_attachments(notion_env: di
     r = n["client"].put("/api/v1/users/u1/notion", headers=n["h"], json={"notion_api_key": "ntn_wrong", "notion_db_id": n["db_id"]})
     assert r.status_code == 422 and r.json()["error"]["code"] == "notion_unauthorized"
     r = n["client"].put("/api/v1/users/u1/notion", headers=n["h"], json={"notion_api_key": n["token"], "notion_db_id": "nope"})
+    assert r.status_code == 422 and r.json()["error"]["details"]["errors"][0]["field"] == "notion_db_id"  # not a Notion id
+    r = n["client"].put("/api/v1/users/u1/notion", headers=n["h"],
+                        json={"notion_api_key": n["token"], "notion_db_id": "0" * 32})  # well-formed, unknown to Notion
     assert r.status_code == 422 and r.json()["error"]["code"] == "notion_database_not_found"
     connect(n)
     items = n["client"].get("/api/v1/notion/databases", headers=n["h"], params={"user_id": "u1"}).json()["items"]

@@ -58,7 +58,7 @@ class TestAuth:
         assert client.get("/readyz").status_code == 200
         assert b"mailpipe_" in client.get("/metrics").content
         spec = client.get("/api/v1/openapi.json").json()
-        assert "/api/v1/crm/{kind}/{id}" in spec["paths"] and "put" in spec["paths"]["/api/v1/users/{id}"]
+        assert "/api/v1/crm/contacts/{id}" in spec["paths"] and "put" in spec["paths"]["/api/v1/users/{id}"]
 
     def test_unknown_route_is_json_404(self, client: TestClient, keys: dict[str, tuple[str, str]]) -> None:
         """Unknown paths answer with the JSON error shape too."""

@@ -20,6 +20,8 @@ from ops.keys import seal
 from pipeline import accounts as svc
 from web.api import ApiRouter
 from web.errors import ApiError
+from web.params import Param
+from web.schemas.accounts import AccountOut, AccountsOut, ConnTestOut, SyncQueuedOut
 from web.validation import Body, parse_body
 
 router = ApiRouter("accounts")
@@ -95,7 +97,8 @@ def _endpoints(body: TestIn) -> tuple[svc.Endpoint, svc.Endpoint]:
     return ep(i, body.imap), ep(s, body.smtp)
 
 
-@router.route("POST", "/api/v1/accounts/test", summary="Test IMAP and SMTP logins without saving", body=TestIn)
+@router.route("POST", "/api/v1/accounts/test", summary="Test IMAP and SMTP logins without saving", body=TestIn,
+              response=ConnTestOut)
 async def test_account(request: Request) -> JSONResponse:
     body = await parse_body(request, TestIn)
     imap_ep, smtp_ep = _endpoints(body)
@@ -122,7 +125,7 @@ def _create(org_id: str, body: AccountIn, imap_ep: svc.Endpoint, smtp_ep: svc.En
 
 
 @router.route("POST", "/api/v1/accounts", summary="Connect a mailbox (tested first unless skip_test)", body=AccountIn,
-              status=201, responses={409: "already connected", 422: "connection test failed or invalid body"})
+              status=201, response=AccountOut, responses={409: "already connected", 422: "connection test failed or invalid body"})
 async def create_account(request: Request) -> JSONResponse:
     body = await parse_body(request, AccountIn)
     imap_ep, smtp_ep = _endpoints(body)
@@ -141,7 +144,8 @@ def _load(s: Session, org_id: str, account_id: str) -> EmailAccount:
     return a
 
 
-@router.route("GET", "/api/v1/accounts", summary="List mailboxes", query=("user_id",))
+@router.route("GET", "/api/v1/accounts", summary="List mailboxes", query=(Param.text("user_id", max_length=64),),
+              response=AccountsOut)
 async def list_accounts(request: Request) -> JSONResponse:
     org_id, user_id = _org(request), request.query_params.get("user_id")
 
@@ -155,7 +159,8 @@ async def list_accounts(request: Request) -> JSONResponse:
     return JSONResponse({"items": await run_in_threadpool(run)})
 
 
-@router.route("GET", "/api/v1/accounts/{id}", summary="A mailbox with its sync status", responses={404: "not found"})
+@router.route("GET", "/api/v1/accounts/{id}", summary="A mailbox with its sync status", response=AccountOut,
+              responses={404: "not found"})
 async def get_account(request: Request) -> JSONResponse:
     org_id, account_id = _org(request), request.path_params["id"]
 
@@ -167,7 +172,7 @@ async def get_account(request: Request) -> JSONResponse:
 
 
 @router.route("PATCH", "/api/v1/accounts/{id}", summary="Change servers, credentials, interval; disable or enable",
-              body=AccountPatch, responses={404: "not found", 422: "connection test failed"})
+              body=AccountPatch, response=AccountOut, responses={404: "not found", 422: "connection test failed"})
 async def patch_account(request: Request) -> JSONResponse:
     org_id, account_id = _org(request), request.path_params["id"]
     body = await parse_body(request, AccountPatch)
@@ -233,7 +238,7 @@ def _endpoints_with_stored(body: TestIn, a: EmailAccount) -> tuple[svc.Endpoint,
 
 
 @router.route("DELETE", "/api/v1/accounts/{id}", summary="Stop syncing; ?erase=true also deletes its mail",
-              status=204, query=("erase",), responses={404: "not found"})
+              status=204, query=(Param.boolean("erase", False, description="also delete its mail"),), responses={404: "not found"})
 async def delete_account(request: Request) -> Response:
     org_id, account_id = _org(request), request.path_params["id"]
     erase = request.query_params.get("erase", "false").lower() in ("1", "true", "yes")
@@ -263,7 +268,8 @@ def _kick(s: Session, account_id: str) -> None:
     svc.kick_fetch(s, account_id)
 
 
-@router.route("POST", "/api/v1/accounts/{id}/sync", summary="Fetch now (manual refresh)", status=202, responses={404: "not found"})
+@router.route("POST", "/api/v1/accounts/{id}/sync", summary="Fetch now (manual refresh)", status=202, response=SyncQueuedOut,
+              responses={404: "not found", 409: "account disabled"})
 async def sync_now(request: Request) -> JSONResponse:
     org_id, account_id = _org(request), request.path_params["id"]
 

@@ -4,7 +4,6 @@ and entity timelines. Every query is scoped to the caller's organization."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import Field, StringConstraints, field_validator
@@ -30,9 +29,12 @@ from models import (
 )
 from models.db import get_engine
 from web.api import ApiRouter
+from web.cursors import CURSOR, keyset_cursor, read_keyset
 from web.errors import ApiError
+from web.params import Param
 from web.present import iso, record_json, relative_time
-from web.validation import Body, parse_body, query_int
+from web.schemas.crm import RECORD_OUT, SearchOut, TimelineOut, UserOut
+from web.validation import Body, IsoDateTime, parse_body
 
 router = ApiRouter("crm")
 
@@ -100,7 +102,7 @@ class LeadIn(Body):
         return _email_ok(v)
 
 
-class AccountIn(Body):
+class CrmAccountIn(Body):
     name: LongName
     email: str | None = None
     industry: Name | None = None
@@ -121,12 +123,12 @@ class OpportunityIn(Body):
     expected_revenue: Money | None = None
     budget: Money | None = None
     currency: Annotated[str, StringConstraints(max_length=16)] | None = None
-    close_date: datetime | None = None
+    close_date: IsoDateTime | None = None
     sales_stage: Short | None = None
     assigned_to: Ref | None = None
 
 
-BODIES: dict[str, type[Body]] = {"contacts": ContactIn, "leads": LeadIn, "accounts": AccountIn, "opportunities": OpportunityIn}
+BODIES: dict[str, type[Body]] = {"contacts": ContactIn, "leads": LeadIn, "accounts": CrmAccountIn, "opportunities": OpportunityIn}
 
 # Hooks run after a contact/lead/account is written (retroactive linking registers here).
 AFTER_UPSERT: list[Callable[[str, str, str], None]] = []
@@ -140,13 +142,6 @@ def _check_id(record_id: str) -> str:
     if not record_id or len(record_id) > _ID_MAX or any(c.isspace() or c == "/" for c in record_id):
         raise ApiError(422, "validation_error", f"id must be 1-{_ID_MAX} characters without spaces")
     return record_id
-
-
-def _kind(request: Request) -> tuple[str, type[SQLModel]]:
-    kind = request.path_params["kind"]
-    if kind not in CRM_TABLES:
-        raise ApiError(404, "not_found", f"unknown record type {kind!r}; use one of {sorted(CRM_TABLES)}")
-    return kind, CRM_TABLES[kind]
 
 
 def _upsert(model: type[SQLModel], org_id: str, record_id: str, values: dict[str, Any],
@@ -225,14 +220,14 @@ def _unlink_entity(s: Session, org_id: str, entity_type: str, entity_id: str) ->
 # ---- users -------------------------------------------------------------------------------
 
 
-@router.route("PUT", "/api/v1/users/{id}", summary="Create or replace a CRM user", body=UserIn)
+@router.route("PUT", "/api/v1/users/{id}", summary="Create or replace a CRM user", body=UserIn, response=UserOut)
 async def put_user(request: Request) -> JSONResponse:
     record_id = _check_id(request.path_params["id"])
     body = await parse_body(request, UserIn)
     return await run_in_threadpool(_put, User, _org(request), record_id, body, None)
 
 
-@router.route("GET", "/api/v1/users/{id}", summary="Get a CRM user", responses={404: "not found"})
+@router.route("GET", "/api/v1/users/{id}", summary="Get a CRM user", response=UserOut, responses={404: "not found"})
 async def get_user(request: Request) -> JSONResponse:
     return await run_in_threadpool(_get, User, _org(request), request.path_params["id"], "user")
 
@@ -242,7 +237,7 @@ async def delete_user(request: Request) -> Response:
     return await run_in_threadpool(_delete, User, _org(request), request.path_params["id"], "user", None)
 
 
-# ---- search (declared before /crm/{kind}/{id} so 'search' is never taken for a kind) -----------
+# ---- search ------------------------------------------------------------------------------------
 
 
 def _like(value: str) -> str:
@@ -293,43 +288,54 @@ def _search(org_id: str, q: str, limit: int) -> list[dict[str, Any]]:
     return results[:limit]
 
 
-@router.route("GET", "/api/v1/crm/search", summary="Typeahead over contacts, leads and accounts", query=("q", "limit"))
+SEARCH_Q = Param.text("q", max_length=200, required=True, description="part of a name or email address")
+SEARCH_LIMIT = Param.integer("limit", 20, maximum=100)
+
+
+@router.route("GET", "/api/v1/crm/search", summary="Typeahead over contacts, leads and accounts", query=(SEARCH_Q, SEARCH_LIMIT),
+              response=SearchOut)
 async def search(request: Request) -> JSONResponse:
-    q = request.query_params.get("q", "").strip()
+    q = SEARCH_Q.read(request).strip()
     if not q:
-        raise ApiError(422, "validation_error", "query parameter 'q' is required")
-    if len(q) > 200:
-        raise ApiError(422, "validation_error", "query parameter 'q' is longer than 200 characters")
-    limit = query_int(request, "limit", 20, maximum=100)
+        raise ApiError(422, "validation_error", "query parameter 'q' is required",
+                       {"errors": [{"field": "q", "message": "required", "type": "missing"}]})
+    limit = SEARCH_LIMIT.read(request)
     return JSONResponse({"results": await run_in_threadpool(_search, _org(request), q, limit)})
 
 
 # ---- contacts / leads / accounts / opportunities -----------------------------------------------
 
 
-@router.route("PUT", "/api/v1/crm/{kind}/{id}", summary="Create or replace a contact, lead, account or opportunity",
-              responses={404: "unknown record type", 422: "validation error"})
-async def put_record(request: Request) -> JSONResponse:
-    kind, model = _kind(request)
-    record_id = _check_id(request.path_params["id"])
-    body = await parse_body(request, BODIES[kind])
-    return await run_in_threadpool(_put, model, _org(request), record_id, body, ENTITY_TYPES[kind])
+def _register(kind: str) -> None:
+    """PUT, GET and DELETE of one record type, documented with that type's body and response."""
+    model, entity_type, body_model, out = CRM_TABLES[kind], ENTITY_TYPES[kind], BODIES[kind], RECORD_OUT[kind]
+    path = f"/api/v1/crm/{kind}/{{id}}"
+
+    @router.route("PUT", path, summary=f"Create or replace a {entity_type}", body=body_model, response=out)
+    async def put_record(request: Request) -> JSONResponse:
+        record_id = _check_id(request.path_params["id"])
+        body = await parse_body(request, body_model)
+        return await run_in_threadpool(_put, model, _org(request), record_id, body, entity_type)
+
+    @router.route("GET", path, summary=f"Get a {entity_type}", response=out, responses={404: "not found"})
+    async def get_record(request: Request) -> JSONResponse:
+        return await run_in_threadpool(_get, model, _org(request), request.path_params["id"], entity_type)
+
+    @router.route("DELETE", path, summary=f"Delete a {entity_type} and its email links", status=204,
+                  responses={404: "not found"})
+    async def delete_record(request: Request) -> Response:
+        return await run_in_threadpool(_delete, model, _org(request), request.path_params["id"], entity_type, entity_type)
+
+    @router.route("GET", f"{path}/timeline", summary=f"Emails linked to a {entity_type}, newest first",
+                  query=(TIMELINE_LIMIT, CURSOR), response=TimelineOut, responses={404: "not found"})
+    async def timeline(request: Request) -> JSONResponse:
+        limit, cursor = TIMELINE_LIMIT.read(request), read_keyset(CURSOR.read(request))
+        data = await run_in_threadpool(_timeline, _org(request), model, entity_type, request.path_params["id"], limit, cursor)
+        return JSONResponse(data)
 
 
-@router.route("GET", "/api/v1/crm/{kind}/{id}", summary="Get a CRM record", responses={404: "not found"})
-async def get_record(request: Request) -> JSONResponse:
-    kind, model = _kind(request)
-    return await run_in_threadpool(_get, model, _org(request), request.path_params["id"], ENTITY_TYPES[kind])
-
-
-@router.route("DELETE", "/api/v1/crm/{kind}/{id}", summary="Delete a CRM record and its email links", status=204,
-              responses={404: "not found"})
-async def delete_record(request: Request) -> Response:
-    kind, model = _kind(request)
-    return await run_in_threadpool(_delete, model, _org(request), request.path_params["id"], ENTITY_TYPES[kind], ENTITY_TYPES[kind])
-
-
-def _timeline(org_id: str, model: type[SQLModel], entity_type: str, entity_id: str, limit: int, cursor: str | None) -> dict[str, Any]:
+def _timeline(org_id: str, model: type[SQLModel], entity_type: str, entity_id: str, limit: int,
+              cursor: tuple[Any, str] | None) -> dict[str, Any]:
     now = utcnow()
     with Session(get_engine()) as s:
         if s.get(model, (org_id, entity_id)) is None:
@@ -343,8 +349,9 @@ def _timeline(org_id: str, model: type[SQLModel], entity_type: str, entity_id: s
             .order_by(at.desc(), Email.id.desc())  # type: ignore[attr-defined]
             .limit(limit + 1)
         )
-        if cursor:
-            stmt = stmt.where(_before(cursor, at))
+        if cursor is not None:
+            when, last_id = cursor
+            stmt = stmt.where(or_(at < when, (at == when) & (Email.id < last_id)))
         rows = list(s.execute(stmt).scalars())
     items = []
     for e in rows[:limit]:
@@ -357,24 +364,10 @@ def _timeline(org_id: str, model: type[SQLModel], entity_type: str, entity_id: s
     next_cursor = None
     if len(rows) > limit:
         last = rows[limit - 1]
-        next_cursor = f"{iso(last.received_at or last.sent_at or last.created_at)}|{last.id}"
+        next_cursor = keyset_cursor(last.received_at or last.sent_at or last.created_at, last.id)
     return {"items": items, "next_cursor": next_cursor}
 
 
-def _before(cursor: str, at: Any) -> Any:
-    when_text, _, last_id = cursor.partition("|")
-    try:
-        when = datetime.fromisoformat(when_text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ApiError(422, "validation_error", "cursor is malformed") from None
-    return or_(at < when, (at == when) & (Email.id < last_id))
-
-
-@router.route("GET", "/api/v1/crm/{kind}/{id}/timeline", summary="Emails linked to a record, newest first",
-              query=("limit", "cursor"), responses={404: "not found"})
-async def timeline(request: Request) -> JSONResponse:
-    kind, model = _kind(request)
-    limit = query_int(request, "limit", 50, maximum=200)
-    cursor = request.query_params.get("cursor") or None
-    data = await run_in_threadpool(_timeline, _org(request), model, ENTITY_TYPES[kind], request.path_params["id"], limit, cursor)
-    return JSONResponse(data)
+TIMELINE_LIMIT = Param.integer("limit", 50, maximum=200)
+for _kind_name in CRM_TABLES:
+    _register(_kind_name)

@@ -15,10 +15,13 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from models import CRM_TABLES, Document, Email, EmailLink
 from models.db import get_engine
 from ops.settings import get_settings
-from web.api import ApiRouter
+from web.api import ApiRouter, Raw
+from web.cursors import CURSOR, keyset_cursor, read_keyset
 from web.errors import ApiError
+from web.params import Param
 from web.present import iso
-from web.validation import Body, parse_body, query_int
+from web.schemas.emails import EmailOut, EmailsPage, LinkAdded
+from web.validation import Body, parse_body
 
 router = ApiRouter("emails")
 
@@ -30,15 +33,22 @@ def _org(request: Request) -> str:
     return str(request.state.org_id)
 
 
-def _bool(request: Request, name: str) -> bool | None:
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        return None
-    if raw.lower() in ("true", "1", "yes"):
-        return True
-    if raw.lower() in ("false", "0", "no"):
-        return False
-    raise ApiError(422, "validation_error", f"query parameter {name!r} must be true or false")
+PIPELINE_STATES = ("fetched", "parsed", "stored", "linked", "leads", "done", "quarantined", "outbox")
+_REF = "a CRM record id"
+LIST_PARAMS = (
+    Param.text("account_id", max_length=64, description="one mailbox"),
+    Param.boolean("linked", description="false: the unlinked inbox"),
+    Param.boolean("needs_review"),
+    Param.text("contact_id", max_length=64, description=_REF),
+    Param.text("lead_id", max_length=64, description=_REF),
+    Param.text("entity_account_id", max_length=64, description=_REF + " (a CRM account)"),
+    Param.text("opportunity_id", max_length=64, description=_REF),
+    Param.choice("direction", ("inbound", "outbound")),
+    Param.choice("state", PIPELINE_STATES, description="pipeline_state"),
+    Param.text("q", max_length=200, description="part of the subject, sender or snippet"),
+    Param.integer("limit", 50, maximum=200),
+    CURSOR,
+)
 
 
 def summary_json(e: Email) -> dict[str, Any]:
@@ -57,54 +67,45 @@ def summary_json(e: Email) -> dict[str, Any]:
 
 
 def _list(org_id: str, request: Request) -> dict[str, Any]:
-    q = request.query_params
-    limit = query_int(request, "limit", 50, maximum=200)
+    q = {p.name: p.read(request) for p in LIST_PARAMS}
+    limit = q["limit"]
     stmt = select(Email).where(Email.org_id == org_id, Email.deleted_at.is_(None))  # type: ignore[union-attr]
-    if q.get("account_id"):
+    if q["account_id"]:
         stmt = stmt.where(Email.account_id == q["account_id"])
-    linked = _bool(request, "linked")
-    if linked is not None:
-        stmt = stmt.where(Email.linked.is_(linked))  # type: ignore[attr-defined]
-    review = _bool(request, "needs_review")
-    if review is not None:
-        stmt = stmt.where(Email.needs_review.is_(review))  # type: ignore[attr-defined]
-    if q.get("direction"):
-        if q["direction"] not in ("inbound", "outbound"):
-            raise ApiError(422, "validation_error", "direction must be inbound or outbound")
+    if q["linked"] is not None:
+        stmt = stmt.where(Email.linked.is_(q["linked"]))  # type: ignore[attr-defined]
+    if q["needs_review"] is not None:
+        stmt = stmt.where(Email.needs_review.is_(q["needs_review"]))  # type: ignore[attr-defined]
+    if q["direction"]:
         stmt = stmt.where(Email.direction == q["direction"])
     for param, etype in (("contact_id", "contact"), ("lead_id", "lead"), ("entity_account_id", "account"), ("opportunity_id", "opportunity")):
         if q.get(param):
             stmt = stmt.where(select(EmailLink.id).where(EmailLink.email_id == Email.id, EmailLink.entity_type == etype,
                                                          EmailLink.entity_id == q[param]).exists())
-    if q.get("q"):
+    if q["q"]:
         term = "%" + q["q"].lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
         stmt = stmt.where(or_(func.lower(Email.subject).like(term, escape="\\"), func.lower(Email.from_email).like(term, escape="\\"),
                               func.lower(Email.snippet).like(term, escape="\\")))
-    if q.get("state"):
+    if q["state"]:
         stmt = stmt.where(Email.pipeline_state == q["state"])
     at = func.coalesce(Email.received_at, Email.sent_at, Email.created_at)
-    if q.get("cursor"):
-        when, _, last = q["cursor"].partition("|")
-        from datetime import datetime
-
-        try:
-            when_dt = datetime.fromisoformat(when.replace("Z", "+00:00"))
-        except ValueError:
-            raise ApiError(422, "validation_error", "cursor is malformed") from None
+    cursor = read_keyset(q["cursor"])
+    if cursor is not None:
+        when_dt, last = cursor
         stmt = stmt.where(or_(at < when_dt, and_(at == when_dt, Email.id < last)))
     stmt = stmt.order_by(at.desc(), Email.id.desc()).limit(limit + 1)  # type: ignore[attr-defined]
     with Session(get_engine()) as s:
         rows = list(s.execute(stmt).scalars())
     items = [summary_json(e) for e in rows[:limit]]
-    cursor = None
+    next_cursor = None
     if len(rows) > limit:
         last_row = rows[limit - 1]
-        cursor = f"{iso(last_row.received_at or last_row.sent_at or last_row.created_at)}|{last_row.id}"
-    return {"items": items, "next_cursor": cursor}
+        next_cursor = keyset_cursor(last_row.received_at or last_row.sent_at or last_row.created_at, last_row.id)
+    return {"items": items, "next_cursor": next_cursor}
 
 
 @router.route("GET", "/api/v1/emails", summary="List emails (linked=false is the unlinked inbox)",
-              query=("account_id", "linked", "needs_review", "contact_id", "lead_id", "direction", "q", "limit", "cursor"))
+              query=LIST_PARAMS, response=EmailsPage)
 async def list_emails(request: Request) -> JSONResponse:
     return JSONResponse(await run_in_threadpool(_list, _org(request), request))
 
@@ -164,7 +165,8 @@ def send_json(s: Session, e: Email) -> dict[str, Any] | None:
     }
 
 
-@router.route("GET", "/api/v1/emails/{id}", summary="One email with bodies, attachments, links, tracking", responses={404: "not found"})
+@router.route("GET", "/api/v1/emails/{id}", summary="One email with bodies, attachments, links, tracking", response=EmailOut,
+              responses={404: "not found"})
 async def get_email(request: Request) -> JSONResponse:
     org_id, email_id = _org(request), request.path_params["id"]
 
@@ -175,7 +177,8 @@ async def get_email(request: Request) -> JSONResponse:
     return JSONResponse(await run_in_threadpool(run))
 
 
-@router.route("GET", "/api/v1/emails/{id}/attachments/{attachment_id}", summary="Download an attachment", responses={404: "not found"})
+@router.route("GET", "/api/v1/emails/{id}/attachments/{attachment_id}", summary="Download an attachment",
+              response=Raw("*/*", {"type": "string", "format": "binary"}), responses={404: "not found"})
 async def download_attachment(request: Request) -> Response:
     org_id, email_id, att_id = _org(request), request.path_params["id"], request.path_params["attachment_id"]
 
@@ -212,7 +215,7 @@ class LinkIn(Body):
 
 
 @router.route("POST", "/api/v1/emails/{id}/links", summary="Link an email to a CRM record by hand", body=LinkIn,
-              responses={404: "email or record not found"})
+              response=LinkAdded, responses={404: "email or record not found"})
 async def add_link(request: Request) -> JSONResponse:
     org_id, email_id = _org(request), request.path_params["id"]
     body = await parse_body(request, LinkIn)
@@ -235,6 +238,7 @@ async def add_link(request: Request) -> JSONResponse:
 
 
 @router.route("DELETE", "/api/v1/emails/{id}/links/{entity_type}/{entity_id}", summary="Remove a link", status=204,
+              path_params={"entity_type": Param.choice("entity_type", ("contact", "lead", "account", "opportunity"))},
               responses={404: "not found"})
 async def remove_link(request: Request) -> Response:
     org_id, email_id = _org(request), request.path_params["id"]

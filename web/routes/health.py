@@ -12,7 +12,8 @@ from starlette.responses import JSONResponse, Response
 
 from models.db import get_engine
 from ops import metrics
-from web.api import ApiRouter
+from web.api import ApiRouter, Raw
+from web.schemas.health import HealthOut, ReadyOut
 
 router = ApiRouter("operations")
 
@@ -56,12 +57,13 @@ def _check_broker() -> str | None:
     return last
 
 
-@router.route("GET", "/healthz", summary="Process is up", public=True)
+@router.route("GET", "/healthz", summary="Process is up", public=True, response=HealthOut)
 async def healthz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
-@router.route("GET", "/readyz", summary="Database and broker reachable", public=True, responses={503: "not ready"})
+@router.route("GET", "/readyz", summary="Database and broker reachable", public=True, response=ReadyOut,
+              responses={503: ("not ready", ReadyOut)})
 async def readyz(request: Request) -> JSONResponse:
     checks: dict[str, Any] = {}
     db_error = await run_in_threadpool(_check_database)
@@ -72,7 +74,7 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503)
 
 
-@router.route("GET", "/metrics", summary="Prometheus metrics", public=True)
+@router.route("GET", "/metrics", summary="Prometheus metrics", public=True, response=Raw("text/plain"))
 async def metrics_endpoint(request: Request) -> Response:
     body, ctype = await run_in_threadpool(metrics.render)
     return Response(body, media_type=ctype)

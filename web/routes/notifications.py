@@ -11,7 +11,6 @@ from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from models import Notification, utcnow
@@ -21,7 +20,9 @@ from web.auth import WS_UNAUTHORIZED
 from web.errors import ApiError
 from web.present import iso
 from ops.keys import read_claims, sign_claims
-from web.validation import Body, parse_body, query_int
+from web.params import Param
+from web.schemas.notifications import NotificationOut, NotificationsOut, TokenOut
+from web.validation import Body, parse_body
 
 router = ApiRouter("notifications")
 
@@ -31,14 +32,16 @@ def notification_json(n: Notification) -> dict[str, Any]:
             "data": n.data, "read": n.read_at is not None, "read_at": iso(n.read_at), "created_at": iso(n.created_at)}
 
 
-@router.route("GET", "/api/v1/notifications", summary="A user's notifications, newest first", query=("user_id", "unread", "limit"))
+LIST_USER = Param.text("user_id", max_length=64, required=True)
+LIST_UNREAD = Param.boolean("unread", False, description="true: unread only")
+LIST_LIMIT = Param.integer("limit", 50, maximum=200)
+
+
+@router.route("GET", "/api/v1/notifications", summary="A user's notifications, newest first",
+              query=(LIST_USER, LIST_UNREAD, LIST_LIMIT), response=NotificationsOut)
 async def list_notifications(request: Request) -> JSONResponse:
     org_id = str(request.state.org_id)
-    user_id = request.query_params.get("user_id")
-    if not user_id:
-        raise ApiError(422, "validation_error", "query parameter 'user_id' is required")
-    unread_only = request.query_params.get("unread", "").lower() in ("1", "true", "yes")
-    limit = query_int(request, "limit", 50, maximum=200)
+    user_id, unread_only, limit = LIST_USER.read(request), LIST_UNREAD.read(request), LIST_LIMIT.read(request)
 
     def run() -> dict[str, Any]:
         with Session(get_engine()) as s:
@@ -52,7 +55,8 @@ async def list_notifications(request: Request) -> JSONResponse:
     return JSONResponse(await run_in_threadpool(run))
 
 
-@router.route("POST", "/api/v1/notifications/{id}/read", summary="Mark a notification read", responses={404: "not found"})
+@router.route("POST", "/api/v1/notifications/{id}/read", summary="Mark a notification read", response=NotificationOut,
+              responses={404: "not found"})
 async def mark_read(request: Request) -> JSONResponse:
     org_id, nid = str(request.state.org_id), request.path_params["id"]
 
@@ -91,7 +95,7 @@ def check_token(token: str, now: float | None = None) -> tuple[str, str] | None:
 
 
 @router.route("POST", "/api/v1/notifications/token", summary="A short-lived token for the notifications websocket",
-              body=TokenIn)
+              body=TokenIn, response=TokenOut)
 async def ws_token(request: Request) -> JSONResponse:
     body = await parse_body(request, TokenIn)
     return JSONResponse({"token": issue_token(str(request.state.org_id), body.user_id), "expires_in": TOKEN_TTL_SECONDS})
@@ -120,4 +124,6 @@ async def notifications_ws(websocket: WebSocket) -> None:
         HUB.remove(org_id, user_id, websocket)
 
 
-router.websockets.append(WebSocketRoute("/api/v1/notifications/ws", notifications_ws))
+router.websocket("/api/v1/notifications/ws", summary="Real-time pushes {type, email_id, ...} (WebSocket)",
+                 query=(Param.text("token", max_length=500, required=True, description="from POST /api/v1/notifications/token"),))(
+    notifications_ws)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Annotated, Any
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, StringConstraints, field_validator
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
@@ -17,21 +18,41 @@ from models.db import get_engine
 from pipeline import notion
 from web.api import ApiRouter
 from web.errors import ApiError
-from web.validation import Body, field_error, parse_body, query_required
+from web.params import Param
+from web.schemas.common import UrlOut
+from web.schemas.notion import ConnectedOut, DatabasesOut, NotionCallbackOut, NotionSaveOut, NotionSavesOut
+from web.validation import Body, field_error, parse_body
 
 router = ApiRouter("notion")
 
 
+# A Notion object id: 32 hex digits, bare or as a dashed UUID. It ends up in Notion API paths
+# (databases/{id}), so nothing else may pass: "../../_state" would walk to another endpoint.
+NOTION_ID = r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$"
+NotionId = Annotated[str, StringConstraints(pattern=NOTION_ID)]
+# An integration token travels in the Authorization header: printable ASCII only.
+_TOKEN = re.compile(r"[\x21-\x7e]{1,500}")
+
+
 class NotionConnectIn(Body):
-    notion_api_key: SecretStr | None = Field(default=None, description="internal integration token; omit to keep the stored one")
-    notion_db_id: str | None = Field(default=None, max_length=64)
+    notion_api_key: SecretStr | None = Field(default=None, description="internal integration token (printable ASCII); "
+                                                                        "omit to keep the stored one",
+                                             json_schema_extra={"pattern": r"^[\x21-\x7e]{1,500}$"})
+    notion_db_id: NotionId | None = Field(default=None, description="the database's id: 32 hex digits, dashes optional")
+
+    @field_validator("notion_api_key")
+    @classmethod
+    def _printable(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and not _TOKEN.fullmatch(v.get_secret_value()):
+            raise ValueError("must be a Notion token: 1-500 printable ASCII characters, no spaces")
+        return v
 
 
 class NotionSaveIn(Body):
     user_id: str = Field(min_length=1, max_length=64)
-    database_id: str | None = Field(default=None, max_length=64)
+    database_id: NotionId | None = Field(default=None, description="the database's id (default: the user's)")
     title: str | None = Field(default=None, min_length=1, max_length=2000)
-    tags: list[str] = Field(default_factory=list, max_length=100)
+    tags: list[Annotated[str, StringConstraints(min_length=1, max_length=100)]] = Field(default_factory=list, max_length=100)
 
 
 def _api_error(exc: notion.NotionError) -> ApiError:
@@ -52,8 +73,13 @@ def _org(request: Request) -> str:
     return str(request.state.org_id)
 
 
+def _missing_user() -> str:
+    raise field_error("user_id", "required", kind="missing", text="user_id is required")
+
+
 @router.route("PUT", "/api/v1/users/{id}/notion", summary="Connect a user's Notion with an internal-integration token",
-              body=NotionConnectIn, responses={422: "token or database refused by Notion"})
+              body=NotionConnectIn, response=ConnectedOut,
+              responses={404: "user not found", 422: "token or database refused by Notion", 502: "Notion did not answer"})
 async def put_connection(request: Request) -> JSONResponse:
     body = await parse_body(request, NotionConnectIn)
     org_id, user_id = _org(request), request.path_params["id"]
@@ -71,10 +97,13 @@ async def put_connection(request: Request) -> JSONResponse:
         raise _api_error(exc) from None
 
 
-@router.route("GET", "/api/v1/notion/authorize", summary="Start connecting Notion (public integration OAuth)", query=("user_id",),
-              responses={400: "Notion OAuth not configured"})
+USER_ID = Param.text("user_id", max_length=64, required=True, description="the CRM user")
+
+
+@router.route("GET", "/api/v1/notion/authorize", summary="Start connecting Notion (public integration OAuth)", query=(USER_ID,),
+              response=UrlOut, responses={400: "Notion OAuth not configured"})
 async def authorize(request: Request) -> JSONResponse:
-    user_id = query_required(request, "user_id")
+    user_id = USER_ID.read(request).strip() or _missing_user()
     try:
         return JSONResponse({"url": notion.oauth_start(_org(request), user_id)})
     except notion.NotionError as exc:
@@ -82,7 +111,9 @@ async def authorize(request: Request) -> JSONResponse:
 
 
 @router.route("GET", "/api/v1/notion/callback", summary="Where Notion sends the browser back (public: trusts its signed state)",
-              public=True, query=("code", "state", "error"), responses={400: "bad or expired state, or Notion refused"})
+              public=True, query=(Param.text("code", max_length=2000), Param.text("state", max_length=2000),
+                                  Param.text("error", max_length=2000)),
+              response=NotionCallbackOut, responses={400: "bad or expired state, or Notion refused", 502: "Notion did not answer"})
 async def callback(request: Request) -> JSONResponse:
     if request.query_params.get("error"):
         raise ApiError(400, "oauth_denied", f"Notion did not authorize ({request.query_params['error'][:64]})")
@@ -106,9 +137,10 @@ def _token(org_id: str, user_id: str) -> tuple[str, Any]:
     return token, conn
 
 
-@router.route("GET", "/api/v1/notion/databases", summary="Databases the user's Notion connection can see", query=("user_id",))
+@router.route("GET", "/api/v1/notion/databases", summary="Databases the user's Notion connection can see", query=(USER_ID,),
+              response=DatabasesOut, responses={409: "Notion not connected", 502: "Notion did not answer"})
 async def databases(request: Request) -> JSONResponse:
-    user_id = query_required(request, "user_id")
+    user_id = USER_ID.read(request).strip() or _missing_user()
     token, conn = _token(_org(request), user_id)
     try:
         items = await run_in_threadpool(notion.list_databases, token)
@@ -126,7 +158,8 @@ def _save_json(sv: NotionSave) -> dict[str, Any]:
 
 
 @router.route("POST", "/api/v1/emails/{id}/notion", summary="Save the email to Notion (202; saving again returns the page)",
-              body=NotionSaveIn, status=202, responses={200: "already saved", 404: "email not found", 409: "Notion not connected"})
+              body=NotionSaveIn, status=202, response=NotionSaveOut,
+              responses={200: "already saved", 404: "email not found", 409: "Notion not connected"})
 async def save(request: Request) -> JSONResponse:
     from pipeline.actors.notion import customer_of, save_to_notion
     from pipeline.stages.notion_page import default_title
@@ -173,7 +206,8 @@ async def save(request: Request) -> JSONResponse:
     return JSONResponse(out, status_code=status)
 
 
-@router.route("GET", "/api/v1/emails/{id}/notion", summary="How the email's Notion saves went")
+@router.route("GET", "/api/v1/emails/{id}/notion", summary="How the email's Notion saves went", response=NotionSavesOut,
+              responses={404: "email not found"})
 async def saves(request: Request) -> JSONResponse:
     org_id, email_id = _org(request), request.path_params["id"]
 

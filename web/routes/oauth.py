@@ -13,6 +13,9 @@ from models.db import get_engine
 from pipeline import oauth
 from web.api import ApiRouter
 from web.errors import ApiError
+from web.params import Param
+from web.schemas.accounts import OAuthConnectedOut
+from web.schemas.common import UrlOut
 from web.validation import field_error
 
 router = ApiRouter("oauth")
@@ -50,8 +53,12 @@ def _overrides(request: Request) -> dict[str, Any]:
 
 
 @router.route("GET", "/api/v1/oauth/{provider}/authorize", summary="Start connecting a Gmail or Outlook mailbox over OAuth",
-              query=("user_id", "email", *_OVERRIDES), responses={404: "unknown provider", 422: "invalid input",
-                                                                   400: "provider not configured"})
+              query=(Param.text("user_id", max_length=64, required=True), Param.text("email", max_length=320, required=True),
+                     Param.text("imap_host", max_length=255), Param.integer("imap_port", None, maximum=65535),
+                     Param.choice("imap_security", ("ssl", "starttls", "none")), Param.text("smtp_host", max_length=255),
+                     Param.integer("smtp_port", None, maximum=65535), Param.choice("smtp_security", ("ssl", "starttls", "none"))),
+              path_params={"provider": Param.choice("provider", PROVIDERS)}, response=UrlOut,
+              responses={404: "unknown provider", 422: "invalid input", 400: "provider not configured"})
 async def authorize(request: Request) -> JSONResponse:
     provider = _provider(request)
     user_id = (request.query_params.get("user_id") or "").strip()
@@ -80,7 +87,8 @@ async def authorize(request: Request) -> JSONResponse:
 
 
 @router.route("GET", "/api/v1/oauth/{provider}/callback", summary="Where the provider sends the browser back (public: trusts its signed state)",
-              public=True, query=("code", "state", "error", "error_description"),
+              public=True, query=tuple(Param.text(n, max_length=2000) for n in ("code", "state", "error", "error_description")),
+              path_params={"provider": Param.choice("provider", PROVIDERS)}, response=OAuthConnectedOut,
               responses={400: "bad or expired state, or the provider refused", 404: "unknown provider"})
 async def callback(request: Request) -> JSONResponse:
     provider = _provider(request)

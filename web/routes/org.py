@@ -14,6 +14,7 @@ from models import Organization
 from models.db import get_engine
 from web.api import ApiRouter
 from web.present import iso
+from web.schemas.org import OrgOut
 from web.validation import Body, parse_body
 
 router = ApiRouter("organization")
@@ -47,7 +48,7 @@ def org_json(o: Organization) -> dict[str, Any]:
             "created_at": iso(o.created_at)}
 
 
-@router.route("GET", "/api/v1/org", summary="The calling organization and its settings")
+@router.route("GET", "/api/v1/org", summary="The calling organization and its settings", response=OrgOut)
 async def get_org(request: Request) -> JSONResponse:
     def run() -> dict[str, Any]:
         with Session(get_engine()) as s:
@@ -58,7 +59,8 @@ async def get_org(request: Request) -> JSONResponse:
     return JSONResponse(await run_in_threadpool(run))
 
 
-@router.route("PATCH", "/api/v1/org", summary="Change settings: auto_create_leads, mark_seen, own_domains", body=OrgPatch)
+@router.route("PATCH", "/api/v1/org", summary="Change settings: auto_create_leads, mark_seen, own_domains", body=OrgPatch,
+              response=OrgOut)
 async def patch_org(request: Request) -> JSONResponse:
     body = await parse_body(request, OrgPatch)
 

@@ -6,7 +6,6 @@ actor; they answer 202 with the email id before any SMTP traffic. Errors are 4xx
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, StringConstraints, field_validator, model_validator
@@ -22,9 +21,12 @@ from pipeline.outbound import Outgoing, SendRejected, Submitted, cancel, submit
 from pipeline.stages.compose import forward_block, forward_subject, quote_for_reply, reply_subject
 from web.api import ApiRouter
 from web.errors import ApiError
-from web.validation import Body, parse_body
+from web.schemas.emails import CancelOut, SendAccepted
+from web.validation import Body, IsoDateTime, parse_body
 
 router = ApiRouter("sending")
+
+SEND_MAX_BODY = 30 * 1024 * 1024  # attachments travel inline as base64
 
 class AttachmentIn(Body):
     """A file given inline (base64) or by the id of an attachment mailpipe already stores."""
@@ -49,7 +51,7 @@ class _Common(Body):
     cc: list[Annotated[str, StringConstraints(max_length=998)]] = Field(default_factory=list, max_length=100)
     bcc: list[Annotated[str, StringConstraints(max_length=998)]] = Field(default_factory=list, max_length=100)
     attachments: list[AttachmentIn] = Field(default_factory=list, max_length=50)
-    send_at: datetime | None = None
+    send_at: IsoDateTime | None = None
     track_opens: bool = True
     track_clicks: bool = True
     category: Literal["sales", "marketing"] = "sales"
@@ -58,7 +60,7 @@ class _Common(Body):
 
     @field_validator("send_at")
     @classmethod
-    def _offset(cls, v: datetime | None) -> datetime | None:
+    def _offset(cls, v: Any) -> Any:
         if v is not None and v.utcoffset() is None:
             raise ValueError("send_at must be ISO-8601 with a UTC offset, e.g. 2026-12-01T09:00:00+01:00")
         return v
@@ -124,7 +126,9 @@ async def _accept(org_id: str, req: Outgoing) -> JSONResponse:
 
 
 @router.route("POST", "/api/v1/emails/send", summary="Send (or schedule) an email from a connected mailbox", body=SendIn,
-              status=202, responses={404: "account, template or attachment not found", 409: "idempotency key reused"})
+              status=202, response=SendAccepted, max_body=SEND_MAX_BODY,
+              responses={404: "account, template or attachment not found", 409: "idempotency key reused",
+                         413: "body or attachments too large"})
 async def send(request: Request) -> JSONResponse:
     body = await parse_body(request, SendIn)
     return await _accept(_org(request), _outgoing(
@@ -159,7 +163,8 @@ def _reply_to(e: Email) -> str | None:
 
 
 @router.route("POST", "/api/v1/emails/{id}/reply", summary="Reply to an email (threading headers, quoted original)",
-              body=ReplyIn, status=202, responses={404: "email or account not found"})
+              body=ReplyIn, status=202, response=SendAccepted, max_body=SEND_MAX_BODY,
+              responses={404: "email or account not found", 409: "idempotency key reused", 413: "body or attachments too large"})
 async def reply(request: Request) -> JSONResponse:
     org_id, email_id = _org(request), request.path_params["id"]
     body = await parse_body(request, ReplyIn)
@@ -192,7 +197,8 @@ async def reply(request: Request) -> JSONResponse:
 
 
 @router.route("POST", "/api/v1/emails/{id}/forward", summary="Forward an email with its attachments and a note",
-              body=ForwardIn, status=202, responses={404: "email or account not found"})
+              body=ForwardIn, status=202, response=SendAccepted, max_body=SEND_MAX_BODY,
+              responses={404: "email or account not found", 409: "idempotency key reused", 413: "body or attachments too large"})
 async def forward(request: Request) -> JSONResponse:
     org_id, email_id = _org(request), request.path_params["id"]
     body = await parse_body(request, ForwardIn)
@@ -210,7 +216,8 @@ async def forward(request: Request) -> JSONResponse:
     return await _accept(org_id, req)
 
 
-@router.route("POST", "/api/v1/emails/{id}/cancel", summary="Cancel a scheduled send", responses={409: "not scheduled"})
+@router.route("POST", "/api/v1/emails/{id}/cancel", summary="Cancel a scheduled send", response=CancelOut,
+              responses={404: "email not found", 409: "not scheduled"})
 async def cancel_send(request: Request) -> JSONResponse:
     org_id, email_id = _org(request), request.path_params["id"]
 

@@ -8,9 +8,9 @@ emails with at least one human open (click): machine events never count (they do
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import Field, StringConstraints
 from sqlalchemy import case, func, or_, select
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
@@ -20,14 +20,24 @@ from starlette.responses import JSONResponse, Response
 from models import Email, Template, User, utcnow
 from models.db import get_engine
 from pipeline.stages.merge import FIELDS, MergeSyntaxError, parse, render_parts, suggest
-from web.api import ApiRouter
+from web.api import ApiRouter, Raw
+from web.cursors import CURSOR, offset_cursor, read_offset
 from web.errors import ApiError
+from web.params import Param
 from web.present import iso
-from web.validation import Body, parse_body, query_int
+from web.schemas.templates import PreviewOut, TemplateOut, TemplatesPage
+from web.validation import Body, parse_body
 
 router = ApiRouter("templates")
 
+TEMPLATE_MAX_BODY = 8 * 1024 * 1024  # bodies up to 2,000,000 characters, JSON-escaped
+
 SORTS = ("usage", "open_rate", "click_rate", "created")
+Q = Param.text("q", max_length=200, description="part of the name")
+CATEGORY = Param.text("category", max_length=100)
+SORT = Param.choice("sort", SORTS, "created")
+USER_ID = Param.text("user_id", max_length=64, description="that user's private templates plus all public ones")
+LIMIT = Param.integer("limit", 50, maximum=200)
 SAMPLE = {"firstName": "Jane", "lastName": "Doe", "email": "jane.doe@example.com", "company": "Acme Corp",
           "position": "Head of Operations", "accountName": "Acme Corp", "industry": "Manufacturing",
           "website": "https://acme.example.com", "annualRevenue": "12,000,000", "dealAmount": "25,000 USD",
@@ -54,7 +64,7 @@ class TemplatePatch(Body):
 
 
 class PreviewIn(Body):
-    merge: dict[str, str] | None = None
+    merge: dict[str, Annotated[str, StringConstraints(max_length=64)]] | None = Field(default=None, max_length=8)
 
 
 def _org(request: Request) -> str:
@@ -107,7 +117,7 @@ def _load(s: Session, org_id: str, template_id: str) -> Template:
 
 
 @router.route("POST", "/api/v1/templates", summary="Create a template (merge fields checked)", body=TemplateIn, status=201,
-              responses={422: "unknown merge field (with suggestions) or syntax error"})
+              response=TemplateOut, max_body=TEMPLATE_MAX_BODY, responses={422: "unknown merge field (with suggestions) or syntax error"})
 async def create_template(request: Request) -> JSONResponse:
     org_id, body = _org(request), await parse_body(request, TemplateIn)
     fields = merge_fields_of(body.subject, body.body_html, body.body_text)
@@ -124,28 +134,22 @@ async def create_template(request: Request) -> JSONResponse:
 
 
 @router.route("GET", "/api/v1/templates", summary="Templates: search, filter, sort by usage or rates",
-              query=("q", "category", "sort", "user_id", "limit", "cursor"))
+              query=(Q, CATEGORY, SORT, USER_ID, LIMIT, CURSOR), response=TemplatesPage)
 async def list_templates(request: Request) -> JSONResponse:
-    org_id, q = _org(request), request.query_params
-    sort = q.get("sort") or "created"
-    if sort not in SORTS:
-        raise ApiError(422, "validation_error", f"sort must be one of {', '.join(SORTS)}")
-    limit = query_int(request, "limit", 50, maximum=200)
-    try:
-        offset = int(q.get("cursor") or 0)
-    except ValueError:
-        raise ApiError(422, "validation_error", "cursor is malformed") from None
+    org_id = _org(request)
+    term, category, sort, user_id = Q.read(request), CATEGORY.read(request), SORT.read(request), USER_ID.read(request)
+    limit, offset = LIMIT.read(request), read_offset(CURSOR.read(request))
 
     def run() -> dict[str, Any]:
         with Session(get_engine()) as s:
             stmt = select(Template).where(Template.org_id == org_id, Template.deleted_at.is_(None))  # type: ignore[union-attr]
-            if q.get("user_id"):  # the user's own private templates plus everyone's public ones
-                stmt = stmt.where(or_(Template.is_public.is_(True), Template.created_by == q["user_id"]))  # type: ignore[attr-defined]
-            if q.get("category"):
-                stmt = stmt.where(Template.category == q["category"])
-            if q.get("q"):
-                term = "%" + q["q"].lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-                stmt = stmt.where(func.lower(Template.name).like(term, escape="\\"))
+            if user_id:  # the user's own private templates plus everyone's public ones
+                stmt = stmt.where(or_(Template.is_public.is_(True), Template.created_by == user_id))  # type: ignore[attr-defined]
+            if category:
+                stmt = stmt.where(Template.category == category)
+            if term:
+                like = "%" + term.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+                stmt = stmt.where(func.lower(Template.name).like(like, escape="\\"))
             if sort in ("open_rate", "click_rate"):
                 # One grouped pass over the sent emails (index on emails.template_id), joined in.
                 stats = (select(Email.template_id.label("tid"), func.count().label("sent"),
@@ -165,12 +169,12 @@ async def list_templates(request: Request) -> JSONResponse:
             page = rows[:limit]
             rates = _rates(s, [t.id for t in page])
             return {"items": [template_json(t, rates.get(t.id)) for t in page],
-                    "next_cursor": str(offset + limit) if len(rows) > limit else None}
+                    "next_cursor": offset_cursor(offset + limit) if len(rows) > limit else None}
 
     return JSONResponse(await run_in_threadpool(run))
 
 
-@router.route("GET", "/api/v1/templates/metrics.csv", summary="Every template's usage and rates as CSV")
+@router.route("GET", "/api/v1/templates/metrics.csv", summary="Every template's usage and rates as CSV", response=Raw("text/csv"))
 async def metrics_csv(request: Request) -> Response:
     org_id = _org(request)
 
@@ -202,7 +206,8 @@ def _cell(value: str) -> str:
     return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
 
 
-@router.route("GET", "/api/v1/templates/{id}", summary="One template with its metrics", responses={404: "not found"})
+@router.route("GET", "/api/v1/templates/{id}", summary="One template with its metrics", response=TemplateOut,
+              responses={404: "not found"})
 async def get_template(request: Request) -> JSONResponse:
     org_id, tid = _org(request), request.path_params["id"]
 
@@ -215,7 +220,7 @@ async def get_template(request: Request) -> JSONResponse:
 
 
 @router.route("PATCH", "/api/v1/templates/{id}", summary="Change a template (merge fields checked again)", body=TemplatePatch,
-              responses={404: "not found", 422: "unknown merge field or syntax error"})
+              response=TemplateOut, max_body=TEMPLATE_MAX_BODY, responses={404: "not found", 422: "unknown merge field or syntax error"})
 async def patch_template(request: Request) -> JSONResponse:
     org_id, tid = _org(request), request.path_params["id"]
     body = await parse_body(request, TemplatePatch)
@@ -251,7 +256,7 @@ async def delete_template(request: Request) -> Response:
 
 
 @router.route("POST", "/api/v1/templates/{id}/preview", summary="Render with sample data or named records", body=PreviewIn,
-              responses={404: "template or record not found"})
+              response=PreviewOut, responses={404: "template or record not found"})
 async def preview_template(request: Request) -> JSONResponse:
     org_id, tid = _org(request), request.path_params["id"]
     body = await parse_body(request, PreviewIn)
@@ -286,7 +291,7 @@ class AsTemplateIn(Body):
 
 
 @router.route("POST", "/api/v1/emails/{id}/as-template", summary="Create a template from an email", body=AsTemplateIn,
-              status=201, responses={404: "email not found", 422: "the email's text is not a valid template"})
+              status=201, response=TemplateOut, responses={404: "email not found", 422: "the email's text is not a valid template"})
 async def email_as_template(request: Request) -> JSONResponse:
     org_id, email_id = _org(request), request.path_params["id"]
     body = await parse_body(request, AsTemplateIn)

@@ -32,10 +32,12 @@ from ops.keys import get_keyring
 from ops.settings import get_settings
 from pipeline.intake import event_id
 from pipeline.stages.tracking import verify_link_hash
-from web.api import ApiRouter
+from web.api import ApiRouter, Raw
+from web.schemas.emails import TrackingOut
 from web.errors import ApiError
-from web.tracking_page import DEFAULT_LIMIT, MAX_LIMIT, decode_cursor, tracking_page
-from web.validation import query_int
+from web.cursors import CURSOR, read_keyset
+from web.params import Param
+from web.tracking_page import DEFAULT_LIMIT, MAX_LIMIT, tracking_page
 
 router = ApiRouter("tracking")
 
@@ -108,7 +110,8 @@ def _submit(event: dict[str, Any]) -> None:
         pass
 
 
-@router.route("GET", "/track/open/{email_id}/{recipient_hash}", summary="Open-tracking pixel (always a 1x1 GIF)", public=True)
+@router.route("GET", "/track/open/{email_id}/{recipient_hash}", summary="Open-tracking pixel (always a 1x1 GIF)", public=True,
+              response=Raw("image/gif", {"type": "string", "format": "binary"}))
 async def pixel(request: Request) -> Response:
     email_id, token = request.path_params["email_id"], request.path_params["recipient_hash"]
     if request.method == "GET" and not _prefetch(request) and _ID.match(email_id) and _TOKEN.match(token):
@@ -139,7 +142,7 @@ _NOT_FOUND = ("<!doctype html><html><head><meta charset=\"utf-8\"><title>Link no
 
 
 @router.route("GET", "/track/click/{email_id}/{link_hash}", summary="Click redirect to the URL stored at send time",
-              public=True, status=302, responses={404: "unknown or forged link"})
+              public=True, status=302, responses={404: ("unknown or forged link", Raw("text/html"))})
 async def click(request: Request) -> Response:
     email_id, token = request.path_params["email_id"], request.path_params["link_hash"]
     url = await run_in_threadpool(_target, email_id, token) if _ID.match(email_id) and _TOKEN.match(token) else None
@@ -150,14 +153,16 @@ async def click(request: Request) -> Response:
     return RedirectResponse(url, status_code=302, headers={**NO_STORE, "Referrer-Policy": "no-referrer"})
 
 
+_LIMIT = Param.integer("limit", DEFAULT_LIMIT, maximum=MAX_LIMIT, description="events per page")
+
+
 @router.route("GET", "/api/v1/emails/{id}/tracking", summary="Opens and clicks of a sent email, chronological, paged",
-              query=("limit", "cursor"), responses={404: "not found", 422: "bad limit or cursor"})
+              query=(_LIMIT, CURSOR), response=TrackingOut, responses={404: "not found"})
 async def tracking(request: Request) -> JSONResponse:
     org_id, email_id = str(request.state.org_id), request.path_params["id"]
-    limit = query_int(request, "limit", DEFAULT_LIMIT, maximum=MAX_LIMIT)
-    cursor = request.query_params.get("cursor") or None
-    if cursor is not None:
-        decode_cursor(cursor)  # a malformed cursor is a 422 before any database work
+    limit = _LIMIT.read(request)
+    cursor = CURSOR.read(request)
+    read_keyset(cursor)  # a malformed cursor is a 422 before any database work
 
     def run() -> dict[str, Any]:
         with Session(get_engine()) as s:

@@ -23,7 +23,7 @@ from models.db import get_engine
 from models.upsert import insert_ignore
 from ops.keys import get_keyring
 from pipeline.stages.tracking import verify_recipient_hash
-from web.api import ApiRouter
+from web.api import ApiRouter, Raw
 
 router = ApiRouter("unsubscribe")
 
@@ -55,7 +55,7 @@ def _not_found() -> HTMLResponse:
 
 
 @router.route("GET", "/unsubscribe/{email_id}/{rhash}", summary="Unsubscribe confirmation page", public=True,
-              responses={404: "unknown or forged link"})
+              response=Raw("text/html"), responses={404: ("unknown or forged link", Raw("text/html"))})
 async def confirm_page(request: Request) -> HTMLResponse:
     email_id, rhash = request.path_params["email_id"], request.path_params["rhash"]
     found = await run_in_threadpool(_recipient, email_id, rhash)
@@ -68,7 +68,7 @@ async def confirm_page(request: Request) -> HTMLResponse:
 
 
 @router.route("POST", "/unsubscribe/{email_id}/{rhash}", summary="Unsubscribe (RFC 8058 one-click)", public=True,
-              responses={404: "unknown or forged link"})
+              response=Raw("text/html"), responses={404: ("unknown or forged link", Raw("text/html"))})
 async def unsubscribe(request: Request) -> HTMLResponse:
     email_id, rhash = request.path_params["email_id"], request.path_params["rhash"]
     found = await run_in_threadpool(_recipient, email_id, rhash)

@@ -1,0 +1,167 @@
+"""Emails: list items, the full email, links, sends and tracking."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from web.schemas import Out
+from web.schemas.common import Ts
+
+
+class EmailSummary(Out):
+    id: str
+    account_id: str
+    direction: str
+    status: str
+    message_id: str | None
+    thread_id: str | None
+    from_email: str | None
+    from_name: str | None
+    to_emails: list[str]
+    cc_emails: list[str]
+    subject: str
+    snippet: str
+    received_at: Ts
+    sent_at: Ts
+    linked: bool
+    needs_review: bool
+    attachment_count: int
+    open_count: int
+    click_count: int
+    pipeline_state: str
+    tracking_status: Literal["unopened", "opened", "clicked"] | None
+
+
+class EmailsPage(Out):
+    items: list[EmailSummary]
+    next_cursor: str | None
+
+
+class AttachmentOut(Out):
+    id: str
+    filename: str
+    content_type: str
+    size: int
+    inline: bool
+    content_id: str | None
+    url: str
+
+
+class LinkDetail(Out):
+    entity_type: str
+    entity_id: str
+    how: str
+
+
+class LinksOut(Out):
+    contact_ids: list[str]
+    lead_ids: list[str]
+    account_ids: list[str]
+    opportunity_ids: list[str]
+    needs_review: bool
+    details: list[LinkDetail]
+
+
+class TrackingSummary(Out):
+    open_count: int
+    click_count: int
+    first_open_at: Ts
+    last_open_at: Ts
+
+
+class DeliveryOut(Out):
+    recipients: list[str]
+    state: str
+    attempts: int
+    smtp_code: int | None
+    smtp_message: str | None
+    error_code: str | None
+    refused: dict[str, Any]
+    log: list[dict[str, Any]]
+
+
+class SentCopy(Out):
+    state: str | None
+    error: str | None
+
+
+class SendState(Out):
+    state: str
+    kind: str
+    category: str
+    send_at: Ts
+    deferred_until: Ts
+    next_attempt_at: Ts
+    track_opens: bool
+    track_clicks: bool
+    idempotency_key: str | None
+    sent_copy: SentCopy
+    attempts: int
+    deliveries: list[DeliveryOut]
+
+
+class EmailOut(EmailSummary):
+    send_at: Ts
+    deferred_until: Ts
+    bcc_emails: list[str]
+    body_text: str
+    body_html: str | None
+    in_reply_to: str | None
+    references: list[str]
+    attachments: list[AttachmentOut]
+    links: LinksOut
+    tracking: TrackingSummary
+    template_id: str | None
+    notion_page_url: str | None
+    send: SendState | None
+    parse_error: str | None
+    defects: list[str]
+    suspicious_sender: bool = Field(description="the From display name looks like another address (never auto-linked by it)")
+    error: dict[str, Any] | None
+
+
+class LinkAdded(Out):
+    email_id: str
+    links: LinksOut
+
+
+class SendAccepted(Out):
+    id: str
+    status: Literal["queued", "scheduled"]
+    created: bool
+
+
+class CancelOut(Out):
+    id: str
+    status: str
+
+
+class TrackingEventOut(Out):
+    at: Ts
+    ip: str | None
+    user_agent: str | None
+    machine: bool
+    reason: str | None
+    recipient_email: str | None
+    method: str
+    counted: bool
+    url: str | None = None
+
+
+class TrackingTotals(Out):
+    opens: int
+    clicks: int
+
+
+class TrackingOut(Out):
+    email_id: str
+    open_count: int
+    click_count: int
+    first_open_at: Ts
+    last_open_at: Ts
+    first_open_after_send_s: float | None
+    opens: list[TrackingEventOut]
+    clicks: list[TrackingEventOut]
+    status: Literal["unopened", "opened", "clicked"]
+    events_total: TrackingTotals
+    next_cursor: str | None = None
