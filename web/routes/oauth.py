@@ -11,6 +11,7 @@ from starlette.responses import JSONResponse
 from models import User
 from models.db import get_engine
 from pipeline import oauth
+from pipeline.stages.wire_text import control_character, host_problem
 from web.api import ApiRouter
 from web.errors import ApiError
 from web.validation import field_error
@@ -43,22 +44,23 @@ def _overrides(request: Request) -> dict[str, Any]:
                 raise field_error(key, "must be ssl, starttls or none")
             out[key] = raw
         else:
-            if len(raw) > 255 or any(c.isspace() for c in raw):
-                raise field_error(key, "must be a host name")
+            problem = host_problem(raw)
+            if problem is not None:
+                raise field_error(key, problem)
             out[key] = raw
     return out
 
 
 @router.route("GET", "/api/v1/oauth/{provider}/authorize", summary="Start connecting a Gmail or Outlook mailbox over OAuth",
-              query=("user_id", "email", *_OVERRIDES), responses={404: "unknown provider", 422: "invalid input",
-                                                                   400: "provider not configured"})
+              query=("user_id", "email", *_OVERRIDES), responses={404: "unknown provider", 400: "provider not configured",
+                                                                   422: "invalid input, or an override host the connection guard refuses"})
 async def authorize(request: Request) -> JSONResponse:
     provider = _provider(request)
     user_id = (request.query_params.get("user_id") or "").strip()
     email = (request.query_params.get("email") or "").strip()
     if not user_id or len(user_id) > 64:
         raise field_error("user_id", "required (the CRM user who owns the mailbox)")
-    if "@" not in email or len(email) > 320 or any(c.isspace() for c in email):
+    if "@" not in email or len(email) > 320 or any(c.isspace() for c in email) or control_character(email) is not None:
         raise field_error("email", "must be the mailbox's email address")
     overrides = _overrides(request)
     org_id = str(request.state.org_id)
@@ -66,16 +68,20 @@ async def authorize(request: Request) -> JSONResponse:
     def run() -> str:
         from sqlmodel import Session
 
+        url = oauth.start(org_id, user_id, provider, email, overrides)  # checks the overrides first
         with Session(get_engine()) as s:
             if s.get(User, (org_id, user_id)) is None:
                 s.add(User(org_id=org_id, id=user_id, name=email[:300], email=email, email_norm=email.lower()))
                 s.commit()
-        return oauth.start(org_id, user_id, provider, email, overrides)
+        return url
 
     try:
         url = await run_in_threadpool(run)
     except oauth.NotConfigured as exc:
         raise ApiError(400, "provider_not_configured", str(exc)) from None
+    except oauth.EndpointRefused as exc:  # the connection guard: the token would go where it must not
+        raise ApiError(422, exc.code, exc.message,
+                       {"errors": [{"field": exc.field("_"), "message": exc.message, "type": exc.code}]}) from None
     return JSONResponse({"url": url})
 
 
