@@ -1,8 +1,8 @@
 """The outbound connection guard: resolve a tenant's host once, check every address, connect to those.
 
 ``check_host`` resolves (a numeric host, in any spelling, without asking DNS at all), applies
-:mod:`pipeline.stages.netpolicy`, and returns the addresses it checked; ``open_socket`` connects
-to exactly those, so a DNS answer that changes between the check and the connection (rebinding)
+:mod:`pipeline.stages.netpolicy` to where each address really leads (``0.0.0.0`` and ``::`` are
+this machine), and returns the addresses it checked; ``open_socket`` connects to exactly those, so a DNS answer that changes between the check and the connection (rebinding)
 changes nothing. TLS still verifies the certificate against the host name as given (or the
 canonical address for a numeric host): callers pass ``CheckedHost.tls_name`` as the server name.
 
@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.stages.netpolicy import IpAddress, IpNetwork, Nets, Refusal, check_addresses, host_literal, parse_nets
+from pipeline.stages.netpolicy import IpAddress, IpNetwork, Nets, Refusal, check_addresses, destination, host_literal, parse_nets
 
 __all__ = ["MAIL_SETTING", "WEBHOOK_SETTING", "CheckedHost", "HostNotAllowed", "check_host", "mail_nets", "open_socket",
            "webhook_nets"]
@@ -72,25 +72,26 @@ def webhook_nets() -> Nets:
 
 
 def check_host(host: str, nets: Sequence[IpNetwork], *, listed_only: str | None = None, setting: str = MAIL_SETTING,
-               resolver: Resolver = socket.getaddrinfo) -> CheckedHost:
+               resolver: Resolver | None = None) -> CheckedHost:
     """Resolve host once and check every address; raise HostNotAllowed or socket.gaierror.
 
     A numeric host (``10.1.2.3``, ``127.1``, ``0x7f000001``, ``::1``) is read without a lookup.
     ``listed_only``: why the addresses must be inside ``nets`` even when public (None: they need not).
+    ``resolver``: a getaddrinfo stand-in (default: ``socket.getaddrinfo``).
     """
     literal = host_literal(host)
     if literal is not None:
-        addresses: tuple[IpAddress, ...] = (literal,)
+        addresses: tuple[IpAddress, ...] = (destination(literal),)
         tls_name = str(literal)
     else:
         try:
-            answer = resolver(host, None, type=socket.SOCK_STREAM)
+            answer = (resolver or socket.getaddrinfo)(host, None, type=socket.SOCK_STREAM)
         except socket.gaierror as exc:  # say which name failed: the resolver's text does not
             raise socket.gaierror(exc.errno, f"{host}: {exc.strerror or exc}") from None
         found: dict[IpAddress, None] = {}
         for family, _type, _proto, _name, sockaddr in answer:
             if family in (socket.AF_INET, socket.AF_INET6):
-                found.setdefault(ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0]), None)
+                found.setdefault(destination(ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])), None)
         if not found:
             raise socket.gaierror(socket.EAI_NONAME, f"{host} has no IPv4 or IPv6 address")
         addresses, tls_name = tuple(found), host

@@ -31,6 +31,7 @@ __all__ = [
     "Nets",
     "Refusal",
     "check_addresses",
+    "destination",
     "embedded_ipv4",
     "host_literal",
     "in_nets",
@@ -144,6 +145,19 @@ def embedded_ipv4(address: IpAddress) -> tuple[ipaddress.IPv4Address, str] | Non
     return None
 
 
+_UNSPECIFIED: dict[IpAddress, IpAddress] = {
+    ipaddress.IPv4Address("0.0.0.0"): ipaddress.IPv4Address("127.0.0.1"),
+    ipaddress.IPv6Address("::"): ipaddress.IPv6Address("::1"),
+    ipaddress.IPv6Address("::ffff:0.0.0.0"): ipaddress.IPv6Address("::ffff:127.0.0.1"),
+}
+
+
+def destination(address: IpAddress) -> IpAddress:
+    """Where a connection to address goes: the unspecified address (0.0.0.0, ::) reaches this machine
+    itself (the kernel connects it to loopback), so it is judged, and connected to, as loopback."""
+    return _UNSPECIFIED.get(address, address)
+
+
 def special_range(address: IpAddress) -> str | None:
     """A readable name of the non-public range the address is in, or None for a public address."""
     inner = embedded_ipv4(address)
@@ -226,9 +240,9 @@ def _inet_aton_part(part: str) -> int | None:
         return None
     if part[:2].lower() == "0x":
         digits = part[2:]
-        if digits and not all(c in "0123456789abcdefABCDEF" for c in digits):
-            return None
-        return int(digits, 16) if digits else 0
+        if not digits or not all(c in "0123456789abcdefABCDEF" for c in digits):
+            return None  # a bare "0x" is 0 to inet_aton but not to getaddrinfo's inet_aton_exact
+        return int(digits, 16)
     if not part.isdigit():
         return None
     if part.startswith("0") and len(part) > 1:
