@@ -19,7 +19,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.stages.netpolicy import IpAddress, IpNetwork, Nets, Refusal, check_addresses, destination, host_literal, parse_nets
+from pipeline.stages.netpolicy import (IpAddress, IpNetwork, Nets, Refusal, check_addresses, destination, embedded_ipv4, host_literal,
+                                       parse_nets)
 
 __all__ = ["MAIL_SETTING", "WEBHOOK_SETTING", "CheckedHost", "HostNotAllowed", "check_host", "mail_nets", "open_socket",
            "webhook_nets"]
@@ -39,13 +40,16 @@ class HostNotAllowed(Exception):
     def __init__(self, host: str, refusal: Refusal, setting: str, listed_because: str | None = None) -> None:
         self.host, self.refusal, self.setting = host, refusal, setting
         address = refusal.address
-        prefix = 32 if address.version == 4 else 128
-        shown = host if host == str(address) else f"{host} ({address})"
+        inner = embedded_ipv4(address)
+        mapped = inner is not None and inner[1] == "IPv4-mapped"
+        shown_address = f"::ffff:{inner[0]}" if mapped and inner is not None else str(address)
+        entry = f"{inner[0]}/32" if mapped and inner is not None else f"{address}/{32 if address.version == 4 else 128}"
+        shown = host if host in (str(address), shown_address) else f"{host} ({shown_address})"
         if refusal.listed_only:
-            why = f"{shown} is outside {setting}, which is required here: {listed_because or 'the connection carries a secret'}"
+            why = f"{shown} is not inside {setting}, and it must be: {listed_because or 'the connection carries a secret'}"
         else:
-            why = f"{shown} is a {refusal.reason} address, which mailpipe does not connect to"
-        super().__init__(f"{why}; if it is your own server, add it to {setting} (e.g. {address}/{prefix})")
+            why = f"{shown} is not a public address: {refusal.reason}; mailpipe does not connect there"
+        super().__init__(f"{why}. If it is your own server, add it to {setting} (e.g. {entry})")
 
 
 @dataclass(frozen=True, slots=True)

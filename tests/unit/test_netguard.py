@@ -85,7 +85,7 @@ class TestCheckHost:
         with pytest.raises(HostNotAllowed) as caught:
             check_host("93.184.216.34", (), listed_only="the login would cross the network unencrypted (security: none)")
         assert caught.value.refusal.listed_only
-        assert "outside MAILPIPE_MAIL_ALLOWED_NETS, which is required here: the login would cross" in str(caught.value)
+        assert "not inside MAILPIPE_MAIL_ALLOWED_NETS, and it must be: the login would cross" in str(caught.value)
 
     def test_a_failed_lookup_names_the_host(self) -> None:
         with pytest.raises(socket.gaierror) as caught:
@@ -127,3 +127,14 @@ class TestOpenSocket:
             port = s.getsockname()[1]  # bound, not listening: refused
             with pytest.raises(ConnectionRefusedError):
                 open_socket(CheckedHost("x", "x", (ipaddress.ip_address("127.0.0.1"),)), port, 2.0)
+
+
+@pytest.mark.parametrize("var", ["MAILPIPE_MAIL_ALLOWED_NETS", "MAILPIPE_WEBHOOK_ALLOWED_NETS"])
+def test_a_bad_cidr_stops_the_process_with_one_line(monkeypatch: pytest.MonkeyPatch, var: str) -> None:
+    from ops.settings import ConfigError, get_settings, reset_settings
+
+    monkeypatch.setenv(var, "127.0.0.0/8,10.0.0.0/33")
+    reset_settings()
+    with pytest.raises(ConfigError) as caught:
+        get_settings()
+    assert str(caught.value) == f"{var}: '10.0.0.0/33' is not a CIDR like 10.0.0.0/8"

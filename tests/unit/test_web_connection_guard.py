@@ -255,3 +255,51 @@ def test_stored_password_is_kept_sealed_after_a_refused_patch(env: dict[str, Any
     with Session(get_engine()) as s:
         a = s.get(EmailAccount, acct)
         assert a is not None and unseal("email_accounts", "imap_password_enc", a.imap_password_enc) == "alicepass"
+
+
+class TestPatchOfAnOAuthMailbox:
+    """A mailbox with a Google grant: its token goes to Google's hosts, elsewhere only inside the allowed nets."""
+
+    @pytest.fixture
+    def grant_account(self, env: dict[str, Any]) -> str:
+        import json
+        from datetime import timedelta
+
+        from models import new_id, utcnow
+        from models.oauth import OAuthGrant
+        from ops.keys import seal
+
+        env["imap"].username, env["imap"].password, env["imap"].oauth_token = "jane@gmail.test", None, "access-tok"
+        with Session(get_engine()) as s:
+            a = EmailAccount(id=new_id(), org_id=env["org_id"], user_id="u1", email="jane@gmail.test", email_norm="jane@gmail.test",
+                             provider="gmail", imap_host="imap.gmail.com", imap_port=993, imap_security="ssl",
+                             imap_username="jane@gmail.test", smtp_host="smtp.gmail.com", smtp_port=587, smtp_security="starttls",
+                             smtp_username="jane@gmail.test")
+            s.add(a)
+            s.flush()
+            s.add(OAuthGrant(account_id=a.id, org_id=env["org_id"], provider="google", expires_at=utcnow() + timedelta(hours=1),
+                             tokens_enc=seal("oauth_grants", "tokens_enc", json.dumps({"access_token": "access-tok",
+                                                                                       "refresh_token": "r"}))))
+            s.commit()
+            return a.id
+
+    def test_the_token_does_not_follow_to_a_host_outside_the_nets(self, env: dict[str, Any], grant_account: str,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+        """PATCH imap to a public host: 422 host_not_allowed (no password, or with one); nothing connects.
+        Inside MAILPIPE_MAIL_ALLOWED_NETS (an Exchange on premises) the token may go there."""
+        c, h = env["client"], env["h"]
+        for change in ({"host": PUBLIC}, {"host": PUBLIC, "password": "app-password"}, {"host": "10.1.2.3"}):
+            r = c.patch(f"/api/v1/accounts/{grant_account}", json={"imap": change, "skip_test": True}, headers=h)
+            assert r.status_code == 422 and error(r)["code"] == "host_not_allowed", r.text
+            assert "Google" in error(r)["message"] or "private" in error(r)["message"]
+        assert nothing_connected(env)
+        allow(monkeypatch, "10.1.2.3/32")
+        r = c.patch(f"/api/v1/accounts/{grant_account}", json={"imap": {"host": "10.1.2.3"}}, headers=h)
+        assert r.status_code == 200, r.text
+        assert env["connects"][-1].oauth_token == "access-tok" and env["connects"][-1].listed_only is not None
+
+    def test_back_to_the_providers_host_is_fine(self, env: dict[str, Any], grant_account: str) -> None:
+        r = env["client"].patch(f"/api/v1/accounts/{grant_account}", json={"imap": {"port": 993, "host": "imap.gmail.com"}},
+                                headers=env["h"])
+        assert r.status_code == 200, r.text
+        assert env["connects"][-1].listed_only is None
