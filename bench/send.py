@@ -111,7 +111,7 @@ def mailpipe(server: SmtpServer, cafile: Path, workdir: Path, latency_n: int, n:
 
     env = {"MAILPIPE_SECRET_KEYS": generate_key_entry("bench"), "MAILPIPE_STORAGE_URL": f"file://{workdir / 'store'}",
            "MAILPIPE_SEND_CAP_PER_DAY": str(10 * (n + latency_n) + 100), "SSL_CERT_FILE": str(cafile),
-           "MAILPIPE_LOG_LEVEL": "WARNING"}
+           "MAILPIPE_LOG_LEVEL": "WARNING", "MAILPIPE_MAIL_ALLOWED_NETS": "127.0.0.0/8"}  # aiosmtpd/Dovecot on loopback
     contexts: list[Any] = []
     if distributed:
         from tests.harness.services import pg_database, rabbit_vhost

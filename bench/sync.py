@@ -100,6 +100,7 @@ def pipeline(dovecot: Dovecot, cafile: Path, workdir: Path, n: int, distributed:
         "MAILPIPE_SECRET_KEYS": generate_key_entry("bench"),
         "MAILPIPE_STORAGE_URL": f"file://{workdir / 'store'}",
         "MAILPIPE_SYNC_RATE_PER_HOUR": str(10 * n + 1000),
+        "MAILPIPE_MAIL_ALLOWED_NETS": "127.0.0.0/8",  # the bench Dovecot is on loopback
         "SSL_CERT_FILE": str(cafile),
     }
     pg_ctx = vhost_ctx = None

@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     poll_seconds: int = 60
     backfill_days: int = 90
     trusted_proxies: str = ""
+    mail_allowed_nets: str = ""
+    webhook_allowed_nets: str = ""
+    account_tests_per_minute: int = 10
     scheduler_tick_seconds: float = 5.0
     sync_rate_per_hour: int = 1000
     send_cap_per_day: int = 2000
@@ -172,7 +175,8 @@ class Settings(BaseSettings):
             raise ValueError("must be a positive number of seconds")
         return v
 
-    @field_validator("poll_seconds", "backfill_days", "sync_rate_per_hour", "send_cap_per_day", "tracking_spool_max_mb")
+    @field_validator("poll_seconds", "backfill_days", "sync_rate_per_hour", "send_cap_per_day", "tracking_spool_max_mb",
+                     "account_tests_per_minute")
     @classmethod
     def _positive(cls, v: int) -> int:
         if v <= 0:
@@ -193,9 +197,9 @@ class Settings(BaseSettings):
             raise ValueError("must be at least 100 (keys each tracking limiter remembers)")
         return v
 
-    @field_validator("trusted_proxies")
+    @field_validator("trusted_proxies", "mail_allowed_nets", "webhook_allowed_nets")
     @classmethod
-    def _check_proxies(cls, v: str) -> str:
+    def _check_cidrs(cls, v: str) -> str:
         for cidr in filter(None, (c.strip() for c in v.split(","))):
             try:
                 ipaddress.ip_network(cidr, strict=False)

@@ -7,7 +7,7 @@ returned, logged or put into error messages.
 from __future__ import annotations
 
 import concurrent.futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -16,13 +16,20 @@ from sqlmodel import Session
 
 from models import (Delivery, Document, Email, EmailAccount, EmailAddress, EmailLink, EmailLocation, FolderState, Outbox, TrackedLink,
                     TrackingEvent, new_id, normalize_email, utcnow)
+from models.db import get_engine
+from models.oauth import OAuthGrant
 from ops.keys import seal
 from pipeline.clients import imap
-from pipeline.connections import smtp_probe, tls_context, use_imap_connector  # noqa: F401  (re-exported for tests)
+from pipeline.clients.smtp import HOST_NOT_ALLOWED
+from pipeline.connections import (Credentials, smtp_probe, stored_credentials, tls_context,  # noqa: F401  (re-exported for tests)
+                                  use_imap_connector)
+from pipeline.endpoint_guard import EndpointRefused, check_endpoints
+from pipeline.stages.endpoint_rules import ENDPOINT_FIELDS, changed_fields, oauth_host_rule
+from pipeline.stages.probe_report import failure_message, success_message
 from pipeline.stages.providers import PRESETS, apply_preset
 
-__all__ = ["ConnTest", "Endpoint", "account_json", "apply_presets", "create_account", "erase_account_mail", "kick_fetch",
-           "test_connection"]
+__all__ = ["ConnTest", "Endpoint", "EndpointRefused", "account_json", "apply_presets", "create_account", "erase_account_mail",
+           "guard_endpoints", "kick_fetch", "patch_endpoints", "test_connection"]
 
 PROBE_TIMEOUT = 15.0
 
@@ -35,8 +42,9 @@ class Endpoint:
     port: int
     security: str
     username: str
-    password: str | None = None
-    oauth_token: str | None = None
+    password: str | None = field(default=None, repr=False)
+    oauth_token: str | None = field(default=None, repr=False)
+    listed_only: str | None = None  # why the host must be inside MAILPIPE_MAIL_ALLOWED_NETS (an OAuth token off the provider's hosts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,27 +79,83 @@ def _probe_imap(ep: Endpoint, timeout: float) -> dict[str, Any]:
     try:
         session = connections.connect_imap(imap.ImapSettings(
             host=ep.host, port=ep.port, security=ep.security, username=ep.username, password=ep.password,
-            oauth_token=ep.oauth_token, timeout=timeout, ssl_context=tls_context() if ep.security != "none" else None))
+            oauth_token=ep.oauth_token, timeout=timeout, ssl_context=tls_context() if ep.security != "none" else None,
+            listed_only=ep.listed_only))
     except imap.ImapError as err:
-        return {"ok": False, "error_code": err.kind.value, "message": err.message}
+        return _failed("imap", ep, err.kind.value, err.message, ours=err.code == imap.HOST_NOT_ALLOWED)
     except ValueError as err:
         return {"ok": False, "error_code": "protocol", "message": str(err)}
     try:
         caps = sorted(session.capabilities)
         folders = [f.name for f in session.list_folders()]
-        return {"ok": True, "error_code": None, "message": f"logged in; {len(folders)} folders", "capabilities": caps}
+        return {"ok": True, "error_code": None, "message": success_message("imap", ep.security, authenticated=True, folders=len(folders)),
+                "capabilities": caps}
     except imap.ImapError as err:
-        return {"ok": False, "error_code": err.kind.value, "message": err.message}
+        return _failed("imap", ep, err.kind.value, err.message)
     finally:
         session.close()
+
+
+def _probe_smtp(ep: Endpoint, timeout: float) -> dict[str, Any]:
+    result = smtp_probe(ep, timeout)
+    if result["ok"]:
+        return {"ok": True, "error_code": None, "message": success_message("smtp", ep.security, authenticated=ep.username is not None)}
+    return _failed("smtp", ep, str(result["error_code"]), str(result["message"]), ours=result.get("reason") == HOST_NOT_ALLOWED)
+
+
+def _failed(proto: str, ep: Endpoint, kind: str, detail: str, *, ours: bool = False) -> dict[str, Any]:
+    """A failed side of the test, worded by us: the server's text (its banner, its errors) is never
+    echoed to whoever aimed the test. ``ours``: detail is our own text (the guard's refusal)."""
+    message = detail if ours else failure_message(proto, kind, host=ep.host, port=ep.port, security=ep.security,
+                                                  oauth=ep.password is None, certificate="CERTIFICATE_VERIFY_FAILED" in detail)
+    return {"ok": False, "error_code": kind, "message": message}
 
 
 def test_connection(imap_ep: Endpoint, smtp_ep: Endpoint, timeout: float = PROBE_TIMEOUT) -> ConnTest:
     """Log in to IMAP and SMTP at the same time, each bounded by ``timeout``."""
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
         fi = pool.submit(_probe_imap, imap_ep, timeout)
-        fs = pool.submit(smtp_probe, smtp_ep, timeout)
+        fs = pool.submit(_probe_smtp, smtp_ep, timeout)
         return ConnTest(fi.result(), fs.result())
+
+
+def guard_endpoints(imap_ep: Endpoint, smtp_ep: Endpoint) -> None:
+    """Refuse (EndpointRefused) hosts and plaintext the connection guard would refuse, before any connection."""
+    check_endpoints((("imap", imap_ep), ("smtp", smtp_ep)))
+
+
+def patch_endpoints(account: EmailAccount, given: dict[str, dict[str, Any] | None]) -> tuple[Endpoint, Endpoint]:
+    """The endpoints a PATCH asks for: the stored settings with the given ones on top.
+
+    A stored secret never follows a changed endpoint: changing host, port, security or username
+    needs the password again (EndpointRefused ``password_required``). The one exception is an
+    OAuth grant's token, which goes only to the provider's own hosts or hosts inside
+    MAILPIPE_MAIL_ALLOWED_NETS (``listed_only``, enforced by the guard). For an account with an
+    OAuth grant that holds for every host it is given, password or not.
+    May raise ``oauth.ReconnectRequired`` / ``oauth.TokenUnavailable`` while fetching the token.
+    """
+    with Session(get_engine()) as s:
+        has_grant = s.get(OAuthGrant, account.id) is not None
+    endpoints = []
+    for proto in ("imap", "smtp"):
+        wanted = dict(given.get(proto) or {})
+        password = wanted.pop("password", None)
+        stored = {name: getattr(account, f"{proto}_{name}") for name in ENDPOINT_FIELDS}
+        merged = {name: wanted.get(name) if wanted.get(name) is not None else stored[name] for name in ENDPOINT_FIELDS}
+        changed = changed_fields(stored, wanted)
+        creds = Credentials(password, None) if password is not None else stored_credentials(account, proto)
+        if password is None and creds.password is None and creds.token is None:
+            raise EndpointRefused("password_required", proto, "password",
+                                  f"{proto}.password: required (this mailbox has no stored {proto} password)")
+        if password is None and changed and not creds.from_grant:
+            raise EndpointRefused("password_required", proto, "password",
+                                  f"{proto}.password: changing {', '.join(changed)} needs the password again; a stored "
+                                  "password or token never follows a changed server")
+        host = str(merged["host"])
+        endpoints.append(Endpoint(host, int(merged["port"]), str(merged["security"]), str(merged["username"] or account.email),
+                                  creds.password, creds.token,
+                                  oauth_host_rule(account.provider, proto, host) if has_grant else None))
+    return endpoints[0], endpoints[1]
 
 
 def create_account(session: Session, *, org_id: str, user_id: str, provider: str, email: str,

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 from functools import lru_cache
 
 from models import EmailAccount
 from ops.keys import unseal
 from pipeline.clients import imap
+from pipeline.stages.endpoint_rules import oauth_host_rule
 
-__all__ = ["connect_imap", "imap_settings", "open_imap", "smtp_probe", "smtp_settings", "smtp_transport", "tls_context",
-           "use_imap_connector", "use_smtp_transport"]
+__all__ = ["Credentials", "connect_imap", "imap_settings", "open_imap", "smtp_probe", "smtp_settings", "smtp_transport",
+           "stored_credentials", "tls_context", "use_imap_connector", "use_smtp_transport"]
 
 ImapConnector = Callable[[imap.ImapSettings], imap.ImapSession]
 _imap_connector: ImapConnector = imap.connect
@@ -31,8 +33,22 @@ def tls_context() -> ssl.SSLContext:
     return ssl.create_default_context()
 
 
-def _credentials(account: EmailAccount, proto: str, rejected: str | None = None) -> tuple[str | None, str | None]:
-    """(password, OAuth access token) for "imap" or "smtp", decrypted (or refreshed) at the last moment.
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """What a connection logs in with; ``from_grant``: the token is a provider's OAuth grant's."""
+
+    password: str | None
+    token: str | None
+    from_grant: bool = False
+
+    def listed_only(self, account: EmailAccount, proto: str, host: str) -> str | None:
+        """Why this connection must stay inside the allowed networks (a grant's token off the
+        provider's own hosts), or None."""
+        return oauth_host_rule(account.provider, proto, host) if self.from_grant else None
+
+
+def stored_credentials(account: EmailAccount, proto: str, rejected: str | None = None) -> Credentials:
+    """The password or OAuth access token for "imap" or "smtp", decrypted (or refreshed) at the last moment.
 
     An account with an OAuth grant gets its token from the token manager (which refreshes when
     under five minutes remain, or when ``rejected`` is the token a server just refused). An
@@ -41,28 +57,29 @@ def _credentials(account: EmailAccount, proto: str, rejected: str | None = None)
     column = f"{proto}_password_enc"
     password = unseal("email_accounts", column, getattr(account, column))
     if password is not None:
-        return password, None
+        return Credentials(password, None)
     from pipeline import oauth
 
     token = oauth.grant_token(account.id, rejected=rejected)
     if token is not None:
-        return None, token
+        return Credentials(None, token, from_grant=True)
     if account.oauth_enc is not None:
         import json
 
         token = json.loads(unseal("email_accounts", "oauth_enc", account.oauth_enc) or "{}").get("access_token")
-    return None, token
+    return Credentials(None, token)
 
 
 def imap_settings(account: EmailAccount, *, timeout: float = IMAP_TIMEOUT, rejected: str | None = None) -> imap.ImapSettings:
     """IMAP settings for an account; the password or OAuth token is decrypted here."""
     if not account.imap_host or not account.imap_port:
         raise ValueError("account has no IMAP host configured")
-    password, token = _credentials(account, "imap", rejected)
+    creds = stored_credentials(account, "imap", rejected)
     return imap.ImapSettings(
         host=account.imap_host, port=account.imap_port, security=account.imap_security,
-        username=account.imap_username or account.email, password=password, oauth_token=token,
+        username=account.imap_username or account.email, password=creds.password, oauth_token=creds.token,
         timeout=timeout, ssl_context=tls_context() if account.imap_security != "none" else None,
+        listed_only=creds.listed_only(account, "imap", account.imap_host),
     )
 
 
@@ -72,12 +89,13 @@ def smtp_settings(account: EmailAccount, *, timeout: float = SMTP_TIMEOUT, rejec
 
     if not account.smtp_host or not account.smtp_port:
         raise ValueError("account has no SMTP host configured")
-    password, token = _credentials(account, "smtp", rejected)
+    creds = stored_credentials(account, "smtp", rejected)
     username = account.smtp_username or account.email
     return SmtpSettings(
         host=account.smtp_host, port=account.smtp_port, security=account.smtp_security,
-        username=username if (password or token) else None, password=password, oauth_token=token, timeout=timeout,
-        ssl_context=tls_context() if account.smtp_security != "none" else None,
+        username=username if (creds.password or creds.token) else None, password=creds.password, oauth_token=creds.token,
+        timeout=timeout, ssl_context=tls_context() if account.smtp_security != "none" else None,
+        listed_only=creds.listed_only(account, "smtp", account.smtp_host),
     )
 
 
@@ -130,11 +148,11 @@ def smtp_probe(ep: Any, timeout: float) -> dict[str, Any]:
     try:
         settings = SmtpSettings(host=ep.host, port=ep.port, security=ep.security, username=ep.username,
                                 password=ep.password, oauth_token=ep.oauth_token, timeout=timeout,
-                                ssl_context=tls_context() if ep.security != "none" else None)
+                                ssl_context=tls_context() if ep.security != "none" else None, listed_only=ep.listed_only)
     except ValueError as err:
         return {"ok": False, "error_code": "protocol", "message": str(err)}
     result = smtp_transport().probe(settings)
-    return {"ok": result.ok, "error_code": result.error_code, "message": result.message}
+    return {"ok": result.ok, "error_code": result.error_code, "message": result.message, "reason": result.reason}
 
 
 def use_imap_connector(connector: ImapConnector | None) -> None:

@@ -36,10 +36,13 @@ from ops import metrics
 from ops.keys import read_claims, seal, sign_claims, unseal
 from ops.settings import get_settings
 from pipeline.clients.oauth import TokenEndpointError, post_form
+from pipeline.endpoint_guard import EndpointRefused, check_endpoints
+from pipeline.stages.endpoint_rules import oauth_host_rule
 from pipeline.stages.oauth import (OAuthProvider, TokenError, TokenSet, authorize_url, interpret_token_response,
                                    needs_refresh, pkce_pair, provider_config, reconnect_reason)
+from pipeline.stages.providers import apply_preset
 
-__all__ = ["CredentialsUnavailable", "FlowError", "NotConfigured", "ReconnectRequired", "TokenUnavailable", "access_token", "finish",
+__all__ = ["CredentialsUnavailable", "EndpointRefused", "FlowError", "NotConfigured", "ReconnectRequired", "TokenUnavailable", "access_token", "finish",
            "grant_token", "redirect_uri", "start"]
 
 log = structlog.get_logger("mailpipe.oauth")
@@ -96,9 +99,37 @@ def _check_state(state: str, provider: str) -> str | None:
     return claims[0]
 
 
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """Where a grant's token would go for one protocol (what the connection guard checks)."""
+
+    host: str
+    security: str
+    listed_only: str | None
+    password: None = None
+    oauth_token: str = "grant"  # a token will be sent: plaintext needs the host inside the allowed nets
+
+
+def _targets(mail_provider: str, email: str, overrides: dict[str, Any]) -> list[tuple[str, _Target]]:
+    """The hosts a grant's token will be sent to: the presets with the overrides on top."""
+    targets = []
+    for proto in ("imap", "smtp"):
+        given = {k: overrides.get(f"{proto}_{k}") for k in ("host", "port", "security")}
+        d = apply_preset(mail_provider, proto, given)
+        host = str(d["host"])
+        targets.append((proto, _Target(host, str(d["security"]), oauth_host_rule(mail_provider, proto, host))))
+    return targets
+
+
 def start(org_id: str, user_id: str, provider_name: str, email: str, overrides: dict[str, Any]) -> str:
-    """Record a flow and return the provider's authorize URL."""
+    """Record a flow and return the provider's authorize URL.
+
+    Host overrides go through the connection guard first (EndpointRefused): a provider's token is
+    sent only to the provider's own hosts, or to hosts inside MAILPIPE_MAIL_ALLOWED_NETS (an
+    Exchange on premises), and never in plaintext outside them.
+    """
     provider = _provider(provider_name)
+    check_endpoints(_targets(provider.mail_provider, email, overrides))
     verifier, challenge = pkce_pair()
     now = utcnow()
     flow = OAuthFlow(id=secrets.token_hex(16), org_id=org_id, user_id=user_id, provider=provider_name, email=email.strip(),
@@ -158,8 +189,12 @@ def finish(provider_name: str, code: str, state: str) -> dict[str, Any]:
     imap_in = {"host": o.get("imap_host"), "port": o.get("imap_port"), "security": o.get("imap_security"), "username": None}
     smtp_in = {"host": o.get("smtp_host"), "port": o.get("smtp_port"), "security": o.get("smtp_security"), "username": None}
     i, sm = svc.apply_presets(provider.mail_provider, flow.email, imap_in, smtp_in)
-    imap_ep = svc.Endpoint(str(i["host"]), int(i["port"]), str(i["security"]), str(i["username"]), None, tokens.access_token)  # type: ignore[call-overload]
-    smtp_ep = svc.Endpoint(str(sm["host"]), int(sm["port"]), str(sm["security"]), str(sm["username"]), None, tokens.access_token)  # type: ignore[call-overload]
+    # The token goes to the provider's own hosts, or (overrides) only inside MAILPIPE_MAIL_ALLOWED_NETS:
+    # the clients enforce listed_only on this test and on every later connection.
+    imap_ep = svc.Endpoint(str(i["host"]), int(i["port"]), str(i["security"]), str(i["username"]), None, tokens.access_token,  # type: ignore[call-overload]
+                           oauth_host_rule(provider.mail_provider, "imap", str(i["host"])))
+    smtp_ep = svc.Endpoint(str(sm["host"]), int(sm["port"]), str(sm["security"]), str(sm["username"]), None, tokens.access_token,  # type: ignore[call-overload]
+                           oauth_host_rule(provider.mail_provider, "smtp", str(sm["host"])))
     test = svc.test_connection(imap_ep, smtp_ep)
     account_id, reconnected = _save_account(flow, provider, imap_ep, smtp_ep, tokens, test)
     log.info("oauth_connected", provider=provider_name, account_id=account_id, ok=test.ok, reconnected=reconnected)

@@ -21,6 +21,7 @@ from ops.crypto import generate_key_entry  # noqa: E402
 pytest_plugins = ["tests.harness.fixtures"] if (ROOT / "tests/harness/fixtures.py").exists() else []
 
 _MAILPIPE_VARS = [k for k in os.environ if k.startswith("MAILPIPE_")]
+TEST_ALLOWED_NETS = "127.0.0.0/8"
 
 
 def reset_process_state() -> None:
@@ -33,9 +34,11 @@ def reset_process_state() -> None:
     from pipeline.connections import use_imap_connector, use_smtp_transport
 
     from pipeline.intake import reset_intake
+    from web.ratelimit import reset_limits
     from web.routes import tracking
 
     reset_intake()
+    reset_limits()
     tracking._LINKS.clear()
     reset_settings()
     reset_storage()
@@ -55,6 +58,9 @@ def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[N
     monkeypatch.setenv("MAILPIPE_DATABASE_URL", f"sqlite:///{tmp_path / 'mailpipe.db'}")
     monkeypatch.setenv("MAILPIPE_SECRET_KEYS", generate_key_entry("test1"))
     monkeypatch.setenv("MAILPIPE_STORAGE_URL", f"file://{tmp_path / 'attachments'}")
+    # The test servers (Dovecot, aiosmtpd, stand-ins) listen on 127.0.0.1; the connection guard
+    # refuses loopback unless allowed. Tests that show the refusal delete this variable.
+    monkeypatch.setenv("MAILPIPE_MAIL_ALLOWED_NETS", TEST_ALLOWED_NETS)
     reset_process_state()
     yield
     reset_process_state()

@@ -34,9 +34,14 @@ RESWEEP_AFTER = timedelta(minutes=1)
 
 
 def notify_smtp(url: str) -> tuple[Any, str]:
-    """(SmtpSettings, from address) for ``MAILPIPE_NOTIFY_SMTP_URL``."""
+    """(SmtpSettings, from address) for ``MAILPIPE_NOTIFY_SMTP_URL``.
+
+    The operator chose this relay (often a local one), so the connection guard lets it reach any
+    address: MAILPIPE_MAIL_ALLOWED_NETS is about hosts a tenant names.
+    """
     from pipeline.clients.smtp import SmtpSettings
     from pipeline.connections import tls_context
+    from pipeline.stages.netpolicy import ANY
 
     parts = urlsplit(url)
     query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
@@ -45,7 +50,8 @@ def notify_smtp(url: str) -> tuple[Any, str]:
     user = unquote(parts.username) if parts.username else None
     password = unquote(parts.password) if parts.password else None
     settings = SmtpSettings(host=parts.hostname or "", port=port, security=security, username=user if password else None,
-                            password=password if user else None, ssl_context=tls_context() if security != "none" else None)
+                            password=password if user else None, ssl_context=tls_context() if security != "none" else None,
+                            allowed_nets=ANY)
     return settings, query["from"]
 
 

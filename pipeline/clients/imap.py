@@ -4,6 +4,14 @@ Sync code talks to an ``ImapSession`` only (see ``fake_imap`` for the in-memory 
 changes the mailbox: folders are opened with EXAMINE and bodies fetched with BODY.PEEK[], so \\Seen
 is never set by accident. Every failure surfaces as ``ImapError`` with a kind the caller can act on;
 its message carries the server's words and never the password or token.
+
+Every connection goes through the outbound guard (``netguard``): the host is resolved once, each
+address is checked against ``MAILPIPE_MAIL_ALLOWED_NETS``, and the socket goes to exactly the
+address checked while TLS verifies the certificate for the host name given. A plaintext
+(``security: "none"``) login, or ``listed_only`` settings (an OAuth token off the provider's hosts),
+also require the address to be inside those networks. The password travels as an IMAP literal
+(AUTHENTICATE PLAIN when non-ASCII), and control characters in credentials are refused before
+connecting, so no character of a credential can end the command and start another.
 """
 
 from __future__ import annotations
@@ -12,17 +20,19 @@ import base64
 import imaplib
 import socket
 import ssl
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Protocol, runtime_checkable
 
-from imap_tools import MailBox, MailBoxStartTls, MailBoxUnencrypted
 from imap_tools.errors import MailboxLoginError, MailboxStarttlsError, UnexpectedCommandStatusError
 from imap_tools.imap_utf7 import utf7_decode, utf7_encode
 from imap_tools.mailbox import BaseMailBox
+from imap_tools.utils import check_command_status
 
+from pipeline.clients import netguard
 from pipeline.clients.errors import ConnErrorKind
 from pipeline.clients.imap_wire import (
     ParseError,
@@ -39,9 +49,13 @@ from pipeline.clients.imap_wire import (
     response_code,
     uid_set,
 )
+from pipeline.stages.endpoint_rules import PLAINTEXT_REASON
+from pipeline.stages.netpolicy import Nets
+from pipeline.stages.wire_text import control_character, host_problem
 
 __all__ = [
     "CONNECTION_LOST",
+    "HOST_NOT_ALLOWED",
     "NO_FOLDER_SELECTED",
     "SESSION_CLOSED",
     "SPECIAL_USE_FLAGS",
@@ -66,6 +80,7 @@ MIN_SCRUB_LENGTH = 4
 NO_FOLDER_SELECTED = "no folder selected; call select() first"
 SESSION_CLOSED = "session is closed"
 CONNECTION_LOST = "connection lost earlier, reconnect"
+HOST_NOT_ALLOWED = "host_not_allowed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +176,12 @@ class ImapSession(Protocol):
 
 @dataclass(frozen=True)
 class ImapSettings:
-    """Where and how to log in; exactly one of password / oauth_token (XOAUTH2)."""
+    """Where and how to log in; exactly one of password / oauth_token (XOAUTH2).
+
+    ``allowed_nets``: the networks the guard lets through beyond public addresses (None: the
+    ``MAILPIPE_MAIL_ALLOWED_NETS`` setting). ``listed_only``: why this connection must stay inside
+    them even for a public address (e.g. a provider's OAuth token going to a host the tenant chose).
+    """
 
     host: str
     port: int
@@ -172,6 +192,8 @@ class ImapSettings:
     timeout: float = 30.0
     ssl_context: ssl.SSLContext | None = None
     fetch_batch: int = DEFAULT_FETCH_BATCH
+    allowed_nets: Nets | None = None
+    listed_only: str | None = None
 
     def __post_init__(self) -> None:
         if self.security not in ("ssl", "starttls", "none"):
@@ -189,11 +211,17 @@ class ImapSettings:
 
 
 def connect(settings: ImapSettings) -> ImapSession:
-    """Connect, secure and log in; raise ImapError (dns/connect/tls/timeout/auth/protocol)."""
+    """Check, connect, secure and log in; raise ImapError (dns/connect/tls/timeout/auth/protocol).
+
+    A host the guard refuses is a ``connect`` error with code ``host_not_allowed``; no connection
+    is made. Credentials with control characters are an ``auth`` error, also before connecting.
+    """
     imaplib._MAXLINE = max(imaplib._MAXLINE, MIN_MAXLINE)  # type: ignore[attr-defined]
     secrets = _secrets(settings)
+    _refuse_unsafe_text(settings)
     with _translated(secrets, phase="connect"):
-        mailbox = _open_mailbox(settings)
+        target = _checked(settings)
+        mailbox = _PinnedMailBox(settings, target)
     try:
         with _translated(secrets, phase="auth"):
             _login(mailbox, settings)
@@ -204,17 +232,81 @@ def connect(settings: ImapSettings) -> ImapSession:
         raise
 
 
-def _open_mailbox(settings: ImapSettings) -> BaseMailBox:
-    """Open the TCP connection with the requested security; certificates are always verified."""
-    context = settings.ssl_context or ssl.create_default_context()
-    if settings.security == "ssl":
-        return MailBox(settings.host, settings.port, timeout=settings.timeout, ssl_context=context)
-    if settings.security == "starttls":
+def _refuse_unsafe_text(settings: ImapSettings) -> None:
+    """Refuse a host or credential that could break the command line, before any connection."""
+    problem = host_problem(settings.host)
+    if problem is not None:
+        raise ImapError(ImapErrorKind.CONNECT, f"the host {problem}")
+    for what, value in (("username", settings.username), ("password", settings.password), ("OAuth token", settings.oauth_token)):
+        bad = control_character(value or "")
+        if bad is not None:
+            raise ImapError(ImapErrorKind.AUTH, f"the {what} contains a control character ({bad}); nothing was sent")
+
+
+def _checked(settings: ImapSettings) -> netguard.CheckedHost:
+    """Resolve and check the host (socket.gaierror for DNS failures); refusals become ImapError."""
+    nets = settings.allowed_nets if settings.allowed_nets is not None else netguard.mail_nets()
+    why = settings.listed_only or (PLAINTEXT_REASON if settings.security == "none" else None)
+    try:
+        return netguard.check_host(settings.host, nets, listed_only=why)
+    except netguard.HostNotAllowed as exc:
+        raise ImapError(ImapErrorKind.CONNECT, str(exc), HOST_NOT_ALLOWED) from None
+
+
+class _PinnedIMAP4(imaplib.IMAP4):
+    """imaplib.IMAP4 whose socket goes to the checked addresses; ``host`` stays the TLS name (STARTTLS)."""
+
+    def __init__(self, target: netguard.CheckedHost, port: int, timeout: float) -> None:
+        self._target = target
+        super().__init__(target.tls_name, port, timeout)
+
+    def _create_socket(self, timeout: float | None) -> socket.socket:
+        sys.audit("imaplib.open", self, self.host, self.port)
+        return netguard.open_socket(self._target, self.port, timeout)
+
+
+class _PinnedIMAP4_SSL(imaplib.IMAP4_SSL):
+    """imaplib.IMAP4_SSL to the checked addresses, verifying the certificate for ``host``."""
+
+    def __init__(self, target: netguard.CheckedHost, port: int, timeout: float, ssl_context: ssl.SSLContext) -> None:
+        self._target = target
+        super().__init__(target.tls_name, port, ssl_context=ssl_context, timeout=timeout)
+
+    def _create_socket(self, timeout: float | None) -> socket.socket:
+        sys.audit("imaplib.open", self, self.host, self.port)
+        sock = netguard.open_socket(self._target, self.port, timeout)
         try:
-            return MailBoxStartTls(settings.host, settings.port, timeout=settings.timeout, ssl_context=context)
-        except ValueError as exc:  # imap-tools refuses STARTTLS on port 993
-            raise ImapError(ImapErrorKind.TLS, str(exc)) from exc
-    return MailBoxUnencrypted(settings.host, settings.port, timeout=settings.timeout)
+            return self.ssl_context.wrap_socket(sock, server_hostname=self.host)
+        except BaseException:
+            sock.close()
+            raise
+
+
+class _PinnedMailBox(BaseMailBox):
+    """An imap-tools mailbox on a pinned imaplib client, with the requested security.
+
+    Certificates are always verified (the context defaults to the system store).
+    """
+
+    def __init__(self, settings: ImapSettings, target: netguard.CheckedHost) -> None:
+        self._settings, self._target = settings, target
+        super().__init__()
+
+    def _get_mailbox_client(self) -> imaplib.IMAP4:
+        s = self._settings
+        context = s.ssl_context or ssl.create_default_context()
+        if s.security == "ssl":
+            return _PinnedIMAP4_SSL(self._target, s.port, s.timeout, context)
+        if s.security == "starttls" and s.port == 993:
+            raise ImapError(ImapErrorKind.TLS, "port 993 expects implicit TLS: use security \"ssl\" there")
+        client = _PinnedIMAP4(self._target, s.port, s.timeout)
+        if s.security == "starttls":
+            try:
+                check_command_status(client.starttls(context), MailboxStarttlsError)
+            except BaseException:
+                _drop(client)
+                raise
+        return client
 
 
 def _login(mailbox: BaseMailBox, settings: ImapSettings) -> None:
@@ -235,9 +327,25 @@ def _login(mailbox: BaseMailBox, settings: ImapSettings) -> None:
         return
     assert settings.password is not None
     if settings.username.isascii() and settings.password.isascii():
-        mailbox.login(settings.username, settings.password, initial_folder=None)
+        _login_literal(mailbox.client, settings.username, settings.password)
     else:
         mailbox.login_utf8(settings.username, settings.password, initial_folder=None)
+
+
+def _login_literal(client: imaplib.IMAP4, username: str, password: str) -> None:
+    """LOGIN "username" {n}<CRLF>password: the password as a literal (RFC 3501 astring).
+
+    A literal is counted bytes, so nothing in the password (quotes, backslashes, braces, or a CR/LF
+    that slipped past validation) can end the command; the username is a quoted string, which
+    control characters (refused before connecting) are the only way out of.
+    """
+    client.literal = password.encode("ascii")  # type: ignore[assignment]  # imaplib sends bytes
+    try:
+        result = client._simple_command("LOGIN", quote(username))  # type: ignore[attr-defined]
+    finally:
+        client.literal = None
+    check_command_status(result, MailboxLoginError)
+    client.state = "AUTH"
 
 
 class _ImapToolsSession:

@@ -6,6 +6,12 @@ worker threads and from code that already runs inside an event loop. Connection-
 surface as ``SmtpError`` with a kind the caller can act on; refusals by the server during the mail
 transaction become verdicts in ``SendResult``. Messages carry the server's words and never the
 password or token.
+
+Every connection goes through the outbound guard (``netguard``), like IMAP: the host is resolved
+once and checked against ``MAILPIPE_MAIL_ALLOWED_NETS`` (or ``SmtpSettings.allowed_nets``), the
+socket goes to the checked address, and TLS verifies the certificate for the host name given.
+Credentials over plaintext (``security: "none"``) and ``listed_only`` settings need the address
+inside those networks; credentials with control characters are refused before connecting.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 import aiosmtplib
 from aiosmtplib.protocol import normalize_message_line_endings
 
+from pipeline.clients import netguard
 from pipeline.clients.errors import ConnErrorKind
 from pipeline.stages.smtp_reply import (
     SmtpOutcome,
@@ -33,8 +40,12 @@ from pipeline.stages.smtp_reply import (
     classify_reply,
     overall_verdict,
 )
+from pipeline.stages.endpoint_rules import PLAINTEXT_REASON
+from pipeline.stages.netpolicy import Nets
+from pipeline.stages.wire_text import control_character, host_problem
 
 __all__ = [
+    "HOST_NOT_ALLOWED",
     "AiosmtplibTransport",
     "ProbeResult",
     "SendResult",
@@ -52,6 +63,7 @@ SECURITY_MODES = ("ssl", "starttls", "none")
 MIN_SCRUB_LENGTH = 4
 MIN_DATA_TIMEOUT = 120.0
 FALLBACK_LOCAL_HOSTNAME = "localhost"
+HOST_NOT_ALLOWED = "host_not_allowed"
 NO_SMTPUTF8 = SmtpVerdict(
     SmtpOutcome.FAIL, None, None, "server lacks SMTPUTF8, needed for a non-ASCII address", "permanent_failure"
 )
@@ -66,11 +78,12 @@ SmtpErrorKind = ConnErrorKind
 class SmtpError(Exception):
     """A connection-level SMTP failure; ``message`` is the server's reply when there is one."""
 
-    def __init__(self, kind: SmtpErrorKind, message: str, code: int | None = None) -> None:
+    def __init__(self, kind: SmtpErrorKind, message: str, code: int | None = None, reason: str | None = None) -> None:
         super().__init__(f"{kind.value}: {message}")
         self.kind = kind
         self.message = message
         self.code = code
+        self.reason = reason  # ours, e.g. HOST_NOT_ALLOWED (code is the server's reply code)
 
     @property
     def verdict(self) -> SmtpVerdict:
@@ -82,7 +95,12 @@ class SmtpError(Exception):
 
 @dataclass(frozen=True)
 class SmtpSettings:
-    """Where and how to submit mail; with a username, exactly one of password / oauth_token (XOAUTH2)."""
+    """Where and how to submit mail; with a username, exactly one of password / oauth_token (XOAUTH2).
+
+    ``allowed_nets``: the networks the guard lets through beyond public addresses (None: the
+    ``MAILPIPE_MAIL_ALLOWED_NETS`` setting; ``netpolicy.ANY`` for the operator's own relay).
+    ``listed_only``: why this connection must stay inside them even for a public address.
+    """
 
     host: str
     port: int
@@ -93,6 +111,8 @@ class SmtpSettings:
     timeout: float = 30.0
     ssl_context: ssl.SSLContext | None = None
     local_hostname: str | None = None
+    allowed_nets: Nets | None = None
+    listed_only: str | None = None
 
     def __post_init__(self) -> None:
         if self.security not in SECURITY_MODES:
@@ -124,6 +144,7 @@ class ProbeResult:
     error_code: str | None
     message: str
     capabilities: frozenset[str] = frozenset()
+    reason: str | None = None  # e.g. HOST_NOT_ALLOWED: the guard refused the host, nothing was connected
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,7 +211,7 @@ class AiosmtplibTransport:
         try:
             message = _run(lambda: _probe(settings, progress))
         except SmtpError as exc:
-            return ProbeResult(False, exc.kind.value, exc.message, progress.capabilities)
+            return ProbeResult(False, exc.kind.value, exc.message, progress.capabilities, exc.reason)
         except Exception as exc:  # the contract is "never raises": report, and log for us
             log.exception("unexpected error probing SMTP %s:%s", settings.host, settings.port)
             text = _scrub(f"{type(exc).__name__}: {exc}", _secrets(settings))
@@ -269,15 +290,24 @@ async def _session(settings: SmtpSettings, progress: _Progress) -> AsyncIterator
     progress is filled in as the conversation goes, so a failed probe can still report it.
     """
     secrets = _secrets(settings)
-    client = aiosmtplib.SMTP(
-        hostname=settings.host,
-        port=settings.port,
-        timeout=settings.timeout,
-        use_tls=settings.security == "ssl",
-        start_tls=False,
-        tls_context=_tls_context(settings),
-        local_hostname=settings.local_hostname or _local_hostname(),
-    )
+    with _translated(secrets, "connect"):
+        _refuse_unsafe_text(settings)
+        target = _checked(settings)  # a blocking lookup, on this call's private event loop
+        sock = netguard.open_socket(target, settings.port, settings.timeout)
+    try:
+        client = aiosmtplib.SMTP(
+            hostname=target.tls_name,
+            port=None,
+            sock=sock,
+            timeout=settings.timeout,
+            use_tls=settings.security == "ssl",
+            start_tls=False,
+            tls_context=_tls_context(settings),
+            local_hostname=settings.local_hostname or _local_hostname(),
+        )
+    except BaseException:
+        sock.close()
+        raise
     try:
         with _translated(secrets, "connect"):
             greeting = await client.connect()
@@ -301,6 +331,29 @@ async def _session(settings: SmtpSettings, progress: _Progress) -> AsyncIterator
             await _quit(client)
     finally:
         client.close()
+        sock.close()  # the transport closed it already, unless the connection never got that far
+
+
+def _refuse_unsafe_text(settings: SmtpSettings) -> None:
+    """Refuse a host or credential with characters that have no business on a command line."""
+    problem = host_problem(settings.host)
+    if problem is not None:
+        raise SmtpError(SmtpErrorKind.CONNECT, f"the host {problem}")
+    for what, value in (("username", settings.username), ("password", settings.password), ("OAuth token", settings.oauth_token)):
+        bad = control_character(value or "")
+        if bad is not None:
+            raise SmtpError(SmtpErrorKind.AUTH, f"the {what} contains a control character ({bad}); nothing was sent")
+
+
+def _checked(settings: SmtpSettings) -> netguard.CheckedHost:
+    """Resolve and check the host (socket.gaierror for DNS failures); refusals become SmtpError."""
+    nets = settings.allowed_nets if settings.allowed_nets is not None else netguard.mail_nets()
+    plaintext_login = settings.security == "none" and settings.username is not None
+    why = settings.listed_only or (PLAINTEXT_REASON if plaintext_login else None)
+    try:
+        return netguard.check_host(settings.host, nets, listed_only=why)
+    except netguard.HostNotAllowed as exc:
+        raise SmtpError(SmtpErrorKind.CONNECT, str(exc), reason=HOST_NOT_ALLOWED) from None
 
 
 async def _authenticate(client: aiosmtplib.SMTP, settings: SmtpSettings) -> None:
@@ -436,7 +489,7 @@ def _translated(secrets: frozenset[str], phase: str) -> Iterator[None]:
     try:
         yield
     except SmtpError as exc:
-        raise SmtpError(exc.kind, _scrub(exc.message, secrets), exc.code) from None
+        raise SmtpError(exc.kind, _scrub(exc.message, secrets), exc.code, exc.reason) from None
     except Exception as exc:
         kind = _kind_of(exc, phase)
         if kind is None:

@@ -16,9 +16,13 @@ BIN = str(Path(sys.executable).with_name("mailpipe"))
 
 
 def mailpipe_env(**overrides: str | None) -> dict[str, str]:
-    """The current environment minus MAILPIPE_* variables, plus ``overrides`` (None deletes)."""
+    """The current environment minus MAILPIPE_* variables, plus ``overrides`` (None deletes).
+
+    ``MAILPIPE_MAIL_ALLOWED_NETS`` defaults to 127.0.0.0/8: the test mail servers are on loopback.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILPIPE_")}
     env["PYTHONUNBUFFERED"] = "1"
+    env["MAILPIPE_MAIL_ALLOWED_NETS"] = "127.0.0.0/8"
     for k, v in overrides.items():
         if v is None:
             env.pop(k, None)

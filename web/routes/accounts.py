@@ -18,10 +18,13 @@ from models.db import get_engine
 from models.oauth import OAuthGrant
 from ops.keys import seal
 from pipeline import accounts as svc
+from pipeline import oauth
+from pipeline.stages.wire_text import control_character, host_problem
 from web.api import ApiRouter
 from web.errors import ApiError
 from web.params import Param
 from web.schemas.accounts import AccountOut, AccountsOut, ConnTestOut, SyncQueuedOut
+from web.ratelimit import CONNECTION_TESTS
 from web.validation import Body, parse_body
 
 router = ApiRouter("accounts")
@@ -37,6 +40,23 @@ class ServerIn(Body):
     username: str | None = Field(default=None, max_length=320)
     password: SecretStr | None = None
 
+    # mode="before": checked as sent, before whitespace is stripped (a trailing CR/LF is refused, not dropped)
+    @field_validator("host", mode="before")
+    @classmethod
+    def _host(cls, v: object) -> object:
+        if isinstance(v, str):
+            problem = host_problem(v)
+            if problem is not None:
+                raise ValueError(problem)
+        return v
+
+    @field_validator("username", "password", mode="before")
+    @classmethod
+    def _no_control_characters(cls, v: object) -> object:
+        if isinstance(v, str) and (bad := control_character(v)) is not None:
+            raise ValueError(f"must not contain control characters ({bad})")
+        return v
+
 
 class TestIn(Body):
     provider: Provider = "imap"
@@ -50,7 +70,7 @@ class TestIn(Body):
     @field_validator("email")
     @classmethod
     def _email(cls, v: str) -> str:
-        if "@" not in v or any(c.isspace() for c in v):
+        if "@" not in v or any(c.isspace() for c in v) or control_character(v) is not None:
             raise ValueError("must be an email address")
         return v
 
@@ -97,12 +117,32 @@ def _endpoints(body: TestIn) -> tuple[svc.Endpoint, svc.Endpoint]:
     return ep(i, body.imap), ep(s, body.smtp)
 
 
+def _refused(exc: svc.EndpointRefused) -> ApiError:
+    """A 422 naming the field the guard refused (host_not_allowed, plaintext_not_allowed, password_required)."""
+    return ApiError(422, exc.code, exc.message, {"errors": [{"field": exc.field(), "message": exc.message, "type": exc.code}]})
+
+
+async def _guarded(imap_ep: svc.Endpoint, smtp_ep: svc.Endpoint) -> None:
+    """The connection guard's verdict before anything connects (the hosts are resolved here)."""
+    try:
+        await run_in_threadpool(svc.guard_endpoints, imap_ep, smtp_ep)
+    except svc.EndpointRefused as exc:
+        raise _refused(exc) from None
+
+
+async def _tested(request: Request, imap_ep: svc.Endpoint, smtp_ep: svc.Endpoint) -> svc.ConnTest:
+    """Run the connection test, counted against the organization's rate limit (429 beyond it)."""
+    CONNECTION_TESTS.check(_org(request))
+    return await run_in_threadpool(svc.test_connection, imap_ep, smtp_ep)
+
+
 @router.route("POST", "/api/v1/accounts/test", summary="Test IMAP and SMTP logins without saving", body=TestIn,
-              response=ConnTestOut)
+              response=ConnTestOut, responses={422: "invalid body, or a host the connection guard refuses", 429: "too many tests"})
 async def test_account(request: Request) -> JSONResponse:
     body = await parse_body(request, TestIn)
     imap_ep, smtp_ep = _endpoints(body)
-    result = await run_in_threadpool(svc.test_connection, imap_ep, smtp_ep)
+    await _guarded(imap_ep, smtp_ep)
+    result = await _tested(request, imap_ep, smtp_ep)
     return JSONResponse(result.as_json())
 
 
@@ -125,12 +165,14 @@ def _create(org_id: str, body: AccountIn, imap_ep: svc.Endpoint, smtp_ep: svc.En
 
 
 @router.route("POST", "/api/v1/accounts", summary="Connect a mailbox (tested first unless skip_test)", body=AccountIn,
-              status=201, response=AccountOut, responses={409: "already connected", 422: "connection test failed or invalid body"})
+              status=201, response=AccountOut, responses={409: "already connected", 422: "connection test failed, a refused host, or invalid body",
+                                     429: "too many tests"})
 async def create_account(request: Request) -> JSONResponse:
     body = await parse_body(request, AccountIn)
     imap_ep, smtp_ep = _endpoints(body)
+    await _guarded(imap_ep, smtp_ep)
     if not body.skip_test:
-        result = await run_in_threadpool(svc.test_connection, imap_ep, smtp_ep)
+        result = await _tested(request, imap_ep, smtp_ep)
         if not result.ok:
             raise ApiError(422, "connection_test_failed", "the mailbox could not be reached or logged in to", result.as_json())
     data = await run_in_threadpool(_create, _org(request), body, imap_ep, smtp_ep)
@@ -172,7 +214,9 @@ async def get_account(request: Request) -> JSONResponse:
 
 
 @router.route("PATCH", "/api/v1/accounts/{id}", summary="Change servers, credentials, interval; disable or enable",
-              body=AccountPatch, response=AccountOut, responses={404: "not found", 422: "connection test failed"})
+              body=AccountPatch, response=AccountOut, responses={404: "not found", 409: "the OAuth grant is revoked: connect again",
+                                            422: "connection test failed, a refused host, or a changed server without its password",
+                                            429: "too many tests", 503: "the OAuth provider is unreachable"})
 async def patch_account(request: Request) -> JSONResponse:
     org_id, account_id = _org(request), request.path_params["id"]
     body = await parse_body(request, AccountPatch)
@@ -184,16 +228,10 @@ async def patch_account(request: Request) -> JSONResponse:
     a = await run_in_threadpool(current)
     changes: dict[str, Any] = {}
     if body.imap is not None or body.smtp is not None:
-        merged = TestIn(provider=a.provider, email=a.email,  # type: ignore[arg-type]
-                        imap=body.imap or ServerIn(), smtp=body.smtp or ServerIn())
-        for proto, server in (("imap", merged.imap), ("smtp", merged.smtp)):
-            server.host = server.host or getattr(a, f"{proto}_host")
-            server.port = server.port or getattr(a, f"{proto}_port")
-            server.security = server.security or getattr(a, f"{proto}_security")
-            server.username = server.username or getattr(a, f"{proto}_username")
-        imap_ep, smtp_ep = _endpoints_with_stored(merged, a)
+        imap_ep, smtp_ep = await _patched_endpoints(a, body)
+        await _guarded(imap_ep, smtp_ep)
         if not body.skip_test:
-            result = await run_in_threadpool(svc.test_connection, imap_ep, smtp_ep)
+            result = await _tested(request, imap_ep, smtp_ep)
             if not result.ok:
                 raise ApiError(422, "connection_test_failed", "the new settings did not work; nothing was changed", result.as_json())
         for proto, ep in (("imap", imap_ep), ("smtp", smtp_ep)):
@@ -225,16 +263,24 @@ async def patch_account(request: Request) -> JSONResponse:
     return JSONResponse(await run_in_threadpool(save))
 
 
-def _endpoints_with_stored(body: TestIn, a: EmailAccount) -> tuple[svc.Endpoint, svc.Endpoint]:
-    """Like _endpoints, but a missing password means 'keep the stored one'."""
-    from ops.keys import unseal
+async def _patched_endpoints(a: EmailAccount, body: AccountPatch) -> tuple[svc.Endpoint, svc.Endpoint]:
+    """The endpoints a PATCH asks for (see svc.patch_endpoints: a stored secret never follows a changed server)."""
+    def given(server: ServerIn | None) -> dict[str, Any] | None:
+        if server is None:
+            return None
+        data = server.model_dump(exclude={"password"})
+        if server.password is not None:
+            data["password"] = server.password.get_secret_value()
+        return data
 
-    for proto, server in (("imap", body.imap), ("smtp", body.smtp)):
-        if server.password is None:
-            stored = unseal("email_accounts", f"{proto}_password_enc", getattr(a, f"{proto}_password_enc"))
-            if stored is not None:
-                server.password = SecretStr(stored)
-    return _endpoints(body)
+    try:
+        return await run_in_threadpool(svc.patch_endpoints, a, {"imap": given(body.imap), "smtp": given(body.smtp)})
+    except svc.EndpointRefused as exc:
+        raise _refused(exc) from None
+    except oauth.ReconnectRequired as exc:
+        raise ApiError(409, "reconnect_required", f"this mailbox's OAuth access is gone ({exc})") from None
+    except oauth.TokenUnavailable:
+        raise ApiError(503, "provider_unavailable", "the OAuth provider could not be reached for a token; try again") from None
 
 
 @router.route("DELETE", "/api/v1/accounts/{id}", summary="Stop syncing; ?erase=true also deletes its mail",

@@ -11,6 +11,7 @@ from starlette.responses import JSONResponse
 from models import User
 from models.db import get_engine
 from pipeline import oauth
+from pipeline.stages.wire_text import control_character, host_problem
 from web.api import ApiRouter
 from web.errors import ApiError
 from web.params import Param
@@ -46,8 +47,9 @@ def _overrides(request: Request) -> dict[str, Any]:
                 raise field_error(key, "must be ssl, starttls or none")
             out[key] = raw
         else:
-            if len(raw) > 255 or any(c.isspace() for c in raw):
-                raise field_error(key, "must be a host name")
+            problem = host_problem(raw)
+            if problem is not None:
+                raise field_error(key, problem)
             out[key] = raw
     return out
 
@@ -58,14 +60,14 @@ def _overrides(request: Request) -> dict[str, Any]:
                      Param.choice("imap_security", ("ssl", "starttls", "none")), Param.text("smtp_host", max_length=255),
                      Param.integer("smtp_port", None, maximum=65535), Param.choice("smtp_security", ("ssl", "starttls", "none"))),
               path_params={"provider": Param.choice("provider", PROVIDERS)}, response=UrlOut,
-              responses={404: "unknown provider", 422: "invalid input", 400: "provider not configured"})
+              responses={404: "unknown provider", 422: "invalid input, or an override host the connection guard refuses", 400: "provider not configured"})
 async def authorize(request: Request) -> JSONResponse:
     provider = _provider(request)
     user_id = (request.query_params.get("user_id") or "").strip()
     email = (request.query_params.get("email") or "").strip()
     if not user_id or len(user_id) > 64:
         raise field_error("user_id", "required (the CRM user who owns the mailbox)")
-    if "@" not in email or len(email) > 320 or any(c.isspace() for c in email):
+    if "@" not in email or len(email) > 320 or any(c.isspace() for c in email) or control_character(email) is not None:
         raise field_error("email", "must be the mailbox's email address")
     overrides = _overrides(request)
     org_id = str(request.state.org_id)
@@ -73,16 +75,20 @@ async def authorize(request: Request) -> JSONResponse:
     def run() -> str:
         from sqlmodel import Session
 
+        url = oauth.start(org_id, user_id, provider, email, overrides)  # checks the overrides first
         with Session(get_engine()) as s:
             if s.get(User, (org_id, user_id)) is None:
                 s.add(User(org_id=org_id, id=user_id, name=email[:300], email=email, email_norm=email.lower()))
                 s.commit()
-        return oauth.start(org_id, user_id, provider, email, overrides)
+        return url
 
     try:
         url = await run_in_threadpool(run)
     except oauth.NotConfigured as exc:
         raise ApiError(400, "provider_not_configured", str(exc)) from None
+    except oauth.EndpointRefused as exc:  # the connection guard: the token would go where it must not
+        raise ApiError(422, exc.code, exc.message,
+                       {"errors": [{"field": exc.field("_"), "message": exc.message, "type": exc.code}]}) from None
     return JSONResponse({"url": url})
 
 
