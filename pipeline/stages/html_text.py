@@ -31,7 +31,7 @@ import lxml.html
 from pipeline.stages.budgets import HTML_TO_TEXT_CHARS, NESTED_BLOCKS, TRUNCATED_NOTICE, clip
 from pipeline.stages.html_guard import cap_attributes
 from pipeline.stages.slices import (CUT_AFTER_NEWLINE, CUT_ANYWHERE, CUT_BEFORE_NEWLINE_RUN, CUT_BEFORE_NON_SPACE,
-                                    CUT_BEFORE_TAG, SLICE, sub_in_slices)
+                                    CUT_BEFORE_TAG, SLICE, sub_by_match, sub_in_slices)
 
 __all__ = ["XML_UNSAFE", "html_to_text", "parse_html"]
 
@@ -271,10 +271,10 @@ def _render(root: lxml.html.HtmlElement) -> str:
 
 def _stripped_tags(markup: str) -> str:
     """The text of markup lxml could not make a tree of: comments and hidden blocks dropped, tags removed."""
-    markup = _COMMENT.sub(" ", markup)
+    markup = sub_by_match(_COMMENT, " ", markup)
     lowered = markup.lower()
     if any(opener in lowered for opener in _HIDDEN_OPENERS):
-        markup = _HIDDEN_BLOCK.sub(" ", markup)
+        markup = sub_by_match(_HIDDEN_BLOCK, " ", markup)
     return _normalize(html_lib.unescape(sub_in_slices(_TAGS, " ", markup, CUT_BEFORE_TAG)))
 
 

@@ -2,7 +2,7 @@
 "Forwarded message" block). Pure: no I/O.
 
 The original is untrusted (a stranger wrote it), so everything here is linear in its size: the HTML
-is re-serialized by lxml after one pass that drops scripts, styles and event handlers, and the text
+is re-serialized by lxml after linear passes dropping scripts, styles and event handlers, and the text
 quote is prefixed with "> " by string operations over the whole text, not line by line in Python.
 Only the first :data:`~pipeline.stages.budgets.QUOTE_CHARS` characters of the original are included;
 a longer one ends with :data:`~pipeline.stages.budgets.TRUNCATED_NOTICE`.
@@ -18,6 +18,7 @@ from datetime import datetime
 import lxml.html
 
 from pipeline.stages.budgets import QUOTE_CHARS, TRUNCATED_NOTICE, clip
+from pipeline.stages.html_guard import drop_elements
 from pipeline.stages.html_text import html_to_text, parse_html
 
 __all__ = ["forward_block", "quote_for_reply"]
@@ -42,52 +43,15 @@ def _when(sent_at: datetime) -> str:
             f"at {sent_at:%H:%M}{zone}")
 
 
-def _dropped(el: lxml.html.HtmlElement) -> bool:
-    return isinstance(el.tag, str) and el.tag.lower() in _QUOTE_DROP_TAGS
-
-
-def _drop_children(parent: lxml.html.HtmlElement) -> None:
-    """Remove ``parent``'s dropped children, their tails joined to the text before them, in one pass.
-
-    (lxml's ``drop_tree`` concatenates the tail onto the growing text once per element: quadratic
-    for a parent with many dropped children.)
-    """
-    pieces = [parent.text or ""]
-    target: lxml.html.HtmlElement | None = None
-    for child in list(parent):
-        if _dropped(child):
-            pieces.append(child.tail or "")
-            parent.remove(child)  # the tail goes with it
-            continue
-        if len(pieces) > 1:
-            _set_text(parent, target, "".join(pieces))
-        target, pieces = child, [child.tail or ""]
-    if len(pieces) > 1:
-        _set_text(parent, target, "".join(pieces))
-
-
-def _set_text(parent: lxml.html.HtmlElement, target: lxml.html.HtmlElement | None, value: str) -> None:
-    if target is None:
-        parent.text = value or None
-    else:
-        target.tail = value or None
-
-
 def _html_body(markup: str | None, text: str | None, clipped: bool) -> str:
     """The original body as an HTML fragment: the document's body re-serialized, or escaped text."""
     root = parse_html(markup) if markup is not None else None
     if root is not None:
-        parents: dict[lxml.html.HtmlElement, None] = {}
+        drop_elements(root, _QUOTE_DROP_TAGS)
         for el in root.iter():
-            if _dropped(el):
-                parent = el.getparent()
-                if parent is not None:
-                    parents[parent] = None
-            elif isinstance(el.tag, str):
+            if el.attrib:  # comments and entities have none
                 for attr in [a for a in el.attrib if a.lower().startswith("on")]:
                     del el.attrib[attr]
-        for parent in parents:
-            _drop_children(parent)
         body = root.find("body")
         if body is None:
             body = root

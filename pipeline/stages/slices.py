@@ -6,6 +6,8 @@ loop answering ``/healthz`` among them; issue 14). :func:`sub_in_slices` applies
 consecutive slices of about :data:`SLICE` characters, cut only where ``cut`` guarantees that no match
 straddles the cut and that the pattern sees the same context at a slice's start, so the result is
 the one ``pattern.sub`` over the whole string would give, while threads can switch between slices.
+Patterns whose matches cannot be cut (a comment, a ``<script>`` block) use :func:`sub_by_match`,
+which takes one Python step per match instead.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import re
 from collections.abc import Callable
 
 __all__ = ["CUT_AFTER_NEWLINE", "CUT_ANYWHERE", "CUT_BEFORE_NEWLINE_RUN", "CUT_BEFORE_NON_SPACE", "CUT_BEFORE_TAG",
-           "SLICE", "sub_in_slices"]
+           "SLICE", "sub_by_match", "sub_in_slices"]
 
 #: Characters per slice: a slice costs a few milliseconds whatever the pattern.
 SLICE = 65_536
@@ -46,4 +48,19 @@ def sub_in_slices(pattern: re.Pattern[str], repl: str | Callable[[re.Match[str]]
             end = found.end() if found is not None else size
         pieces.append(pattern.sub(repl, text[pos:end]))
         pos = end
+    return "".join(pieces)
+
+
+def sub_by_match(pattern: re.Pattern[str], repl: str, text: str) -> str:
+    """``pattern.sub(repl, text)`` (``repl`` taken literally) with one Python step per match, so
+    threads can switch between matches however many there are."""
+    pieces: list[str] = []
+    pos = 0
+    for match in pattern.finditer(text):
+        pieces.append(text[pos:match.start()])
+        pieces.append(repl)
+        pos = match.end()
+    if not pieces:
+        return text
+    pieces.append(text[pos:])
     return "".join(pieces)
