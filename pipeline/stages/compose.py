@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 import idna
 
 from pipeline.stages.html_text import html_to_text
+from pipeline.stages.mime_bytes import as_bytes
 from pipeline.stages.quoting import forward_block, quote_for_reply
 
 __all__ = [
@@ -485,7 +486,7 @@ def compose(draft: Draft) -> tuple[bytes, str]:
     for name, value in body.items():
         msg[name] = value
     msg.set_payload(body.get_payload())
-    return msg.as_bytes(), message_id
+    return as_bytes(msg), message_id
 
 
 def _extra_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str | Address]]:

@@ -20,6 +20,7 @@ from collections.abc import Collection
 from lxml import etree
 
 from pipeline.stages.budgets import MAX_ATTRIBUTES
+from pipeline.stages.slices import cut_before_tag_start, sub_in_slices
 
 __all__ = ["cap_attributes", "drop_elements"]
 
@@ -31,8 +32,13 @@ _CROWDED_TAG = re.compile(rf"(<[A-Za-z][^{_SPACE}/>]*+(?:{_ATTR}){{{MAX_ATTRIBUT
 
 
 def cap_attributes(markup: str) -> str:
-    """``markup`` with every start tag cut to its first ``MAX_ATTRIBUTES`` attributes."""
-    return _CROWDED_TAG.sub(r"\1", markup)
+    """``markup`` with every start tag cut to its first ``MAX_ATTRIBUTES`` attributes.
+
+    Long markup is done a slice at a time, each slice ending before a "<" and a letter (see
+    :mod:`pipeline.stages.slices`). A tag longer than a slice is capped in each slice it spans, so
+    libxml2 sees at most ``MAX_ATTRIBUTES`` attributes per slice of it: still bounded.
+    """
+    return sub_in_slices(_CROWDED_TAG, r"\1", markup, cut_before_tag_start)
 
 
 def drop_elements(root: etree._Element, tags: Collection[str]) -> None:

@@ -30,8 +30,8 @@ import lxml.html
 
 from pipeline.stages.budgets import HTML_TO_TEXT_CHARS, NESTED_BLOCKS, TRUNCATED_NOTICE, clip
 from pipeline.stages.html_guard import cap_attributes
-from pipeline.stages.slices import (CUT_AFTER_NEWLINE, CUT_ANYWHERE, CUT_BEFORE_NEWLINE_RUN, CUT_BEFORE_NON_SPACE,
-                                    CUT_BEFORE_TAG, SLICE, sub_by_match, sub_in_slices)
+from pipeline.stages.slices import (SLICE, cut_after_non_space, cut_anywhere, cut_before_newline_run,
+                                    cut_before_non_space, cut_before_tag, sub_by_match, sub_in_slices)
 
 __all__ = ["XML_UNSAFE", "html_to_text", "parse_html"]
 
@@ -50,9 +50,7 @@ _WS = re.compile(r"\s+")
 _MARKER_RUN = re.compile(r"[\x01\x02][ \n\x01\x02]*+")
 # Whitespace within a line (the set str.split() splits on) that is not already a single space.
 _HSPACE = re.compile(r"[^\S\n]{2,}|[^\S \n]")
-_LINE_EDGE = re.compile(r"^ | $", re.M)  # after _HSPACE a line has at most one space at either end
 _BLANK_RUN = re.compile(r"\n{3,}")
-_EMPTY_QUOTE_LINE = re.compile("^>\x03$", re.M)
 _TRAILING_SPACE = re.compile(r"(?<! ) ++$", re.M)  # from a run's first space only, never backtracking
 _TAGS = re.compile(r"(?:<[^<>]*+>)++")  # a run of adjacent tags, read once
 _COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.S)
@@ -79,28 +77,35 @@ def parse_html(markup: str, *, clean: bool = False) -> lxml.html.HtmlElement | N
         return None
     parser = lxml.html.HTMLParser(encoding="utf-8", remove_comments=True, remove_pis=True)
     if not clean:
-        markup = sub_in_slices(XML_UNSAFE, "", markup, CUT_ANYWHERE)
+        markup = sub_in_slices(XML_UNSAFE, "", markup, cut_anywhere)
     data = cap_attributes(markup).encode("utf-8", "replace")
     try:
         root = lxml.html.document_fromstring(data, parser=parser)
     except (lxml.etree.LxmlError, ValueError):
         return None
-    for el in root.iter():  # character references such as &#1; decode to what lxml later refuses to store
-        if el.text and XML_UNSAFE.search(el.text):
-            el.text = XML_UNSAFE.sub("", el.text)
-        if el.tail and XML_UNSAFE.search(el.tail):
-            el.tail = XML_UNSAFE.sub("", el.tail)
+    if "&#" not in markup:  # only character references (&#1;) can put what lxml refuses to store in the tree
+        return root
+    for el in root.iter():
+        text, tail = el.text, el.tail
+        if text and _scrubbed(text) != text:
+            el.text = _scrubbed(text)
+        if tail and _scrubbed(tail) != tail:
+            el.tail = _scrubbed(tail)
         for name, value in el.attrib.items():
             if XML_UNSAFE.search(value):
                 el.attrib[name] = XML_UNSAFE.sub("", value)
     return root
 
 
+def _scrubbed(text: str) -> str:
+    return XML_UNSAFE.sub("", text) if len(text) <= SLICE else sub_in_slices(XML_UNSAFE, "", text, cut_anywhere)
+
+
 def _collapse(text: str | None) -> str:
     """Source whitespace (newlines included) collapsed to single spaces."""
     if not text:
         return ""
-    return _WS.sub(" ", text) if len(text) <= SLICE else sub_in_slices(_WS, " ", text, CUT_BEFORE_NON_SPACE)
+    return _WS.sub(" ", text) if len(text) <= SLICE else sub_in_slices(_WS, " ", text, cut_before_non_space)
 
 
 def _resolve_breaks(text: str) -> str:
@@ -125,9 +130,11 @@ def _resolve_breaks(text: str) -> str:
 
 def _normalize(text: str) -> str:
     """Block markers resolved, whitespace collapsed per line, blank-line runs reduced to one, edges trimmed."""
-    text = sub_in_slices(_HSPACE, " ", _resolve_breaks(text), CUT_BEFORE_NON_SPACE)
-    text = sub_in_slices(_LINE_EDGE, "", text, CUT_AFTER_NEWLINE)
-    return sub_in_slices(_BLANK_RUN, "\n\n", text, CUT_BEFORE_NEWLINE_RUN).strip(" \n")
+    text = sub_in_slices(_HSPACE, " ", _resolve_breaks(text), cut_before_non_space)
+    # Now a line has at most one space at either end; the first line's start and the last line's
+    # end go with the final strip.
+    text = text.replace("\n ", "\n").replace(" \n", "\n")
+    return sub_in_slices(_BLANK_RUN, "\n\n", text, cut_before_newline_run).strip(" \n")
 
 
 def _link(inner: str, href: str | None) -> str:
@@ -147,7 +154,11 @@ def _link(inner: str, href: str | None) -> str:
 
 def _quoted(text: str) -> str:
     """Normalized ``text`` as "> " lines (an empty line as ">")."""
-    return sub_in_slices(_EMPTY_QUOTE_LINE, ">", f">{_KEEP}" + text.replace("\n", f"\n>{_KEEP}"), CUT_AFTER_NEWLINE)
+    if not text:
+        return ">"
+    # Normalized text has no blank line at either end and never two in a row, so each blank line is
+    # one "\n>\x03\n" once prefixed, and these never overlap.
+    return (f">{_KEEP}" + text.replace("\n", f"\n>{_KEEP}")).replace(f"\n>{_KEEP}\n", "\n>\n")
 
 
 def _item(marker: str, text: str) -> str:
@@ -216,7 +227,7 @@ def _open(el: lxml.html.HtmlElement, depth: int, out: list[str], quotes: int, li
     out.append(edge)
     out.append(text)
     close = " " if tag in ("td", "th") else edge
-    if not len(el):
+    if next(iter(el), None) is None:  # no children (len(el) would count them all)
         out.append(close)
         return None
     frame = _Frame(_PLAIN, el, depth, out, out, quotes, links)
@@ -275,20 +286,20 @@ def _stripped_tags(markup: str) -> str:
     lowered = markup.lower()
     if any(opener in lowered for opener in _HIDDEN_OPENERS):
         markup = sub_by_match(_HIDDEN_BLOCK, " ", markup)
-    return _normalize(html_lib.unescape(sub_in_slices(_TAGS, " ", markup, CUT_BEFORE_TAG)))
+    return _normalize(html_lib.unescape(sub_in_slices(_TAGS, " ", markup, cut_before_tag)))
 
 
 def html_to_text(html: str) -> str:
     """Readable plain text from HTML: one line per block, links as "text (url)", lists as "- item"."""
     html, clipped = clip(html or "", HTML_TO_TEXT_CHARS)
-    markup = sub_in_slices(XML_UNSAFE, "", html, CUT_ANYWHERE)  # also removes any stray marker characters
+    markup = sub_in_slices(XML_UNSAFE, "", html, cut_anywhere)  # also removes any stray marker characters
     root = parse_html(markup, clean=True)
     text = ""
     if root is not None:
         text = _normalize(_render(root))
         if not text:  # libxml2 drops content nested deeper than 256 levels: strip the tags instead
             text = _stripped_tags(markup)
-        text = sub_in_slices(_TRAILING_SPACE, "", text.replace(_KEEP, " "), CUT_AFTER_NEWLINE)
+        text = sub_in_slices(_TRAILING_SPACE, "", text.replace(_KEEP, " "), cut_after_non_space)
     if clipped:
         text = f"{text}\n\n{TRUNCATED_NOTICE}".lstrip("\n")
     return text

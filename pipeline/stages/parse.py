@@ -26,7 +26,7 @@ import lxml.html
 
 from pipeline.stages.budgets import PARSED_HTML_TO_TEXT_CHARS, clip
 from pipeline.stages.html_guard import cap_attributes, drop_elements
-from pipeline.stages.slices import CUT_BEFORE_NON_SPACE, CUT_BEFORE_TAG, SLICE, sub_by_match, sub_in_slices
+from pipeline.stages.slices import SLICE, cut_before_non_space, cut_before_tag, sub_by_match, sub_in_slices
 
 __all__ = ["Address", "ParsedAttachment", "ParsedEmail", "parse_email", "normalize_message_id", "snippet"]
 
@@ -464,7 +464,7 @@ def _content_hash(hv: dict[str, str], text: str, attachments: list[ParsedAttachm
 
 
 def _spaced(text: str) -> str:
-    return _WHITESPACE.sub(" ", text) if len(text) <= SLICE else sub_in_slices(_WHITESPACE, " ", text, CUT_BEFORE_NON_SPACE)
+    return _WHITESPACE.sub(" ", text) if len(text) <= SLICE else sub_in_slices(_WHITESPACE, " ", text, cut_before_non_space)
 
 
 def _html_to_text(markup: str) -> str:
@@ -494,7 +494,7 @@ def _html_to_text(markup: str) -> str:
     except Exception:
         raw_text = ""
     if not raw_text.strip():  # lxml failed or gave up (e.g. excessive nesting): strip tags by regex
-        raw_text = html_lib.unescape(sub_in_slices(_TAG, "\n", sub_by_match(_SCRIPT_STYLE, " ", markup), CUT_BEFORE_TAG))
+        raw_text = html_lib.unescape(sub_in_slices(_TAG, "\n", sub_by_match(_SCRIPT_STYLE, " ", markup), cut_before_tag))
     lines = (" ".join(line.split()) for line in raw_text.split("\n"))
     return "\n".join(line for line in lines if line)
 

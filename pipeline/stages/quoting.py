@@ -20,6 +20,7 @@ import lxml.html
 from pipeline.stages.budgets import QUOTE_CHARS, TRUNCATED_NOTICE, clip
 from pipeline.stages.html_guard import drop_elements
 from pipeline.stages.html_text import html_to_text, parse_html
+from pipeline.stages.slices import cut_after_newline, sub_in_slices
 
 __all__ = ["forward_block", "quote_for_reply"]
 
@@ -104,7 +105,7 @@ def quote_for_reply(html: str | None, text: str | None, *, sender: str,
     attribution = f"On {_when(sent_at)}, {who} wrote:" if sent_at is not None else f"{who} wrote:"
     html_quote = (f'<div class="mailpipe_quote"><div class="mailpipe_attr">{html_lib.escape(attribution)}</div>'
                   f'<blockquote style="{_QUOTE_STYLE}">{_html_body(html, text, clipped)}</blockquote></div>')
-    quoted = _BARE_PREFIX.sub(">", "> " + _plain_body(html, text, clipped).replace("\n", "\n> "))
+    quoted = sub_in_slices(_BARE_PREFIX, ">", "> " + _plain_body(html, text, clipped).replace("\n", "\n> "), cut_after_newline)
     return html_quote, f"{attribution}\n{quoted}"
 
 
