@@ -32,6 +32,7 @@ import idna
 
 from pipeline.stages.html_text import html_to_text
 from pipeline.stages.mime_bytes import as_bytes
+from pipeline.stages.slices import SLICE
 from pipeline.stages.quoting import forward_block, quote_for_reply
 
 __all__ = [
@@ -72,6 +73,8 @@ _MAILTO_QUERY = re.compile(r"^[A-Za-z0-9%._~!$&'()*+,;=:@/?-]*$")
 # Every leading prefix at once; possessive, so a long run of prefixes is read once, never backtracked.
 _REPLY_PREFIX = re.compile(r"^(?:\s*+re\s*+(?:\[\d++\])?\s*+:\s*+)++", re.I)
 _FORWARD_PREFIX = re.compile(r"^(?:\s*+fwd?\s*+(?:\[\d++\])?\s*+:\s*+)++", re.I)
+_LONG_LINE = re.compile(r"[^\r\n]{79}")  # longer than EmailPolicy.max_line_length
+_LARGE_PART = 1_000_000  # characters
 _BODY_CLOSE = re.compile(r"</body\s*>", re.I)
 _HTML_CLOSE = re.compile(r"</html\s*>", re.I)
 _RESERVED_HEADERS = frozenset(
@@ -381,10 +384,30 @@ def _attachment_part(index: int, att: OutgoingAttachment, disposition: str) -> M
 
 
 def _text_part(text: str, subtype: str) -> MIMEPart:
-    """A UTF-8 text part; the policy picks 7bit, quoted-printable or base64."""
+    """A UTF-8 text part; the policy picks 7bit, quoted-printable or base64.
+
+    A part over a megabyte is 7bit when it can be, else base64: the stdlib's quoted-printable
+    encoder translates the whole body in one C call, which holds the GIL for ~100 ms at 10 MB,
+    while its base64 encoder works a line at a time.
+    """
     part = MIMEPart(policy=_POLICY)
-    part.set_content(text, subtype=subtype, charset="utf-8")
+    cte = None
+    if len(text) > _LARGE_PART:
+        cte = "7bit" if text.isascii() and not _has_long_line(text) else "base64"
+    part.set_content(text, subtype=subtype, charset="utf-8", cte=cte)
     return part
+
+
+def _has_long_line(text: str) -> bool:
+    """Whether a line of ``text`` is longer than the policy's 78 characters (searched a slice at a time)."""
+    pos = 0
+    while pos < len(text):
+        cut = text.find("\n", pos + SLICE)
+        end = len(text) if cut < 0 else cut + 1
+        if _LONG_LINE.search(text, pos, end):
+            return True
+        pos = end
+    return False
 
 
 def _container(subtype: str, parts: Sequence[MIMEPart]) -> MIMEPart:

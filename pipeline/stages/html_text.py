@@ -137,12 +137,19 @@ def _normalize(text: str) -> str:
     return sub_in_slices(_BLANK_RUN, "\n\n", text, cut_before_newline_run).strip(" \n")
 
 
+def _words(text: str) -> str:
+    """``" ".join(text.split())``, a slice at a time when long."""
+    if len(text) <= SLICE:
+        return " ".join(text.split())
+    return sub_in_slices(_WS, " ", text, cut_before_non_space).strip()
+
+
 def _link(inner: str, href: str | None) -> str:
     """Link text followed by " (url)", or just the URL when the text is the URL or empty."""
     url = (href or "").strip()
     if not url or not _SHOWN_SCHEME.match(url):
         return inner
-    label = " ".join(inner.translate(_MARKERS_AS_SPACES).split())
+    label = _words(inner.translate(_MARKERS_AS_SPACES))
     if not label:
         return url
     bare = url[7:] if url.lower().startswith("mailto:") else url

@@ -118,6 +118,7 @@ _STD_DEFECTS = {"StartBoundaryNotFoundDefect": "MIME boundary declared but never
 _BLOCK_TAGS = frozenset("p div br tr li h1 h2 h3 h4 h5 h6 table ul ol blockquote pre hr dt dd".split())
 _HIDDEN_TAGS = frozenset("script style noscript template head".split())
 _WORD = re.compile(r"\S+")
+_LINE = re.compile(r"[^\n]+")
 
 
 def normalize_message_id(value: str | None) -> str | None:
@@ -495,8 +496,13 @@ def _html_to_text(markup: str) -> str:
         raw_text = ""
     if not raw_text.strip():  # lxml failed or gave up (e.g. excessive nesting): strip tags by regex
         raw_text = html_lib.unescape(sub_in_slices(_TAG, "\n", sub_by_match(_SCRIPT_STYLE, " ", markup), cut_before_tag))
-    lines = (" ".join(line.split()) for line in raw_text.split("\n"))
-    return "\n".join(line for line in lines if line)
+    lines = []
+    for match in _LINE.finditer(raw_text):  # one line at a time: a split of megabytes is one long C call
+        line = match.group()
+        line = " ".join(line.split()) if len(line) <= SLICE else _spaced(line).strip()
+        if line:
+            lines.append(line)
+    return "\n".join(lines)
 
 
 def _safe_filename(name: str | None, ctype: str, index: int) -> str:
