@@ -4,8 +4,8 @@ libxml2 checks each new attribute of a tag against all the earlier ones, and lxm
 attribute value up by name, so a tag with n attributes costs n² (100,000 attributes on one ``<a>``:
 minutes, with the GIL held). :func:`cap_attributes` keeps the first
 :data:`~pipeline.stages.budgets.MAX_ATTRIBUTES` attributes of a start tag and drops the rest, in one
-regular-expression pass whose every quantifier is possessive (nothing is ever re-scanned). Markup
-without such a tag comes back unchanged (the same object).
+left-to-right pass of possessive regular expressions (nothing is ever re-scanned), a few thousand
+tokens per call. Markup without such a tag comes back unchanged (the same object).
 
 lxml's ``drop_tree`` appends the dropped element's tail to the text before it, copying that text
 each time: dropping the 200,000 ``<script>``s of one parent is quadratic. :func:`drop_elements`
@@ -20,25 +20,46 @@ from collections.abc import Collection
 from lxml import etree
 
 from pipeline.stages.budgets import MAX_ATTRIBUTES
-from pipeline.stages.slices import cut_before_tag_start, sub_in_slices
 
 __all__ = ["cap_attributes", "drop_elements"]
 
 _SPACE = r"\t\n\f\r "
 # One attribute with the separator before it: name, then optionally = and a quoted or bare value.
-_ATTR = (rf"[{_SPACE}/]++[^{_SPACE}/>=]++"
+# HTML lets a tag or attribute name contain "<"; here "<" ends a name and separates attributes, so
+# an attribute "x<b" counts twice, which only makes the cap stricter.
+_ATTR = (rf"[{_SPACE}/<]++[^{_SPACE}/>=<]++"
          rf"""(?:[{_SPACE}]*+=[{_SPACE}]*+(?:"[^"]*+"|'[^']*+'|[^{_SPACE}>]*+))?+""")
-_CROWDED_TAG = re.compile(rf"(<[A-Za-z][^{_SPACE}/>]*+(?:{_ATTR}){{{MAX_ATTRIBUTES}}})(?:{_ATTR})++")
+_TAG_START = rf"<[A-Za-z][^{_SPACE}/><]*+"
+# Text, a "<" that starts no tag, or a start tag with at most MAX_ATTRIBUTES attributes: consumed
+# left to right, each character once (a pattern searched for at every "<" rescans what an earlier
+# tag already covered: "<div" x 40,000 was quadratic), at most _TOKENS tokens per call so that no
+# call holds the GIL for long. It stops at a start tag with more attributes than that.
+_TOKENS = 4096
+_PLAIN = re.compile(
+    rf"(?:[^<]++|<(?![A-Za-z])|{_TAG_START}(?:{_ATTR}){{0,{MAX_ATTRIBUTES}}}+(?!{_ATTR})){{0,{_TOKENS}}}+")
+_CROWDED_TAG = re.compile(rf"({_TAG_START}(?:{_ATTR}){{{MAX_ATTRIBUTES}}})(?:{_ATTR})++")
 
 
 def cap_attributes(markup: str) -> str:
-    """``markup`` with every start tag cut to its first ``MAX_ATTRIBUTES`` attributes.
-
-    Long markup is done a slice at a time, each slice ending before a "<" and a letter (see
-    :mod:`pipeline.stages.slices`). A tag longer than a slice is capped in each slice it spans, so
-    libxml2 sees at most ``MAX_ATTRIBUTES`` attributes per slice of it: still bounded.
-    """
-    return sub_in_slices(_CROWDED_TAG, r"\1", markup, cut_before_tag_start)
+    """``markup`` with every start tag cut to its first ``MAX_ATTRIBUTES`` attributes."""
+    pieces: list[str] = []
+    pos, done, size = 0, 0, len(markup)
+    while pos < size:
+        stop = _PLAIN.match(markup, pos).end()  # type: ignore[union-attr]  # can match empty
+        if stop > pos:
+            pos = stop
+            continue
+        crowded = _CROWDED_TAG.match(markup, pos)  # the only token _PLAIN does not take
+        if crowded is None:  # unreachable; stepping over the "<" keeps the loop finite regardless
+            pos += 1
+            continue
+        pieces.append(markup[done:pos])
+        pieces.append(crowded.group(1))
+        pos = done = crowded.end()
+    if not pieces:
+        return markup
+    pieces.append(markup[done:])
+    return "".join(pieces)
 
 
 def drop_elements(root: etree._Element, tags: Collection[str]) -> None:

@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable
 
 __all__ = ["SLICE", "cut_after_newline", "cut_after_non_space", "cut_anywhere", "cut_before_newline_run", "cut_before_non_space",
-           "cut_before_tag", "cut_before_tag_start", "sub_by_match", "sub_in_slices"]
+           "cut_before_tag", "sub_by_match", "sub_in_slices"]
 
 #: Characters per slice: a slice costs a few milliseconds whatever the pattern.
 SLICE = 65_536
@@ -27,7 +27,6 @@ Cut = Callable[[str, int], int]
 _SPACES = re.compile(r"\s*+")
 _SPACE_CHARS = re.compile(r" *+")
 _NEWLINES = re.compile(r"\n++")
-_TAG_START = re.compile(r"<[A-Za-z]")
 
 
 def cut_anywhere(text: str, pos: int) -> int:
@@ -68,12 +67,6 @@ def cut_before_tag(text: str, pos: int) -> int:
     """For patterns matching tags, which never contain "<"."""
     at = text.find("<", pos)
     return len(text) if at < 0 else at
-
-
-def cut_before_tag_start(text: str, pos: int) -> int:
-    """Before a "<" followed by a letter (where a regular expression sees a start tag begin)."""
-    found = _TAG_START.search(text, pos)
-    return len(text) if found is None else found.start()
 
 
 def sub_in_slices(pattern: re.Pattern[str], repl: str | Callable[[re.Match[str]], str], text: str, cut: Cut) -> str:

@@ -73,9 +73,17 @@ def _inject(html: str) -> object:
                   open_signer=lambda *parts: "sig", click_signer=lambda *parts: "sig")
 
 
+def _merge(html: str) -> object:
+    """Merge fields filled in; an unclosed tag or too many tags is refused (quickly) with a syntax error."""
+    try:
+        return render(html, {"firstName": "Ann"}, mode="html")
+    except MergeSyntaxError as exc:
+        return exc
+
+
 OPERATIONS: dict[str, Callable[[str], object]] = {
     "html_to_text": html_to_text, "send": _send, "reply": _reply, "forward": _forward, "parse": _parse,
-    "tracking": _inject, "notion": html_to_blocks, "merge": lambda html: render(html, {"firstName": "Ann"}, mode="html"),
+    "tracking": _inject, "notion": html_to_blocks, "merge": lambda html: _merge(html),
 }
 
 

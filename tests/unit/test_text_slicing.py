@@ -128,6 +128,22 @@ class TestHtmlGuard:
         drop_elements(other, {"script", "style", "noscript"})
         assert lxml.html.tostring(other) == lxml.html.tostring(one)
 
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(parts=st.lists(st.sampled_from(["<a", "<b", " x", " y=1", " z='<b q'", ' w="a>b"', "<", ">", "/", "t", " ",
+                                           "<1", "=", "'", '"']), max_size=300))
+    def test_cap_attributes_is_one_left_to_right_pass(self, parts: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+        """With a cap of 3, the result is what one substitution consuming every start tag (with all
+        its attributes) from left to right gives: each tag keeps its first 3."""
+        from pipeline.stages import html_guard
+
+        tag, attr = html_guard._TAG_START, html_guard._ATTR
+        monkeypatch.setattr(html_guard, "_PLAIN", re.compile(
+            rf"(?:[^<]++|<(?![A-Za-z])|{tag}(?:{attr}){{0,3}}+(?!{attr})){{0,5}}+"))
+        monkeypatch.setattr(html_guard, "_CROWDED_TAG", re.compile(rf"({tag}(?:{attr}){{3}})(?:{attr})++"))
+        markup = "".join(parts)
+        reference = re.compile(rf"({tag}(?:{attr}){{0,3}}+)(?:{attr})*+").sub(r"\1", markup)
+        assert cap_attributes(markup) == reference
+
     def test_cap_attributes(self) -> None:
         """Ordinary markup is returned as is; a crowded tag keeps MAX_ATTRIBUTES attributes."""
         ordinary = "<p class='a' id=b data-x=\"1 2\">x</p><a href=https://x.example/>y</a>"
