@@ -5,13 +5,13 @@ searches the whole content of a multipart for a line that would collide with its
 5 MB body each is one C call of tens of milliseconds with the GIL held, during which no other thread
 of the process runs (issue 14). :func:`as_bytes` returns exactly what ``msg.as_bytes()`` returns,
 with both done a slice at a time (slices end right after a newline, so no line and no ``\\r\\n`` is
-ever split).
+ever split), and each slice's lines written with one call instead of two per line.
 """
 
 from __future__ import annotations
 
 import re
-from email.generator import BytesGenerator
+from email.generator import NLCRE, BytesGenerator
 from email.message import Message
 from io import BytesIO
 from typing import AnyStr
@@ -38,11 +38,13 @@ class _SlicedGenerator(BytesGenerator):
     """``BytesGenerator`` whose two whole-payload regular-expression passes run a slice at a time."""
 
     def _write_lines(self, lines: str) -> None:
+        # The stdlib writes line, separator, line… one call each (two per line of a 5 MB body);
+        # joining a slice's lines with the separator writes the same bytes in one call.
         if len(lines) <= SLICE:
-            super()._write_lines(lines)
+            self.write(self._NL.join(NLCRE.split(lines)))
             return
         for start, end in _line_slices(lines):
-            super()._write_lines(lines[start:end])
+            self.write(self._NL.join(NLCRE.split(lines[start:end])))
 
     @classmethod
     def _make_boundary(cls, text: bytes | str | None = None) -> str:
