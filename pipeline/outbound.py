@@ -230,12 +230,13 @@ def submit(org_id: str, req: Outgoing, *, now: datetime | None = None) -> Submit
             "in_reply_to": in_reply_to, "references": list(references),
             "date": (req.send_at or now).isoformat(),
         }
-        base_draft = draft_from_json(draft_json, outgoing)
+        if text is None and isinstance(html, str):
+            # The text part compose would derive, computed once here (it is also the stored body_text).
+            text = html_to_text(html.replace("\r\n", "\n").replace("\r", "\n"))
+        base_draft = draft_from_json(draft_json, outgoing, text=text)
         # Everything is checked (addresses, header injection, sizes) before anything is stored.
         base_raw, message_id = _compose_or_422(base_draft)
         draft_json["message_id"] = message_id
-        if text is None and html is not None:
-            text = html_to_text(html)
         rcpts = envelope_recipients(base_draft)
         # Attachment bytes and the canonical message go to storage first; the rows that point at them commit after.
         stored: list[dict[str, Any]] = []

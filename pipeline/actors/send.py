@@ -168,6 +168,7 @@ class _Run:
         self.settings = get_settings()
         self.outbox, self.email, self.account, self.deliveries = loaded.outbox, loaded.email, loaded.account, loaded.deliveries
         self._attachments: list[Any] | None = None
+        self._text: str | None = None  # the text part derived from the draft's HTML, once per run
         self._smtp: Any = None  # SMTP settings of this run (replaced when a refused token is renewed)
         self.released = False  # the lease was given back in the run's last write
 
@@ -588,9 +589,11 @@ class _Run:
                 )
                 changes["html"] = injected.html
                 if draft.get("text") is None:  # the text part shows the original links, not tracking URLs
-                    from pipeline.stages.compose import html_to_text
+                    if self._text is None:
+                        from pipeline.stages.compose import html_to_text
 
-                    changes["text"] = html_to_text(draft["html"])
+                        self._text = html_to_text(draft["html"])
+                    changes["text"] = self._text
                 links = [{"email_id": self.email_id, "link_hash": spec.link_hash, "url": spec.url, "position": spec.position,
                           "text": spec.text[:500]} for spec in injected.links]
         raw, _ = compose(draft_from_json(draft, tuple(self._attachments), **changes))

@@ -10,7 +10,9 @@ Shapes: text only → ``text/plain``; HTML → ``multipart/alternative`` (text f
 when not given); inline images (``content_id`` set) → ``multipart/related`` around the HTML; other
 attachments → ``multipart/mixed`` around the body. Bcc recipients belong to the SMTP envelope only
 (:func:`envelope_recipients`), never to a header. The reply and forward helpers build the threading
-headers, subjects and quoted bodies for ``/reply`` and ``/forward``.
+headers and subjects for ``/reply`` and ``/forward``; the quoted bodies come from
+:mod:`pipeline.stages.quoting` and the text alternative of an HTML body from
+:mod:`pipeline.stages.html_text` (both linear in their input; re-exported here).
 """
 
 from __future__ import annotations
@@ -27,8 +29,11 @@ from email.policy import EmailPolicy
 from urllib.parse import urlsplit
 
 import idna
-import lxml.etree
-import lxml.html
+
+from pipeline.stages.html_text import html_to_text
+from pipeline.stages.mime_bytes import as_bytes
+from pipeline.stages.slices import SLICE
+from pipeline.stages.quoting import forward_block, quote_for_reply
 
 __all__ = [
     "ComposeError",
@@ -65,35 +70,19 @@ _HEADER_NAME = re.compile(r"^[!-9;-~]{1,76}$")
 _CONTENT_TYPE = re.compile(r"^[A-Za-z0-9!#$&^_.+-]{1,64}/[A-Za-z0-9!#$&^_.+-]{1,128}$")
 _URL_TEXT = re.compile(r"^[!#-;=?-~]+$")  # printable ASCII without space, '"', '<', '>'
 _MAILTO_QUERY = re.compile(r"^[A-Za-z0-9%._~!$&'()*+,;=:@/?-]*$")
-_REPLY_PREFIX = re.compile(r"^\s*re\s*(?:\[\d+\])?\s*:\s*", re.I)
-_FORWARD_PREFIX = re.compile(r"^\s*fwd?\s*(?:\[\d+\])?\s*:\s*", re.I)
+# Every leading prefix at once; possessive, so a long run of prefixes is read once, never backtracked.
+_REPLY_PREFIX = re.compile(r"^(?:\s*+re\s*+(?:\[\d++\])?\s*+:\s*+)++", re.I)
+_FORWARD_PREFIX = re.compile(r"^(?:\s*+fwd?\s*+(?:\[\d++\])?\s*+:\s*+)++", re.I)
+_LONG_LINE = re.compile(r"[^\r\n]{79}")  # longer than EmailPolicy.max_line_length
+_LARGE_PART = 1_000_000  # characters
 _BODY_CLOSE = re.compile(r"</body\s*>", re.I)
 _HTML_CLOSE = re.compile(r"</html\s*>", re.I)
-_SHOWN_SCHEME = re.compile(r"^(?:https?|mailto|tel|ftp):", re.I)
-_WS = re.compile(r"\s+")
-_LINE = "\x01"  # block boundary: the text around it goes on separate lines
-_PARA = "\x02"  # paragraph boundary: a blank line between the text around it
-_KEEP = "\x03"  # a space that whitespace collapsing must keep (indentation, <pre>)
-_XML_UNSAFE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
-_TAG = re.compile(r"<[^<>]*>")
-_COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.S)
-_HIDDEN_BLOCK = re.compile(r"(?is)<(head|script|style|title)\b[^<>]*>.*?(?:</\1\s*>|\Z)")
-_BREAK_RUN = re.compile(r"[ \n\x01\x02]*[\x01\x02][ \n\x01\x02]*")
 _RESERVED_HEADERS = frozenset(
     "from to cc bcc sender subject date message-id in-reply-to references mime-version content-type "
     "content-transfer-encoding content-disposition content-id x-mailpipe-email-id list-unsubscribe "
     "list-unsubscribe-post return-path received".split())
 _VERBATIM_HEADERS = frozenset(
     "message-id in-reply-to references list-unsubscribe list-unsubscribe-post x-mailpipe-email-id".split())
-_DROP_TAGS = frozenset("head script style noscript template title object embed iframe svg math".split())
-_QUOTE_DROP_TAGS = frozenset("head script style title meta link base iframe object embed noscript".split())
-_PARAGRAPH_TAGS = frozenset("p h1 h2 h3 h4 h5 h6 table hr".split())
-_LINE_TAGS = frozenset(
-    "address article aside caption center details dialog div dl dt dd fieldset figcaption figure footer form "
-    "header li main nav section summary tr".split())
-_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-_QUOTE_STYLE = "margin:0 0 0 .8ex;border-left:1px solid #ccc;padding-left:1ex"
 _FOOTER_STYLE = "margin-top:24px;font-size:12px;color:#666"
 
 
@@ -395,10 +384,30 @@ def _attachment_part(index: int, att: OutgoingAttachment, disposition: str) -> M
 
 
 def _text_part(text: str, subtype: str) -> MIMEPart:
-    """A UTF-8 text part; the policy picks 7bit, quoted-printable or base64."""
+    """A UTF-8 text part; the policy picks 7bit, quoted-printable or base64.
+
+    A part over a megabyte is 7bit when it can be, else base64: the stdlib's quoted-printable
+    encoder translates the whole body in one C call, which holds the GIL for ~100 ms at 10 MB,
+    while its base64 encoder works a line at a time.
+    """
     part = MIMEPart(policy=_POLICY)
-    part.set_content(text, subtype=subtype, charset="utf-8")
+    cte = None
+    if len(text) > _LARGE_PART:
+        cte = "7bit" if text.isascii() and not _has_long_line(text) else "base64"
+    part.set_content(text, subtype=subtype, charset="utf-8", cte=cte)
     return part
+
+
+def _has_long_line(text: str) -> bool:
+    """Whether a line of ``text`` is longer than the policy's 78 characters (searched a slice at a time)."""
+    pos = 0
+    while pos < len(text):
+        cut = text.find("\n", pos + SLICE)
+        end = len(text) if cut < 0 else cut + 1
+        if _LONG_LINE.search(text, pos, end):
+            return True
+        pos = end
+    return False
 
 
 def _container(subtype: str, parts: Sequence[MIMEPart]) -> MIMEPart:
@@ -500,7 +509,7 @@ def compose(draft: Draft) -> tuple[bytes, str]:
     for name, value in body.items():
         msg[name] = value
     msg.set_payload(body.get_payload())
-    return msg.as_bytes(), message_id
+    return as_bytes(msg), message_id
 
 
 def _extra_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str | Address]]:
@@ -520,141 +529,6 @@ def _extra_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str | 
         else:
             checked.append((name, check_header_value(field_name, item[1])))
     return checked
-
-
-# --- HTML to text -------------------------------------------------------------------------------------
-
-
-def _parse_html(markup: str) -> lxml.html.HtmlElement | None:
-    """An lxml document for ``markup`` (UTF-8, comments dropped), or None when it has no content."""
-    if not markup or not markup.strip():
-        return None
-    parser = lxml.html.HTMLParser(encoding="utf-8", remove_comments=True, remove_pis=True)
-    try:
-        root = lxml.html.document_fromstring(_XML_UNSAFE.sub("", markup).encode("utf-8", "replace"), parser=parser)
-    except (lxml.etree.LxmlError, ValueError):
-        return None
-    for el in root.iter():  # character references such as &#1; decode to what lxml later refuses to store
-        if el.text and _XML_UNSAFE.search(el.text):
-            el.text = _XML_UNSAFE.sub("", el.text)
-        if el.tail and _XML_UNSAFE.search(el.tail):
-            el.tail = _XML_UNSAFE.sub("", el.tail)
-        for name, value in el.attrib.items():
-            if _XML_UNSAFE.search(value):
-                el.attrib[name] = _XML_UNSAFE.sub("", value)
-    return root
-
-
-def _collapse(text: str | None) -> str:
-    """Source whitespace (newlines included) collapsed to single spaces."""
-    return _WS.sub(" ", text) if text else ""
-
-
-def _resolve_breaks(match: re.Match[str]) -> str:
-    """One run of block markers and line breaks as a newline, or a blank line for paragraphs."""
-    run = match.group(0)
-    return "\n\n" if _PARA in run or run.count("\n") >= 2 else "\n"
-
-
-def _normalize(text: str) -> str:
-    """Block markers resolved, whitespace collapsed per line, blank-line runs reduced to one, edges trimmed."""
-    text = _BREAK_RUN.sub(_resolve_breaks, text)
-    lines: list[str] = []
-    for raw in text.split("\n"):
-        line = " ".join(raw.split())
-        if line or (lines and lines[-1]):
-            lines.append(line)
-    while lines and not lines[-1]:
-        lines.pop()
-    return "\n".join(lines)
-
-
-def _children(el: lxml.html.HtmlElement, depth: int) -> str:
-    """Rendered text of ``el``'s content: its text, each child and each child's tail."""
-    parts = [_collapse(el.text)]
-    for child in el:
-        parts.append(_render(child, depth + 1))
-        parts.append(_collapse(child.tail))
-    return "".join(parts)
-
-
-def _link(inner: str, href: str | None) -> str:
-    """Link text followed by " (url)", or just the URL when the text is the URL or empty."""
-    url = (href or "").strip()
-    if not url or not _SHOWN_SCHEME.match(url):
-        return inner
-    label = " ".join(_BREAK_RUN.sub(" ", inner).split())
-    if not label:
-        return url
-    bare = url[7:] if url.lower().startswith("mailto:") else url
-    if label in (url, bare) or label.rstrip("/") == url.rstrip("/"):
-        return inner
-    stripped = inner.rstrip(f" \n{_LINE}{_PARA}")
-    return f"{stripped} ({url}){inner[len(stripped):]}"
-
-
-def _list(el: lxml.html.HtmlElement, depth: int, ordered: bool) -> str:
-    """A list as "- item" (or "1. item") lines, one per item; continuation lines and nested lists indented."""
-    items: list[str] = []
-    number = 0
-    loose = [_collapse(el.text)]
-    for child in el:
-        if isinstance(child.tag, str) and child.tag.lower() == "li":
-            number += 1
-            marker = f"{number}." if ordered else "-"
-            lines = [line for line in _normalize(_children(child, depth + 1)).split("\n") if line] or [""]
-            indent = _KEEP * (len(marker) + 1)
-            items.append("\n".join([f"{marker}{_KEEP}{lines[0]}", *(indent + line for line in lines[1:])]))
-        else:
-            loose.append(_render(child, depth + 1))
-        loose.append(_collapse(child.tail))
-    stray = _normalize("".join(loose))
-    return "\n".join(([stray] if stray else []) + items)
-
-
-def _render(el: lxml.html.HtmlElement, depth: int) -> str:
-    """Text for one element: blocks on their own lines, links with their URL, lists and quotes marked."""
-    if not isinstance(el.tag, str):
-        return ""
-    tag = el.tag.lower()
-    if tag in _DROP_TAGS:
-        return ""
-    if depth > 200:  # libxml2 caps nesting, but stay well inside Python's recursion limit regardless
-        return _collapse(el.text_content())
-    if tag == "br":
-        return "\n"
-    if tag == "img":
-        return _collapse(el.get("alt"))
-    if tag == "pre":
-        body = el.text_content().replace("\r\n", "\n").replace("\t", _KEEP * 4).replace(" ", _KEEP)
-        return f"{_PARA}{body}{_PARA}"
-    if tag in ("ul", "ol"):
-        return f"{_PARA}{_list(el, depth, tag == 'ol')}{_PARA}"
-    inner = _children(el, depth)
-    if tag == "a":
-        return _link(inner, el.get("href"))
-    if tag == "blockquote":
-        lines = _normalize(inner).split("\n")
-        return _PARA + "\n".join(f">{_KEEP}{line}" if line else ">" for line in lines) + _PARA
-    if tag in _PARAGRAPH_TAGS:
-        return f"{_PARA}{inner}{_PARA}"
-    if tag in _LINE_TAGS:
-        return f"{_LINE}{inner}{_LINE}"
-    if tag in ("td", "th"):
-        return f"{inner} "
-    return inner
-
-
-def html_to_text(html: str) -> str:
-    """Readable plain text from HTML: one line per block, links as "text (url)", lists as "- item"."""
-    markup = _XML_UNSAFE.sub("", html) if html else ""  # also removes any stray marker characters
-    root = _parse_html(markup)
-    if root is None:
-        return ""
-    text = _normalize(_render(root, 0))
-    if not text:  # libxml2 drops content nested deeper than 256 levels: strip the tags instead
-        text = _normalize(html_lib.unescape(_TAG.sub(" ", _HIDDEN_BLOCK.sub(" ", _COMMENT.sub(" ", markup)))))
-    return "\n".join(line.replace(_KEEP, " ").rstrip() for line in text.split("\n"))
 
 
 # --- Replies and forwards -----------------------------------------------------------------------------
@@ -691,11 +565,7 @@ def reply_headers(original_message_id: str | None,
 def _strip_prefixes(subject: str, pattern: re.Pattern[str]) -> str:
     """``subject`` with every leading prefix matching ``pattern`` removed."""
     subject = " ".join((subject or "").split())
-    while True:
-        stripped = pattern.sub("", subject, count=1)
-        if stripped == subject:
-            return subject
-        subject = stripped
+    return pattern.sub("", subject, count=1)
 
 
 def reply_subject(subject: str) -> str:
@@ -706,78 +576,3 @@ def reply_subject(subject: str) -> str:
 def forward_subject(subject: str) -> str:
     """"Fwd: subject" without stacking Fwd/FW prefixes ("FW: Fwd: x" → "Fwd: x")."""
     return f"Fwd: {_strip_prefixes(subject, _FORWARD_PREFIX)}".rstrip()
-
-
-def _when(sent_at: datetime) -> str:
-    """English, locale-independent date: "Mon, 6 Jan 2025 at 10:00 UTC" (offset kept when not UTC)."""
-    offset = sent_at.utcoffset()
-    if offset is None:
-        zone = ""
-    elif not offset:
-        zone = " UTC"
-    else:
-        zone = f" {sent_at:%z}"
-    return (f"{_DAYS[sent_at.weekday()]}, {sent_at.day} {_MONTHS[sent_at.month - 1]} {sent_at.year} "
-            f"at {sent_at:%H:%M}{zone}")
-
-
-def _html_body(markup: str | None, text: str | None) -> str:
-    """The original body as an HTML fragment: the document's body re-serialized, or escaped text."""
-    root = _parse_html(markup) if markup is not None else None
-    if root is not None:
-        for el in list(root.iter()):
-            if isinstance(el.tag, str) and el.tag.lower() in _QUOTE_DROP_TAGS:
-                el.drop_tree()
-            elif isinstance(el.tag, str):
-                for attr in [a for a in el.attrib if a.lower().startswith("on")]:
-                    del el.attrib[attr]
-        body = root.find("body")
-        if body is None:
-            body = root
-        body.tag = "div"
-        body.attrib.clear()
-        tail, body.tail = body.tail, None
-        if tail and tail.strip():  # stray text after </body> stays part of the quoted body
-            if len(body):
-                body[-1].tail = (body[-1].tail or "") + tail
-            else:
-                body.text = (body.text or "") + tail
-        return lxml.html.tostring(body, encoding="unicode", method="html")
-    if text:
-        escaped = html_lib.escape(text.replace("\r\n", "\n").replace("\r", "\n")).replace("\n", "<br>\n")
-        return f"<div>{escaped}</div>"
-    return "<div></div>"
-
-
-def _plain_body(markup: str | None, text: str | None) -> str:
-    """The original body as plain text: the given text, else the HTML converted."""
-    if text is not None and text.strip():
-        return text.replace("\r\n", "\n").replace("\r", "\n").strip("\n")
-    return html_to_text(markup) if markup else ""
-
-
-def quote_for_reply(html: str | None, text: str | None, *, sender: str,
-                    sent_at: datetime | None) -> tuple[str, str]:
-    """(html_quote, text_quote): "On <date>, <sender> wrote:" then the original as a blockquote / "> " lines."""
-    who = " ".join((sender or "").split()) or "someone"
-    attribution = f"On {_when(sent_at)}, {who} wrote:" if sent_at is not None else f"{who} wrote:"
-    html_quote = (f'<div class="mailpipe_quote"><div class="mailpipe_attr">{html_lib.escape(attribution)}</div>'
-                  f'<blockquote style="{_QUOTE_STYLE}">{_html_body(html, text)}</blockquote></div>')
-    quoted = [(f">{line}" if line.startswith(">") else f"> {line}") if line else ">"
-              for line in _plain_body(html, text).split("\n")]
-    return html_quote, "\n".join([attribution, *quoted])
-
-
-def forward_block(html: str | None, text: str | None, *, from_: str, to: Sequence[str], subject: str,
-                  sent_at: datetime | None) -> tuple[str, str]:
-    """(html_block, text_block): the "Forwarded message" header lines followed by the original body."""
-    fields = [("From", " ".join(from_.split()))]
-    if sent_at is not None:
-        fields.append(("Date", _when(sent_at)))
-    fields.append(("Subject", " ".join((subject or "").split())))
-    fields.append(("To", ", ".join(" ".join(t.split()) for t in _as_tuple(to))))
-    head = "---------- Forwarded message ---------"
-    text_block = "\n".join([head, *(f"{k}: {v}" for k, v in fields), "", _plain_body(html, text)])
-    html_head = "<br>\n".join([html_lib.escape(head), *(f"{k}: {html_lib.escape(v)}" for k, v in fields)])
-    html_block = f'<div class="mailpipe_fwd">{html_head}<br>\n<br>\n{_html_body(html, text)}</div>'
-    return html_block, text_block.rstrip("\n")

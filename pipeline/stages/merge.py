@@ -10,6 +10,11 @@ Escaping by context: in HTML every value and fallback is HTML-escaped (no raw fo
 tag inside an ``href``/``src`` attribute may only produce an http, https or mailto URL (anything
 else renders as "" and is reported in ``unsafe``); in subjects and plain text CR/LF and other
 control characters are removed, so record data can never inject markup or headers.
+
+Cost is linear in the text (issue 14): a text holds at most :data:`MAX_TAGS` tags (more is a
+:class:`MergeSyntaxError`), and whether a tag sits in a URL attribute is decided from the 2,000
+characters before it with ``rfind`` and one anchored match, not a search that rescans the window
+from every ``href``.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-__all__ = ["FIELDS", "MergeSyntaxError", "Rendered", "Tag", "parse", "render", "render_parts", "suggest", "unknown_fields"]
+__all__ = ["FIELDS", "MAX_TAGS", "MergeSyntaxError", "Rendered", "Tag", "parse", "render", "render_parts", "suggest", "unknown_fields"]
 
 #: The merge fields of API.md.
 FIELDS = ("firstName", "lastName", "email", "company", "position", "accountName", "industry", "website", "annualRevenue",
@@ -28,7 +33,12 @@ FIELDS = ("firstName", "lastName", "email", "company", "position", "accountName"
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
-_URL_ATTR = re.compile(r"""(?:href|src)\s*=\s*["']?([^"'<>]*)$""", re.IGNORECASE)
+#: Tags per text; a template has a handful, so more is refused rather than rendered.
+MAX_TAGS = 10_000
+_URL_WINDOW = 2000  # characters before a tag searched for the attribute it may sit in
+_ATTR_OPEN = re.compile(r"(?:href|src)\s*=\s*", re.IGNORECASE)  # an href/src attribute up to its value
+_ATTR_OPEN_END = re.compile(r"(?:href|src)\s*=\s*\Z", re.IGNORECASE)  # ... ending right there
+_SPECIALS = "\"'<>"  # characters an attribute value in progress cannot hold (its quote aside)
 _SAFE_SCHEMES = ("http://", "https://", "mailto:")
 
 
@@ -74,6 +84,8 @@ def parse(text: str) -> list[Tag]:
             raise MergeSyntaxError("empty field name", start)
         if not _NAME.match(name):
             raise MergeSyntaxError(f"invalid field name {name!r}", start)
+        if len(tags) == MAX_TAGS:
+            raise MergeSyntaxError(f"more than {MAX_TAGS} merge fields", start)
         tags.append(Tag(start, end + 2, name, fallback.strip() if bar else None))
         pos = end + 2
 
@@ -115,9 +127,9 @@ def render(text: str, values: Mapping[str, object], *, mode: str) -> Rendered:
             missing.setdefault(tag.name, None)
             out = ""
         if mode == "html":
-            attr = _URL_ATTR.search(text[max(0, tag.start - 2000) : tag.start])
-            in_url = attr is not None
-            at_start = attr is not None and not attr.group(1).strip()  # the value would choose the scheme
+            value_so_far = _url_value_before(text, tag.start)
+            in_url = value_so_far is not None
+            at_start = value_so_far is not None and not value_so_far.strip()  # the value would choose the scheme
             if at_start and not _blank(value) and not str(value).strip().lower().startswith(_SAFE_SCHEMES):
                 unsafe.setdefault(tag.name, None)
                 out = ""
@@ -126,6 +138,22 @@ def render(text: str, values: Mapping[str, object], *, mode: str) -> Rendered:
             pieces.append(_CONTROL.sub(" ", out))
     pieces.append(text[cursor:])
     return Rendered("".join(pieces), tuple(missing), tuple(unsafe))
+
+
+def _url_value_before(text: str, at: int) -> str | None:
+    """The part of an ``href``/``src`` value written before offset ``at`` when ``at`` lies in one
+    (looking back at most 2,000 characters), else None.
+
+    The value runs from its opening quote (or the ``=``) to ``at`` without any of ``"'<>``, so it
+    starts right after the last of those characters: either that character is the value's quote,
+    preceded by ``href=``, or the whole attribute follows it.
+    """
+    start = max(0, at - _URL_WINDOW)
+    cut = max(text.rfind(ch, start, at) for ch in _SPECIALS)
+    if cut >= 0 and text[cut] in "\"'" and _ATTR_OPEN_END.search(text, start, cut):
+        return text[cut + 1 : at]
+    opened = _ATTR_OPEN.search(text, max(start, cut + 1), at)
+    return None if opened is None else text[opened.end() : at]
 
 
 def render_parts(parts: Mapping[str, tuple[str | None, str]], values: Mapping[str, object]

@@ -8,6 +8,10 @@ other tables, are read as containers), ``img`` → external image (tracking pixe
 one rich-text run per style change with bold/italic/underline/strikethrough/code and http(s)/mailto
 links. ``script``, ``style``, ``head`` and friends are dropped.
 
+Hostile bodies cost linear time (issue 14): attributes are capped before lxml parses, inline runs
+are gathered into one list (not copied at each nesting level), and a body longer than
+:data:`~pipeline.stages.budgets.NOTION_HTML_CHARS` is cut, ending with a notice paragraph.
+
 Limits (developers.notion.com/reference/request-limits): a text run ≤ 2,000 characters (longer
 runs are split), a link ≤ 2,000, ≤ 100 runs per rich-text array (longer paragraphs become several),
 and per request ≤ 100 children, ≤ 2 levels of nesting and ≤ 1,000 block elements.
@@ -22,6 +26,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from lxml import etree, html as lxml_html
+
+from pipeline.stages.budgets import NOTION_HTML_CHARS, TRUNCATED_NOTICE, clip
+from pipeline.stages.html_guard import cap_attributes
 
 __all__ = ["MAX_CHILDREN", "MAX_DEPTH", "MAX_ELEMENTS", "MAX_RUNS", "MAX_TEXT", "attachment_note", "batches", "depth",
            "element_count", "file_block", "html_to_blocks", "paragraph", "split_for_request", "text_to_blocks"]
@@ -41,6 +48,12 @@ _CONTAINERS = {"div", "p", "section", "article", "header", "footer", "main", "as
                "tfoot", "tr", "td", "th", "caption", "font-block"}
 _BLOCKS = _CONTAINERS | {"h1", "h2", "h3", "h4", "h5", "h6", "ul", "ol", "li", "blockquote", "pre", "hr", "table", "img"}
 _WS = re.compile(r"[ \t\r\n\f\v\u00a0]+")
+# Spaces around a line break, tried from a run's first space only (so a run is read once), or from the
+# break itself when the spaces before it went with the previous match.
+_SPACES_AT_BREAK = re.compile(r"(?<! ) *+\n *+|\n *+")
+_BREAK_RUN = re.compile(r"\n{3,}")
+_ANY_TAG = re.compile(r"<[^<>]*+>")
+_PARAGRAPH_BREAK = re.compile(r"\n\s*\n")  # tried at newlines only; a failed try reads one whitespace run
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,14 +94,15 @@ def _run(text: str, style: _Style) -> dict[str, Any]:
 
 def _rich_text(runs: list[tuple[str, _Style]], trim: bool = True) -> list[dict[str, Any]]:
     """Merge runs of one style, trim the ends (not for code), split every run at MAX_TEXT characters."""
-    merged: list[tuple[str, _Style]] = []
+    groups: list[tuple[list[str], _Style]] = []  # pieces joined once: appending to a str per run is quadratic
     for text, style in runs:
         if not text:
             continue
-        if merged and merged[-1][1] == style:
-            merged[-1] = (merged[-1][0] + text, style)
+        if groups and groups[-1][1] == style:
+            groups[-1][0].append(text)
         else:
-            merged.append((text, style))
+            groups.append(([text], style))
+    merged = [("".join(pieces), style) for pieces, style in groups]
     if merged and trim:
         merged[0] = (merged[0][0].lstrip(" "), merged[0][1])
         merged[-1] = (merged[-1][0].rstrip(" "), merged[-1][1])
@@ -156,26 +170,33 @@ def _hidden(el: Any) -> bool:
     return "display:none" in css or el.get("hidden") is not None
 
 
-def _inline(el: Any, style: _Style, pre: bool = False) -> list[tuple[str, _Style]]:
-    """Every text under ``el`` as styled runs (block children flattened, separated by line breaks)."""
+def _inline(el: Any, style: _Style, pre: bool = False, runs: list[tuple[str, _Style]] | None = None
+            ) -> list[tuple[str, _Style]]:
+    """Every text under ``el`` as styled runs (block children flattened, separated by line breaks),
+    appended to ``runs`` (one list for the whole subtree, whatever its depth)."""
+    if runs is None:
+        runs = []
     tag = _tag(el)
     if tag is None or tag in _DROP or _hidden(el):
-        return []
+        return runs
     if tag == "br":
-        return [("\n", style)]
+        runs.append(("\n", style))
+        return runs
     if tag == "img":
         alt = (el.get("alt") or "").strip()
-        return [(alt, style)] if alt and not _is_pixel(el) else []
+        if alt and not _is_pixel(el):
+            runs.append((alt, style))
+        return runs
     style = _style_of(el, style)
-    runs: list[tuple[str, _Style]] = []
+    start = len(runs)
     keep = pre or tag == "pre"
     if el.text:
         runs.append((el.text if keep else _collapse(el.text), style))
     for child in el:
         ctag = _tag(child)
-        if ctag in _BLOCKS and ctag not in ("img",) and runs and not runs[-1][0].endswith("\n"):
+        if ctag in _BLOCKS and ctag not in ("img",) and len(runs) > start and not runs[-1][0].endswith("\n"):
             runs.append(("\n", style))
-        runs.extend(_inline(child, style, keep))
+        _inline(child, style, keep, runs)
         if child.tail:
             runs.append((child.tail if keep else _collapse(child.tail), style))
     return runs
@@ -185,11 +206,11 @@ def _clean_lines(runs: list[tuple[str, _Style]]) -> list[tuple[str, _Style]]:
     """Drop spaces around line breaks and repeated breaks; strip the ends."""
     out: list[tuple[str, _Style]] = []
     for text, style in runs:
-        text = re.sub(r" *\n *", "\n", text)
-        text = re.sub(r"\n{3,}", "\n\n", text)
+        if "\n" in text:
+            text = _BREAK_RUN.sub("\n\n", _SPACES_AT_BREAK.sub("\n", text))
         out.append((text, style))
-    while out and not out[0][0].strip():
-        out.pop(0)
+    first = next((i for i, (text, _) in enumerate(out) if text.strip()), len(out))
+    del out[:first]  # at once: pop(0) per blank run is quadratic (200,000 <br>s)
     while out and not out[-1][0].strip():
         out.pop()
     if out:
@@ -234,7 +255,7 @@ class _Walker:
                 flush()
                 self.block(child, out, style)
             else:
-                runs.extend(_inline(child, style))
+                _inline(child, style, runs=runs)
             if child.tail:
                 runs.append((_collapse(child.tail), style))
         flush()
@@ -291,13 +312,13 @@ class _Walker:
             elif tag in ("ul", "ol", "table", "pre", "blockquote", "hr", "h1", "h2", "h3", "h4", "h5", "h6", "img"):
                 self.block(child, children, style)
             elif tag in ("p", "div") and not children and not any(t.strip() for t, _ in runs):
-                runs.extend(_inline(child, style))  # <li><p>text</p></li>: the paragraph is the item's text
+                _inline(child, style, runs=runs)  # <li><p>text</p></li>: the paragraph is the item's text
             elif tag in _BLOCKS:
                 self.block(child, children, style)
             elif tag == "br":
                 runs.append(("\n", style))
             else:
-                runs.extend(_inline(child, style))
+                _inline(child, style, runs=runs)
             if child.tail:
                 if not children:
                     runs.append((_collapse(child.tail), style))
@@ -354,25 +375,28 @@ def html_to_blocks(html: str) -> list[dict[str, Any]]:
     """Blocks for an HTML body (never raises: unusable markup gives its text, or nothing)."""
     if not html or not html.strip():
         return []
+    html, clipped = clip(html, NOTION_HTML_CHARS)
+    notice = paragraph(TRUNCATED_NOTICE) if clipped else []
     try:
-        doc = lxml_html.document_fromstring(html.encode("utf-8", "replace"))
+        doc = lxml_html.document_fromstring(cap_attributes(html).encode("utf-8", "replace"))
     except (etree.ParserError, ValueError):
-        return text_to_blocks(re.sub(r"<[^>]*>", " ", html))
+        return text_to_blocks(_ANY_TAG.sub(" ", html)) + notice
     body = doc.find("body")
     root = body if body is not None else doc
     out: list[dict[str, Any]] = []
     _Walker().container(root, out, _Style())
-    return out
+    return out + notice
 
 
 def text_to_blocks(text: str) -> list[dict[str, Any]]:
     """Blocks for a plain-text body: a paragraph per blank-line-separated part, line breaks kept."""
+    text, clipped = clip(text or "", NOTION_HTML_CHARS)
     out: list[dict[str, Any]] = []
-    for part in re.split(r"\n\s*\n", (text or "").replace("\r\n", "\n").replace("\r", "\n")):
+    for part in _PARAGRAPH_BREAK.split(text.replace("\r\n", "\n").replace("\r", "\n")):
         part = part.strip("\n")
         if part.strip():
             out.extend(_text_blocks("paragraph", _rich_text([(part, _Style())])))
-    return out
+    return out + (paragraph(TRUNCATED_NOTICE) if clipped else [])
 
 
 def file_block(upload_id: str, filename: str) -> dict[str, Any]:

@@ -25,6 +25,10 @@ from typing import Mapping
 
 import lxml.html
 
+from pipeline.stages.budgets import PARSED_HTML_TO_TEXT_CHARS, clip
+from pipeline.stages.html_guard import cap_attributes, drop_elements
+from pipeline.stages.slices import SLICE, cut_before_non_space, cut_before_tag, sub_by_match, sub_in_slices
+
 __all__ = ["Address", "ParsedAttachment", "ParsedEmail", "normalize_message_id", "parse_email", "repair_header_block",
            "snippet"]
 
@@ -132,6 +136,9 @@ _EXTENSIONS = {
 _STD_DEFECTS = {"StartBoundaryNotFoundDefect": "MIME boundary declared but never found",
                 "CloseBoundaryNotFoundDefect": "MIME closing boundary missing"}
 _BLOCK_TAGS = frozenset("p div br tr li h1 h2 h3 h4 h5 h6 table ul ol blockquote pre hr dt dd".split())
+_HIDDEN_TAGS = frozenset("script style noscript template head".split())
+_WORD = re.compile(r"\S+")
+_LINE = re.compile(r"[^\n]+")
 
 
 def normalize_message_id(value: str | None) -> str | None:
@@ -155,7 +162,7 @@ def snippet(text: str, limit: int = 100) -> str:
     """Collapse whitespace; if too long, cut at a word boundary and end with '…', within ``limit`` chars."""
     if limit <= 0 or not text:
         return ""
-    words = " ".join(text.split())
+    words = _leading_words(text, limit)
     if len(words) <= limit:
         return words
     head = words[: limit - 1]
@@ -188,6 +195,19 @@ def _repair_header_block(raw: bytes) -> tuple[bytes, list[str]]:
         raw = _OBSOLETE_NAME.sub(rb"\1:", raw[:cut]) + raw[cut:]
         repairs.append("obsolete header syntax (whitespace before the colon) accepted")
     return raw, repairs
+
+
+def _leading_words(text: str, limit: int) -> str:
+    """The words of ``text`` joined by single spaces, stopping once more than ``limit`` characters are
+    gathered: the work is bounded by the snippet, not by the text (a body may hold megabytes)."""
+    words: list[str] = []
+    size = -1
+    for match in _WORD.finditer(text):
+        words.append(match.group())
+        size += len(words[-1]) + 1
+        if size > limit:
+            break
+    return " ".join(words)
 
 
 def parse_email(raw: bytes, *, max_depth: int = 20) -> ParsedEmail:
@@ -266,7 +286,11 @@ def _parse(raw: bytes, max_depth: int, st: _State) -> ParsedEmail:
     text = "\n".join(st.texts).strip("\n")
     html = "\n".join(st.htmls) if st.htmls else None
     if html is not None and not text.strip():
-        text = _html_to_text(html)
+        markup, clipped = clip(html, PARSED_HTML_TO_TEXT_CHARS)
+        if clipped:
+            st.add(f"HTML body longer than {PARSED_HTML_TO_TEXT_CHARS} characters: text taken from the first "
+                   f"{PARSED_HTML_TO_TEXT_CHARS} only")
+        text = _html_to_text(markup)
     if message_id:
         dedupe_key = f"mid:{message_id}"
     elif error:
@@ -699,28 +723,45 @@ def _content_hash(hv: dict[str, str], text: str, attachments: list[ParsedAttachm
     return digest.hexdigest()
 
 
+def _spaced(text: str) -> str:
+    return _WHITESPACE.sub(" ", text) if len(text) <= SLICE else sub_in_slices(_WHITESPACE, " ", text, cut_before_non_space)
+
+
 def _html_to_text(markup: str) -> str:
-    """Readable text from HTML: script/style dropped, whitespace collapsed, one line per block."""
+    """Readable text from HTML: script/style dropped, whitespace collapsed, one line per block.
+
+    Linear in the markup: attributes capped before lxml parses, hidden elements removed in one pass,
+    long substitutions made a slice at a time (see :mod:`pipeline.stages.slices`)."""
     try:
         parser = lxml.html.HTMLParser(encoding="utf-8", remove_comments=True, remove_pis=True)
-        root = lxml.html.document_fromstring(markup.encode("utf-8", "surrogatepass"), parser=parser)
-        for el in list(root.iter("script", "style", "noscript", "template", "head")):
-            el.drop_tree()
+        root = lxml.html.document_fromstring(cap_attributes(markup).encode("utf-8", "surrogatepass"), parser=parser)
+        drop_elements(root, _HIDDEN_TAGS)
         for el in root.iter():
-            el.text = _WHITESPACE.sub(" ", el.text) if el.text else el.text
-            el.tail = _WHITESPACE.sub(" ", el.tail) if el.tail else el.tail
+            text, tail = el.text, el.tail
+            if text:
+                el.text = _spaced(text)
+            if tail:
+                el.tail = _spaced(tail)
             tag = el.tag.lower() if isinstance(el.tag, str) else ""
             if tag in _BLOCK_TAGS:
                 el.text, el.tail = "\n" + (el.text or ""), "\n" + (el.tail or "")
             elif tag in ("td", "th"):
                 el.tail = " " + (el.tail or "")
-        raw_text = str(root.text_content())
+        pieces = []
+        for piece in root.itertext():  # a Python loop, so other threads get the GIL in between
+            pieces.append(piece)
+        raw_text = "".join(pieces)
     except Exception:
         raw_text = ""
     if not raw_text.strip():  # lxml failed or gave up (e.g. excessive nesting): strip tags by regex
-        raw_text = html_lib.unescape(_TAG.sub("\n", _SCRIPT_STYLE.sub(" ", markup)))
-    lines = (" ".join(line.split()) for line in raw_text.split("\n"))
-    return "\n".join(line for line in lines if line)
+        raw_text = html_lib.unescape(sub_in_slices(_TAG, "\n", sub_by_match(_SCRIPT_STYLE, " ", markup), cut_before_tag))
+    lines = []
+    for match in _LINE.finditer(raw_text):  # one line at a time: a split of megabytes is one long C call
+        line = match.group()
+        line = " ".join(line.split()) if len(line) <= SLICE else _spaced(line).strip()
+        if line:
+            lines.append(line)
+    return "\n".join(lines)
 
 
 def _safe_filename(name: str | None, ctype: str, index: int) -> str:

@@ -49,6 +49,7 @@ from urllib.parse import quote
 from lxml import etree
 
 from pipeline.stages.autolink import normalize_email
+from pipeline.stages.html_guard import cap_attributes
 
 __all__ = [
     "APPLE_NETWORKS",
@@ -178,7 +179,7 @@ _INTERESTING = "|".join(sorted(_LINK_TAGS | _RAW_TEXT | {"plaintext"}, key=len, 
 # Text, complete comments, doctypes, bogus comments and every tag that matters to nobody, consumed in
 # one C-level match, so Python only handles link tags, raw-text elements, </body> and unterminated
 # constructs (see _scan).
-_SKIP = re.compile(
+_SKIP_TOKEN = (
     rf"(?:[^<]++"
     rf"|<!--(?:>|->|(?s:.*?)--!?>)"
     rf"|<(?:!(?!--)|\?)[^>]*+>"
@@ -187,8 +188,13 @@ _SKIP = re.compile(
     rf"|</(?!(?i:body)[{_WS}/>])[A-Za-z][^{_WS}/>]*+{_ATTRS}>"
     rf"|<(?!(?i:{_INTERESTING})[{_WS}/>])[A-Za-z][^{_WS}/>]*+{_ATTRS}>"
     rf"|<(?![!?/A-Za-z])"
-    rf")*+"
+    rf")"
 )
+_SKIP = re.compile(rf"{_SKIP_TOKEN}*+")
+_SKIP_ONE = re.compile(_SKIP_TOKEN)
+# _SKIP runs over at most this many characters per call (ending right before a "<"), so one
+# megabyte-long match never holds the GIL for long (issue 14; see _skip).
+_SKIP_SLICE = 65_536
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,9 +271,27 @@ def _scan(text: str) -> _Scan:
 
 
 def _skip(text: str, pos: int) -> int:
-    """Offset of the next token :func:`_scan` must look at (``_SKIP`` can always match empty)."""
-    skipped = _SKIP.match(text, pos)
-    return pos if skipped is None else skipped.end()
+    """Offset of the next token :func:`_scan` must look at (``_SKIP`` can always match empty).
+
+    ``_SKIP`` runs a slice at a time, each slice ending right before a "<" (so a lone "<" at a
+    slice's end sees the same next character as in the whole text). Where a slice's match stops
+    short of its end, the token there may run past the slice: one token is tried on the whole text,
+    and only if none matches is that the offset.
+    """
+    size = len(text)
+    while pos < size:
+        limit = text.find("<", pos + _SKIP_SLICE) if size - pos > _SKIP_SLICE else -1
+        if limit < 0:
+            limit = size
+        skipped = _SKIP.match(text, pos, limit)
+        stop = pos if skipped is None else skipped.end()
+        if stop < limit:
+            token = _SKIP_ONE.match(text, stop)
+            if token is None or token.end() == stop:
+                return stop
+            stop = token.end()
+        pos = stop
+    return pos
 
 
 def _raw_end(text: str, pos: int, name: str) -> int | None:
@@ -347,7 +371,7 @@ def _lxml_links(text: str) -> list[tuple[str, str | None, str]]:
     # Bytes with a fixed encoding: a str with an XML declaration is refused, and a <meta charset>
     # must not make libxml2 re-decode text that is already decoded.
     parser = etree.HTMLParser(encoding="utf-8", huge_tree=True, no_network=True, recover=True)
-    root = etree.fromstring(text.encode("utf-8", "surrogatepass"), parser)
+    root = etree.fromstring(cap_attributes(text).encode("utf-8", "surrogatepass"), parser)
     if root is None:
         return []
     return [(element.tag, element.get("href"), _label(element)) for element in root.iter("a", "area")]

@@ -162,6 +162,28 @@ def _reply_to(e: Email) -> str | None:
     return e.from_email
 
 
+def _sender(e: Email) -> str:
+    return f"{e.from_name} <{e.from_email}>" if e.from_name else (e.from_email or "")
+
+
+def _with_quote(original: Email, html: str | None, text: str | None) -> tuple[str | None, str | None]:
+    """The reply's HTML and text with the original quoted under them (run in a worker thread)."""
+    q_html, q_text = quote_for_reply(original.body_html, original.body_text, sender=_sender(original),
+                                     sent_at=original.sent_at or original.received_at)
+    if html is not None:  # the text part is derived from the HTML, quote included
+        return f"{html}\n<br>\n{q_html}", (f"{text}\n\n{q_text}" if text is not None else None)
+    if text is not None:
+        return html, f"{text}\n\n{q_text}"
+    return html, text
+
+
+def _forwarded(original: Email, note: str) -> str:
+    """The forward's HTML: the note, then the "Forwarded message" block (run in a worker thread)."""
+    f_html, _ = forward_block(original.body_html, original.body_text, from_=_sender(original), to=original.to_emails,
+                              subject=original.subject, sent_at=original.sent_at or original.received_at)
+    return f"{note}\n<br>\n{f_html}" if note else f_html
+
+
 @router.route("POST", "/api/v1/emails/{id}/reply", summary="Reply to an email (threading headers, quoted original)",
               body=ReplyIn, status=202, response=SendAccepted, max_body=SEND_MAX_BODY,
               responses={404: "email or account not found", 409: "idempotency key reused", 413: "body or attachments too large"})
@@ -179,14 +201,8 @@ async def reply(request: Request) -> JSONResponse:
         to = [first] if first else []
         cc = [a for a in (*original.to_emails, *original.cc_emails) if a.lower() != (own or "")] if body.reply_all else []
     html, text = body.body_html, body.body_text
-    if body.include_quote:
-        sender = f"{original.from_name} <{original.from_email}>" if original.from_name else (original.from_email or "")
-        q_html, q_text = quote_for_reply(original.body_html, original.body_text, sender=sender,
-                                         sent_at=original.sent_at or original.received_at)
-        if html is not None:  # the text part is derived from the HTML, quote included
-            html, text = f"{html}\n<br>\n{q_html}", (f"{text}\n\n{q_text}" if text is not None else None)
-        elif text is not None:
-            text = f"{text}\n\n{q_text}"
+    if body.include_quote:  # the original is a stranger's: quoting is CPU work, kept off the event loop
+        html, text = await run_in_threadpool(_with_quote, original, html, text)
     seen = {a.lower() for a in to}
     cc = [a for a in [*cc, *body.cc] if not (a.lower() in seen or seen.add(a.lower()))]  # type: ignore[func-returns-value]
     req = _outgoing(body, to=to, subject=reply_subject(original.subject), body_html=html, body_text=text,
@@ -203,11 +219,7 @@ async def forward(request: Request) -> JSONResponse:
     org_id, email_id = _org(request), request.path_params["id"]
     body = await parse_body(request, ForwardIn)
     original, docs, _ = await run_in_threadpool(_original, org_id, email_id)
-    sender = f"{original.from_name} <{original.from_email}>" if original.from_name else (original.from_email or "")
-    f_html, _ = forward_block(original.body_html, original.body_text, from_=sender, to=original.to_emails,
-                                   subject=original.subject, sent_at=original.sent_at or original.received_at)
-    note = body.note_html or ""
-    html = f"{note}\n<br>\n{f_html}" if note else f_html
+    html = await run_in_threadpool(_forwarded, original, body.note_html or "")
     attachments = [{"attachment_id": d.id, "filename": d.document_name, "content_type": d.document_file_mimeType,
                     "content_id": None, "content_base64": None} for d in docs if not d.inline] if body.include_attachments else []
     req = _outgoing(body, to=list(body.to), subject=forward_subject(original.subject), body_html=html, body_text=None,
