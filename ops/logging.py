@@ -13,7 +13,9 @@ from dramatiq import Middleware
 __all__ = ["LogContext", "configure_logging", "scrub_secrets"]
 
 _SECRET_KEYS = re.compile(r"(pass(word)?|secret|token|api_key|authorization|notion_api_key|refresh|cookie)", re.I)
-_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://[^:/@\s]+):[^@\s]+@", re.I)
+# A scheme is only tried where a run of scheme characters begins (the lookbehind): otherwise every
+# position of a long run would be scanned to its end again (quadratic in a logged value).
+_URL_PASSWORD = re.compile(r"(?<![a-z0-9+.-])(?P<scheme>[a-z][a-z0-9+.-]*://[^:/@\s]+):[^@\s]+@", re.I)
 _BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]+", re.I)
 _MP_KEY = re.compile(r"\bmp_[A-Za-z0-9_-]{20,}")
 

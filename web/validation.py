@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from web.errors import ApiError, field_error
@@ -22,6 +23,8 @@ from web.params import Param
 __all__ = ["Body", "IsoDateTime", "field_error", "parse_body", "query_int", "query_required"]
 
 M = TypeVar("M", bound=BaseModel)
+
+INLINE_BODY_BYTES = 64 * 1024  # larger bodies are decoded and validated on a worker thread
 
 
 class Body(BaseModel):
@@ -52,7 +55,14 @@ async def parse_body(request: Request, model: type[M]) -> M:
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype.startswith("multipart/"):
         raise ApiError(415, "unsupported_media_type", "send JSON with Content-Type: application/json")
-    data = load_json(await request.body())  # the route's BodyLimit stops the read at its cap
+    raw = await request.body()  # the route's BodyLimit stops the read at its cap
+    if len(raw) > INLINE_BODY_BYTES:  # decoding megabytes would hold the event loop (and every other request)
+        return await run_in_threadpool(_decode, raw, model)
+    return _decode(raw, model)
+
+
+def _decode(raw: bytes, model: type[M]) -> M:
+    data = load_json(raw)
     if not isinstance(data, dict):
         raise ApiError(422, "validation_error", "body must be a JSON object",
                        {"errors": [{"field": "(body)", "message": "must be a JSON object", "type": "model_type"}]})
