@@ -183,7 +183,7 @@ def org_create(name: str, as_json: bool) -> None:
     """Create an organization and print its first API key (shown only once)."""
     from models.db import session_scope
     from ops.migrate import upgrade
-    from ops.orgs import create_org
+    from pipeline.flows.orgs import create_org
 
     settings = _settings()
     upgrade(settings.database_url)
@@ -327,8 +327,7 @@ def keys_generate(kid: str | None) -> None:
 def deadletters(queues: tuple[str, ...], replay: bool, limit: int | None) -> None:
     """Count (or replay) the messages Dramatiq dead-lettered on RabbitMQ (<queue>.XQ)."""
     from ops import deadletters as dl
-    from pipeline.actors import broker
-    from pipeline.broker import QUEUES
+    from pipeline.broker import QUEUES, setup_broker
 
     settings = _settings()
     if settings.broker_url is None:
@@ -337,6 +336,7 @@ def deadletters(queues: tuple[str, ...], replay: bool, limit: int | None) -> Non
     unknown = [q for q in chosen if q not in QUEUES]
     if unknown:
         raise ConfigError(f"unknown queue(s) {', '.join(unknown)}; queues are {', '.join(QUEUES)}")
+    broker = setup_broker()
     for q, n in dl.counts(broker, chosen).items():
         if replay and n:
             click.echo(f"{q}: replayed {dl.replay(broker, q, limit)} of {n}")
@@ -349,7 +349,7 @@ def deadletters(queues: tuple[str, ...], replay: bool, limit: int | None) -> Non
 @friendly
 def selftest(timeout: float) -> None:
     """Send a two-stage pipeline through the broker and wait until workers finish it."""
-    from pipeline.actors import selftest as st
+    from pipeline.flows import selftest as st
 
     settings = _settings()
     if settings.broker_url is None:

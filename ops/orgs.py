@@ -34,8 +34,7 @@ __all__ = [
     "UnknownKey",
     "UnknownOrg",
     "create_key",
-    "create_org",
-    "hash_key",
+        "hash_key",
     "issue_key",
     "list_keys",
     "org_for_key",
@@ -114,20 +113,6 @@ def _new_key(session: Session, org_id: str, name: str) -> tuple[ApiKey, str]:
 def issue_key(session: Session, org_id: str, name: str = DEFAULT_KEY_NAME) -> str:
     """Add an API key to ``org_id`` in ``session``; the plaintext is returned once and never stored."""
     return _new_key(session, org_id, name)[1]
-
-
-def create_org(session: Session, name: str) -> tuple[Organization, str]:
-    """Create an organization, its first API key (named "default") and its default templates."""
-    name = name.strip()
-    if not name:
-        raise ValueError("organization name must not be empty")
-    org = Organization(name=name)
-    session.add(org)
-    session.flush()
-    from pipeline.default_templates import seed_default_templates
-
-    seed_default_templates(session, org.id)
-    return org, issue_key(session, org.id)
 
 
 def create_key(engine: Engine, org_id: str, name: str | None = None) -> tuple[KeyInfo, str]:

@@ -69,7 +69,7 @@ class Embedded:
 
 def _spool_tracking(broker: Any) -> None:
     """Tracking batches the stopped worker never recorded → the spool (replayed at the next start)."""
-    from pipeline.intake import spool_for_later
+    from web.intake import spool_for_later
 
     events = [ev for m in broker.unprocessed("tracking") if m.actor_name == "tracking.record" for ev in m.args[0]]
     if events:
@@ -119,8 +119,10 @@ def serve(settings: Settings, host: str, port: int, *, generated_key: bool) -> N
 
 def run_web(settings: Settings, host: str, port: int) -> None:
     """The Starlette app alone (for several uvicorn replicas behind a load balancer)."""
-    from pipeline.actors import broker  # noqa: F401  (publishing needs the broker configured)
+    from pipeline.broker import setup_broker
     from web.app import create_app
+
+    setup_broker()  # the API publishes jobs (sends, tracking batches, syncs)
 
     server = uvicorn.Server(uvicorn.Config(create_app(), host=host, port=port, log_level="warning", lifespan="on",
                                            proxy_headers=False, access_log=False, log_config=None))
@@ -131,10 +133,12 @@ def run_web(settings: Settings, host: str, port: int) -> None:
 def run_scheduler(settings: Settings) -> None:
     """The scheduler alone; several may run, one leads (advisory lock on PostgreSQL)."""
     from models.db import get_engine
-    from pipeline.actors import broker  # noqa: F401
+    from pipeline.broker import setup_broker
+    from pipeline.flows import sweeps  # noqa: F401  (registers every sweep)
     from pipeline.leader import leader_lock_for
     from pipeline.scheduler import Scheduler
 
+    setup_broker()  # sweeps hand due work to the broker
     sched = Scheduler(get_engine(), leader_lock_for(settings.database_url), settings.scheduler_tick_seconds)
     if settings.scheduler_metrics_port:
         from prometheus_client import start_http_server

@@ -2,22 +2,25 @@
 
 ``MAILPIPE_BROKER_URL`` unset → an in-memory ``StubBroker`` drained by an in-process worker (the
 embedded ``serve`` mode); ``amqp://`` → ``RabbitmqBroker`` with publisher confirms.
-Actors are declared with :func:`actor`, which insists on explicit actor and queue names and
-records them so tests can rebind every actor to a fresh broker.
+Actors are declared with :func:`actor` from a :class:`pipeline.jobs.Job` (explicit actor and queue
+names) and recorded, so tests can rebind every actor to a fresh broker.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import dramatiq
 from dramatiq import Actor, Broker
 from dramatiq.brokers.stub import StubBroker, _StubConsumer
 from dramatiq.middleware import AgeLimit, Callbacks, CurrentMessage, Pipelines, Retries, ShutdownNotifications, TimeLimit
 
-__all__ = ["ACTORS", "QUEUES", "MemoryBroker", "actor", "build_broker", "get_broker", "setup_broker"]
+from models.base import new_id
+from models.lease import run_owner
+
+__all__ = ["ACTORS", "QUEUES", "JobSpec", "current_run_owner", "MemoryBroker", "actor", "build_broker", "get_broker", "setup_broker", "use_broker"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -151,16 +154,33 @@ def use_broker(broker: Broker) -> Broker:
     return broker
 
 
-def actor(*, actor_name: str, queue_name: str, **options: Any) -> Callable[[F], Actor[Any, Any]]:
-    """Declare an actor with an explicit name and queue and bounded retries."""
-    if queue_name not in QUEUES:
-        raise ValueError(f"queue {queue_name!r} is not one of {QUEUES}")
+class JobSpec(Protocol):
+    """What :func:`actor` needs of a job (:class:`pipeline.jobs.Job`): its actor name and queue."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def queue(self) -> str: ...
+
+
+def actor(job: JobSpec, **options: Any) -> Callable[[F], Actor[Any, Any]]:
+    """Declare the actor that runs ``job`` (its name and queue come from the job) with bounded retries."""
+    if job.queue not in QUEUES:
+        raise ValueError(f"queue {job.queue!r} is not one of {QUEUES}")
     options.setdefault("max_retries", DEFAULT_MAX_RETRIES)
     options.setdefault("max_backoff", DEFAULT_MAX_BACKOFF_MS)
 
     def decorate(fn: F) -> Actor[Any, Any]:
-        a = dramatiq.actor(fn, actor_name=actor_name, queue_name=queue_name, broker=get_broker(), **options)
+        a = dramatiq.actor(fn, actor_name=job.name, queue_name=job.queue, broker=get_broker(), **options)
         ACTORS.append(a)
         return a
 
     return decorate
+
+
+def current_run_owner() -> str:
+    """The lease owner for this run of the message being processed (:func:`models.lease.run_owner`):
+    redeliveries of one message share its id; outside a worker, a fresh one."""
+    message = CurrentMessage.get_current_message()
+    return run_owner(message.message_id if message is not None else new_id())

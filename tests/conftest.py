@@ -31,9 +31,9 @@ def reset_process_state() -> None:
     from ops.orgs import KEY_CACHE
     from ops.settings import reset_settings
     from pipeline.clients.storage import reset_storage
-    from pipeline.connections import use_imap_connector, use_smtp_transport
+    from pipeline.flows.connections import use_imap_connector, use_smtp_transport
 
-    from pipeline.intake import reset_intake
+    from web.intake import reset_intake
     from web.ratelimit import reset_limits
     from web.routes import tracking
 

@@ -33,7 +33,7 @@ def routers() -> list[ApiRouter]:
 
 def create_app() -> Starlette:
     """Build the app; settings, database and broker are read lazily from the environment."""
-    from pipeline.actors.link import enqueue_relink
+    from pipeline.flows.ingest_link import enqueue_relink
 
     if enqueue_relink not in crm.AFTER_UPSERT:
         crm.AFTER_UPSERT.append(enqueue_relink)
@@ -63,7 +63,7 @@ def create_app() -> Starlette:
         # Everything loaded so far lives as long as the process: keep it out of the cyclic GC's
         # scans, whose full passes over it otherwise show as pauses in the pixel's tail latency.
         gc.freeze()
-        from pipeline.intake import get_intake, spooled_files
+        from web.intake import get_intake, spooled_files
 
         if spooled_files():  # events a stopped or dead process left behind: adopt and replay them now
             await run_in_threadpool(get_intake)
@@ -72,7 +72,7 @@ def create_app() -> Starlette:
         finally:
             if listener is not None:
                 await run_in_threadpool(listener.stop)
-            from pipeline.intake import reset_intake
+            from web.intake import reset_intake
 
             await run_in_threadpool(reset_intake)  # shutdown drains buffered tracking events (broker or spool)
 

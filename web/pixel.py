@@ -15,7 +15,7 @@ from typing import Any
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ops import metrics
-from pipeline.intake import event_id
+from web.intake import event_id
 from web.routes.tracking import _ID, _TOKEN, GIF, NO_STORE, client_ip_from
 
 __all__ = ["PixelFastPath"]
@@ -63,7 +63,7 @@ class PixelFastPath:
     def _submit(self, event: dict[str, Any]) -> None:
         try:
             if self._intake is None or self._intake.stopped:
-                from pipeline.intake import get_intake
+                from web.intake import get_intake
 
                 self._intake = get_intake()
             self._intake.submit(event)

@@ -7,7 +7,9 @@ from typing import Any
 
 from sqlmodel import SQLModel
 
-__all__ = ["iso", "record_json", "relative_time"]
+from models import EmailAccount
+
+__all__ = ["account_json", "iso", "record_json", "relative_time"]
 
 _HIDDEN = {"org_id", "email_norm", "personal_email_norm"}
 
@@ -52,3 +54,20 @@ def relative_time(at: datetime | None, now: datetime | None = None) -> str:
             text = f"{n} {unit}{'s' if n != 1 else ''}"
             return f"in {text}" if future else f"{text} ago"
     return at.astimezone(UTC).strftime("%b %d, %Y").replace(" 0", " ")
+
+
+def account_json(a: EmailAccount) -> dict[str, Any]:
+    """The API view of an account; secrets are never included."""
+    return {
+        "id": a.id, "user_id": a.user_id, "email": a.email, "provider": a.provider,
+        "imap": {"host": a.imap_host, "port": a.imap_port, "security": a.imap_security, "username": a.imap_username},
+        "smtp": {"host": a.smtp_host, "port": a.smtp_port, "security": a.smtp_security, "username": a.smtp_username},
+        "poll_seconds": a.poll_seconds, "saves_sent_copy": a.saves_sent_copy,
+        "sync": {
+            "state": a.sync_state, "last_synced_at": iso(a.last_synced_at), "last_error": a.last_error,
+            "error_code": a.last_error_code, "reconnect_needed": a.last_error_code == "auth" or a.sync_state == "reconnect_required",
+            "messages_synced": a.messages_synced, "backfill": {"done": a.backfill_done, "total": a.backfill_total},
+            "next_fetch_at": iso(a.next_fetch_at), "deferred_until": iso(a.deferred_until),
+        },
+        "created_at": iso(a.created_at),
+    }

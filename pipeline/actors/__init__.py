@@ -1,4 +1,6 @@
-"""Dramatiq actors. Importing this package sets up the broker first, then declares every actor.
+"""Dramatiq actors: thin shells that decode a message, call one flow (:mod:`pipeline.flows`) and let
+Dramatiq retry what raised. Importing this package sets up the broker first, then declares every
+actor and registers every scheduler sweep.
 
 ``dramatiq pipeline.actors`` (what ``mailpipe worker`` runs) finds the broker as ``broker`` here.
 """
@@ -7,20 +9,7 @@ from pipeline.broker import setup_broker
 
 broker = setup_broker()
 
-from pipeline.actors import (  # noqa: E402
-    attachments,
-    fetch,
-    ingest,
-    leads,
-    link,
-    notify,
-    notify_email,
-    notion,
-    parse,
-    selftest,
-    send,
-    tracking,
-)
-from pipeline import fleet  # noqa: E402,F401  (registers the fleet-gauge sweep beside the actors' sweeps)
+from pipeline.actors import fetch, ingest, notify_email, notion, selftest, send, tracking  # noqa: E402
+from pipeline.flows import sweeps  # noqa: E402,F401  (registers every sweep with the scheduler)
 
-__all__ = ["attachments", "broker", "fetch", "ingest", "leads", "link", "notify", "notify_email", "notion", "parse", "selftest", "send", "tracking"]
+__all__ = ["broker", "fetch", "ingest", "notify_email", "notion", "selftest", "send", "tracking"]

@@ -1,109 +1,49 @@
-"""The ingest chain after fetch: parse → store attachments → auto-link → create lead → notify.
+"""The ingest chain's five stage actors (:func:`pipeline.jobs.ingest_chain` strings them together).
 
-Messages carry lists of email ids. Each stage handles only the emails sitting in its input state
-and moves them on, so a redelivered or re-swept message is a no-op for work already done. The
-``resume_ingest`` sweep restarts the chain for emails that stopped moving (a lost message, a killed
-worker); after :data:`MAX_ATTEMPTS` sweeps an email is quarantined with the reason, never retried
-forever.
+Each takes a batch of email ids and runs its stage's flow, which handles only the emails waiting in
+that stage's input state (:mod:`pipeline.flows.chain`): a redelivered message is a no-op.
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Sequence
-from datetime import datetime, timedelta
+from pipeline import jobs
+from pipeline.broker import actor
+from pipeline.flows import ingest_attachments, ingest_leads, ingest_link, ingest_notify, ingest_parse
 
-import structlog
-from dramatiq import pipeline
-from sqlalchemy import select, update
-from sqlalchemy.orm import load_only
-from sqlmodel import Session
-
-from models import Email, utcnow
-from pipeline.scheduler import register_sweep
-
-__all__ = ["FINAL_STATES", "MAX_ATTEMPTS", "STATES", "chain_messages", "raw_digest", "start_chain"]
-
-log = structlog.get_logger("mailpipe.ingest")
-
-STATES = ("fetched", "parsed", "stored", "linked", "leads", "done", "quarantined")
-FINAL_STATES = ("done", "quarantined")
-MAX_ATTEMPTS = 8
-STALL = timedelta(minutes=15)  # long enough that a queue backlog is not mistaken for a stall
-CHAIN_BATCH = 100
+__all__ = ["create_leads", "link_emails", "notify_emails", "parse_emails", "relink_record", "store_attachments"]
 
 
-def raw_digest(raw: bytes) -> str:
-    """Content address of a raw message in storage."""
-    return hashlib.sha256(raw).hexdigest()
+@actor(jobs.INGEST_PARSE, max_retries=3)
+def parse_emails(email_ids: list[str]) -> list[str]:
+    """fetched → parsed (or quarantined with the reason)."""
+    return ingest_parse.parse_batch(email_ids)
 
 
-def chain_messages(email_ids: Sequence[str]) -> list[object]:
-    """The five stage messages for a batch of ids (each stage ignores the previous result)."""
-    from pipeline.actors import attachments, link, leads, notify, parse
-
-    ids = list(email_ids)
-    return [
-        parse.parse_emails.message(ids),
-        attachments.store_attachments.message_with_options(args=(ids,), pipe_ignore=True),
-        link.link_emails.message_with_options(args=(ids,), pipe_ignore=True),
-        leads.create_leads.message_with_options(args=(ids,), pipe_ignore=True),
-        notify.notify_emails.message_with_options(args=(ids,), pipe_ignore=True),
-    ]
+@actor(jobs.INGEST_ATTACHMENTS, max_retries=3)
+def store_attachments(email_ids: list[str]) -> None:
+    """parsed → stored: attachments in storage, Documents rows."""
+    ingest_attachments.store_batch(email_ids)
 
 
-def start_chain(email_ids: Sequence[str]) -> None:
-    """Enqueue the chain for ids, in batches (whether to notify is recorded on each email)."""
-    ids = list(email_ids)
-    for i in range(0, len(ids), CHAIN_BATCH):
-        pipeline(chain_messages(ids[i : i + CHAIN_BATCH])).run()  # type: ignore[arg-type]
+@actor(jobs.INGEST_LINK, max_retries=3)
+def link_emails(email_ids: list[str]) -> None:
+    """stored → linked: links to contacts, leads and accounts."""
+    ingest_link.link_batch(email_ids)
 
 
-_PREVIOUS = {"parsed": ("fetched",), "quarantined": ("fetched",), "stored": ("parsed",), "linked": ("stored",),
-             "leads": ("linked",), "done": ("leads",)}
+@actor(jobs.INGEST_LEADS, max_retries=3)
+def create_leads(email_ids: list[str]) -> None:
+    """linked → leads: a lead for an unknown human sender (when the organization wants it)."""
+    ingest_leads.create_batch(email_ids)
 
 
-def move(session: Session, email_ids: Sequence[str], to_state: str) -> None:
-    """Advance emails to ``to_state`` (only from the state before it, so a duplicate chain can never
-    move an email backwards) and restart their stall clock."""
-    if email_ids:
-        session.execute(update(Email).where(Email.id.in_(list(email_ids)), Email.pipeline_state.in_(_PREVIOUS[to_state]))  # type: ignore[attr-defined]
-                        .values(pipeline_state=to_state, stage_at=utcnow()))
+@actor(jobs.INGEST_NOTIFY, max_retries=3)
+def notify_emails(email_ids: list[str]) -> None:
+    """leads → done: the mailbox owner's notification for new linked mail."""
+    ingest_notify.notify_batch(email_ids)
 
 
-def in_state(session: Session, email_ids: Sequence[str], state: str, *columns: str) -> list[Email]:
-    """The emails among ``email_ids`` waiting for the stage that consumes ``state``.
-
-    Name ``columns`` to load only those (bodies are large; most stages never read them).
-    """
-    stmt = select(Email).where(Email.id.in_(list(email_ids)), Email.pipeline_state == state)  # type: ignore[attr-defined]
-    if columns:
-        stmt = stmt.options(load_only(*(getattr(Email, c) for c in ("id", "org_id", "account_id", *columns))))
-    return list(session.execute(stmt).scalars())
-
-
-@register_sweep("resume_ingest")
-def resume_ingest(session: Session, now: datetime) -> int:
-    """Restart the chain for emails stuck mid-pipeline; quarantine those that keep stalling."""
-    stuck = list(session.execute(
-        select(Email.id, Email.ingest_attempts, Email.pipeline_state)
-        .where(Email.pipeline_state.not_in(FINAL_STATES), Email.stage_at < now - STALL)  # type: ignore[attr-defined,operator]
-        .limit(2000)
-    ).all())
-    if not stuck:
-        return 0
-    give_up = [row.id for row in stuck if row.ingest_attempts + 1 >= MAX_ATTEMPTS]
-    retry = [row.id for row in stuck if row.ingest_attempts + 1 < MAX_ATTEMPTS]
-    for row in stuck:
-        if row.id in give_up:
-            session.execute(update(Email).where(Email.id == row.id).values(
-                pipeline_state="quarantined", stage_at=now,
-                parse_error=f"ingest stalled {MAX_ATTEMPTS} times after stage '{row.pipeline_state}'"))
-    if give_up:
-        log.warning("ingest_quarantined", count=len(give_up))
-    if retry:
-        session.execute(update(Email).where(Email.id.in_(retry)).values(  # type: ignore[attr-defined]
-            stage_at=now, ingest_attempts=Email.ingest_attempts + 1))
-        session.flush()
-        start_chain(retry)
-    return len(stuck)
+@actor(jobs.LINK_RETRO, max_retries=3)
+def relink_record(org_id: str, entity_type: str, entity_id: str) -> int:
+    """Earlier unlinked mail linked to a contact, lead or account the CRM just wrote."""
+    return ingest_link.relink_record(org_id, entity_type, entity_id)

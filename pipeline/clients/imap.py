@@ -1,6 +1,6 @@
 """The IMAP client interface the sync code uses, and its real implementation over imap-tools.
 
-Sync code talks to an ``ImapSession`` only (see ``fake_imap`` for the in-memory twin). Reading never
+Sync code talks to an ``ImapSession`` only (``tests/harness/fake_imap.py`` is its in-memory twin). Reading never
 changes the mailbox: folders are opened with EXAMINE and bodies fetched with BODY.PEEK[], so \\Seen
 is never set by accident. Every failure surfaces as ``ImapError`` with a kind the caller can act on;
 its message carries the server's words and never the password or token.

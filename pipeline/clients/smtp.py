@@ -1,6 +1,6 @@
 """The SMTP client interface the send and probe code uses, and its real implementation over aiosmtplib.
 
-Callers talk to an ``SmtpTransport`` only (see ``fake_smtp`` for the in-memory twin). Both methods
+Callers talk to an ``SmtpTransport`` only (``tests/harness/fake_smtp.py`` is its in-memory twin). Both methods
 are synchronous: each call runs its own short-lived event loop, so they are safe from Dramatiq
 worker threads and from code that already runs inside an event loop. Connection-level failures
 surface as ``SmtpError`` with a kind the caller can act on; refusals by the server during the mail

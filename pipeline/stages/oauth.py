@@ -1,6 +1,6 @@
 """OAuth 2.0 for mail providers, as decisions: provider endpoints and scopes, PKCE, the authorize
 URL, what a token endpoint's answer means, when to refresh, and what to tell a user whose grant
-is gone. No sockets, no database: :mod:`pipeline.oauth` does the I/O around these.
+is gone. No sockets, no database: :mod:`pipeline.flows.oauth_signin` and :mod:`pipeline.flows.tokens` do the I/O around these.
 
 Sources: RFC 6749 §4.1 and §5.2 (errors), RFC 7636 (PKCE S256), Google's and Microsoft's IMAP/SMTP
 OAuth documentation for scopes, ../shared/notes/anchors-email-engines.md (EmailEngine's refresh

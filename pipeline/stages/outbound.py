@@ -2,7 +2,7 @@
 transactions, what a reply means for a delivery, when to try again, whether the daily cap allows
 another message, what a half-finished delivery found after a crash means, and the email's status.
 
-The send actor (``pipeline.actors.send``) is the I/O shell around these functions.
+The send run (:mod:`pipeline.flows.send_run`) is the I/O shell around these functions.
 """
 
 from __future__ import annotations

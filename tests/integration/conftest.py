@@ -29,7 +29,7 @@ def live(fresh_pg_url: str, amqp_url: str, test_certs: tuple[Path, Path], monkey
     monkeypatch.setenv("MAILPIPE_BROKER_URL", amqp_url)
     monkeypatch.setenv("SSL_CERT_FILE", str(test_certs[0]))
     monkeypatch.setenv("MAILPIPE_SYNC_RATE_PER_HOUR", "1000000")  # rate limiting has its own tests
-    from pipeline.connections import tls_context
+    from pipeline.flows.connections import tls_context
 
     tls_context.cache_clear()
     reset_process_state()
@@ -56,7 +56,7 @@ def process_env(pg_url: str, amqp_url: str, tmp_path: Path, cert: Path, monkeypa
     from ops.crypto import generate_key_entry
     from ops.migrate import upgrade
     from pipeline.broker import build_broker, use_broker
-    from pipeline.connections import tls_context
+    from pipeline.flows.connections import tls_context
 
     upgrade(pg_url)
     env = {"MAILPIPE_DATABASE_URL": pg_url, "MAILPIPE_BROKER_URL": amqp_url, "MAILPIPE_SECRET_KEYS": generate_key_entry("proc"),

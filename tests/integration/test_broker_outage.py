@@ -46,7 +46,7 @@ def test_rabbitmq_outage_mid_sync(live: dict[str, Any], dovecot: Dovecot, doveco
     from sqlalchemy import update
 
     from models import EmailAccount
-    from pipeline.actors.ingest import resume_ingest
+    from pipeline.flows.chain import resume_ingest
 
     def fetched_all() -> bool:
         if count(Email) < n:

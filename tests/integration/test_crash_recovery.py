@@ -78,7 +78,7 @@ def test_sigkill_mid_backfill(fresh_pg_url: str, amqp_url: str, dovecot: Dovecot
         wait_until(lambda: count(Email) >= N, 300, interval=1, what=f"{N} emails fetched after restart")
         # Anything whose chain message died with the worker is picked up by the stall sweep;
         # run it once as if its window had passed.
-        from pipeline.actors.ingest import resume_ingest
+        from pipeline.flows.chain import resume_ingest
 
         with Session(get_engine()) as s:
             resume_ingest(s, utcnow() + timedelta(hours=1))

@@ -70,7 +70,7 @@ def notion_env(live: dict[str, Any], dovecot: Dovecot, dovecot_user: tuple[str, 
     monkeypatch.setenv("MAILPIPE_NOTION_CLIENT_ID", server.client_id)
     monkeypatch.setenv("MAILPIPE_NOTION_CLIENT_SECRET", server.client_secret)
     reset_process_state()
-    from pipeline.notion import forget_schemas
+    from pipeline.flows.notion_connect import forget_schemas
     from web.app import create_app
 
     forget_schemas()

@@ -190,7 +190,7 @@ def test_a_refused_token_is_refreshed_once_and_retried(oauth: dict[str, Any]) ->
 def test_eight_worker_threads_refresh_an_expiring_token_once(oauth: dict[str, Any]) -> None:
     """Must-show 3: 8 worker threads sync and send for one account at the moment its token nears
     expiry (a slow token endpoint widens the race): the token server sees exactly one refresh."""
-    from pipeline.accounts import kick_fetch
+    from pipeline.flows.sync import fetch_now
 
     o = oauth
     acct = connect(o)["account_id"]
@@ -200,8 +200,7 @@ def test_eight_worker_threads_refresh_an_expiring_token_once(oauth: dict[str, An
     set_expiry(acct, 60)  # under the five-minute margin: every user of the token wants a new one
     o["dovecot"].seed(o["user"], "INBOX", [make_message(i, to=o["user"]) for i in range(5)])
     ids = [send(o, acct, f"Note {i}") for i in range(7)]
-    with Session(get_engine()) as s:
-        kick_fetch(s, acct)
+    fetch_now(acct)
     worker = Worker(o["broker"], worker_threads=8, worker_timeout=100)
     worker.start()
     try:
@@ -218,7 +217,7 @@ def test_eight_worker_threads_refresh_an_expiring_token_once(oauth: dict[str, An
 def test_row_lock_alone_serialises_refreshes_across_connections(oauth: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     """Without the in-process lock (as if each thread were another process), PostgreSQL's row lock on
     the grant still lets exactly one of 8 concurrent callers refresh; all get the new token."""
-    from pipeline import oauth as tokens
+    from pipeline.flows import tokens
 
     o = oauth
     acct = connect(o)["account_id"]

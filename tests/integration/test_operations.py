@@ -24,7 +24,7 @@ from sqlmodel import Session
 
 from models import Email, EmailLocation, SelfTestRun
 from models.db import get_engine
-from pipeline import accounts as svc
+from pipeline.flows import accounts as svc
 from tests.harness.dovecot import Dovecot
 from tests.harness.flow import make_org, tick
 from tests.harness.mail import make_message
@@ -78,7 +78,7 @@ def total(fams: dict[str, Any], name: str, **labels: str) -> float:
 def test_two_worker_processes_one_exposition_that_sums_them(ops_env: dict[str, Any]) -> None:
     """Must-show 1: `mailpipe worker -p 2` syncs a mailbox and runs 30 selftests; the exposition port
     has Dramatiq's counters and mailpipe's, and each equals the sum of the two processes' own."""
-    from pipeline.actors.selftest import start_run
+    from pipeline.flows.selftest import start_run
 
     o = ops_env
     (o["prom"]).mkdir()

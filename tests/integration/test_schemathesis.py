@@ -33,11 +33,11 @@ from starlette.testclient import TestClient
 
 from models import Contact, Email, EmailAccount, Notification, Template, User, normalize_email
 from models.db import get_engine
-from ops.orgs import create_org
+from pipeline.flows.orgs import create_org
 from ops.settings import get_settings, reset_settings
-from pipeline.clients.fake_imap import FakeImapServer, fake_connect
-from pipeline.clients.fake_smtp import FakeSmtpTransport
-from pipeline.connections import use_imap_connector, use_smtp_transport
+from tests.harness.fake_imap import FakeImapServer, fake_connect
+from tests.harness.fake_smtp import FakeSmtpTransport
+from pipeline.flows.connections import use_imap_connector, use_smtp_transport
 from tests.harness.notion_server import NotionServer
 from web.app import create_app
 

@@ -18,7 +18,7 @@ from sqlmodel import Session
 
 from models import Delivery, Email, Outbox
 from models.db import get_engine
-from pipeline import accounts as svc
+from pipeline.flows import accounts as svc
 from tests.harness.dovecot import Dovecot
 from tests.harness.flow import make_org
 from tests.harness.proc import MailpipeProcess, mailpipe_env
@@ -54,8 +54,8 @@ def _worker(c: dict[str, Any], name: str) -> MailpipeProcess:
 
 
 def _submit(c: dict[str, Any]) -> str:
-    from pipeline.actors.send import enqueue_send
-    from pipeline.outbound import Outgoing, submit
+    from pipeline.flows.send_due import enqueue_send
+    from pipeline.flows.outbound import Outgoing, submit
 
     result = submit(c["org_id"], Outgoing(account_id=c["account_id"], to=["ada@engine.example"], subject="Contract",
                                           body_html="<p>Please sign.</p>", track_opens=False, track_clicks=False))

@@ -21,7 +21,7 @@ from models import Email, EmailLink, EmailLocation, TrackedLink, utcnow
 from models.db import get_engine
 from ops.keys import get_keyring
 from pipeline.clients import imap
-from pipeline.connections import tls_context
+from pipeline.flows.connections import tls_context
 from pipeline.stages.tracking import verify_link_hash, verify_recipient_hash
 from tests.conftest import reset_process_state
 from tests.harness.dovecot import Dovecot
@@ -274,7 +274,7 @@ class TestCapsAndSchedule:
     def test_scheduled_fires_when_due_cancelled_never(self, out: dict[str, Any]) -> None:
         """Must-show 7: a scheduled send goes out when its time comes (time injected into the sweep);
         a cancelled one never does."""
-        from pipeline.actors.send import sweep_send_due
+        from pipeline.flows.send_due import sweep_send_due
 
         o = out
         acct = o["account"]()

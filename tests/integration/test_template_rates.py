@@ -17,8 +17,8 @@ from starlette.testclient import TestClient
 
 from models import Email, Template, TrackingEvent, utcnow
 from models.db import get_engine
-from pipeline.clients.fake_smtp import FakeSmtpTransport
-from pipeline.connections import use_smtp_transport
+from tests.harness.fake_smtp import FakeSmtpTransport
+from pipeline.flows.connections import use_smtp_transport
 from tests.conftest import reset_process_state
 from tests.harness.asgi_server import AsgiServer
 from tests.harness.flow import count, make_account, make_org, seed_crm

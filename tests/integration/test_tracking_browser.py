@@ -23,8 +23,8 @@ from starlette.testclient import TestClient
 
 from models import Email, TrackingEvent, utcnow
 from models.db import get_engine
-from pipeline.clients.fake_smtp import FakeSmtpTransport
-from pipeline.connections import use_smtp_transport
+from tests.harness.fake_smtp import FakeSmtpTransport
+from pipeline.flows.connections import use_smtp_transport
 from tests.conftest import reset_process_state
 from tests.harness.asgi_server import AsgiServer
 from tests.harness.chromium import Chromium
@@ -149,8 +149,8 @@ def test_forged_ids_and_open_redirect_attempts_against_the_real_server(live: dic
     account_id = make_account(org_id)
     smtp = FakeSmtpTransport()
     use_smtp_transport(smtp)
-    from pipeline.actors.send import enqueue_send
-    from pipeline.outbound import Outgoing, submit
+    from pipeline.flows.send_due import enqueue_send
+    from pipeline.flows.outbound import Outgoing, submit
 
     sent = submit(org_id, Outgoing(account_id=account_id, to=["ada@engine.example"], subject="S",
                                    body_html='<a href="https://engine.example/x">x</a>'))
@@ -172,7 +172,7 @@ def test_forged_ids_and_open_redirect_attempts_against_the_real_server(live: dic
                          f"/track/click/{'0' * 24}/{link.link_hash}"):
                 r = c.get(path)
                 assert r.status_code == 404 and "location" not in r.headers, path
-        from pipeline.intake import reset_intake
+        from web.intake import reset_intake
 
         reset_intake()
         time.sleep(3)  # the recording worker has had its chance

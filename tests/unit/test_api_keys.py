@@ -17,8 +17,8 @@ import ops.orgs
 from models import ApiKey, utcnow
 from models.db import get_engine, session_scope
 from ops.key_cache import KEY_CACHE_TTL_SECONDS, REVOCATION_CHECK_SECONDS, KeyCache
-from ops.orgs import (InvalidKeyName, UnknownKey, UnknownOrg, create_key, create_org, hash_key, list_keys, org_for_key,
-                      revoke_key)
+from ops.orgs import InvalidKeyName, UnknownKey, UnknownOrg, create_key, hash_key, list_keys, org_for_key, revoke_key
+from pipeline.flows.orgs import create_org
 from web.app import create_app
 
 

@@ -19,8 +19,8 @@ from sqlmodel import Session
 
 from models import Email, EmailAccount, EmailLocation, FolderState
 from models.db import get_engine
-from pipeline.clients.fake_imap import FakeImapServer, fake_connect
-from pipeline.connections import use_imap_connector
+from tests.harness.fake_imap import FakeImapServer, fake_connect
+from pipeline.flows.connections import use_imap_connector
 from pipeline.stages.identity import message_identity
 from tests.harness.flow import count, drain, make_account, make_org, seed_crm, tick
 

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from pipeline.clients.fake_smtp import DEFAULT_CAPABILITIES, FakeSmtpTransport
+from tests.harness.fake_smtp import DEFAULT_CAPABILITIES, FakeSmtpTransport
 from pipeline.clients.smtp import SmtpError, SmtpErrorKind, SmtpSettings, SmtpTransport, envelope_recipients
 from pipeline.stages.smtp_reply import SmtpOutcome
 

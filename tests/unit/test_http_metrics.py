@@ -46,7 +46,7 @@ def test_requests_are_counted_by_route_template_never_by_path(db: str, stub_brok
 
 def test_fleet_gauges_count_states_stale_mailboxes_and_queue_depths(db: str, stub_broker: StubBroker) -> None:
     from pipeline.actors.selftest import first
-    from pipeline.fleet import sweep_fleet_gauges
+    from pipeline.flows.fleet import sweep_fleet_gauges
 
     org_id, _ = make_org()
     ids = [make_account(org_id, email=f"a{i}@example.test") for i in range(4)]
@@ -70,10 +70,11 @@ def test_fleet_gauges_count_states_stale_mailboxes_and_queue_depths(db: str, stu
 
 def test_log_context_names_the_actor_message_and_mailbox(db: str, stub_broker: StubBroker, stub_worker: Worker) -> None:
     from pipeline.broker import actor
+    from pipeline.jobs import Job
 
     seen: list[dict[str, Any]] = []
 
-    @actor(actor_name="test.logctx", queue_name="ops", max_retries=0)
+    @actor(Job("test.logctx", "ops"), max_retries=0)
     def probe(account_id: str) -> None:
         seen.append(dict(structlog.contextvars.get_contextvars()))
 

@@ -16,10 +16,10 @@ from sqlmodel import Session
 
 from models import Document, Email, EmailAccount, EmailLocation, Lead, Notification
 from models.db import get_engine
-from pipeline.clients.fake_imap import FakeImapServer, fake_connect
+from tests.harness.fake_imap import FakeImapServer, fake_connect
 from pipeline.clients.imap import ImapErrorKind
 from pipeline.clients.storage import get_storage
-from pipeline.connections import use_imap_connector
+from pipeline.flows.connections import use_imap_connector
 from tests.harness.flow import CRM, account, count, drain, email_by_mid, links_of, make_account, make_org, seed_crm, tick
 from tests.harness.mail import make_message
 
@@ -275,7 +275,9 @@ class TestLease:
 
     def test_redelivery_takes_over_and_stale_run_stops(self, org: str, server: FakeImapServer) -> None:
         """A redelivered message takes the lease over; the older run's next write is refused."""
-        from pipeline.actors.fetch import LeaseLost, _claim, _renew
+        from models.lease import LeaseLost
+        from pipeline.flows.mailbox_lease import claim as _claim
+        from pipeline.flows.mailbox_lease import renew as _renew
 
         acct_id = make_account(org)
         tick()

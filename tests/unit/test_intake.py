@@ -1,4 +1,4 @@
-"""pipeline.intake: buffer → publisher → broker, the spool while the broker is away, replay, adoption."""
+"""web.intake: buffer → publisher → broker, the spool while the broker is away, replay, adoption."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from pipeline.intake import Intake, Spool
+from web.intake import Intake, Spool
 from tests.harness.wait import wait_until
 
 

@@ -1,4 +1,4 @@
-"""pipeline.notion OAuth state round trip (ids with dots included) and the save lease (SQLite,
+"""pipeline.flows.notion_connect OAuth state round trip (ids with dots included) and the save lease (SQLite,
 httpx.MockTransport as Notion). The end-to-end flows are in tests/integration/test_notion.py."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from tests.harness.flow import make_account, make_org
 @pytest.fixture
 def notion_api(db: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[httpx.Request]]:
     from ops.settings import reset_settings
-    from pipeline.notion import use_notion_transport
+    from pipeline.clients.notion import use_notion_transport
 
     monkeypatch.setenv("MAILPIPE_NOTION_CLIENT_ID", "cid")
     monkeypatch.setenv("MAILPIPE_NOTION_CLIENT_SECRET", "csecret")
@@ -36,7 +36,8 @@ def notion_api(db: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[httpx.
 
 
 def test_state_round_trip_with_dots_in_the_user_id(notion_api: list[httpx.Request]) -> None:
-    from pipeline import notion
+    from pipeline.clients.notion import NotionError
+    from pipeline.flows import notion_connect as notion
 
     org_id, _ = make_org()
     url = notion.oauth_start(org_id, "jane.doe")
@@ -49,13 +50,14 @@ def test_state_round_trip_with_dots_in_the_user_id(notion_api: list[httpx.Reques
         conn = notion.connection(s, org_id, "jane.doe")
     assert conn is not None and notion.token_of(conn) == "ntn_new" and conn.notion_api_key != "ntn_new"
     for bad in (state[:-1] + ("0" if state[-1] != "0" else "1"), "x.y", "nodot", state.split(".")[0] + "=.sig"):
-        with pytest.raises(notion.NotionError) as info:
+        with pytest.raises(NotionError) as info:
             notion.oauth_finish("code-1", bad)
         assert info.value.code == "invalid_state"
 
 
 def test_one_run_at_a_time_holds_a_save(db: str) -> None:
-    from pipeline.actors.notion import _LeaseLost, _Save
+    from models.lease import LeaseLost as _LeaseLost
+    from pipeline.flows.notion_save import NotionSaveRun as _Save
 
     org_id, _ = make_org()
     account_id = make_account(org_id)

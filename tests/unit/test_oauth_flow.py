@@ -1,4 +1,4 @@
-"""pipeline.oauth + web.routes.oauth on SQLite, the in-memory broker and httpx.MockTransport as the
+"""pipeline.flows.oauth_signin, pipeline.flows.tokens + web.routes.oauth on SQLite, the in-memory broker and httpx.MockTransport as the
 token endpoint: input errors, state handling, one refresh under concurrency, invalid_grant.
 
 The same flows against a real authorization server stand-in, Dovecot and aiosmtpd are in
@@ -26,10 +26,10 @@ from starlette.testclient import TestClient
 from models import EmailAccount, Notification, utcnow
 from models.db import get_engine
 from models.oauth import OAuthFlow, OAuthGrant
-from pipeline.clients.fake_imap import FakeImapServer, fake_connect
-from pipeline.clients.fake_smtp import FakeSmtpTransport
+from tests.harness.fake_imap import FakeImapServer, fake_connect
+from tests.harness.fake_smtp import FakeSmtpTransport
 from pipeline.clients.oauth import use_token_transport
-from pipeline.connections import use_imap_connector, use_smtp_transport
+from pipeline.flows.connections import use_imap_connector, use_smtp_transport
 from tests.harness.flow import count, drain, make_org
 
 USER = "jane@gmail.test"
@@ -183,13 +183,13 @@ def _grant_expires_in(account_id: str, seconds: float) -> None:
 
 class TestTokenManager:
     def test_fresh_token_is_used_as_is(self, env: dict[str, Any]) -> None:
-        from pipeline import oauth
+        from pipeline.flows import tokens as oauth
 
         acct = connect(env)["account_id"]
         assert oauth.access_token(acct) == "access-1" and len(env["tokens"].calls) == 1
 
     def test_eight_threads_one_refresh_and_the_rotated_refresh_token_is_kept(self, env: dict[str, Any]) -> None:
-        from pipeline import oauth
+        from pipeline.flows import tokens as oauth
 
         acct = connect(env)["account_id"]
         _grant_expires_in(acct, 120)
@@ -209,7 +209,7 @@ class TestTokenManager:
             "oauth_grants", "tokens_enc", g.tokens_enc))["refresh_token"] == "refresh-2"
 
     def test_a_rejected_token_is_refreshed_even_before_expiry_once(self, env: dict[str, Any]) -> None:
-        from pipeline import oauth
+        from pipeline.flows import tokens as oauth
 
         acct = connect(env)["account_id"]
         assert oauth.access_token(acct, rejected="access-1") == "access-2"
@@ -217,7 +217,7 @@ class TestTokenManager:
         assert len(env["tokens"].calls) == 2
 
     def test_invalid_grant_means_reconnect_one_notification_no_more_calls(self, env: dict[str, Any]) -> None:
-        from pipeline import oauth
+        from pipeline.flows import tokens as oauth
 
         acct = connect(env)["account_id"]
         _grant_expires_in(acct, -5)
@@ -233,7 +233,7 @@ class TestTokenManager:
         assert count(Notification, Notification.kind == "account.reconnect_required") == 1
 
     def test_token_endpoint_down_is_temporary(self, env: dict[str, Any]) -> None:
-        from pipeline import oauth
+        from pipeline.flows import tokens as oauth
 
         acct = connect(env)["account_id"]
         _grant_expires_in(acct, 10)
@@ -257,7 +257,7 @@ def test_microsoft_uses_the_tenant_endpoints_scopes_and_outlook_presets(env: dic
     """The same flow for Microsoft: tenant URLs, the IMAP/SMTP scopes with offline_access, the
     Outlook presets, and a refresh that asks for the scopes again (as Microsoft's v2 endpoint wants)."""
     from ops.settings import reset_settings
-    from pipeline import oauth
+    from pipeline.flows import tokens as oauth
 
     monkeypatch.setenv("MAILPIPE_MICROSOFT_CLIENT_ID", "mid")
     monkeypatch.setenv("MAILPIPE_MICROSOFT_CLIENT_SECRET", "msecret")
@@ -285,7 +285,7 @@ def test_microsoft_uses_the_tenant_endpoints_scopes_and_outlook_presets(env: dic
 
 def test_invalid_client_is_the_operators_problem_not_the_users(env: dict[str, Any]) -> None:
     """An expired client secret (invalid_client) must not revoke every grant: temporary, no notification."""
-    from pipeline import oauth
+    from pipeline.flows import tokens as oauth
 
     acct = connect(env)["account_id"]
     _grant_expires_in(acct, 10)
@@ -302,7 +302,7 @@ def test_invalid_client_is_the_operators_problem_not_the_users(env: dict[str, An
 
 def test_a_reconnect_whose_test_fails_keeps_the_working_grant(env: dict[str, Any]) -> None:
     """Consent for the wrong mailbox (the servers refuse its token): the stored grant stays."""
-    from pipeline import oauth
+    from pipeline.flows import tokens as oauth
 
     acct = connect(env)["account_id"]
     url = authorize(env).json()["url"]

@@ -14,7 +14,7 @@ from sqlalchemy import text
 from models.db import engine_for
 from ops.private_files import make_private_dirs, open_private, tighten
 from pipeline.clients.storage import LocalStorage, safe_key
-from pipeline.intake import Spool, spool_for_later
+from web.intake import Spool, spool_for_later
 
 
 def mode(path: Path) -> int:

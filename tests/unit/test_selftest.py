@@ -1,11 +1,12 @@
-"""pipeline.actors.selftest: the two-actor pipeline on the embedded broker."""
+"""pipeline.flows.selftest and its two actors: the pipeline on the embedded broker."""
 
 from __future__ import annotations
 
 from dramatiq import Worker
 from dramatiq.brokers.stub import StubBroker
 
-from pipeline.actors import selftest
+from pipeline.actors import selftest as actors
+from pipeline.flows import selftest
 
 
 class TestEmbeddedPipeline:
@@ -23,7 +24,7 @@ class TestEmbeddedPipeline:
         """Running stage two again (a redelivery) leaves the run complete and counts the repeat."""
         run_id = selftest.start_run()
         stub_broker.join("ops", timeout=10_000)
-        selftest.second.send(run_id)
+        actors.second.send(run_id)
         stub_broker.join("ops", timeout=10_000)
         stub_worker.join()
         run = selftest.wait_for_run(run_id, timeout=5)

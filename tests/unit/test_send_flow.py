@@ -22,11 +22,11 @@ from starlette.testclient import TestClient
 
 from models import Delivery, Email, EmailAccount, EmailLink, EmailLocation, Outbox, Suppression, TrackedLink, utcnow
 from models.db import get_engine
-from pipeline.actors.send import sweep_send_due
-from pipeline.clients.fake_imap import FakeImapServer, fake_connect
-from pipeline.clients.fake_smtp import FakeSmtpTransport
+from pipeline.flows.send_due import sweep_send_due
+from tests.harness.fake_imap import FakeImapServer, fake_connect
+from tests.harness.fake_smtp import FakeSmtpTransport
 from pipeline.clients.smtp import SmtpErrorKind
-from pipeline.connections import use_imap_connector, use_smtp_transport
+from pipeline.flows.connections import use_imap_connector, use_smtp_transport
 from tests.harness.flow import CRM, count, drain, make_account, make_org, seed_crm, tick
 from web.app import create_app
 

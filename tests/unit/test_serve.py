@@ -12,7 +12,7 @@ import pytest
 
 from ops.settings import get_settings, reset_settings
 from pipeline.broker import MemoryBroker, build_broker, use_broker
-from pipeline.intake import Intake, Spool, spooled_files
+from web.intake import Intake, Spool, spooled_files
 from tests.harness.wait import wait_until
 
 
@@ -32,7 +32,8 @@ def memory_broker(db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> I
 def test_stop_spools_unrecorded_batches_and_the_next_start_replays_them(memory_broker: MemoryBroker,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     from ops.serve import Embedded
-    from pipeline.actors.tracking import publish_batch, record_events
+    from pipeline.actors.tracking import record_events
+    from web.intake import publish_batch
 
     gate, entered = threading.Event(), threading.Event()
     recorded: list[int] = []

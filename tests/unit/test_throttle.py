@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from ops import metrics
-from pipeline.intake import Intake, Spool
+from web.intake import Intake, Spool
 from pipeline.stages.throttle import KeyedLimiter, address_key, window_cap
-from pipeline.throttle import HitThrottle
+from web.hit_throttle import HitThrottle
 
 
 def allowed(limiter: KeyedLimiter, key: object, times: list[float]) -> int:

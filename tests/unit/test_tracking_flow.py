@@ -23,10 +23,10 @@ from starlette.testclient import TestClient
 
 from models import Email, Notification, Organization, TrackingEvent, utcnow
 from models.db import get_engine
-from pipeline.clients.fake_imap import FakeImapServer, fake_connect
-from pipeline.clients.fake_smtp import FakeSmtpTransport
-from pipeline.connections import use_imap_connector, use_smtp_transport
-from pipeline.intake import reset_intake
+from tests.harness.fake_imap import FakeImapServer, fake_connect
+from tests.harness.fake_smtp import FakeSmtpTransport
+from pipeline.flows.connections import use_imap_connector, use_smtp_transport
+from web.intake import reset_intake
 from tests.harness.flow import CRM, count, drain, make_account, make_org, seed_crm
 from web.app import create_app
 

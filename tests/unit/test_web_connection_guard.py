@@ -21,11 +21,11 @@ from models import EmailAccount
 from models.db import get_engine
 from ops.keys import unseal
 from ops.settings import reset_settings
-from pipeline.clients.fake_imap import FakeImapServer, fake_connect
-from pipeline.clients.fake_smtp import FakeSmtpTransport
+from tests.harness.fake_imap import FakeImapServer, fake_connect
+from tests.harness.fake_smtp import FakeSmtpTransport
 from pipeline.clients.imap import ImapErrorKind, ImapSettings
 from pipeline.clients.smtp import SmtpErrorKind
-from pipeline.connections import use_imap_connector, use_smtp_transport
+from pipeline.flows.connections import use_imap_connector, use_smtp_transport
 from tests.harness.flow import count, drain, make_org
 
 PUBLIC = "93.184.216.34"  # a public address, given as a literal so no lookup is needed
@@ -238,7 +238,7 @@ class TestOAuthOverrides:
 
     def test_the_stored_token_of_a_grant_account_uses_listed_only_off_the_preset(self, google: dict[str, Any]) -> None:
         """connections.imap_settings marks a grant's token for a non-preset host as listed_only (the client enforces it)."""
-        from pipeline.connections import Credentials
+        from pipeline.flows.connections import Credentials
 
         acct = EmailAccount(org_id="o", user_id="u", email="jane@gmail.test", email_norm="jane@gmail.test", provider="gmail")
         grant = Credentials(None, "tok", from_grant=True)

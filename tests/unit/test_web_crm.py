@@ -10,7 +10,7 @@ from starlette.testclient import TestClient
 
 from models import Email, EmailAccount, EmailLink, utcnow
 from models.db import get_engine, session_scope
-from ops.orgs import create_org
+from pipeline.flows.orgs import create_org
 from web.app import create_app
 
 

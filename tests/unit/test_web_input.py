@@ -12,7 +12,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from models.db import session_scope
-from ops.orgs import create_org
+from pipeline.flows.orgs import create_org
 from web.app import create_app
 from web.body_limit import DEFAULT_MAX_BODY
 from web.cursors import keyset_cursor, offset_cursor, read_keyset

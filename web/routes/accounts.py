@@ -17,11 +17,13 @@ from models import EmailAccount, User, utcnow
 from models.db import get_engine
 from models.oauth import OAuthGrant
 from ops.keys import seal
-from pipeline import accounts as svc
-from pipeline import oauth
+from pipeline.flows import accounts as svc
+from pipeline.flows import tokens
+from pipeline.flows.sync import fetch_now
 from pipeline.stages.wire_text import control_character, host_problem
 from web.api import ApiRouter
 from web.errors import ApiError
+from web.present import account_json
 from web.params import Param
 from web.schemas.accounts import AccountOut, AccountsOut, ConnTestOut, SyncQueuedOut
 from web.ratelimit import CONNECTION_TESTS
@@ -160,8 +162,8 @@ def _create(org_id: str, body: AccountIn, imap_ep: svc.Endpoint, smtp_ep: svc.En
             s.commit()
         except IntegrityError:  # a concurrent create of the same mailbox won the unique index
             raise ApiError(409, "account_exists", f"{body.email} is already connected") from None
-        _kick(s, account.id)
-        return svc.account_json(account)
+        fetch_now(account.id)
+        return account_json(account)
 
 
 @router.route("POST", "/api/v1/accounts", summary="Connect a mailbox (tested first unless skip_test)", body=AccountIn,
@@ -196,7 +198,7 @@ async def list_accounts(request: Request) -> JSONResponse:
             stmt = select(EmailAccount).where(EmailAccount.org_id == org_id, EmailAccount.deleted_at.is_(None))  # type: ignore[union-attr]
             if user_id:
                 stmt = stmt.where(EmailAccount.user_id == user_id)
-            return [svc.account_json(a) for a in s.execute(stmt.order_by(EmailAccount.id)).scalars()]
+            return [account_json(a) for a in s.execute(stmt.order_by(EmailAccount.id)).scalars()]
 
     return JSONResponse({"items": await run_in_threadpool(run)})
 
@@ -208,7 +210,7 @@ async def get_account(request: Request) -> JSONResponse:
 
     def run() -> dict[str, Any]:
         with Session(get_engine()) as s:
-            return svc.account_json(_load(s, org_id, account_id))
+            return account_json(_load(s, org_id, account_id))
 
     return JSONResponse(await run_in_threadpool(run))
 
@@ -258,7 +260,7 @@ async def patch_account(request: Request) -> JSONResponse:
                 setattr(acct, k, v)
             s.add(acct)
             s.commit()
-            return svc.account_json(acct)
+            return account_json(acct)
 
     return JSONResponse(await run_in_threadpool(save))
 
@@ -277,9 +279,9 @@ async def _patched_endpoints(a: EmailAccount, body: AccountPatch) -> tuple[svc.E
         return await run_in_threadpool(svc.patch_endpoints, a, {"imap": given(body.imap), "smtp": given(body.smtp)})
     except svc.EndpointRefused as exc:
         raise _refused(exc) from None
-    except oauth.ReconnectRequired as exc:
+    except tokens.ReconnectRequired as exc:
         raise ApiError(409, "reconnect_required", f"this mailbox's OAuth access is gone ({exc})") from None
-    except oauth.TokenUnavailable:
+    except tokens.TokenUnavailable:
         raise ApiError(503, "provider_unavailable", "the OAuth provider could not be reached for a token; try again") from None
 
 
@@ -310,10 +312,6 @@ async def delete_account(request: Request) -> Response:
     return Response(status_code=204)
 
 
-def _kick(s: Session, account_id: str) -> None:
-    svc.kick_fetch(s, account_id)
-
-
 @router.route("POST", "/api/v1/accounts/{id}/sync", summary="Fetch now (manual refresh)", status=202, response=SyncQueuedOut,
               responses={404: "not found", 409: "account disabled"})
 async def sync_now(request: Request) -> JSONResponse:
@@ -324,7 +322,7 @@ async def sync_now(request: Request) -> JSONResponse:
             acct = _load(s, org_id, account_id)
             if acct.sync_state == "disabled":
                 raise ApiError(409, "account_disabled", "enable the account first (PATCH disabled=false)")
-            _kick(s, account_id)
+            fetch_now(account_id)
             return {"id": account_id, "status": "queued"}
 
     return JSONResponse(await run_in_threadpool(run), status_code=202)

@@ -15,7 +15,11 @@ from starlette.responses import JSONResponse
 
 from models import Email, NotionSave, User, utcnow
 from models.db import get_engine
-from pipeline import notion
+from pipeline import jobs
+from pipeline.clients.notion import NotionError
+from pipeline.flows import notion_connect as notion
+from pipeline.flows.notion_save import customer_of
+from pipeline.stages.notion_page import default_title
 from web.api import ApiRouter
 from web.errors import ApiError
 from web.params import Param
@@ -55,7 +59,7 @@ class NotionSaveIn(Body):
     tags: list[Annotated[str, StringConstraints(min_length=1, max_length=100)]] = Field(default_factory=list, max_length=100)
 
 
-def _api_error(exc: notion.NotionError) -> ApiError:
+def _api_error(exc: NotionError) -> ApiError:
     """A Notion refusal as the caller's error (the token or database was given by them)."""
     if exc.code in ("invalid_state", "provider_not_configured", "not_connected"):
         return ApiError(400 if exc.status == 400 else 422, exc.code, exc.message)
@@ -93,7 +97,7 @@ async def put_connection(request: Request) -> JSONResponse:
 
     try:
         return JSONResponse(await run_in_threadpool(run))
-    except notion.NotionError as exc:
+    except NotionError as exc:
         raise _api_error(exc) from None
 
 
@@ -106,7 +110,7 @@ async def authorize(request: Request) -> JSONResponse:
     user_id = USER_ID.read(request).strip() or _missing_user()
     try:
         return JSONResponse({"url": notion.oauth_start(_org(request), user_id)})
-    except notion.NotionError as exc:
+    except NotionError as exc:
         raise _api_error(exc) from None
 
 
@@ -122,7 +126,7 @@ async def callback(request: Request) -> JSONResponse:
         raise ApiError(400, "invalid_state", "code and state are required")
     try:
         return JSONResponse(await run_in_threadpool(notion.oauth_finish, code, state))
-    except notion.NotionError as exc:
+    except NotionError as exc:
         if exc.status in (400, 401) and exc.code not in ("invalid_state", "provider_not_configured"):
             raise ApiError(400, "oauth_exchange_failed", f"Notion refused the sign-in ({exc.code}); start again") from None
         raise _api_error(exc) from None
@@ -144,7 +148,7 @@ async def databases(request: Request) -> JSONResponse:
     token, conn = _token(_org(request), user_id)
     try:
         items = await run_in_threadpool(notion.list_databases, token)
-    except notion.NotionError as exc:
+    except NotionError as exc:
         raise _api_error(exc) from None
     return JSONResponse({"items": [{**i, "selected": i["id"] == conn.notion_db_id} for i in items]})
 
@@ -161,9 +165,6 @@ def _save_json(sv: NotionSave) -> dict[str, Any]:
               body=NotionSaveIn, status=202, response=NotionSaveOut,
               responses={200: "already saved", 404: "email not found", 409: "Notion not connected"})
 async def save(request: Request) -> JSONResponse:
-    from pipeline.actors.notion import customer_of, save_to_notion
-    from pipeline.stages.notion_page import default_title
-
     body = await parse_body(request, NotionSaveIn)
     org_id, email_id = _org(request), request.path_params["id"]
 
@@ -202,7 +203,7 @@ async def save(request: Request) -> JSONResponse:
 
     status, out, enqueue = await run_in_threadpool(run)
     if enqueue:
-        save_to_notion.send(out["save_id"])
+        jobs.NOTION_SAVE.send(out["save_id"])
     return JSONResponse(out, status_code=status)
 
 

@@ -10,7 +10,7 @@ from starlette.responses import JSONResponse
 
 from models import User
 from models.db import get_engine
-from pipeline import oauth
+from pipeline.flows import oauth_signin as oauth
 from pipeline.stages.wire_text import control_character, host_problem
 from web.api import ApiRouter
 from web.errors import ApiError

@@ -1,6 +1,6 @@
 """Sending: ``POST /api/v1/emails/send``, reply, forward and cancel (API.md "Emails").
 
-The handlers validate, record the send (``pipeline.outbound.submit``) and hand it to the send
+The handlers validate, record the send (``pipeline.flows.outbound.submit``) and hand it to the send
 actor; they answer 202 with the email id before any SMTP traffic. Errors are 4xx JSON.
 """
 
@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse
 
 from models import Document, Email, EmailAccount
 from models.db import get_engine
-from pipeline.outbound import Outgoing, SendRejected, Submitted, cancel, submit
+from pipeline.flows.outbound import Outgoing, SendRejected, Submitted, cancel, submit
 from pipeline.stages.compose import forward_block, forward_subject, quote_for_reply, reply_subject
 from web.api import ApiRouter
 from web.errors import ApiError
@@ -119,7 +119,7 @@ async def _accept(org_id: str, req: Outgoing) -> JSONResponse:
 
     result = await run_in_threadpool(run)
     if result.created and result.status == "queued":
-        from pipeline.actors.send import enqueue_send
+        from pipeline.flows.send_due import enqueue_send
 
         await run_in_threadpool(enqueue_send, result.email_id)
     return JSONResponse({"id": result.email_id, "status": result.status, "created": result.created}, status_code=202)

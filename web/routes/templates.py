@@ -262,7 +262,7 @@ async def preview_template(request: Request) -> JSONResponse:
     body = await parse_body(request, PreviewIn)
 
     def run() -> dict[str, Any]:
-        from pipeline.merge_fields import MergeRecordMissing, merge_values
+        from pipeline.flows.merge_fields import MergeRecordMissing, merge_values
 
         with Session(get_engine()) as s:
             t = _load(s, org_id, tid)

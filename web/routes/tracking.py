@@ -1,12 +1,12 @@
 """Open pixel and click redirect (public), and ``GET /api/v1/emails/{id}/tracking``.
 
 The pixel always answers 200 with a 43-byte GIF and no-store headers, for valid, forged and
-unknown ids alike; the hit is handed to the intake (``pipeline.intake``, never a blocking broker
+unknown ids alike; the hit is handed to the intake (``web.intake``, never a blocking broker
 call) and verified by the recording actor, so a forged id records nothing. HEAD and prefetch
 requests are answered but not handed over. The click redirect goes only to the URL stored for
 that link hash at send time (and whose HMAC verifies); anything else is a 404 page, and request
 query parameters are never appended. Hits beyond the per-token and per-address rates are dropped
-by the intake's throttle (``pipeline.throttle``); the answer is the same. The client IP is the
+by the intake's throttle (``web.hit_throttle``); the answer is the same. The client IP is the
 socket's, or — only when the socket peer is in ``MAILPIPE_TRUSTED_PROXIES`` — the rightmost
 untrusted ``X-Forwarded-For`` entry.
 """
@@ -30,7 +30,7 @@ from models import Email, TrackedLink
 from models.db import get_engine
 from ops.keys import get_keyring
 from ops.settings import get_settings
-from pipeline.intake import event_id
+from web.intake import event_id
 from pipeline.stages.tracking import verify_link_hash
 from web.api import ApiRouter, Raw
 from web.schemas.emails import TrackingOut
@@ -102,7 +102,7 @@ def _event(request: Request, kind: str, email_id: str, token: str) -> dict[str, 
 
 
 def _submit(event: dict[str, Any]) -> None:
-    from pipeline.intake import get_intake
+    from web.intake import get_intake
 
     try:
         get_intake().submit(event)

@@ -1,4 +1,5 @@
-"""Mailbox accounts: connection tests, creation with presets and encrypted secrets, sync requests.
+"""Mailbox accounts: connection tests, the connection guard's verdict, creation with presets and
+encrypted secrets, changed endpoints, erasing a mailbox's mail.
 
 Used by the API; no HTTP here. Secrets go from the request straight into AES-GCM and are never
 returned, logged or put into error messages.
@@ -7,6 +8,7 @@ returned, logged or put into error messages.
 from __future__ import annotations
 
 import concurrent.futures
+import json
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -21,15 +23,14 @@ from models.oauth import OAuthGrant
 from ops.keys import seal
 from pipeline.clients import imap
 from pipeline.clients.smtp import HOST_NOT_ALLOWED
-from pipeline.connections import (Credentials, smtp_probe, stored_credentials, tls_context,  # noqa: F401  (re-exported for tests)
-                                  use_imap_connector)
-from pipeline.endpoint_guard import EndpointRefused, check_endpoints
+from pipeline.flows.connections import Credentials, connect_imap, smtp_probe, stored_credentials, tls_context
+from pipeline.flows.endpoint_guard import EndpointRefused, check_endpoints
 from pipeline.stages.endpoint_rules import ENDPOINT_FIELDS, changed_fields, oauth_host_rule
 from pipeline.stages.probe_report import failure_message, success_message
 from pipeline.stages.providers import PRESETS, apply_preset
 
-__all__ = ["ConnTest", "Endpoint", "EndpointRefused", "account_json", "apply_presets", "create_account", "erase_account_mail",
-           "guard_endpoints", "kick_fetch", "patch_endpoints", "test_connection"]
+__all__ = ["ConnTest", "Endpoint", "EndpointRefused", "apply_presets", "create_account", "erase_account_mail",
+           "guard_endpoints", "patch_endpoints", "test_connection"]
 
 PROBE_TIMEOUT = 15.0
 
@@ -74,10 +75,8 @@ def apply_presets(provider: str, email: str, imap_in: dict[str, Any], smtp_in: d
 
 
 def _probe_imap(ep: Endpoint, timeout: float) -> dict[str, Any]:
-    from pipeline import connections
-
     try:
-        session = connections.connect_imap(imap.ImapSettings(
+        session = connect_imap(imap.ImapSettings(
             host=ep.host, port=ep.port, security=ep.security, username=ep.username, password=ep.password,
             oauth_token=ep.oauth_token, timeout=timeout, ssl_context=tls_context() if ep.security != "none" else None,
             listed_only=ep.listed_only))
@@ -132,7 +131,7 @@ def patch_endpoints(account: EmailAccount, given: dict[str, dict[str, Any] | Non
     OAuth grant's token, which goes only to the provider's own hosts or hosts inside
     MAILPIPE_MAIL_ALLOWED_NETS (``listed_only``, enforced by the guard). For an account with an
     OAuth grant that holds for every host it is given, password or not.
-    May raise ``oauth.ReconnectRequired`` / ``oauth.TokenUnavailable`` while fetching the token.
+    May raise ``tokens.ReconnectRequired`` / ``tokens.TokenUnavailable`` while fetching the token.
     """
     with Session(get_engine()) as s:
         has_grant = s.get(OAuthGrant, account.id) is not None
@@ -172,47 +171,9 @@ def create_account(session: Session, *, org_id: str, user_id: str, provider: str
     account.imap_password_enc = seal("email_accounts", "imap_password_enc", imap_ep.password)
     account.smtp_password_enc = seal("email_accounts", "smtp_password_enc", smtp_ep.password)
     if oauth:
-        import json
-
         account.oauth_enc = seal("email_accounts", "oauth_enc", json.dumps(oauth))
     session.add(account)
     return account
-
-
-def kick_fetch(s: Session, account_id: str) -> None:
-    """Make the account due and enqueue its fetch now (the scheduler would within a tick)."""
-    from pipeline.actors.fetch import fetch_account
-
-    acct = s.get(EmailAccount, account_id)
-    if acct is None or acct.sync_state == "disabled":
-        return
-    if acct.fetch_lease_until is not None and acct.fetch_lease_until > utcnow():
-        return
-    token = new_id()
-    acct.fetch_token = token  # a manual sync does not lift the hourly budget (deferred_until stays)
-    acct.next_fetch_at = utcnow() + timedelta(seconds=acct.poll_seconds or 60)
-    s.add(acct)
-    s.commit()
-    fetch_account.send(acct.id, token)
-
-
-def account_json(a: EmailAccount) -> dict[str, Any]:
-    """The API view of an account; secrets are never included."""
-    from web.present import iso
-
-    return {
-        "id": a.id, "user_id": a.user_id, "email": a.email, "provider": a.provider,
-        "imap": {"host": a.imap_host, "port": a.imap_port, "security": a.imap_security, "username": a.imap_username},
-        "smtp": {"host": a.smtp_host, "port": a.smtp_port, "security": a.smtp_security, "username": a.smtp_username},
-        "poll_seconds": a.poll_seconds, "saves_sent_copy": a.saves_sent_copy,
-        "sync": {
-            "state": a.sync_state, "last_synced_at": iso(a.last_synced_at), "last_error": a.last_error,
-            "error_code": a.last_error_code, "reconnect_needed": a.last_error_code == "auth" or a.sync_state == "reconnect_required",
-            "messages_synced": a.messages_synced, "backfill": {"done": a.backfill_done, "total": a.backfill_total},
-            "next_fetch_at": iso(a.next_fetch_at), "deferred_until": iso(a.deferred_until),
-        },
-        "created_at": iso(a.created_at),
-    }
 
 
 def erase_account_mail(session: Session, account_id: str) -> list[str]:

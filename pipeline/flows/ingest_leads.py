@@ -1,7 +1,10 @@
-"""``ingest.leads``: create a lead for an unknown human sender (org setting ``auto_create_leads``).
+"""Ingest stage 4 (``ingest.leads``): a lead for an unknown human sender (org setting ``auto_create_leads``).
 
 Lead ids are derived from (organization, address), so two emails from the same new sender — in
 one batch or racing in two workers — create one lead, and a redelivered message creates none.
+A batch inserts its leads in one statement in id order, so two racing batches lock them in the
+same order (no deadlock). The owner's ``lead.created`` notification is written with the lead and
+pushed to their websocket after the commit, like every notification.
 """
 
 from __future__ import annotations
@@ -11,17 +14,19 @@ import hashlib
 from sqlalchemy import select
 from sqlmodel import Session
 
-from models import EmailAccount, Lead, Notification, Organization
+from typing import Any
+
+from models import EmailAccount, Lead, Organization
 from models.db import get_engine
 from models.upsert import insert_ignore
 from ops import metrics
-from pipeline.actors.ingest import in_state, move
-from pipeline.actors.link import store_links
-from pipeline.broker import actor
+from pipeline.flows import notifications
+from pipeline.flows.chain import in_state, move
+from pipeline.flows.ingest_link import store_links
 from pipeline.stages.autolink import LinkDecision
 from pipeline.stages.leads import decide_lead, lead_notification_text
 
-__all__ = ["create_leads", "lead_id_for"]
+__all__ = ["create_batch", "lead_id_for"]
 
 
 def lead_id_for(org_id: str, address: str) -> str:
@@ -29,8 +34,7 @@ def lead_id_for(org_id: str, address: str) -> str:
     return hashlib.sha256(f"{org_id}:{address}".encode()).hexdigest()[:24]
 
 
-@actor(actor_name="ingest.leads", queue_name="pipeline", max_retries=3)
-def create_leads(email_ids: list[str]) -> None:
+def create_batch(email_ids: list[str]) -> None:
     """Decide and create leads for linked-stage emails, link them, notify the mailbox owner."""
     with Session(get_engine(), expire_on_commit=False) as s:
         emails = in_state(s, email_ids, "linked", "direction", "from_email", "from_name", "headers", "linked",
@@ -39,7 +43,8 @@ def create_leads(email_ids: list[str]) -> None:
             return
         orgs = {o.id: o for o in s.execute(select(Organization).where(Organization.id.in_({e.org_id for e in emails}))).scalars()}  # type: ignore[attr-defined]
         accounts = {a.id: a for a in s.execute(select(EmailAccount).where(EmailAccount.id.in_({e.account_id for e in emails}))).scalars()}  # type: ignore[attr-defined]
-        created = 0
+        leads: dict[str, dict[str, Any]] = {}
+        notes: list[dict[str, Any]] = []
         for e in emails:
             org, acct = orgs[e.org_id], accounts[e.account_id]
             headers = {k.replace("_", "-"): str(v) for k, v in (e.headers or {}).items()}
@@ -50,19 +55,18 @@ def create_leads(email_ids: list[str]) -> None:
                 continue
             draft = decision.draft
             lead_id = lead_id_for(org.id, draft.email)
-            first = draft.firstName[:200] if draft.firstName else None
-            new = insert_ignore(s, Lead, [{"org_id": org.id, "id": lead_id, "firstName": first, "lastName": draft.lastName[:200],
-                                           "email": draft.email, "email_norm": draft.email, "status": draft.status,
-                                           "lead_source": draft.lead_source, "assigned_to": acct.user_id,
-                                           "source_email_id": e.id}], ["org_id", "id"])
+            if lead_id not in leads:  # the first email of the batch from this sender names the lead
+                first = draft.firstName[:200] if draft.firstName else None
+                leads[lead_id] = {"org_id": org.id, "id": lead_id, "firstName": first, "lastName": draft.lastName[:200],
+                                  "email": draft.email, "email_norm": draft.email, "status": draft.status,
+                                  "lead_source": draft.lead_source, "assigned_to": acct.user_id, "source_email_id": e.id}
+                notes.append({"org_id": org.id, "user_id": acct.user_id, "kind": "lead.created",
+                              "title": lead_notification_text(draft)[:500], "body": e.subject[:2000], "email_id": e.id,
+                              "data": {"lead_id": lead_id, "email": draft.email}, "dedupe_key": f"lead.created:{lead_id}"})
             store_links(s, e, [LinkDecision("lead", lead_id, draft.email, "auto:lead_created")], needs_review=False)
-            if new:
-                created += 1
-                insert_ignore(s, Notification, [{
-                    "org_id": org.id, "user_id": acct.user_id, "kind": "lead.created",
-                    "title": lead_notification_text(draft)[:500], "body": e.subject[:2000], "email_id": e.id,
-                    "data": {"lead_id": lead_id, "email": draft.email}, "dedupe_key": f"lead.created:{lead_id}",
-                }], ["org_id", "dedupe_key"])
+        created = insert_ignore(s, Lead, sorted(leads.values(), key=lambda r: (r["org_id"], r["id"])), ["org_id", "id"])
+        pushed = notifications.insert_new(s, notes)
         move(s, [e.id for e in emails], "leads")
         s.commit()
     metrics.INGESTED.labels("leads", "created").inc(created)
+    notifications.publish(pushed)

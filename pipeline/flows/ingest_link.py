@@ -1,5 +1,5 @@
-"""``ingest.link``: auto-link emails to contacts, leads and accounts; retroactive linking when the
-CRM later pushes a matching record."""
+"""Ingest stage 3 (``ingest.link``): auto-link emails to contacts, leads and accounts; and retroactive
+linking (``link.retro``) when the CRM later pushes a matching record."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ from models import Contact, CrmAccount, Email, EmailAccount, EmailAddress, Email
 from models.db import get_engine
 from models.upsert import insert_ignore
 from ops import metrics
-from pipeline.actors.ingest import in_state, move
-from pipeline.broker import actor
+from pipeline import jobs
+from pipeline.flows.chain import in_state, move
 from pipeline.scheduler import register_sweep
-from pipeline.stages.autolink import CrmMatch, DictDirectory, LinkDecision, links_for_new_record, plan_links
+from pipeline.stages.autolink import CrmMatch, DictDirectory, LinkDecision, links_for_new_record, normalize_email, plan_links
 
-__all__ = ["SqlDirectory", "enqueue_relink", "link_emails", "relink_record", "store_links", "sweep_relinks"]
+__all__ = ["SqlDirectory", "enqueue_relink", "link_batch", "relink_record", "store_links", "sweep_relinks"]
 
 
 class SqlDirectory:
@@ -63,8 +63,7 @@ def _link_rows(email: Email, decisions: Iterable[LinkDecision], needs_review: bo
              "how": d.how, "needs_review": needs_review and d.entity_type in ("contact", "lead")} for d in decisions]
 
 
-@actor(actor_name="ingest.link", queue_name="pipeline", max_retries=3)
-def link_emails(email_ids: list[str]) -> None:
+def link_batch(email_ids: list[str]) -> None:
     """Plan and store links for every email of the batch in state ``stored`` (set-at-a-time writes)."""
     with Session(get_engine(), expire_on_commit=False) as s:
         emails = in_state(s, email_ids, "stored", "direction", "from_email", "to_emails", "cc_emails", "linked", "needs_review",
@@ -102,13 +101,10 @@ def link_emails(email_ids: list[str]) -> None:
 
 
 def _addresses(e: Email) -> list[str]:
-    from pipeline.stages.autolink import normalize_email
-
     raw = [e.from_email] if e.direction == "inbound" else [*e.to_emails, *e.cc_emails]
     return [a for a in (normalize_email(x) for x in raw if x) if a]
 
 
-@actor(actor_name="link.retro", queue_name="pipeline", max_retries=3)
 def relink_record(org_id: str, entity_type: str, entity_id: str) -> int:
     """Link earlier unlinked mail to a contact/lead/account the CRM just created or changed."""
     model = {"contact": Contact, "lead": Lead, "account": CrmAccount}[entity_type]
@@ -141,7 +137,7 @@ def relink_record(org_id: str, entity_type: str, entity_id: str) -> int:
 def enqueue_relink(org_id: str, entity_type: str, entity_id: str) -> None:
     """Hook for the CRM endpoints: retro-link right after a record is written (the fast path;
     :func:`sweep_relinks` repeats it from the durable request, so a lost message loses nothing)."""
-    relink_record.send(org_id, entity_type, entity_id)
+    jobs.LINK_RETRO.send(org_id, entity_type, entity_id)
 
 
 RELINK_EVERY = timedelta(minutes=1)
@@ -160,7 +156,7 @@ def sweep_relinks(session: Session, now: datetime) -> int:
         session.add(req)
     session.commit()
     for req in due:
-        relink_record.send(req.org_id, req.entity_type, req.entity_id)
+        jobs.LINK_RETRO.send(req.org_id, req.entity_type, req.entity_id)
     return len(due)
 
 

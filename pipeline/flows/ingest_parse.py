@@ -1,4 +1,4 @@
-"""``ingest.parse``: raw bytes from storage → structured email fields, thread id and snippet.
+"""Ingest stage 1 (``ingest.parse``): raw bytes from storage → structured email fields, thread id and snippet.
 
 A message that cannot be used is quarantined with the reason (its raw bytes stay in storage);
 one bad message never fails the batch, and nothing is retried forever.
@@ -12,16 +12,16 @@ import structlog
 from sqlalchemy import select, update
 from sqlmodel import Session
 
-from models import Email, EmailAccount, EmailLocation, normalize_email
+from models import Email, EmailAccount, normalize_email
 from models.db import get_engine
 from ops import metrics
-from pipeline.actors.ingest import in_state, move
-from pipeline.broker import actor
 from pipeline.clients.storage import StorageError, get_storage
+from pipeline.flows.chain import in_state, move
+from pipeline.flows.raw import refetch_raw
 from pipeline.stages.parse import ParsedEmail, parse_email, snippet
 from pipeline.stages.threads import thread_key
 
-__all__ = ["apply_parsed", "parse_emails", "refetch_raw"]
+__all__ = ["apply_parsed", "parse_batch"]
 
 log = structlog.get_logger("mailpipe.parse")
 
@@ -61,8 +61,7 @@ _FIELDS = ("message_id", "in_reply_to", "references", "subject", "from_email", "
            "received_at", "direction", "status", "thread_id", "parse_error", "suspicious_sender")
 
 
-@actor(actor_name="ingest.parse", queue_name="pipeline", max_retries=3)
-def parse_emails(email_ids: list[str]) -> list[str]:
+def parse_batch(email_ids: list[str]) -> list[str]:
     """Parse every email of the batch still in state ``fetched`` (one bulk UPDATE for the batch)."""
     storage = get_storage()
     with Session(get_engine(), expire_on_commit=False) as s:
@@ -106,36 +105,6 @@ def parse_emails(email_ids: list[str]) -> list[str]:
         metrics.INGESTED.labels("parse", "quarantined").inc(len(quarantined))
         log.warning("emails_quarantined", count=len(quarantined), reasons=sorted({e.parse_error or "" for e in quarantined})[:5])
     return email_ids
-
-
-def refetch_raw(s: Session, email: Email) -> bytes | None:
-    """Fetch a message again from one of its server locations (BODY.PEEK) and re-store it."""
-    from pipeline.clients.imap import ImapError
-    from pipeline.connections import open_imap
-    from pipeline.oauth import CredentialsUnavailable
-
-    account = s.get(EmailAccount, email.account_id)
-    locations = list(s.execute(select(EmailLocation).where(EmailLocation.email_id == email.id)).scalars())
-    if account is None or not locations or not email.raw_key:
-        return None
-    try:
-        session = open_imap(account)
-    except (ImapError, CredentialsUnavailable):
-        return None
-    try:
-        for loc in locations:
-            status = session.select(loc.folder, readonly=True)
-            if status.uidvalidity != loc.uidvalidity:
-                continue
-            for m in session.fetch_peek([loc.uid]):
-                get_storage().put(email.raw_key, m.raw, "message/rfc822")
-                log.info("raw_refetched", email_id=email.id, folder=loc.folder, uid=loc.uid)
-                return m.raw
-    except ImapError:
-        return None
-    finally:
-        session.close()
-    return None
 
 
 class _ThreadIndex:

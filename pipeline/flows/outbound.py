@@ -1,6 +1,7 @@
 """Accepting a send: validate, compose the canonical message, record the intent, hand it to the send actor.
 
-Used by the API (``POST /api/v1/emails/send``, ``/reply``, ``/forward``); no HTTP here. Everything
+Used by the API (``POST /api/v1/emails/send``, ``/reply``, ``/forward``); no HTTP here. The API hands the
+accepted email to the send job (:func:`pipeline.flows.send_due.enqueue_send`) after this commit. Everything
 the send actor needs is written in one transaction (email row, outbox row with the draft,
 deliveries, attachment bytes in storage first), so a lost broker message or a crashed worker only
 delays the mail: the ``send_due`` sweep finds it in the database. An ``idempotency_key`` seen
@@ -17,16 +18,18 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from models import Delivery, Document, Email, EmailAccount, Outbox, Suppression, Template, User, new_id, normalize_email, utcnow
 from models.db import get_engine
 from pipeline.clients.storage import StorageError, get_storage
+from pipeline.flows.merge_fields import MergeRecordMissing, merge_values
 from pipeline.stages import outbound as plan
 from pipeline.stages.compose import ComposeError, Draft, OutgoingAttachment, compose, envelope_recipients, html_to_text, recipient_groups, reply_headers
 from pipeline.stages.identity import message_identity
+from pipeline.stages.merge import MergeSyntaxError, render_parts, suggest, unknown_fields
 from pipeline.stages.parse import snippet
 
 __all__ = ["Outgoing", "SendRejected", "Submitted", "cancel", "draft_from_json", "submit"]
@@ -133,8 +136,6 @@ def _merged(s: Session, org_id: str, merge: dict[str, Any] | None, user: User | 
             subject: str, html: str | None, text: str | None) -> tuple[str, str | None, str | None]:
     """Subject, HTML and text with their merge fields filled; strict: a field left without value or
     fallback, an unknown field, a syntax error or an unsafe URL value is a 422 naming it."""
-    from pipeline.merge_fields import MergeRecordMissing, merge_values
-    from pipeline.stages.merge import MergeSyntaxError, render_parts, suggest, unknown_fields
 
     parts = [("subject", subject, "subject"), ("body_html", html, "html"), ("body_text", text, "text")]
     try:
@@ -284,8 +285,6 @@ def submit(org_id: str, req: Outgoing, *, now: datetime | None = None) -> Submit
                            state="suppressed" if off else "pending", updated_at=now))
         try:
             if template_id:
-                from sqlalchemy import update
-
                 s.execute(update(Template).where(Template.id == template_id).values(
                     usage_count=Template.usage_count + 1, last_used_at=now))
             s.commit()
@@ -307,8 +306,6 @@ def load_attachments(stored: list[dict[str, Any]]) -> list[OutgoingAttachment]:
 
 def cancel(org_id: str, email_id: str) -> str:
     """Cancel a scheduled send (atomic: a send the scheduler already released is not cancellable)."""
-    from sqlalchemy import update
-
     with Session(get_engine()) as s:
         email = s.get(Email, email_id)
         if email is None or email.org_id != org_id or email.deleted_at is not None:

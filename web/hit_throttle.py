@@ -9,7 +9,7 @@ look at the result for anything but the event.
 
 This limit is per process (N web replicas let N times as much through); the authoritative cap on
 what is stored per token is applied again by the recording worker against the database
-(``by="record"``, :mod:`pipeline.actors.tracking`).
+(``by="record"``, :mod:`pipeline.flows.tracking_record`).
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from sqlmodel import Session
 
 from models import Notification
 from models.upsert import insert_ignore
+from pipeline.events import publish_event
 
 __all__ = ["insert_new", "publish"]
 
@@ -26,8 +27,6 @@ def insert_new(s: Session, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def publish(rows: list[dict[str, Any]]) -> None:
     """Real-time copies of committed notifications (call after the commit: the browser may fetch them)."""
-    from pipeline.events import publish_event
-
     for n in rows:
         publish_event({"type": n["kind"], "org_id": n["org_id"], "user_id": n["user_id"], "email_id": n["email_id"],
                        "title": n["title"], "subject": n.get("body", ""), **n.get("data", {})})

@@ -1,4 +1,4 @@
-"""``ingest.attachments``: store each attachment (and inline cid part) with a Documents record.
+"""Ingest stage 2 (``ingest.attachments``): store each attachment (and inline cid part) with a Documents record.
 
 Storage keys are deterministic (email id + part index), and Documents rows are unique on
 (email, part), so repeating the stage overwrites the same objects and inserts nothing twice.
@@ -12,12 +12,12 @@ from models import Document, Email
 from models.db import get_engine
 from models.upsert import insert_ignore
 from ops import metrics
-from pipeline.actors.ingest import in_state, move
-from pipeline.broker import actor
-from pipeline.clients.storage import StorageError, get_storage, safe_key
+from pipeline.clients.storage import get_storage, safe_key
+from pipeline.flows.chain import in_state, move
+from pipeline.flows.raw import raw_of
 from pipeline.stages.parse import parse_email
 
-__all__ = ["attachment_key", "store_attachments"]
+__all__ = ["attachment_key", "store_batch"]
 
 
 def attachment_key(email: Email, index: int, filename: str) -> str:
@@ -25,8 +25,7 @@ def attachment_key(email: Email, index: int, filename: str) -> str:
     return safe_key("org", email.org_id, "emails", email.id, f"{index:03d}-{filename}")
 
 
-@actor(actor_name="ingest.attachments", queue_name="pipeline", max_retries=3)
-def store_attachments(email_ids: list[str]) -> None:
+def store_batch(email_ids: list[str]) -> None:
     """Write attachments of parsed emails to storage and record them."""
     storage = get_storage()
     with Session(get_engine(), expire_on_commit=False) as s:
@@ -35,12 +34,7 @@ def store_attachments(email_ids: list[str]) -> None:
         for email in emails:
             if email.attachment_count == 0:
                 continue
-            try:
-                raw = storage.get(email.raw_key or "")
-            except StorageError:
-                from pipeline.actors.parse import refetch_raw
-
-                raw = refetch_raw(s, email)
+            raw = raw_of(s, email)
             if raw is None:  # gone from storage and from the server: keep the email, note the loss
                 email.defects = [*(email.defects or []), "attachments not stored: raw message no longer available"]
                 s.add(email)

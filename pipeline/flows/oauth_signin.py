@@ -1,26 +1,16 @@
-"""OAuth accounts: the authorize → callback flow, and the token manager every connection asks.
+"""OAuth accounts: the authorize → callback sign-in flow (the token manager is :mod:`pipeline.flows.tokens`).
 
 Flow: :func:`start` records a flow (who, which mailbox, the PKCE verifier, sealed) and returns the
 provider's authorize URL with a signed, expiring ``state`` naming it. :func:`finish` takes the
 flow once, exchanges the code with the verifier, tests IMAP and SMTP with XOAUTH2, and creates
 the account (or updates the live one for that address, which keeps its sync cursors: reconnecting
 resumes where sync stopped).
-
-Token manager: :func:`access_token` hands out the stored access token while more than five
-minutes of it are left. Otherwise it takes the grant's row lock (``SELECT ... FOR UPDATE`` on
-PostgreSQL, so one refresh per account across processes; a per-account lock inside the process,
-which is all SQLite needs), reads the row again (another holder may have refreshed meanwhile),
-and only then calls the token endpoint. A rotated refresh token is stored. A permanent refusal
-(``invalid_grant``) marks the grant revoked and the account ``reconnect_required`` with a
-readable reason and notifies the owner once; from then on the manager refuses at once, without
-calling the provider, until the user connects the mailbox again. Tokens never reach a log line.
 """
 
 from __future__ import annotations
 
 import json
 import secrets
-import threading
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -36,14 +26,15 @@ from ops import metrics
 from ops.keys import read_claims, seal, sign_claims, unseal
 from ops.settings import get_settings
 from pipeline.clients.oauth import TokenEndpointError, post_form
-from pipeline.endpoint_guard import EndpointRefused, check_endpoints
+from pipeline.flows import accounts as svc
+from pipeline.flows.endpoint_guard import EndpointRefused, check_endpoints
+from pipeline.flows.send_due import release_held
+from pipeline.flows.sync import fetch_now
 from pipeline.stages.endpoint_rules import oauth_host_rule
-from pipeline.stages.oauth import (OAuthProvider, TokenError, TokenSet, authorize_url, interpret_token_response,
-                                   needs_refresh, pkce_pair, provider_config, reconnect_reason)
+from pipeline.stages.oauth import OAuthProvider, TokenError, TokenSet, authorize_url, interpret_token_response, pkce_pair, provider_config
 from pipeline.stages.providers import apply_preset
 
-__all__ = ["CredentialsUnavailable", "EndpointRefused", "FlowError", "NotConfigured", "ReconnectRequired", "TokenUnavailable", "access_token", "finish",
-           "grant_token", "redirect_uri", "start"]
+__all__ = ["EndpointRefused", "FlowError", "NotConfigured", "finish", "redirect_uri", "start"]
 
 log = structlog.get_logger("mailpipe.oauth")
 
@@ -61,18 +52,6 @@ class FlowError(Exception):
     def __init__(self, code: str, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.code, self.message, self.status = code, message, status
-
-
-class CredentialsUnavailable(Exception):
-    """No OAuth token can be had now (a connection cannot be opened)."""
-
-
-class ReconnectRequired(CredentialsUnavailable):
-    """The provider refused the grant; only the user can fix it (``str()`` is the readable reason)."""
-
-
-class TokenUnavailable(CredentialsUnavailable):
-    """No token right now (the token endpoint is down or slow); try again later."""
 
 
 # -- flow -------------------------------------------------------------------------------------------
@@ -161,8 +140,6 @@ def _take_flow(provider: str, state: str) -> OAuthFlow:
 
 def finish(provider_name: str, code: str, state: str) -> dict[str, Any]:
     """Complete a flow: exchange the code, test XOAUTH2, create or update the account."""
-    from pipeline import accounts as svc
-
     provider = _provider(provider_name)
     flow = _take_flow(provider_name, state)
     verifier = unseal("oauth_flows", "verifier_enc", flow.verifier_enc) or ""
@@ -204,9 +181,6 @@ def finish(provider_name: str, code: str, state: str) -> dict[str, Any]:
 
 def _save_account(flow: OAuthFlow, provider: OAuthProvider, imap_ep: Any, smtp_ep: Any, tokens: TokenSet,
                   test: Any) -> tuple[str, bool]:
-    from pipeline import accounts as svc
-    from pipeline.actors.send import release_held
-
     now = utcnow()
     state = "idle" if test.ok else "error"
     error = None if test.ok else "; ".join(f"{k}: {v['message']}" for k, v in (("imap", test.imap), ("smtp", test.smtp))
@@ -250,130 +224,5 @@ def _save_account(flow: OAuthFlow, provider: OAuthProvider, imap_ep: Any, smtp_e
         s.commit()
         account_id = account.id
     release_held(account_id)
-    with Session(get_engine()) as s:
-        svc.kick_fetch(s, account_id)
+    fetch_now(account_id)
     return account_id, reconnected
-
-
-# -- token manager ------------------------------------------------------------------------------------
-
-_locks: dict[str, threading.Lock] = {}
-_locks_guard = threading.Lock()
-
-
-def _local_lock(account_id: str) -> threading.Lock:
-    with _locks_guard:
-        return _locks.setdefault(account_id, threading.Lock())
-
-
-@dataclass(frozen=True, slots=True)
-class _Stored:
-    access_token: str | None
-    refresh_token: str | None
-
-    @classmethod
-    def of(cls, grant: OAuthGrant) -> _Stored:
-        data = json.loads(unseal("oauth_grants", "tokens_enc", grant.tokens_enc) or "{}")
-        return cls(data.get("access_token"), data.get("refresh_token"))
-
-
-def _usable(grant: OAuthGrant, stored: _Stored, rejected: str | None) -> bool:
-    if stored.access_token is None or needs_refresh(grant.expires_at, utcnow()):
-        return False
-    return rejected is None or stored.access_token != rejected
-
-
-def access_token(account_id: str, *, rejected: str | None = None) -> str:
-    """A current access token for the account; ``rejected``: the token a server just refused
-    (refreshed unless someone already replaced it). Raises ReconnectRequired / TokenUnavailable."""
-    token = grant_token(account_id, rejected=rejected)
-    if token is None:
-        raise ReconnectRequired("this mailbox has no OAuth grant; connect it again")
-    return token
-
-
-def grant_token(account_id: str, *, rejected: str | None = None) -> str | None:
-    """:func:`access_token`, or None when the account has no OAuth grant (a password account):
-    what a connection asks, one read of the grant on the usual path."""
-    with Session(get_engine()) as s:
-        grant = s.get(OAuthGrant, account_id)
-        if grant is None:
-            return None
-        if grant.revoked_at is not None:
-            raise ReconnectRequired(grant.revoked_reason or "connect the mailbox again")
-        stored = _Stored.of(grant)
-        if _usable(grant, stored, rejected):
-            return str(stored.access_token)
-    with _local_lock(account_id), Session(get_engine(), expire_on_commit=False) as s:
-        grant = s.execute(select(OAuthGrant).where(OAuthGrant.account_id == account_id).with_for_update()).scalar_one_or_none()
-        if grant is None:  # the account was deleted meanwhile
-            s.rollback()
-            raise ReconnectRequired("this mailbox has no OAuth grant; connect it again")
-        if grant.revoked_at is not None:
-            s.rollback()
-            raise ReconnectRequired(grant.revoked_reason or "connect the mailbox again")
-        stored = _Stored.of(grant)
-        if _usable(grant, stored, rejected):  # refreshed by another holder while this one waited
-            s.rollback()
-            return str(stored.access_token)
-        return _refresh(s, grant, stored)
-
-
-def _refresh(s: Session, grant: OAuthGrant, stored: _Stored) -> str:
-    """Call the token endpoint while holding the grant's lock; commit the outcome."""
-    provider = provider_config(grant.provider, get_settings())
-    if stored.refresh_token is None:
-        return _revoke(s, grant, TokenError("invalid_grant", "no refresh token was issued", permanent=True))
-    form = {"grant_type": "refresh_token", "refresh_token": stored.refresh_token, "client_id": provider.client_id or ""}
-    if provider.client_secret:
-        form["client_secret"] = provider.client_secret
-    if grant.provider == "microsoft":
-        form["scope"] = " ".join(provider.scopes)
-    try:
-        reply = post_form(provider.token_url, form)
-    except TokenEndpointError as exc:
-        s.rollback()
-        metrics.TOKEN_REFRESH.labels(grant.provider, "unavailable").inc()
-        log.warning("oauth_refresh_unavailable", account_id=grant.account_id, error=str(exc))
-        raise TokenUnavailable(str(exc)) from None
-    result = interpret_token_response(reply.status, reply.body, now=utcnow(), previous_refresh_token=stored.refresh_token)
-    if isinstance(result, TokenError):
-        if result.permanent:
-            return _revoke(s, grant, result)
-        s.rollback()
-        metrics.TOKEN_REFRESH.labels(grant.provider, "error").inc()
-        log.warning("oauth_refresh_failed", account_id=grant.account_id, error=result.code)
-        raise TokenUnavailable(f"{grant.provider} could not renew the token right now ({result.code})")
-    grant.tokens_enc = seal("oauth_grants", "tokens_enc", json.dumps(result.as_json()))
-    grant.expires_at, grant.refreshed_at, grant.updated_at = result.expires_at, utcnow(), utcnow()
-    grant.refresh_count += 1
-    s.add(grant)
-    s.commit()
-    metrics.TOKEN_REFRESH.labels(grant.provider, "ok").inc()
-    log.info("oauth_refreshed", account_id=grant.account_id, rotated=result.rotated, expires_at=result.expires_at.isoformat())
-    return result.access_token
-
-
-def _revoke(s: Session, grant: OAuthGrant, error: TokenError) -> str:
-    """The grant is gone: remember it, put the account in reconnect_required, tell its owner once."""
-    from pipeline import notifications
-
-    reason = reconnect_reason(grant.provider, error)
-    now = utcnow()
-    grant.revoked_at, grant.revoked_reason, grant.updated_at = now, reason[:500], now
-    s.add(grant)
-    account = s.get(EmailAccount, grant.account_id)
-    pushed: list[dict[str, Any]] = []
-    if account is not None:
-        s.execute(update(EmailAccount).where(EmailAccount.id == account.id).values(
-            sync_state="reconnect_required", last_error=reason[:2000], last_error_code="auth"))
-        pushed = notifications.insert_new(s, [{
-            "org_id": account.org_id, "user_id": account.user_id, "kind": "account.reconnect_required",
-            "title": f"Reconnect {account.email}"[:500], "body": reason[:2000], "email_id": None,
-            "dedupe_key": f"account.reconnect:{account.id}:{grant.generation}",
-            "data": {"account_id": account.id, "provider": account.provider}}])
-    s.commit()
-    notifications.publish(pushed)
-    metrics.TOKEN_REFRESH.labels(grant.provider, "revoked").inc()
-    log.warning("oauth_reconnect_required", account_id=grant.account_id, error=error.code)
-    raise ReconnectRequired(reason)

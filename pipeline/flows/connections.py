@@ -1,20 +1,23 @@
 """Turning an account row into protocol-client settings, and the swappable client factories.
 
-Actors call :func:`open_imap`; tests swap the factory for the in-memory fake with
-:func:`use_imap_connector`. Secrets are decrypted here, at the last moment, and never logged.
+Flows call :func:`open_imap` and :func:`smtp_settings`; tests swap the factories for the in-memory
+fakes (``tests/harness``) with :func:`use_imap_connector` and :func:`use_smtp_transport`. Secrets are decrypted here, at the last moment, and never logged.
 """
 
 from __future__ import annotations
 
+import json
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 from functools import lru_cache
+from typing import Any
 
 from models import EmailAccount
 from ops.keys import unseal
 from pipeline.clients import imap
+from pipeline.clients.smtp import AiosmtplibTransport, SmtpSettings, SmtpTransport
+from pipeline.flows import tokens
 from pipeline.stages.endpoint_rules import oauth_host_rule
 
 __all__ = ["Credentials", "connect_imap", "imap_settings", "open_imap", "smtp_probe", "smtp_settings", "smtp_transport",
@@ -58,14 +61,10 @@ def stored_credentials(account: EmailAccount, proto: str, rejected: str | None =
     password = unseal("email_accounts", column, getattr(account, column))
     if password is not None:
         return Credentials(password, None)
-    from pipeline import oauth
-
-    token = oauth.grant_token(account.id, rejected=rejected)
+    token = tokens.grant_token(account.id, rejected=rejected)
     if token is not None:
         return Credentials(None, token, from_grant=True)
     if account.oauth_enc is not None:
-        import json
-
         token = json.loads(unseal("email_accounts", "oauth_enc", account.oauth_enc) or "{}").get("access_token")
     return Credentials(None, token)
 
@@ -83,10 +82,8 @@ def imap_settings(account: EmailAccount, *, timeout: float = IMAP_TIMEOUT, rejec
     )
 
 
-def smtp_settings(account: EmailAccount, *, timeout: float = SMTP_TIMEOUT, rejected: str | None = None) -> Any:
+def smtp_settings(account: EmailAccount, *, timeout: float = SMTP_TIMEOUT, rejected: str | None = None) -> SmtpSettings:
     """SMTP settings for an account; the password or OAuth token is decrypted here."""
-    from pipeline.clients.smtp import SmtpSettings
-
     if not account.smtp_host or not account.smtp_port:
         raise ValueError("account has no SMTP host configured")
     creds = stored_credentials(account, "smtp", rejected)
@@ -106,7 +103,7 @@ def connect_imap(settings: imap.ImapSettings) -> imap.ImapSession:
 
 def open_imap(account: EmailAccount) -> imap.ImapSession:
     """Connect and log in to the account's IMAP server (raises ``ImapError``; for OAuth accounts
-    also ``oauth.ReconnectRequired`` / ``oauth.TokenUnavailable``).
+    also ``tokens.ReconnectRequired`` / ``tokens.TokenUnavailable``).
 
     A server refusing an OAuth token (expired early, or revoked) gets one refresh and one retry.
     """
@@ -122,20 +119,18 @@ def open_imap(account: EmailAccount) -> imap.ImapSession:
         return _imap_connector(renewed)
 
 
-_smtp_transport: Any = None
+_smtp_transport: SmtpTransport | None = None
 
 
-def smtp_transport() -> Any:
+def smtp_transport() -> SmtpTransport:
     """The SMTP transport in use (aiosmtplib unless a test swapped in the fake)."""
     global _smtp_transport
     if _smtp_transport is None:
-        from pipeline.clients.smtp import AiosmtplibTransport
-
         _smtp_transport = AiosmtplibTransport()
     return _smtp_transport
 
 
-def use_smtp_transport(transport: Any | None) -> None:
+def use_smtp_transport(transport: SmtpTransport | None) -> None:
     """Swap the SMTP transport (tests); None restores the real one."""
     global _smtp_transport
     _smtp_transport = transport
@@ -143,8 +138,6 @@ def use_smtp_transport(transport: Any | None) -> None:
 
 def smtp_probe(ep: Any, timeout: float) -> dict[str, Any]:
     """EHLO, STARTTLS/TLS and AUTH against an endpoint, as API.md's ``{ok, error_code, message}``."""
-    from pipeline.clients.smtp import SmtpSettings
-
     try:
         settings = SmtpSettings(host=ep.host, port=ep.port, security=ep.security, username=ep.username,
                                 password=ep.password, oauth_token=ep.oauth_token, timeout=timeout,

@@ -9,7 +9,7 @@ broker takes messages again; a spool left by a process that died is adopted and 
 next one to start. Every event carries a unique id, so a batch published twice (a replay that
 was interrupted) records each event once. Only a full spool (``MAILPIPE_TRACKING_SPOOL_MAX_MB``)
 drops events, and that is counted. Before any of that, :meth:`Intake.submit` asks its ``admit``
-pre-filter (the per-token and per-address :class:`pipeline.throttle.HitThrottle`) whether the hit
+pre-filter (the per-token and per-address :class:`web.hit_throttle.HitThrottle`) whether the hit
 is within its rate; hits beyond it are counted there and go no further.
 """
 
@@ -31,7 +31,9 @@ import structlog
 
 from ops import metrics
 from ops.private_files import PRIVATE_DIR, make_private_dirs, open_private, tighten
-from pipeline.throttle import HitThrottle
+from ops.settings import get_settings
+from pipeline import jobs
+from web.hit_throttle import HitThrottle
 
 __all__ = ["Intake", "Spool", "event_id", "get_intake", "reset_intake", "spool_for_later", "spooled_files"]
 
@@ -322,15 +324,17 @@ _intake: Intake | None = None
 _lock = threading.Lock()
 
 
+def publish_batch(events: list[dict[str, Any]]) -> None:
+    """The intake's publish function: one ``tracking.record`` message per batch (raises when the broker refuses)."""
+    jobs.TRACKING_RECORD.send(events)
+
+
 def get_intake() -> Intake:
     """The process's intake, publishing ``tracking.record`` messages (started on first use), with the
     hit throttle configured by ``MAILPIPE_TRACKING_TOKEN_PER_MINUTE`` / ``_IP_PER_MINUTE`` / ``_THROTTLE_KEYS``."""
     global _intake
     with _lock:
         if _intake is None:
-            from ops.settings import get_settings
-            from pipeline.actors.tracking import publish_batch
-
             settings = get_settings()
             throttle = HitThrottle(token_per_minute=settings.tracking_token_per_minute,
                                    ip_per_minute=settings.tracking_ip_per_minute, max_keys=settings.tracking_throttle_keys)
@@ -353,8 +357,6 @@ def spool_for_later(events: list[dict[str, Any]]) -> int:
     """Write events to a spool file of their own, closed at once, so the next process's intake adopts
     and replays them (embedded ``serve`` stopping with tracking batches still in its in-memory broker).
     Returns how many did not fit (counted as dropped)."""
-    from ops.settings import get_settings
-
     settings = get_settings()
     spool = Spool(settings.spool_dir, settings.tracking_spool_max_mb * 1024 * 1024)
     try:
@@ -370,8 +372,6 @@ def spool_for_later(events: list[dict[str, Any]]) -> int:
 
 def spooled_files() -> list[Path]:
     """Non-empty spool files in ``MAILPIPE_SPOOL_DIR`` (this or another process's)."""
-    from ops.settings import get_settings
-
     directory = Path(get_settings().spool_dir)
     if not directory.is_dir():
         return []

@@ -1,4 +1,4 @@
-"""``ingest.notify``: an in-app notification for the mailbox owner per new linked inbound email.
+"""Ingest stage 5 (``ingest.notify``): an in-app notification for the mailbox owner per new linked inbound email.
 
 Notifications are unique on ``email.received:<email id>``, so a repeat inserts nothing; re-indexed
 copies (``silent``) and mail that just created a lead (already announced) notify no one.
@@ -12,15 +12,13 @@ from sqlmodel import Session
 from models import EmailAccount, EmailLink, Notification
 from models.db import get_engine
 from ops import metrics
-from pipeline import notifications
-from pipeline.actors.ingest import in_state, move
-from pipeline.broker import actor
+from pipeline.flows import notifications
+from pipeline.flows.chain import in_state, move
 
-__all__ = ["notify_emails"]
+__all__ = ["notify_batch"]
 
 
-@actor(actor_name="ingest.notify", queue_name="notify", max_retries=3)
-def notify_emails(email_ids: list[str]) -> None:
+def notify_batch(email_ids: list[str]) -> None:
     """Write notifications for the batch's emails in state ``leads`` and finish them."""
     with Session(get_engine(), expire_on_commit=False) as s:
         emails = in_state(s, email_ids, "leads", "direction", "linked", "silent", "from_name", "from_email", "subject")

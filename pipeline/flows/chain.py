@@ -1,0 +1,96 @@
+"""The ingest chain's states: parse → store attachments → auto-link → create lead → notify.
+
+Each email records how far it got (``pipeline_state``); the stage flows read the emails waiting in
+their input state (:func:`in_state`) and move them on (:func:`move`), so a redelivered or re-swept
+message is a no-op for work already done. Messages carry lists of email ids. The
+``resume_ingest`` sweep restarts the chain for emails that stopped moving (a lost message, a killed
+worker); after :data:`MAX_ATTEMPTS` sweeps an email is quarantined with the reason, never retried
+forever.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+import structlog
+from sqlalchemy import select, update
+from sqlalchemy.orm import load_only
+from sqlmodel import Session
+
+from models import Email, utcnow
+from pipeline import jobs
+from pipeline.scheduler import register_sweep
+
+__all__ = ["FINAL_STATES", "MAX_ATTEMPTS", "STATES", "in_state", "move", "raw_digest", "resume_ingest", "start_chain"]
+
+log = structlog.get_logger("mailpipe.ingest")
+
+STATES = ("fetched", "parsed", "stored", "linked", "leads", "done", "quarantined")
+FINAL_STATES = ("done", "quarantined")
+MAX_ATTEMPTS = 8
+STALL = timedelta(minutes=15)  # long enough that a queue backlog is not mistaken for a stall
+CHAIN_BATCH = 100
+
+
+def raw_digest(raw: bytes) -> str:
+    """Content address of a raw message in storage."""
+    return hashlib.sha256(raw).hexdigest()
+
+
+def start_chain(email_ids: Sequence[str]) -> None:
+    """Enqueue the chain for ids, in batches (whether to notify is recorded on each email)."""
+    ids = list(email_ids)
+    for i in range(0, len(ids), CHAIN_BATCH):
+        jobs.ingest_chain(ids[i : i + CHAIN_BATCH]).run()
+
+
+_PREVIOUS = {"parsed": ("fetched",), "quarantined": ("fetched",), "stored": ("parsed",), "linked": ("stored",),
+             "leads": ("linked",), "done": ("leads",)}
+
+
+def move(session: Session, email_ids: Sequence[str], to_state: str) -> None:
+    """Advance emails to ``to_state`` (only from the state before it, so a duplicate chain can never
+    move an email backwards) and restart their stall clock."""
+    if email_ids:
+        session.execute(update(Email).where(Email.id.in_(list(email_ids)), Email.pipeline_state.in_(_PREVIOUS[to_state]))  # type: ignore[attr-defined]
+                        .values(pipeline_state=to_state, stage_at=utcnow()))
+
+
+def in_state(session: Session, email_ids: Sequence[str], state: str, *columns: str) -> list[Email]:
+    """The emails among ``email_ids`` waiting for the stage that consumes ``state``.
+
+    Name ``columns`` to load only those (bodies are large; most stages never read them).
+    """
+    stmt = select(Email).where(Email.id.in_(list(email_ids)), Email.pipeline_state == state)  # type: ignore[attr-defined]
+    if columns:
+        stmt = stmt.options(load_only(*(getattr(Email, c) for c in ("id", "org_id", "account_id", *columns))))
+    return list(session.execute(stmt).scalars())
+
+
+@register_sweep("resume_ingest")
+def resume_ingest(session: Session, now: datetime) -> int:
+    """Restart the chain for emails stuck mid-pipeline; quarantine those that keep stalling."""
+    stuck = list(session.execute(
+        select(Email.id, Email.ingest_attempts, Email.pipeline_state)
+        .where(Email.pipeline_state.not_in(FINAL_STATES), Email.stage_at < now - STALL)  # type: ignore[attr-defined,operator]
+        .limit(2000)
+    ).all())
+    if not stuck:
+        return 0
+    give_up = [row.id for row in stuck if row.ingest_attempts + 1 >= MAX_ATTEMPTS]
+    retry = [row.id for row in stuck if row.ingest_attempts + 1 < MAX_ATTEMPTS]
+    for row in stuck:
+        if row.id in give_up:
+            session.execute(update(Email).where(Email.id == row.id).values(
+                pipeline_state="quarantined", stage_at=now,
+                parse_error=f"ingest stalled {MAX_ATTEMPTS} times after stage '{row.pipeline_state}'"))
+    if give_up:
+        log.warning("ingest_quarantined", count=len(give_up))
+    if retry:
+        session.execute(update(Email).where(Email.id.in_(retry)).values(  # type: ignore[attr-defined]
+            stage_at=now, ingest_attempts=Email.ingest_attempts + 1))
+        session.flush()
+        start_chain(retry)
+    return len(stuck)

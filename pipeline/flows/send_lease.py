@@ -1,0 +1,93 @@
+"""The send lease on an outbound email: one run at a time works on it, and the rows a run reads.
+
+A run claims the lease only when the email has send work due (queued or mid-send with its retry
+time reached, or sent with the Sent copy unfinished), in the same transaction that reads the rows it
+works on; every bookkeeping write renews it (:func:`guard`), so a run that lost it stops without
+writing; the run's last write gives it back. See :mod:`models.lease`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import ColumnElement, or_, select, text
+from sqlmodel import Session
+
+from models import Delivery, Email, EmailAccount, Outbox, utcnow
+from models.db import get_engine, is_postgres
+from models.lease import Lease
+
+__all__ = ["EARLY_TOLERANCE", "SEND_LEASE", "Loaded", "claim", "due", "guard", "load", "release", "tx"]
+
+SEND_LEASE = Lease(Outbox, "email_id", "lease_owner", "lease_until", timedelta(minutes=5))
+EARLY_TOLERANCE = timedelta(seconds=1)  # a delayed retry message may arrive a hair before its time
+
+
+@dataclass
+class Loaded:
+    """The rows a run works on, read in the claiming transaction."""
+
+    outbox: Outbox
+    email: Email
+    account: EmailAccount | None
+    deliveries: list[Delivery]
+
+
+def due(now: datetime) -> ColumnElement[bool]:
+    """A WHERE clause: the email has send work due at ``now`` (not counting the lease)."""
+    return or_(
+        Outbox.state.in_(("queued", "sending"))  # type: ignore[attr-defined]
+        & or_(Outbox.next_attempt_at.is_(None), Outbox.next_attempt_at <= now)  # type: ignore[union-attr,operator]
+        & or_(Outbox.deferred_until.is_(None), Outbox.deferred_until <= now),  # type: ignore[union-attr,operator]
+        (Outbox.state == "sent") & Outbox.sent_copy.in_(("pending", "appending"))  # type: ignore[attr-defined]
+        & or_(Outbox.next_attempt_at.is_(None), Outbox.next_attempt_at <= now),  # type: ignore[union-attr,operator]
+    )
+
+
+def claim(email_id: str, owner: str, now: datetime) -> Loaded | None:
+    """Take the email's lease when it has work due and nobody else (but a redelivery of us) holds it,
+    and read what the run needs in the same transaction."""
+    with tx() as s:
+        if not SEND_LEASE.claim(s, email_id, owner, now=now, where=(due(now + EARLY_TOLERANCE),),
+                                runs=Outbox.runs + 1, updated_at=now):
+            s.rollback()
+            return None
+        loaded = load(s, email_id)
+        s.commit()
+        return loaded
+
+
+def load(s: Session, email_id: str) -> Loaded:
+    outbox, email = s.get(Outbox, email_id), s.get(Email, email_id)
+    assert outbox is not None and email is not None
+    return Loaded(outbox, email, s.get(EmailAccount, outbox.account_id),
+                  list(s.execute(select(Delivery).where(Delivery.email_id == email_id).order_by(Delivery.seq)).scalars()))
+
+
+@contextmanager
+def tx(*, durable: bool = False) -> Iterator[Session]:
+    """A session for one of the send's bookkeeping transactions.
+
+    On PostgreSQL only the ``data`` mark is committed synchronously: it is the one fact a database
+    crash must not lose (DATA may follow). WAL order makes every earlier commit durable with it, and
+    losing a later one to a database crash at worst turns "sent" back into "data" — reconciled as
+    unconfirmed, never resent. A worker crash loses nothing either way.
+    """
+    with Session(get_engine(), expire_on_commit=False) as s:
+        if not durable and is_postgres():
+            s.execute(text("SET LOCAL synchronous_commit TO OFF"))
+        yield s
+
+
+def guard(s: Session, email_id: str, owner: str) -> None:
+    """Renew the lease inside the caller's transaction; LeaseLost when this run no longer owns it."""
+    SEND_LEASE.renew(s, email_id, owner, updated_at=utcnow())
+
+
+def release(email_id: str, owner: str) -> None:
+    with tx() as s:
+        SEND_LEASE.release(s, email_id, owner)
+        s.commit()
