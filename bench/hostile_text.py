@@ -26,11 +26,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline.stages.compose import Draft, compose, forward_block, html_to_text, quote_for_reply  # noqa: E402
+from pipeline.stages.compose import Draft, compose  # noqa: E402
+from pipeline.stages.html_text import html_to_text  # noqa: E402
+from pipeline.stages.quoting import forward_block, quote_for_reply  # noqa: E402
 from pipeline.stages.merge import render  # noqa: E402
 from pipeline.stages.notion_blocks import html_to_blocks  # noqa: E402
 from pipeline.stages.parse import parse_email  # noqa: E402
-from pipeline.stages.tracking import inject  # noqa: E402
+from pipeline.stages.link_rewrite import inject  # noqa: E402
 
 WHEN = datetime(2025, 1, 6, 10, 0, tzinfo=timezone.utc)
 

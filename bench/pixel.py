@@ -91,7 +91,7 @@ def prepare(workdir: Path, broker_url: str) -> tuple[dict[str, str], str]:
     from models.db import get_engine
     from ops.keys import get_keyring
     from ops.migrate import upgrade
-    from pipeline.stages.tracking import recipient_hash
+    from pipeline.stages.tracking_ids import recipient_hash
     from tests.harness.flow import make_account, make_org
 
     upgrade(env["MAILPIPE_DATABASE_URL"])

@@ -14,7 +14,8 @@ from pipeline.clients.storage import get_storage
 from pipeline.flows.outbound import draft_from_json, load_attachments
 from pipeline.stages.compose import compose
 from pipeline.stages.html_text import html_to_text
-from pipeline.stages.tracking import inject, recipient_hash
+from pipeline.stages.link_rewrite import inject
+from pipeline.stages.tracking_ids import recipient_hash
 
 __all__ = ["DeliveryCopy", "DeliveryCopies"]
 

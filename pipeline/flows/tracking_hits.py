@@ -18,7 +18,7 @@ from ops import metrics
 from ops.keys import get_keyring
 from pipeline.flows import notifications
 from pipeline.stages.throttle import window_cap
-from pipeline.stages.tracking import verify_link_hash, verify_recipient_hash
+from pipeline.stages.tracking_ids import verify_link_hash, verify_recipient_hash
 
 __all__ = ["REPLAY_WINDOW", "TOKEN_WINDOW", "Batch", "anonymize", "cap_per_token", "collapse_replays", "count", "count_throttled",
            "existing", "crm_names", "lock_emails", "notify", "verify", "when"]

@@ -5,7 +5,7 @@ Hits arrive unverified from the intake (the request path does no database work).
 is checked: an open's ``recipient_hash`` must be the HMAC of the email and one of its tracked
 recipients, a click's ``link_hash`` must be a stored link of that email whose HMAC verifies;
 anything else (forged, unknown, another key) is dropped. Verified hits are classified
-(:mod:`pipeline.stages.tracking`: flagged, never dropped), stored once (the intake id is unique,
+(:mod:`pipeline.stages.hit_classify`: flagged, never dropped), stored once (the intake id is unique,
 so a redelivered or replayed batch changes nothing), and human ones move the email's counters
 (one statement per email, so concurrent batches never lose an increment) and notify the sender
 once per recipient (opens) or per recipient and link (clicks). A replay of the same token from
@@ -36,7 +36,7 @@ from pipeline.flows.notify_email import mark_pending
 from pipeline.flows.tracking_hits import (Batch, anonymize, cap_per_token, collapse_replays, count, count_throttled, existing,
                                           lock_emails, notify, verify, when)
 from pipeline.scheduler import register_sweep
-from pipeline.stages.tracking import classify_click, classify_open
+from pipeline.stages.hit_classify import classify_click, classify_open
 
 __all__ = ["BURST_WINDOW", "record", "settle", "sweep_unsettled_clicks"]
 

@@ -9,10 +9,9 @@ values are checked for line breaks before they reach the message (header injecti
 Shapes: text only → ``text/plain``; HTML → ``multipart/alternative`` (text first, derived from the HTML
 when not given); inline images (``content_id`` set) → ``multipart/related`` around the HTML; other
 attachments → ``multipart/mixed`` around the body. Bcc recipients belong to the SMTP envelope only
-(:func:`envelope_recipients`), never to a header. The reply and forward helpers build the threading
-headers and subjects for ``/reply`` and ``/forward``; the quoted bodies come from
-:mod:`pipeline.stages.quoting` and the text alternative of an HTML body from
-:mod:`pipeline.stages.html_text` (both linear in their input; re-exported here).
+(:func:`envelope_recipients`), never to a header. What headers may hold is
+:mod:`pipeline.stages.header_rules`; the text alternative of an HTML body comes from
+:mod:`pipeline.stages.html_text`; replies and forwards are :mod:`pipeline.stages.quoting`.
 """
 
 from __future__ import annotations
@@ -28,51 +27,20 @@ from email.message import EmailMessage, MIMEPart
 from email.policy import EmailPolicy
 from urllib.parse import urlsplit
 
-import idna
-
+from pipeline.stages.header_rules import (ComposeError, addr_spec, check_header_value, display_name, msgid, parse_address,
+                                           validate_address)
 from pipeline.stages.html_text import html_to_text
 from pipeline.stages.mime_bytes import as_bytes
 from pipeline.stages.slices import SLICE
-from pipeline.stages.quoting import forward_block, quote_for_reply
 
-__all__ = [
-    "ComposeError",
-    "Draft",
-    "OutgoingAttachment",
-    "check_header_value",
-    "compose",
-    "envelope_recipients",
-    "forward_block",
-    "forward_subject",
-    "html_to_text",
-    "quote_for_reply",
-    "recipient_groups",
-    "reply_headers",
-    "reply_subject",
-    "validate_address",
-]
+__all__ = ["ComposeError", "Draft", "OutgoingAttachment", "compose", "envelope_recipients", "recipient_groups", "validate_address"]
 
-MAX_REFERENCES = 20
-_MAX_LOCAL = 64
-_MAX_DOMAIN = 255
-_MAX_ADDRESS = 254
-_MAX_MSGID = 250
 _MAX_URL = 900
-_LINE_BREAKS = frozenset("\r\n\x00\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")  # str.splitlines() boundaries + NUL
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-_ATEXT_LOCAL = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
-_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
-_ANGLE_FORM = re.compile(r"^(?P<name>[^<>]*?)\s*<(?P<addr>[^<>]*)>$", re.S)
-_MSGID_TEXT = re.compile(r"^[!-;=?-~]+$")  # printable ASCII without space, '<' and '>'
-_MSGID_IN_TEXT = re.compile(r"<([^<>]*)>")
 _EMAIL_ID = re.compile(r"^[A-Za-z0-9._:@+-]{1,200}$")
 _HEADER_NAME = re.compile(r"^[!-9;-~]{1,76}$")
 _CONTENT_TYPE = re.compile(r"^[A-Za-z0-9!#$&^_.+-]{1,64}/[A-Za-z0-9!#$&^_.+-]{1,128}$")
 _URL_TEXT = re.compile(r"^[!#-;=?-~]+$")  # printable ASCII without space, '"', '<', '>'
 _MAILTO_QUERY = re.compile(r"^[A-Za-z0-9%._~!$&'()*+,;=:@/?-]*$")
-# Every leading prefix at once; possessive, so a long run of prefixes is read once, never backtracked.
-_REPLY_PREFIX = re.compile(r"^(?:\s*+re\s*+(?:\[\d++\])?\s*+:\s*+)++", re.I)
-_FORWARD_PREFIX = re.compile(r"^(?:\s*+fwd?\s*+(?:\[\d++\])?\s*+:\s*+)++", re.I)
 _LONG_LINE = re.compile(r"[^\r\n]{79}")  # longer than EmailPolicy.max_line_length
 _LARGE_PART = 1_000_000  # characters
 _BODY_CLOSE = re.compile(r"</body\s*>", re.I)
@@ -84,18 +52,6 @@ _RESERVED_HEADERS = frozenset(
 _VERBATIM_HEADERS = frozenset(
     "message-id in-reply-to references list-unsubscribe list-unsubscribe-post x-mailpipe-email-id".split())
 _FOOTER_STYLE = "margin-top:24px;font-size:12px;color:#666"
-
-
-class ComposeError(ValueError):
-    """Input that cannot become a safe message (the API turns it into 422); ``field`` names the culprit."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(field, message)
-        self.field = field
-        self.message = message
-
-    def __str__(self) -> str:
-        return f"{self.field}: {self.message}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,110 +119,6 @@ def _fold_words(name: str, value: str, linesep: str, limit: int) -> str:
     return linesep.join(lines) + linesep
 
 
-def check_header_value(field: str, value: str) -> str:
-    """``value`` without surrounding whitespace; any line break or NUL is refused as header injection."""
-    if not isinstance(value, str):
-        raise ComposeError(field, f"must be a string, not {type(value).__name__}")
-    if any(ch in _LINE_BREAKS for ch in value):
-        raise ComposeError(field, "line break or NUL in a header value (header injection)")
-    return value.strip()
-
-
-def _display_name(field: str, value: str | None) -> str:
-    """A checked display name with internal whitespace collapsed; control characters refused."""
-    if value is None:
-        return ""
-    value = check_header_value(field, value)
-    if _CONTROL.search(value):
-        raise ComposeError(field, "control character in display name")
-    return " ".join(value.split())
-
-
-def _ascii_domain(field: str, domain: str) -> str:
-    """``domain`` lowercased and, when internationalized, converted to punycode (IDNA 2008, UTS 46)."""
-    if not domain:
-        raise ComposeError(field, "missing domain after @")
-    if domain.isascii():
-        ascii_domain = domain.lower()
-    else:
-        try:
-            ascii_domain = idna.encode(domain, uts46=True).decode("ascii")
-        except (idna.IDNAError, UnicodeError) as exc:
-            raise ComposeError(field, f"invalid internationalized domain ({exc})") from None
-    if len(ascii_domain) > _MAX_DOMAIN:
-        raise ComposeError(field, f"domain longer than {_MAX_DOMAIN} characters")
-    labels = ascii_domain.split(".")
-    if len(labels) < 2:
-        raise ComposeError(field, "domain needs at least one dot")
-    if not all(_LABEL.match(label) for label in labels):
-        raise ComposeError(field, f"invalid domain {ascii_domain!r}")
-    if labels[-1].isdigit():
-        raise ComposeError(field, "top-level domain cannot be numeric")
-    return ascii_domain
-
-
-def _addr_spec(field: str, value: str) -> str:
-    """A checked ``local@domain`` with the domain in ASCII; RFC 5321 length limits enforced."""
-    if any(ch.isspace() for ch in value):
-        raise ComposeError(field, "spaces in the address")
-    if "@" not in value:
-        raise ComposeError(field, "missing @ in the address")
-    if value.count("@") > 1:
-        raise ComposeError(field, "more than one @ in the address")
-    local, _, domain = value.partition("@")
-    if not local:
-        raise ComposeError(field, "missing local part before @")
-    if not local.isascii():
-        raise ComposeError(field, "non-ASCII local part (SMTPUTF8) is not supported")
-    if not _ATEXT_LOCAL.match(local):
-        raise ComposeError(field, f"invalid local part {local!r}")
-    if len(local) > _MAX_LOCAL:
-        raise ComposeError(field, f"local part longer than {_MAX_LOCAL} characters")
-    address = f"{local}@{_ascii_domain(field, domain)}"
-    if len(address) > _MAX_ADDRESS:
-        raise ComposeError(field, f"address longer than {_MAX_ADDRESS} characters")
-    return address
-
-
-def _parse_address(value: str, field: str) -> Address:
-    """One checked address from "Name <addr>", '"Doe, Jane" <addr>', "<addr>" or a bare "addr"."""
-    value = check_header_value(field, value)
-    if not value:
-        raise ComposeError(field, "empty address")
-    match = _ANGLE_FORM.match(value)
-    if match:
-        name, addr = match.group("name").strip(), match.group("addr").strip()
-        if len(name) >= 2 and name[0] == name[-1] == '"':
-            name = re.sub(r"\\(.)", r"\1", name[1:-1])
-    elif "<" in value or ">" in value:
-        raise ComposeError(field, "malformed address (unbalanced or repeated angle brackets)")
-    else:
-        name, addr = "", value
-    return Address(display_name=_display_name(field, name), addr_spec=_addr_spec(field, addr))
-
-
-def validate_address(value: str, *, field: str = "address") -> str:
-    """The normalized form of one address ("Name <addr>" or "addr", domain in punycode) or a ComposeError."""
-    address = _parse_address(value, field)
-    return str(address) if address.display_name else address.addr_spec
-
-
-def _msgid(field: str, value: str, *, need_at: bool) -> str:
-    """A Message-ID without angle brackets; printable ASCII, no spaces, at most 250 characters."""
-    value = check_header_value(field, value)
-    if value.startswith("<") and value.endswith(">"):
-        value = value[1:-1].strip()
-    if not value:
-        raise ComposeError(field, "empty message id")
-    if not _MSGID_TEXT.match(value):
-        raise ComposeError(field, "message id must be printable ASCII without spaces or angle brackets")
-    if len(value) > _MAX_MSGID:
-        raise ComposeError(field, f"message id longer than {_MAX_MSGID} characters")
-    if need_at and "@" not in value:
-        raise ComposeError(field, "message id needs an @")
-    return value
-
-
 def _as_tuple(value: Iterable[str] | str | None) -> tuple[str, ...]:
     """A tuple of strings, a lone string counting as one item."""
     if value is None:
@@ -279,7 +131,7 @@ def _as_tuple(value: Iterable[str] | str | None) -> tuple[str, ...]:
 def _recipients(draft: Draft) -> tuple[tuple[Address, ...], tuple[Address, ...], tuple[Address, ...]]:
     """Checked To, Cc and Bcc; at least one recipient overall."""
     groups = tuple(
-        tuple(_parse_address(v, f"{name}[{i}]") for i, v in enumerate(_as_tuple(values)))
+        tuple(parse_address(v, f"{name}[{i}]") for i, v in enumerate(_as_tuple(values)))
         for name, values in (("to", draft.to), ("cc", draft.cc), ("bcc", draft.bcc)))
     if not any(groups):
         raise ComposeError("to", "at least one recipient is required")
@@ -320,7 +172,7 @@ def _unsubscribe_mailto(value: str) -> str:
     addr, _, query = raw.partition("?")
     if not _MAILTO_QUERY.match(query):
         raise ComposeError("unsubscribe_mailto", "query must be percent-encoded printable ASCII")
-    uri = f"mailto:{_addr_spec('unsubscribe_mailto', addr)}" + (f"?{query}" if query else "")
+    uri = f"mailto:{addr_spec('unsubscribe_mailto', addr)}" + (f"?{query}" if query else "")
     if len(uri) > _MAX_URL:
         raise ComposeError("unsubscribe_mailto", f"longer than {_MAX_URL} characters")
     return uri
@@ -356,13 +208,13 @@ def _attachment_part(index: int, att: OutgoingAttachment, disposition: str) -> M
     if not isinstance(att.content, (bytes, bytearray, memoryview)):
         raise ComposeError(f"{base}.content", "must be bytes")
     content = bytes(att.content)
-    filename = _display_name(f"{base}.filename", att.filename) or "attachment"
+    filename = display_name(f"{base}.filename", att.filename) or "attachment"
     ctype = check_header_value(f"{base}.content_type", att.content_type).lower()
     if not _CONTENT_TYPE.match(ctype) or ctype.startswith("multipart/"):
         raise ComposeError(f"{base}.content_type", f"invalid content type {ctype!r}")
     cid = None
     if att.content_id is not None:
-        cid = "<" + _msgid(f"{base}.content_id", att.content_id, need_at=False) + ">"
+        cid = "<" + msgid(f"{base}.content_id", att.content_id, need_at=False) + ">"
     part = MIMEPart(policy=_POLICY)
     maintype, subtype = ctype.split("/", 1)
     if maintype == "message":
@@ -425,7 +277,7 @@ def _structure(text: str, html: str | None, attachments: tuple[OutgoingAttachmen
     regular = [(i, a) for i, a in enumerate(attachments) if a.content_id is None or html is None]
     seen_cids: set[str] = set()
     for i, att in inline:
-        cid = _msgid(f"attachments[{i}].content_id", att.content_id or "", need_at=False)
+        cid = msgid(f"attachments[{i}].content_id", att.content_id or "", need_at=False)
         if cid in seen_cids:
             raise ComposeError(f"attachments[{i}].content_id", f"duplicate content id {cid!r}")
         seen_cids.add(cid)
@@ -443,21 +295,21 @@ def _structure(text: str, html: str | None, attachments: tuple[OutgoingAttachmen
 
 def compose(draft: Draft) -> tuple[bytes, str]:
     """Build the message for ``draft``: (raw bytes with CRLF line ends, Message-ID without brackets)."""
-    given = _parse_address(draft.from_email, "from_email")
-    sender = Address(display_name=_display_name("from_name", draft.from_name) or given.display_name,
+    given = parse_address(draft.from_email, "from_email")
+    sender = Address(display_name=display_name("from_name", draft.from_name) or given.display_name,
                      addr_spec=given.addr_spec)
     to, cc, _bcc = _recipients(draft)
     subject = check_header_value("subject", draft.subject or "")
     if draft.message_id is not None:
-        message_id = _msgid("message_id", draft.message_id, need_at=True)
+        message_id = msgid("message_id", draft.message_id, need_at=True)
     else:
         message_id = f"{secrets.token_hex(16)}@{sender.domain}"
     date = draft.date if draft.date is not None else datetime.now(timezone.utc)
     if not isinstance(date, datetime) or date.utcoffset() is None:
         raise ComposeError("date", "must be a timezone-aware datetime")
-    in_reply_to = _msgid("in_reply_to", draft.in_reply_to, need_at=False) if draft.in_reply_to else None
+    in_reply_to = msgid("in_reply_to", draft.in_reply_to, need_at=False) if draft.in_reply_to else None
     references = tuple(dict.fromkeys(
-        _msgid(f"references[{i}]", ref, need_at=False) for i, ref in enumerate(_as_tuple(draft.references))))
+        msgid(f"references[{i}]", ref, need_at=False) for i, ref in enumerate(_as_tuple(draft.references))))
     if not references and in_reply_to:
         references = (in_reply_to,)
     email_id = None
@@ -525,54 +377,9 @@ def _extra_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str | 
         if name.lower() in _RESERVED_HEADERS or name.lower().startswith("content-"):
             raise ComposeError(field_name, f"header {name} is set by mailpipe and cannot be overridden")
         if name.lower() == "reply-to":
-            checked.append((name, _parse_address(item[1], field_name)))
+            checked.append((name, parse_address(item[1], field_name)))
         else:
             checked.append((name, check_header_value(field_name, item[1])))
     return checked
 
 
-# --- Replies and forwards -----------------------------------------------------------------------------
-
-
-def _clean_ids(values: Iterable[str | None]) -> list[str]:
-    """Message-IDs from bracketed or bare strings, without brackets; unusable ones skipped."""
-    found: list[str] = []
-    for value in values:
-        if not isinstance(value, str):
-            continue
-        candidates = _MSGID_IN_TEXT.findall(value) or value.replace(",", " ").split()
-        for candidate in candidates:
-            try:
-                found.append(_msgid("references", candidate.strip(), need_at=False))
-            except ComposeError:
-                continue
-    return list(dict.fromkeys(found))
-
-
-def reply_headers(original_message_id: str | None,
-                  original_references: Sequence[str]) -> tuple[str | None, tuple[str, ...]]:
-    """In-Reply-To and References for a reply: the parent's references plus its id, deduplicated, capped."""
-    parent = _clean_ids([original_message_id])
-    in_reply_to = parent[0] if parent else None
-    refs = [ref for ref in _clean_ids(_as_tuple(original_references)) if ref != in_reply_to]
-    if in_reply_to:
-        refs.append(in_reply_to)
-    if len(refs) > MAX_REFERENCES:  # keep the thread root and the most recent ancestors
-        refs = refs[:1] + refs[-(MAX_REFERENCES - 1):]
-    return in_reply_to, tuple(refs)
-
-
-def _strip_prefixes(subject: str, pattern: re.Pattern[str]) -> str:
-    """``subject`` with every leading prefix matching ``pattern`` removed."""
-    subject = " ".join((subject or "").split())
-    return pattern.sub("", subject, count=1)
-
-
-def reply_subject(subject: str) -> str:
-    """"Re: subject" without stacking Re prefixes ("Re: RE: x" → "Re: x")."""
-    return f"Re: {_strip_prefixes(subject, _REPLY_PREFIX)}".rstrip()
-
-
-def forward_subject(subject: str) -> str:
-    """"Fwd: subject" without stacking Fwd/FW prefixes ("FW: Fwd: x" → "Fwd: x")."""
-    return f"Fwd: {_strip_prefixes(subject, _FORWARD_PREFIX)}".rstrip()

@@ -1,5 +1,5 @@
-"""The original message under a reply ("On …, … wrote:" and a blockquote) or a forward (the
-"Forwarded message" block). Pure: no I/O.
+"""Replies and forwards: the original message under a reply ("On …, … wrote:" and a blockquote) or a
+forward (the "Forwarded message" block), and their subjects and threading headers. Pure: no I/O.
 
 The original is untrusted (a stranger wrote it), so everything here is linear in its size: the HTML
 is re-serialized by lxml after linear passes dropping scripts, styles and event handlers, and the text
@@ -12,18 +12,24 @@ from __future__ import annotations
 
 import html as html_lib
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 import lxml.html
 
 from pipeline.stages.budgets import QUOTE_CHARS, TRUNCATED_NOTICE, clip
+from pipeline.stages.header_rules import ComposeError, msgid
 from pipeline.stages.html_guard import drop_elements
 from pipeline.stages.html_text import html_to_text, parse_html
 from pipeline.stages.slices import cut_after_newline, sub_in_slices
 
-__all__ = ["forward_block", "quote_for_reply"]
+__all__ = ["MAX_REFERENCES", "forward_block", "forward_subject", "quote_for_reply", "reply_headers", "reply_subject"]
 
+MAX_REFERENCES = 20
+_MSGID_IN_TEXT = re.compile(r"<([^<>]*)>")
+# Every leading prefix at once; possessive, so a long run of prefixes is read once, never backtracked.
+_REPLY_PREFIX = re.compile(r"^(?:\s*+re\s*+(?:\[\d++\])?\s*+:\s*+)++", re.I)
+_FORWARD_PREFIX = re.compile(r"^(?:\s*+fwd?\s*+(?:\[\d++\])?\s*+:\s*+)++", re.I)
 _QUOTE_DROP_TAGS = frozenset("head script style title meta link base iframe object embed noscript".split())
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -124,3 +130,47 @@ def forward_block(html: str | None, text: str | None, *, from_: str, to: Sequenc
     html_head = "<br>\n".join([html_lib.escape(head), *(f"{k}: {html_lib.escape(v)}" for k, v in fields)])
     html_block = f'<div class="mailpipe_fwd">{html_head}<br>\n<br>\n{_html_body(html, text, clipped)}</div>'
     return html_block, text_block.rstrip("\n")
+
+
+def _clean_ids(values: Iterable[str | None]) -> list[str]:
+    """Message-IDs from bracketed or bare strings, without brackets; unusable ones skipped."""
+    found: list[str] = []
+    for value in values:
+        if not isinstance(value, str):
+            continue
+        candidates = _MSGID_IN_TEXT.findall(value) or value.replace(",", " ").split()
+        for candidate in candidates:
+            try:
+                found.append(msgid("references", candidate.strip(), need_at=False))
+            except ComposeError:
+                continue
+    return list(dict.fromkeys(found))
+
+
+def reply_headers(original_message_id: str | None,
+                  original_references: Sequence[str]) -> tuple[str | None, tuple[str, ...]]:
+    """In-Reply-To and References for a reply: the parent's references plus its id, deduplicated, capped."""
+    parent = _clean_ids([original_message_id])
+    in_reply_to = parent[0] if parent else None
+    refs = [ref for ref in _clean_ids(tuple(original_references)) if ref != in_reply_to]
+    if in_reply_to:
+        refs.append(in_reply_to)
+    if len(refs) > MAX_REFERENCES:  # keep the thread root and the most recent ancestors
+        refs = refs[:1] + refs[-(MAX_REFERENCES - 1):]
+    return in_reply_to, tuple(refs)
+
+
+def _strip_prefixes(subject: str, pattern: re.Pattern[str]) -> str:
+    """``subject`` with every leading prefix matching ``pattern`` removed."""
+    subject = " ".join((subject or "").split())
+    return pattern.sub("", subject, count=1)
+
+
+def reply_subject(subject: str) -> str:
+    """"Re: subject" without stacking Re prefixes ("Re: RE: x" → "Re: x")."""
+    return f"Re: {_strip_prefixes(subject, _REPLY_PREFIX)}".rstrip()
+
+
+def forward_subject(subject: str) -> str:
+    """"Fwd: subject" without stacking Fwd/FW prefixes ("FW: Fwd: x" → "Fwd: x")."""
+    return f"Fwd: {_strip_prefixes(subject, _FORWARD_PREFIX)}".rstrip()

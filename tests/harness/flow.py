@@ -83,7 +83,7 @@ def sent_tracked_emails(org_id: str, account_id: str, n: int, *, sent_ago: timed
 
     from models import Delivery, new_id, utcnow
     from ops.keys import get_keyring
-    from pipeline.stages.tracking import recipient_hash
+    from pipeline.stages.tracking_ids import recipient_hash
 
     out = []
     sign = partial(get_keyring().sign, "open")

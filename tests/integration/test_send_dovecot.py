@@ -22,7 +22,7 @@ from models.db import get_engine
 from ops.keys import get_keyring
 from pipeline.clients import imap
 from pipeline.flows.connections import tls_context
-from pipeline.stages.tracking import verify_link_hash, verify_recipient_hash
+from pipeline.stages.tracking_ids import verify_link_hash, verify_recipient_hash
 from tests.conftest import reset_process_state
 from tests.harness.dovecot import Dovecot
 from tests.harness.flow import CRM, count, make_org, seed_crm, tick

@@ -13,21 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.stages.compose import (
-    ComposeError,
-    Draft,
-    OutgoingAttachment,
-    check_header_value,
-    compose,
-    envelope_recipients,
-    forward_block,
-    forward_subject,
-    html_to_text,
-    quote_for_reply,
-    reply_headers,
-    reply_subject,
-    validate_address,
-)
+from pipeline.stages.compose import Draft, OutgoingAttachment, compose, envelope_recipients
+from pipeline.stages.header_rules import ComposeError, check_header_value, validate_address
+from pipeline.stages.html_text import html_to_text
+from pipeline.stages.quoting import forward_block, forward_subject, quote_for_reply, reply_headers, reply_subject
 from pipeline.stages.parse import ParsedEmail, parse_email
 
 WHEN = datetime(2025, 1, 6, 10, 0, tzinfo=timezone.utc)

@@ -19,11 +19,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.stages import budgets, html_text, merge, notion_blocks, parse, quoting
-from pipeline.stages.compose import Draft, compose, forward_block, html_to_text, quote_for_reply
+from pipeline.stages.compose import Draft, compose
+from pipeline.stages.html_text import html_to_text
+from pipeline.stages.quoting import forward_block, quote_for_reply
 from pipeline.stages.merge import MergeSyntaxError, render
 from pipeline.stages.notion_blocks import html_to_blocks
 from pipeline.stages.parse import parse_email
-from pipeline.stages.tracking import inject
+from pipeline.stages.link_rewrite import inject
 
 WHEN = datetime(2025, 1, 6, 10, 0, tzinfo=timezone.utc)
 _NESTABLE = ["div", "blockquote", "ul", "li", "span", "table", "td", "b", "p", "pre", "a href='https://x.example/'"]

@@ -1,4 +1,4 @@
-"""pipeline.clients.storage: local and in-memory backends, key rules, URL parsing, the cached backend."""
+"""pipeline.clients.storage: the local backend and the tests' in-memory one, key rules, URL parsing, the cached backend."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from pipeline.clients.storage import (
     MAX_KEY_LENGTH,
     InvalidKey,
     LocalStorage,
-    MemoryStorage,
     S3Storage,
     Storage,
     StorageError,
@@ -29,6 +28,7 @@ from pipeline.clients.storage import (
     storage_from_url,
     validate_key,
 )
+from tests.harness.memory_storage import MemoryStorage
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "org/o1/emails/e1/0-report.pdf"
@@ -323,8 +323,10 @@ class TestFromUrl:
             storage_from_url(url)
         assert "\n" not in str(info.value)
 
-    def test_memory_url(self) -> None:
-        assert isinstance(storage_from_url("memory://"), MemoryStorage)
+    def test_memory_is_not_a_product_backend(self) -> None:
+        """The in-memory store is a test double (tests/harness): a deployment cannot pick it by accident."""
+        with pytest.raises(ValueError, match="unsupported storage URL scheme 'memory'"):
+            storage_from_url("memory://")
 
     def test_s3_url_offline(self) -> None:
         """Parsing an S3 URL needs no network: bucket, prefix, endpoint, region and path-style addressing."""

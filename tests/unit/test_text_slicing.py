@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 from pipeline.stages import compose as compose_module
 from pipeline.stages import html_text, mime_bytes, slices
 from pipeline.stages.budgets import MAX_ATTRIBUTES
-from pipeline.stages.compose import Draft, OutgoingAttachment, compose, html_to_text
+from pipeline.stages.compose import Draft, OutgoingAttachment, compose
+from pipeline.stages.html_text import html_to_text
 from pipeline.stages.html_guard import cap_attributes, drop_elements
 
 # (pattern, replacement, cut) as the transformations use them.

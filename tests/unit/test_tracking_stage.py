@@ -1,4 +1,5 @@
-"""Unit tests for pipeline.stages.tracking: pixel and link injection, hashes, machine opens and clicks."""
+"""Unit tests for the tracking stages: pixel and link injection (link_rewrite), hashes (tracking_ids),
+machine opens and clicks (hit_classify)."""
 
 from __future__ import annotations
 
@@ -13,24 +14,10 @@ from lxml import etree
 
 from ops.crypto import Keyring, generate_key_entry
 from ops.settings import parse_secret_keys
-from pipeline.stages import tracking
-from pipeline.stages.tracking import (
-    APPLE_NETWORKS,
-    Injected,
-    TrackedLinkSpec,
-    Verdict,
-    classify_click,
-    classify_open,
-    click_url,
-    inject,
-    is_machine_click,
-    is_machine_open,
-    link_hash,
-    open_url,
-    recipient_hash,
-    verify_link_hash,
-    verify_recipient_hash,
-)
+from pipeline.stages import link_rewrite as tracking
+from pipeline.stages.hit_classify import APPLE_NETWORKS, Verdict, classify_click, classify_open, is_machine_click, is_machine_open
+from pipeline.stages.link_rewrite import Injected, TrackedLinkSpec, inject
+from pipeline.stages.tracking_ids import click_url, link_hash, open_url, recipient_hash, verify_link_hash, verify_recipient_hash
 
 PUBLIC = "https://crm.example.com"
 EMAIL_ID = "em_01HX"

@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse
 from models import Document, Email, EmailAccount
 from models.db import get_engine
 from pipeline.flows.outbound import Outgoing, SendRejected, Submitted, cancel, submit
-from pipeline.stages.compose import forward_block, forward_subject, quote_for_reply, reply_subject
+from pipeline.stages.quoting import forward_block, forward_subject, quote_for_reply, reply_subject
 from web.api import ApiRouter
 from web.errors import ApiError
 from web.schemas.emails import CancelOut, SendAccepted

@@ -31,7 +31,7 @@ from models.db import get_engine
 from ops.keys import get_keyring
 from ops.settings import get_settings
 from web.intake import event_id
-from pipeline.stages.tracking import verify_link_hash
+from pipeline.stages.tracking_ids import verify_link_hash
 from web.api import ApiRouter, Raw
 from web.schemas.emails import TrackingOut
 from web.errors import ApiError

@@ -22,7 +22,7 @@ from models import Delivery, Outbox, Suppression, normalize_email
 from models.db import get_engine
 from models.upsert import insert_ignore
 from ops.keys import get_keyring
-from pipeline.stages.tracking import verify_recipient_hash
+from pipeline.stages.tracking_ids import verify_recipient_hash
 from web.api import ApiRouter, Raw
 
 router = ApiRouter("unsubscribe")
