@@ -32,12 +32,30 @@ def new_id() -> str:
     return f"{int(time.time() * 1000):012x}{os.urandom(6).hex()}"
 
 
+_FORBIDDEN_IN_ADDRESS = frozenset('<>()[]\\,;:"')
+
+
 def normalize_email(value: str | None) -> str | None:
-    """The matching form of an address: stripped, without <>, lowercase; None when empty."""
-    if value is None:
+    """The one matching form of an address: its addr-spec, lowercased, without brackets; None when
+    ``value`` holds no plausible address.
+
+    Accepts a bare ``jane@x.com``, ``<jane@x.com>``, a header value ``"Doe, Jane" <Jane@X.com>`` and
+    ``mailto:jane@x.com``. Every lookup, link, suppression and ``*_norm`` column uses this.
+    """
+    if not value:
         return None
-    v = value.strip().strip("<>").strip().lower()
-    return v or None
+    text = value.strip()
+    if text.lower().startswith("mailto:"):
+        text = text[len("mailto:"):].strip()
+    if text.endswith(">") and "<" in text:  # "<a@b>" as well as a full "Name <a@b>"
+        text = text[text.rindex("<") + 1 : -1].strip()
+    text = text.lower()
+    if text.count("@") != 1 or any(ch.isspace() or ch in _FORBIDDEN_IN_ADDRESS for ch in text):
+        return None
+    local, domain = text.split("@")
+    if not local or not domain or domain.startswith(".") or domain.endswith(".") or ".." in domain:
+        return None
+    return text
 
 
 class UTCDateTime(TypeDecorator[datetime]):

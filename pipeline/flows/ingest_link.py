@@ -10,14 +10,14 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, or_, select, update
 from sqlmodel import Session
 
-from models import Contact, CrmAccount, Email, EmailAccount, EmailAddress, EmailLink, Lead, RelinkRequest
+from models import Contact, CrmAccount, Email, EmailAccount, EmailAddress, EmailLink, Lead, RelinkRequest, normalize_email
 from models.db import get_engine
 from models.upsert import insert_ignore
 from ops import metrics
 from pipeline import jobs
 from pipeline.flows.chain import in_state, move
 from pipeline.scheduler import register_sweep
-from pipeline.stages.autolink import CrmMatch, DictDirectory, LinkDecision, links_for_new_record, normalize_email, plan_links
+from pipeline.stages.autolink import CrmMatch, DictDirectory, LinkDecision, links_for_new_record, plan_links
 
 __all__ = ["SqlDirectory", "enqueue_relink", "link_batch", "relink_record", "store_links", "sweep_relinks"]
 

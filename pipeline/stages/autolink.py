@@ -13,6 +13,8 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from models.base import normalize_email
+
 __all__ = [
     "CrmDirectory",
     "CrmMatch",
@@ -23,7 +25,6 @@ __all__ = [
     "LinkPlan",
     "candidate_addresses",
     "links_for_new_record",
-    "normalize_email",
     "plan_links",
 ]
 
@@ -40,7 +41,6 @@ _RECORD_FIELDS: dict[str, tuple[str, ...]] = {
     "account": ("email",),
 }
 _TABLES: dict[str, str] = {"contact": "contacts", "lead": "leads", "account": "accounts"}
-_FORBIDDEN_CHARS = frozenset('<>()[]\\,;:"')
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,25 +143,6 @@ def _row_id(row: Mapping[str, str | None]) -> str:
     return row_id
 
 
-def normalize_email(addr: str | None) -> str:
-    """Return ``addr`` stripped, unbracketed and lowercased, or "" when it is not a plausible address."""
-    if not addr:
-        return ""
-    text = addr.strip()
-    if text.lower().startswith("mailto:"):
-        text = text[len("mailto:") :].strip()
-    if text.endswith(">") and "<" in text:
-        # Bare "<a@b>" as well as a full "Name <a@b>" header value.
-        text = text[text.rindex("<") + 1 : -1].strip()
-    text = text.lower()
-    if text.count("@") != 1 or any(ch.isspace() or ch in _FORBIDDEN_CHARS for ch in text):
-        return ""
-    local, domain = text.split("@")
-    if not local or not domain or domain.startswith(".") or domain.endswith(".") or ".." in domain:
-        return ""
-    return text
-
-
 def candidate_addresses(
     direction: Direction,
     from_email: str | None,
@@ -213,7 +194,7 @@ def plan_links(
         return LinkPlan((), needs_review=False, unlinked=True, reason="no candidate addresses", addresses=())
     found: dict[str, list[CrmMatch]] = {}
     for key, matches in directory.lookup(addresses).items():
-        found.setdefault(normalize_email(key), []).extend(matches)
+        found.setdefault(normalize_email(key) or key, []).extend(matches)
 
     links: dict[tuple[str, str], LinkDecision] = {}
     derived: list[LinkDecision] = []

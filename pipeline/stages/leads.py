@@ -12,7 +12,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from email.utils import parseaddr
 
-from pipeline.stages.autolink import normalize_email
+from models.base import normalize_email
 
 __all__ = [
     "LeadDecision",
@@ -130,7 +130,7 @@ def split_display_name(name: str | None, email: str) -> tuple[str | None, str]:
 
 def automated_sender(address: str | None) -> str | None:
     """Return a reason when the address is a no-reply, bounce or daemon mailbox, else None."""
-    local = normalize_email(address).split("@", 1)[0]
+    local = (normalize_email(address) or "").split("@", 1)[0]
     match = _NO_REPLY_LOCAL.match(local) if local else None
     if match is None:
         return None

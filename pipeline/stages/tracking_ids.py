@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from urllib.parse import quote
 
-from pipeline.stages.autolink import normalize_email
+from models.base import normalize_email
 
 __all__ = ["Signer", "Verifier", "click_url", "link_hash", "open_url", "recipient_hash", "verify_link_hash", "verify_recipient_hash"]
 

@@ -7,6 +7,7 @@ from dataclasses import FrozenInstanceError
 
 import pytest
 
+from models.base import normalize_email
 from pipeline.stages.autolink import (
     CrmMatch,
     DictDirectory,
@@ -14,7 +15,6 @@ from pipeline.stages.autolink import (
     LinkPlan,
     candidate_addresses,
     links_for_new_record,
-    normalize_email,
     plan_links,
 )
 
@@ -52,7 +52,7 @@ class RecordingDirectory:
 
 
 class TestNormalizeEmail:
-    """normalize_email: the canonical address form used on both sides of a match."""
+    """models.base.normalize_email: the one canonical address form, used on both sides of every match."""
 
     def test_lowercases_and_strips(self) -> None:
         """Surrounding whitespace goes and the whole address is lowercased."""
@@ -74,13 +74,13 @@ class TestNormalizeEmail:
         "junk",
         ["", "   ", "jane", "@x.com", "jane@", "a@b@c.com", "jane doe@x.com", "jane@x..com", "jane@.x.com", "<>"],
     )
-    def test_junk_gives_empty_string(self, junk: str) -> None:
-        """Anything that is not one local part, one @ and a sane domain normalizes to ""."""
-        assert normalize_email(junk) == ""
+    def test_junk_gives_none(self, junk: str) -> None:
+        """Anything that is not one local part, one @ and a sane domain is no address (None)."""
+        assert normalize_email(junk) is None
 
-    def test_none_gives_empty_string(self) -> None:
-        """A missing address normalizes to ""."""
-        assert normalize_email(None) == ""
+    def test_none_gives_none(self) -> None:
+        """A missing address is no address."""
+        assert normalize_email(None) is None
 
 
 class TestCandidateAddresses:
