@@ -35,6 +35,7 @@ __all__ = [
     "TRACKING_RECORD",
     "TRACKING_SETTLE",
     "Job",
+    "chain",
     "ingest_chain",
 ]
 
@@ -76,6 +77,12 @@ JOBS = (FETCH_ACCOUNT, INGEST_PARSE, INGEST_ATTACHMENTS, INGEST_LINK, INGEST_LEA
 _CHAIN = (INGEST_PARSE, INGEST_ATTACHMENTS, INGEST_LINK, INGEST_LEADS, INGEST_NOTIFY)
 
 
+def chain(*messages: dramatiq.Message[Any]) -> pipeline:
+    """A Dramatiq pipeline of ``messages`` on the process broker (each result is handed to the next
+    message unless it says ``pipe_ignore``)."""
+    return pipeline(messages, broker=get_broker())
+
+
 def ingest_chain(email_ids: Sequence[str]) -> pipeline:
     """The five ingest stages for a batch of ids as one Dramatiq pipeline (not yet run).
 
@@ -84,4 +91,4 @@ def ingest_chain(email_ids: Sequence[str]) -> pipeline:
     """
     ids = list(email_ids)
     first, *rest = _CHAIN
-    return pipeline([first.message(ids), *(job.message(ids, pipe_ignore=True) for job in rest)])
+    return chain(first.message(ids), *(job.message(ids, pipe_ignore=True) for job in rest))

@@ -10,7 +10,6 @@ import os
 import socket
 import time
 
-from dramatiq import pipeline
 from sqlalchemy import update
 
 from models import SelfTestRun, utcnow
@@ -37,7 +36,7 @@ def start_run() -> str:
     run = SelfTestRun()
     with session_scope() as s:
         s.add(run)
-    pipeline([jobs.SELFTEST_FIRST.message(run.id), jobs.SELFTEST_SECOND.message()]).run()
+    jobs.chain(jobs.SELFTEST_FIRST.message(run.id), jobs.SELFTEST_SECOND.message()).run()
     return run.id
 
 
