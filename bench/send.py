@@ -138,8 +138,8 @@ def mailpipe(server: SmtpServer, cafile: Path, workdir: Path, latency_n: int, n:
 
         from models.db import get_engine
         from ops.migrate import upgrade
-        from pipeline.flows import accounts as svc
         from pipeline.broker import build_broker, use_broker
+        from pipeline.flows import accounts as svc
         from tests.harness.flow import make_org
 
         upgrade(env["MAILPIPE_DATABASE_URL"])

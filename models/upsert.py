@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 from sqlalchemy.dialects import postgresql, sqlite
@@ -12,7 +12,7 @@ from sqlmodel import Session, SQLModel
 __all__ = ["insert_ignore", "row_defaults"]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _defaults(model: type[SQLModel]) -> tuple[tuple[str, Callable[[], Any] | None, Any], ...]:
     """(field, default_factory, default) for every field, computed once per model."""
     out = []

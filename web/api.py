@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
@@ -33,8 +33,8 @@ class Raw:
     schema: dict[str, Any] = field(default_factory=lambda: {"type": "string"})
 
 
-Schema = Union[type[BaseModel], Raw, None]
-Reply = Union[str, tuple[str, Schema]]
+Schema = type[BaseModel] | Raw | None
+Reply = str | tuple[str, Schema]
 
 
 @dataclass(frozen=True, slots=True)

@@ -392,7 +392,7 @@ class _ImapToolsSession:
             for response in reversed(parse_responses(data)):
                 if len(response) >= 2 and isinstance(response[-1], list):
                     pairs = response[-1]
-                    values = {str(k).upper(): v for k, v in zip(pairs[0::2], pairs[1::2])}
+                    values = {str(k).upper(): v for k, v in zip(pairs[0::2], pairs[1::2], strict=False)}
                     return FolderStatus(
                         uidvalidity=_int(values.get("UIDVALIDITY")),
                         uidnext=_int(values.get("UIDNEXT")),

@@ -155,7 +155,7 @@ def fetch_items(response: Sequence[Value]) -> dict[str, Value] | None:
     if not isinstance(items, list) or len(items) % 2:
         return None
     result: dict[str, Value] = {}
-    for key, value in zip(items[0::2], items[1::2]):
+    for key, value in zip(items[0::2], items[1::2], strict=True):
         if not isinstance(key, str):
             return None
         result[key.upper()] = value

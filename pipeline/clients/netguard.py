@@ -19,8 +19,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.stages.netpolicy import (IpAddress, IpNetwork, Nets, Refusal, check_addresses, destination, embedded_ipv4, host_literal,
-                                       parse_nets)
+from pipeline.stages.netpolicy import (
+    IpAddress,
+    IpNetwork,
+    Nets,
+    Refusal,
+    check_addresses,
+    destination,
+    embedded_ipv4,
+    host_literal,
+    parse_nets,
+)
 
 __all__ = ["MAIL_SETTING", "WEBHOOK_SETTING", "CheckedHost", "HostNotAllowed", "check_host", "mail_nets", "open_socket",
            "webhook_nets"]

@@ -33,6 +33,8 @@ from aiosmtplib.protocol import normalize_message_line_endings
 
 from pipeline.clients import netguard
 from pipeline.clients.errors import ConnErrorKind
+from pipeline.stages.endpoint_rules import PLAINTEXT_REASON
+from pipeline.stages.netpolicy import Nets
 from pipeline.stages.smtp_reply import (
     SmtpOutcome,
     SmtpVerdict,
@@ -40,8 +42,6 @@ from pipeline.stages.smtp_reply import (
     classify_reply,
     overall_verdict,
 )
-from pipeline.stages.endpoint_rules import PLAINTEXT_REASON
-from pipeline.stages.netpolicy import Nets
 from pipeline.stages.wire_text import control_character, host_problem
 
 __all__ = [

@@ -16,8 +16,22 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlmodel import Session
 
-from models import (Delivery, Document, Email, EmailAccount, EmailAddress, EmailLink, EmailLocation, FolderState, Outbox, TrackedLink,
-                    TrackingEvent, new_id, normalize_email, utcnow)
+from models import (
+    Delivery,
+    Document,
+    Email,
+    EmailAccount,
+    EmailAddress,
+    EmailLink,
+    EmailLocation,
+    FolderState,
+    Outbox,
+    TrackedLink,
+    TrackingEvent,
+    new_id,
+    normalize_email,
+    utcnow,
+)
 from models.db import get_engine
 from models.oauth import OAuthGrant
 from ops.keys import seal

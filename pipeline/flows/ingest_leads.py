@@ -10,11 +10,10 @@ pushed to their websocket after the commit, like every notification.
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 from sqlalchemy import select
 from sqlmodel import Session
-
-from typing import Any
 
 from models import EmailAccount, Lead, Organization
 from models.db import get_engine

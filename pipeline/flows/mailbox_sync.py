@@ -220,7 +220,7 @@ def adopt_known(s: Session, account_id: str, folder: str, uidvalidity: int | Non
     old = sorted({k for k in legacy if k})
     stored = dict(s.execute(select(Email.dedupe_key, Email.raw_key).where(
         Email.account_id == account_id, Email.dedupe_key.in_(old))).all()) if old else {}  # type: ignore[attr-defined]
-    for i, (row, (key, m)) in enumerate(zip(rows, locations)):
+    for i, (row, (key, m)) in enumerate(zip(rows, locations, strict=True)):
         adopted = by_uid.get(m.uid)
         if adopted is None and legacy[i] in stored and stored[legacy[i]] == row["raw_key"]:
             adopted = legacy[i]

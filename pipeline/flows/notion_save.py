@@ -229,7 +229,7 @@ class NotionSaveRun:
         for group in nb.batches(rest):
             sent = self._resolve_uploads(client, [b for b, _ in group])
             result = call(client.blocks.children.append, block_id=self.row.page_id, children=sent)
-            for created, (_, later) in zip(result.get("results", []), group):
+            for created, (_, later) in zip(result.get("results", []), group, strict=False):
                 if later:
                     self._append_tree(client, created["id"], later)
             self._set(blocks_done=self.row.blocks_done + len(group))
@@ -237,7 +237,7 @@ class NotionSaveRun:
     def _append_tree(self, client: Any, parent_id: str, children: list[dict[str, Any]]) -> None:
         for group in nb.batches(children):
             result = call(client.blocks.children.append, block_id=parent_id, children=[b for b, _ in group])
-            for created, (_, later) in zip(result.get("results", []), group):
+            for created, (_, later) in zip(result.get("results", []), group, strict=False):
                 if later:
                     self._append_tree(client, created["id"], later)
 

@@ -29,10 +29,10 @@ from pipeline.flows.merge_fields import MergeRecordMissing, merge_values
 from pipeline.stages import outbound as plan
 from pipeline.stages.compose import ComposeError, Draft, OutgoingAttachment, compose, envelope_recipients, recipient_groups
 from pipeline.stages.html_text import html_to_text
-from pipeline.stages.quoting import reply_headers
 from pipeline.stages.identity import message_identity
 from pipeline.stages.merge import MergeSyntaxError, render_parts, suggest, unknown_fields
 from pipeline.stages.parse import snippet
+from pipeline.stages.quoting import reply_headers
 
 __all__ = ["Outgoing", "SendRejected", "Submitted", "cancel", "draft_from_json", "submit"]
 

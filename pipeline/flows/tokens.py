@@ -25,7 +25,7 @@ from models import EmailAccount, utcnow
 from models.db import get_engine
 from models.oauth import OAuthGrant
 from ops import metrics
-from ops.keys import unseal, seal
+from ops.keys import seal, unseal
 from ops.settings import get_settings
 from pipeline.clients.oauth import TokenEndpointError, post_form
 from pipeline.flows import notifications

@@ -126,7 +126,7 @@ def cap_per_token(s: Session, rows: list[dict[str, Any]], per_minute: int) -> tu
         stored[(e.email_id, e.kind, e.recipient_hash or e.link_hash or "")].append(e.at.timestamp())
     keep = window_cap((((r["email_id"], r["kind"], r["recipient_hash"] or r["link_hash"] or ""), r["at"].timestamp()) for r in rows),
                       stored, limit=per_minute, window=TOKEN_WINDOW.total_seconds())
-    return [r for r, ok in zip(rows, keep) if ok], [r["kind"] for r, ok in zip(rows, keep) if not ok]
+    return [r for r, ok in zip(rows, keep, strict=True) if ok], [r["kind"] for r, ok in zip(rows, keep, strict=True) if not ok]
 
 
 def count_throttled(kinds: list[str]) -> None:

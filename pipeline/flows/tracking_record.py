@@ -33,8 +33,19 @@ from ops.settings import get_settings
 from pipeline import jobs
 from pipeline.flows import notifications
 from pipeline.flows.notify_email import mark_pending
-from pipeline.flows.tracking_hits import (Batch, anonymize, cap_per_token, collapse_replays, count, count_throttled, existing,
-                                          lock_emails, notify, verify, when)
+from pipeline.flows.tracking_hits import (
+    Batch,
+    anonymize,
+    cap_per_token,
+    collapse_replays,
+    count,
+    count_throttled,
+    existing,
+    lock_emails,
+    notify,
+    verify,
+    when,
+)
 from pipeline.scheduler import register_sweep
 from pipeline.stages.hit_classify import classify_click, classify_open
 

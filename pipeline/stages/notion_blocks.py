@@ -25,7 +25,8 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any
 
-from lxml import etree, html as lxml_html
+from lxml import etree
+from lxml import html as lxml_html
 
 from pipeline.stages.budgets import NOTION_HTML_CHARS, TRUNCATED_NOTICE, clip
 from pipeline.stages.html_guard import cap_attributes

@@ -12,8 +12,9 @@ import hashlib
 import html as html_lib
 import quopri
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email import policy, utils
 from email.generator import BytesGenerator
 from email.header import decode_header, make_header
@@ -21,7 +22,6 @@ from email.message import Message
 from email.parser import BytesParser
 from io import BytesIO
 from types import MappingProxyType
-from typing import Mapping
 
 import lxml.html
 
@@ -614,7 +614,7 @@ def _cut_header(value: str, limit: int) -> str:
     would split (its tail would show as ``=?utf-8?b?w6l0...``), else at the last space."""
     head = value[:limit]
     last = None
-    for last in _ENCODED_WORD_START.finditer(head, max(0, limit - 1000)):
+    for last in _ENCODED_WORD_START.finditer(head, max(0, limit - 1000)):  # noqa: B007  # the loop only keeps the last match
         pass
     if last is not None and not _ENCODED_WORD.match(head, last.start()):
         return head[: last.start()].rstrip()
@@ -713,8 +713,8 @@ def _parse_date(value: str | None, st: _State) -> datetime | None:
     try:
         parsed = utils.parsedate_to_datetime(value)
         if parsed.tzinfo is None:  # "-0000": UTC with unknown origin zone
-            parsed = parsed.replace(tzinfo=timezone.utc)
-        return parsed.astimezone(timezone.utc)
+            parsed = parsed.replace(tzinfo=UTC)
+        return parsed.astimezone(UTC)
     except Exception:
         st.add(f"unparseable Date {value[:80]!r}")
         return None

@@ -6,8 +6,16 @@ from datetime import UTC, datetime
 
 import pytest
 
-from pipeline.stages.notion_page import (Columns, choose_columns, classify_error, clean_tags, default_title, find_ref,
-                                         header_block, page_properties)
+from pipeline.stages.notion_page import (
+    Columns,
+    choose_columns,
+    classify_error,
+    clean_tags,
+    default_title,
+    find_ref,
+    header_block,
+    page_properties,
+)
 
 
 def props(**kinds: str) -> dict[str, dict[str, str]]:

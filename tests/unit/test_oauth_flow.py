@@ -19,17 +19,16 @@ import pytest
 from dramatiq import Worker
 from dramatiq.brokers.stub import StubBroker
 from sqlalchemy import update
-from sqlmodel import select
-from sqlmodel import Session
+from sqlmodel import Session, select
 from starlette.testclient import TestClient
 
 from models import EmailAccount, Notification, utcnow
 from models.db import get_engine
 from models.oauth import OAuthFlow, OAuthGrant
-from tests.harness.fake_imap import FakeImapServer, fake_connect
-from tests.harness.fake_smtp import FakeSmtpTransport
 from pipeline.clients.oauth import use_token_transport
 from pipeline.flows.connections import use_imap_connector, use_smtp_transport
+from tests.harness.fake_imap import FakeImapServer, fake_connect
+from tests.harness.fake_smtp import FakeSmtpTransport
 from tests.harness.flow import count, drain, make_org
 
 USER = "jane@gmail.test"

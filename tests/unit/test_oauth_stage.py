@@ -10,8 +10,18 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from pipeline.stages.oauth import (GOOGLE_SCOPES, MICROSOFT_SCOPES, TokenError, TokenSet, authorize_url,
-                                   interpret_token_response, needs_refresh, pkce_pair, provider_config, reconnect_reason)
+from pipeline.stages.oauth import (
+    GOOGLE_SCOPES,
+    MICROSOFT_SCOPES,
+    TokenError,
+    TokenSet,
+    authorize_url,
+    interpret_token_response,
+    needs_refresh,
+    pkce_pair,
+    provider_config,
+    reconnect_reason,
+)
 
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
 

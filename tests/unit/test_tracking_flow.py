@@ -23,12 +23,12 @@ from starlette.testclient import TestClient
 
 from models import Email, Notification, Organization, TrackingEvent, utcnow
 from models.db import get_engine
+from pipeline.flows.connections import use_imap_connector, use_smtp_transport
 from tests.harness.fake_imap import FakeImapServer, fake_connect
 from tests.harness.fake_smtp import FakeSmtpTransport
-from pipeline.flows.connections import use_imap_connector, use_smtp_transport
-from web.intake import reset_intake
 from tests.harness.flow import CRM, count, drain, make_account, make_org, seed_crm
 from web.app import create_app
+from web.intake import reset_intake
 
 HTML = ('<html><body><p>Hi Ada,</p><p><a href="https://engine.example/demo">Schedule Demo</a> '
         '<a href="https://engine.example/pricing?plan=pro&amp;x=1">Pricing</a></p></body></html>')

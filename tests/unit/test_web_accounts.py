@@ -13,11 +13,11 @@ from starlette.testclient import TestClient
 
 from models import Email, EmailAccount
 from models.db import get_engine
-from tests.harness.fake_imap import FakeImapServer, fake_connect
-from tests.harness.fake_smtp import FakeSmtpTransport
 from pipeline.clients.smtp import SmtpErrorKind
 from pipeline.flows.connections import use_imap_connector, use_smtp_transport
 from pipeline.stages.providers import apply_preset
+from tests.harness.fake_imap import FakeImapServer, fake_connect
+from tests.harness.fake_smtp import FakeSmtpTransport
 from tests.harness.flow import CRM, count, drain, make_org, seed_crm
 from tests.harness.mail import make_message
 from web.app import create_app

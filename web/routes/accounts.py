@@ -23,10 +23,10 @@ from pipeline.flows.sync import fetch_now
 from pipeline.stages.wire_text import control_character, host_problem
 from web.api import ApiRouter
 from web.errors import ApiError
-from web.present import account_json
 from web.params import Param
-from web.schemas.accounts import AccountOut, AccountsOut, ConnTestOut, SyncQueuedOut
+from web.present import account_json
 from web.ratelimit import CONNECTION_TESTS
+from web.schemas.accounts import AccountOut, AccountsOut, ConnTestOut, SyncQueuedOut
 from web.validation import Body, parse_body
 
 router = ApiRouter("accounts")

@@ -15,12 +15,12 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from models import Notification, utcnow
 from models.db import get_engine
+from ops.keys import read_claims, sign_claims
 from web.api import ApiRouter
 from web.auth import WS_UNAUTHORIZED
 from web.errors import ApiError
-from web.present import iso
-from ops.keys import read_claims, sign_claims
 from web.params import Param
+from web.present import iso
 from web.schemas.notifications import NotificationOut, NotificationsOut, TokenOut
 from web.validation import Body, parse_body
 
