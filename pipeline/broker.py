@@ -172,7 +172,7 @@ def actor(job: JobSpec, **options: Any) -> Callable[[F], Actor[Any, Any]]:
     options.setdefault("max_backoff", DEFAULT_MAX_BACKOFF_MS)
 
     def decorate(fn: F) -> Actor[Any, Any]:
-        a = dramatiq.actor(fn, actor_name=job.name, queue_name=job.queue, broker=get_broker(), **options)
+        a = dramatiq.actor(actor_name=job.name, queue_name=job.queue, broker=get_broker(), **options)(fn)
         ACTORS.append(a)
         return a
 

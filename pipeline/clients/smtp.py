@@ -494,8 +494,11 @@ def _translated(secrets: frozenset[str], phase: str) -> Iterator[None]:
         kind = _kind_of(exc, phase)
         if kind is None:
             raise
-        code = exc.code if isinstance(exc, aiosmtplib.SMTPResponseException) and exc.code > 0 else None
-        text = f"{code} {exc.message}" if code is not None else _message_of(exc)
+        code: int | None = None
+        if isinstance(exc, aiosmtplib.SMTPResponseException) and exc.code > 0:
+            code, text = exc.code, f"{exc.code} {exc.message}"
+        else:
+            text = _message_of(exc)
         raise SmtpError(kind, _scrub(text, secrets), code) from None
 
 

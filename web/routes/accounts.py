@@ -6,9 +6,9 @@ from datetime import timedelta
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from sqlalchemy import delete, select
+from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -151,7 +151,7 @@ async def test_account(request: Request) -> JSONResponse:
 def _create(org_id: str, body: AccountIn, imap_ep: svc.Endpoint, smtp_ep: svc.Endpoint) -> dict[str, Any]:
     with Session(get_engine(), expire_on_commit=False) as s:
         dup = s.execute(select(EmailAccount.id).where(EmailAccount.org_id == org_id, EmailAccount.email_norm == body.email.strip().lower(),
-                                                      EmailAccount.deleted_at.is_(None))).first()  # type: ignore[union-attr]
+                                                      col(EmailAccount.deleted_at).is_(None))).first()
         if dup is not None:
             raise ApiError(409, "account_exists", f"{body.email} is already connected", {"account_id": dup[0]})
         account = svc.create_account(s, org_id=org_id, user_id=body.user_id, provider=body.provider, email=body.email.strip(),
@@ -195,7 +195,7 @@ async def list_accounts(request: Request) -> JSONResponse:
 
     def run() -> list[dict[str, Any]]:
         with Session(get_engine()) as s:
-            stmt = select(EmailAccount).where(EmailAccount.org_id == org_id, EmailAccount.deleted_at.is_(None))  # type: ignore[union-attr]
+            stmt = select(EmailAccount).where(EmailAccount.org_id == org_id, col(EmailAccount.deleted_at).is_(None))
             if user_id:
                 stmt = stmt.where(EmailAccount.user_id == user_id)
             return [account_json(a) for a in s.execute(stmt.order_by(EmailAccount.id)).scalars()]

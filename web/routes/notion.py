@@ -6,9 +6,9 @@ import re
 from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, StringConstraints, field_validator
-from sqlalchemy import select, update
+from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -183,7 +183,7 @@ async def save(request: Request) -> JSONResponse:
                 if existing.state == "done":
                     return 200, _save_json(existing), False
                 if existing.state == "failed":  # a new try (the user fixed the connection or the database)
-                    s.execute(update(NotionSave).where(NotionSave.id == existing.id, NotionSave.state == "failed").values(
+                    s.execute(update(NotionSave).where(col(NotionSave.id) == existing.id, col(NotionSave.state) == "failed").values(
                         state="pending", error=None, error_code=None, updated_at=utcnow(), user_id=body.user_id))
                     s.commit()
                     s.refresh(existing)
@@ -218,6 +218,6 @@ async def saves(request: Request) -> JSONResponse:
             if email is None or email.org_id != org_id:
                 raise ApiError(404, "not_found", "email not found")
             return [_save_json(sv) for sv in s.execute(select(NotionSave).where(NotionSave.email_id == email_id)
-                                                       .order_by(NotionSave.created_at)).scalars()]
+                                                       .order_by(col(NotionSave.created_at))).scalars()]
 
     return JSONResponse({"items": await run_in_threadpool(run)})

@@ -12,8 +12,7 @@ from __future__ import annotations
 import html
 from functools import partial
 
-from sqlalchemy import select
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
@@ -40,7 +39,7 @@ def _recipient(email_id: str, rhash: str) -> tuple[str, str] | None:
         if org_id is None:
             return None
         for address in s.execute(select(Delivery.tracked_for).where(Delivery.email_id == email_id,
-                                                                    Delivery.tracked_for.is_not(None))).scalars():  # type: ignore[union-attr]
+                                                                    col(Delivery.tracked_for).is_not(None))).scalars():
             if address and verify_recipient_hash(verify, email_id, address, rhash):
                 return org_id, address
     return None
