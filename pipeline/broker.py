@@ -20,7 +20,8 @@ from dramatiq.middleware import AgeLimit, Callbacks, CurrentMessage, Pipelines, 
 from models.base import new_id
 from models.lease import run_owner
 
-__all__ = ["ACTORS", "QUEUES", "JobSpec", "current_run_owner", "MemoryBroker", "actor", "build_broker", "get_broker", "setup_broker", "use_broker"]
+__all__ = ["ACTORS", "QUEUES", "JobSpec", "current_run_owner", "MemoryBroker", "actor", "build_broker", "get_broker", "setup_broker",
+           "use_broker"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -202,5 +202,6 @@ def erase_account_mail(session: Session, account_id: str) -> list[str]:
             session.execute(delete(model).where(col(model.email_id).in_(chunk)))
         session.execute(delete(Email).where(col(Email.id).in_(chunk)))
     session.execute(delete(FolderState).where(col(FolderState.account_id) == account_id))
-    session.execute(update(EmailAccount).where(col(EmailAccount.id) == account_id).values(messages_synced=0, backfill_done=0, backfill_total=0))
+    session.execute(update(EmailAccount).where(col(EmailAccount.id) == account_id)
+                    .values(messages_synced=0, backfill_done=0, backfill_total=0))
     return keys

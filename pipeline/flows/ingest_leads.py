@@ -40,7 +40,8 @@ def create_batch(email_ids: list[str]) -> None:
         if not emails:
             return
         orgs = {o.id: o for o in s.execute(select(Organization).where(col(Organization.id).in_({e.org_id for e in emails}))).scalars()}
-        accounts = {a.id: a for a in s.execute(select(EmailAccount).where(col(EmailAccount.id).in_({e.account_id for e in emails}))).scalars()}
+        accounts = {a.id: a for a in s.execute(select(EmailAccount).where(
+            col(EmailAccount.id).in_({e.account_id for e in emails}))).scalars()}
         leads: dict[str, dict[str, Any]] = {}
         notes: list[dict[str, Any]] = []
         for e in emails:

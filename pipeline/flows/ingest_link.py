@@ -36,14 +36,16 @@ class SqlDirectory:
         if not wanted:
             return out
         s, org = self.session, self.org_id
-        for c in s.execute(select(Contact.id, Contact.email_norm, Contact.account).where(Contact.org_id == org, col(Contact.email_norm).in_(wanted))):
+        for c in s.execute(select(Contact.id, Contact.email_norm, Contact.account)
+                           .where(Contact.org_id == org, col(Contact.email_norm).in_(wanted))):
             out[c.email_norm].append(CrmMatch("contact", c.id, "contacts.email", c.account))
         for c in s.execute(select(Contact.id, Contact.personal_email_norm, Contact.account).where(
                 Contact.org_id == org, col(Contact.personal_email_norm).in_(wanted))):
             out[c.personal_email_norm].append(CrmMatch("contact", c.id, "contacts.personal_email", c.account))
         for ld in s.execute(select(Lead.id, Lead.email_norm).where(Lead.org_id == org, col(Lead.email_norm).in_(wanted))):
             out[ld.email_norm].append(CrmMatch("lead", ld.id, "leads.email"))
-        for a in s.execute(select(CrmAccount.id, CrmAccount.email_norm).where(CrmAccount.org_id == org, col(CrmAccount.email_norm).in_(wanted))):
+        for a in s.execute(select(CrmAccount.id, CrmAccount.email_norm)
+                           .where(CrmAccount.org_id == org, col(CrmAccount.email_norm).in_(wanted))):
             out[a.email_norm].append(CrmMatch("account", a.id, "accounts.email"))
         return out
 

@@ -35,7 +35,8 @@ STATE_TTL = timedelta(minutes=15)
 
 
 def connection(s: Session, org_id: str, user_id: str) -> NotionConnection | None:
-    return s.execute(select(NotionConnection).where(NotionConnection.org_id == org_id, NotionConnection.user == user_id)).scalar_one_or_none()
+    return s.execute(select(NotionConnection)
+                     .where(NotionConnection.org_id == org_id, NotionConnection.user == user_id)).scalar_one_or_none()
 
 
 def token_of(conn: NotionConnection) -> str | None:

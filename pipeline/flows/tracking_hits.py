@@ -118,8 +118,8 @@ def cap_per_token(s: Session, rows: list[dict[str, Any]], per_minute: int) -> tu
     opens = sorted({r["recipient_hash"] for r in rows if r["recipient_hash"]})
     clicks = sorted({r["link_hash"] for r in rows if r["link_hash"]})
     stored: dict[tuple[str, str, str], list[float]] = defaultdict(list)
-    for e in s.execute(select(col(TrackingEvent.email_id), col(TrackingEvent.kind), col(TrackingEvent.recipient_hash), col(TrackingEvent.link_hash),
-                              col(TrackingEvent.at)).where(
+    for e in s.execute(select(col(TrackingEvent.email_id), col(TrackingEvent.kind), col(TrackingEvent.recipient_hash),
+                              col(TrackingEvent.link_hash), col(TrackingEvent.at)).where(
             col(TrackingEvent.email_id).in_(sorted({r["email_id"] for r in rows})),
             col(TrackingEvent.at) >= lo, col(TrackingEvent.at) <= hi,
             or_(col(TrackingEvent.recipient_hash).in_(opens), col(TrackingEvent.link_hash).in_(clicks)))).all():

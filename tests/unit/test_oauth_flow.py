@@ -116,7 +116,8 @@ class TestAuthorize:
     def test_unknown_provider_404_and_unconfigured_400(self, env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
         from ops.settings import reset_settings
 
-        assert env["client"].get("/api/v1/oauth/yahoo/authorize", headers=env["h"], params={"user_id": "u1", "email": USER}).status_code == 404
+        r = env["client"].get("/api/v1/oauth/yahoo/authorize", headers=env["h"], params={"user_id": "u1", "email": USER})
+        assert r.status_code == 404
         r = env["client"].get("/api/v1/oauth/microsoft/authorize", headers=env["h"], params={"user_id": "u1", "email": USER})
         assert r.status_code == 400 and r.json()["error"]["code"] == "provider_not_configured"
         assert "MAILPIPE_MICROSOFT_CLIENT_ID" in r.json()["error"]["message"]

@@ -103,7 +103,8 @@ def test_refresh_five_minutes_ahead() -> None:
 @pytest.mark.parametrize("provider,error,expect", [
     ("google", TokenError("invalid_grant", "Token has been expired or revoked.", True), "revoked, or the authorization expired"),
     ("google", TokenError("invalid_grant", "Token has been expired.", True), "7 days for apps in testing"),
-    ("microsoft", TokenError("invalid_grant", "AADSTS50173: The provided grant has expired due to it being revoked, a fresh auth token is needed. The user might have changed or reset their password.", True),
+    ("microsoft", TokenError("invalid_grant", "AADSTS50173: The provided grant has expired due to it being revoked, a fresh auth token is "
+                                              "needed. The user might have changed or reset their password.", True),
      "revoked"),
     ("microsoft", TokenError("invalid_grant", "AADSTS50173: password changed", True), "password was changed"),
     ("google", TokenError("invalid_client", "", True), "app registration was rejected"),

@@ -33,6 +33,7 @@ from web.intake import reset_intake
 HTML = ('<html><body><p>Hi Ada,</p><p><a href="https://engine.example/demo">Schedule Demo</a> '
         '<a href="https://engine.example/pricing?plan=pro&amp;x=1">Pricing</a></p></body></html>')
 CHROME = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36"
+GOOGLE_PROXY_UA = "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)"
 
 
 @pytest.fixture
@@ -128,7 +129,7 @@ class TestPixel:
         assert o["machine"] is True and o["reason"] == "apple_mpp" and tracking(env)["open_count"] == 0
         assert count(Notification, Notification.kind == "email.opened") == 0
         as_if_from(monkeypatch, "66.102.8.1")
-        env["client"].get(env["pixel"], headers={"User-Agent": "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)"})
+        env["client"].get(env["pixel"], headers={"User-Agent": GOOGLE_PROXY_UA})
         flush(env)
         opens = tracking(env)["opens"]
         assert opens[1]["machine"] is True and opens[1]["reason"] == "gmail_proxy" and tracking(env)["open_count"] == 1
@@ -140,7 +141,7 @@ class TestPixel:
         monkeypatch.setenv("MAILPIPE_TRACKING_NOTIFY_PROXY_OPENS", "true")
         reset_settings()
         as_if_from(monkeypatch, "66.102.8.1")
-        env["client"].get(env["pixel"], headers={"User-Agent": "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)"})
+        env["client"].get(env["pixel"], headers={"User-Agent": GOOGLE_PROXY_UA})
         flush(env)
         assert tracking(env)["open_count"] == 1 and count(Notification, Notification.kind == "email.opened") == 1
 

@@ -82,7 +82,8 @@ class TestLifecycle:
         drain(env["broker"], env["worker"])
         assert c.patch(f"/api/v1/accounts/{acct['id']}", json={"disabled": True}, headers=h).json()["sync"]["state"] == "disabled"
         assert c.post(f"/api/v1/accounts/{acct['id']}/sync", headers=h).status_code == 409
-        assert c.patch(f"/api/v1/accounts/{acct['id']}", json={"poll_seconds": 120, "disabled": False}, headers=h).json()["poll_seconds"] == 120
+        patched = c.patch(f"/api/v1/accounts/{acct['id']}", json={"poll_seconds": 120, "disabled": False}, headers=h)
+        assert patched.json()["poll_seconds"] == 120
         assert [a["id"] for a in c.get("/api/v1/accounts?user_id=u1", headers=h).json()["items"]] == [acct["id"]]
         assert c.delete(f"/api/v1/accounts/{acct['id']}?erase=true", headers=h).status_code == 204
         assert c.get(f"/api/v1/accounts/{acct['id']}", headers=h).status_code == 404

@@ -167,8 +167,9 @@ def _create(org_id: str, body: AccountIn, imap_ep: svc.Endpoint, smtp_ep: svc.En
 
 
 @router.route("POST", "/api/v1/accounts", summary="Connect a mailbox (tested first unless skip_test)", body=AccountIn,
-              status=201, response=AccountOut, responses={409: "already connected", 422: "connection test failed, a refused host, or invalid body",
-                                     429: "too many tests"})
+              status=201, response=AccountOut, responses={409: "already connected",
+                                                           422: "connection test failed, a refused host, or invalid body",
+                                                           429: "too many tests"})
 async def create_account(request: Request) -> JSONResponse:
     body = await parse_body(request, AccountIn)
     imap_ep, smtp_ep = _endpoints(body)
@@ -237,9 +238,9 @@ async def patch_account(request: Request) -> JSONResponse:
             if not result.ok:
                 raise ApiError(422, "connection_test_failed", "the new settings did not work; nothing was changed", result.as_json())
         for proto, ep in (("imap", imap_ep), ("smtp", smtp_ep)):
+            secret = seal("email_accounts", f"{proto}_password_enc", ep.password) if ep.password else getattr(a, f"{proto}_password_enc")
             changes.update({f"{proto}_host": ep.host, f"{proto}_port": ep.port, f"{proto}_security": ep.security,
-                            f"{proto}_username": ep.username,
-                            f"{proto}_password_enc": seal("email_accounts", f"{proto}_password_enc", ep.password) if ep.password else getattr(a, f"{proto}_password_enc")})
+                            f"{proto}_username": ep.username, f"{proto}_password_enc": secret})
         changes.update(sync_state="idle", last_error=None, last_error_code=None, consecutive_failures=0,
                        next_fetch_at=utcnow() - timedelta(seconds=1))
     if body.poll_seconds is not None:

@@ -273,7 +273,8 @@ def _search(org_id: str, q: str, limit: int) -> list[dict[str, Any]]:
             label = " ".join(p for p in (ld.firstName, ld.lastName) if p)
             results.append({"entity_type": "lead", "entity_id": ld.id, "label": label, "email": ld.email})
         accounts = s.execute(
-            select(CrmAccount).where(CrmAccount.org_id == org_id, match(CrmAccount.name, CrmAccount.email)).order_by(CrmAccount.name).limit(limit)
+            select(CrmAccount).where(CrmAccount.org_id == org_id, match(CrmAccount.name, CrmAccount.email))
+            .order_by(CrmAccount.name).limit(limit)
         ).scalars()
         for a in accounts:
             results.append({"entity_type": "account", "entity_id": a.id, "label": a.name, "email": a.email})

@@ -78,7 +78,8 @@ def _list(org_id: str, request: Request) -> dict[str, Any]:
         stmt = stmt.where(col(Email.needs_review).is_(q["needs_review"]))
     if q["direction"]:
         stmt = stmt.where(Email.direction == q["direction"])
-    for param, etype in (("contact_id", "contact"), ("lead_id", "lead"), ("entity_account_id", "account"), ("opportunity_id", "opportunity")):
+    for param, etype in (("contact_id", "contact"), ("lead_id", "lead"), ("entity_account_id", "account"),
+                         ("opportunity_id", "opportunity")):
         if q.get(param):
             stmt = stmt.where(select(EmailLink.id).where(EmailLink.email_id == Email.id, EmailLink.entity_type == etype,
                                                          EmailLink.entity_id == q[param]).exists())
@@ -203,7 +204,8 @@ async def download_attachment(request: Request) -> Response:
     safe_name = doc.document_name.replace('"', "'")
     from urllib.parse import quote
 
-    headers = {"Content-Disposition": f"attachment; filename=\"{safe_name.encode('ascii', 'replace').decode()}\"; filename*=UTF-8''{quote(doc.document_name)}",
+    ascii_name = safe_name.encode("ascii", "replace").decode()
+    headers = {"Content-Disposition": f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(doc.document_name)}",
                "Content-Length": str(doc.size), "X-Content-Type-Options": "nosniff"}
     return StreamingResponse(iterate_in_threadpool(storage.open_stream(doc.storage_key)), media_type=doc.document_file_mimeType,
                              headers=headers)

@@ -178,7 +178,8 @@ async def save(request: Request) -> JSONResponse:
             email = s.get(Email, email_id)
             if email is None or email.org_id != org_id or email.deleted_at is not None:
                 raise ApiError(404, "not_found", "email not found")
-            existing = s.execute(select(NotionSave).where(NotionSave.email_id == email_id, NotionSave.database_id == database_id)).scalar_one_or_none()
+            same_save = select(NotionSave).where(NotionSave.email_id == email_id, NotionSave.database_id == database_id)
+            existing = s.execute(same_save).scalar_one_or_none()
             if existing is not None:
                 if existing.state == "done":
                     return 200, _save_json(existing), False
@@ -197,7 +198,7 @@ async def save(request: Request) -> JSONResponse:
                 s.commit()
             except IntegrityError:  # the same save requested twice at once: one row wins
                 s.rollback()
-                sv = s.execute(select(NotionSave).where(NotionSave.email_id == email_id, NotionSave.database_id == database_id)).scalar_one()
+                sv = s.execute(same_save).scalar_one()
                 return (200 if sv.state == "done" else 202), _save_json(sv), False
             return 202, _save_json(sv), True
 

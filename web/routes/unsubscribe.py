@@ -3,8 +3,9 @@
 ``GET`` shows a confirmation page with a button (a link prefetcher or scanner must not
 unsubscribe anyone); ``POST`` unsubscribes: it is the RFC 8058 one-click target named by
 ``List-Unsubscribe-Post: List-Unsubscribe=One-Click`` and the page's form target. The hash is the
-recipient HMAC (its own "unsubscribe" key purpose, not the pixel's) of a marketing email's per-recipient copy, so a forged or unknown link changes nothing
-and answers 404. An unsubscribed address is skipped by the organization's later marketing sends.
+recipient HMAC (its own "unsubscribe" key purpose, not the pixel's) of a marketing email's
+per-recipient copy, so a forged or unknown link changes nothing and answers 404. An unsubscribed
+address is skipped by the organization's later marketing sends.
 """
 
 from __future__ import annotations

@@ -206,7 +206,8 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_email_accounts_next_fetch_at'), ['next_fetch_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_email_accounts_org_id'), ['org_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_email_accounts_user_id'), ['user_id'], unique=False)
-        batch_op.create_index('uq_account_live_email', ['org_id', 'email_norm'], unique=True, postgresql_where=sa.text('deleted_at IS NULL'), sqlite_where=sa.text('deleted_at IS NULL'))
+        batch_op.create_index('uq_account_live_email', ['org_id', 'email_norm'], unique=True,
+                              postgresql_where=sa.text('deleted_at IS NULL'), sqlite_where=sa.text('deleted_at IS NULL'))
 
     op.create_table('notifications',
     sa.Column('id', sa.String(length=24), nullable=False),
@@ -504,7 +505,8 @@ def downgrade() -> None:
 
     op.drop_table('notifications')
     with op.batch_alter_table('email_accounts', schema=None) as batch_op:
-        batch_op.drop_index('uq_account_live_email', postgresql_where=sa.text('deleted_at IS NULL'), sqlite_where=sa.text('deleted_at IS NULL'))
+        batch_op.drop_index('uq_account_live_email', postgresql_where=sa.text('deleted_at IS NULL'),
+                            sqlite_where=sa.text('deleted_at IS NULL'))
         batch_op.drop_index(batch_op.f('ix_email_accounts_user_id'))
         batch_op.drop_index(batch_op.f('ix_email_accounts_org_id'))
         batch_op.drop_index(batch_op.f('ix_email_accounts_next_fetch_at'))
