@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test test-unit test-integration services bench clean
+.PHONY: run test lint test-unit test-integration services bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,13 @@ run: $(VENV)/.installed
 services:
 	bash tests/setup-machine.sh
 
-## test: install what tests need and run the whole suite (unit + integration)
-test: $(VENV)/.installed-test services
+## lint: the lint and type gate: ruff (rules in pyproject.toml [tool.ruff]), then mypy ([tool.mypy])
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+## test: install what tests need, run the gate (`lint`; a finding fails the target), then the whole suite (unit + integration)
+test: lint services
 	$(BIN)/pytest
 
 test-unit: $(VENV)/.installed-test

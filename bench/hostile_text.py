@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,13 +28,13 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.stages.compose import Draft, compose  # noqa: E402
 from pipeline.stages.html_text import html_to_text  # noqa: E402
-from pipeline.stages.quoting import forward_block, quote_for_reply  # noqa: E402
+from pipeline.stages.link_rewrite import inject  # noqa: E402
 from pipeline.stages.merge import render  # noqa: E402
 from pipeline.stages.notion_blocks import html_to_blocks  # noqa: E402
 from pipeline.stages.parse import parse_email  # noqa: E402
-from pipeline.stages.link_rewrite import inject  # noqa: E402
+from pipeline.stages.quoting import forward_block, quote_for_reply  # noqa: E402
 
-WHEN = datetime(2025, 1, 6, 10, 0, tzinfo=timezone.utc)
+WHEN = datetime(2025, 1, 6, 10, 0, tzinfo=UTC)
 
 SHAPES: dict[str, Callable[[], str]] = {
     "pre_40k": lambda: "<pre>x" + "\n" * 40_000 + "x</pre>",

@@ -138,8 +138,8 @@ def mailpipe(server: SmtpServer, cafile: Path, workdir: Path, latency_n: int, n:
 
         from models.db import get_engine
         from ops.migrate import upgrade
-        from pipeline.flows import accounts as svc
         from pipeline.broker import build_broker, use_broker
+        from pipeline.flows import accounts as svc
         from tests.harness.flow import make_org
 
         upgrade(env["MAILPIPE_DATABASE_URL"])
@@ -274,8 +274,8 @@ def main() -> None:
         print(json.dumps(result))
         return
     print(f"mode: {result['mode']}; {args.latency_n} sends one at a time, then {args.n} with concurrency {args.concurrency}")
-    print(f"raw aiosmtplib (connect+STARTTLS+AUTH+send): p50 {base['p50_ms']:7.2f} ms  p99 {base['p99_ms']:7.2f} ms  {base['sends_per_s']:7.1f} sends/s")
-    print(f"mailpipe API call -> SMTP 250:               p50 {mp['p50_ms']:7.2f} ms  p99 {mp['p99_ms']:7.2f} ms  {mp['sends_per_s']:7.1f} sends/s")
+    for label, r in (("raw aiosmtplib (connect+STARTTLS+AUTH+send):", base), ("mailpipe API call -> SMTP 250:", mp)):
+        print(f"{label:<45}p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms  {r['sends_per_s']:7.1f} sends/s")
     print(f"ratio mailpipe/baseline: sends/s {result['ratio_sends_per_s']:.3f}, p50 latency {result['ratio_p50']:.2f}x")
 
 

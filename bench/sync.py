@@ -115,7 +115,7 @@ def pipeline(dovecot: Dovecot, cafile: Path, workdir: Path, n: int, distributed:
     os.environ.update(env)
     try:
         from sqlalchemy import func, select
-        from sqlmodel import Session
+        from sqlmodel import Session, col
 
         from models import Email
         from models.db import get_engine
@@ -162,7 +162,8 @@ def pipeline(dovecot: Dovecot, cafile: Path, workdir: Path, n: int, distributed:
         tick()
         while True:
             with Session(get_engine()) as s:
-                done = s.execute(select(func.count()).select_from(Email).where(Email.pipeline_state.in_(("done", "quarantined")))).scalar_one()  # type: ignore[attr-defined]
+                done = s.execute(select(func.count()).select_from(Email)
+                                 .where(col(Email.pipeline_state).in_(("done", "quarantined")))).scalar_one()
             if done >= n:
                 break
             time.sleep(0.1)

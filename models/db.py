@@ -9,7 +9,7 @@ from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session
 
 __all__ = ["engine_for", "get_engine", "reset_engine", "session_scope", "is_postgres"]
@@ -70,7 +70,8 @@ def reset_engine() -> None:
     get_engine.cache_clear()
 
 
-def is_postgres(engine: Engine | None = None) -> bool:
+def is_postgres(engine: Engine | Connection | None = None) -> bool:
+    """Whether ``engine`` (a session's bind, or the process engine by default) talks to PostgreSQL."""
     return (engine or get_engine()).dialect.name == "postgresql"
 
 

@@ -66,26 +66,26 @@ class Lease:
         """
         now = now or utcnow()
         holder = self._col(self.owner)
-        res = s.execute(update(self.model).where(
+        res = s.exec(update(self.model).where(
             self._col(self.key) == key, *where,
             or_(self.free(now), holder.startswith(f"{_message_of(owner)}:", autoescape=True)),
         ).values({self.until: now + self.duration, self.owner: owner, **values}))
-        return bool(res.rowcount == 1)  # type: ignore[attr-defined]
+        return bool(res.rowcount == 1)
 
     def renew(self, s: Session, key: str, owner: str, *, where: Sequence[ColumnElement[bool]] = (), **values: Any) -> None:
         """Extend the lease inside the caller's transaction and write ``values`` with it;
         :class:`LeaseLost` (after a rollback) when ``owner`` no longer holds it."""
-        res = s.execute(update(self.model).where(self._col(self.key) == key, self._col(self.owner) == owner, *where)
+        res = s.exec(update(self.model).where(self._col(self.key) == key, self._col(self.owner) == owner, *where)
                         .values({self.until: utcnow() + self.duration, **values}))
-        if res.rowcount != 1:  # type: ignore[attr-defined]
+        if res.rowcount != 1:
             s.rollback()
             raise LeaseLost(key)
 
     def release(self, s: Session, key: str, owner: str, **values: Any) -> bool:
         """Give the lease back (writing ``values`` with it) if ``owner`` still holds it; the caller commits."""
-        res = s.execute(update(self.model).where(self._col(self.key) == key, self._col(self.owner) == owner)
+        res = s.exec(update(self.model).where(self._col(self.key) == key, self._col(self.owner) == owner)
                         .values({self.until: None, self.owner: None, **values}))
-        return bool(res.rowcount == 1)  # type: ignore[attr-defined]
+        return bool(res.rowcount == 1)
 
     def handing_back(self) -> dict[str, Any]:
         """The values that give the lease back inside a run's last write (with :meth:`renew`'s guard)."""

@@ -3,23 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from functools import lru_cache
-from typing import Any
+from functools import cache
+from typing import Any, cast
 
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, SQLModel
 
 __all__ = ["insert_ignore", "row_defaults"]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _defaults(model: type[SQLModel]) -> tuple[tuple[str, Callable[[], Any] | None, Any], ...]:
     """(field, default_factory, default) for every field, computed once per model."""
     out = []
     for name, info in model.model_fields.items():
-        factory = info.default_factory
+        factory = cast(Callable[[], Any] | None, info.default_factory)  # the models' factories take no arguments
         default = None if info.is_required() else info.default
-        out.append((name, factory, default))  # type: ignore[arg-type]
+        out.append((name, factory, default))
     return tuple(out)
 
 
@@ -40,7 +41,7 @@ def insert_ignore(session: Session, model: type[SQLModel], rows: Sequence[dict[s
     """
     if not rows:
         return 0
-    table = model.__table__  # type: ignore[attr-defined]
+    table = sa_inspect(model).local_table
     full = [row_defaults(model, r) for r in rows]
     keys = set().union(*(r.keys() for r in full))
     full = [{k: r.get(k) for k in keys} for r in full]

@@ -9,6 +9,7 @@ from typing import Any
 
 import structlog
 from dramatiq import Middleware
+from structlog.typing import EventDict, Processor
 
 __all__ = ["LogContext", "configure_logging", "scrub_secrets"]
 
@@ -39,7 +40,7 @@ def _scrub(value: Any, depth: int = 0) -> Any:
     return value
 
 
-def scrub_secrets(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def scrub_secrets(_logger: Any, _method: str, event_dict: EventDict) -> EventDict:
     """structlog processor: mask values under secret-looking keys (nested ones too) and secrets
     inside strings, exception text included (it runs after the traceback is rendered)."""
     for key, value in list(event_dict.items()):
@@ -53,13 +54,13 @@ def scrub_secrets(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dic
 def configure_logging(level: str = "INFO", json: bool = False) -> None:
     """Route stdlib and structlog output through one scrubbing renderer on stderr."""
     renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
-    shared = [
+    shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     # Tracebacks become text first (for stdlib records too), then everything is scrubbed.
-    tail = [structlog.processors.format_exc_info, scrub_secrets]
+    tail: list[Processor] = [structlog.processors.format_exc_info, scrub_secrets]
     structlog.configure(
         processors=[*shared, *tail, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),

@@ -20,7 +20,7 @@ import structlog
 from sqlalchemy import func, or_, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from models import ApiKey, Organization, utcnow
 from ops.key_cache import KEY_CACHE
@@ -134,7 +134,7 @@ def list_keys(engine: Engine, org_id: str) -> list[KeyInfo]:
     with Session(engine) as s:
         if s.get(Organization, org_id) is None:
             raise UnknownOrg(f"no organization with id {org_id!r}")
-        rows = s.exec(select(ApiKey).where(ApiKey.org_id == org_id).order_by(ApiKey.created_at, ApiKey.id)).all()  # type: ignore[arg-type]
+        rows = s.exec(select(ApiKey).where(ApiKey.org_id == org_id).order_by(col(ApiKey.created_at), col(ApiKey.id))).all()
         return [KeyInfo.of(r) for r in rows]
 
 
@@ -161,7 +161,7 @@ def revoke_key(engine: Engine, key_id: str) -> tuple[KeyInfo, bool]:
 def _check_revocations(engine: Engine) -> None:
     try:
         with Session(engine) as s:
-            count = s.execute(select(func.count()).select_from(ApiKey).where(ApiKey.revoked_at.is_not(None))).scalar_one()  # type: ignore[union-attr]
+            count = s.execute(select(func.count()).select_from(ApiKey).where(col(ApiKey.revoked_at).is_not(None))).scalar_one()
     except SQLAlchemyError as exc:  # the key lookups below fail loudly if the database is really gone
         log.warning("api_key_revocation_check_failed", error=type(exc).__name__)
         return
@@ -172,9 +172,9 @@ def _check_revocations(engine: Engine) -> None:
 def _touch(session: Session, key_id: str) -> None:
     """Set last_used_at unless it is recent (one write a minute per key, whatever the traffic)."""
     now = utcnow()
-    stale = or_(ApiKey.last_used_at.is_(None), ApiKey.last_used_at < now - LAST_USED_RESOLUTION)  # type: ignore[union-attr,operator]
+    stale = or_(col(ApiKey.last_used_at).is_(None), col(ApiKey.last_used_at) < now - LAST_USED_RESOLUTION)
     try:
-        session.execute(update(ApiKey).where(ApiKey.id == key_id, stale).values(last_used_at=now))  # type: ignore[arg-type]
+        session.execute(update(ApiKey).where(col(ApiKey.id) == key_id, stale).values(last_used_at=now))
         session.commit()
     except SQLAlchemyError as exc:  # bookkeeping only: the request is authorized all the same
         session.rollback()

@@ -20,7 +20,8 @@ from dramatiq.middleware import AgeLimit, Callbacks, CurrentMessage, Pipelines, 
 from models.base import new_id
 from models.lease import run_owner
 
-__all__ = ["ACTORS", "QUEUES", "JobSpec", "current_run_owner", "MemoryBroker", "actor", "build_broker", "get_broker", "setup_broker", "use_broker"]
+__all__ = ["ACTORS", "QUEUES", "JobSpec", "current_run_owner", "MemoryBroker", "actor", "build_broker", "get_broker", "setup_broker",
+           "use_broker"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -172,7 +173,7 @@ def actor(job: JobSpec, **options: Any) -> Callable[[F], Actor[Any, Any]]:
     options.setdefault("max_backoff", DEFAULT_MAX_BACKOFF_MS)
 
     def decorate(fn: F) -> Actor[Any, Any]:
-        a = dramatiq.actor(fn, actor_name=job.name, queue_name=job.queue, broker=get_broker(), **options)
+        a = dramatiq.actor(actor_name=job.name, queue_name=job.queue, broker=get_broker(), **options)(fn)
         ACTORS.append(a)
         return a
 

@@ -32,7 +32,6 @@ def reset_process_state() -> None:
     from ops.settings import reset_settings
     from pipeline.clients.storage import reset_storage
     from pipeline.flows.connections import use_imap_connector, use_smtp_transport
-
     from web.intake import reset_intake
     from web.ratelimit import reset_limits
     from web.routes import tracking

@@ -12,10 +12,10 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, TypeAlias
 
 from pydantic import BaseModel
-from pydantic.json_schema import models_json_schema
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from starlette.routing import Route, WebSocketRoute
 
 from web.body_limit import DEFAULT_MAX_BODY, BodyLimit
@@ -33,8 +33,8 @@ class Raw:
     schema: dict[str, Any] = field(default_factory=lambda: {"type": "string"})
 
 
-Schema = Union[type[BaseModel], Raw, None]
-Reply = Union[str, tuple[str, Schema]]
+Schema = type[BaseModel] | Raw | None
+Reply = str | tuple[str, Schema]
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,22 +124,25 @@ def _operation_id(method: str, path: str) -> str:
     return f"{method.lower()}_{re.sub(r'[^a-zA-Z0-9]+', '_', path).strip('_')}"
 
 
+_Refs: TypeAlias = dict[tuple[type[BaseModel], JsonSchemaMode], dict[str, Any]]  # (model, mode) → its $ref
+
+
 class _Schemas:
     """Collects every model first, then names them once (pydantic disambiguates equal class names)."""
 
     def __init__(self) -> None:
-        self.wanted: list[tuple[type[BaseModel], str]] = [(Error, "serialization")]
+        self.wanted: list[tuple[type[BaseModel], JsonSchemaMode]] = [(Error, "serialization")]
 
-    def want(self, model: type[BaseModel], mode: str) -> None:
+    def want(self, model: type[BaseModel], mode: JsonSchemaMode) -> None:
         if (model, mode) not in self.wanted:
             self.wanted.append((model, mode))
 
-    def build(self) -> tuple[dict[tuple[type[BaseModel], str], dict[str, Any]], dict[str, Any]]:
-        refs, top = models_json_schema(self.wanted, ref_template="#/components/schemas/{model}")  # type: ignore[arg-type]
-        return refs, top.get("$defs", {})  # type: ignore[return-value]
+    def build(self) -> tuple[_Refs, dict[str, Any]]:
+        refs, top = models_json_schema(self.wanted, ref_template="#/components/schemas/{model}")
+        return {key: refs[key] for key in self.wanted}, top.get("$defs", {})
 
 
-def _content(schema: Schema, refs: dict[tuple[type[BaseModel], str], dict[str, Any]]) -> dict[str, Any] | None:
+def _content(schema: Schema, refs: _Refs) -> dict[str, Any] | None:
     if schema is None:
         return None
     if isinstance(schema, Raw):
@@ -147,7 +150,7 @@ def _content(schema: Schema, refs: dict[tuple[type[BaseModel], str], dict[str, A
     return {"application/json": {"schema": refs[(schema, "serialization")]}}
 
 
-def _reply(description: str, schema: Schema, refs: dict[tuple[type[BaseModel], str], dict[str, Any]]) -> dict[str, Any]:
+def _reply(description: str, schema: Schema, refs: _Refs) -> dict[str, Any]:
     out: dict[str, Any] = {"description": description}
     content = _content(schema, refs)
     if content is not None:

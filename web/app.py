@@ -28,7 +28,8 @@ VERSION = "0.1.0"
 
 def routers() -> list[ApiRouter]:
     """Every router, in matching order."""
-    return [health.router, org.router, crm.router, accounts.router, oauth.router, send.router, tracking.router, emails.router, templates.router, notion.router, notifications.router, unsubscribe.router]
+    return [health.router, org.router, crm.router, accounts.router, oauth.router, send.router, tracking.router, emails.router,
+            templates.router, notion.router, notifications.router, unsubscribe.router]
 
 
 def create_app() -> Starlette:
@@ -76,5 +77,5 @@ def create_app() -> Starlette:
 
             await run_in_threadpool(reset_intake)  # shutdown drains buffered tracking events (broker or spool)
 
-    return Starlette(routes=routes, middleware=[Middleware(PixelFastPath), Middleware(HttpMetrics), Middleware(RejectNul), Middleware(ApiKeyAuth)],
-                     exception_handlers=exception_handlers, lifespan=lifespan)
+    middleware = [Middleware(PixelFastPath), Middleware(HttpMetrics), Middleware(RejectNul), Middleware(ApiKeyAuth)]
+    return Starlette(routes=routes, middleware=middleware, exception_handlers=exception_handlers, lifespan=lifespan)

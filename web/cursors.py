@@ -13,8 +13,8 @@ import binascii
 import re
 from datetime import UTC, datetime
 
-from web.params import Param
 from web.errors import field_error
+from web.params import Param
 
 __all__ = ["CURSOR", "MAX_OFFSET", "keyset_cursor", "offset_cursor", "read_keyset", "read_offset"]
 

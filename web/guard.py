@@ -24,6 +24,7 @@ class RejectNul:
         if scope["type"] == "http":
             raw_path = scope.get("raw_path") or scope["path"].encode("utf-8", "surrogateescape")
             if b"\x00" in unquote_to_bytes(raw_path) or b"\x00" in unquote_to_bytes(scope.get("query_string", b"")):
-                await error_response(422, "validation_error", "NUL characters are not allowed in paths or query strings")(scope, receive, send)
+                refusal = error_response(422, "validation_error", "NUL characters are not allowed in paths or query strings")
+                await refusal(scope, receive, send)
                 return
         await self.app(scope, receive, send)

@@ -50,6 +50,6 @@ class HitThrottle:
 
     @staticmethod
     def _count(event: dict[str, Any], by: str) -> None:
-        counter = _COUNTERS.get((event.get("kind"), by))
+        counter = _COUNTERS.get((str(event.get("kind")), by))
         if counter is not None:
             counter.inc()

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from models import Email, TrackingEvent
 from web.cursors import keyset_cursor, read_keyset
@@ -24,9 +24,9 @@ __all__ = ["DEFAULT_LIMIT", "MAX_LIMIT", "tracking_page"]
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 500
-_COLUMNS = (TrackingEvent.id, TrackingEvent.kind, TrackingEvent.at, TrackingEvent.ip, TrackingEvent.user_agent,
-            TrackingEvent.machine, TrackingEvent.reason, TrackingEvent.recipient_email, TrackingEvent.method,
-            TrackingEvent.counted, TrackingEvent.url)
+_COLUMNS = (col(TrackingEvent.id), col(TrackingEvent.kind), col(TrackingEvent.at), col(TrackingEvent.ip), col(TrackingEvent.user_agent),
+            col(TrackingEvent.machine), col(TrackingEvent.reason), col(TrackingEvent.recipient_email), col(TrackingEvent.method),
+            col(TrackingEvent.counted), col(TrackingEvent.url))
 
 
 def _item(e: Any) -> dict[str, Any]:
@@ -39,15 +39,15 @@ def _item(e: Any) -> dict[str, Any]:
 
 def tracking_page(s: Session, email: Email, *, limit: int = DEFAULT_LIMIT, cursor: str | None = None) -> dict[str, Any]:
     """API.md ``GET /api/v1/emails/{id}/tracking`` for one page (see the module docstring)."""
-    stmt = select(*_COLUMNS).where(TrackingEvent.email_id == email.id)
+    stmt = select(*_COLUMNS).where(col(TrackingEvent.email_id) == email.id)
     after = read_keyset(cursor)
     if after is not None:
         at, last_id = after
-        stmt = stmt.where(or_(TrackingEvent.at > at, and_(TrackingEvent.at == at, TrackingEvent.id > last_id)))  # type: ignore[arg-type,operator]
-    rows = list(s.execute(stmt.order_by(TrackingEvent.at, TrackingEvent.id).limit(limit + 1)).all())  # type: ignore[arg-type]
+        stmt = stmt.where(or_(col(TrackingEvent.at) > at, and_(col(TrackingEvent.at) == at, col(TrackingEvent.id) > last_id)))
+    rows = list(s.execute(stmt.order_by(col(TrackingEvent.at), col(TrackingEvent.id)).limit(limit + 1)).all())
     page = rows[:limit]
-    totals = dict(s.execute(select(TrackingEvent.kind, func.count()).where(TrackingEvent.email_id == email.id)
-                            .group_by(TrackingEvent.kind)).all())  # type: ignore[arg-type]
+    totals = dict(s.execute(select(col(TrackingEvent.kind), func.count()).where(col(TrackingEvent.email_id) == email.id)
+                            .group_by(col(TrackingEvent.kind))).all())
     first_after = None
     if email.first_open_at is not None and email.sent_at is not None:
         first_after = round((email.first_open_at - email.sent_at).total_seconds(), 3)

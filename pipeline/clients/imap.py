@@ -216,7 +216,7 @@ def connect(settings: ImapSettings) -> ImapSession:
     A host the guard refuses is a ``connect`` error with code ``host_not_allowed``; no connection
     is made. Credentials with control characters are an ``auth`` error, also before connecting.
     """
-    imaplib._MAXLINE = max(imaplib._MAXLINE, MIN_MAXLINE)  # type: ignore[attr-defined]
+    imaplib._MAXLINE = max(imaplib._MAXLINE, MIN_MAXLINE)  # type: ignore[attr-defined]  # imaplib's line cap: private, not in typeshed
     secrets = _secrets(settings)
     _refuse_unsafe_text(settings)
     with _translated(secrets, phase="connect"):
@@ -341,7 +341,7 @@ def _login_literal(client: imaplib.IMAP4, username: str, password: str) -> None:
     """
     client.literal = password.encode("ascii")  # type: ignore[assignment]  # imaplib sends bytes
     try:
-        result = client._simple_command("LOGIN", quote(username))  # type: ignore[attr-defined]
+        result = client._simple_command("LOGIN", quote(username))
     finally:
         client.literal = None
     check_command_status(result, MailboxLoginError)
@@ -392,7 +392,7 @@ class _ImapToolsSession:
             for response in reversed(parse_responses(data)):
                 if len(response) >= 2 and isinstance(response[-1], list):
                     pairs = response[-1]
-                    values = {str(k).upper(): v for k, v in zip(pairs[0::2], pairs[1::2])}
+                    values = {str(k).upper(): v for k, v in zip(pairs[0::2], pairs[1::2], strict=False)}
                     return FolderStatus(
                         uidvalidity=_int(values.get("UIDVALIDITY")),
                         uidnext=_int(values.get("UIDNEXT")),
@@ -538,9 +538,10 @@ def _messages_from(data: Sequence[object], wanted: set[int]) -> dict[int, Fetche
     merged: dict[int, dict[str, Value]] = {}
     for response in parse_responses(data):
         items = fetch_items(response)
-        if items is None or not isinstance(items.get("UID"), str):
+        uid_atom = items.get("UID") if items is not None else None
+        if items is None or not isinstance(uid_atom, str):
             continue  # unsolicited FETCH without UID (e.g. another client's flag change)
-        uid = int(items["UID"])  # type: ignore[arg-type]
+        uid = int(uid_atom)
         if uid in wanted:
             merged.setdefault(uid, {}).update(items)
     messages: dict[int, FetchedMessage] = {}

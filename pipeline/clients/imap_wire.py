@@ -11,7 +11,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import date, datetime, timedelta, timezone
-from typing import TypeAlias
+from enum import Enum
+from typing import Final, TypeAlias
 
 __all__ = [
     "ParseError",
@@ -48,14 +49,22 @@ class _Literal(bytes):
     """Marks a literal spliced into the token stream (so it is never read as an atom)."""
 
 
-_OPEN = object()
-_CLOSE = object()
+class _Paren(Enum):
+    """A parenthesis in the token stream."""
+
+    OPEN = "("
+    CLOSE = ")"
+
+
+_OPEN: Final = _Paren.OPEN
+_CLOSE: Final = _Paren.CLOSE
+_Token: TypeAlias = str | bytes | None | _Paren
 
 
 def parse_responses(data: Iterable[object]) -> list[list[Value]]:
     """Split imaplib response data into responses and parse each into a list of values."""
     responses: list[list[Value]] = []
-    tokens: list[object] = []
+    tokens: list[_Token] = []
     for item in data:
         if item is None:
             continue
@@ -77,7 +86,7 @@ def parse_responses(data: Iterable[object]) -> list[list[Value]]:
     return responses
 
 
-def _tokenize(text: bytes) -> Iterator[object]:
+def _tokenize(text: bytes) -> Iterator[_Token]:
     """Yield _OPEN/_CLOSE, atoms (str), quoted strings (bytes) and None for NIL."""
     pos, end = 0, len(text)
     while pos < end:
@@ -127,7 +136,7 @@ def _atom(text: bytes, pos: int) -> tuple[str, int]:
     return text[start:pos].decode("utf-8", "replace"), pos
 
 
-def _build(tokens: Sequence[object]) -> list[Value]:
+def _build(tokens: Sequence[_Token]) -> list[Value]:
     """Nest tokens into lists by parentheses."""
     stack: list[list[Value]] = [[]]
     for token in tokens:
@@ -141,7 +150,7 @@ def _build(tokens: Sequence[object]) -> list[Value]:
         elif isinstance(token, _Literal):
             stack[-1].append(bytes(token))
         else:
-            stack[-1].append(token)  # type: ignore[arg-type]
+            stack[-1].append(token)
     if len(stack) != 1:
         raise ParseError("unbalanced '('")
     return stack[0]
@@ -155,7 +164,7 @@ def fetch_items(response: Sequence[Value]) -> dict[str, Value] | None:
     if not isinstance(items, list) or len(items) % 2:
         return None
     result: dict[str, Value] = {}
-    for key, value in zip(items[0::2], items[1::2]):
+    for key, value in zip(items[0::2], items[1::2], strict=True):
         if not isinstance(key, str):
             return None
         result[key.upper()] = value

@@ -2,9 +2,10 @@
 
 ``check_host`` resolves (a numeric host, in any spelling, without asking DNS at all), applies
 :mod:`pipeline.stages.netpolicy` to where each address really leads (``0.0.0.0`` and ``::`` are
-this machine), and returns the addresses it checked; ``open_socket`` connects to exactly those, so a DNS answer that changes between the check and the connection (rebinding)
-changes nothing. TLS still verifies the certificate against the host name as given (or the
-canonical address for a numeric host): callers pass ``CheckedHost.tls_name`` as the server name.
+this machine), and returns the addresses it checked; ``open_socket`` connects to exactly those, so
+a DNS answer that changes between the check and the connection (rebinding) changes nothing. TLS
+still verifies the certificate against the host name as given (or the canonical address for a
+numeric host): callers pass ``CheckedHost.tls_name`` as the server name.
 
 The IMAP and SMTP clients call this on every connection, not only the API: a host stored before
 the guard existed, or whose DNS answer changed since, is refused when a fetch or send connects.
@@ -19,8 +20,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.stages.netpolicy import (IpAddress, IpNetwork, Nets, Refusal, check_addresses, destination, embedded_ipv4, host_literal,
-                                       parse_nets)
+from pipeline.stages.netpolicy import (
+    IpAddress,
+    IpNetwork,
+    Nets,
+    Refusal,
+    check_addresses,
+    destination,
+    embedded_ipv4,
+    host_literal,
+    parse_nets,
+)
 
 __all__ = ["MAIL_SETTING", "WEBHOOK_SETTING", "CheckedHost", "HostNotAllowed", "check_host", "mail_nets", "open_socket",
            "webhook_nets"]

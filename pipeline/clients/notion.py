@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import structlog
@@ -29,7 +29,6 @@ log = structlog.get_logger("mailpipe.notion")
 
 MAX_INLINE_WAIT = 60.0  # seconds of Retry-After waits one call may sit through before it gives the job back
 _transport: httpx.BaseTransport | None = None
-T = TypeVar("T")
 
 
 class NotionError(Exception):
@@ -56,8 +55,12 @@ def make_client(token: str | None) -> Client:
                            "timeout_ms": 30_000, "logger": quiet, "log_level": logging.WARNING})
 
 
-def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run one client call, waiting out 429/529 as told (at most MAX_INLINE_WAIT in all)."""
+def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run one client call, waiting out 429/529 as told (at most MAX_INLINE_WAIT in all).
+
+    The answer is Notion's JSON body (``Any``): notion-client types its endpoints ``SyncAsync[Any]``
+    for its sync and async clients alike, and ours is the sync :class:`Client`.
+    """
     waited = 0.0
     while True:
         try:

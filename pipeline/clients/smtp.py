@@ -33,6 +33,8 @@ from aiosmtplib.protocol import normalize_message_line_endings
 
 from pipeline.clients import netguard
 from pipeline.clients.errors import ConnErrorKind
+from pipeline.stages.endpoint_rules import PLAINTEXT_REASON
+from pipeline.stages.netpolicy import Nets
 from pipeline.stages.smtp_reply import (
     SmtpOutcome,
     SmtpVerdict,
@@ -40,8 +42,6 @@ from pipeline.stages.smtp_reply import (
     classify_reply,
     overall_verdict,
 )
-from pipeline.stages.endpoint_rules import PLAINTEXT_REASON
-from pipeline.stages.netpolicy import Nets
 from pipeline.stages.wire_text import control_character, host_problem
 
 __all__ = [
@@ -494,8 +494,11 @@ def _translated(secrets: frozenset[str], phase: str) -> Iterator[None]:
         kind = _kind_of(exc, phase)
         if kind is None:
             raise
-        code = exc.code if isinstance(exc, aiosmtplib.SMTPResponseException) and exc.code > 0 else None
-        text = f"{code} {exc.message}" if code is not None else _message_of(exc)
+        code: int | None = None
+        if isinstance(exc, aiosmtplib.SMTPResponseException) and exc.code > 0:
+            code, text = exc.code, f"{exc.code} {exc.message}"
+        else:
+            text = _message_of(exc)
         raise SmtpError(kind, _scrub(text, secrets), code) from None
 
 

@@ -13,11 +13,25 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import delete, select, update
-from sqlmodel import Session
+from sqlalchemy import delete, update
+from sqlmodel import Session, col, select
 
-from models import (Delivery, Document, Email, EmailAccount, EmailAddress, EmailLink, EmailLocation, FolderState, Outbox, TrackedLink,
-                    TrackingEvent, new_id, normalize_email, utcnow)
+from models import (
+    Delivery,
+    Document,
+    Email,
+    EmailAccount,
+    EmailAddress,
+    EmailLink,
+    EmailLocation,
+    FolderState,
+    Outbox,
+    TrackedLink,
+    TrackingEvent,
+    new_id,
+    normalize_email,
+    utcnow,
+)
 from models.db import get_engine
 from models.oauth import OAuthGrant
 from ops.keys import seal
@@ -140,7 +154,7 @@ def patch_endpoints(account: EmailAccount, given: dict[str, dict[str, Any] | Non
         wanted = dict(given.get(proto) or {})
         password = wanted.pop("password", None)
         stored = {name: getattr(account, f"{proto}_{name}") for name in ENDPOINT_FIELDS}
-        merged = {name: wanted.get(name) if wanted.get(name) is not None else stored[name] for name in ENDPOINT_FIELDS}
+        merged: dict[str, Any] = {name: wanted.get(name) if wanted.get(name) is not None else stored[name] for name in ENDPOINT_FIELDS}
         changed = changed_fields(stored, wanted)
         creds = Credentials(password, None) if password is not None else stored_credentials(account, proto)
         if password is None and creds.password is None and creds.token is None:
@@ -181,12 +195,13 @@ def erase_account_mail(session: Session, account_id: str) -> list[str]:
     email_ids = list(session.execute(select(Email.id).where(Email.account_id == account_id)).scalars())
     keys = [k for k in session.execute(select(Email.raw_key).where(Email.account_id == account_id)).scalars() if k]
     for chunk in (email_ids[i : i + 500] for i in range(0, len(email_ids), 500)):
-        keys += list(session.execute(select(Document.storage_key).where(Document.email_id.in_(chunk))).scalars())  # type: ignore[attr-defined]
-        for atts in session.execute(select(Outbox.attachments).where(Outbox.email_id.in_(chunk))).scalars():  # type: ignore[attr-defined]
+        keys += list(session.execute(select(Document.storage_key).where(col(Document.email_id).in_(chunk))).scalars())
+        for atts in session.execute(select(Outbox.attachments).where(col(Outbox.email_id).in_(chunk))).scalars():
             keys += [a["key"] for a in atts if str(a.get("key", "")).startswith("outbox/")]  # forwarded files belong to others
         for model in (Document, EmailLink, EmailAddress, EmailLocation, Delivery, Outbox, TrackedLink, TrackingEvent):
-            session.execute(delete(model).where(model.email_id.in_(chunk)))  # type: ignore[attr-defined]
-        session.execute(delete(Email).where(Email.id.in_(chunk)))  # type: ignore[attr-defined]
-    session.execute(delete(FolderState).where(FolderState.account_id == account_id))
-    session.execute(update(EmailAccount).where(EmailAccount.id == account_id).values(messages_synced=0, backfill_done=0, backfill_total=0))
+            session.execute(delete(model).where(col(model.email_id).in_(chunk)))
+        session.execute(delete(Email).where(col(Email.id).in_(chunk)))
+    session.execute(delete(FolderState).where(col(FolderState.account_id) == account_id))
+    session.execute(update(EmailAccount).where(col(EmailAccount.id) == account_id)
+                    .values(messages_synced=0, backfill_done=0, backfill_total=0))
     return keys

@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import update
 from sqlalchemy.orm import load_only
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from models import Email, utcnow
 from pipeline import jobs
@@ -54,7 +54,7 @@ def move(session: Session, email_ids: Sequence[str], to_state: str) -> None:
     """Advance emails to ``to_state`` (only from the state before it, so a duplicate chain can never
     move an email backwards) and restart their stall clock."""
     if email_ids:
-        session.execute(update(Email).where(Email.id.in_(list(email_ids)), Email.pipeline_state.in_(_PREVIOUS[to_state]))  # type: ignore[attr-defined]
+        session.execute(update(Email).where(col(Email.id).in_(list(email_ids)), col(Email.pipeline_state).in_(_PREVIOUS[to_state]))
                         .values(pipeline_state=to_state, stage_at=utcnow()))
 
 
@@ -63,7 +63,7 @@ def in_state(session: Session, email_ids: Sequence[str], state: str, *columns: s
 
     Name ``columns`` to load only those (bodies are large; most stages never read them).
     """
-    stmt = select(Email).where(Email.id.in_(list(email_ids)), Email.pipeline_state == state)  # type: ignore[attr-defined]
+    stmt = select(Email).where(col(Email.id).in_(list(email_ids)), Email.pipeline_state == state)
     if columns:
         stmt = stmt.options(load_only(*(getattr(Email, c) for c in ("id", "org_id", "account_id", *columns))))
     return list(session.execute(stmt).scalars())
@@ -74,7 +74,7 @@ def resume_ingest(session: Session, now: datetime) -> int:
     """Restart the chain for emails stuck mid-pipeline; quarantine those that keep stalling."""
     stuck = list(session.execute(
         select(Email.id, Email.ingest_attempts, Email.pipeline_state)
-        .where(Email.pipeline_state.not_in(FINAL_STATES), Email.stage_at < now - STALL)  # type: ignore[attr-defined,operator]
+        .where(col(Email.pipeline_state).not_in(FINAL_STATES), col(Email.stage_at) < now - STALL)
         .limit(2000)
     ).all())
     if not stuck:
@@ -89,7 +89,7 @@ def resume_ingest(session: Session, now: datetime) -> int:
     if give_up:
         log.warning("ingest_quarantined", count=len(give_up))
     if retry:
-        session.execute(update(Email).where(Email.id.in_(retry)).values(  # type: ignore[attr-defined]
+        session.execute(update(Email).where(col(Email.id).in_(retry)).values(
             stage_at=now, ingest_attempts=Email.ingest_attempts + 1))
         session.flush()
         start_chain(retry)

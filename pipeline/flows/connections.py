@@ -1,7 +1,8 @@
 """Turning an account row into protocol-client settings, and the swappable client factories.
 
 Flows call :func:`open_imap` and :func:`smtp_settings`; tests swap the factories for the in-memory
-fakes (``tests/harness``) with :func:`use_imap_connector` and :func:`use_smtp_transport`. Secrets are decrypted here, at the last moment, and never logged.
+fakes (``tests/harness``) with :func:`use_imap_connector` and :func:`use_smtp_transport`. Secrets are
+decrypted here, at the last moment, and never logged.
 """
 
 from __future__ import annotations

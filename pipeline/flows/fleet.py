@@ -9,8 +9,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import and_, func, or_, select
-from sqlmodel import Session
+from sqlalchemy import and_, func, or_
+from sqlmodel import Session, col, select
 
 from models import EmailAccount
 from ops import metrics
@@ -44,16 +44,16 @@ def queue_depths(broker: Any) -> dict[str, tuple[int, int, int]]:
 
 @register_sweep("fleet_gauges")
 def sweep_fleet_gauges(session: Session, now: datetime) -> int:
-    counts = dict(session.execute(select(EmailAccount.sync_state, func.count()).where(EmailAccount.deleted_at.is_(None))  # type: ignore[union-attr]
+    counts = dict(session.execute(select(EmailAccount.sync_state, func.count()).where(col(EmailAccount.deleted_at).is_(None))
                                   .group_by(EmailAccount.sync_state)).all())
     for state in metrics.ACCOUNT_STATES:
         metrics.ACCOUNTS.labels(state).set(counts.get(state, 0))
     stale_before = now - max(timedelta(seconds=3 * get_settings().poll_seconds), MIN_STALE)
     stale = session.execute(select(func.count()).select_from(EmailAccount).where(
-        EmailAccount.deleted_at.is_(None),  # type: ignore[union-attr]
-        EmailAccount.sync_state.not_in(("disabled", "reconnect_required")),  # type: ignore[attr-defined]
-        or_(EmailAccount.last_synced_at < stale_before,  # type: ignore[operator]
-            and_(EmailAccount.last_synced_at.is_(None), EmailAccount.created_at < stale_before)))).scalar_one()  # type: ignore[union-attr]
+        col(EmailAccount.deleted_at).is_(None),
+        col(EmailAccount.sync_state).not_in(("disabled", "reconnect_required")),
+        or_(col(EmailAccount.last_synced_at) < stale_before,
+            and_(col(EmailAccount.last_synced_at).is_(None), col(EmailAccount.created_at) < stale_before)))).scalar_one()
     metrics.ACCOUNTS_STALE.set(stale)
     try:
         for q, (ready, delayed, dead) in queue_depths(get_broker()).items():

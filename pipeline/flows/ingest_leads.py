@@ -10,11 +10,9 @@ pushed to their websocket after the commit, like every notification.
 from __future__ import annotations
 
 import hashlib
-
-from sqlalchemy import select
-from sqlmodel import Session
-
 from typing import Any
+
+from sqlmodel import Session, col, select
 
 from models import EmailAccount, Lead, Organization
 from models.db import get_engine
@@ -41,8 +39,9 @@ def create_batch(email_ids: list[str]) -> None:
                           "needs_review", "subject", "suspicious_sender")
         if not emails:
             return
-        orgs = {o.id: o for o in s.execute(select(Organization).where(Organization.id.in_({e.org_id for e in emails}))).scalars()}  # type: ignore[attr-defined]
-        accounts = {a.id: a for a in s.execute(select(EmailAccount).where(EmailAccount.id.in_({e.account_id for e in emails}))).scalars()}  # type: ignore[attr-defined]
+        orgs = {o.id: o for o in s.execute(select(Organization).where(col(Organization.id).in_({e.org_id for e in emails}))).scalars()}
+        accounts = {a.id: a for a in s.execute(select(EmailAccount).where(
+            col(EmailAccount.id).in_({e.account_id for e in emails}))).scalars()}
         leads: dict[str, dict[str, Any]] = {}
         notes: list[dict[str, Any]] = []
         for e in emails:

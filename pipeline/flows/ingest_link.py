@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
+from typing import cast
 
-from sqlalchemy import delete, or_, select, update
-from sqlmodel import Session
+from sqlalchemy import delete, or_, update
+from sqlmodel import Session, col, select
 
 from models import Contact, CrmAccount, Email, EmailAccount, EmailAddress, EmailLink, Lead, RelinkRequest, normalize_email
 from models.db import get_engine
@@ -17,7 +18,7 @@ from ops import metrics
 from pipeline import jobs
 from pipeline.flows.chain import in_state, move
 from pipeline.scheduler import register_sweep
-from pipeline.stages.autolink import CrmMatch, DictDirectory, LinkDecision, links_for_new_record, plan_links
+from pipeline.stages.autolink import CrmMatch, DictDirectory, Direction, EntityType, LinkDecision, links_for_new_record, plan_links
 
 __all__ = ["SqlDirectory", "enqueue_relink", "link_batch", "relink_record", "store_links", "sweep_relinks"]
 
@@ -35,14 +36,16 @@ class SqlDirectory:
         if not wanted:
             return out
         s, org = self.session, self.org_id
-        for c in s.execute(select(Contact.id, Contact.email_norm, Contact.account).where(Contact.org_id == org, Contact.email_norm.in_(wanted))):  # type: ignore[union-attr]
+        for c in s.execute(select(Contact.id, Contact.email_norm, Contact.account)
+                           .where(Contact.org_id == org, col(Contact.email_norm).in_(wanted))):
             out[c.email_norm].append(CrmMatch("contact", c.id, "contacts.email", c.account))
         for c in s.execute(select(Contact.id, Contact.personal_email_norm, Contact.account).where(
-                Contact.org_id == org, Contact.personal_email_norm.in_(wanted))):  # type: ignore[union-attr]
+                Contact.org_id == org, col(Contact.personal_email_norm).in_(wanted))):
             out[c.personal_email_norm].append(CrmMatch("contact", c.id, "contacts.personal_email", c.account))
-        for ld in s.execute(select(Lead.id, Lead.email_norm).where(Lead.org_id == org, Lead.email_norm.in_(wanted))):  # type: ignore[union-attr]
+        for ld in s.execute(select(Lead.id, Lead.email_norm).where(Lead.org_id == org, col(Lead.email_norm).in_(wanted))):
             out[ld.email_norm].append(CrmMatch("lead", ld.id, "leads.email"))
-        for a in s.execute(select(CrmAccount.id, CrmAccount.email_norm).where(CrmAccount.org_id == org, CrmAccount.email_norm.in_(wanted))):  # type: ignore[union-attr]
+        for a in s.execute(select(CrmAccount.id, CrmAccount.email_norm)
+                           .where(CrmAccount.org_id == org, col(CrmAccount.email_norm).in_(wanted))):
             out[a.email_norm].append(CrmMatch("account", a.id, "accounts.email"))
         return out
 
@@ -71,7 +74,7 @@ def link_batch(email_ids: list[str]) -> None:
         if not emails:
             return
         own = dict(s.execute(select(EmailAccount.id, EmailAccount.email_norm).where(
-            EmailAccount.id.in_({e.account_id for e in emails}))).all())  # type: ignore[attr-defined]
+            col(EmailAccount.id).in_({e.account_id for e in emails}))).all())
         by_org: dict[str, list[Email]] = defaultdict(list)
         for e in emails:
             by_org[e.org_id].append(e)
@@ -83,7 +86,8 @@ def link_batch(email_ids: list[str]) -> None:
             every = {addr for e in batch for addr in _addresses(e)}
             directory = DictDirectory(SqlDirectory(s, org_id).lookup(every))
             for e in batch:
-                plan = plan_links(e.direction, e.from_email, e.to_emails, e.cc_emails, directory,  # type: ignore[arg-type]
+                # the stage raises ValueError for a direction other than the two it names
+                plan = plan_links(cast(Direction, e.direction), e.from_email, e.to_emails, e.cc_emails, directory,
                                   own_addresses=(own.get(e.account_id, ""),), suspicious_sender=e.suspicious_sender)
                 addresses += [{"org_id": org_id, "email_id": e.id, "address_norm": a} for a in plan.addresses if len(a) <= 320]
                 if plan.links:
@@ -105,25 +109,29 @@ def _addresses(e: Email) -> list[str]:
     return [a for a in (normalize_email(x) for x in raw if x) if a]
 
 
+_RECORD_MODELS: dict[str, type[Contact] | type[Lead] | type[CrmAccount]] = {"contact": Contact, "lead": Lead, "account": CrmAccount}
+
+
 def relink_record(org_id: str, entity_type: str, entity_id: str) -> int:
     """Link earlier unlinked mail to a contact/lead/account the CRM just created or changed."""
-    model = {"contact": Contact, "lead": Lead, "account": CrmAccount}[entity_type]
+    model = _RECORD_MODELS[entity_type]  # KeyError for anything but the three EntityTypes
     with Session(get_engine(), expire_on_commit=False) as s:
         record = s.get(model, (org_id, entity_id))
         if record is None:
             return 0
+        assert isinstance(record, (Contact, Lead, CrmAccount))  # s.get types it as their base, CrmRecord
         fields = {"email": record.email}
-        if entity_type == "contact":
-            fields["personal_email"] = record.personal_email  # type: ignore[attr-defined]
-        account_id = record.account if entity_type == "contact" else None  # type: ignore[attr-defined]
-        decisions = links_for_new_record(entity_type, entity_id, fields, account_id)  # type: ignore[arg-type]
+        if isinstance(record, Contact):
+            fields["personal_email"] = record.personal_email
+        account_id = record.account if isinstance(record, Contact) else None
+        decisions = links_for_new_record(cast(EntityType, entity_type), entity_id, fields, account_id)
         if not decisions:
             return 0
         addresses = sorted({d.matched_email for d in decisions})
         rows = s.execute(
             select(Email, EmailAddress.address_norm)
-            .join(EmailAddress, EmailAddress.email_id == Email.id)
-            .where(EmailAddress.org_id == org_id, EmailAddress.address_norm.in_(addresses), Email.linked.is_(False))  # type: ignore[attr-defined]
+            .join(EmailAddress, col(EmailAddress.email_id) == Email.id)
+            .where(EmailAddress.org_id == org_id, col(EmailAddress.address_norm).in_(addresses), col(Email.linked).is_(False))
         ).all()
         touched = 0
         for email, address in rows:
@@ -147,10 +155,10 @@ RELINK_FOR = timedelta(minutes=10)
 @register_sweep("relink_requests")
 def sweep_relinks(session: Session, now: datetime) -> int:
     """Re-run recent retro-link requests once a minute for ten minutes, then drop them."""
-    session.execute(delete(RelinkRequest).where(RelinkRequest.created_at < now - RELINK_FOR,
-                                                RelinkRequest.last_run_at.is_not(None)))  # type: ignore[union-attr]
+    session.execute(delete(RelinkRequest).where(col(RelinkRequest.created_at) < now - RELINK_FOR,
+                                                col(RelinkRequest.last_run_at).is_not(None)))
     due = list(session.execute(select(RelinkRequest).where(or_(
-        RelinkRequest.last_run_at.is_(None), RelinkRequest.last_run_at < now - RELINK_EVERY)).limit(1000)).scalars())  # type: ignore[union-attr,operator]
+        col(RelinkRequest.last_run_at).is_(None), col(RelinkRequest.last_run_at) < now - RELINK_EVERY)).limit(1000)).scalars())
     for req in due:
         req.last_run_at = now
         session.add(req)

@@ -6,8 +6,7 @@ copies (``silent``) and mail that just created a lead (already announced) notify
 
 from __future__ import annotations
 
-from sqlalchemy import select
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from models import EmailAccount, EmailLink, Notification
 from models.db import get_engine
@@ -25,13 +24,13 @@ def notify_batch(email_ids: list[str]) -> None:
         if not emails:
             return
         owners = dict(s.execute(select(EmailAccount.id, EmailAccount.user_id).where(
-            EmailAccount.id.in_({e.account_id for e in emails}))).all())  # type: ignore[attr-defined]
+            col(EmailAccount.id).in_({e.account_id for e in emails}))).all())
         wanted = [e for e in emails if e.direction == "inbound" and e.linked and not e.silent]
         announced = set(s.execute(select(Notification.email_id).where(
-            Notification.email_id.in_([e.id for e in wanted]), Notification.kind == "lead.created")).scalars())  # type: ignore[union-attr]
+            col(Notification.email_id).in_([e.id for e in wanted]), Notification.kind == "lead.created")).scalars())
         links: dict[str, list[tuple[str, str]]] = {}
         for email_id, etype, eid in s.execute(select(EmailLink.email_id, EmailLink.entity_type, EmailLink.entity_id).where(
-                EmailLink.email_id.in_([e.id for e in wanted]))).all():  # type: ignore[attr-defined]
+                col(EmailLink.email_id).in_([e.id for e in wanted]))).all():
             links.setdefault(email_id, []).append((etype, eid))
         rows = [{
             "org_id": e.org_id, "user_id": owners[e.account_id], "kind": "email.received",

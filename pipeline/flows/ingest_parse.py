@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import structlog
-from sqlalchemy import select, update
-from sqlmodel import Session
+from sqlalchemy import update
+from sqlmodel import Session, col, select
 
 from models import Email, EmailAccount, normalize_email
 from models.db import get_engine
@@ -69,7 +69,7 @@ def parse_batch(email_ids: list[str]) -> list[str]:
         if not emails:
             return email_ids
         accounts = dict(s.execute(select(EmailAccount.id, EmailAccount.email).where(
-            EmailAccount.id.in_({e.account_id for e in emails}))).all())  # type: ignore[attr-defined]
+            col(EmailAccount.id).in_({e.account_id for e in emails}))).all())
         s.expunge_all()  # rows are written below in one executemany, not by the unit of work
         results: list[tuple[Email, ParsedEmail]] = []
         quarantined: list[Email] = []
@@ -77,11 +77,12 @@ def parse_batch(email_ids: list[str]) -> list[str]:
             try:
                 raw = storage.get(email.raw_key or "")
             except StorageError as exc:
-                raw = refetch_raw(s, email)
-                if raw is None:
+                refetched = refetch_raw(s, email)
+                if refetched is None:
                     email.parse_error = f"raw message missing from storage and no longer on the server: {exc}"
                     quarantined.append(email)
                     continue
+                raw = refetched
             parsed = parse_email(raw)
             if parsed.error:
                 email.parse_error = parsed.error
@@ -120,8 +121,8 @@ class _ThreadIndex:
             wanted = sorted(ids)
             for i in range(0, len(wanted), 500):
                 for mid, tid in s.execute(select(Email.message_id, Email.thread_id).where(
-                        Email.account_id == account_id, Email.message_id.in_(wanted[i : i + 500]),  # type: ignore[union-attr]
-                        Email.thread_id.is_not(None))):  # type: ignore[union-attr]
+                        Email.account_id == account_id, col(Email.message_id).in_(wanted[i : i + 500]),
+                        col(Email.thread_id).is_not(None))):
                     self.known.setdefault((account_id, mid), tid)
 
     def resolve(self, email: Email, parsed: ParsedEmail) -> str:

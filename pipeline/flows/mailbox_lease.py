@@ -13,8 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import select
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from models import EmailAccount, Organization, utcnow
 from models.db import get_engine
@@ -30,7 +29,7 @@ log = structlog.get_logger("mailpipe.fetch")
 FETCH_LEASE = Lease(EmailAccount, "id", "fetch_owner", "fetch_lease_until", timedelta(minutes=5))
 MAX_BACKOFF = timedelta(hours=1)
 ERROR_AFTER_FAILURES = 3
-_LIVE = (EmailAccount.deleted_at.is_(None),)  # type: ignore[union-attr]
+_LIVE = (col(EmailAccount.deleted_at).is_(None),)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,8 +45,8 @@ def claim(account_id: str, token: str, owner: str) -> Claim | None:
     """Take the account's fetch lease if ``token`` is current, the mailbox syncs, and nobody else holds it."""
     with Session(get_engine(), expire_on_commit=False) as s:
         taken = FETCH_LEASE.claim(s, account_id, owner, where=(
-            EmailAccount.fetch_token == token, *_LIVE,
-            EmailAccount.sync_state.not_in(("disabled", "reconnect_required"))),  # type: ignore[attr-defined]
+            col(EmailAccount.fetch_token) == token, *_LIVE,
+            col(EmailAccount.sync_state).not_in(("disabled", "reconnect_required"))),
             sync_state="syncing")
         if not taken:
             s.rollback()

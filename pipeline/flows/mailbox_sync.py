@@ -13,8 +13,8 @@ import time
 from typing import Any
 
 import structlog
-from sqlalchemy import delete, select, update
-from sqlmodel import Session
+from sqlalchemy import delete, update
+from sqlmodel import Session, col, select
 
 from models import Email, EmailAccount, EmailLocation, FolderState, utcnow
 from models.db import get_engine
@@ -132,9 +132,9 @@ class MailboxSync:
     def _reset_folder(self, state: FolderState, plan: sync.FolderPlan, messages: int) -> None:
         """A first sync or a UIDVALIDITY change: stored UIDs are void; drop the folder's stale locations."""
         with Session(get_engine()) as s:
-            s.execute(delete(EmailLocation).where(EmailLocation.account_id == self.account.id,
-                                                  EmailLocation.folder == state.name,
-                                                  EmailLocation.uidvalidity != plan.cursor.uidvalidity))
+            s.execute(delete(EmailLocation).where(col(EmailLocation.account_id) == self.account.id,
+                                                  col(EmailLocation.folder) == state.name,
+                                                  col(EmailLocation.uidvalidity) != plan.cursor.uidvalidity))
             s.commit()
         if plan.reindex:
             log.info("folder_reindex", account_id=self.account.id, folder=state.name, reason=plan.reason)
@@ -149,7 +149,7 @@ class MailboxSync:
             values["last_full_sync"] = utcnow()
         with Session(get_engine()) as s:
             renew(s, self.account.id, self.owner)
-            s.execute(update(FolderState).where(FolderState.id == state_id).values(**values))
+            s.execute(update(FolderState).where(col(FolderState.id) == state_id).values(**values))
             s.commit()
 
     def _store_batch(self, state_id: str, choice: sync.FolderChoice, fetched: list[FetchedMessage],
@@ -182,20 +182,20 @@ class MailboxSync:
             created = insert_ignore(s, Email, rows, ["account_id", "dedupe_key"])
             keys = [r["dedupe_key"] for r in rows]
             ids = dict(s.execute(select(Email.dedupe_key, Email.id).where(Email.account_id == acct.id,
-                                                                          Email.dedupe_key.in_(keys))).all())  # type: ignore[attr-defined]
+                                                                          col(Email.dedupe_key).in_(keys))).all())
             insert_ignore(s, EmailLocation, [
                 {"email_id": ids[key], "account_id": acct.id, "folder": choice.name, "uidvalidity": cursor.uidvalidity,
                  "uid": m.uid, "flags": sorted(m.flags)} for key, m in locations
             ], ["account_id", "folder", "uidvalidity", "uid"])
-            s.execute(update(FolderState).where(FolderState.id == state_id).values(
+            s.execute(update(FolderState).where(col(FolderState.id) == state_id).values(
                 last_uid=cursor.last_uid, backfill_low_uid=cursor.backfill_low_uid, backfill_done=cursor.backfill_done,
                 uidvalidity=cursor.uidvalidity, updated_at=now))
             self.window = sync.RateWindow(self.window.start, self.window.count + len(fetched))
             renew(s, acct.id, self.owner, messages_synced=EmailAccount.messages_synced + created,
                    backfill_done=EmailAccount.backfill_done + backfill_count,
                    rate_window_start=self.window.start, rate_window_count=self.window.count)
-            pending = list(s.execute(select(Email.id).where(Email.account_id == acct.id, Email.dedupe_key.in_(keys),  # type: ignore[attr-defined]
-                                                            Email.pipeline_state.not_in(FINAL_STATES))).scalars())  # type: ignore[attr-defined]
+            pending = list(s.execute(select(Email.id).where(Email.account_id == acct.id, col(Email.dedupe_key).in_(keys),
+                                                            col(Email.pipeline_state).not_in(FINAL_STATES))).scalars())
             s.commit()
         for m in fetched:
             if m.internaldate is not None and m.uid in new_uids:
@@ -214,13 +214,13 @@ def adopt_known(s: Session, account_id: str, folder: str, uidvalidity: int | Non
     then by the key earlier releases computed for the same bytes (``Identity.legacy_key``), taken only
     when that row holds these very bytes, since the old header-only key also matched other messages."""
     by_uid = dict(s.execute(
-        select(EmailLocation.uid, Email.dedupe_key).join(Email, Email.id == EmailLocation.email_id)  # type: ignore[arg-type]
+        select(EmailLocation.uid, Email.dedupe_key).join(Email, col(Email.id) == EmailLocation.email_id)
         .where(EmailLocation.account_id == account_id, EmailLocation.folder == folder,
-               EmailLocation.uidvalidity == uidvalidity, EmailLocation.uid.in_([m.uid for _, m in locations]))).all())  # type: ignore[attr-defined]
+               EmailLocation.uidvalidity == uidvalidity, col(EmailLocation.uid).in_([m.uid for _, m in locations]))).all())
     old = sorted({k for k in legacy if k})
     stored = dict(s.execute(select(Email.dedupe_key, Email.raw_key).where(
-        Email.account_id == account_id, Email.dedupe_key.in_(old))).all()) if old else {}  # type: ignore[attr-defined]
-    for i, (row, (key, m)) in enumerate(zip(rows, locations)):
+        Email.account_id == account_id, col(Email.dedupe_key).in_(old))).all()) if old else {}
+    for i, (row, (key, m)) in enumerate(zip(rows, locations, strict=True)):
         adopted = by_uid.get(m.uid)
         if adopted is None and legacy[i] in stored and stored[legacy[i]] == row["raw_key"]:
             adopted = legacy[i]
@@ -237,8 +237,8 @@ def adopt_sent(s: Session, account_id: str, rows: list[dict[str, Any]], location
     if not mids:
         return
     ours = dict(s.execute(select(Email.message_id, Email.dedupe_key).where(
-        Email.account_id == account_id, Email.direction == "outbound", Email.message_id.in_(mids),  # type: ignore[union-attr]
-        Email.dedupe_key.not_like("gm:%"))).all())  # type: ignore[union-attr]
+        Email.account_id == account_id, Email.direction == "outbound", col(Email.message_id).in_(mids),
+        col(Email.dedupe_key).not_like("gm:%"))).all())
     for i, row in enumerate(rows):
         key = ours.get(row["message_id"])
         if key is not None and row["dedupe_key"].startswith("gm:"):

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from models import Notification
 from models.upsert import insert_ignore
@@ -19,7 +18,7 @@ def insert_new(s: Session, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     if not rows:
         return []
     known = {(o, k) for o, k in s.execute(select(Notification.org_id, Notification.dedupe_key).where(
-        Notification.dedupe_key.in_([r["dedupe_key"] for r in rows]))).all()}  # type: ignore[attr-defined]
+        col(Notification.dedupe_key).in_([r["dedupe_key"] for r in rows]))).all()}
     new = [r for r in rows if (r["org_id"], r["dedupe_key"]) not in known]
     insert_ignore(s, Notification, new, ["org_id", "dedupe_key"])
     return new

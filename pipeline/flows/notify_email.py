@@ -15,8 +15,8 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import structlog
-from sqlalchemy import select, update
-from sqlmodel import Session
+from sqlalchemy import update
+from sqlmodel import Session, col, select
 
 from models import Notification, User, utcnow
 from models.db import get_engine
@@ -59,14 +59,14 @@ def mark_pending(s: Session, notifications: list[dict[str, Any]]) -> list[str]:
     if not notifications or get_settings().notify_smtp_url is None:
         return []
     wanted = set(s.execute(select(User.id).where(
-        User.org_id.in_({n["org_id"] for n in notifications}), User.id.in_({n["user_id"] for n in notifications}),  # type: ignore[attr-defined]
-        User.notify_by_email.is_(True))).scalars())  # type: ignore[attr-defined]
+        col(User.org_id).in_({n["org_id"] for n in notifications}), col(User.id).in_({n["user_id"] for n in notifications}),
+        col(User.notify_by_email).is_(True))).scalars())
     keys = [n["dedupe_key"] for n in notifications if n["user_id"] in wanted]
     if not keys:
         return []
-    s.execute(update(Notification).where(Notification.dedupe_key.in_(keys), Notification.email_state.is_(None))  # type: ignore[attr-defined,union-attr]
+    s.execute(update(Notification).where(col(Notification.dedupe_key).in_(keys), col(Notification.email_state).is_(None))
               .values(email_state="pending"))
-    return list(s.execute(select(Notification.id).where(Notification.dedupe_key.in_(keys))).scalars())  # type: ignore[attr-defined]
+    return list(s.execute(select(Notification.id).where(col(Notification.dedupe_key).in_(keys))).scalars())
 
 
 def send_notification_email(notification_id: str) -> None:
@@ -75,10 +75,10 @@ def send_notification_email(notification_id: str) -> None:
     if url is None:
         return
     with Session(get_engine(), expire_on_commit=False) as s:
-        res = s.execute(update(Notification).where(Notification.id == notification_id, Notification.email_state == "pending")
+        res = s.exec(update(Notification).where(col(Notification.id) == notification_id, col(Notification.email_state) == "pending")
                         .values(email_state="sending"))
         s.commit()
-        if res.rowcount != 1:  # type: ignore[attr-defined]
+        if res.rowcount != 1:
             return
         n = s.get(Notification, notification_id)
         assert n is not None
@@ -104,7 +104,7 @@ def send_notification_email(notification_id: str) -> None:
 
 def _finish(notification_id: str, state: str) -> None:
     with Session(get_engine()) as s:
-        s.execute(update(Notification).where(Notification.id == notification_id).values(
+        s.execute(update(Notification).where(col(Notification.id) == notification_id).values(
             email_state=state, emailed_at=utcnow() if state == "sent" else None))
         s.commit()
 
@@ -113,7 +113,7 @@ def _finish(notification_id: str, state: str) -> None:
 def sweep_pending_notification_emails(session: Session, now: datetime) -> int:
     """Hand notification emails whose message was lost to the broker again."""
     ids = list(session.execute(select(Notification.id).where(
-        Notification.email_state == "pending", Notification.created_at < now - RESWEEP_AFTER).limit(500)).scalars())  # type: ignore[operator]
+        Notification.email_state == "pending", Notification.created_at < now - RESWEEP_AFTER).limit(500)).scalars())
     for nid in ids:
         jobs.NOTIFY_EMAIL.send(nid)
     return len(ids)

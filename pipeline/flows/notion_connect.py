@@ -13,8 +13,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import structlog
-from sqlalchemy import select
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from models import NotionConnection
 from models.db import get_engine
@@ -36,7 +35,8 @@ STATE_TTL = timedelta(minutes=15)
 
 
 def connection(s: Session, org_id: str, user_id: str) -> NotionConnection | None:
-    return s.execute(select(NotionConnection).where(NotionConnection.org_id == org_id, NotionConnection.user == user_id)).scalar_one_or_none()
+    return s.execute(select(NotionConnection)
+                     .where(NotionConnection.org_id == org_id, NotionConnection.user == user_id)).scalar_one_or_none()
 
 
 def token_of(conn: NotionConnection) -> str | None:
@@ -163,7 +163,7 @@ def _refresh_locked(conn: NotionConnection) -> str | None:
 
 def list_databases(token: str) -> list[dict[str, Any]]:
     """Databases the token can see: search for data sources, grouped by their database."""
-    items: dict[str, dict[str, Any]] = {}
+    items: dict[str | None, dict[str, Any]] = {}
     for r in results(make_client(token).search, filter={"property": "object", "value": "data_source"}):
         db_id = (r.get("parent") or {}).get("database_id") or r.get("id")
         items.setdefault(db_id, {"id": db_id, "title": _title(r), "icon": _icon(r), "data_source_id": r.get("id")})

@@ -18,8 +18,8 @@ from datetime import timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import or_, select, update
-from sqlmodel import Session
+from sqlalchemy import or_, update
+from sqlmodel import Session, col, select
 
 from models import Contact, Document, Email, EmailLink, Lead, NotionConnection, NotionSave, utcnow
 from models.db import get_engine
@@ -67,7 +67,7 @@ def customer_of(s: Session, email: Email) -> str | None:
                     if name:
                         return name
     if email.direction == "outbound":
-        return (email.to_emails or [None])[0]
+        return email.to_emails[0] if email.to_emails else None
     return email.from_name or email.from_email
 
 
@@ -86,13 +86,13 @@ class NotionSaveRun:
                                                                  NotionConnection.user == self.row.user_id)).scalar_one_or_none()
             self.customer = customer_of(s, self.email) if self.email is not None else None
             self.docs = list(s.execute(select(Document).where(Document.email_id == self.row.email_id)
-                                       .order_by(Document.part_index)).scalars())
+                                       .order_by(col(Document.part_index))).scalars())
 
     def claim(self) -> bool:
         """Take the save's lease (a redelivery of the same message may take it over at once)."""
         with Session(get_engine()) as s:
             taken = NOTION_LEASE.claim(s, self.save_id, self.owner,
-                                       where=(NotionSave.state.not_in(("done", "failed")),))  # type: ignore[attr-defined]
+                                       where=(col(NotionSave.state).not_in(("done", "failed")),))
             s.commit()
             return taken
 
@@ -114,7 +114,7 @@ class NotionSaveRun:
 
     def _plan(self) -> list[dict[str, Any]]:
         """Header, body, then one file block (or note) per attachment: the same list on every run."""
-        assert self.email is not None
+        assert self.row is not None and self.email is not None
         settings = get_settings()
         crm = f"{settings.public_url.rstrip('/')}/api/v1/emails/{self.email.id}"
         sender = self.email.from_email
@@ -172,6 +172,7 @@ class NotionSaveRun:
             raise
 
     def _write(self, token: str) -> None:
+        assert self.row is not None
         client = make_client(token)
         found = schema(token, self.row.database_id)
         if self.row.data_source_id != found.data_source_id:
@@ -202,6 +203,7 @@ class NotionSaveRun:
         self._finish()
 
     def _plan_with_ref(self) -> list[dict[str, Any]]:
+        assert self.row is not None
         if not self.row.ref:
             self._set(ref=secrets.token_hex(8))
         return self._plan()
@@ -210,6 +212,7 @@ class NotionSaveRun:
         """A run died around pages.create: find the page it made. The data source is queried for
         pages created since the intent (Notion's query, unlike its search, is not eventually
         consistent), all result pages read, and the candidate whose first block carries our ref wins."""
+        assert self.row is not None
         since = (self.row.intent_at or self.row.created_at) - RECOVERY_SKEW
         created_since = {"timestamp": "created_time", "created_time": {"on_or_after": since.isoformat()}}
         for page in results(client.data_sources.query, data_source_id=data_source_id, filter=created_since):
@@ -224,12 +227,12 @@ class NotionSaveRun:
 
     def _append_rest(self, client: Any, blocks: list[dict[str, Any]]) -> None:
         """Append the top-level blocks after ``blocks_done``, and the children deferred for depth."""
+        assert self.row is not None and self.row.page_id is not None
         rest = blocks[self.row.blocks_done:]
-        assert self.row.page_id is not None
         for group in nb.batches(rest):
             sent = self._resolve_uploads(client, [b for b, _ in group])
             result = call(client.blocks.children.append, block_id=self.row.page_id, children=sent)
-            for created, (_, later) in zip(result.get("results", []), group):
+            for created, (_, later) in zip(result.get("results", []), group, strict=False):
                 if later:
                     self._append_tree(client, created["id"], later)
             self._set(blocks_done=self.row.blocks_done + len(group))
@@ -237,7 +240,7 @@ class NotionSaveRun:
     def _append_tree(self, client: Any, parent_id: str, children: list[dict[str, Any]]) -> None:
         for group in nb.batches(children):
             result = call(client.blocks.children.append, block_id=parent_id, children=[b for b, _ in group])
-            for created, (_, later) in zip(result.get("results", []), group):
+            for created, (_, later) in zip(result.get("results", []), group, strict=False):
                 if later:
                     self._append_tree(client, created["id"], later)
 
@@ -247,7 +250,7 @@ class NotionSaveRun:
         with Session(get_engine()) as s:
             NOTION_LEASE.renew(s, self.save_id, self.owner, state="done", done_at=now, updated_at=now, error=None, error_code=None,
                                **NOTION_LEASE.handing_back())
-            s.execute(update(Email).where(Email.id == self.row.email_id).values(notion_page_url=self.row.page_url))
+            s.execute(update(Email).where(col(Email.id) == self.row.email_id).values(notion_page_url=self.row.page_url))
             pushed = notifications.insert_new(s, [{
                 "org_id": self.row.org_id, "user_id": self.row.user_id, "kind": "notion.saved",
                 "title": f"Saved to Notion: {self.row.title}"[:500], "body": self.row.page_url or "", "email_id": self.row.email_id,
@@ -261,11 +264,11 @@ class NotionSaveRun:
         assert self.row is not None
         now = utcnow()
         with Session(get_engine()) as s:
-            res = s.execute(update(NotionSave).where(NotionSave.id == self.save_id, NotionSave.state != "done",
-                                                     or_(NotionSave.lease_owner == self.owner, NotionSave.lease_owner.is_(None)))  # type: ignore[union-attr]
+            res = s.exec(update(NotionSave).where(col(NotionSave.id) == self.save_id, col(NotionSave.state) != "done",
+                                                     or_(col(NotionSave.lease_owner) == self.owner, col(NotionSave.lease_owner).is_(None)))
                             .values(state="failed", error=message[:1000], error_code=code[:64], updated_at=now,
                                     lease_owner=None, lease_until=None))
-            if res.rowcount != 1:  # type: ignore[attr-defined]
+            if res.rowcount != 1:
                 s.rollback()
                 return
             pushed = notifications.insert_new(s, [{
@@ -312,13 +315,13 @@ def sweep_notion_saves(session: Session, now: Any) -> int:
     that have not got through for a day (each with a notification)."""
     open_states = ("pending", "creating", "appending")
     idle = NOTION_LEASE.free(now)
-    expired = list(session.execute(select(NotionSave.id).where(NotionSave.state.in_(open_states), idle,  # type: ignore[attr-defined]
+    expired = list(session.execute(select(NotionSave.id).where(col(NotionSave.state).in_(open_states), idle,
                                                                NotionSave.created_at < now - GIVE_UP)).scalars())
-    stale = list(session.execute(select(NotionSave.id).where(NotionSave.state.in_(open_states), idle,  # type: ignore[attr-defined]
+    stale = list(session.execute(select(NotionSave.id).where(col(NotionSave.state).in_(open_states), idle,
                                                              NotionSave.updated_at < now - STALE,
                                                              NotionSave.created_at >= now - GIVE_UP)).scalars())
     if stale:
-        session.execute(update(NotionSave).where(NotionSave.id.in_(stale)).values(updated_at=now))  # type: ignore[attr-defined]
+        session.execute(update(NotionSave).where(col(NotionSave.id).in_(stale)).values(updated_at=now))
     session.commit()
     for save_id in expired:
         job = NotionSaveRun(save_id)

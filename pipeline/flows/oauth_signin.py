@@ -16,8 +16,8 @@ from datetime import timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import select, update
-from sqlmodel import Session
+from sqlalchemy import update
+from sqlmodel import Session, col, select
 
 from models import EmailAccount, User, normalize_email, utcnow
 from models.db import get_engine
@@ -126,10 +126,10 @@ def _take_flow(provider: str, state: str) -> OAuthFlow:
     if flow_id is None:
         raise FlowError("invalid_state", "the sign-in link is invalid or has expired; start again")
     with Session(get_engine(), expire_on_commit=False) as s:
-        res = s.execute(update(OAuthFlow).where(OAuthFlow.id == flow_id, OAuthFlow.provider == provider,
-                                                OAuthFlow.used_at.is_(None), OAuthFlow.expires_at > utcnow())  # type: ignore[union-attr,operator]
+        res = s.exec(update(OAuthFlow).where(col(OAuthFlow.id) == flow_id, col(OAuthFlow.provider) == provider,
+                                                col(OAuthFlow.used_at).is_(None), col(OAuthFlow.expires_at) > utcnow())
                         .values(used_at=utcnow()))
-        if res.rowcount != 1:  # type: ignore[attr-defined]
+        if res.rowcount != 1:
             s.rollback()
             raise FlowError("invalid_state", "this sign-in was already completed or has expired; start again")
         s.commit()
@@ -168,9 +168,9 @@ def finish(provider_name: str, code: str, state: str) -> dict[str, Any]:
     i, sm = svc.apply_presets(provider.mail_provider, flow.email, imap_in, smtp_in)
     # The token goes to the provider's own hosts, or (overrides) only inside MAILPIPE_MAIL_ALLOWED_NETS:
     # the clients enforce listed_only on this test and on every later connection.
-    imap_ep = svc.Endpoint(str(i["host"]), int(i["port"]), str(i["security"]), str(i["username"]), None, tokens.access_token,  # type: ignore[call-overload]
+    imap_ep = svc.Endpoint(str(i["host"]), int(i["port"]), str(i["security"]), str(i["username"]), None, tokens.access_token,
                            oauth_host_rule(provider.mail_provider, "imap", str(i["host"])))
-    smtp_ep = svc.Endpoint(str(sm["host"]), int(sm["port"]), str(sm["security"]), str(sm["username"]), None, tokens.access_token,  # type: ignore[call-overload]
+    smtp_ep = svc.Endpoint(str(sm["host"]), int(sm["port"]), str(sm["security"]), str(sm["username"]), None, tokens.access_token,
                            oauth_host_rule(provider.mail_provider, "smtp", str(sm["host"])))
     test = svc.test_connection(imap_ep, smtp_ep)
     account_id, reconnected = _save_account(flow, provider, imap_ep, smtp_ep, tokens, test)
@@ -188,13 +188,13 @@ def _save_account(flow: OAuthFlow, provider: OAuthProvider, imap_ep: Any, smtp_e
     norm = normalize_email(flow.email) or flow.email
     with Session(get_engine(), expire_on_commit=False) as s:
         account = s.execute(select(EmailAccount).where(EmailAccount.org_id == flow.org_id, EmailAccount.email_norm == norm,
-                                                       EmailAccount.deleted_at.is_(None))).scalar_one_or_none()  # type: ignore[union-attr]
+                                                       col(EmailAccount.deleted_at).is_(None))).scalar_one_or_none()
         reconnected = account is not None
-        if reconnected and not test.ok:
+        if account is not None and not test.ok:
             # Another mailbox's consent, or the server refuses it: keep what works (or the
             # reconnect_required state) rather than replace it with tokens that do not.
-            log.warning("oauth_reconnect_test_failed", account_id=account.id)  # type: ignore[union-attr]
-            return account.id, True  # type: ignore[union-attr]
+            log.warning("oauth_reconnect_test_failed", account_id=account.id)
+            return account.id, True
         if account is None:
             account = svc.create_account(s, org_id=flow.org_id, user_id=flow.user_id, provider=provider.mail_provider,
                                          email=flow.email, imap_ep=imap_ep, smtp_ep=smtp_ep)
@@ -220,7 +220,7 @@ def _save_account(flow: OAuthFlow, provider: OAuthProvider, imap_ep: Any, smtp_e
         grant.tokens_enc = seal("oauth_grants", "tokens_enc", json.dumps(tokens.as_json()))
         grant.expires_at, grant.refreshed_at, grant.revoked_at, grant.revoked_reason = tokens.expires_at, now, None, None
         grant.updated_at = now
-        s.execute(update(OAuthFlow).where(OAuthFlow.id == flow.id).values(account_id=account.id))
+        s.execute(update(OAuthFlow).where(col(OAuthFlow.id) == flow.id).values(account_id=account.id))
         s.commit()
         account_id = account.id
     release_held(account_id)

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from models import Delivery, Document, Email, EmailAccount, Outbox, Suppression, Template, User, new_id, normalize_email, utcnow
 from models.db import get_engine
@@ -29,10 +29,10 @@ from pipeline.flows.merge_fields import MergeRecordMissing, merge_values
 from pipeline.stages import outbound as plan
 from pipeline.stages.compose import ComposeError, Draft, OutgoingAttachment, compose, envelope_recipients, recipient_groups
 from pipeline.stages.html_text import html_to_text
-from pipeline.stages.quoting import reply_headers
 from pipeline.stages.identity import message_identity
 from pipeline.stages.merge import MergeSyntaxError, render_parts, suggest, unknown_fields
 from pipeline.stages.parse import snippet
+from pipeline.stages.quoting import reply_headers
 
 __all__ = ["Outgoing", "SendRejected", "Submitted", "cancel", "draft_from_json", "submit"]
 
@@ -216,7 +216,8 @@ def submit(org_id: str, req: Outgoing, *, now: datetime | None = None) -> Submit
         if html is None and text is None:
             raise SendRejected(422, "validation_error", "give body_html, body_text or a template_id",
                                {"errors": [{"field": "body_html", "message": "a body is required"}]})
-        in_reply_to, references = None, ()
+        in_reply_to: str | None = None
+        references: tuple[str, ...] = ()
         parent = req.references_from
         if req.in_reply_to_email_id and parent is None:
             parent = s.get(Email, req.in_reply_to_email_id)
@@ -260,7 +261,7 @@ def submit(org_id: str, req: Outgoing, *, now: datetime | None = None) -> Submit
         if req.category == "marketing":
             norms = [normalize_email(a) or a for a in rcpts]
             suppressed = set(s.execute(select(Suppression.address_norm).where(
-                Suppression.org_id == org_id, Suppression.address_norm.in_(norms))).scalars())  # type: ignore[attr-defined]
+                Suppression.org_id == org_id, col(Suppression.address_norm).in_(norms))).scalars())
         status = "scheduled" if req.send_at is not None and req.send_at > now else "queued"
         ident = message_identity(base_raw)
         s.add(Email(
@@ -287,7 +288,7 @@ def submit(org_id: str, req: Outgoing, *, now: datetime | None = None) -> Submit
                            state="suppressed" if off else "pending", updated_at=now))
         try:
             if template_id:
-                s.execute(update(Template).where(Template.id == template_id).values(
+                s.execute(update(Template).where(col(Template.id) == template_id).values(
                     usage_count=Template.usage_count + 1, last_used_at=now))
             s.commit()
         except IntegrityError:
@@ -312,10 +313,10 @@ def cancel(org_id: str, email_id: str) -> str:
         email = s.get(Email, email_id)
         if email is None or email.org_id != org_id or email.deleted_at is not None:
             raise SendRejected(404, "not_found", "email not found")
-        res = s.execute(update(Outbox).where(Outbox.email_id == email_id, Outbox.state == "scheduled")
+        res = s.exec(update(Outbox).where(col(Outbox.email_id) == email_id, col(Outbox.state) == "scheduled")
                         .values(state="cancelled", updated_at=utcnow()))
-        if res.rowcount != 1:  # type: ignore[attr-defined]
+        if res.rowcount != 1:
             raise SendRejected(409, "not_cancellable", f"only scheduled emails can be cancelled; this one is {email.status}")
-        s.execute(update(Email).where(Email.id == email_id).values(status="cancelled"))
+        s.execute(update(Email).where(col(Email.id) == email_id).values(status="cancelled"))
         s.commit()
     return "cancelled"

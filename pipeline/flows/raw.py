@@ -8,8 +8,7 @@ the server) and stores it back.
 from __future__ import annotations
 
 import structlog
-from sqlalchemy import select
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from models import Email, EmailAccount, EmailLocation
 from pipeline.clients.imap import ImapError

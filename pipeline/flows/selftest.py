@@ -11,6 +11,7 @@ import socket
 import time
 
 from sqlalchemy import update
+from sqlmodel import col
 
 from models import SelfTestRun, utcnow
 from models.db import session_scope
@@ -27,7 +28,7 @@ def stamp(run_id: str, stage: str) -> None:
     """Record that ``stage`` ran for the run: when, on which worker, and how many times."""
     runs = getattr(SelfTestRun, f"{stage}_runs")
     with session_scope() as s:
-        s.execute(update(SelfTestRun).where(SelfTestRun.id == run_id).values(
+        s.execute(update(SelfTestRun).where(col(SelfTestRun.id) == run_id).values(
             {f"{stage}_at": utcnow(), f"{stage}_worker": _worker_name(), f"{stage}_runs": runs + 1}))
 
 

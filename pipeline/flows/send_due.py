@@ -10,8 +10,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 import structlog
-from sqlalchemy import or_, select, update
-from sqlmodel import Session
+from sqlalchemy import or_, update
+from sqlmodel import Session, col, select
 
 from models import Email, Outbox, utcnow
 from models.db import get_engine, is_postgres
@@ -39,10 +39,10 @@ def release_held(account_id: str) -> int:
     now = utcnow()
     with Session(get_engine()) as s:
         held = list(s.execute(select(Outbox.email_id).where(
-            Outbox.account_id == account_id, Outbox.state == "queued", Outbox.deferred_until > now)).scalars())  # type: ignore[operator]
+            col(Outbox.account_id) == account_id, col(Outbox.state) == "queued", col(Outbox.deferred_until) > now)).scalars())
         if not held:
             return 0
-        s.execute(update(Outbox).where(Outbox.email_id.in_(held), Outbox.state == "queued")  # type: ignore[attr-defined]
+        s.execute(update(Outbox).where(col(Outbox.email_id).in_(held), col(Outbox.state) == "queued")
                   .values(deferred_until=None, next_attempt_at=None, enqueued_at=now))
         s.commit()
     for email_id in held:
@@ -60,21 +60,21 @@ def sweep_send_due(session: Session, now: datetime) -> int:
     less than :data:`REQUEUE_AFTER` ago is left alone so a backlog is not enqueued twice.
     """
     released = list(session.execute(select(Outbox.email_id).where(
-        Outbox.state == "scheduled", Outbox.send_at <= now).limit(1000)).scalars())  # type: ignore[operator]
+        col(Outbox.state) == "scheduled", col(Outbox.send_at) <= now).limit(1000)).scalars())
     if released:
-        session.execute(update(Outbox).where(Outbox.email_id.in_(released), Outbox.state == "scheduled")  # type: ignore[attr-defined]
+        session.execute(update(Outbox).where(col(Outbox.email_id).in_(released), col(Outbox.state) == "scheduled")
                         .values(state="queued", next_attempt_at=None, updated_at=now))
-        session.execute(update(Email).where(Email.id.in_(released), Email.status == "scheduled")  # type: ignore[attr-defined]
+        session.execute(update(Email).where(col(Email.id).in_(released), col(Email.status) == "scheduled")
                         .values(status="queued"))
     stmt = select(Outbox.email_id).where(
         due(now), SEND_LEASE.free(now),
-        or_(Outbox.enqueued_at.is_(None), Outbox.enqueued_at < now - REQUEUE_AFTER, Outbox.email_id.in_(released)),  # type: ignore[union-attr,operator,attr-defined]
-    ).order_by(Outbox.created_at).limit(1000)
-    if is_postgres(session.get_bind()):  # type: ignore[arg-type]
+        or_(col(Outbox.enqueued_at).is_(None), col(Outbox.enqueued_at) < now - REQUEUE_AFTER, col(Outbox.email_id).in_(released)),
+    ).order_by(col(Outbox.created_at)).limit(1000)
+    if is_postgres(session.get_bind()):
         stmt = stmt.with_for_update(skip_locked=True, key_share=True)
     ready = list(session.execute(stmt).scalars())  # ids only: drafts can be megabytes
     if ready:
-        session.execute(update(Outbox).where(Outbox.email_id.in_(ready)).values(enqueued_at=now))  # type: ignore[attr-defined]
+        session.execute(update(Outbox).where(col(Outbox.email_id).in_(ready)).values(enqueued_at=now))
     session.commit()  # the hand-off time is durable before the messages exist
     for email_id in ready:
         enqueue_send(email_id)

@@ -13,8 +13,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, or_, select, text
-from sqlmodel import Session
+from sqlalchemy import ColumnElement, or_, text
+from sqlmodel import Session, col, select
 
 from models import Delivery, Email, EmailAccount, Outbox, utcnow
 from models.db import get_engine, is_postgres
@@ -39,11 +39,11 @@ class Loaded:
 def due(now: datetime) -> ColumnElement[bool]:
     """A WHERE clause: the email has send work due at ``now`` (not counting the lease)."""
     return or_(
-        Outbox.state.in_(("queued", "sending"))  # type: ignore[attr-defined]
-        & or_(Outbox.next_attempt_at.is_(None), Outbox.next_attempt_at <= now)  # type: ignore[union-attr,operator]
-        & or_(Outbox.deferred_until.is_(None), Outbox.deferred_until <= now),  # type: ignore[union-attr,operator]
-        (Outbox.state == "sent") & Outbox.sent_copy.in_(("pending", "appending"))  # type: ignore[attr-defined]
-        & or_(Outbox.next_attempt_at.is_(None), Outbox.next_attempt_at <= now),  # type: ignore[union-attr,operator]
+        col(Outbox.state).in_(("queued", "sending"))
+        & or_(col(Outbox.next_attempt_at).is_(None), col(Outbox.next_attempt_at) <= now)
+        & or_(col(Outbox.deferred_until).is_(None), col(Outbox.deferred_until) <= now),
+        (col(Outbox.state) == "sent") & col(Outbox.sent_copy).in_(("pending", "appending"))
+        & or_(col(Outbox.next_attempt_at).is_(None), col(Outbox.next_attempt_at) <= now),
     )
 
 
@@ -64,7 +64,7 @@ def load(s: Session, email_id: str) -> Loaded:
     outbox, email = s.get(Outbox, email_id), s.get(Email, email_id)
     assert outbox is not None and email is not None
     return Loaded(outbox, email, s.get(EmailAccount, outbox.account_id),
-                  list(s.execute(select(Delivery).where(Delivery.email_id == email_id).order_by(Delivery.seq)).scalars()))
+                  list(s.execute(select(Delivery).where(Delivery.email_id == email_id).order_by(col(Delivery.seq))).scalars()))
 
 
 @contextmanager

@@ -18,7 +18,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import update
+from sqlmodel import col, select
 
 from models import Delivery, Email, EmailAccount, Outbox, Suppression, TrackedLink, normalize_email, utcnow
 from models.lease import LeaseLost
@@ -98,25 +99,25 @@ class SendRun:
                                         n=max(1, sum(1 for d in self.deliveries if d.state != "suppressed")))
                 guard(s, self.email_id, self.owner)
                 if not decision.allowed:
-                    s.execute(update(Outbox).where(Outbox.email_id == self.email_id).values(
+                    s.execute(update(Outbox).where(col(Outbox.email_id) == self.email_id).values(
                         state="queued", deferred_until=decision.deferred_until, next_attempt_at=decision.deferred_until,
                         enqueued_at=None, **self._let_go()))  # the sweep hands it over again when the window opens
-                    s.execute(update(Email).where(Email.id == self.email_id).values(status="queued"))
+                    s.execute(update(Email).where(col(Email.id) == self.email_id).values(status="queued"))
                     s.commit()
                     metrics.SEND_DEFERRED.inc()
                     log.info("send_deferred", email_id=self.email_id, until=str(decision.deferred_until), cap=cap)
                     return False
-                cond = [EmailAccount.id == self.account.id, EmailAccount.send_window_count == row.send_window_count]
-                cond.append(EmailAccount.send_window_start.is_(None) if row.send_window_start is None  # type: ignore[union-attr]
-                            else EmailAccount.send_window_start == row.send_window_start)
-                res = s.execute(update(EmailAccount).where(*cond).values(
+                cond = [col(EmailAccount.id) == self.account.id, col(EmailAccount.send_window_count) == row.send_window_count]
+                cond.append(col(EmailAccount.send_window_start).is_(None) if row.send_window_start is None
+                            else col(EmailAccount.send_window_start) == row.send_window_start)
+                res = s.exec(update(EmailAccount).where(*cond).values(
                     send_window_start=decision.window.start, send_window_count=decision.window.count))
-                if res.rowcount != 1:  # type: ignore[attr-defined]
+                if res.rowcount != 1:
                     s.rollback()
                     continue
-                s.execute(update(Outbox).where(Outbox.email_id == self.email_id).values(
+                s.execute(update(Outbox).where(col(Outbox.email_id) == self.email_id).values(
                     cap_reserved=True, state="sending", deferred_until=None))
-                s.execute(update(Email).where(Email.id == self.email_id).values(status="sending"))
+                s.execute(update(Email).where(col(Email.id) == self.email_id).values(status="sending"))
                 s.commit()
                 self.outbox.cap_reserved, self.outbox.state = True, "sending"
                 return True
@@ -133,12 +134,12 @@ class SendRun:
             return True
         now = utcnow()
         grace = timedelta(seconds=self.settings.send_data_grace_seconds)
-        recent = [d for d in open_data if d.updated_at is not None and d.updated_at > now - grace]
+        recent = [d for d in open_data if d.updated_at > now - grace]
         if recent:
             wait_until = max(d.updated_at for d in recent) + grace
             with tx() as s:
                 guard(s, self.email_id, self.owner)
-                s.execute(update(Outbox).where(Outbox.email_id == self.email_id).values(next_attempt_at=wait_until))
+                s.execute(update(Outbox).where(col(Outbox.email_id) == self.email_id).values(next_attempt_at=wait_until))
                 s.commit()
             enqueue_send(self.email_id, delay_ms=int((wait_until - now).total_seconds() * 1000) + 50)
             log.info("send_reconcile_later", email_id=self.email_id, until=str(wait_until))
@@ -200,9 +201,9 @@ class SendRun:
         until = now + (RECONNECT_HOLD if reconnect else TOKEN_HOLD)
         with tx() as s:
             guard(s, self.email_id, self.owner)
-            s.execute(update(Outbox).where(Outbox.email_id == self.email_id).values(
+            s.execute(update(Outbox).where(col(Outbox.email_id) == self.email_id).values(
                 state="queued", deferred_until=until, next_attempt_at=until, enqueued_at=None, **self._let_go()))
-            s.execute(update(Email).where(Email.id == self.email_id).values(
+            s.execute(update(Email).where(col(Email.id) == self.email_id).values(
                 status="queued", error={"code": code, "message": str(exc)[:500]}))
             s.commit()
         metrics.SEND_DEFERRED.inc()
@@ -216,7 +217,7 @@ class SendRun:
             return
         with tx() as s:
             gone = set(s.execute(select(Suppression.address_norm).where(
-                Suppression.org_id == self.outbox.org_id, Suppression.address_norm.in_(list(wanted)))).scalars())  # type: ignore[attr-defined]
+                Suppression.org_id == self.outbox.org_id, col(Suppression.address_norm).in_(list(wanted)))).scalars())
         for address in gone:
             self._record(wanted[address], state="suppressed", entry={"event": "suppressed", "reason": "unsubscribed"})
 
@@ -306,7 +307,7 @@ class SendRun:
             wait = plan.backoff(attempts, self.settings.send_retry_base_seconds)
             with tx() as s:
                 guard(s, self.email_id, self.owner)
-                s.execute(update(Outbox).where(Outbox.email_id == self.email_id).values(
+                s.execute(update(Outbox).where(col(Outbox.email_id) == self.email_id).values(
                     next_attempt_at=now + wait, enqueued_at=now, **self._let_go()))
                 s.commit()
             enqueue_send(self.email_id, delay_ms=max(1, int(wait.total_seconds() * 1000)))
@@ -318,14 +319,14 @@ class SendRun:
         copy_next = sent and self.outbox.sent_copy in ("pending", "appending")
         with tx() as s:
             guard(s, self.email_id, self.owner)
-            s.execute(update(Outbox).where(Outbox.email_id == self.email_id).values(
+            s.execute(update(Outbox).where(col(Outbox.email_id) == self.email_id).values(
                 state=summary.status, next_attempt_at=None, sent_copy=self.outbox.sent_copy if sent else "skipped",
                 **({} if copy_next else self._let_go())))
             values: dict[str, Any] = {"status": summary.status, "error": summary.error}
             if sent:
                 # Stored and linked like inbound mail: the chain parses the untracked copy.
                 values.update(sent_at=now, pipeline_state="fetched", stage_at=now, raw_key=self.outbox.base_key)
-            s.execute(update(Email).where(Email.id == self.email_id).values(**values))
+            s.execute(update(Email).where(col(Email.id) == self.email_id).values(**values))
             s.commit()
         self.outbox.state = summary.status
         metrics.SENT.labels(summary.status).inc()
@@ -352,7 +353,7 @@ class SendRun:
             guard(s, self.email_id, self.owner)
             if links:
                 insert_ignore(s, TrackedLink, links, ["email_id", "link_hash"])
-            s.execute(update(Delivery).where(Delivery.id == d.id).values(
+            s.execute(update(Delivery).where(col(Delivery.id) == d.id).values(
                 state=state, updated_at=now, log=[*d.log, entry], **values))
             s.commit()
         d.state = state

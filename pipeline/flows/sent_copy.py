@@ -12,6 +12,7 @@ from typing import Any
 
 import structlog
 from sqlalchemy import update
+from sqlmodel import col
 
 from models import Email, EmailAccount, EmailLocation, Outbox, utcnow
 from models.upsert import insert_ignore
@@ -70,7 +71,7 @@ class SentCopy:
         was_appending = self.outbox.sent_copy == "appending"
         with tx() as s:
             guard(s, self.email_id, self.owner)
-            s.execute(update(Outbox).where(Outbox.email_id == self.email_id).values(sent_copy="appending"))
+            s.execute(update(Outbox).where(col(Outbox.email_id) == self.email_id).values(sent_copy="appending"))
             s.commit()
         raw = get_storage().get(self.outbox.base_key)
         try:
@@ -109,7 +110,7 @@ class SentCopy:
                 insert_ignore(s, EmailLocation, [{"email_id": self.email_id, "account_id": self.account.id, "folder": folder,
                                                   "uidvalidity": where[0], "uid": where[1], "flags": ["\\Seen"]}],
                               ["account_id", "folder", "uidvalidity", "uid"])
-            s.execute(update(Outbox).where(Outbox.email_id == self.email_id).values(sent_copy="done", sent_copy_error=None,
+            s.execute(update(Outbox).where(col(Outbox.email_id) == self.email_id).values(sent_copy="done", sent_copy_error=None,
                                                                                     **self.hand_back()))
             s.commit()
         log.info("sent_copy_saved", email_id=self.email_id, folder=folder, uid=where[1] if where else None)
@@ -125,7 +126,7 @@ class SentCopy:
         wait = plan.backoff(tries, max(self.settings.send_retry_base_seconds, 1.0))
         with tx() as s:
             guard(s, self.email_id, self.owner)
-            s.execute(update(Outbox).where(Outbox.email_id == self.email_id).values(
+            s.execute(update(Outbox).where(col(Outbox.email_id) == self.email_id).values(
                 sent_copy="appending", sent_copy_error=reason, sent_copy_attempts=tries,
                 next_attempt_at=utcnow() + wait, enqueued_at=utcnow()))
             s.commit()
@@ -135,6 +136,6 @@ class SentCopy:
     def done(self, state: str, error: str | None) -> None:
         with tx() as s:
             guard(s, self.email_id, self.owner)
-            s.execute(update(Outbox).where(Outbox.email_id == self.email_id).values(sent_copy=state, sent_copy_error=error))
+            s.execute(update(Outbox).where(col(Outbox.email_id) == self.email_id).values(sent_copy=state, sent_copy_error=error))
             s.commit()
         log.warning("sent_copy_failed", email_id=self.email_id, error=error)

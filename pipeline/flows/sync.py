@@ -16,8 +16,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import or_, select
-from sqlmodel import Session
+from sqlalchemy import or_
+from sqlmodel import Session, col, select
 
 from models import EmailAccount, new_id, utcnow
 from models.db import get_engine, is_postgres
@@ -124,15 +124,15 @@ def sweep_due_accounts(session: Session, now: datetime) -> int:
     default = get_settings().poll_seconds
     stmt = (
         select(EmailAccount)
-        .where(EmailAccount.deleted_at.is_(None),  # type: ignore[union-attr]
-               EmailAccount.sync_state.not_in(("disabled", "reconnect_required")),  # type: ignore[attr-defined]
-               or_(EmailAccount.next_fetch_at.is_(None), EmailAccount.next_fetch_at <= now),  # type: ignore[union-attr]
+        .where(col(EmailAccount.deleted_at).is_(None),
+               col(EmailAccount.sync_state).not_in(("disabled", "reconnect_required")),
+               or_(col(EmailAccount.next_fetch_at).is_(None), col(EmailAccount.next_fetch_at) <= now),
                FETCH_LEASE.free(now),
-               or_(EmailAccount.deferred_until.is_(None), EmailAccount.deferred_until <= now))  # type: ignore[union-attr]
-        .order_by(EmailAccount.next_fetch_at)
+               or_(col(EmailAccount.deferred_until).is_(None), col(EmailAccount.deferred_until) <= now))
+        .order_by(col(EmailAccount.next_fetch_at))
         .limit(500)
     )
-    if is_postgres(session.get_bind()):  # type: ignore[arg-type]
+    if is_postgres(session.get_bind()):
         stmt = stmt.with_for_update(skip_locked=True, key_share=True)  # FOR NO KEY UPDATE: FK checks do not block it
     accounts = list(session.execute(stmt).scalars())
     due = []

@@ -18,14 +18,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from sqlalchemy import select, update
-from sqlmodel import Session
+from sqlalchemy import update
+from sqlmodel import Session, col, select
 
 from models import EmailAccount, utcnow
 from models.db import get_engine
 from models.oauth import OAuthGrant
 from ops import metrics
-from ops.keys import unseal, seal
+from ops.keys import seal, unseal
 from ops.settings import get_settings
 from pipeline.clients.oauth import TokenEndpointError, post_form
 from pipeline.flows import notifications
@@ -154,7 +154,7 @@ def _revoke(s: Session, grant: OAuthGrant, error: TokenError) -> str:
     account = s.get(EmailAccount, grant.account_id)
     pushed: list[dict[str, Any]] = []
     if account is not None:
-        s.execute(update(EmailAccount).where(EmailAccount.id == account.id).values(
+        s.execute(update(EmailAccount).where(col(EmailAccount.id) == account.id).values(
             sync_state="reconnect_required", last_error=reason[:2000], last_error_code="auth"))
         pushed = notifications.insert_new(s, [{
             "org_id": account.org_id, "user_id": account.user_id, "kind": "account.reconnect_required",

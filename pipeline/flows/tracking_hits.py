@@ -10,7 +10,7 @@ from functools import partial
 from typing import Any
 
 from sqlalchemy import case, or_, select, update
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from models import Contact, Delivery, Email, EmailAccount, Lead, Organization, TrackedLink, TrackingEvent
 from models.db import is_postgres
@@ -53,27 +53,27 @@ class Batch:
     def __init__(self, s: Session, events: list[dict[str, Any]]) -> None:
         ids = sorted({str(e.get("email_id", ""))[:24] for e in events})
         self.emails = {r.id: r for r in s.execute(select(
-            Email.id, Email.org_id, Email.account_id, Email.sent_at, Email.subject, Email.direction).where(
-            Email.id.in_(ids), Email.direction == "outbound")).all()}  # type: ignore[attr-defined]
+            col(Email.id), col(Email.org_id), col(Email.account_id), col(Email.sent_at), col(Email.subject), col(Email.direction)).where(
+            col(Email.id).in_(ids), col(Email.direction) == "outbound")).all()}
         self.recipients: dict[str, list[str]] = defaultdict(list)
-        for email_id, address in s.execute(select(Delivery.email_id, Delivery.tracked_for).where(
-                Delivery.email_id.in_(list(self.emails)), Delivery.tracked_for.is_not(None))).all():  # type: ignore[attr-defined,union-attr]
+        for email_id, address in s.execute(select(col(Delivery.email_id), col(Delivery.tracked_for)).where(
+                col(Delivery.email_id).in_(list(self.emails)), col(Delivery.tracked_for).is_not(None))).all():
             self.recipients[email_id].append(address)
         self.links = {(r.email_id, r.link_hash): r for r in s.execute(select(
-            TrackedLink.email_id, TrackedLink.link_hash, TrackedLink.url, TrackedLink.text).where(
-            TrackedLink.email_id.in_(list(self.emails)))).all()}  # type: ignore[attr-defined]
+            col(TrackedLink.email_id), col(TrackedLink.link_hash), col(TrackedLink.url), col(TrackedLink.text)).where(
+            col(TrackedLink.email_id).in_(list(self.emails)))).all()}
         orgs = {e.org_id for e in self.emails.values()}
-        self.orgs = {r.id: r for r in s.execute(select(Organization.id, Organization.honor_dnt, Organization.anonymize_ip)
-                                                .where(Organization.id.in_(orgs))).all()}  # type: ignore[attr-defined]
-        self.owners = dict(s.execute(select(EmailAccount.id, EmailAccount.user_id).where(
-            EmailAccount.id.in_({e.account_id for e in self.emails.values()}))).all())  # type: ignore[attr-defined]
+        self.orgs = {r.id: r for r in s.execute(select(col(Organization.id), col(Organization.honor_dnt), col(Organization.anonymize_ip))
+                                                .where(col(Organization.id).in_(orgs))).all()}
+        self.owners = dict(s.execute(select(col(EmailAccount.id), col(EmailAccount.user_id)).where(
+            col(EmailAccount.id).in_({e.account_id for e in self.emails.values()}))).all())
 
 
 def verify(batch: Batch, ev: dict[str, Any]) -> tuple[str | None, str | None, str | None] | None:
     """(recipient, url, link text) for a genuine hit, None for a forged or unknown one."""
     keyring = get_keyring()
     email_id = ev.get("email_id")
-    if email_id not in batch.emails:
+    if not isinstance(email_id, str) or email_id not in batch.emails:
         return None
     if ev.get("kind") == "open":
         token = str(ev.get("token", ""))
@@ -96,14 +96,14 @@ def lock_emails(s: Session, email_ids: list[str]) -> None:
     PostgreSQL: row locks taken in id order (no deadlock between batches); SQLite: a no-op write
     takes the database's write lock before anything is read.
     """
-    if is_postgres(s.get_bind()):  # type: ignore[arg-type]
-        s.execute(select(Email.id).where(Email.id.in_(email_ids)).order_by(Email.id).with_for_update())  # type: ignore[attr-defined]
+    if is_postgres(s.get_bind()):
+        s.execute(select(col(Email.id)).where(col(Email.id).in_(email_ids)).order_by(col(Email.id)).with_for_update())
     else:
-        s.execute(update(Email).where(Email.id.in_(email_ids)).values(open_count=Email.open_count))  # type: ignore[attr-defined]
+        s.execute(update(Email).where(col(Email.id).in_(email_ids)).values(open_count=col(Email.open_count)))
 
 
 def existing(s: Session, intake_ids: list[str]) -> set[str]:
-    return set(s.execute(select(TrackingEvent.intake_id).where(TrackingEvent.intake_id.in_(intake_ids))).scalars())  # type: ignore[attr-defined]
+    return set(s.execute(select(col(TrackingEvent.intake_id)).where(col(TrackingEvent.intake_id).in_(intake_ids))).scalars())
 
 
 def cap_per_token(s: Session, rows: list[dict[str, Any]], per_minute: int) -> tuple[list[dict[str, Any]], list[str]]:
@@ -118,15 +118,15 @@ def cap_per_token(s: Session, rows: list[dict[str, Any]], per_minute: int) -> tu
     opens = sorted({r["recipient_hash"] for r in rows if r["recipient_hash"]})
     clicks = sorted({r["link_hash"] for r in rows if r["link_hash"]})
     stored: dict[tuple[str, str, str], list[float]] = defaultdict(list)
-    for e in s.execute(select(TrackingEvent.email_id, TrackingEvent.kind, TrackingEvent.recipient_hash, TrackingEvent.link_hash,
-                              TrackingEvent.at).where(
-            TrackingEvent.email_id.in_(sorted({r["email_id"] for r in rows})),  # type: ignore[attr-defined]
-            TrackingEvent.at >= lo, TrackingEvent.at <= hi,  # type: ignore[operator]
-            or_(TrackingEvent.recipient_hash.in_(opens), TrackingEvent.link_hash.in_(clicks)))).all():  # type: ignore[union-attr]
+    for e in s.execute(select(col(TrackingEvent.email_id), col(TrackingEvent.kind), col(TrackingEvent.recipient_hash),
+                              col(TrackingEvent.link_hash), col(TrackingEvent.at)).where(
+            col(TrackingEvent.email_id).in_(sorted({r["email_id"] for r in rows})),
+            col(TrackingEvent.at) >= lo, col(TrackingEvent.at) <= hi,
+            or_(col(TrackingEvent.recipient_hash).in_(opens), col(TrackingEvent.link_hash).in_(clicks)))).all():
         stored[(e.email_id, e.kind, e.recipient_hash or e.link_hash or "")].append(e.at.timestamp())
     keep = window_cap((((r["email_id"], r["kind"], r["recipient_hash"] or r["link_hash"] or ""), r["at"].timestamp()) for r in rows),
                       stored, limit=per_minute, window=TOKEN_WINDOW.total_seconds())
-    return [r for r, ok in zip(rows, keep) if ok], [r["kind"] for r, ok in zip(rows, keep) if not ok]
+    return [r for r, ok in zip(rows, keep, strict=True) if ok], [r["kind"] for r, ok in zip(rows, keep, strict=True) if not ok]
 
 
 def count_throttled(kinds: list[str]) -> None:
@@ -145,9 +145,9 @@ def collapse_replays(s: Session, rows: list[dict[str, Any]]) -> None:
     lo, hi = rows[0]["at"] - REPLAY_WINDOW, rows[-1]["at"] + REPLAY_WINDOW
     emails = sorted({r["email_id"] for r in rows})
     seen: dict[tuple[str, str, str | None], list[datetime]] = defaultdict(list)
-    for e in s.execute(select(TrackingEvent.email_id, TrackingEvent.recipient_hash, TrackingEvent.link_hash,
-                              TrackingEvent.ip, TrackingEvent.at).where(
-            TrackingEvent.email_id.in_(emails), TrackingEvent.at >= lo, TrackingEvent.at <= hi)).all():  # type: ignore[attr-defined,operator]
+    for e in s.execute(select(col(TrackingEvent.email_id), col(TrackingEvent.recipient_hash), col(TrackingEvent.link_hash),
+                              col(TrackingEvent.ip), col(TrackingEvent.at)).where(
+            col(TrackingEvent.email_id).in_(emails), col(TrackingEvent.at) >= lo, col(TrackingEvent.at) <= hi)).all():
         seen[(e.email_id, e.recipient_hash or e.link_hash or "", e.ip)].append(e.at)
     for r in rows:
         key = (r["email_id"], r["recipient_hash"] or r["link_hash"] or "", r["ip"])
@@ -169,13 +169,13 @@ def count(s: Session, rows: list[dict[str, Any]]) -> None:
         else:
             agg["clicks"] += 1
     for email_id, agg in per.items():
-        values: dict[str, Any] = {"open_count": Email.open_count + agg["opens"], "click_count": Email.click_count + agg["clicks"]}
+        values: dict[str, Any] = {"open_count": col(Email.open_count) + agg["opens"], "click_count": col(Email.click_count) + agg["clicks"]}
         if agg["first"] is not None:
-            values["last_open_at"] = case((Email.last_open_at.is_(None), agg["last"]),  # type: ignore[union-attr]
-                                          (Email.last_open_at < agg["last"], agg["last"]), else_=Email.last_open_at)  # type: ignore[operator]
-            values["first_open_at"] = case((Email.first_open_at.is_(None), agg["first"]),  # type: ignore[union-attr]
-                                           (Email.first_open_at > agg["first"], agg["first"]), else_=Email.first_open_at)  # type: ignore[operator]
-        s.execute(update(Email).where(Email.id == email_id).values(**values))
+            values["last_open_at"] = case((col(Email.last_open_at).is_(None), agg["last"]),
+                                          (col(Email.last_open_at) < agg["last"], agg["last"]), else_=col(Email.last_open_at))
+            values["first_open_at"] = case((col(Email.first_open_at).is_(None), agg["first"]),
+                                           (col(Email.first_open_at) > agg["first"], agg["first"]), else_=col(Email.first_open_at))
+        s.execute(update(Email).where(col(Email.id) == email_id).values(**values))
 
 
 def crm_names(s: Session, org_id: str, addresses: set[str]) -> dict[str, str]:
@@ -184,13 +184,13 @@ def crm_names(s: Session, org_id: str, addresses: set[str]) -> dict[str, str]:
     wanted = sorted(a.lower() for a in addresses if a)
     if not wanted:
         return names
-    for c in s.execute(select(Contact.email_norm, Contact.first_name, Contact.last_name).where(
-            Contact.org_id == org_id, Contact.email_norm.in_(wanted))).all():  # type: ignore[union-attr]
+    for c in s.execute(select(col(Contact.email_norm), col(Contact.first_name), col(Contact.last_name)).where(
+            col(Contact.org_id) == org_id, col(Contact.email_norm).in_(wanted))).all():
         full = " ".join(x for x in (c.first_name, c.last_name) if x)
         if full:
             names.setdefault(c.email_norm, full)
-    for ld in s.execute(select(Lead.email_norm, Lead.firstName, Lead.lastName).where(
-            Lead.org_id == org_id, Lead.email_norm.in_(wanted))).all():  # type: ignore[union-attr]
+    for ld in s.execute(select(col(Lead.email_norm), col(Lead.firstName), col(Lead.lastName)).where(
+            col(Lead.org_id) == org_id, col(Lead.email_norm).in_(wanted))).all():
         full = " ".join(x for x in (ld.firstName, ld.lastName) if x)
         if full:
             names.setdefault(ld.email_norm, full)

@@ -22,8 +22,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import func, select
-from sqlmodel import Session
+from sqlalchemy import func
+from sqlmodel import Session, col, select
 
 from models import TrackedLink, TrackingEvent, utcnow
 from models.db import get_engine
@@ -33,8 +33,19 @@ from ops.settings import get_settings
 from pipeline import jobs
 from pipeline.flows import notifications
 from pipeline.flows.notify_email import mark_pending
-from pipeline.flows.tracking_hits import (Batch, anonymize, cap_per_token, collapse_replays, count, count_throttled, existing,
-                                          lock_emails, notify, verify, when)
+from pipeline.flows.tracking_hits import (
+    Batch,
+    anonymize,
+    cap_per_token,
+    collapse_replays,
+    count,
+    count_throttled,
+    existing,
+    lock_emails,
+    notify,
+    verify,
+    when,
+)
 from pipeline.scheduler import register_sweep
 from pipeline.stages.hit_classify import classify_click, classify_open
 
@@ -123,17 +134,17 @@ def settle(email_ids: list[str]) -> int:
     with Session(get_engine(), expire_on_commit=False) as s:
         lock_emails(s, email_ids)
         waiting = list(s.execute(select(TrackingEvent).where(
-            TrackingEvent.email_id.in_(email_ids), TrackingEvent.kind == "click",  # type: ignore[attr-defined]
-            TrackingEvent.settled.is_(False))).scalars())  # type: ignore[attr-defined]
+            col(TrackingEvent.email_id).in_(email_ids), TrackingEvent.kind == "click",
+            col(TrackingEvent.settled).is_(False))).scalars())
         due = [e for e in waiting if e.at <= now - BURST_WINDOW]
         later = sorted({e.email_id for e in waiting if e.at > now - BURST_WINDOW})
         if due:
             lo, hi = min(e.at for e in due) - BURST_WINDOW, max(e.at for e in due) + BURST_WINDOW
             nearby = list(s.execute(select(TrackingEvent.email_id, TrackingEvent.link_hash, TrackingEvent.at).where(
-                TrackingEvent.email_id.in_({e.email_id for e in due}), TrackingEvent.kind == "click",  # type: ignore[attr-defined]
-                TrackingEvent.at >= lo, TrackingEvent.at <= hi)).all())  # type: ignore[operator]
+                col(TrackingEvent.email_id).in_({e.email_id for e in due}), TrackingEvent.kind == "click",
+                TrackingEvent.at >= lo, TrackingEvent.at <= hi)).all())
             links = dict(s.execute(select(TrackedLink.email_id, func.count()).where(
-                TrackedLink.email_id.in_({e.email_id for e in due})).group_by(TrackedLink.email_id)).all())  # type: ignore[attr-defined]
+                col(TrackedLink.email_id).in_({e.email_id for e in due})).group_by(TrackedLink.email_id)).all())
             for e in due:
                 distinct = {n.link_hash for n in nearby if n.email_id == e.email_id and abs((n.at - e.at).total_seconds())
                             <= BURST_WINDOW.total_seconds()}
@@ -170,7 +181,7 @@ class _NoLink:
 def sweep_unsettled_clicks(session: Session, now: datetime) -> int:
     """Settle clicks whose settle message was lost (a restarted in-memory broker, a dead worker)."""
     ids = sorted(set(session.execute(select(TrackingEvent.email_id).where(
-        TrackingEvent.settled.is_(False), TrackingEvent.at < now - SETTLE_LATE).limit(1000)).scalars()))  # type: ignore[attr-defined,operator]
+        col(TrackingEvent.settled).is_(False), TrackingEvent.at < now - SETTLE_LATE).limit(1000)).scalars()))
     if ids:
         jobs.TRACKING_SETTLE.send(ids)
     return len(ids)

@@ -21,14 +21,13 @@ import re
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.headerregistry import Address
 from email.message import EmailMessage, MIMEPart
 from email.policy import EmailPolicy
 from urllib.parse import urlsplit
 
-from pipeline.stages.header_rules import (ComposeError, addr_spec, check_header_value, display_name, msgid, parse_address,
-                                           validate_address)
+from pipeline.stages.header_rules import ComposeError, addr_spec, check_header_value, display_name, msgid, parse_address, validate_address
 from pipeline.stages.html_text import html_to_text
 from pipeline.stages.mime_bytes import as_bytes
 from pipeline.stages.slices import SLICE
@@ -304,7 +303,7 @@ def compose(draft: Draft) -> tuple[bytes, str]:
         message_id = msgid("message_id", draft.message_id, need_at=True)
     else:
         message_id = f"{secrets.token_hex(16)}@{sender.domain}"
-    date = draft.date if draft.date is not None else datetime.now(timezone.utc)
+    date = draft.date if draft.date is not None else datetime.now(UTC)
     if not isinstance(date, datetime) or date.utcoffset() is None:
         raise ComposeError("date", "must be a timezone-aware datetime")
     in_reply_to = msgid("in_reply_to", draft.in_reply_to, need_at=False) if draft.in_reply_to else None

@@ -30,8 +30,16 @@ import lxml.html
 
 from pipeline.stages.budgets import HTML_TO_TEXT_CHARS, NESTED_BLOCKS, TRUNCATED_NOTICE, clip
 from pipeline.stages.html_guard import cap_attributes
-from pipeline.stages.slices import (SLICE, cut_after_non_space, cut_anywhere, cut_before_newline_run,
-                                    cut_before_non_space, cut_before_tag, sub_by_match, sub_in_slices)
+from pipeline.stages.slices import (
+    SLICE,
+    cut_after_non_space,
+    cut_anywhere,
+    cut_before_newline_run,
+    cut_before_non_space,
+    cut_before_tag,
+    sub_by_match,
+    sub_in_slices,
+)
 
 __all__ = ["XML_UNSAFE", "html_to_text", "parse_html"]
 

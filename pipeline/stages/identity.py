@@ -19,7 +19,7 @@ from email.message import Message
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 
-from pipeline.stages.parse import repair_header_block, normalize_message_id
+from pipeline.stages.parse import normalize_message_id, repair_header_block
 
 __all__ = ["Identity", "message_identity"]
 

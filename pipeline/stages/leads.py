@@ -44,8 +44,8 @@ class LeadDraft:
     """A lead to create in NextCRM ``crm_Leads``."""
 
     email: str
-    firstName: str | None  # noqa: N815 - NextCRM's field name
-    lastName: str  # noqa: N815 - NextCRM's field name
+    firstName: str | None
+    lastName: str
     status: str = "NEW"
     lead_source: str = "Email"
 

@@ -177,10 +177,10 @@ def _scan(text: str) -> _Scan:
         if name in _LINK_TAGS:
             found.append(_link_in_tag(text, name, tag.start(3), tag.end(3)))
         elif name in _RAW_TEXT:
-            close_at = _script_end(text, pos) if name == "script" else _raw_end(text, pos, name)
-            if close_at is None:
+            raw_end = _script_end(text, pos) if name == "script" else _raw_end(text, pos, name)
+            if raw_end is None:
                 return _Scan(found, body_end, start)
-            pos = close_at
+            pos = raw_end
         elif name == "plaintext":
             return _Scan(found, body_end, start)
     return _Scan(found, body_end, size)
@@ -290,7 +290,7 @@ def _lxml_links(text: str) -> list[tuple[str, str | None, str]]:
     root = etree.fromstring(cap_attributes(text).encode("utf-8", "surrogatepass"), parser)
     if root is None:
         return []
-    return [(element.tag, element.get("href"), _label(element)) for element in root.iter("a", "area")]
+    return [(str(element.tag), element.get("href"), _label(element)) for element in root.iter("a", "area")]
 
 
 _LABEL_CHARS = 200

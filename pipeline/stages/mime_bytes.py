@@ -11,10 +11,11 @@ ever split), and each slice's lines written with one call instead of two per lin
 from __future__ import annotations
 
 import re
-from email.generator import NLCRE, BytesGenerator
+from collections.abc import Callable
+from email.generator import NLCRE, BytesGenerator  # type: ignore[attr-defined]  # the stdlib's own line splitter; typeshed omits it
 from email.message import Message
 from io import BytesIO
-from typing import AnyStr
+from typing import AnyStr, ClassVar
 
 from pipeline.stages.slices import SLICE
 
@@ -27,7 +28,7 @@ def _line_slices(text: AnyStr) -> list[tuple[int, int]]:
     spans: list[tuple[int, int]] = []
     pos = 0
     while pos < len(text):
-        cut = text.find(newline, pos + SLICE)  # type: ignore[arg-type]
+        cut = text.find(newline, pos + SLICE)
         end = len(text) if cut < 0 else cut + 1
         spans.append((pos, end))
         pos = end
@@ -36,6 +37,10 @@ def _line_slices(text: AnyStr) -> list[tuple[int, int]]:
 
 class _SlicedGenerator(BytesGenerator):
     """``BytesGenerator`` whose two whole-payload regular-expression passes run a slice at a time."""
+
+    # The stdlib generator's internals this class uses, which typeshed does not declare.
+    _NL: str  # set by flatten()
+    _compile_re: ClassVar[Callable[[str, int], re.Pattern[bytes]]]  # BytesGenerator compiles to a bytes pattern
 
     def _write_lines(self, lines: str) -> None:
         # The stdlib writes line, separator, line… one call each (two per line of a 5 MB body);
@@ -47,10 +52,10 @@ class _SlicedGenerator(BytesGenerator):
             self.write(self._NL.join(NLCRE.split(lines[start:end])))
 
     @classmethod
-    def _make_boundary(cls, text: bytes | str | None = None) -> str:
+    def _make_boundary(cls, text: bytes | None = None) -> str:  # BytesGenerator hands it the bytes of the parts
         if text is None or len(text) <= SLICE:
-            return str(super()._make_boundary(text))
-        boundary = str(super()._make_boundary())
+            return str(super()._make_boundary(text))  # type: ignore[misc]  # Generator._make_boundary: stdlib, not in typeshed
+        boundary = str(super()._make_boundary())  # type: ignore[misc]  # as above
         candidate, counter = boundary, 0
         while True:  # as the stdlib does: a boundary no line of the content equals
             line = cls._compile_re("^--" + re.escape(candidate) + "(--)?$", re.MULTILINE)

@@ -25,7 +25,8 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any
 
-from lxml import etree, html as lxml_html
+from lxml import etree
+from lxml import html as lxml_html
 
 from pipeline.stages.budgets import NOTION_HTML_CHARS, TRUNCATED_NOTICE, clip
 from pipeline.stages.html_guard import cap_attributes
@@ -150,7 +151,8 @@ def _style_of(el: Any, style: _Style) -> _Style:
     tag = _tag(el) or ""
     attr = _INLINE_STYLES.get(tag)
     if attr:
-        style = replace(style, **{attr: True})
+        flag: dict[str, Any] = {attr: True}
+        style = replace(style, **flag)
     if tag == "a":
         style = replace(style, link=_safe_link(el.get("href")) or style.link)
     css = (el.get("style") or "").lower().replace(" ", "")
@@ -327,7 +329,7 @@ class _Walker:
         rich = _rich_text(_clean_lines(runs))
         if not rich and not children:
             return []
-        block = {"object": "block", "type": kind, kind: {"rich_text": rich[:MAX_RUNS]}}
+        block: dict[str, Any] = {"object": "block", "type": kind, kind: {"rich_text": rich[:MAX_RUNS]}}
         extra = [paragraph_rich(rich[i : i + MAX_RUNS]) for i in range(MAX_RUNS, len(rich), MAX_RUNS)]
         if extra or children:
             block[kind]["children"] = [*extra, *children]

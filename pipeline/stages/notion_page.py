@@ -83,7 +83,8 @@ def header_block(ref: str, sender: str | None, date: datetime | None, crm_url: s
     """The first block: who and when, and the save's reference (how a retry recognises its page)."""
     grey = {"bold": False, "italic": False, "strikethrough": False, "underline": False, "code": False, "color": "gray"}
     parts = [p for p in (f"From {sender}" if sender else None, date.strftime("%d %b %Y %H:%M UTC") if date else None) if p]
-    runs = [{"type": "text", "text": {"content": " · ".join(parts) + " · " if parts else "", "link": None}, "annotations": grey}]
+    runs: list[dict[str, Any]] = [{"type": "text", "text": {"content": " · ".join(parts) + " · " if parts else "", "link": None},
+                                   "annotations": grey}]
     if crm_url:
         runs.append({"type": "text", "text": {"content": "open in the CRM", "link": {"url": crm_url}}, "annotations": grey})
         runs.append({"type": "text", "text": {"content": " · ", "link": None}, "annotations": grey})

@@ -12,8 +12,9 @@ import hashlib
 import html as html_lib
 import quopri
 import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email import policy, utils
 from email.generator import BytesGenerator
 from email.header import decode_header, make_header
@@ -21,7 +22,7 @@ from email.message import Message
 from email.parser import BytesParser
 from io import BytesIO
 from types import MappingProxyType
-from typing import Mapping
+from typing import TypeVar, cast
 
 import lxml.html
 
@@ -90,6 +91,9 @@ class ParsedEmail:
         auto = h.get("auto_submitted")
         return auto is not None and auto.split(";")[0].strip().lower() != "no"
 
+
+_T = TypeVar("_T")
+_D = TypeVar("_D")
 
 _PARSER = BytesParser(policy=policy.compat32)
 _GEN_POLICY = policy.compat32.clone(linesep="\r\n", max_line_length=None)
@@ -241,7 +245,7 @@ class _State:
             self.defects.append(defect)
 
 
-def _failed(raw: bytes, error: str, defects) -> ParsedEmail:
+def _failed(raw: bytes, error: str, defects: Iterable[str]) -> ParsedEmail:
     return ParsedEmail(
         message_id=None, dedupe_key=f"hash:{hashlib.sha256(raw).hexdigest()}", in_reply_to=None, references=(),
         subject="", from_=None, sender=None, reply_to=(), to=(), cc=(), bcc=(), date=None, text="", html=None,
@@ -324,7 +328,7 @@ def _charset_hint(root: Message) -> str | None:
         seen += 1
         children = _safe(part.get_payload, None) if part.is_multipart() else None
         if isinstance(children, list):
-            stack.extend(children)
+            stack.extend(c for c in children if isinstance(c, Message))  # the parser puts only Messages there
             continue
         charset = _safe(part.get_content_charset, None) if _safe(part.get_content_maintype, "") == "text" else None
         codec = _codec(charset) if charset else None
@@ -368,7 +372,7 @@ def _leaf(part: Message, ctype: str, label: str, st: _State) -> None:
     if part.is_multipart():  # message/rfc822 and other message/* with parsed content
         content = _serialize_embedded(part, label, st)
         if ctype in ("message/rfc822", "message/global"):  # named after the inner Subject unless given a name
-            inner_subject = _safe(lambda: str(part.get_payload(0).get("subject") or ""), "")
+            inner_subject = _safe(lambda: _inner_subject(part), "")
             filename = filename or _text_header(_clean(inner_subject))
             filename = filename if not filename or filename.lower().endswith(".eml") else f"{filename}.eml"
     else:
@@ -378,6 +382,11 @@ def _leaf(part: Message, ctype: str, label: str, st: _State) -> None:
         filename=_safe_filename(filename, ctype, len(st.attachments) + 1), content_type=ctype, content=content,
         content_id=content_id or None, inline=disposition == "inline" or (bool(content_id) and disposition is None),
         size=len(content), sha256=hashlib.sha256(content).hexdigest()))
+
+
+def _inner_subject(part: Message) -> str:
+    inner = part.get_payload(0)
+    return str(inner.get("subject") or "") if isinstance(inner, Message) else ""
 
 
 def _filename(part: Message, hint: str | None) -> str | None:
@@ -391,15 +400,15 @@ def _filename(part: Message, hint: str | None) -> str | None:
     if all(v.isascii() and "=?" not in v and "*" not in v for v in found.values()):
         return _safe(part.get_filename, None)  # plain names: the same answer, ~10x faster
     for header, param in (("content-disposition", "filename"), ("content-type", "name")):
-        value = found.get(header)
-        if value is None or len(value) > _FAST_HEADER_CHARS or param not in value.lower():
+        declared = found.get(header)
+        if declared is None or len(declared) > _FAST_HEADER_CHARS or param not in declared.lower():
             continue
         try:
-            name = policy.default.header_fetch_parse(header, _alias_encoded_words(_clean(value, hint))).params.get(param)
+            given = policy.default.header_fetch_parse(header, _alias_encoded_words(_clean(declared, hint))).params.get(param)
         except Exception:
-            name = None
-        if name:
-            return name
+            given = None
+        if given:
+            return str(given)
     return _safe(part.get_filename, None)
 
 
@@ -417,7 +426,8 @@ def _serialize_embedded(part: Message, label: str, st: _State) -> bytes:
     try:
         for inner in part.get_payload():
             buf = BytesIO()
-            BytesGenerator(buf, mangle_from_=False, policy=_GEN_POLICY).flatten(inner, unixfrom=False)
+            # the parser puts Messages in a multipart's payload (anything else would raise here, reported below)
+            BytesGenerator(buf, mangle_from_=False, policy=_GEN_POLICY).flatten(cast(Message, inner), unixfrom=False)
             chunks.append(buf.getvalue())
     except Exception as exc:
         st.add(f"embedded message in {label} could not be serialized ({type(exc).__name__})")
@@ -541,7 +551,7 @@ def _clean_run(match: re.Match) -> str:
     return _decode_mixed(bytes(ord(ch) - 0xDC00 for ch in run))[0]
 
 
-def _safe(func, default):
+def _safe(func: Callable[[], _T], default: _D) -> _T | _D:
     try:
         return func()
     except Exception:
@@ -614,7 +624,7 @@ def _cut_header(value: str, limit: int) -> str:
     would split (its tail would show as ``=?utf-8?b?w6l0...``), else at the last space."""
     head = value[:limit]
     last = None
-    for last in _ENCODED_WORD_START.finditer(head, max(0, limit - 1000)):
+    for last in _ENCODED_WORD_START.finditer(head, max(0, limit - 1000)):  # noqa: B007  # the loop only keeps the last match
         pass
     if last is not None and not _ENCODED_WORD.match(head, last.start()):
         return head[: last.start()].rstrip()
@@ -713,8 +723,8 @@ def _parse_date(value: str | None, st: _State) -> datetime | None:
     try:
         parsed = utils.parsedate_to_datetime(value)
         if parsed.tzinfo is None:  # "-0000": UTC with unknown origin zone
-            parsed = parsed.replace(tzinfo=timezone.utc)
-        return parsed.astimezone(timezone.utc)
+            parsed = parsed.replace(tzinfo=UTC)
+        return parsed.astimezone(UTC)
     except Exception:
         st.add(f"unparseable Date {value[:80]!r}")
         return None

@@ -71,9 +71,9 @@ def _html_body(markup: str | None, text: str | None, clipped: bool) -> str:
             else:
                 body.text = (body.text or "") + tail
         if clipped:
-            notice = lxml.html.Element("p")
-            notice.text = TRUNCATED_NOTICE
-            body.append(notice)
+            notice_el = lxml.html.Element("p")
+            notice_el.text = TRUNCATED_NOTICE
+            body.append(notice_el)
         return lxml.html.tostring(body, encoding="unicode", method="html")
     notice = f"<p>{html_lib.escape(TRUNCATED_NOTICE)}</p>" if clipped else ""
     if text:

@@ -18,8 +18,11 @@ from __future__ import annotations
 import ipaddress
 from bisect import bisect_left, bisect_right, insort
 from collections.abc import Hashable, Iterable, Mapping
+from typing import TypeVar
 
 __all__ = ["KeyedLimiter", "address_key", "window_cap"]
+
+_K = TypeVar("_K", bound=Hashable)
 
 
 class KeyedLimiter:
@@ -92,7 +95,7 @@ def address_key(ip: str) -> str:
     return addr.packed[:8].hex() + "::/64"
 
 
-def window_cap(candidates: Iterable[tuple[Hashable, float]], stored: Mapping[Hashable, Iterable[float]], *,
+def window_cap(candidates: Iterable[tuple[_K, float]], stored: Mapping[_K, Iterable[float]], *,
                limit: int, window: float) -> list[bool]:
     """For each candidate ``(key, at)``, in order: may it be stored, so that no key has more than
     ``limit`` events within any ``window`` seconds?
@@ -103,7 +106,7 @@ def window_cap(candidates: Iterable[tuple[Hashable, float]], stored: Mapping[Has
     keeps the bound when batches are recorded out of order (a late batch meets events after it);
     for events recorded in order it is the plain sliding window.
     """
-    times: dict[Hashable, list[float]] = {}
+    times: dict[_K, list[float]] = {}
     out: list[bool] = []
     for key, at in candidates:
         seen = times.get(key)

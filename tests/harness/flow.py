@@ -13,9 +13,9 @@ from sqlmodel import Session
 
 from models import Contact, CrmAccount, Email, EmailAccount, EmailLink, EmailLocation, Lead, Notification, Organization, User
 from models.db import get_engine
-from pipeline.flows.orgs import create_org
-from pipeline.flows import accounts as svc
 from pipeline.broker import QUEUES
+from pipeline.flows import accounts as svc
+from pipeline.flows.orgs import create_org
 from pipeline.leader import AlwaysLeader
 from pipeline.scheduler import Scheduler
 

@@ -13,9 +13,9 @@ import ssl
 import tempfile
 import threading
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any, Self, cast
 
 from aiosmtpd.controller import Controller

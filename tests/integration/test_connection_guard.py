@@ -12,8 +12,8 @@ from __future__ import annotations
 import re
 import socket
 import ssl
-import uuid
 import threading
+import uuid
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,11 +28,11 @@ from models import EmailAccount
 from models.db import get_engine
 from ops.settings import reset_settings
 from pipeline.clients.imap import ImapError, ImapErrorKind, ImapSettings, connect
+from pipeline.stages.netpolicy import host_literal
 from tests.harness.dovecot import Dovecot
 from tests.harness.flow import make_org
 from tests.harness.listener import RecordingListener
 from tests.harness.oauth_server import OAuthServer
-from pipeline.stages.netpolicy import host_literal
 from tests.harness.wait import wait_until
 
 pytestmark = pytest.mark.integration

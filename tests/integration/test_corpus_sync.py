@@ -59,8 +59,8 @@ def synced(live: dict[str, Any], dovecot: Dovecot, dovecot_user: tuple[str, str]
     with Session(get_engine()) as s:
         by_uid = dict(s.execute(select(EmailLocation.uid, EmailLocation.email_id)).all())
         emails = {e.id: e for e in s.execute(select(Email)).scalars()}
-    files = {_name(p): emails[by_uid[uid]] for p, uid in zip(FILES, uids) if uid in by_uid}
-    yield {"org_id": org_id, "key": key, "user": user, "files": files, "uids": dict(zip((_name(p) for p in FILES), uids))}
+    files = {_name(p): emails[by_uid[uid]] for p, uid in zip(FILES, uids, strict=True) if uid in by_uid}
+    yield {"org_id": org_id, "key": key, "user": user, "files": files, "uids": dict(zip((_name(p) for p in FILES), uids, strict=True))}
 
 
 @pytest.mark.timeout(600)

@@ -48,7 +48,8 @@ def _heartbeat(pg_url: str) -> tuple[str, float, int] | None:
     engine = create_engine(pg_url)
     try:
         with engine.connect() as conn:
-            row = conn.execute(text("SELECT holder, extract(epoch FROM became_leader_at), ticks FROM scheduler_heartbeats WHERE name='main'")).first()
+            row = conn.execute(text("SELECT holder, extract(epoch FROM became_leader_at), ticks"
+                                    " FROM scheduler_heartbeats WHERE name='main'")).first()
     finally:
         engine.dispose()
     return (row[0], float(row[1]), int(row[2])) if row else None

@@ -200,7 +200,8 @@ class TestFailures:
                       + f"\r\n--b{depth}--\r\n".encode())
         big = make_message(1, message_id="<big@t>", attachments=[("big.bin", "application/octet-stream", bytes(range(256)) * (20 * 4096))])
         bad = [
-            b"From: x@y.example\r\nSubject: bogus charset\r\nMessage-ID: <cs@t>\r\nContent-Type: text/plain; charset=x-nonsense\r\n\r\n\xe9t\xe9\r\n",
+            b"From: x@y.example\r\nSubject: bogus charset\r\nMessage-ID: <cs@t>\r\n"
+            b"Content-Type: text/plain; charset=x-nonsense\r\n\r\n\xe9t\xe9\r\n",
             b"From: x@y.example\r\nMessage-ID: <bnd@t>\r\nContent-Type: multipart/mixed; boundary=nope\r\n\r\n--other\r\nhello\r\n",
             b"Subject: no from no date no id\r\n\r\nbody only\r\n",
             b"From: \xff\xfe\xfd@\x80\x81\r\nSubject: \xc3\x28\xa0\xa1\r\nMessage-ID: <8bit@t>\r\n\r\n\x80\x81\x82 raw 8-bit\r\n",

@@ -117,8 +117,7 @@ def test_two_worker_processes_one_exposition_that_sums_them(ops_env: dict[str, A
         for f in files:
             with tempfile.TemporaryDirectory() as one:
                 shutil.copy(f, Path(one) / f.name)
-                from prometheus_client import CollectorRegistry
-                from prometheus_client import multiprocess
+                from prometheus_client import CollectorRegistry, multiprocess
 
                 registry = CollectorRegistry()
                 multiprocess.MultiProcessCollector(registry, path=one)

@@ -11,9 +11,9 @@ type is documented, and the body matches the documented schema.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 import socket
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,11 +33,11 @@ from starlette.testclient import TestClient
 
 from models import Contact, Email, EmailAccount, Notification, Template, User, normalize_email
 from models.db import get_engine
-from pipeline.flows.orgs import create_org
 from ops.settings import get_settings, reset_settings
+from pipeline.flows.connections import use_imap_connector, use_smtp_transport
+from pipeline.flows.orgs import create_org
 from tests.harness.fake_imap import FakeImapServer, fake_connect
 from tests.harness.fake_smtp import FakeSmtpTransport
-from pipeline.flows.connections import use_imap_connector, use_smtp_transport
 from tests.harness.notion_server import NotionServer
 from web.app import create_app
 

@@ -54,8 +54,8 @@ def _worker(c: dict[str, Any], name: str) -> MailpipeProcess:
 
 
 def _submit(c: dict[str, Any]) -> str:
-    from pipeline.flows.send_due import enqueue_send
     from pipeline.flows.outbound import Outgoing, submit
+    from pipeline.flows.send_due import enqueue_send
 
     result = submit(c["org_id"], Outgoing(account_id=c["account_id"], to=["ada@engine.example"], subject="Contract",
                                           body_html="<p>Please sign.</p>", track_opens=False, track_clicks=False))

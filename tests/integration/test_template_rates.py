@@ -17,10 +17,10 @@ from starlette.testclient import TestClient
 
 from models import Email, Template, TrackingEvent, utcnow
 from models.db import get_engine
-from tests.harness.fake_smtp import FakeSmtpTransport
 from pipeline.flows.connections import use_smtp_transport
 from tests.conftest import reset_process_state
 from tests.harness.asgi_server import AsgiServer
+from tests.harness.fake_smtp import FakeSmtpTransport
 from tests.harness.flow import count, make_account, make_org, seed_crm
 from tests.harness.ports import free_port
 from tests.harness.wait import wait_until
@@ -63,7 +63,7 @@ def test_open_rates_count_real_opens_only(live: dict[str, Any], monkeypatch: pyt
         s.execute(update(Email).values(sent_at=utcnow() - timedelta(minutes=5)))
         s.commit()
     pixel = {}
-    for _, _, rcpts, raw in smtp.sends:
+    for _, _, _, raw in smtp.sends:
         msg = email.message_from_bytes(raw, policy=policy.default)
         m = re.search(r'src="http://127\.0\.0\.1:\d+(/track/open/[^"]+)"', msg.get_body(("html",)).get_content())
         assert m is not None

@@ -23,11 +23,11 @@ from starlette.testclient import TestClient
 
 from models import Email, TrackingEvent, utcnow
 from models.db import get_engine
-from tests.harness.fake_smtp import FakeSmtpTransport
 from pipeline.flows.connections import use_smtp_transport
 from tests.conftest import reset_process_state
 from tests.harness.asgi_server import AsgiServer
 from tests.harness.chromium import Chromium
+from tests.harness.fake_smtp import FakeSmtpTransport
 from tests.harness.flow import CRM, make_account, make_org, seed_crm
 from tests.harness.ports import free_port
 from tests.harness.wait import wait_until
@@ -43,7 +43,7 @@ class _Site:
         pages = self.pages
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 body = pages.get(self.path.split("?")[0])
                 self.send_response(200 if body is not None else 404)
                 self.send_header("Content-Type", "text/html; charset=utf-8")
@@ -149,8 +149,8 @@ def test_forged_ids_and_open_redirect_attempts_against_the_real_server(live: dic
     account_id = make_account(org_id)
     smtp = FakeSmtpTransport()
     use_smtp_transport(smtp)
-    from pipeline.flows.send_due import enqueue_send
     from pipeline.flows.outbound import Outgoing, submit
+    from pipeline.flows.send_due import enqueue_send
 
     sent = submit(org_id, Outgoing(account_id=account_id, to=["ada@engine.example"], subject="S",
                                    body_html='<a href="https://engine.example/x">x</a>'))

@@ -27,10 +27,10 @@ from websockets.sync.client import ClientConnection, connect
 
 from models import Email, Notification, TrackingEvent, utcnow
 from models.db import get_engine
-from tests.harness.fake_smtp import FakeSmtpTransport
 from pipeline.flows.connections import use_smtp_transport
 from tests.conftest import reset_process_state
 from tests.harness.asgi_server import AsgiServer
+from tests.harness.fake_smtp import FakeSmtpTransport
 from tests.harness.flow import CRM, count, make_account, make_org, seed_crm
 from tests.harness.ports import free_port
 from tests.harness.wait import wait_until

@@ -46,7 +46,8 @@ def _serve(port: int) -> Any:
 
 def test_5000_pixel_hits_through_a_20_second_broker_outage(live: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MAILPIPE_TRUSTED_PROXIES", "127.0.0.1/32")  # the load generator plays a proxy: one IP per reader
-    monkeypatch.setenv("MAILPIPE_TRACKING_TOKEN_PER_MINUTE", "0")  # 500 hits per pixel: durability here, throttling in test_tracking_throttle.py
+    # 500 hits per pixel: durability here, throttling in test_tracking_throttle.py
+    monkeypatch.setenv("MAILPIPE_TRACKING_TOKEN_PER_MINUTE", "0")
     reset_process_state()
     org_id, _ = make_org()
     account_id = make_account(org_id)
@@ -62,7 +63,8 @@ def test_5000_pixel_hits_through_a_20_second_broker_outage(live: dict[str, Any],
         eid, rhash = pixels[i % len(pixels)]
         t0 = time.perf_counter()
         r = client.get(f"/track/open/{eid}/{rhash}", headers={
-            "User-Agent": "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Safari/605.1.15",
+            "User-Agent": "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+                          "Version/17.5 Safari/605.1.15",
             "X-Forwarded-For": f"198.51.{i // 250}.{i % 250}"})
         with lock:
             latencies.append(time.perf_counter() - t0)

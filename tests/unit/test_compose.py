@@ -4,7 +4,7 @@ from __future__ import annotations
 import pickle
 import re
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from typing import Any
@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 from pipeline.stages.compose import Draft, OutgoingAttachment, compose, envelope_recipients
 from pipeline.stages.header_rules import ComposeError, check_header_value, validate_address
 from pipeline.stages.html_text import html_to_text
-from pipeline.stages.quoting import forward_block, forward_subject, quote_for_reply, reply_headers, reply_subject
 from pipeline.stages.parse import ParsedEmail, parse_email
+from pipeline.stages.quoting import forward_block, forward_subject, quote_for_reply, reply_headers, reply_subject
 
-WHEN = datetime(2025, 1, 6, 10, 0, tzinfo=timezone.utc)
+WHEN = datetime(2025, 1, 6, 10, 0, tzinfo=UTC)
 PDF = b"%PDF-1.4\n" + bytes(range(256)) * 40 + b"\r\n%%EOF\r\n"
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(255, -1, -1)) * 3
 HTML = ('<html><head><style>p {color: red}</style></head><body><p>Hello <b>Jane</b>,</p>'
@@ -239,8 +239,8 @@ class TestHeaders:
 
     def test_caller_message_id_is_used(self) -> None:
         """A caller-supplied Message-ID (with or without brackets) is written and returned as given."""
-        for given in ("<abc.123@mail.mycorp.com>", "abc.123@mail.mycorp.com"):
-            _, message_id, parsed, _ = roundtrip(make_draft(message_id=given))
+        for supplied in ("<abc.123@mail.mycorp.com>", "abc.123@mail.mycorp.com"):
+            _, message_id, parsed, _ = roundtrip(make_draft(message_id=supplied))
             assert message_id == "abc.123@mail.mycorp.com"
             assert parsed.message_id == "abc.123@mail.mycorp.com"
 
@@ -260,9 +260,9 @@ class TestHeaders:
 
     def test_date_defaults_to_now(self) -> None:
         """Without a date the Date header is the current time in UTC."""
-        before = datetime.now(timezone.utc).replace(microsecond=0)
+        before = datetime.now(UTC).replace(microsecond=0)
         _, _, parsed, _ = roundtrip(make_draft(date=None))
-        after = datetime.now(timezone.utc)
+        after = datetime.now(UTC)
         assert parsed.date is not None and before <= parsed.date <= after
 
     def test_naive_date_rejected(self) -> None:

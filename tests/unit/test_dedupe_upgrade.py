@@ -19,9 +19,9 @@ from sqlmodel import Session
 
 from models import Email, EmailAccount, EmailLocation, FolderState
 from models.db import get_engine
-from tests.harness.fake_imap import FakeImapServer, fake_connect
 from pipeline.flows.connections import use_imap_connector
 from pipeline.stages.identity import message_identity
+from tests.harness.fake_imap import FakeImapServer, fake_connect
 from tests.harness.flow import count, drain, make_account, make_org, seed_crm, tick
 
 HEAD = (b"From: Ada Lovelace <ada@engine.example>\r\nTo: alice@example.test\r\nSubject: Daily report\r\n"

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from tests.harness.fake_imap import FakeImapServer, fake_connect
 from pipeline.clients.imap import CONNECTION_LOST, ImapError, ImapErrorKind, ImapSession, ImapSettings
+from tests.harness.fake_imap import FakeImapServer, fake_connect
 from tests.harness.imap_contract import ImapSessionContract, mail
 
 

@@ -6,9 +6,9 @@ import threading
 
 import pytest
 
-from tests.harness.fake_smtp import DEFAULT_CAPABILITIES, FakeSmtpTransport
 from pipeline.clients.smtp import SmtpError, SmtpErrorKind, SmtpSettings, SmtpTransport, envelope_recipients
 from pipeline.stages.smtp_reply import SmtpOutcome
+from tests.harness.fake_smtp import DEFAULT_CAPABILITIES, FakeSmtpTransport
 
 RAW = b"From: alice@example.test\r\nTo: bob@example.test\r\nSubject: hi\r\n\r\nhello\r\n"
 SETTINGS = SmtpSettings("smtp.example.test", 587, "starttls", "alice@example.test", password="s3cret-pass")

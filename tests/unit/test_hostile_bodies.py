@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -21,13 +21,13 @@ from hypothesis import strategies as st
 from pipeline.stages import budgets, html_text, merge, notion_blocks, parse, quoting
 from pipeline.stages.compose import Draft, compose
 from pipeline.stages.html_text import html_to_text
-from pipeline.stages.quoting import forward_block, quote_for_reply
+from pipeline.stages.link_rewrite import inject
 from pipeline.stages.merge import MergeSyntaxError, render
 from pipeline.stages.notion_blocks import html_to_blocks
 from pipeline.stages.parse import parse_email
-from pipeline.stages.link_rewrite import inject
+from pipeline.stages.quoting import forward_block, quote_for_reply
 
-WHEN = datetime(2025, 1, 6, 10, 0, tzinfo=timezone.utc)
+WHEN = datetime(2025, 1, 6, 10, 0, tzinfo=UTC)
 _NESTABLE = ["div", "blockquote", "ul", "li", "span", "table", "td", "b", "p", "pre", "a href='https://x.example/'"]
 
 

@@ -16,10 +16,10 @@ from sqlmodel import Session
 
 from models import Document, Email, EmailAccount, EmailLocation, Lead, Notification
 from models.db import get_engine
-from tests.harness.fake_imap import FakeImapServer, fake_connect
 from pipeline.clients.imap import ImapErrorKind
 from pipeline.clients.storage import get_storage
 from pipeline.flows.connections import use_imap_connector
+from tests.harness.fake_imap import FakeImapServer, fake_connect
 from tests.harness.flow import CRM, account, count, drain, email_by_mid, links_of, make_account, make_org, seed_crm, tick
 from tests.harness.mail import make_message
 

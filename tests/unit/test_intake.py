@@ -6,8 +6,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from web.intake import Intake, Spool
 from tests.harness.wait import wait_until
+from web.intake import Intake, Spool
 
 
 class FlakyBroker:

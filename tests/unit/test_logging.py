@@ -23,7 +23,7 @@ class TestScrub:
         assert out["data"] == {"refresh_token": "***", "items": [{"api_key": "***"}], "n": 2}
 
 
-def test_json_lines_render_and_scrub_tracebacks_of_stdlib_records(capsys: "object") -> None:
+def test_json_lines_render_and_scrub_tracebacks_of_stdlib_records(capsys: object) -> None:
     """Dramatiq logs through stdlib logging with exc_info: the JSON line has the traceback as text,
     scrubbed like everything else."""
     import io

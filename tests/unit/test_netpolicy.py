@@ -7,8 +7,7 @@ import socket
 
 import pytest
 
-from pipeline.stages.netpolicy import (ANY, check_addresses, embedded_ipv4, host_literal, in_nets, parse_nets,
-                                       special_range)
+from pipeline.stages.netpolicy import ANY, check_addresses, embedded_ipv4, host_literal, in_nets, parse_nets, special_range
 
 ip = ipaddress.ip_address
 

@@ -128,7 +128,8 @@ def test_any_text_converts_into_requests_notion_accepts(text: str) -> None:
 
 
 def test_many_list_items_nested_widely_stay_within_the_element_cap() -> None:
-    html = "<ul>" + "".join("<li>x<ul>" + "".join("<li>y<ul><li>z</li></ul></li>" for _ in range(60)) + "</ul></li>" for _ in range(30)) + "</ul>"
+    item = "<li>x<ul>" + "".join("<li>y<ul><li>z</li></ul></li>" for _ in range(60)) + "</ul></li>"
+    html = "<ul>" + item * 30 + "</ul>"
     reqs = requests_for(nb.html_to_blocks(html))
     for r in reqs:
         assert validate_children(r) <= 1000

@@ -28,7 +28,8 @@ def notion_api(db: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[httpx.
 
     def handler(request: httpx.Request) -> httpx.Response:
         seen.append(request)
-        return httpx.Response(200, json={"access_token": "ntn_new", "refresh_token": "nrt_new", "workspace_id": "ws", "workspace_name": "Acme"})
+        return httpx.Response(200, json={"access_token": "ntn_new", "refresh_token": "nrt_new", "workspace_id": "ws",
+                                         "workspace_name": "Acme"})
 
     use_notion_transport(httpx.MockTransport(handler))
     yield seen

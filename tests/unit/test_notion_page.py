@@ -6,8 +6,16 @@ from datetime import UTC, datetime
 
 import pytest
 
-from pipeline.stages.notion_page import (Columns, choose_columns, classify_error, clean_tags, default_title, find_ref,
-                                         header_block, page_properties)
+from pipeline.stages.notion_page import (
+    Columns,
+    choose_columns,
+    classify_error,
+    clean_tags,
+    default_title,
+    find_ref,
+    header_block,
+    page_properties,
+)
 
 
 def props(**kinds: str) -> dict[str, dict[str, str]]:
@@ -25,7 +33,8 @@ def test_properties_only_for_existing_columns_and_within_limits() -> None:
     full = page_properties(Columns("Name", "From", "Date", "Tags"), title="T" * 2500, sender="a@b.example", date=when,
                            tags=["x, y", "X  Y", "z"])
     assert len(full["Name"]["title"][0]["text"]["content"]) == 2000 and full["From"] == {"email": "a@b.example"}
-    assert full["Date"] == {"date": {"start": "2026-12-01T09:30:00+00:00"}} and full["Tags"]["multi_select"] == [{"name": "x y"}, {"name": "z"}]
+    assert full["Date"] == {"date": {"start": "2026-12-01T09:30:00+00:00"}}
+    assert full["Tags"]["multi_select"] == [{"name": "x y"}, {"name": "z"}]
     assert page_properties(Columns("Name", None, None, None), title="t", sender="a@b", date=when, tags=["q"]).keys() == {"Name"}
     long_sender = "a" * 199 + "@b.example"
     assert "From" not in page_properties(Columns("Name", "From", None, None), title="t", sender=long_sender, date=None, tags=[])
@@ -34,7 +43,8 @@ def test_properties_only_for_existing_columns_and_within_limits() -> None:
 def test_title_and_tags() -> None:
     assert default_title("Ada Lovelace", "Proposal") == "Ada Lovelace - Proposal"
     assert default_title(None, " ") == "(no subject)" and default_title("", "Hi") == "Hi"
-    assert clean_tags(["a"] * 3 + [f"t{i}" for i in range(200)])[:2] == ["a", "t0"] and len(clean_tags([f"t{i}" for i in range(200)])) == 100
+    assert clean_tags(["a"] * 3 + [f"t{i}" for i in range(200)])[:2] == ["a", "t0"]
+    assert len(clean_tags([f"t{i}" for i in range(200)])) == 100
 
 
 def test_header_carries_the_ref() -> None:

@@ -19,17 +19,16 @@ import pytest
 from dramatiq import Worker
 from dramatiq.brokers.stub import StubBroker
 from sqlalchemy import update
-from sqlmodel import select
-from sqlmodel import Session
+from sqlmodel import Session, select
 from starlette.testclient import TestClient
 
 from models import EmailAccount, Notification, utcnow
 from models.db import get_engine
 from models.oauth import OAuthFlow, OAuthGrant
-from tests.harness.fake_imap import FakeImapServer, fake_connect
-from tests.harness.fake_smtp import FakeSmtpTransport
 from pipeline.clients.oauth import use_token_transport
 from pipeline.flows.connections import use_imap_connector, use_smtp_transport
+from tests.harness.fake_imap import FakeImapServer, fake_connect
+from tests.harness.fake_smtp import FakeSmtpTransport
 from tests.harness.flow import count, drain, make_org
 
 USER = "jane@gmail.test"
@@ -117,7 +116,8 @@ class TestAuthorize:
     def test_unknown_provider_404_and_unconfigured_400(self, env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
         from ops.settings import reset_settings
 
-        assert env["client"].get("/api/v1/oauth/yahoo/authorize", headers=env["h"], params={"user_id": "u1", "email": USER}).status_code == 404
+        r = env["client"].get("/api/v1/oauth/yahoo/authorize", headers=env["h"], params={"user_id": "u1", "email": USER})
+        assert r.status_code == 404
         r = env["client"].get("/api/v1/oauth/microsoft/authorize", headers=env["h"], params={"user_id": "u1", "email": USER})
         assert r.status_code == 400 and r.json()["error"]["code"] == "provider_not_configured"
         assert "MAILPIPE_MICROSOFT_CLIENT_ID" in r.json()["error"]["message"]

@@ -10,8 +10,18 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from pipeline.stages.oauth import (GOOGLE_SCOPES, MICROSOFT_SCOPES, TokenError, TokenSet, authorize_url,
-                                   interpret_token_response, needs_refresh, pkce_pair, provider_config, reconnect_reason)
+from pipeline.stages.oauth import (
+    GOOGLE_SCOPES,
+    MICROSOFT_SCOPES,
+    TokenError,
+    TokenSet,
+    authorize_url,
+    interpret_token_response,
+    needs_refresh,
+    pkce_pair,
+    provider_config,
+    reconnect_reason,
+)
 
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
 
@@ -93,7 +103,8 @@ def test_refresh_five_minutes_ahead() -> None:
 @pytest.mark.parametrize("provider,error,expect", [
     ("google", TokenError("invalid_grant", "Token has been expired or revoked.", True), "revoked, or the authorization expired"),
     ("google", TokenError("invalid_grant", "Token has been expired.", True), "7 days for apps in testing"),
-    ("microsoft", TokenError("invalid_grant", "AADSTS50173: The provided grant has expired due to it being revoked, a fresh auth token is needed. The user might have changed or reset their password.", True),
+    ("microsoft", TokenError("invalid_grant", "AADSTS50173: The provided grant has expired due to it being revoked, a fresh auth token is "
+                                              "needed. The user might have changed or reset their password.", True),
      "revoked"),
     ("microsoft", TokenError("invalid_grant", "AADSTS50173: password changed", True), "password was changed"),
     ("google", TokenError("invalid_client", "", True), "app registration was rejected"),

@@ -6,7 +6,7 @@ import dataclasses
 import hashlib
 import os
 import random
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -109,7 +109,7 @@ class TestPlainText:
         assert result.message_id == "20241115.ABC123@mail.example.org"
         assert result.dedupe_key == "mid:20241115.ABC123@mail.example.org"
         assert result.subject == "Quarterly report"
-        assert result.date == datetime(1994, 11, 15, 16, 12, 31, tzinfo=timezone.utc)
+        assert result.date == datetime(1994, 11, 15, 16, 12, 31, tzinfo=UTC)
         assert result.text == "Hi Bob,\n\nThe quarterly report is attached to the wiki.\n\n-- Alice"
         assert result.html is None
         assert result.attachments == ()
@@ -650,13 +650,13 @@ class TestUnusableInput:
 
 class TestDateParsing:
     @pytest.mark.parametrize(("header", "expected"), [
-        ("Tue, 15 Nov 1994 08:12:31 -0800", datetime(1994, 11, 15, 16, 12, 31, tzinfo=timezone.utc)),
-        ("Sun, 05 Jan 2025 23:59:59 -1000", datetime(2025, 1, 6, 9, 59, 59, tzinfo=timezone.utc)),
-        ("1 Jan 2025 05:30:00 +0530", datetime(2025, 1, 1, 0, 0, 0, tzinfo=timezone.utc)),
-        ("Wed, 01 Jan 2025 10:00:00 GMT", datetime(2025, 1, 1, 10, 0, 0, tzinfo=timezone.utc)),
-        ("Wed, 01 Jan 2025 10:00:00 EST", datetime(2025, 1, 1, 15, 0, 0, tzinfo=timezone.utc)),
-        ("Wed, 01 Jan 2025 10:00:00 -0000", datetime(2025, 1, 1, 10, 0, 0, tzinfo=timezone.utc)),
-        ("Wed, 01 Jan 2025 10:00:00 +0100 (CET)", datetime(2025, 1, 1, 9, 0, 0, tzinfo=timezone.utc)),
+        ("Tue, 15 Nov 1994 08:12:31 -0800", datetime(1994, 11, 15, 16, 12, 31, tzinfo=UTC)),
+        ("Sun, 05 Jan 2025 23:59:59 -1000", datetime(2025, 1, 6, 9, 59, 59, tzinfo=UTC)),
+        ("1 Jan 2025 05:30:00 +0530", datetime(2025, 1, 1, 0, 0, 0, tzinfo=UTC)),
+        ("Wed, 01 Jan 2025 10:00:00 GMT", datetime(2025, 1, 1, 10, 0, 0, tzinfo=UTC)),
+        ("Wed, 01 Jan 2025 10:00:00 EST", datetime(2025, 1, 1, 15, 0, 0, tzinfo=UTC)),
+        ("Wed, 01 Jan 2025 10:00:00 -0000", datetime(2025, 1, 1, 10, 0, 0, tzinfo=UTC)),
+        ("Wed, 01 Jan 2025 10:00:00 +0100 (CET)", datetime(2025, 1, 1, 9, 0, 0, tzinfo=UTC)),
     ])
     def test_rfc2822_dates_become_utc(self, header, expected):
         """RFC 2822 dates in any zone become timezone-aware UTC datetimes."""

@@ -22,11 +22,11 @@ from starlette.testclient import TestClient
 
 from models import Delivery, Email, EmailAccount, EmailLink, EmailLocation, Outbox, Suppression, TrackedLink, utcnow
 from models.db import get_engine
+from pipeline.clients.smtp import SmtpErrorKind
+from pipeline.flows.connections import use_imap_connector, use_smtp_transport
 from pipeline.flows.send_due import sweep_send_due
 from tests.harness.fake_imap import FakeImapServer, fake_connect
 from tests.harness.fake_smtp import FakeSmtpTransport
-from pipeline.clients.smtp import SmtpErrorKind
-from pipeline.flows.connections import use_imap_connector, use_smtp_transport
 from tests.harness.flow import CRM, count, drain, make_account, make_org, seed_crm, tick
 from web.app import create_app
 
@@ -87,7 +87,7 @@ class TestSend:
         assert sorted(rcpt for _, _, rcpts, _ in sends for rcpt in rcpts) == sorted(
             [CRM["contact"][1], "bob@else.example", CRM["lead"][1], "boss@acme.example"])
         pixels = set()
-        for _, _, rcpts, raw in sends:
+        for _, _, _, raw in sends:
             msg = email.message_from_bytes(raw, policy=policy.default)
             assert msg["Bcc"] is None and msg["X-Mailpipe-Email-Id"] == eid
             html = msg.get_body(("html",)).get_content()

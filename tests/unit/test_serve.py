@@ -12,8 +12,8 @@ import pytest
 
 from ops.settings import get_settings, reset_settings
 from pipeline.broker import MemoryBroker, build_broker, use_broker
-from web.intake import Intake, Spool, spooled_files
 from tests.harness.wait import wait_until
+from web.intake import Intake, Spool, spooled_files
 
 
 @pytest.fixture

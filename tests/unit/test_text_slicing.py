@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.generator import BytesGenerator
 
 import lxml.html
@@ -22,8 +22,8 @@ from pipeline.stages import compose as compose_module
 from pipeline.stages import html_text, mime_bytes, slices
 from pipeline.stages.budgets import MAX_ATTRIBUTES
 from pipeline.stages.compose import Draft, OutgoingAttachment, compose
-from pipeline.stages.html_text import html_to_text
 from pipeline.stages.html_guard import cap_attributes, drop_elements
+from pipeline.stages.html_text import html_to_text
 
 # (pattern, replacement, cut) as the transformations use them.
 CASES = [
@@ -93,7 +93,7 @@ class TestMimeBytes:
                                       tiny_slices: None) -> None:
         """compose's serializer writes the bytes msg.as_bytes() writes (same random boundaries)."""
         draft = Draft(from_email="a@b.example", from_name=None, to=("c@d.example",), subject="s", text=text or None,
-                      html=html, message_id="m@b.example", date=datetime(2025, 1, 1, tzinfo=timezone.utc),
+                      html=html, message_id="m@b.example", date=datetime(2025, 1, 1, tzinfo=UTC),
                       attachments=(OutgoingAttachment("n.txt", "text/plain", b"line\r\n" * 5),) if attach else ())
         random.seed(seed)
         sliced, _ = compose(draft)
@@ -110,7 +110,7 @@ class TestMimeBytes:
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
         """Content holding a line equal to the drawn boundary gets the stdlib's suffixed boundary."""
         monkeypatch.setattr(random, "randrange", lambda *a: 7)
-        taken = "=" * 15 + "%019d" % 7 + "=="
+        taken = "=" * 15 + f"{7:019d}" + "=="
         content = b"x\n" * 10 + b"--" + taken.encode() + b"\n" + b"y\n" * 10
         sliced = mime_bytes._SlicedGenerator._make_boundary(content)
         assert sliced == BytesGenerator._make_boundary(content) == f"{taken}.0"

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from ops import metrics
-from web.intake import Intake, Spool
 from pipeline.stages.throttle import KeyedLimiter, address_key, window_cap
 from web.hit_throttle import HitThrottle
+from web.intake import Intake, Spool
 
 
 def allowed(limiter: KeyedLimiter, key: object, times: list[float]) -> int:
@@ -136,7 +136,7 @@ class TestWindowCap:
         stored = [float(t) for t in range(0, 600, 30)]  # two a minute
         cands = [("t", rng.uniform(0, 600)) for _ in range(500)]
         keep = window_cap(cands, {"t": stored}, limit=5, window=60)
-        kept = sorted(stored + [at for (_, at), ok in zip(cands, keep) if ok])
+        kept = sorted(stored + [at for (_, at), ok in zip(cands, keep, strict=True) if ok])
         assert len(kept) > len(stored) + 10, "the cap still lets events in"
         assert max(sum(1 for t in kept if start <= t <= start + 60) for start in kept) <= 5
 

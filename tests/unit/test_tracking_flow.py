@@ -23,16 +23,17 @@ from starlette.testclient import TestClient
 
 from models import Email, Notification, Organization, TrackingEvent, utcnow
 from models.db import get_engine
+from pipeline.flows.connections import use_imap_connector, use_smtp_transport
 from tests.harness.fake_imap import FakeImapServer, fake_connect
 from tests.harness.fake_smtp import FakeSmtpTransport
-from pipeline.flows.connections import use_imap_connector, use_smtp_transport
-from web.intake import reset_intake
 from tests.harness.flow import CRM, count, drain, make_account, make_org, seed_crm
 from web.app import create_app
+from web.intake import reset_intake
 
 HTML = ('<html><body><p>Hi Ada,</p><p><a href="https://engine.example/demo">Schedule Demo</a> '
         '<a href="https://engine.example/pricing?plan=pro&amp;x=1">Pricing</a></p></body></html>')
 CHROME = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36"
+GOOGLE_PROXY_UA = "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)"
 
 
 @pytest.fixture
@@ -128,7 +129,7 @@ class TestPixel:
         assert o["machine"] is True and o["reason"] == "apple_mpp" and tracking(env)["open_count"] == 0
         assert count(Notification, Notification.kind == "email.opened") == 0
         as_if_from(monkeypatch, "66.102.8.1")
-        env["client"].get(env["pixel"], headers={"User-Agent": "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)"})
+        env["client"].get(env["pixel"], headers={"User-Agent": GOOGLE_PROXY_UA})
         flush(env)
         opens = tracking(env)["opens"]
         assert opens[1]["machine"] is True and opens[1]["reason"] == "gmail_proxy" and tracking(env)["open_count"] == 1
@@ -140,7 +141,7 @@ class TestPixel:
         monkeypatch.setenv("MAILPIPE_TRACKING_NOTIFY_PROXY_OPENS", "true")
         reset_settings()
         as_if_from(monkeypatch, "66.102.8.1")
-        env["client"].get(env["pixel"], headers={"User-Agent": "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)"})
+        env["client"].get(env["pixel"], headers={"User-Agent": GOOGLE_PROXY_UA})
         flush(env)
         assert tracking(env)["open_count"] == 1 and count(Notification, Notification.kind == "email.opened") == 1
 

@@ -13,11 +13,11 @@ from starlette.testclient import TestClient
 
 from models import Email, EmailAccount
 from models.db import get_engine
-from tests.harness.fake_imap import FakeImapServer, fake_connect
-from tests.harness.fake_smtp import FakeSmtpTransport
 from pipeline.clients.smtp import SmtpErrorKind
 from pipeline.flows.connections import use_imap_connector, use_smtp_transport
 from pipeline.stages.providers import apply_preset
+from tests.harness.fake_imap import FakeImapServer, fake_connect
+from tests.harness.fake_smtp import FakeSmtpTransport
 from tests.harness.flow import CRM, count, drain, make_org, seed_crm
 from tests.harness.mail import make_message
 from web.app import create_app
@@ -82,7 +82,8 @@ class TestLifecycle:
         drain(env["broker"], env["worker"])
         assert c.patch(f"/api/v1/accounts/{acct['id']}", json={"disabled": True}, headers=h).json()["sync"]["state"] == "disabled"
         assert c.post(f"/api/v1/accounts/{acct['id']}/sync", headers=h).status_code == 409
-        assert c.patch(f"/api/v1/accounts/{acct['id']}", json={"poll_seconds": 120, "disabled": False}, headers=h).json()["poll_seconds"] == 120
+        patched = c.patch(f"/api/v1/accounts/{acct['id']}", json={"poll_seconds": 120, "disabled": False}, headers=h)
+        assert patched.json()["poll_seconds"] == 120
         assert [a["id"] for a in c.get("/api/v1/accounts?user_id=u1", headers=h).json()["items"]] == [acct["id"]]
         assert c.delete(f"/api/v1/accounts/{acct['id']}?erase=true", headers=h).status_code == 204
         assert c.get(f"/api/v1/accounts/{acct['id']}", headers=h).status_code == 404

@@ -21,11 +21,11 @@ from models import EmailAccount
 from models.db import get_engine
 from ops.keys import unseal
 from ops.settings import reset_settings
-from tests.harness.fake_imap import FakeImapServer, fake_connect
-from tests.harness.fake_smtp import FakeSmtpTransport
 from pipeline.clients.imap import ImapErrorKind, ImapSettings
 from pipeline.clients.smtp import SmtpErrorKind
 from pipeline.flows.connections import use_imap_connector, use_smtp_transport
+from tests.harness.fake_imap import FakeImapServer, fake_connect
+from tests.harness.fake_smtp import FakeSmtpTransport
 from tests.harness.flow import count, drain, make_org
 
 PUBLIC = "93.184.216.34"  # a public address, given as a literal so no lookup is needed

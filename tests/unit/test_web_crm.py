@@ -102,7 +102,8 @@ class TestRecords:
         h = auth(keys["acme"][1])
         assert client.put("/api/v1/users/u1", json={"name": "Sam", "email": "sam@acme.io"}, headers=h).status_code == 200
         assert client.get("/api/v1/users/u1", headers=h).json()["email"] == "sam@acme.io"
-        assert client.put("/api/v1/crm/accounts/a1", json={"name": "Initech", "annual_revenue": 5000000}, headers=h).json()["annual_revenue"] == "5000000"
+        put = client.put("/api/v1/crm/accounts/a1", json={"name": "Initech", "annual_revenue": 5000000}, headers=h)
+        assert put.json()["annual_revenue"] == "5000000"
         opp = {"name": "Deal", "account": "a1", "expected_revenue": 1000, "close_date": "2026-12-31T00:00:00Z", "sales_stage": "Won"}
         got = client.put("/api/v1/crm/opportunities/o1", json=opp, headers=h).json()
         assert got["close_date"] == "2026-12-31T00:00:00Z" and got["expected_revenue"] == 1000

@@ -14,9 +14,9 @@ from starlette.testclient import TestClient
 
 from models import Email
 from models.db import get_engine
+from pipeline.flows.connections import use_imap_connector, use_smtp_transport
 from tests.harness.fake_imap import FakeImapServer, fake_connect
 from tests.harness.fake_smtp import FakeSmtpTransport
-from pipeline.flows.connections import use_imap_connector, use_smtp_transport
 from tests.harness.flow import CRM, drain, make_account, make_org, seed_crm
 from web.app import create_app
 

@@ -6,9 +6,9 @@ from datetime import timedelta
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from sqlalchemy import delete, select
+from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -23,10 +23,10 @@ from pipeline.flows.sync import fetch_now
 from pipeline.stages.wire_text import control_character, host_problem
 from web.api import ApiRouter
 from web.errors import ApiError
-from web.present import account_json
 from web.params import Param
-from web.schemas.accounts import AccountOut, AccountsOut, ConnTestOut, SyncQueuedOut
+from web.present import account_json
 from web.ratelimit import CONNECTION_TESTS
+from web.schemas.accounts import AccountOut, AccountsOut, ConnTestOut, SyncQueuedOut
 from web.validation import Body, parse_body
 
 router = ApiRouter("accounts")
@@ -151,7 +151,7 @@ async def test_account(request: Request) -> JSONResponse:
 def _create(org_id: str, body: AccountIn, imap_ep: svc.Endpoint, smtp_ep: svc.Endpoint) -> dict[str, Any]:
     with Session(get_engine(), expire_on_commit=False) as s:
         dup = s.execute(select(EmailAccount.id).where(EmailAccount.org_id == org_id, EmailAccount.email_norm == body.email.strip().lower(),
-                                                      EmailAccount.deleted_at.is_(None))).first()  # type: ignore[union-attr]
+                                                      col(EmailAccount.deleted_at).is_(None))).first()
         if dup is not None:
             raise ApiError(409, "account_exists", f"{body.email} is already connected", {"account_id": dup[0]})
         account = svc.create_account(s, org_id=org_id, user_id=body.user_id, provider=body.provider, email=body.email.strip(),
@@ -167,8 +167,9 @@ def _create(org_id: str, body: AccountIn, imap_ep: svc.Endpoint, smtp_ep: svc.En
 
 
 @router.route("POST", "/api/v1/accounts", summary="Connect a mailbox (tested first unless skip_test)", body=AccountIn,
-              status=201, response=AccountOut, responses={409: "already connected", 422: "connection test failed, a refused host, or invalid body",
-                                     429: "too many tests"})
+              status=201, response=AccountOut, responses={409: "already connected",
+                                                           422: "connection test failed, a refused host, or invalid body",
+                                                           429: "too many tests"})
 async def create_account(request: Request) -> JSONResponse:
     body = await parse_body(request, AccountIn)
     imap_ep, smtp_ep = _endpoints(body)
@@ -195,7 +196,7 @@ async def list_accounts(request: Request) -> JSONResponse:
 
     def run() -> list[dict[str, Any]]:
         with Session(get_engine()) as s:
-            stmt = select(EmailAccount).where(EmailAccount.org_id == org_id, EmailAccount.deleted_at.is_(None))  # type: ignore[union-attr]
+            stmt = select(EmailAccount).where(EmailAccount.org_id == org_id, col(EmailAccount.deleted_at).is_(None))
             if user_id:
                 stmt = stmt.where(EmailAccount.user_id == user_id)
             return [account_json(a) for a in s.execute(stmt.order_by(EmailAccount.id)).scalars()]
@@ -237,9 +238,9 @@ async def patch_account(request: Request) -> JSONResponse:
             if not result.ok:
                 raise ApiError(422, "connection_test_failed", "the new settings did not work; nothing was changed", result.as_json())
         for proto, ep in (("imap", imap_ep), ("smtp", smtp_ep)):
+            secret = seal("email_accounts", f"{proto}_password_enc", ep.password) if ep.password else getattr(a, f"{proto}_password_enc")
             changes.update({f"{proto}_host": ep.host, f"{proto}_port": ep.port, f"{proto}_security": ep.security,
-                            f"{proto}_username": ep.username,
-                            f"{proto}_password_enc": seal("email_accounts", f"{proto}_password_enc", ep.password) if ep.password else getattr(a, f"{proto}_password_enc")})
+                            f"{proto}_username": ep.username, f"{proto}_password_enc": secret})
         changes.update(sync_state="idle", last_error=None, last_error_code=None, consecutive_failures=0,
                        next_fetch_at=utcnow() - timedelta(seconds=1))
     if body.poll_seconds is not None:

@@ -7,9 +7,9 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 from pydantic import Field, StringConstraints, field_validator
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import delete, func, or_, update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, SQLModel
+from sqlmodel import Session, SQLModel, col, select
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -160,7 +160,7 @@ def _upsert(model: type[SQLModel], org_id: str, record_id: str, values: dict[str
             else:
                 for name, value in values.items():
                     setattr(row, name, value)
-                row.updatedAt = utcnow()  # type: ignore[attr-defined]
+                row.updatedAt = utcnow()
             s.add(row)
             if relink_type is not None:  # the retro-link intent commits with the record
                 s.merge(RelinkRequest(org_id=org_id, entity_type=relink_type, entity_id=record_id, created_at=utcnow()))
@@ -182,7 +182,7 @@ def _put(model: type[SQLModel], org_id: str, record_id: str, body: Body, entity_
     row, created = _upsert(model, org_id, record_id, values, relink)
     if relink is not None:
         for hook in AFTER_UPSERT:
-            hook(org_id, entity_type, record_id)
+            hook(org_id, relink, record_id)
     return JSONResponse({**record_json(row), "created": created}, status_code=200)
 
 
@@ -208,13 +208,13 @@ def _delete(model: type[SQLModel], org_id: str, record_id: str, label: str, enti
 
 def _unlink_entity(s: Session, org_id: str, entity_type: str, entity_id: str) -> None:
     """Drop a deleted record's links and recompute the affected emails' ``linked`` flag."""
-    cond = (EmailLink.org_id == org_id, EmailLink.entity_type == entity_type, EmailLink.entity_id == entity_id)
+    cond = (col(EmailLink.org_id) == org_id, col(EmailLink.entity_type) == entity_type, col(EmailLink.entity_id) == entity_id)
     email_ids = list(s.execute(select(EmailLink.email_id).where(*cond)).scalars())
     if not email_ids:
         return
     s.execute(delete(EmailLink).where(*cond))
     still = select(EmailLink.id).where(EmailLink.email_id == Email.id).exists()
-    s.execute(update(Email).where(Email.id.in_(email_ids)).values(linked=still))  # type: ignore[attr-defined]
+    s.execute(update(Email).where(col(Email.id).in_(email_ids)).values(linked=still))
 
 
 # ---- users -------------------------------------------------------------------------------
@@ -273,7 +273,8 @@ def _search(org_id: str, q: str, limit: int) -> list[dict[str, Any]]:
             label = " ".join(p for p in (ld.firstName, ld.lastName) if p)
             results.append({"entity_type": "lead", "entity_id": ld.id, "label": label, "email": ld.email})
         accounts = s.execute(
-            select(CrmAccount).where(CrmAccount.org_id == org_id, match(CrmAccount.name, CrmAccount.email)).order_by(CrmAccount.name).limit(limit)
+            select(CrmAccount).where(CrmAccount.org_id == org_id, match(CrmAccount.name, CrmAccount.email))
+            .order_by(CrmAccount.name).limit(limit)
         ).scalars()
         for a in accounts:
             results.append({"entity_type": "account", "entity_id": a.id, "label": a.name, "email": a.email})
@@ -343,10 +344,10 @@ def _timeline(org_id: str, model: type[SQLModel], entity_type: str, entity_id: s
         at = func.coalesce(Email.received_at, Email.sent_at, Email.created_at)
         stmt = (
             select(Email)
-            .join(EmailLink, EmailLink.email_id == Email.id)
+            .join(EmailLink, col(EmailLink.email_id) == Email.id)
             .where(EmailLink.org_id == org_id, EmailLink.entity_type == entity_type, EmailLink.entity_id == entity_id,
-                   Email.deleted_at.is_(None))  # type: ignore[union-attr]
-            .order_by(at.desc(), Email.id.desc())  # type: ignore[attr-defined]
+                   col(Email.deleted_at).is_(None))
+            .order_by(at.desc(), col(Email.id).desc())
             .limit(limit + 1)
         )
         if cursor is not None:

@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import Field
-from sqlalchemy import and_, func, or_, select, update
-from sqlmodel import Session
+from sqlalchemy import and_, func, or_, update
+from sqlmodel import Session, col, select
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -69,16 +69,17 @@ def summary_json(e: Email) -> dict[str, Any]:
 def _list(org_id: str, request: Request) -> dict[str, Any]:
     q = {p.name: p.read(request) for p in LIST_PARAMS}
     limit = q["limit"]
-    stmt = select(Email).where(Email.org_id == org_id, Email.deleted_at.is_(None))  # type: ignore[union-attr]
+    stmt = select(Email).where(Email.org_id == org_id, col(Email.deleted_at).is_(None))
     if q["account_id"]:
         stmt = stmt.where(Email.account_id == q["account_id"])
     if q["linked"] is not None:
-        stmt = stmt.where(Email.linked.is_(q["linked"]))  # type: ignore[attr-defined]
+        stmt = stmt.where(col(Email.linked).is_(q["linked"]))
     if q["needs_review"] is not None:
-        stmt = stmt.where(Email.needs_review.is_(q["needs_review"]))  # type: ignore[attr-defined]
+        stmt = stmt.where(col(Email.needs_review).is_(q["needs_review"]))
     if q["direction"]:
         stmt = stmt.where(Email.direction == q["direction"])
-    for param, etype in (("contact_id", "contact"), ("lead_id", "lead"), ("entity_account_id", "account"), ("opportunity_id", "opportunity")):
+    for param, etype in (("contact_id", "contact"), ("lead_id", "lead"), ("entity_account_id", "account"),
+                         ("opportunity_id", "opportunity")):
         if q.get(param):
             stmt = stmt.where(select(EmailLink.id).where(EmailLink.email_id == Email.id, EmailLink.entity_type == etype,
                                                          EmailLink.entity_id == q[param]).exists())
@@ -92,8 +93,8 @@ def _list(org_id: str, request: Request) -> dict[str, Any]:
     cursor = read_keyset(q["cursor"])
     if cursor is not None:
         when_dt, last = cursor
-        stmt = stmt.where(or_(at < when_dt, and_(at == when_dt, Email.id < last)))
-    stmt = stmt.order_by(at.desc(), Email.id.desc()).limit(limit + 1)  # type: ignore[attr-defined]
+        stmt = stmt.where(or_(at < when_dt, and_(at == when_dt, col(Email.id) < last)))
+    stmt = stmt.order_by(at.desc(), col(Email.id).desc()).limit(limit + 1)
     with Session(get_engine()) as s:
         rows = list(s.execute(stmt).scalars())
     items = [summary_json(e) for e in rows[:limit]]
@@ -119,7 +120,7 @@ def _load(s: Session, org_id: str, email_id: str) -> Email:
 
 def email_json(s: Session, e: Email, base_url: str) -> dict[str, Any]:
     """The full API view of one email (API.md "Emails")."""
-    docs = list(s.execute(select(Document).where(Document.email_id == e.id).order_by(Document.part_index)).scalars())
+    docs = list(s.execute(select(Document).where(Document.email_id == e.id).order_by(col(Document.part_index))).scalars())
     links = list(s.execute(select(EmailLink).where(EmailLink.email_id == e.id)).scalars())
     by_type: dict[str, list[str]] = {"contact": [], "lead": [], "account": [], "opportunity": []}
     for link in links:
@@ -152,7 +153,7 @@ def send_json(s: Session, e: Email) -> dict[str, Any] | None:
     box = s.get(Outbox, e.id)
     if box is None:
         return None
-    deliveries = list(s.execute(select(Delivery).where(Delivery.email_id == e.id).order_by(Delivery.seq)).scalars())
+    deliveries = list(s.execute(select(Delivery).where(Delivery.email_id == e.id).order_by(col(Delivery.seq))).scalars())
     return {
         "state": box.state, "kind": box.kind, "category": box.category, "send_at": iso(box.send_at),
         "deferred_until": iso(box.deferred_until), "next_attempt_at": iso(box.next_attempt_at),
@@ -203,7 +204,8 @@ async def download_attachment(request: Request) -> Response:
     safe_name = doc.document_name.replace('"', "'")
     from urllib.parse import quote
 
-    headers = {"Content-Disposition": f"attachment; filename=\"{safe_name.encode('ascii', 'replace').decode()}\"; filename*=UTF-8''{quote(doc.document_name)}",
+    ascii_name = safe_name.encode("ascii", "replace").decode()
+    headers = {"Content-Disposition": f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(doc.document_name)}",
                "Content-Length": str(doc.size), "X-Content-Type-Options": "nosniff"}
     return StreamingResponse(iterate_in_threadpool(storage.open_stream(doc.storage_key)), media_type=doc.document_file_mimeType,
                              headers=headers)
@@ -254,7 +256,7 @@ async def remove_link(request: Request) -> Response:
             s.delete(link)
             s.flush()
             still = s.execute(select(EmailLink.id).where(EmailLink.email_id == e.id).limit(1)).first() is not None
-            s.execute(update(Email).where(Email.id == e.id).values(linked=still, needs_review=e.needs_review and still))
+            s.execute(update(Email).where(col(Email.id) == e.id).values(linked=still, needs_review=e.needs_review and still))
             s.commit()
 
     await run_in_threadpool(run)

@@ -6,8 +6,8 @@ import asyncio
 from typing import Any
 
 from pydantic import Field
-from sqlalchemy import func, select
-from sqlmodel import Session
+from sqlalchemy import func
+from sqlmodel import Session, col, select
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -15,12 +15,12 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from models import Notification, utcnow
 from models.db import get_engine
+from ops.keys import read_claims, sign_claims
 from web.api import ApiRouter
 from web.auth import WS_UNAUTHORIZED
 from web.errors import ApiError
-from web.present import iso
-from ops.keys import read_claims, sign_claims
 from web.params import Param
+from web.present import iso
 from web.schemas.notifications import NotificationOut, NotificationsOut, TokenOut
 from web.validation import Body, parse_body
 
@@ -46,10 +46,10 @@ async def list_notifications(request: Request) -> JSONResponse:
     def run() -> dict[str, Any]:
         with Session(get_engine()) as s:
             base = select(Notification).where(Notification.org_id == org_id, Notification.user_id == user_id)
-            stmt = base.where(Notification.read_at.is_(None)) if unread_only else base  # type: ignore[union-attr]
-            items = list(s.execute(stmt.order_by(Notification.created_at.desc(), Notification.id.desc()).limit(limit)).scalars())  # type: ignore[attr-defined]
+            stmt = base.where(col(Notification.read_at).is_(None)) if unread_only else base
+            items = list(s.execute(stmt.order_by(col(Notification.created_at).desc(), col(Notification.id).desc()).limit(limit)).scalars())
             unread = s.execute(select(func.count()).select_from(Notification).where(
-                Notification.org_id == org_id, Notification.user_id == user_id, Notification.read_at.is_(None))).scalar_one()  # type: ignore[union-attr]
+                Notification.org_id == org_id, Notification.user_id == user_id, col(Notification.read_at).is_(None))).scalar_one()
             return {"items": [notification_json(n) for n in items], "unread_count": int(unread)}
 
     return JSONResponse(await run_in_threadpool(run))

@@ -6,9 +6,9 @@ import re
 from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, StringConstraints, field_validator
-from sqlalchemy import select, update
+from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -178,12 +178,13 @@ async def save(request: Request) -> JSONResponse:
             email = s.get(Email, email_id)
             if email is None or email.org_id != org_id or email.deleted_at is not None:
                 raise ApiError(404, "not_found", "email not found")
-            existing = s.execute(select(NotionSave).where(NotionSave.email_id == email_id, NotionSave.database_id == database_id)).scalar_one_or_none()
+            same_save = select(NotionSave).where(NotionSave.email_id == email_id, NotionSave.database_id == database_id)
+            existing = s.execute(same_save).scalar_one_or_none()
             if existing is not None:
                 if existing.state == "done":
                     return 200, _save_json(existing), False
                 if existing.state == "failed":  # a new try (the user fixed the connection or the database)
-                    s.execute(update(NotionSave).where(NotionSave.id == existing.id, NotionSave.state == "failed").values(
+                    s.execute(update(NotionSave).where(col(NotionSave.id) == existing.id, col(NotionSave.state) == "failed").values(
                         state="pending", error=None, error_code=None, updated_at=utcnow(), user_id=body.user_id))
                     s.commit()
                     s.refresh(existing)
@@ -197,7 +198,7 @@ async def save(request: Request) -> JSONResponse:
                 s.commit()
             except IntegrityError:  # the same save requested twice at once: one row wins
                 s.rollback()
-                sv = s.execute(select(NotionSave).where(NotionSave.email_id == email_id, NotionSave.database_id == database_id)).scalar_one()
+                sv = s.execute(same_save).scalar_one()
                 return (200 if sv.state == "done" else 202), _save_json(sv), False
             return 202, _save_json(sv), True
 
@@ -218,6 +219,6 @@ async def saves(request: Request) -> JSONResponse:
             if email is None or email.org_id != org_id:
                 raise ApiError(404, "not_found", "email not found")
             return [_save_json(sv) for sv in s.execute(select(NotionSave).where(NotionSave.email_id == email_id)
-                                                       .order_by(NotionSave.created_at)).scalars()]
+                                                       .order_by(col(NotionSave.created_at))).scalars()]
 
     return JSONResponse({"items": await run_in_threadpool(run)})

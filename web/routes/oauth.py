@@ -60,7 +60,8 @@ def _overrides(request: Request) -> dict[str, Any]:
                      Param.choice("imap_security", ("ssl", "starttls", "none")), Param.text("smtp_host", max_length=255),
                      Param.integer("smtp_port", None, maximum=65535), Param.choice("smtp_security", ("ssl", "starttls", "none"))),
               path_params={"provider": Param.choice("provider", PROVIDERS)}, response=UrlOut,
-              responses={404: "unknown provider", 422: "invalid input, or an override host the connection guard refuses", 400: "provider not configured"})
+              responses={404: "unknown provider", 422: "invalid input, or an override host the connection guard refuses",
+                         400: "provider not configured"})
 async def authorize(request: Request) -> JSONResponse:
     provider = _provider(request)
     user_id = (request.query_params.get("user_id") or "").strip()
@@ -92,7 +93,8 @@ async def authorize(request: Request) -> JSONResponse:
     return JSONResponse({"url": url})
 
 
-@router.route("GET", "/api/v1/oauth/{provider}/callback", summary="Where the provider sends the browser back (public: trusts its signed state)",
+@router.route("GET", "/api/v1/oauth/{provider}/callback",
+              summary="Where the provider sends the browser back (public: trusts its signed state)",
               public=True, query=tuple(Param.text(n, max_length=2000) for n in ("code", "state", "error", "error_description")),
               path_params={"provider": Param.choice("provider", PROVIDERS)}, response=OAuthConnectedOut,
               responses={400: "bad or expired state, or the provider refused", 404: "unknown provider"})

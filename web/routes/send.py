@@ -9,8 +9,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, StringConstraints, field_validator, model_validator
-from sqlalchemy import select
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -142,7 +141,7 @@ def _original(org_id: str, email_id: str) -> tuple[Email, list[Document], str | 
         e = s.get(Email, email_id)
         if e is None or e.org_id != org_id or e.deleted_at is not None:
             raise ApiError.not_found("email")
-        docs = list(s.execute(select(Document).where(Document.email_id == e.id).order_by(Document.part_index)).scalars())
+        docs = list(s.execute(select(Document).where(Document.email_id == e.id).order_by(col(Document.part_index))).scalars())
         own = s.execute(select(EmailAccount.email_norm).where(EmailAccount.id == e.account_id)).scalar_one_or_none()
         return e, docs, own
 
@@ -204,7 +203,12 @@ async def reply(request: Request) -> JSONResponse:
     if body.include_quote:  # the original is a stranger's: quoting is CPU work, kept off the event loop
         html, text = await run_in_threadpool(_with_quote, original, html, text)
     seen = {a.lower() for a in to}
-    cc = [a for a in [*cc, *body.cc] if not (a.lower() in seen or seen.add(a.lower()))]  # type: ignore[func-returns-value]
+    unique_cc = []
+    for a in [*cc, *body.cc]:
+        if a.lower() not in seen:
+            seen.add(a.lower())
+            unique_cc.append(a)
+    cc = unique_cc
     req = _outgoing(body, to=to, subject=reply_subject(original.subject), body_html=html, body_text=text,
                     template_id=body.template_id, in_reply_to_email_id=original.id, kind="reply")
     req.cc = cc

@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from pydantic import Field, StringConstraints
-from sqlalchemy import case, func, or_, select
-from sqlmodel import Session
+from sqlalchemy import case, func, or_
+from sqlmodel import Session, col, select
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -93,8 +93,8 @@ def _rates(s: Session, template_ids: list[str]) -> dict[str, tuple[int, float | 
         return {}
     rows = s.execute(select(
         Email.template_id, func.count(),
-        func.sum(case((Email.open_count > 0, 1), else_=0)), func.sum(case((Email.click_count > 0, 1), else_=0)))
-        .where(Email.template_id.in_(template_ids), Email.direction == "outbound", Email.status == "sent")  # type: ignore[union-attr]
+        func.sum(case((col(Email.open_count) > 0, 1), else_=0)), func.sum(case((col(Email.click_count) > 0, 1), else_=0)))
+        .where(col(Email.template_id).in_(template_ids), Email.direction == "outbound", Email.status == "sent")
         .group_by(Email.template_id)).all()
     return {tid: (n, (opened or 0) / n if n else None, (clicked or 0) / n if n else None) for tid, n, opened, clicked in rows}
 
@@ -142,9 +142,9 @@ async def list_templates(request: Request) -> JSONResponse:
 
     def run() -> dict[str, Any]:
         with Session(get_engine()) as s:
-            stmt = select(Template).where(Template.org_id == org_id, Template.deleted_at.is_(None))  # type: ignore[union-attr]
+            stmt = select(Template).where(Template.org_id == org_id, col(Template.deleted_at).is_(None))
             if user_id:  # the user's own private templates plus everyone's public ones
-                stmt = stmt.where(or_(Template.is_public.is_(True), Template.created_by == user_id))  # type: ignore[attr-defined]
+                stmt = stmt.where(or_(col(Template.is_public).is_(True), Template.created_by == user_id))
             if category:
                 stmt = stmt.where(Template.category == category)
             if term:
@@ -152,19 +152,19 @@ async def list_templates(request: Request) -> JSONResponse:
                 stmt = stmt.where(func.lower(Template.name).like(like, escape="\\"))
             if sort in ("open_rate", "click_rate"):
                 # One grouped pass over the sent emails (index on emails.template_id), joined in.
-                stats = (select(Email.template_id.label("tid"), func.count().label("sent"),
-                                func.sum(case(((Email.open_count if sort == "open_rate" else Email.click_count) > 0, 1),
+                stats = (select(col(Email.template_id).label("tid"), func.count().label("sent"),
+                                func.sum(case((col(Email.open_count if sort == "open_rate" else Email.click_count) > 0, 1),
                                               else_=0)).label("hit"))
-                         .where(Email.org_id == org_id, Email.template_id.is_not(None), Email.direction == "outbound",  # type: ignore[union-attr]
+                         .where(Email.org_id == org_id, col(Email.template_id).is_not(None), Email.direction == "outbound",
                                 Email.status == "sent")
                          .group_by(Email.template_id).subquery())
                 rate = case((stats.c.sent > 0, stats.c.hit * 1.0 / stats.c.sent), else_=-1.0)
                 stmt = (stmt.outerjoin(stats, stats.c.tid == Template.id)
-                        .order_by(func.coalesce(rate, -1.0).desc(), Template.id.desc()))  # type: ignore[attr-defined]
+                        .order_by(func.coalesce(rate, -1.0).desc(), col(Template.id).desc()))
             elif sort == "usage":
-                stmt = stmt.order_by(Template.usage_count.desc(), Template.id.desc())  # type: ignore[attr-defined]
+                stmt = stmt.order_by(col(Template.usage_count).desc(), col(Template.id).desc())
             else:
-                stmt = stmt.order_by(Template.created_at.desc(), Template.id.desc())  # type: ignore[attr-defined]
+                stmt = stmt.order_by(col(Template.created_at).desc(), col(Template.id).desc())
             rows = list(s.execute(stmt.offset(offset).limit(limit + 1)).scalars())
             page = rows[:limit]
             rates = _rates(s, [t.id for t in page])
@@ -183,8 +183,8 @@ async def metrics_csv(request: Request) -> Response:
         import io
 
         with Session(get_engine()) as s:
-            rows = list(s.execute(select(Template).where(Template.org_id == org_id, Template.deleted_at.is_(None))  # type: ignore[union-attr]
-                                  .order_by(Template.usage_count.desc(), Template.name)).scalars())  # type: ignore[attr-defined]
+            rows = list(s.execute(select(Template).where(Template.org_id == org_id, col(Template.deleted_at).is_(None))
+                                  .order_by(col(Template.usage_count).desc(), Template.name)).scalars())
             rates = _rates(s, [t.id for t in rows])
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\r\n")

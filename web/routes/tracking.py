@@ -20,8 +20,7 @@ from collections import OrderedDict
 from functools import lru_cache, partial
 from typing import Any
 
-from sqlalchemy import select
-from sqlmodel import Session
+from sqlmodel import Session, select
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -30,13 +29,13 @@ from models import Email, TrackedLink
 from models.db import get_engine
 from ops.keys import get_keyring
 from ops.settings import get_settings
-from web.intake import event_id
 from pipeline.stages.tracking_ids import verify_link_hash
 from web.api import ApiRouter, Raw
-from web.schemas.emails import TrackingOut
-from web.errors import ApiError
 from web.cursors import CURSOR, read_keyset
+from web.errors import ApiError
+from web.intake import event_id
 from web.params import Param
+from web.schemas.emails import TrackingOut
 from web.tracking_page import DEFAULT_LIMIT, MAX_LIMIT, tracking_page
 
 router = ApiRouter("tracking")

@@ -3,8 +3,9 @@
 ``GET`` shows a confirmation page with a button (a link prefetcher or scanner must not
 unsubscribe anyone); ``POST`` unsubscribes: it is the RFC 8058 one-click target named by
 ``List-Unsubscribe-Post: List-Unsubscribe=One-Click`` and the page's form target. The hash is the
-recipient HMAC (its own "unsubscribe" key purpose, not the pixel's) of a marketing email's per-recipient copy, so a forged or unknown link changes nothing
-and answers 404. An unsubscribed address is skipped by the organization's later marketing sends.
+recipient HMAC (its own "unsubscribe" key purpose, not the pixel's) of a marketing email's
+per-recipient copy, so a forged or unknown link changes nothing and answers 404. An unsubscribed
+address is skipped by the organization's later marketing sends.
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ from __future__ import annotations
 import html
 from functools import partial
 
-from sqlalchemy import select
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
@@ -40,7 +40,7 @@ def _recipient(email_id: str, rhash: str) -> tuple[str, str] | None:
         if org_id is None:
             return None
         for address in s.execute(select(Delivery.tracked_for).where(Delivery.email_id == email_id,
-                                                                    Delivery.tracked_for.is_not(None))).scalars():  # type: ignore[union-attr]
+                                                                    col(Delivery.tracked_for).is_not(None))).scalars():
             if address and verify_recipient_hash(verify, email_id, address, rhash):
                 return org_id, address
     return None

@@ -1,19 +1,18 @@
 """initial schema
 
 Revision ID: 0001
-Revises: 
+Revises:
 Create Date: 2026-11-24 02:31:05.250969
 """
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
 
-
 revision: str = '0001'
-down_revision: Union[str, None] = None
-branch_labels: Union[str, Sequence[str], None] = None
-depends_on: Union[str, Sequence[str], None] = None
+down_revision: str | None = None
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
@@ -207,7 +206,8 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_email_accounts_next_fetch_at'), ['next_fetch_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_email_accounts_org_id'), ['org_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_email_accounts_user_id'), ['user_id'], unique=False)
-        batch_op.create_index('uq_account_live_email', ['org_id', 'email_norm'], unique=True, postgresql_where=sa.text('deleted_at IS NULL'), sqlite_where=sa.text('deleted_at IS NULL'))
+        batch_op.create_index('uq_account_live_email', ['org_id', 'email_norm'], unique=True,
+                              postgresql_where=sa.text('deleted_at IS NULL'), sqlite_where=sa.text('deleted_at IS NULL'))
 
     op.create_table('notifications',
     sa.Column('id', sa.String(length=24), nullable=False),
@@ -505,7 +505,8 @@ def downgrade() -> None:
 
     op.drop_table('notifications')
     with op.batch_alter_table('email_accounts', schema=None) as batch_op:
-        batch_op.drop_index('uq_account_live_email', postgresql_where=sa.text('deleted_at IS NULL'), sqlite_where=sa.text('deleted_at IS NULL'))
+        batch_op.drop_index('uq_account_live_email', postgresql_where=sa.text('deleted_at IS NULL'),
+                            sqlite_where=sa.text('deleted_at IS NULL'))
         batch_op.drop_index(batch_op.f('ix_email_accounts_user_id'))
         batch_op.drop_index(batch_op.f('ix_email_accounts_org_id'))
         batch_op.drop_index(batch_op.f('ix_email_accounts_next_fetch_at'))

@@ -12,8 +12,16 @@ import threading
 from urllib.parse import unquote, urlsplit
 
 from ops.settings import get_settings
-from pipeline.clients.storage.base import (CHUNK_SIZE, MAX_KEY_LENGTH, InvalidKey, Storage, StorageError, StorageNotFound, safe_key,
-                                           validate_key)
+from pipeline.clients.storage.base import (
+    CHUNK_SIZE,
+    MAX_KEY_LENGTH,
+    InvalidKey,
+    Storage,
+    StorageError,
+    StorageNotFound,
+    safe_key,
+    validate_key,
+)
 from pipeline.clients.storage.local import LocalStorage
 from pipeline.clients.storage.s3 import S3Storage
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import boto3
@@ -21,6 +21,8 @@ _MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 
 def _client_error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
+
+_STYLES: dict[str, Literal["auto", "path", "virtual"]] = {"auto": "auto", "path": "path", "virtual": "virtual"}
 
 
 class S3Storage:
@@ -47,8 +49,8 @@ class S3Storage:
         self.prefix = f"{prefix}/" if prefix else ""
         self.endpoint_url = endpoint_url
         self.region = region
-        style = addressing_style or ("path" if endpoint_url else "auto")
-        if style not in {"auto", "path", "virtual"}:
+        style = _STYLES.get(addressing_style or ("path" if endpoint_url else "auto"))
+        if style is None:
             raise ValueError("S3 addressing_style must be auto, path or virtual")
         config = Config(
             connect_timeout=connect_timeout,
