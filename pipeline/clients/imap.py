@@ -51,7 +51,7 @@ from pipeline.clients.imap_wire import (
 )
 from pipeline.stages.endpoint_rules import PLAINTEXT_REASON
 from pipeline.stages.netpolicy import Nets
-from pipeline.stages.wire_text import control_character, host_problem
+from pipeline.stages.wire_text import unsafe_login
 
 __all__ = [
     "CONNECTION_LOST",
@@ -234,13 +234,9 @@ def connect(settings: ImapSettings) -> ImapSession:
 
 def _refuse_unsafe_text(settings: ImapSettings) -> None:
     """Refuse a host or credential that could break the command line, before any connection."""
-    problem = host_problem(settings.host)
-    if problem is not None:
-        raise ImapError(ImapErrorKind.CONNECT, f"the host {problem}")
-    for what, value in (("username", settings.username), ("password", settings.password), ("OAuth token", settings.oauth_token)):
-        bad = control_character(value or "")
-        if bad is not None:
-            raise ImapError(ImapErrorKind.AUTH, f"the {what} contains a control character ({bad}); nothing was sent")
+    unsafe = unsafe_login(settings.host, settings.username, settings.password, settings.oauth_token)
+    if unsafe is not None:
+        raise ImapError(ImapErrorKind(unsafe.kind), unsafe.message)
 
 
 def _checked(settings: ImapSettings) -> netguard.CheckedHost:

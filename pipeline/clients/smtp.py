@@ -42,7 +42,7 @@ from pipeline.stages.smtp_reply import (
     classify_reply,
     overall_verdict,
 )
-from pipeline.stages.wire_text import control_character, host_problem
+from pipeline.stages.wire_text import unsafe_login
 
 __all__ = [
     "HOST_NOT_ALLOWED",
@@ -335,14 +335,10 @@ async def _session(settings: SmtpSettings, progress: _Progress) -> AsyncIterator
 
 
 def _refuse_unsafe_text(settings: SmtpSettings) -> None:
-    """Refuse a host or credential with characters that have no business on a command line."""
-    problem = host_problem(settings.host)
-    if problem is not None:
-        raise SmtpError(SmtpErrorKind.CONNECT, f"the host {problem}")
-    for what, value in (("username", settings.username), ("password", settings.password), ("OAuth token", settings.oauth_token)):
-        bad = control_character(value or "")
-        if bad is not None:
-            raise SmtpError(SmtpErrorKind.AUTH, f"the {what} contains a control character ({bad}); nothing was sent")
+    """Refuse a host or credential that could break the command line, before any connection."""
+    unsafe = unsafe_login(settings.host, settings.username, settings.password, settings.oauth_token)
+    if unsafe is not None:
+        raise SmtpError(SmtpErrorKind(unsafe.kind), unsafe.message)
 
 
 def _checked(settings: SmtpSettings) -> netguard.CheckedHost:

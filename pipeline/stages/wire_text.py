@@ -9,8 +9,10 @@ the clients) rather than escaped. Pure functions: a problem as a short sentence,
 from __future__ import annotations
 
 import unicodedata
+from dataclasses import dataclass
+from typing import Literal
 
-__all__ = ["MAX_HOST_LENGTH", "control_character", "host_problem"]
+__all__ = ["MAX_HOST_LENGTH", "Unsafe", "control_character", "host_problem", "unsafe_login"]
 
 MAX_HOST_LENGTH = 253
 _NAMES = {"\r": "CR", "\n": "LF", "\x00": "NUL", "\t": "TAB", "\x7f": "DEL"}
@@ -51,4 +53,24 @@ def host_problem(host: str) -> str | None:
             host.encode("idna")
         except UnicodeError:
             return "is not a valid host name (a label is empty or longer than 63 characters)"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Unsafe:
+    """Why a login must not be attempted: ``kind`` is the connection-failure kind the client reports."""
+
+    kind: Literal["connect", "auth"]
+    message: str
+
+
+def unsafe_login(host: str, username: str | None, password: str | None, oauth_token: str | None) -> Unsafe | None:
+    """A host or credential that could break the command line (checked before any connection), or None."""
+    problem = host_problem(host)
+    if problem is not None:
+        return Unsafe("connect", f"the host {problem}")
+    for what, value in (("username", username), ("password", password), ("OAuth token", oauth_token)):
+        bad = control_character(value or "")
+        if bad is not None:
+            return Unsafe("auth", f"the {what} contains a control character ({bad}); nothing was sent")
     return None
