@@ -165,3 +165,34 @@ class TestSentimentStage:
             assert ingest_sentiment.sweep_unclassified(s, utcnow()) == 1
         drain(stub_broker, stub_worker)
         assert _labels() == {"s30@t": "negative"}
+
+
+class TestBackfill:
+    def test_backfill_classifies_existing_mail_once(self, org: tuple[str, str]) -> None:
+        """`mailpipe sentiment backfill` classifies mail stored before the stage existed (outbound and already
+        classified mail skipped), turns the account at risk, and a second run finds nothing to do."""
+        from click.testing import CliRunner
+
+        from models import EmailLink
+        from ops.cli import main
+
+        org_id, _ = org
+        account = make_account(org_id)
+        with Session(get_engine()) as s:
+            for i, (direction, text) in enumerate([("inbound", t) for t in COMPLAINTS] + [("outbound", COMPLAINTS[0])]):
+                e = Email(org_id=org_id, account_id=account, direction=direction, dedupe_key=f"mid:b{i}@t", message_id=f"b{i}@t",
+                          from_email=ACME, from_email_norm=ACME, body_text=text, pipeline_state="done", received_at=utcnow())
+                s.add(e)
+                s.flush()
+                s.add(EmailLink(org_id=org_id, email_id=e.id, entity_type="account", entity_id=CRM["account"][0], how="auto:accounts.email"))
+            s.commit()
+        runner = CliRunner()
+        first = runner.invoke(main, ["sentiment", "backfill", "--json"])
+        assert first.exit_code == 0, first.output
+        assert '"seen": 3, "classified": 3, "failed": 0, "notified": 1' in first.output
+        assert _labels() == {"b0@t": "negative", "b1@t": "negative", "b2@t": "negative"}
+        second = runner.invoke(main, ["sentiment", "backfill", "--json"])
+        assert '"seen": 0' in second.output
+        redo = runner.invoke(main, ["sentiment", "backfill", "--redo", "--org", org_id])
+        assert redo.exit_code == 0 and "classified 3 of 3 emails with backend 'lexicon' (0 failed, 0 at-risk" in redo.output
+        assert len(_at_risk_notes()) == 1
