@@ -42,6 +42,6 @@ def build_tiny_model(directory: Path, *, name: str = "tiny-test-sentiment") -> P
     model.ir_version = 8
     onnx.checker.check_model(model)
     onnx.save(model, str(directory / "model.onnx"))
-    (directory / "config.json").write_text(json.dumps({"_name_or_path": name, "id2label": {"0": "negative", "1": "neutral", "2": "positive"},
-                                                       "max_position_embeddings": 64}))
+    config = {"_name_or_path": name, "id2label": {"0": "negative", "1": "neutral", "2": "positive"}, "max_position_embeddings": 64}
+    (directory / "config.json").write_text(json.dumps(config))
     return directory

@@ -184,7 +184,8 @@ class TestBackfill:
                           from_email=ACME, from_email_norm=ACME, body_text=text, pipeline_state="done", received_at=utcnow())
                 s.add(e)
                 s.flush()
-                s.add(EmailLink(org_id=org_id, email_id=e.id, entity_type="account", entity_id=CRM["account"][0], how="auto:accounts.email"))
+                s.add(EmailLink(org_id=org_id, email_id=e.id, entity_type="account", entity_id=CRM["account"][0],
+                                how="auto:accounts.email"))
             s.commit()
         runner = CliRunner()
         first = runner.invoke(main, ["sentiment", "backfill", "--json"])
