@@ -21,8 +21,8 @@ __all__ = ["SENTIMENT_BACKENDS", "ConfigError", "SecretKey", "Settings", "get_se
 
 
 #: ``MAILPIPE_SENTIMENT_BACKEND`` values: the offline lexicon (default), a local ONNX model directory, an
-#: OpenAI-compatible chat endpoint (per-organization opt-in, falling back to the lexicon).
-SENTIMENT_BACKENDS = ("lexicon", "onnx", "llm")
+#: OpenAI-compatible chat endpoint (per-organization opt-in, falling back to the lexicon), or off (no stage).
+SENTIMENT_BACKENDS = ("lexicon", "onnx", "llm", "off")
 
 
 class ConfigError(Exception):

@@ -9,7 +9,7 @@ the at-risk flip and the owner's notification are written in the same transactio
 caused them. A lost message is found again by the ``sentiment_unclassified`` sweep.
 
 Classifying happens outside any transaction (the LLM backend makes HTTP calls): the batch is read,
-classified, then written in one short transaction.
+classified, then written in one short transaction. ``MAILPIPE_SENTIMENT_BACKEND=off`` turns the stage off.
 """
 
 from __future__ import annotations
@@ -25,10 +25,11 @@ import structlog
 from sqlalchemy import delete, exists
 from sqlmodel import Session, col, select
 
-from models import Email, EmailLink, EmailSentiment, Organization, utcnow
+from models import AccountRisk, Email, EmailLink, EmailSentiment, Organization, utcnow
 from models.db import get_engine
 from models.upsert import insert_ignore
 from ops import metrics
+from ops.settings import get_settings
 from pipeline import jobs
 from pipeline.flows import account_risk, notifications
 from pipeline.flows.sentiment_backends import backend_kind, classifier_for
@@ -62,6 +63,8 @@ def fan_out(email_ids: Sequence[str]) -> None:
     Never raises: the chain must not wait for sentiment, and the sweep finds what a lost message missed.
     """
     ids = list(email_ids)
+    if get_settings().sentiment_backend == "off":
+        return
     try:
         for i in range(0, len(ids), BATCH):
             jobs.INGEST_SENTIMENT.send(ids[i : i + BATCH])
@@ -72,7 +75,7 @@ def fan_out(email_ids: Sequence[str]) -> None:
 def classify_batch(email_ids: Sequence[str], *, redo: bool = False) -> Outcome:
     """Classify the batch's linked inbound emails that have no sentiment yet (all of them with ``redo``)."""
     ids = list(email_ids)
-    if not ids:
+    if not ids or get_settings().sentiment_backend == "off":
         return Outcome(0, 0, 0)
     with Session(get_engine()) as s:
         stmt = (select(Email.id, Email.org_id, Email.body_text, Email.body_html)
@@ -110,11 +113,7 @@ def _store(rows: list[dict[str, Any]], *, redo: bool) -> Outcome:
         if redo:
             s.execute(delete(EmailSentiment).where(col(EmailSentiment.email_id).in_([r["email_id"] for r in rows])))
         inserted = insert_ignore(s, EmailSentiment, [{**r, "created_at": now} for r in rows], ["email_id"])
-        accounts: dict[str, set[str]] = defaultdict(set)
-        for org_id, account_id in s.execute(select(EmailLink.org_id, EmailLink.entity_id).where(
-                col(EmailLink.email_id).in_([r["email_id"] for r in rows if r["label"] is not None]),
-                col(EmailLink.entity_type) == "account")).all():
-            accounts[org_id].add(account_id)
+        accounts = _accounts_to_assess(s, rows)
         pol = account_risk.policy()
         pushed: list[dict[str, Any]] = []
         for org_id, account_ids in accounts.items():
@@ -127,6 +126,25 @@ def _store(rows: list[dict[str, Any]], *, redo: bool) -> Outcome:
     return Outcome(max(inserted - failed, 0), failed, len(pushed))
 
 
+def _accounts_to_assess(s: Session, rows: list[dict[str, Any]]) -> dict[str, set[str]]:
+    """The CRM accounts the batch's mail may change: those it brings negative mail, and those already
+    at risk (more mail may end their episode). Other mail cannot turn an account at risk."""
+    negative = {r["email_id"] for r in rows if r["label"] == "negative"}
+    linked = s.execute(select(EmailLink.org_id, EmailLink.entity_id, EmailLink.email_id).where(
+        col(EmailLink.email_id).in_([r["email_id"] for r in rows if r["label"] is not None]),
+        col(EmailLink.entity_type) == "account")).all()
+    out: dict[str, set[str]] = defaultdict(set)
+    others: dict[str, set[str]] = defaultdict(set)
+    for org_id, account_id, email_id in linked:
+        (out if email_id in negative else others)[org_id].add(account_id)
+    for org_id, ids in others.items():
+        pending = ids - out[org_id]
+        if pending:
+            out[org_id] |= set(s.execute(select(AccountRisk.account_id).where(
+                col(AccountRisk.org_id) == org_id, col(AccountRisk.account_id).in_(pending), col(AccountRisk.at_risk).is_(True))).scalars())
+    return {org_id: ids for org_id, ids in out.items() if ids}
+
+
 @register_sweep("sentiment_unclassified")
 def sweep_unclassified(session: Session, now: datetime) -> int:
     """Once a minute: linked inbound mail of the last two days that the fast path missed."""
@@ -135,6 +153,8 @@ def sweep_unclassified(session: Session, now: datetime) -> int:
         if last is not None and now - last < SWEEP_EVERY:
             return 0
         _last_sweep["at"] = now
+    if get_settings().sentiment_backend == "off":
+        return 0
     ids = list(session.execute(
         select(Email.id).where(col(Email.pipeline_state).in_(READY_STATES), col(Email.stage_at) > now - SWEEP_HORIZON,
                                col(Email.stage_at) < now - SWEEP_GRACE, col(Email.direction) == "inbound",

@@ -32,7 +32,13 @@ HTML_CHARS = 400_000
 #: Longest line handed to the reply parser; longer ones are broken at this length.
 LINE_CHARS = 400
 
-_LANGUAGES = ["en", "de", "fr", "es", "it", "nl"]
+_LANGUAGES = ["en", "de", "fr"]  # each language's expressions are tried on every message: the ones the clients here use
+# Anything the reply parser could act on (a reply header, a header block, a separator, a closing or a
+# footer), as substrings of the lowercased text: mail without any of them (most first messages) skips
+# the parser, whose expressions cost far more than these tests.
+_PARSER_MARKERS = ("wrote", "schrieb", "écrit", ":", "_____", "-----", "best", "kind", "thank", "regards", "grüß", "gruß", "gruss",
+                   "grüsse", "cordialement", "salutations", "bonne", "sent from", "get outlook", "gesendet von", "envoyé de",
+                   "disclaimer", "caution", "warning", "confidential", "privileged", "hinweis", "achtung")
 _PARSER = EmailReplyParser(languages=_LANGUAGES)
 
 # Quote containers of the common clients, by class or id (the reply header line sits inside them
@@ -59,6 +65,10 @@ _FOOTER = re.compile(
     r"please consider the environment before printing)",
     re.I | re.M)
 _BLANKS = re.compile(r"\n{3,}")
+# Substrings (of the lowercased text) the forward and footer expressions need: most mail skips them.
+_FORWARD_MARKERS = ("forward", "original", "origine", "transféré", "ursprüngliche", "weitergeleitet", "mensaje", "messaggio",
+                    "oorspronkelijk", "réexpédié")
+_FOOTER_MARKERS = ("confidential", "intended", "vertraulich", "confidentiel", "strictement", "environment")
 # A closing line the parser's lists miss ("Cheers,", "Merci,", "Viele Grüße"), alone on its line, with
 # at most a few short lines after it (the name, title, phone): the signature starts there.
 _CLOSING = re.compile(
@@ -77,20 +87,27 @@ def new_text(body_text: str, body_html: str | None = None) -> str:
     source = _html_source(body_html) if body_html and body_html.strip() else None
     text = source if source is not None else (body_text or "")
     text = _bounded(text)
-    forward = _FORWARD.search(text)
-    if forward is not None:
-        text = text[: forward.start()]
-    text = _SPLIT_HEADER.sub(r"\1 \2", text)
-    text = _newest_reply(text)
-    text = _QUOTED_LINE.sub("", text)  # what is left of quotes (inline replies keep their own lines)
-    sig = _SIG_DASHES.search(text)
-    if sig is not None:
-        text = text[: sig.start()]
-    footer = _FOOTER.search(text)
-    if footer is not None:
-        text = text[: footer.start()]
+    low = text.lower()
+    if any(marker in low for marker in _FORWARD_MARKERS):
+        forward = _FORWARD.search(text)
+        if forward is not None:
+            text, low = text[: forward.start()], low[: forward.start()]
+    if any(marker in low for marker in _PARSER_MARKERS):
+        text = _newest_reply(_SPLIT_HEADER.sub(r"\1 \2", text))
+    if ">" in text:
+        text = _QUOTED_LINE.sub("", text)  # what is left of quotes (inline replies keep their own lines)
+    if "--" in text:
+        sig = _SIG_DASHES.search(text)
+        if sig is not None:
+            text = text[: sig.start()]
+    if any(marker in low for marker in _FOOTER_MARKERS):
+        footer = _FOOTER.search(text)
+        if footer is not None:
+            text = text[: footer.start()]
     text = _CLOSING.sub("", text.rstrip())
-    return _BLANKS.sub("\n\n", text).strip()
+    if "\n\n\n" in text:
+        text = _BLANKS.sub("\n\n", text)
+    return text.strip()
 
 
 def _html_source(markup: str) -> str | None:

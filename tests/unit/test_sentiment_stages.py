@@ -148,3 +148,22 @@ class TestLlmAnswer:
             read_answer("I cannot help with that.")
         with pytest.raises(ValueError):
             read_answer("positive or negative, hard to say")
+
+
+class TestCueGating:
+    def test_word_triggers_never_hide_a_cue(self) -> None:
+        """Each cue's expression runs only when one of its trigger words is in the text; on every text of the
+        labelled sets, and on word forms at the edges of the expressions, that finds exactly what running every
+        expression finds."""
+        from pipeline.stages.sentiment_lexicon import _TRIGGERS, _WORDS, CUES
+
+        texts = [str(r[k]) for name in ("labelled.jsonl", "holdout.jsonl") for r in _rows(name) for k in ("new_text", "text", "html")]
+        texts += ["We were double-charged!", "I was overcharged", "no one has answered", "It's down again.", "we lost all our data",
+                  "the bug is back", "not yet fixed", "More than a week", "Look into other vendors", "haven't heard back", "Won't renew",
+                  "constant outages", "escalations pile up", "great products", "chargebacks", "data losses", "happy to address it"]
+        for text in texts:
+            low = text.lower()
+            words = set(_WORDS.findall(low))
+            every = [name for name, pattern, _ in CUES if pattern.search(low)]
+            gated = [name for name, pattern, _ in CUES if not _TRIGGERS[name].isdisjoint(words) and pattern.search(low)]
+            assert gated == every, text
