@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 
 import lxml.html
-from mailparser_reply import EmailReplyParser
+from mailparser_reply import EmailMessage, EmailReplyParser
 
 from pipeline.stages.html_guard import drop_elements
 from pipeline.stages.html_text import html_to_text, parse_html
@@ -40,6 +40,11 @@ _PARSER_MARKERS = ("wrote", "schrieb", "écrit", ":", "_____", "-----", "best", 
                    "grüsse", "cordialement", "salutations", "bonne", "sent from", "get outlook", "gesendet von", "envoyé de",
                    "disclaimer", "caution", "warning", "confidential", "privileged", "hinweis", "achtung")
 _PARSER = EmailReplyParser(languages=_LANGUAGES)
+# The parser compiles its expressions per message; compile them once and hand them to each message
+# (they are fields of its EmailMessage dataclass).
+_TEMPLATE = EmailMessage(text="", languages=list(_PARSER.languages))
+_COMPILED = {"_header_regex": _TEMPLATE.HEADER_REGEX, "_disclaimers_regex": _TEMPLATE.DISCLAIMERS_REGEX,
+             "_signature_regex": _TEMPLATE.SIGNATURE_REGEX}
 
 # Quote containers of the common clients, by class or id (the reply header line sits inside them
 # for Gmail; Outlook's "From: … Sent: …" block starts the quoted part, so it and what follows go).
@@ -68,6 +73,10 @@ _BLANKS = re.compile(r"\n{3,}")
 # Substrings (of the lowercased text) the forward and footer expressions need: most mail skips them.
 _FORWARD_MARKERS = ("forward", "original", "origine", "transféré", "ursprüngliche", "weitergeleitet", "mensaje", "messaggio",
                     "oorspronkelijk", "réexpédié")
+# Where quoted history may start, and how much after that the parser still reads (a header block).
+_HISTORY_MARKERS = ("wrote", "schrieb", "a écrit", "from:", "von:", "de :", "de:", "_____", "-----", "sent from", "get outlook",
+                    "gesendet von", "envoyé de")
+HISTORY_TAIL = 600
 _FOOTER_MARKERS = ("confidential", "intended", "vertraulich", "confidentiel", "strictement", "environment")
 # A closing line the parser's lists miss ("Cheers,", "Merci,", "Viele Grüße"), alone on its line, with
 # at most a few short lines after it (the name, title, phone): the signature starts there.
@@ -93,7 +102,7 @@ def new_text(body_text: str, body_html: str | None = None) -> str:
         if forward is not None:
             text, low = text[: forward.start()], low[: forward.start()]
     if any(marker in low for marker in _PARSER_MARKERS):
-        text = _newest_reply(_SPLIT_HEADER.sub(r"\1 \2", text))
+        text = _newest_reply(_SPLIT_HEADER.sub(r"\1 \2", _before_history(text, low)))
     if ">" in text:
         text = _QUOTED_LINE.sub("", text)  # what is left of quotes (inline replies keep their own lines)
     if "--" in text:
@@ -147,10 +156,17 @@ def _bounded(text: str) -> str:
     return "\n".join(out)
 
 
+def _before_history(text: str, low: str) -> str:
+    """``text`` up to a little past where the quoted history seems to start (the earliest reply-header
+    word): the parser's time grows with the text, and a long thread's history needs no reading."""
+    starts = [at for at in (low.find(m) for m in _HISTORY_MARKERS) if at >= 0]
+    return text[: min(starts) + HISTORY_TAIL] if starts else text
+
+
 def _newest_reply(text: str) -> str:
     """The first reply ``mail-parser-reply`` finds, with its signature or disclaimer removed when the
     signature starts with a short closing line (it also takes "Thanks, that fixed it" for one)."""
-    message = _PARSER.read(text)
+    message = EmailMessage(text=text, languages=list(_PARSER.languages), **_COMPILED).read()
     if not message.replies:
         return text
     reply = message.replies[0]
