@@ -175,7 +175,8 @@ def pipeline(dovecot: Dovecot, cafile: Path, workdir: Path, n: int, distributed:
         tick()
         while True:
             with Session(get_engine()) as s:
-                done = s.execute(select(func.count()).select_from(Email).where(Email.pipeline_state.in_(("done", "quarantined")))).scalar_one()  # type: ignore[attr-defined]
+                finished = Email.pipeline_state.in_(("done", "quarantined"))  # type: ignore[attr-defined]
+                done = s.execute(select(func.count()).select_from(Email).where(finished)).scalar_one()
                 classified = s.execute(select(func.count()).select_from(EmailSentiment)).scalar_one()
             if done >= n and (sentiment == "off" or classified >= done):
                 break

@@ -116,22 +116,25 @@ _NEGATIVE_CUES = frozenset(name for name, _, w in CUES if w < 0)
 #: Words (tokens of the lowercased text) at least one of which each cue's expression needs: most mail
 #: skips most expressions for the price of a set test.
 _TRIGGERS: dict[str, frozenset[str]] = {name: frozenset(words.split()) for name, words in {
-    "churn": "cancel canceling cancelling canceled cancelled cancellation terminate terminating end ending renew renewing switch "
-             "switching alternatives vendors providers options tools close churn churning move moving reconsider reconsidering",
+    "churn": "cancel canceling cancelling canceled cancelled cancellation terminate terminating end ending renew renewing "
+             "switch switching alternatives vendors providers options tools close churn churning move moving reconsider "
+             "reconsidering",
     "escalation": "third fourth fifth 3rd 4th 5th umpteenth manager supervisor escalate escalated escalating escalation complaint "
-                  "complaints complain complaining legal joke escalations managers supervisors ridiculously dropped declined deteriorated gone got gotten one body nobody answering "
-                  "responding heard received reply response answer days weeks week month unacceptable ridiculous fed sick tired "
-                  "waste chance warning",
-    "billing": "charged billed overcharged overbilled doublecharged wrong invoice refund refunds chargeback chargebacks dispute unauthorized unauthorised price double "
-               "doubles",
-    "outage": "work working works load loading loads sync syncing syncs send sending sends respond responding responds open opening "
-              "opens connect connecting connects down outage outages losses keep keeps lost losing lose loss broken failing fails crash crashes "
-              "crashed crashing deleted wiped erased",
-    "persisting": "still problem issue error again persists back returned fixed resolved solved progress update change improvement",
-    "praise": "work works trick worked fixed solved resolved job support service team help product experience great amazing awesome "
-              "fantastic best enough made exceeded beyond excellent outstanding superb jobs products services teams helpful "
-              "experiences greatly amazingly awesomely fantastically",
-    "growth": "renew expand upgrade extend sign add seats licenses licences users renewed renewing roll rolling recommend recommended",
+                  "complaints complain complaining legal joke escalations managers supervisors ridiculously dropped declined "
+                  "deteriorated gone got gotten one body nobody answering responding heard received reply response answer days "
+                  "weeks week month unacceptable ridiculous fed sick tired waste chance warning",
+    "billing": "charged billed overcharged overbilled doublecharged wrong invoice refund refunds chargeback chargebacks "
+               "dispute unauthorized unauthorised price double doubles",
+    "outage": "work working works load loading loads sync syncing syncs send sending sends respond responding responds open "
+              "opening opens connect connecting connects down outage outages losses keep keeps lost losing lose loss broken "
+              "failing fails crash crashes crashed crashing deleted wiped erased",
+    "persisting": "still problem issue error again persists back returned fixed resolved solved progress update change "
+                  "improvement",
+    "praise": "work works trick worked fixed solved resolved job support service team help product experience great amazing "
+              "awesome fantastic best enough made exceeded beyond excellent outstanding superb jobs products services teams "
+              "helpful experiences greatly amazingly awesomely fantastically",
+    "growth": "renew expand upgrade extend sign add seats licenses licences users renewed renewing roll rolling recommend "
+              "recommended",
 }.items()}
 _PLEASANTRY_TRIGGERS = ("have a", "thank", "hope", "looking forward", "feel free", "let me know", "regards", "wishes", "many thanks",
                         "happy", "all the best")

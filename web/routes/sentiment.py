@@ -39,7 +39,8 @@ def _account_sentiment(org_id: str, account_id: str, window_days: int | None) ->
 
 
 @router.route("GET", "/api/v1/crm/accounts/{id}/sentiment",
-              summary="Sentiment of an account's inbound mail: counts, trend, at risk and why", query=(WINDOW,), response=AccountSentimentOut, responses={404: "not found"})
+              summary="Sentiment of an account's inbound mail: counts, trend, at risk and why", query=(WINDOW,),
+              response=AccountSentimentOut, responses={404: "not found"})
 async def account_sentiment(request: Request) -> JSONResponse:
     data = await run_in_threadpool(_account_sentiment, str(request.state.org_id), request.path_params["id"], WINDOW.read(request))
     return JSONResponse(data)

@@ -4,17 +4,15 @@ Revision ID: 0008_sentiment
 Revises: 0007
 Create Date: 2026-12-04 23:30:00.000000
 """
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
 
-
-
 revision: str = '0008_sentiment'
-down_revision: Union[str, None] = '0007'
-branch_labels: Union[str, Sequence[str], None] = None
-depends_on: Union[str, Sequence[str], None] = None
+down_revision: str | None = '0007'
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
