@@ -20,7 +20,7 @@ class EmailSentiment(SQLModel, table=True):
     __tablename__ = "email_sentiments"
     __table_args__ = (Index("ix_email_sentiments_org_label", "org_id", "label"),)
 
-    email_id: str = Field(foreign_key="emails.id", primary_key=True, max_length=24)
+    email_id: str = Field(foreign_key="emails.id", primary_key=True, max_length=24, ondelete="CASCADE")  # goes with its email
     org_id: str = Field(foreign_key="organizations.id", max_length=24)
     label: str | None = Field(default=None, max_length=8, description="positive | neutral | negative")
     score: float | None = Field(default=None, description="-1..1, below zero is negative")

@@ -15,6 +15,7 @@ classified, then written in one short transaction. ``MAILPIPE_SENTIMENT_BACKEND=
 from __future__ import annotations
 
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ SWEEP_EVERY = timedelta(minutes=1)
 SWEEP_GRACE = timedelta(minutes=2)  # the fast path's message has had time to run
 SWEEP_HORIZON = timedelta(days=2)  # older unclassified mail is `mailpipe sentiment backfill`'s work
 BATCH = 100
+BATCH_SECONDS = 60.0  # time one batch may spend on the LLM endpoint
 _last_sweep: dict[str, datetime] = {}
 _sweep_lock = threading.Lock()
 
@@ -89,8 +91,12 @@ def classify_batch(email_ids: Sequence[str], *, redo: bool = False) -> Outcome:
     if not emails:
         return Outcome(0, 0, 0)
     rows: list[dict[str, Any]] = []
+    started = time.monotonic()
     for e in emails:
-        rows.append(_classify(e.id, e.org_id, e.body_text, e.body_html, bool(opted.get(e.org_id))))
+        # A slow LLM endpoint (each call within its timeout) must not stretch a batch toward Dramatiq's time
+        # limit: past the budget, the rest of the batch goes to the default backend.
+        in_budget = time.monotonic() - started < BATCH_SECONDS
+        rows.append(_classify(e.id, e.org_id, e.body_text, e.body_html, bool(opted.get(e.org_id)) and in_budget))
     return _store(rows, redo=redo)
 
 

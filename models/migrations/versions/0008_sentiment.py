@@ -26,7 +26,7 @@ def upgrade() -> None:
     sa.Column('chars', sa.Integer(), nullable=False),
     sa.Column('error', sa.String(length=500), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
-    sa.ForeignKeyConstraint(['email_id'], ['emails.id'], ),
+    sa.ForeignKeyConstraint(['email_id'], ['emails.id'], ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['org_id'], ['organizations.id'], ),
     sa.PrimaryKeyConstraint('email_id')
     )
@@ -41,15 +41,15 @@ def upgrade() -> None:
     sa.Column('evaluated_at', sa.DateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('org_id', 'account_id')
     )
-    # Existing organizations keep their mail inside: the LLM backend is opt-in.
-    with op.batch_alter_table('organizations', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('sentiment_llm', sa.Boolean(), nullable=False, server_default=sa.false()))
+    # Existing organizations keep their mail inside: the LLM backend is opt-in. A plain ADD COLUMN with a
+    # literal default (an expression would make SQLite's batch mode copy the table, which other tables reference).
+    false = 'false' if op.get_bind().dialect.name == 'postgresql' else '0'
+    op.add_column('organizations', sa.Column('sentiment_llm', sa.Boolean(), nullable=False, server_default=false))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('organizations', schema=None) as batch_op:
-        batch_op.drop_column('sentiment_llm')
     op.drop_table('account_risk')
     with op.batch_alter_table('email_sentiments', schema=None) as batch_op:
         batch_op.drop_index('ix_email_sentiments_org_label')
     op.drop_table('email_sentiments')
+    op.drop_column('organizations', 'sentiment_llm')  # ALTER TABLE ... DROP COLUMN (SQLite 3.35+), no table copy
