@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -97,12 +96,13 @@ class TestQuotedOppositeTone:
         assert clf.classify("We are not happy with the new pricing at all.").label == "negative"
 
     def test_hostile_bodies_are_bounded(self) -> None:
-        """A megabyte on one line, and 100,000 lines of "On … wrote:" look-alikes, take well under a second."""
+        """A megabyte on one line, 100,000 lines of "On … wrote:" look-alikes, a megabyte after "Warning:" and half a
+        million quote markers: only the first NEW_TEXT_CHARS are read (the parser's expressions are not linear in a
+        line's length; the suite's timeout would catch a blow-up, and bench/hostile_text.py times the transformations)."""
         for body in ("On " + "a" * 1_000_000, "On x wrote\n" * 100_000, "Warning: " + "mail " * 200_000, "> " * 500_000):
-            started = time.monotonic()
             text = new_text(body)
-            assert time.monotonic() - started < 2.0
             assert len(text) <= NEW_TEXT_CHARS + NEW_TEXT_CHARS // 400 + 1
+        assert new_text("On " + "a" * 1_000_000).startswith("On " + "a" * 397)  # no header there: the text is kept, cut
 
 
 NOW = datetime(2025, 3, 1, tzinfo=UTC)
