@@ -7,11 +7,15 @@ Seeds N messages into a private Dovecot, then in the same run:
 2. mailpipe: one scheduler tick, then fetch → raw storage → parse → attachments → link → leads →
    notify until every email is ``done``.
 
+mailpipe's run also waits for the sentiment stage (beside the chain) to classify every email.
 Prints messages/second for both, their ratio (mailpipe / baseline) and the peak RSS of the
-process(es) doing mailpipe's work. Usage::
+process(es) doing mailpipe's work. ``--sentiment-compare`` runs mailpipe a second time with the
+sentiment stage off (``MAILPIPE_SENTIMENT_BACKEND=off``), alternating the order over ``--rounds``,
+and prints what classification adds to the pipeline's time. Usage::
 
     .venv/bin/python bench/sync.py --n 10000                   # embedded: SQLite + in-process worker
     .venv/bin/python bench/sync.py --n 10000 --distributed     # PostgreSQL + RabbitMQ + fetch and ingest worker groups
+    .venv/bin/python bench/sync.py --n 5000 --sentiment-compare --rounds 2
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import email
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -92,11 +97,19 @@ def _children(pid: int) -> list[int]:
     return pids
 
 
-def pipeline(dovecot: Dovecot, cafile: Path, workdir: Path, n: int, distributed: bool, threads: int) -> tuple[int, float, int]:
-    """Run mailpipe's inbound pipeline over the mailbox; returns (emails, seconds, peak worker RSS)."""
+def pipeline(dovecot: Dovecot, cafile: Path, workdir: Path, n: int, distributed: bool, threads: int,
+             sentiment: str = "lexicon", cpu: list[float] | None = None) -> tuple[int, float, int]:
+    """Run mailpipe's inbound pipeline over the mailbox; returns (emails, seconds, peak worker RSS).
+    Embedded, the process's CPU seconds for the run are appended to ``cpu`` (less sensitive than wall
+    time to other work on a shared machine)."""
+    from models.db import reset_engine
     from ops.crypto import generate_key_entry
+    from ops.settings import reset_settings
+    from pipeline.flows.sentiment_backends import reset_backends
 
+    workdir = Path(tempfile.mkdtemp(prefix="run-", dir=workdir))
     env = {
+        "MAILPIPE_SENTIMENT_BACKEND": sentiment,
         "MAILPIPE_SECRET_KEYS": generate_key_entry("bench"),
         "MAILPIPE_STORAGE_URL": f"file://{workdir / 'store'}",
         "MAILPIPE_SYNC_RATE_PER_HOUR": str(10 * n + 1000),
@@ -113,11 +126,14 @@ def pipeline(dovecot: Dovecot, cafile: Path, workdir: Path, n: int, distributed:
     else:
         env["MAILPIPE_DATABASE_URL"] = f"sqlite:///{workdir / 'bench.db'}"
     os.environ.update(env)
+    reset_settings()
+    reset_engine()
+    reset_backends()
     try:
         from sqlalchemy import func, select
         from sqlmodel import Session, col
 
-        from models import Email
+        from models import Email, EmailSentiment
         from models.db import get_engine
         from ops.migrate import upgrade
         from pipeline.broker import build_broker, use_broker
@@ -158,16 +174,19 @@ def pipeline(dovecot: Dovecot, cafile: Path, workdir: Path, n: int, distributed:
 
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         tick()
         while True:
             with Session(get_engine()) as s:
-                done = s.execute(select(func.count()).select_from(Email)
-                                 .where(col(Email.pipeline_state).in_(("done", "quarantined")))).scalar_one()
-            if done >= n:
+                finished = col(Email.pipeline_state).in_(("done", "quarantined"))
+                done = s.execute(select(func.count()).select_from(Email).where(finished)).scalar_one()
+                classified = s.execute(select(func.count()).select_from(EmailSentiment)).scalar_one()
+            if done >= n and (sentiment == "off" or classified >= done):
                 break
             time.sleep(0.1)
         elapsed = time.perf_counter() - start
+        if cpu is not None and not distributed:
+            cpu.append(time.process_time() - cpu_start)
         stop.set()
         watcher.join()
         if worker is not None:
@@ -195,6 +214,8 @@ def main() -> None:
                     help="PostgreSQL + RabbitMQ + `mailpipe worker -Q fetch` (1 process) and an ingest group (2 processes)")
     ap.add_argument("--threads", type=int, default=4, help="worker threads (per process)")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    ap.add_argument("--sentiment-compare", action="store_true", help="also run mailpipe with the sentiment stage off")
+    ap.add_argument("--rounds", type=int, default=1, help="with --sentiment-compare: on/off pairs, order alternating")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="mailpipe-bench-"))
@@ -209,6 +230,17 @@ def main() -> None:
         base_n, base_s = baseline(dovecot, cert)
         flags_before = dovecot.flags(USER, "INBOX")
         mp_n, mp_s, rss = pipeline(dovecot, cert, work, args.n, args.distributed, args.threads)
+        on_s: list[float] = []
+        off_s: list[float] = []
+        on_cpu: list[float] = []
+        off_cpu: list[float] = []
+        if args.sentiment_compare:  # the run above warmed everything up; pairs in alternating order
+            for r in range(args.rounds):
+                order = ("off", "lexicon") if r % 2 == 0 else ("lexicon", "off")
+                for mode in order:
+                    _, seconds, _ = pipeline(dovecot, cert, work, args.n, args.distributed, args.threads, sentiment=mode,
+                                             cpu=off_cpu if mode == "off" else on_cpu)
+                    (off_s if mode == "off" else on_s).append(seconds)
         assert dovecot.flags(USER, "INBOX") == flags_before, "the benchmark changed flags on the server"
     finally:
         dovecot.close()
@@ -221,6 +253,13 @@ def main() -> None:
         "baseline_msgs_per_s": round(base_rate, 1), "mailpipe_msgs_per_s": round(mp_rate, 1),
         "ratio": round(mp_rate / base_rate, 3), "peak_worker_rss_mb": round(rss / 2**20, 1),
     }
+    if off_s:
+        on_median, off_median = sorted(on_s)[len(on_s) // 2], sorted(off_s)[len(off_s) // 2]
+        result.update(sentiment_on_seconds=[round(x, 2) for x in on_s], sentiment_off_seconds=[round(x, 2) for x in off_s],
+                      sentiment_overhead=round(on_median / off_median - 1, 4))
+        if on_cpu and off_cpu:
+            result.update(sentiment_on_cpu_seconds=[round(x, 2) for x in on_cpu], sentiment_off_cpu_seconds=[round(x, 2) for x in off_cpu],
+                          sentiment_cpu_overhead=round(statistics.median(on_cpu) / statistics.median(off_cpu) - 1, 4))
     if args.json:
         print(json.dumps(result))
         return
@@ -229,6 +268,13 @@ def main() -> None:
     print(f"mailpipe full pipeline:          {mp_rate:8.1f} msg/s  ({mp_s:.2f}s)")
     print(f"ratio mailpipe/baseline:         {mp_rate / base_rate:8.3f}")
     print(f"peak worker RSS:                 {rss / 2**20:8.1f} MiB")
+    if off_s:
+        print(f"sentiment on  (s per run):       {', '.join(f'{x:.2f}' for x in on_s)}")
+        print(f"sentiment off (s per run):       {', '.join(f'{x:.2f}' for x in off_s)}")
+        print(f"sentiment stage adds (medians):  {100 * result['sentiment_overhead']:+8.1f} % wall time")
+        if "sentiment_cpu_overhead" in result:
+            print(f"CPU s per run, on / off:         {', '.join(f'{x:.2f}' for x in on_cpu)} / {', '.join(f'{x:.2f}' for x in off_cpu)}")
+            print(f"sentiment stage adds (medians):  {100 * result['sentiment_cpu_overhead']:+8.1f} % CPU time")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from models.oauth import OAuthFlow, OAuthGrant
 from models.org import ApiKey, Organization
 from models.outbound import Delivery, Outbox, Suppression
 from models.runtime import RelinkRequest, SchedulerHeartbeat, SelfTestRun
+from models.sentiment import AccountRisk, EmailSentiment
 from models.templates import Template
 from models.tracking import TrackedLink, TrackingEvent
 
@@ -21,6 +22,7 @@ __all__ = [
     "CRM_TABLES",
     "ENCRYPTED_COLUMNS",
     "ENTITY_TYPES",
+    "AccountRisk",
     "ApiKey",
     "Contact",
     "CrmAccount",
@@ -31,6 +33,7 @@ __all__ = [
     "EmailAddress",
     "EmailLink",
     "EmailLocation",
+    "EmailSentiment",
     "FolderState",
     "Lead",
     "NotionConnection",

@@ -22,6 +22,7 @@ class Organization(SQLModel, table=True):
     own_domains: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     honor_dnt: bool = Field(default=False, description="DNT: 1 / Sec-GPC: 1 → opens are not recorded (clicks still are)")
     anonymize_ip: bool = Field(default=False, description="store tracking IPs truncated (/24, /48)")
+    sentiment_llm: bool = Field(default=False, description="classify this organization's mail with the LLM backend when one is set")
     created_at: datetime = ts_field(default_factory=utcnow, nullable=False)
 
 

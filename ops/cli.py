@@ -344,6 +344,42 @@ def deadletters(queues: tuple[str, ...], replay: bool, limit: int | None) -> Non
             click.echo(f"{q}: {n} dead")
 
 
+@main.group()
+def sentiment() -> None:
+    """Sentiment of inbound mail."""
+
+
+@sentiment.command("backfill")
+@click.option("--org", "org_id", default=None, help="only this organization's mail")
+@click.option("--days", type=click.IntRange(min=1), default=None, help="only mail received in the last N days")
+@click.option("--redo", is_flag=True, help="classify again mail that already has a sentiment (after changing the backend)")
+@click.option("--batch", type=click.IntRange(1, 5000), default=200, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="print {seen, classified, failed, notified, seconds} as JSON")
+@friendly
+def sentiment_backfill(org_id: str | None, days: int | None, redo: bool, batch: int, as_json: bool) -> None:
+    """Classify existing inbound mail with the configured backend, in this process (re-runnable)."""
+    import time
+
+    from pipeline.flows.sentiment_backfill import BackfillResult, backfill
+
+    settings = _settings()
+    started = time.monotonic()
+
+    def report(r: BackfillResult) -> None:
+        if not as_json:
+            click.echo(f"  {r.seen} emails: {r.classified} classified, {r.failed} failed", err=True)
+
+    result = backfill(org_id=org_id, days=days, redo=redo, batch=batch, progress=report)
+    seconds = time.monotonic() - started
+    if as_json:
+        click.echo(json.dumps({"seen": result.seen, "classified": result.classified, "failed": result.failed,
+                               "notified": result.notified, "seconds": round(seconds, 3)}))
+        return
+    rate = result.classified / seconds if seconds > 0 else 0.0
+    click.echo(f"classified {result.classified} of {result.seen} emails with backend {settings.sentiment_backend!r} "
+               f"({result.failed} failed, {result.notified} at-risk notification(s)) in {seconds:.1f}s ({rate:.0f}/s)")
+
+
 @main.command()
 @click.option("--timeout", default=30.0, show_default=True, help="seconds to wait for the round trip")
 @friendly

@@ -67,6 +67,13 @@ TRACK_THROTTLED = Counter("mailpipe_tracking_throttled_total",
                           "Tracking hits dropped beyond a rate: by token or ip (a web process's pre-filter) or record (the stored cap)",
                           ["kind", "by"])
 INGESTED = Counter("mailpipe_ingest_total", "Emails through each ingest stage", ["stage", "outcome"])
+SENTIMENT = Counter("mailpipe_sentiment_total", "Inbound emails classified, by label (or error) and backend kind (lexicon, onnx, llm)",
+                    ["label", "backend"])
+SENTIMENT_FALLBACK = Counter("mailpipe_sentiment_fallback_total",
+                             "Classifications the LLM or ONNX backend handed to the lexicon, by reason "
+                             "(error, rate_limited, paused, unavailable)",
+                             ["reason"])
+ACCOUNTS_AT_RISK = Counter("mailpipe_accounts_at_risk_total", "CRM accounts that turned at risk (one per episode)")
 
 
 class DramatiqMetrics(Middleware):

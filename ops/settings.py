@@ -14,10 +14,15 @@ from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import urlsplit
 
-from pydantic import ValidationError, field_validator
+from pydantic import ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["ConfigError", "SecretKey", "Settings", "get_settings", "parse_secret_keys", "reset_settings"]
+__all__ = ["SENTIMENT_BACKENDS", "ConfigError", "SecretKey", "Settings", "get_settings", "parse_secret_keys", "reset_settings"]
+
+
+#: ``MAILPIPE_SENTIMENT_BACKEND`` values: the offline lexicon (default), a local ONNX model directory, an
+#: OpenAI-compatible chat endpoint (per-organization opt-in, falling back to the lexicon), or off (no stage).
+SENTIMENT_BACKENDS = ("lexicon", "onnx", "llm", "off")
 
 
 class ConfigError(Exception):
@@ -105,6 +110,16 @@ class Settings(BaseSettings):
     notion_base_url: str = "https://api.notion.com"
     notion_client_id: str | None = None
     notion_client_secret: str | None = None
+
+    sentiment_backend: str = "lexicon"
+    sentiment_model: str | None = None
+    sentiment_llm_url: str | None = None
+    sentiment_llm_key: str | None = None
+    sentiment_llm_model: str = "gpt-4o-mini"
+    sentiment_llm_timeout_seconds: float = 10.0
+    sentiment_llm_per_minute: int = 60
+    sentiment_window_days: int = 14
+    sentiment_at_risk_negatives: int = 3
 
     @field_validator("database_url")
     @classmethod
@@ -206,6 +221,46 @@ class Settings(BaseSettings):
             except ValueError:
                 raise ValueError(f"{cidr!r} is not a CIDR like 10.0.0.0/8") from None
         return v
+
+    @field_validator("sentiment_backend")
+    @classmethod
+    def _check_sentiment_backend(cls, v: str) -> str:
+        v = v.strip().lower() or "lexicon"
+        if v not in SENTIMENT_BACKENDS:
+            raise ValueError(f"must be one of {', '.join(SENTIMENT_BACKENDS)}")
+        return v
+
+    @field_validator("sentiment_llm_url")
+    @classmethod
+    def _check_llm_url(cls, v: str | None) -> str | None:
+        if v is None or v.strip() == "":
+            return None
+        parsed = urlsplit(v)
+        if parsed.scheme not in {"http", "https"} or not parsed.hostname:
+            raise ValueError("must be the base URL of an OpenAI-compatible API, e.g. https://llm.internal.example/v1")
+        return v.rstrip("/")
+
+    @field_validator("sentiment_llm_timeout_seconds")
+    @classmethod
+    def _llm_timeout(cls, v: float) -> float:
+        if not 0 < v <= 120:
+            raise ValueError("must be between 0 and 120 seconds")
+        return v
+
+    @field_validator("sentiment_llm_per_minute", "sentiment_window_days", "sentiment_at_risk_negatives")
+    @classmethod
+    def _positive_sentiment(cls, v: int) -> int:
+        if v <= 0:
+            raise ValueError("must be a positive whole number")
+        return v
+
+    @model_validator(mode="after")
+    def _sentiment_needs(self) -> Settings:
+        if self.sentiment_backend == "onnx" and not self.sentiment_model:
+            raise ConfigError("MAILPIPE_SENTIMENT_BACKEND=onnx needs MAILPIPE_SENTIMENT_MODEL=/path/to/model-directory")
+        if self.sentiment_backend == "llm" and not self.sentiment_llm_url:
+            raise ConfigError("MAILPIPE_SENTIMENT_BACKEND=llm needs MAILPIPE_SENTIMENT_LLM_URL=https://host/v1")
+        return self
 
     @property
     def keys(self) -> tuple[SecretKey, ...]:

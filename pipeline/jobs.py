@@ -25,6 +25,7 @@ __all__ = [
     "INGEST_LINK",
     "INGEST_NOTIFY",
     "INGEST_PARSE",
+    "INGEST_SENTIMENT",
     "JOBS",
     "LINK_RETRO",
     "NOTIFY_EMAIL",
@@ -62,6 +63,7 @@ INGEST_ATTACHMENTS = Job("ingest.attachments", "pipeline")
 INGEST_LINK = Job("ingest.link", "pipeline")
 INGEST_LEADS = Job("ingest.leads", "pipeline")
 INGEST_NOTIFY = Job("ingest.notify", "notify")
+INGEST_SENTIMENT = Job("ingest.sentiment", "pipeline")     # ([email_id, ...]): fanned out by the link stage, beside the chain
 LINK_RETRO = Job("link.retro", "pipeline")                 # (org_id, entity_type, entity_id)
 SEND_EMAIL = Job("send.email", "send")                     # (email_id)
 TRACKING_RECORD = Job("tracking.record", "tracking")       # ([hit, ...]): the hits themselves
@@ -71,7 +73,7 @@ NOTION_SAVE = Job("notion.save", "notion")                 # (save_id)
 SELFTEST_FIRST = Job("selftest.first", "ops")              # (run_id)
 SELFTEST_SECOND = Job("selftest.second", "ops")            # (run_id), piped from the first
 
-JOBS = (FETCH_ACCOUNT, INGEST_PARSE, INGEST_ATTACHMENTS, INGEST_LINK, INGEST_LEADS, INGEST_NOTIFY, LINK_RETRO, SEND_EMAIL,
+JOBS = (FETCH_ACCOUNT, INGEST_PARSE, INGEST_ATTACHMENTS, INGEST_LINK, INGEST_LEADS, INGEST_NOTIFY, INGEST_SENTIMENT, LINK_RETRO, SEND_EMAIL,
         TRACKING_RECORD, TRACKING_SETTLE, NOTIFY_EMAIL, NOTION_SAVE, SELFTEST_FIRST, SELFTEST_SECOND)
 
 _CHAIN = (INGEST_PARSE, INGEST_ATTACHMENTS, INGEST_LINK, INGEST_LEADS, INGEST_NOTIFY)

@@ -24,6 +24,7 @@ from models import (
     EmailAddress,
     EmailLink,
     EmailLocation,
+    EmailSentiment,
     FolderState,
     Outbox,
     TrackedLink,
@@ -198,7 +199,8 @@ def erase_account_mail(session: Session, account_id: str) -> list[str]:
         keys += list(session.execute(select(Document.storage_key).where(col(Document.email_id).in_(chunk))).scalars())
         for atts in session.execute(select(Outbox.attachments).where(col(Outbox.email_id).in_(chunk))).scalars():
             keys += [a["key"] for a in atts if str(a.get("key", "")).startswith("outbox/")]  # forwarded files belong to others
-        for model in (Document, EmailLink, EmailAddress, EmailLocation, Delivery, Outbox, TrackedLink, TrackingEvent):
+        for model in (Document, EmailLink, EmailAddress, EmailLocation, Delivery, Outbox, TrackedLink, TrackingEvent,
+                      EmailSentiment):
             session.execute(delete(model).where(col(model.email_id).in_(chunk)))
         session.execute(delete(Email).where(col(Email.id).in_(chunk)))
     session.execute(delete(FolderState).where(col(FolderState.account_id) == account_id))

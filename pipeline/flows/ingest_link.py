@@ -17,6 +17,7 @@ from models.upsert import insert_ignore
 from ops import metrics
 from pipeline import jobs
 from pipeline.flows.chain import in_state, move
+from pipeline.flows.ingest_sentiment import fan_out as fan_out_sentiment
 from pipeline.scheduler import register_sweep
 from pipeline.stages.autolink import CrmMatch, DictDirectory, Direction, EntityType, LinkDecision, links_for_new_record, plan_links
 
@@ -100,6 +101,7 @@ def link_batch(email_ids: list[str]) -> None:
             s.execute(update(Email), flags)
         move(s, [e.id for e in emails], "linked")
         s.commit()
+    fan_out_sentiment([e.id for e in emails if e.direction == "inbound"])  # beside the chain: it never waits for sentiment
     metrics.INGESTED.labels("link", "linked").inc(len(flags))
     metrics.INGESTED.labels("link", "unlinked").inc(len(emails) - len(flags))
 

@@ -12,7 +12,7 @@ from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from models import CRM_TABLES, Document, Email, EmailLink
+from models import CRM_TABLES, Document, Email, EmailLink, EmailSentiment
 from models.db import get_engine
 from ops.settings import get_settings
 from web.api import ApiRouter, Raw
@@ -45,13 +45,21 @@ LIST_PARAMS = (
     Param.text("opportunity_id", max_length=64, description=_REF),
     Param.choice("direction", ("inbound", "outbound")),
     Param.choice("state", PIPELINE_STATES, description="pipeline_state"),
+    Param.choice("sentiment", ("positive", "neutral", "negative"), description="inbound mail with this sentiment label"),
     Param.text("q", max_length=200, description="part of the subject, sender or snippet"),
     Param.integer("limit", 50, maximum=200),
     CURSOR,
 )
 
 
-def summary_json(e: Email) -> dict[str, Any]:
+def sentiment_json(row: EmailSentiment | None) -> dict[str, Any] | None:
+    """``{label, score, model}`` of a classified inbound email; None before classification (or when it failed)."""
+    if row is None or row.label is None:
+        return None
+    return {"label": row.label, "score": row.score, "model": row.model}
+
+
+def summary_json(e: Email, sentiment: EmailSentiment | None = None) -> dict[str, Any]:
     """An email in lists: no bodies, a snippet instead."""
     return {
         "id": e.id, "account_id": e.account_id, "direction": e.direction, "status": e.status, "message_id": e.message_id,
@@ -59,7 +67,7 @@ def summary_json(e: Email) -> dict[str, Any]:
         "cc_emails": e.cc_emails, "subject": e.subject, "snippet": e.snippet, "received_at": iso(e.received_at),
         "sent_at": iso(e.sent_at), "linked": e.linked, "needs_review": e.needs_review,
         "attachment_count": e.attachment_count, "open_count": e.open_count, "click_count": e.click_count,
-        "pipeline_state": e.pipeline_state,
+        "pipeline_state": e.pipeline_state, "sentiment": sentiment_json(sentiment),
         # badge data for outbound mail: unopened / opened / clicked (human events only)
         "tracking_status": None if e.direction != "outbound" else
         "clicked" if e.click_count else "opened" if e.open_count else "unopened",
@@ -69,7 +77,8 @@ def summary_json(e: Email) -> dict[str, Any]:
 def _list(org_id: str, request: Request) -> dict[str, Any]:
     q = {p.name: p.read(request) for p in LIST_PARAMS}
     limit = q["limit"]
-    stmt = select(Email).where(Email.org_id == org_id, col(Email.deleted_at).is_(None))
+    stmt = (select(Email, EmailSentiment).outerjoin(EmailSentiment, col(EmailSentiment.email_id) == col(Email.id))
+            .where(col(Email.org_id) == org_id, col(Email.deleted_at).is_(None)))
     if q["account_id"]:
         stmt = stmt.where(Email.account_id == q["account_id"])
     if q["linked"] is not None:
@@ -89,6 +98,8 @@ def _list(org_id: str, request: Request) -> dict[str, Any]:
                               func.lower(Email.snippet).like(term, escape="\\")))
     if q["state"]:
         stmt = stmt.where(Email.pipeline_state == q["state"])
+    if q["sentiment"]:
+        stmt = stmt.where(col(EmailSentiment.label) == q["sentiment"])
     at = func.coalesce(Email.received_at, Email.sent_at, Email.created_at)
     cursor = read_keyset(q["cursor"])
     if cursor is not None:
@@ -96,8 +107,9 @@ def _list(org_id: str, request: Request) -> dict[str, Any]:
         stmt = stmt.where(or_(at < when_dt, and_(at == when_dt, col(Email.id) < last)))
     stmt = stmt.order_by(at.desc(), col(Email.id).desc()).limit(limit + 1)
     with Session(get_engine()) as s:
-        rows = list(s.execute(stmt).scalars())
-    items = [summary_json(e) for e in rows[:limit]]
+        pairs = list(s.execute(stmt).all())
+    rows = [e for e, _ in pairs]
+    items = [summary_json(e, sentiment) for e, sentiment in pairs[:limit]]
     next_cursor = None
     if len(rows) > limit:
         last_row = rows[limit - 1]
@@ -127,7 +139,7 @@ def email_json(s: Session, e: Email, base_url: str) -> dict[str, Any]:
         by_type.setdefault(link.entity_type, []).append(link.entity_id)
     send = send_json(s, e)
     return {
-        **summary_json(e),
+        **summary_json(e, s.get(EmailSentiment, e.id)),
         "send_at": send["send_at"] if send else None, "deferred_until": send["deferred_until"] if send else None,
         "bcc_emails": e.bcc_emails, "body_text": e.body_text, "body_html": e.body_html,
         "in_reply_to": e.in_reply_to, "references": e.references,

@@ -27,6 +27,7 @@ class OrgPatch(Body):
     own_domains: list[str] | None = None
     honor_dnt: bool | None = None
     anonymize_ip: bool | None = None
+    sentiment_llm: bool | None = Field(default=None, description="classify this organization's mail with the LLM backend (when configured)")
 
     @field_validator("own_domains")
     @classmethod
@@ -45,7 +46,7 @@ class OrgPatch(Body):
 def org_json(o: Organization) -> dict[str, Any]:
     return {"id": o.id, "name": o.name, "auto_create_leads": o.auto_create_leads, "mark_seen": o.mark_seen,
             "own_domains": o.own_domains, "honor_dnt": o.honor_dnt, "anonymize_ip": o.anonymize_ip,
-            "created_at": iso(o.created_at)}
+            "sentiment_llm": o.sentiment_llm, "created_at": iso(o.created_at)}
 
 
 @router.route("GET", "/api/v1/org", summary="The calling organization and its settings", response=OrgOut)

@@ -10,6 +10,12 @@ from web.schemas import Out
 from web.schemas.common import Ts
 
 
+class SentimentOut(Out):
+    label: Literal["positive", "neutral", "negative"]
+    score: float = Field(ge=-1, le=1, description="below zero is negative")
+    model: str = Field(description="the backend that produced it (vader-business-1, onnx:<model>, llm:<model>)")
+
+
 class EmailSummary(Out):
     id: str
     account_id: str
@@ -31,6 +37,7 @@ class EmailSummary(Out):
     open_count: int
     click_count: int
     pipeline_state: str
+    sentiment: SentimentOut | None = Field(description="inbound mail: the sentiment of its new text (quotes and signature left out)")
     tracking_status: Literal["unopened", "opened", "clicked"] | None
 
 

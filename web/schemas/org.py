@@ -14,4 +14,5 @@ class OrgOut(Out):
     own_domains: list[str]
     honor_dnt: bool
     anonymize_ip: bool
+    sentiment_llm: bool
     created_at: Ts
