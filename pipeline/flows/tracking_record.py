@@ -139,7 +139,8 @@ def settle(email_ids: list[str]) -> int:
             lo = min(e.at for e in due) - _CONTEXT
             sent = dict(s.execute(select(Email.id, Email.sent_at).where(col(Email.id).in_(ids))).all())
             context = list(s.execute(select(TrackingEvent.id, TrackingEvent.email_id, TrackingEvent.kind, TrackingEvent.at,
-                                            TrackingEvent.ip, TrackingEvent.link_hash, TrackingEvent.machine).where(
+                                            TrackingEvent.ip, TrackingEvent.link_hash, TrackingEvent.machine,
+                                            TrackingEvent.reason).where(
                 col(TrackingEvent.email_id).in_(ids), col(TrackingEvent.at) <= hi,
                 or_(TrackingEvent.kind == "open", col(TrackingEvent.at) >= lo))).all())
             links = dict(s.execute(select(TrackedLink.email_id, func.count()).where(
@@ -150,7 +151,7 @@ def settle(email_ids: list[str]) -> int:
                 sent_at = sent.get(email_id)
                 hits = [Hit(r.id, r.kind, r.at.timestamp(), r.ip, ranges.labels(r.ip), r.link_hash,
                             bool(r.machine) and r.id not in pending,
-                            (r.at - sent_at).total_seconds() if sent_at else None)
+                            (r.at - sent_at).total_seconds() if sent_at else None, r.reason == "gmail_proxy")
                         for r in context if r.email_id == email_id]
                 reasons.update(judge(hits, int(links.get(email_id, 0))))
             for e in due:

@@ -66,10 +66,10 @@ _TOOL_UA = re.compile(
 )
 # Notes §4: Gmail's proxy hides the reader's IP/UA but stands for a real open.
 _GMAIL_PROXY_UA = re.compile(r"GoogleImageProxy", re.IGNORECASE)
-# Internet Explorer 7 and older: no person browses with it, but Microsoft's link previews (Teams,
+# Internet Explorer 9 and older: no person browses with it, but Microsoft's link previews (Teams,
 # Outlook's unfurling) do. Outlook desktop renders with Word and still says "MSIE 7.0" — with
 # "ms-office"/"MSOffice"/"Microsoft Outlook" in the string, which a preview does not carry.
-_OLD_IE = re.compile(r"MSIE [1-7]\.")
+_OLD_IE = re.compile(r"MSIE [1-9]\.")
 _OFFICE_CLIENT = re.compile(r"ms-office|MSOffice|Microsoft Outlook|Outlook-", re.IGNORECASE)
 # Headless browsers are automation wherever they run.
 _HEADLESS = re.compile(r"HeadlessChrome|PhantomJS|Headless", re.IGNORECASE)

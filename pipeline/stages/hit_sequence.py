@@ -10,11 +10,13 @@ Rules (sources: ../shared/notes/anchors-tracking.md §4; issue 22):
 
 * ``link_burst`` (clicks): three or more distinct links of one email within :data:`BURST_S` of each
   other, or every link of a two-link email (a scanner following every link); or two distinct links
-  within :data:`BURST_S` from one address that fetched no pixel at least :data:`COMPANION_S` before
-  (two-link scans; a person reads before clicking).
+  within :data:`BURST_S` from one address when the email's pixel was not fetched at least
+  :data:`COMPANION_S` before (two-link scans; a person reads before clicking, and a Gmail reader's
+  open comes from the proxy's address, so any earlier open counts).
 * ``cloud_scanner`` (clicks): from a data centre (AWS, Google, Azure/Microsoft), less than
-  :data:`CLOUD_SCAN_S` after sending, from an address that had not fetched the pixel at least
-  :data:`COMPANION_S` before (a person on a virtual desktop opens, then clicks, from there).
+  :data:`CLOUD_SCAN_S` after sending, unless that address fetched the pixel as a person at least
+  :data:`COMPANION_S` before, or Gmail's proxy did (a person on a virtual desktop opens, then
+  clicks, from there).
 * ``rescan`` (clicks): the same link clicked by a person within :data:`RESCAN_S` before, from
   another network (Safe Links' time-of-click check; Resend saw one 12 s later, resend-node#901).
 * ``security_gateway`` (opens): a pixel fetch within :data:`COMPANION_S` of a flagged click from the
@@ -49,6 +51,7 @@ class Hit:
     link: str | None = None
     machine: bool = False
     after_send: float | None = None
+    proxied: bool = False  # Gmail's image proxy: the reader's open, fetched from Google's network
 
 
 def _burst(c: Hit, clicks: list[Hit], total_links: int, opens: list[Hit]) -> bool:
@@ -59,7 +62,7 @@ def _burst(c: Hit, clicks: list[Hit], total_links: int, opens: list[Hit]) -> boo
     same_ip = {k.link for k in near if k.ip == c.ip}
     if len(same_ip) >= 2:
         first = min(k.at for k in near if k.ip == c.ip)
-        return not any(o.ip == c.ip and o.at <= first - COMPANION_S for o in opens)
+        return not any(o.at <= first - COMPANION_S for o in opens)
     return False
 
 
@@ -69,7 +72,7 @@ def _click_reason(c: Hit, clicks: list[Hit], total_links: int, opens: list[Hit],
     if _burst(c, clicks, total_links, opens):
         return "link_burst"
     if (is_cloud(c.labels) and c.after_send is not None and c.after_send < CLOUD_SCAN_S
-            and not any(o.ip == c.ip and o.at <= c.at - COMPANION_S and not o.machine for o in opens)):
+            and not any(o.at <= c.at - COMPANION_S and ((o.ip == c.ip and not o.machine) or o.proxied) for o in opens)):
         return "cloud_scanner"
     if any(k.link == c.link and 0 < c.at - k.at <= RESCAN_S and not (k.machine or k.id in flagged)
            and not same_network(k.ip, c.ip) for k in clicks):
