@@ -33,8 +33,19 @@ from ops.settings import get_settings
 from pipeline import jobs
 from pipeline.flows import notifications
 from pipeline.flows.notify_email import mark_pending
-from pipeline.flows.tracking_hits import (Batch, anonymize, cap_per_token, collapse_replays, count, count_throttled, existing,
-                                          lock_emails, notify, verify, when)
+from pipeline.flows.tracking_hits import (
+    Batch,
+    anonymize,
+    cap_per_token,
+    collapse_replays,
+    count,
+    count_throttled,
+    existing,
+    lock_emails,
+    notify,
+    verify,
+    when,
+)
 from pipeline.flows.tracking_signals import signals
 from pipeline.scheduler import register_sweep
 from pipeline.stages.hit_classify import classify_click, classify_open
@@ -137,14 +148,15 @@ def settle(email_ids: list[str]) -> int:
             ids = sorted({e.email_id for e in due})
             hi = max(e.at for e in due) + _CONTEXT
             lo = min(e.at for e in due) - _CONTEXT
-            sent = dict(s.execute(select(Email.id, Email.sent_at).where(col(Email.id).in_(ids))).all())
-            context = list(s.execute(select(TrackingEvent.id, TrackingEvent.email_id, TrackingEvent.kind, TrackingEvent.at,
-                                            TrackingEvent.ip, TrackingEvent.link_hash, TrackingEvent.machine,
-                                            TrackingEvent.reason).where(
+            sent: dict[str, datetime | None] = {r[0]: r[1] for r in s.execute(
+                select(col(Email.id), col(Email.sent_at)).where(col(Email.id).in_(ids))).all()}
+            context = list(s.execute(select(col(TrackingEvent.id), col(TrackingEvent.email_id), col(TrackingEvent.kind),
+                                            col(TrackingEvent.at), col(TrackingEvent.ip), col(TrackingEvent.link_hash),
+                                            col(TrackingEvent.machine), col(TrackingEvent.reason)).where(
                 col(TrackingEvent.email_id).in_(ids), col(TrackingEvent.at) <= hi,
-                or_(TrackingEvent.kind == "open", col(TrackingEvent.at) >= lo))).all())
-            links = dict(s.execute(select(TrackedLink.email_id, func.count()).where(
-                col(TrackedLink.email_id).in_(ids)).group_by(TrackedLink.email_id)).all())
+                or_(col(TrackingEvent.kind) == "open", col(TrackingEvent.at) >= lo))).all())
+            links: dict[str, int] = {r[0]: int(r[1]) for r in s.execute(select(col(TrackedLink.email_id), func.count()).where(
+                col(TrackedLink.email_id).in_(ids)).group_by(col(TrackedLink.email_id))).all()}
             pending = {e.id for e in waiting}
             reasons: dict[str, str] = {}
             for email_id in ids:
@@ -186,8 +198,8 @@ class _NoLink:
 @register_sweep("tracking_settle")
 def sweep_unsettled_clicks(session: Session, now: datetime) -> int:
     """Settle hits whose settle message was lost (a restarted in-memory broker, a dead worker)."""
-    ids = sorted(set(session.execute(select(TrackingEvent.email_id).where(
-        TrackingEvent.settled.is_(False), TrackingEvent.at < now - SETTLE_LATE).limit(1000)).scalars()))  # type: ignore[attr-defined,operator]
+    ids = sorted(set(session.execute(select(col(TrackingEvent.email_id)).where(
+        col(TrackingEvent.settled).is_(False), col(TrackingEvent.at) < now - SETTLE_LATE).limit(1000)).scalars()))
     if ids:
         jobs.TRACKING_SETTLE.send(ids)
     return len(ids)

@@ -61,17 +61,18 @@ def parse_range_file(text: str, *, default_label: str = "") -> RangeFile:
             else:
                 notes.append(line[1:].strip())
             continue
-        cidr, _, label = line.partition(" ")
+        cidr, _, own = line.partition(" ")
         try:
             network = ipaddress.ip_network(cidr.strip(), strict=False)
         except ValueError as exc:
             raise ValueError(f"line {number}: not a network prefix: {cidr[:60]!r}") from exc
-        pending.append((network, label.strip() or None))
+        pending.append((network, own.strip() or None))
     fallback = meta.get("label") or default_label
     for network, label in pending:
-        if not (label or fallback):
+        chosen = label or fallback
+        if not chosen:
             raise ValueError(f"{network}: no label (give one on the line or a '# label:' header)")
-        entries.append((network, label or fallback))
+        entries.append((network, chosen))
     return RangeFile(meta, tuple(entries), tuple(notes))
 
 

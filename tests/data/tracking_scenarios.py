@@ -37,36 +37,48 @@ class Scenario:
 
 
 # User agents, with where each string was seen.
-CHROME_WIN = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36"  # Chrome's reduced UA (chromium.org "User-Agent Reduction")
+# Chrome's reduced UA (chromium.org "User-Agent Reduction")
+CHROME_WIN = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36"
 CHROME_MAC = "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36"  # same
 CHROME_ANDROID = "Mozilla/5.0 (Linux; Android 10; K) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Mobile Safari/537.36"  # same
-EDGE_WIN = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36 Edg/131.0.0.0"  # learn.microsoft.com "Microsoft Edge user agent string"
+# learn.microsoft.com "Microsoft Edge user agent string"
+EDGE_WIN = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36 Edg/131.0.0.0"
 FIREFOX_LINUX = "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0"  # MDN "User-Agent" Firefox examples
-SAFARI_MAC = "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Safari/605.1.15"  # MDN Safari example form
-SAFARI_IOS = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Mobile/15E148 Safari/604.1"  # same
-APPLE_MAIL = "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko)"  # Apple Mail (WebKit without Version/Safari); tests/unit/test_tracking_stage.py
-IOS_MAIL = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148"  # iOS Mail (no Safari token)
+# MDN Safari example form
+SAFARI_MAC = "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Safari/605.1.15"
+# same
+SAFARI_IOS = ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 "
+              "Mobile/15E148 Safari/604.1")
+# Apple Mail (WebKit without Version/Safari); tests/unit/test_tracking_stage.py
+APPLE_MAIL = "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko)"
+# iOS Mail (no Safari token)
+IOS_MAIL = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148"
 OUTLOOK_MSIE = ("Mozilla/4.0 (compatible; MSIE 7.0; Windows NT 10.0; WOW64; Trident/7.0; .NET4.0C; .NET4.0E; .NET CLR 2.0.50727; "
                 ".NET CLR 3.0.30729; .NET CLR 3.5.30729; Microsoft Outlook 16.0.5257; ms-office; MSOffice 16)")  # shon/httpagentparser#91
 OUTLOOK_16 = "Microsoft Office/16.0 (Microsoft Outlook 16.0.8241; Pro)"  # browscap/browscap#1634
 MSOFFICE_16 = "Mozilla/4.0 (compatible; ms-office; MSOffice 16)"  # browscap/browscap#2795, ua-parser/uap-core#405
-THUNDERBIRD = "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:128.0) Gecko/20100101 Thunderbird/128.3.0"  # Thunderbird's UA form (Gecko + Thunderbird/version)
+# Thunderbird's UA form (Gecko + Thunderbird/version)
+THUNDERBIRD = "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:128.0) Gecko/20100101 Thunderbird/128.3.0"
 SAMSUNG_MAIL = ("Mozilla/5.0 (Linux; Android 13; SM-S918B) AppleWebKit/537.36 (KHTML, like Gecko) Version/4.0 "
                 "Chrome/120.0.0.0 Mobile Safari/537.36")  # Android WebView form (Version/4.0), as Android mail apps render
-GMAIL_PROXY = "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)"  # gophish/gophish#1390, browscap#1108
+# gophish/gophish#1390, browscap#1108
+GMAIL_PROXY = "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)"
 GMAIL_PREFETCH = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/42.0.2311.135 "
                   "Safari/537.36 Edge/12.246 Mozilla/5.0")  # mautic/mautic#10245, ankane/ahoy_email#139: from Google IPs on delivery
 SAFELINKS_CHROME57 = "Mozilla/5.0 (Windows NT 6.1) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/57.0.2987.133 Safari/537.36"  # gophish#973
 WHATSAPP = "WhatsApp/2.17.190 A"  # allinurl/goaccess#808
 TELEGRAM = "TelegramBot (like TwitterBot)"  # crawler-user-agents instances
 SLACK = "Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)"  # crawler-user-agents instances
-SKYPE_PREVIEW = "Mozilla/5.0 (Windows NT 6.1; WOW64) SkypeUriPreview Preview/0.5 skype-url-preview@microsoft.com"  # nielsbasjes/yauaa#477 (Teams/Skype)
-OLD_IE7 = "Mozilla/4.0 (compatible; MSIE 7.0; Windows NT 6.1; Trident/7.0)"  # issue 22 (old-IE previews); IE 7 form of browscap#666 without Office's tokens
+# nielsbasjes/yauaa#477 (Teams/Skype)
+SKYPE_PREVIEW = "Mozilla/5.0 (Windows NT 6.1; WOW64) SkypeUriPreview Preview/0.5 skype-url-preview@microsoft.com"
+# issue 22 (old-IE previews); IE 7 form of browscap#666 without Office's tokens
+OLD_IE7 = "Mozilla/4.0 (compatible; MSIE 7.0; Windows NT 6.1; Trident/7.0)"
 IE8_WIN7 = "Mozilla/4.0 (compatible; MSIE 8.0; Windows NT 6.1; Trident/4.0)"  # gophish#1555: "IE 8 on Windows 7", 1-3 s after sending
 BINGPREVIEW = "Mozilla/5.0 (Windows NT 6.1; WOW64) AppleWebKit/534+ (KHTML, like Gecko) BingPreview/1.0b"  # phpList/phplist3#415
 HEADLESS = ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/74.0.3729.169 "
             "Safari/537.36")  # crawler-user-agents instances
-RESEND_SCANNER = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/146.0.0.0 Safari/537.36"  # resend/resend-node#901
+# resend/resend-node#901
+RESEND_SCANNER = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/146.0.0.0 Safari/537.36"
 MPP = "Mozilla/5.0"  # Apple Mail Privacy Protection's bare UA (notes §4)
 
 # Addresses of people (documentation ranges) and of machines (shipped ranges, file in brackets).
@@ -220,7 +232,8 @@ SCENARIOS: tuple[Scenario, ...] = (
         H(120.9, "click", UNLISTED_SCANNER[0], CHROME_WIN, "machine", link=2)),
         "issue 22: a pixel fetch that comes with a gateway's link burst (same address, within a couple of seconds)"),
     Scenario("gateway from an unlisted network: links then pixel", "machine/burst", 4, (
-        H(200, "click", UNLISTED_SCANNER[1], EDGE_WIN, "machine", link=0), H(200.2, "click", UNLISTED_SCANNER[1], EDGE_WIN, "machine", link=1),
+        H(200, "click", UNLISTED_SCANNER[1], EDGE_WIN, "machine", link=0),
+        H(200.2, "click", UNLISTED_SCANNER[1], EDGE_WIN, "machine", link=1),
         H(200.5, "click", UNLISTED_SCANNER[1], EDGE_WIN, "machine", link=3), H(201.5, "open", UNLISTED_SCANNER[1], EDGE_WIN, "machine")),
         "the same, with the images fetched after the links"),
     Scenario("two-link scan without a pixel", "machine/burst", 5, (
