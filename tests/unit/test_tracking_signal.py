@@ -172,10 +172,11 @@ class TestShippedData:
         assert "preview:microsoft_teams" in r.labels("52.112.5.5")
         assert r.labels("198.51.100.7") == frozenset() and r.labels("203.0.113.9") == frozenset()
 
-    @pytest.mark.parametrize("ua", [CHROME, APPLE_MAIL, OUTLOOK_MSIE, OUTLOOK_16, MSOFFICE, GMAIL_PREFETCH,
-                                    "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:128.0) Gecko/20100101 Thunderbird/128.3.0",
-                                    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148",
-                                    "Mozilla/5.0 (Linux; Android 9; CUBOT X19) AppleWebKit/537.36 (KHTML, like Gecko) Mobile Safari/537.36"])
+    @pytest.mark.parametrize("ua", [
+        CHROME, APPLE_MAIL, OUTLOOK_MSIE, OUTLOOK_16, MSOFFICE, GMAIL_PREFETCH,
+        "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:128.0) Gecko/20100101 Thunderbird/128.3.0",
+        "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148",
+        "Mozilla/5.0 (Linux; Android 9; CUBOT X19) AppleWebKit/537.36 (KHTML, like Gecko) Mobile Safari/537.36"])
     def test_the_crawler_list_matches_no_mail_client_or_browser(self, shipped: Signals, ua: str) -> None:
         assert shipped.agents.match(ua) is None
 
