@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -109,6 +110,7 @@ class UserAgentMatcher:
         self._compiled = _compile(entries)
         self._cache: OrderedDict[str, str | None] = OrderedDict()
         self._cache_size = cache
+        self._lock = threading.Lock()  # worker threads share one matcher
 
     @property
     def size(self) -> int:
@@ -125,7 +127,8 @@ class UserAgentMatcher:
         if hit is not ...:
             return hit  # type: ignore[return-value]
         found = next((cls for cls, rx in self._compiled.by_class if rx.search(user_agent)), None)
-        self._cache[user_agent] = found
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
+        with self._lock:
+            self._cache[user_agent] = found
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
         return found
