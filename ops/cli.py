@@ -400,5 +400,53 @@ def selftest(timeout: float) -> None:
                f"in {(run.second_at - run.created_at).total_seconds():.3f}s")
 
 
+@main.group()
+def tracking() -> None:
+    """Open/click tracking data."""
+
+
+def _pairs(values: tuple[str, ...], what: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in values:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value:
+            raise click.BadParameter(f"{item!r}: expected NAME=VALUE", param_hint=what)
+        out[name.strip()] = value.strip()
+    return out
+
+
+@tracking.command("update-ranges")
+@click.argument("sources", nargs=-1, required=True)
+@click.option("--origin", "origins", multiple=True, help="NAME=TEXT recorded as the file's origin (e.g. the provider's URL)")
+@click.option("--service", "services", multiple=True, help="NAME=TAG[,TAG]: keep only these Azure service tags or Microsoft 365 areas/ids")
+@click.option("--out", "out_dir", default=None, help="directory to write (default: MAILPIPE_TRACKING_DATA_DIR, else the shipped data)")
+@friendly
+def tracking_update_ranges(sources: tuple[str, ...], origins: tuple[str, ...], services: tuple[str, ...], out_dir: str | None) -> None:
+    """Refresh network ranges and the crawler list from files or URLs you give, as NAME=PATH_OR_URL.
+
+    NAME is one of aws, gcp, google, azure, microsoft365, gateways, apple (ranges) or crawlers
+    (crawler-user-agents.json). Nothing is fetched at run time; restart workers to load new files.
+    """
+    from importlib import resources
+
+    from pipeline.flows.tracking_data_update import KNOWN, Source, update_tracking_data
+
+    where = _pairs(sources, "SOURCES")
+    origin = _pairs(origins, "--origin")
+    tags = _pairs(services, "--service")
+    unknown = sorted(set(where) - set(KNOWN))
+    if unknown:
+        raise click.BadParameter(f"unknown: {', '.join(unknown)} (known: {', '.join(KNOWN)})", param_hint="SOURCES")
+    target = out_dir or _settings().tracking_data_dir or str(resources.files("pipeline.data.tracking"))
+    chosen = [Source(name, loc, origin.get(name, ""), frozenset(t.strip() for t in tags.get(name, "").split(",") if t.strip()))
+              for name, loc in where.items()]
+    try:
+        written = update_tracking_data(chosen, target)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"nothing was written: {exc}") from exc
+    for w in written:
+        click.echo(f"{w.name}: {w.entries} entries ({w.format}) -> {w.path}")
+
+
 if __name__ == "__main__":
     main()

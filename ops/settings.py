@@ -90,6 +90,7 @@ class Settings(BaseSettings):
     tracking_token_per_minute: int = 20
     tracking_ip_per_minute: int = 600
     tracking_throttle_keys: int = 50_000
+    tracking_data_dir: str = ""  # refreshed range and user-agent files (mailpipe tracking update-ranges); empty: the shipped ones
     log_level: str = "INFO"
     log_json: bool = False
     metrics_host: str = "0.0.0.0"

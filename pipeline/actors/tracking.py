@@ -19,5 +19,6 @@ def record_events(events: list[dict[str, Any]]) -> int:
 
 @actor(jobs.TRACKING_SETTLE, max_retries=5)
 def settle_clicks(email_ids: list[str]) -> int:
-    """Judge the emails' clicks whose burst window has passed: flag bursts, count and notify the rest."""
+    """Judge the emails' waiting opens and clicks against their other hits (the name is kept for
+    messages already queued): flag machine ones, count and notify the rest."""
     return settle(email_ids)

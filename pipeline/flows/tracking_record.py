@@ -1,4 +1,4 @@
-"""Recording tracking hits (the ``tracking.record`` job) and settling clicks (``tracking.settle_clicks``):
+"""Recording tracking hits (the ``tracking.record`` job) and settling them (``tracking.settle_clicks``):
 a batch of raw pixel/click hits becomes tracking events, counts and notifications.
 
 Hits arrive unverified from the intake (the request path does no database work). Here each hit
@@ -22,10 +22,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import func
+from sqlalchemy import func, or_
+from sqlalchemy import select as sa_select  # more columns than sqlmodel's select types
 from sqlmodel import Session, col, select
 
-from models import TrackedLink, TrackingEvent, utcnow
+from models import Email, TrackedLink, TrackingEvent, utcnow
 from models.db import get_engine
 from models.upsert import insert_ignore
 from ops import metrics
@@ -46,24 +47,29 @@ from pipeline.flows.tracking_hits import (
     verify,
     when,
 )
+from pipeline.flows.tracking_signals import signals
 from pipeline.scheduler import register_sweep
 from pipeline.stages.hit_classify import classify_click, classify_open
+from pipeline.stages.hit_sequence import COMPANION_S, RESCAN_S, Hit, judge
 
 __all__ = ["BURST_WINDOW", "record", "settle", "sweep_unsettled_clicks"]
 
 log = structlog.get_logger("mailpipe.tracking")
 
-#: A click is judged once this long has passed after it: clicks on three or more distinct links of
-#: one email (or on every link, when it has two) within this window of each other are a scanner
-#: following every link (notes §4), flagged ``link_burst``; only then are clicks counted and notified.
+#: A human-looking open or click is judged once this long has passed after it, against the email's
+#: other hits (:mod:`pipeline.stages.hit_sequence`: link bursts and two-link scans, a gateway's pixel
+#: fetch beside its scan, cloud scanners, re-scans); only then is it counted and notified.
 BURST_WINDOW = timedelta(seconds=1)
-SETTLE_LATE = timedelta(seconds=10)  # the sweep settles clicks whose settle message was lost
+SETTLE_LATE = timedelta(seconds=10)  # the sweep settles hits whose settle message was lost
+#: How far around the hits being settled their email's other hits are read.
+_CONTEXT = timedelta(seconds=RESCAN_S + COMPANION_S)
 SETTLE_DELAY_MS = int(BURST_WINDOW.total_seconds() * 1000) + 100
 
 
 def record(events: list[dict[str, Any]]) -> int:
     """Verify, classify and store a batch of hits; returns how many events were new."""
     settings = get_settings()
+    data = signals()
     with Session(get_engine(), expire_on_commit=False) as s:
         batch = Batch(s, events)
         rows: list[dict[str, Any]] = []
@@ -82,9 +88,9 @@ def record(events: list[dict[str, Any]]) -> int:
             after = (at - email.sent_at).total_seconds() if email.sent_at else None
             if ev["kind"] == "open":
                 verdict = classify_open(ev.get("ua"), ev.get("ip"), seconds_after_send=after,
-                                        min_delay_s=settings.tracking_open_delay_seconds)
+                                        min_delay_s=settings.tracking_open_delay_seconds, signals=data)
             else:
-                verdict = classify_click(ev.get("ua"), ev.get("ip"), after)
+                verdict = classify_click(ev.get("ua"), ev.get("ip"), after, signals=data)
                 if ev.get("method") == "HEAD":
                     verdict = type(verdict)(True, "head_request")
             ip = ev.get("ip")
@@ -95,7 +101,7 @@ def record(events: list[dict[str, Any]]) -> int:
                 "at": at, "ip": anonymize(ip) if org is not None and org.anonymize_ip else ip,
                 "user_agent": (ev.get("ua") or "")[:1000] or None, "machine": verdict.machine, "reason": verdict.reason,
                 "recipient_email": recipient, "method": str(ev.get("method", "GET"))[:8],
-                "settled": ev["kind"] != "click" or verdict.machine,  # human-looking clicks wait for the burst window
+                "settled": verdict.machine,  # human-looking hits wait for the settle pass (BURST_WINDOW)
                 "_raw_ip": ip, "_text": text, "_proxied": verdict.proxied,
             })
         throttled: list[str] = []
@@ -129,33 +135,46 @@ def record(events: list[dict[str, Any]]) -> int:
 
 
 def settle(email_ids: list[str]) -> int:
-    """Judge the emails' waiting clicks whose burst window has passed: flag bursts, count and notify the rest."""
+    """Judge the emails' waiting hits whose window has passed against their other hits
+    (:func:`pipeline.stages.hit_sequence.judge`): flag machine ones, count and notify the rest."""
     now = utcnow()
+    ranges = signals().ranges
     with Session(get_engine(), expire_on_commit=False) as s:
         lock_emails(s, email_ids)
         waiting = list(s.execute(select(TrackingEvent).where(
-            col(TrackingEvent.email_id).in_(email_ids), TrackingEvent.kind == "click",
-            col(TrackingEvent.settled).is_(False))).scalars())
+            col(TrackingEvent.email_id).in_(email_ids), col(TrackingEvent.settled).is_(False))).scalars())
         due = [e for e in waiting if e.at <= now - BURST_WINDOW]
         later = sorted({e.email_id for e in waiting if e.at > now - BURST_WINDOW})
         if due:
-            lo, hi = min(e.at for e in due) - BURST_WINDOW, max(e.at for e in due) + BURST_WINDOW
-            nearby = list(s.execute(select(TrackingEvent.email_id, TrackingEvent.link_hash, TrackingEvent.at).where(
-                col(TrackingEvent.email_id).in_({e.email_id for e in due}), TrackingEvent.kind == "click",
-                TrackingEvent.at >= lo, TrackingEvent.at <= hi)).all())
-            links = dict(s.execute(select(TrackedLink.email_id, func.count()).where(
-                col(TrackedLink.email_id).in_({e.email_id for e in due})).group_by(TrackedLink.email_id)).all())
+            ids = sorted({e.email_id for e in due})
+            hi = max(e.at for e in due) + _CONTEXT
+            lo = min(e.at for e in due) - _CONTEXT
+            sent: dict[str, datetime | None] = {r[0]: r[1] for r in s.execute(
+                select(col(Email.id), col(Email.sent_at)).where(col(Email.id).in_(ids))).all()}
+            context = list(s.execute(sa_select(col(TrackingEvent.id), col(TrackingEvent.email_id), col(TrackingEvent.kind),
+                                            col(TrackingEvent.at), col(TrackingEvent.ip), col(TrackingEvent.link_hash),
+                                            col(TrackingEvent.machine), col(TrackingEvent.reason)).where(
+                col(TrackingEvent.email_id).in_(ids), col(TrackingEvent.at) <= hi,
+                or_(col(TrackingEvent.kind) == "open", col(TrackingEvent.at) >= lo))).all())
+            links: dict[str, int] = {r[0]: int(r[1]) for r in s.execute(select(col(TrackedLink.email_id), func.count()).where(
+                col(TrackedLink.email_id).in_(ids)).group_by(col(TrackedLink.email_id))).all()}
+            pending = {e.id for e in waiting}
+            reasons: dict[str, str] = {}
+            for email_id in ids:
+                sent_at = sent.get(email_id)
+                hits = [Hit(r.id, r.kind, r.at.timestamp(), r.ip, ranges.labels(r.ip), r.link_hash,
+                            bool(r.machine) and r.id not in pending,
+                            (r.at - sent_at).total_seconds() if sent_at else None, r.reason == "gmail_proxy")
+                        for r in context if r.email_id == email_id]
+                reasons.update(judge(hits, int(links.get(email_id, 0))))
             for e in due:
-                distinct = {n.link_hash for n in nearby if n.email_id == e.email_id and abs((n.at - e.at).total_seconds())
-                            <= BURST_WINDOW.total_seconds()}
-                total = int(links.get(e.email_id, 0))
-                if len(distinct) >= 3 or (len(distinct) >= 2 and len(distinct) >= total):
-                    e.machine, e.reason = True, "link_burst"
+                if e.id in reasons:
+                    e.machine, e.reason = True, reasons[e.id]
                 e.settled = True
                 s.add(e)
             s.flush()
-            batch = Batch(s, [{"email_id": eid} for eid in {e.email_id for e in due}])
-            rows = [{"email_id": e.email_id, "kind": "click", "machine": e.machine, "counted": e.counted, "at": e.at,
+            batch = Batch(s, [{"email_id": eid} for eid in ids])
+            rows = [{"email_id": e.email_id, "kind": e.kind, "machine": e.machine, "counted": e.counted, "at": e.at,
                      "recipient_email": e.recipient_email, "url": e.url, "link_hash": e.link_hash,
                      "_text": (batch.links.get((e.email_id, e.link_hash or "")) or _NoLink).text} for e in due]
             count(s, rows)
@@ -167,7 +186,7 @@ def settle(email_ids: list[str]) -> int:
     _email_them(by_email)
     notifications.publish(pushed)
     for e in due:
-        metrics.TRACK_RECORDED.labels("click", "machine" if e.machine else "human").inc()
+        metrics.TRACK_RECORDED.labels(e.kind, "machine" if e.machine else "human").inc()
     if later:
         jobs.TRACKING_SETTLE.send(later, delay_ms=SETTLE_DELAY_MS)
     return len(due)
@@ -179,9 +198,9 @@ class _NoLink:
 
 @register_sweep("tracking_settle")
 def sweep_unsettled_clicks(session: Session, now: datetime) -> int:
-    """Settle clicks whose settle message was lost (a restarted in-memory broker, a dead worker)."""
-    ids = sorted(set(session.execute(select(TrackingEvent.email_id).where(
-        col(TrackingEvent.settled).is_(False), TrackingEvent.at < now - SETTLE_LATE).limit(1000)).scalars()))
+    """Settle hits whose settle message was lost (a restarted in-memory broker, a dead worker)."""
+    ids = sorted(set(session.execute(select(col(TrackingEvent.email_id)).where(
+        col(TrackingEvent.settled).is_(False), col(TrackingEvent.at) < now - SETTLE_LATE).limit(1000)).scalars()))
     if ids:
         jobs.TRACKING_SETTLE.send(ids)
     return len(ids)

@@ -66,17 +66,20 @@ class Page:
 class Chromium:
     """A headless Chromium process with remote debugging on a free loopback port."""
 
-    def __init__(self) -> None:
+    def __init__(self, user_agent: str | None = None) -> None:
+        """``user_agent`` replaces the browser's own (which says ``HeadlessChrome``, a robot's name to
+        the tracking signal's crawler list) when the browser stands for a person."""
         binary = shutil.which("chromium") or shutil.which("chromium-browser")
         if binary is None:
             raise RuntimeError("chromium is not installed (tests/setup-machine.sh installs it)")
         self._profile = tempfile.mkdtemp(prefix="mailpipe-chromium-")
         self.port = free_port("127.0.0.1")
+        self._user_agent = user_agent
         self._proc = subprocess.Popen(
             [binary, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
              "--disable-extensions", "--disable-background-networking", "--disable-component-update",
              f"--remote-debugging-port={self.port}", "--remote-debugging-address=127.0.0.1",
-             f"--user-data-dir={self._profile}", "about:blank"],
+             f"--user-data-dir={self._profile}", *([f"--user-agent={user_agent}"] if user_agent else []), "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -91,7 +94,7 @@ class Chromium:
 
     @property
     def user_agent(self) -> str:
-        return str(self.version.get("User-Agent", ""))
+        return self._user_agent or str(self.version.get("User-Agent", ""))
 
     def open(self, url: str) -> Page:
         r = httpx.put(f"http://127.0.0.1:{self.port}/json/new?{url}", timeout=10)

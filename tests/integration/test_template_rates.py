@@ -76,7 +76,8 @@ def test_open_rates_count_real_opens_only(live: dict[str, Any], monkeypatch: pyt
             c.get(pixel[sent[ta][4]], headers={"User-Agent": GMAIL, "X-Forwarded-For": "66.102.8.20"})  # Gmail: counted, though flagged
             c.get(pixel[sent[ta][5]], headers={"User-Agent": "Mozilla/5.0", "X-Forwarded-For": "17.58.63.9"})  # Apple MPP: not
             c.get(pixel[sent[tb][0]], headers={"User-Agent": BROWSER, "X-Forwarded-For": "203.0.113.5"})
-        wait_until(lambda: count(TrackingEvent) == 7, 60, what="7 hits recorded")
+        wait_until(lambda: count(TrackingEvent, TrackingEvent.settled.is_(True)) == 7, 60,  # type: ignore[attr-defined]
+                   what="7 hits recorded and settled (people's opens are counted at the settle pass)")
         with TestClient(create_app()) as api:
             items = api.get("/api/v1/templates?sort=open_rate", headers=h).json()["items"]
         top = [(t["name"], t["avg_open_rate"], t["usage_count"]) for t in items[:2]]

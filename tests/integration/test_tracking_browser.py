@@ -82,7 +82,8 @@ def test_chromium_open_click_and_websocket_pushes(live: dict[str, Any], monkeypa
     account_id = make_account(org_id)
     h = {"Authorization": f"Bearer {key}"}
     server = _serve_app(app_port)
-    browser = Chromium()
+    # A person's desktop Chrome (headless Chromium's own UA says HeadlessChrome, which the crawler list flags)
+    browser = Chromium(user_agent="Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36")
     try:
         with TestClient(__import__("web.app", fromlist=["create_app"]).create_app()) as api:
             r = api.post("/api/v1/emails/send", headers=h, json={

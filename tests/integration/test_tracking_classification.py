@@ -69,10 +69,10 @@ def stack(live: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Iterator[dic
         eid = r.json()["id"]
         wait_until(lambda: len(smtp.sends) == 1, 30, what="the email sent")
 
-        def recorded_sent() -> bool:  # the send run writes sent_at when it finishes, after the server took it
-            with Session(get_engine()) as s:
+        def recorded_sent() -> bool:  # the send run writes sent_at when it finishes, and the ingest chain rewrites it
+            with Session(get_engine()) as s:  # from the Date header when it parses the copy: wait for both
                 row = s.get(Email, eid)
-                return row is not None and row.status == "sent"
+                return row is not None and row.status == "sent" and row.pipeline_state == "done"
 
         wait_until(recorded_sent, 30, what="the send recorded")
         with Session(get_engine()) as s:  # sent a minute ago: nothing below is "seconds after delivery"
@@ -176,3 +176,60 @@ def test_dnt_and_gpc_opens_dropped_when_the_org_honours_them(stack: dict[str, An
     assert evs[1].machine is False and evs[1].url == "https://engine.example/demo"
     t = st["api"].get(f"/api/v1/emails/{st['eid']}/tracking", headers=st["h"]).json()
     assert t["open_count"] == 1 and t["click_count"] == 1
+
+
+SAFELINKS = "Mozilla/5.0 (Windows NT 6.1) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/57.0.2987.133 Safari/537.36"  # gophish#973
+GMAIL_PREFETCH = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/42.0.2311.135 "
+                  "Safari/537.36 Edge/12.246 Mozilla/5.0")  # mautic#10245
+WHATSAPP = "WhatsApp/2.17.190 A"  # goaccess#808
+OUTLOOK_16 = "Microsoft Office/16.0 (Microsoft Outlook 16.0.8241; Pro)"  # browscap#1634
+
+
+def test_issue_22_machine_classes_are_flagged_and_a_cloud_desktop_reader_counts(stack: dict[str, Any]) -> None:
+    """Issue 22 on the real stack: Safe Links from Exchange Online Protection's network, an unlisted
+    gateway's pixel beside its two-link scan, Gmail's prefetch beside the proxy's open, a WhatsApp
+    preview and a cloud scanner are flagged with their reasons and notify nobody; the proxy open is
+    counted (must-show 2); then a person on an Azure virtual desktop opens and clicks, and both count."""
+    st = stack
+    with Session(get_engine()) as s:  # sent two minutes ago: the cloud rule's window is still open
+        s.execute(update(Email).where(Email.id == st["eid"]).values(sent_at=utcnow() - timedelta(minutes=2)))
+        s.commit()
+    apart = 1.3  # the groups more than a second apart, or three links within a second would be one burst
+    hit(st, st["clicks"][0], "40.107.218.12", SAFELINKS)  # microsoft365.txt (EOP)
+    time.sleep(apart)
+    hit(st, st["pixel"], "192.0.2.201", CHROME)  # a gateway in no list: pixel, then two links within a second
+    hit(st, st["clicks"][1], "192.0.2.201", CHROME)
+    hit(st, st["clicks"][2], "192.0.2.201", CHROME)
+    time.sleep(apart)
+    hit(st, st["pixel"], "66.249.84.10", GMAIL_PREFETCH)  # google.txt
+    hit(st, st["pixel"], "66.102.8.20", GMAIL)
+    hit(st, st["clicks"][3], "31.13.66.1", WHATSAPP)
+    time.sleep(apart)
+    hit(st, st["clicks"][4], "52.20.1.2", CHROME)  # aws.txt, never opened
+
+    def settled(n: int) -> bool:
+        evs = events(st["eid"])
+        return len(evs) == n and all(e.settled for e in evs)
+
+    wait_until(lambda: settled(8), 30, what="eight hits settled")
+    reasons = sorted((e.kind, e.ip or "", e.reason or "") for e in events(st["eid"]))
+    assert reasons == [("click", "192.0.2.201", "link_burst"), ("click", "192.0.2.201", "link_burst"),
+                       ("click", "31.13.66.1", "link_preview"), ("click", "40.107.218.12", "security_gateway"),
+                       ("click", "52.20.1.2", "cloud_scanner"), ("open", "192.0.2.201", "security_gateway"),
+                       ("open", "66.102.8.20", "gmail_proxy"), ("open", "66.249.84.10", "gmail_prefetch")], reasons
+    assert all(e.machine for e in events(st["eid"]))
+    assert [p for p in pushes(st["socket"], 1.5) if p["type"] in ("email.opened", "email.clicked")] == []
+    t = st["api"].get(f"/api/v1/emails/{st['eid']}/tracking", headers=st["h"]).json()
+    assert t["open_count"] == 1 and t["click_count"] == 0, "only the proxy's open counts"
+
+    hit(st, st["pixel"], "20.50.1.10", OUTLOOK_16)  # azure.txt: a Windows 365 desktop
+    time.sleep(2.5)  # the person reads before clicking
+    hit(st, st["clicks"][0], "20.50.1.10", CHROME)
+    wait_until(lambda: settled(10), 30, what="the desktop reader's open and click settled")
+    last = events(st["eid"])[-2:]
+    assert [(e.kind, e.machine) for e in last] == [("open", False), ("click", False)]
+    t = st["api"].get(f"/api/v1/emails/{st['eid']}/tracking", headers=st["h"]).json()
+    assert t["open_count"] == 2 and t["click_count"] == 1
+    kinds = {p["type"] for p in pushes(st["socket"], 3) if p["type"] in ("email.opened", "email.clicked")}
+    assert kinds == {"email.clicked", "email.opened"}, "the person's open and click are pushed"
+    assert count(Notification, Notification.kind == "email.opened") == 1 and count(Notification, Notification.kind == "email.clicked") == 1
