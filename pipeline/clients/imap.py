@@ -483,7 +483,7 @@ class _ImapToolsSession:
                 _check(*self._client.uid("STORE", uid_set(batch), action, rendered))
 
     def fetch_flags(self, uid_from: int = 1, changedsince: int | None = None) -> FlagChanges:
-        """UID FETCH n:* (UID FLAGS) [(CHANGEDSINCE m [VANISHED])]; the VANISHED (EARLIER) answer and
+        """UID FETCH n:* (UID FLAGS [MODSEQ]) [(CHANGEDSINCE m [VANISHED])]; the VANISHED (EARLIER) answer and
         any expunges reported meanwhile (VANISHED under QRESYNC) come back as ``vanished``."""
         if changedsince is not None and "CONDSTORE" not in self.enabled:
             raise ImapError(ImapErrorKind.PROTOCOL, "CHANGEDSINCE needs CONDSTORE, which this server does not offer")
@@ -498,6 +498,7 @@ class _ImapToolsSession:
             _check(typ, data)
             vanished_parts = self._client.untagged_responses.pop("VANISHED", [])
             flags: dict[int, frozenset[str]] = {}
+            modseqs: dict[int, int] = {}
             top: int | None = None
             for response in parse_responses(data):
                 fetched = fetch_items(response)
@@ -509,13 +510,14 @@ class _ImapToolsSession:
                 flags[uid] = frozenset(f for f in fetched["FLAGS"] if isinstance(f, str)) - SESSION_FLAGS  # type: ignore[union-attr]
                 modseq = fetched.get("MODSEQ")
                 if isinstance(modseq, list) and modseq and isinstance(modseq[0], str) and modseq[0].isdigit():
-                    top = max(top or 0, int(modseq[0]))
+                    modseqs[uid] = int(modseq[0])
+                    top = max(top or 0, modseqs[uid])
             gone: set[int] = set()
             for part in vanished_parts:
                 event = parse_event([b"VANISHED " + part] if isinstance(part, bytes) else [])
                 if event is not None:
                     gone.update(event.uids)
-        return FlagChanges(flags=flags, vanished=frozenset(gone), highestmodseq=top, complete=changedsince is None)
+        return FlagChanges(flags=flags, modseqs=modseqs, vanished=frozenset(gone), highestmodseq=top, complete=changedsince is None)
 
     def idle_start(self) -> None:
         """IDLE, then read up to the server's "+" continuation (untagged responses before it are kept)."""

@@ -36,11 +36,12 @@ class MailboxEvent:
 
 @dataclass(frozen=True, slots=True)
 class FlagChanges:
-    """Flags of the UIDs a ``UID FETCH (FLAGS)`` returned, the highest MODSEQ among them, and the UIDs
+    """Flags (and MODSEQs, under CONDSTORE) of the UIDs a ``UID FETCH (FLAGS)`` returned, the highest MODSEQ among them, and the UIDs
     the server said are gone (``VANISHED``); ``complete``: every UID in the range was listed, so a
     stored UID missing from ``flags`` is gone too (a plain window fetch, not ``CHANGEDSINCE``)."""
 
     flags: dict[int, frozenset[str]] = field(default_factory=dict)
+    modseqs: dict[int, int] = field(default_factory=dict)
     vanished: frozenset[int] = frozenset()
     highestmodseq: int | None = None
     complete: bool = False

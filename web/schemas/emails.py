@@ -10,6 +10,12 @@ from web.schemas import Out
 from web.schemas.common import Ts
 
 
+class EmailFlags(Out):
+    seen: bool = Field(description="\\Seen on the server (on any location)")
+    flagged: bool = Field(description="\\Flagged on the server")
+    answered: bool = Field(description="\\Answered on the server")
+
+
 class EmailSummary(Out):
     id: str
     account_id: str
@@ -32,6 +38,8 @@ class EmailSummary(Out):
     click_count: int
     pipeline_state: str
     tracking_status: Literal["unopened", "opened", "clicked"] | None
+    flags: EmailFlags
+    deleted_on_server: bool = Field(description="no location of it is left on the server (it stays in the CRM's record)")
 
 
 class EmailsPage(Out):
