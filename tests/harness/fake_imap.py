@@ -477,7 +477,8 @@ class FakeImapSession:
         gone |= frozenset(uid for e in self._pending if e.kind == "vanished" for uid in e.uids)
         self._pending = [e for e in self._pending if e.kind != "vanished"]
         top = max((m.modseq for m in chosen.values()), default=None) if "CONDSTORE" in self.enabled else None
-        return FlagChanges(flags={uid: frozenset(m.flags) for uid, m in sorted(chosen.items())}, vanished=gone,
+        modseqs = {uid: m.modseq for uid, m in chosen.items()} if "CONDSTORE" in self.enabled else {}
+        return FlagChanges(flags={uid: frozenset(m.flags) for uid, m in sorted(chosen.items())}, modseqs=modseqs, vanished=gone,
                            highestmodseq=top, complete=changedsince is None)
 
     def idle_start(self) -> None:
