@@ -475,16 +475,15 @@ def _capability_line(condstore: bool) -> str:
 
 def _scale_settings(connections: int | None) -> str:
     """Service limits for many concurrent sessions: login processes that each proxy many TLS
-    sessions, imap processes that each serve many users (all run as nobody here)."""
+    sessions, and one imap process per session (Dovecot's imap processes serve one user each)."""
     if connections is None:
         return ""
-    per_imap = 50
     return (
         f"default_client_limit = {connections * 2 + 200}\n"
-        f"default_process_limit = {connections // per_imap + 50}\n"
+        f"default_process_limit = {connections + 100}\n"
         "service imap-login {\n  service_count = 0\n  process_min_avail = 2\n"
         f"  client_limit = {connections + 100}\n}}\n"
-        f"service imap {{\n  client_limit = {per_imap}\n  process_limit = {connections // per_imap + 20}\n}}\n"
+        f"service imap {{\n  process_limit = {connections + 50}\n}}\n"
     )
 
 
