@@ -44,6 +44,7 @@ log = structlog.get_logger("mailpipe.watcher")
 
 INBOX = "INBOX"
 RETRY_BUSY_SECONDS = 0.5
+RETRY_FAILED_SECONDS = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,8 +174,10 @@ class Watcher:
                     self._drop_no_idle(account_id)
                 self._retry_busy()
                 self._flush_idling()
-            except Exception as exc:  # the database or broker away: the next (re)connect catches up
-                log.warning("watcher_dispatch_failed", kind=kind, error=type(exc).__name__, exc_info=exc)
+            except Exception as exc:  # the database or broker away: ask again shortly (a fetch is never dropped)
+                log.warning("watcher_dispatch_failed", kind=kind, error=type(exc).__name__)
+                if kind == "fetch":
+                    self._busy[account_id] = time.monotonic() + RETRY_FAILED_SECONDS
 
     def _next_wait(self) -> float:
         if not self._busy:
@@ -193,7 +196,11 @@ class Watcher:
     def _retry_busy(self) -> None:
         now = time.monotonic()
         for account_id in [a for a, due in self._busy.items() if due <= now]:
-            self._fetch(account_id)
+            try:
+                self._fetch(account_id)
+            except Exception:  # still away: try again later
+                self._busy[account_id] = now + RETRY_FAILED_SECONDS
+                raise
 
     def _flush_idling(self) -> None:
         with self._news_lock:
