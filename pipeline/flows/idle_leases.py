@@ -11,6 +11,7 @@ same mailbox; the lease columns make one owner per mailbox at any time.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, and_, delete, func, not_, or_, select, update
@@ -18,6 +19,7 @@ from sqlmodel import Session, col
 
 from models import EmailAccount, IdleWatcher, utcnow
 from models.db import get_engine, is_postgres
+from pipeline.stages.idle import share_change
 
 __all__ = ["IDLE_RECHECK", "Round", "due_filter", "give_back", "idle_counts", "mark_idling", "mark_no_idle", "retire", "round_trip"]
 
@@ -37,12 +39,17 @@ def due_filter(now: datetime) -> list[ColumnElement[bool]]:
     ]
 
 
+@dataclass(frozen=True, slots=True)
 class Round:
-    """One round of a watcher's bookkeeping: what it still holds, what it claimed, what to give back."""
+    """One round of a watcher's bookkeeping: what it still holds, what it claimed, what to give back,
+    its share, the mailboxes due and the live watchers."""
 
-    def __init__(self, kept: set[str], claimed: list[str], give_back: list[str], share: int, due: int, live: int) -> None:
-        self.kept, self.claimed, self.give_back = kept, claimed, give_back
-        self.share, self.due, self.live = share, due, live
+    kept: set[str]
+    claimed: list[str]
+    give_back: list[str]
+    share: int
+    due: int
+    live: int
 
 
 def round_trip(watcher_id: str, host: str, pid: int, held: Collection[str], idling: int, capacity: int,
@@ -62,7 +69,7 @@ def round_trip(watcher_id: str, host: str, pid: int, held: Collection[str], idli
         live = int(s.execute(select(func.count()).select_from(IdleWatcher)
                              .where(col(IdleWatcher.heartbeat_at) >= now - lease)).scalar_one())
         share = share_of(due, max(1, live))
-        want = share - len(kept)
+        want = share_change(len(kept), share)
         claimed: list[str] = []
         give: list[str] = []
         if want > 0 and capacity > len(kept):

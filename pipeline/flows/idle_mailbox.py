@@ -32,7 +32,6 @@ __all__ = ["IdleHooks", "MailboxIdler"]
 log = structlog.get_logger("mailpipe.watcher")
 
 INBOX = "INBOX"
-RETRY_PENDING_SECONDS = 0.5
 
 
 @dataclass(frozen=True, slots=True)

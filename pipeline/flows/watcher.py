@@ -175,7 +175,7 @@ class Watcher:
                 self._retry_busy()
                 self._flush_idling()
             except Exception as exc:  # the database or broker away: ask again shortly (a fetch is never dropped)
-                log.warning("watcher_dispatch_failed", kind=kind, error=type(exc).__name__)
+                log.warning("watcher_dispatch_failed", kind=kind, error=type(exc).__name__, detail=str(exc)[:300])
                 if kind == "fetch":
                     self._busy[account_id] = time.monotonic() + RETRY_FAILED_SECONDS
 
@@ -205,8 +205,14 @@ class Watcher:
     def _flush_idling(self) -> None:
         with self._news_lock:
             news, self._idling_news = self._idling_news, {}
-        if news:
+        if not news:
+            return
+        try:
             mark_idling(self.id, [a for a, on in news.items() if on], [a for a, on in news.items() if not on])
+        except Exception:
+            with self._news_lock:  # written next time, unless something newer came meanwhile
+                self._idling_news = {**news, **self._idling_news}
+            raise
 
     def _drop(self, account_id: str) -> None:
         with self._idlers_lock:
