@@ -475,10 +475,16 @@ def _capability_line(condstore: bool) -> str:
 
 def _scale_settings(connections: int | None) -> str:
     """Service limits for many concurrent sessions: login processes that each proxy many TLS
-    sessions, and one imap process per session (Dovecot's imap processes serve one user each)."""
+    sessions, and one imap process per session (Dovecot's imap processes serve one user each).
+
+    All sessions run as one user here, and Linux gives a user 128 inotify instances by default
+    (``fs.inotify.max_user_instances``): past that Dovecot notices new mail in an idling session by
+    looking every ``mailbox_idle_check_interval`` (30 s by default), so it looks every second.
+    """
     if connections is None:
         return ""
     return (
+        "mailbox_idle_check_interval = 1 secs\n"
         f"default_client_limit = {connections * 2 + 200}\n"
         f"default_process_limit = {connections + 100}\n"
         "service imap-login {\n  service_count = 0\n  process_min_avail = 2\n"
