@@ -16,8 +16,8 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlmodel import Session
 
-from models import (Delivery, Document, Email, EmailAccount, EmailAddress, EmailLink, EmailLocation, FolderState, Outbox, TrackedLink,
-                    TrackingEvent, new_id, normalize_email, utcnow)
+from models import (Delivery, Document, Email, EmailAccount, EmailAddress, EmailLink, EmailLocation, FlagChange, FolderState, Outbox,
+                    TrackedLink, TrackingEvent, new_id, normalize_email, utcnow)
 from models.db import get_engine
 from models.oauth import OAuthGrant
 from ops.keys import seal
@@ -184,7 +184,7 @@ def erase_account_mail(session: Session, account_id: str) -> list[str]:
         keys += list(session.execute(select(Document.storage_key).where(Document.email_id.in_(chunk))).scalars())  # type: ignore[attr-defined]
         for atts in session.execute(select(Outbox.attachments).where(Outbox.email_id.in_(chunk))).scalars():  # type: ignore[attr-defined]
             keys += [a["key"] for a in atts if str(a.get("key", "")).startswith("outbox/")]  # forwarded files belong to others
-        for model in (Document, EmailLink, EmailAddress, EmailLocation, Delivery, Outbox, TrackedLink, TrackingEvent):
+        for model in (Document, EmailLink, EmailAddress, EmailLocation, FlagChange, Delivery, Outbox, TrackedLink, TrackingEvent):
             session.execute(delete(model).where(model.email_id.in_(chunk)))  # type: ignore[attr-defined]
         session.execute(delete(Email).where(Email.id.in_(chunk)))  # type: ignore[attr-defined]
     session.execute(delete(FolderState).where(FolderState.account_id == account_id))
