@@ -5,13 +5,13 @@ from sqlmodel import SQLModel
 from models.accounts import EmailAccount, FolderState
 from models.base import ENCRYPTED_COLUMNS, new_id, normalize_email, utcnow
 from models.crm import CRM_TABLES, ENTITY_TYPES, Contact, CrmAccount, Lead, Opportunity, User
-from models.emails import Document, Email, EmailAddress, EmailLink, EmailLocation
+from models.emails import Document, Email, EmailAddress, EmailLink, EmailLocation, FlagChange
 from models.notifications import Notification
 from models.notion import NotionConnection, NotionSave
 from models.oauth import OAuthFlow, OAuthGrant
 from models.org import ApiKey, Organization
 from models.outbound import Delivery, Outbox, Suppression
-from models.runtime import RelinkRequest, SchedulerHeartbeat, SelfTestRun
+from models.runtime import IdleWatcher, RelinkRequest, SchedulerHeartbeat, SelfTestRun
 from models.sentiment import AccountRisk, EmailSentiment
 from models.templates import Template
 from models.tracking import TrackedLink, TrackingEvent
@@ -34,7 +34,9 @@ __all__ = [
     "EmailLink",
     "EmailLocation",
     "EmailSentiment",
+    "FlagChange",
     "FolderState",
+    "IdleWatcher",
     "Lead",
     "NotionConnection",
     "NotionSave",

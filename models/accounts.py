@@ -63,6 +63,13 @@ class EmailAccount(SQLModel, table=True):
     send_window_start: datetime | None = ts_field(default=None)
     send_window_count: int = 0
 
+    # Real time (IMAP IDLE on INBOX): the watcher holding the mailbox and since when it idles.
+    idle_owner: str | None = Field(default=None, max_length=64, description="watcher id holding the IDLE lease")
+    idle_lease_until: datetime | None = ts_field(default=None, index=True)
+    idle_since: datetime | None = ts_field(default=None, description="IDLE established on INBOX (None: polling only)")
+    idle_capable: bool | None = Field(default=None, description="server offers IDLE (None: not checked yet)")
+    idle_checked_at: datetime | None = ts_field(default=None)
+
     created_at: datetime = ts_field(default_factory=utcnow, nullable=False)
     deleted_at: datetime | None = ts_field(default=None)
 

@@ -72,8 +72,37 @@ class Email(SQLModel, table=True):
     template_id: str | None = Field(default=None, max_length=24)
     notion_page_url: str | None = Field(default=None, max_length=1000)
     error: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    seen: bool = Field(default=False, description="\\Seen on the server (any location)")
+    flagged: bool = Field(default=False, description="\\Flagged on the server (any location)")
+    answered: bool = Field(default=False, description="\\Answered on the server (any location)")
+    deleted_on_server: bool = Field(default=False, description="no location of it is left on the server")
+    deleted_on_server_at: datetime | None = ts_field(default=None)
     created_at: datetime = ts_field(default_factory=utcnow, nullable=False)
     deleted_at: datetime | None = ts_field(default=None)
+
+
+class FlagChange(SQLModel, table=True):
+    """A user's flag change through the API, recorded before it is written to the server (UID STORE).
+
+    ``state``: pending → done | failed | superseded (a later change of the same email replaced it).
+    """
+
+    __tablename__ = "flag_changes"
+    __table_args__ = (Index("ix_flag_changes_pending", "state", "created_at"),)
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=24)
+    org_id: str = Field(foreign_key="organizations.id", max_length=24)
+    email_id: str = Field(foreign_key="emails.id", index=True, max_length=24)
+    account_id: str = Field(foreign_key="email_accounts.id", max_length=24)
+    seen: bool | None = None
+    flagged: bool | None = None
+    state: str = Field(default="pending", max_length=16)
+    attempts: int = 0
+    error: str | None = Field(default=None, max_length=2000)
+    locations: int = Field(default=0, description="locations written at the last attempt")
+    created_at: datetime = ts_field(default_factory=utcnow, nullable=False)
+    attempted_at: datetime | None = ts_field(default=None)
+    done_at: datetime | None = ts_field(default=None)
 
 
 class EmailLocation(SQLModel, table=True):
@@ -89,6 +118,7 @@ class EmailLocation(SQLModel, table=True):
     uidvalidity: int = Field(sa_type=BigInteger)  # RFC 3501: up to 2**32 - 1
     uid: int = Field(sa_type=BigInteger)
     flags: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    modseq: int | None = Field(default=None, sa_type=BigInteger, description="MODSEQ of the flags stored (CONDSTORE)")
     created_at: datetime = ts_field(default_factory=utcnow, nullable=False)
 
 

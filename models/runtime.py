@@ -51,3 +51,19 @@ class RelinkRequest(SQLModel, table=True):
     entity_id: str = Field(primary_key=True, max_length=64)
     created_at: datetime = ts_field(default_factory=utcnow, nullable=False)
     last_run_at: datetime | None = ts_field(default=None)
+
+
+class IdleWatcher(SQLModel, table=True):
+    """A running ``mailpipe watcher`` (or the one inside ``serve``): its heartbeat tells the others
+    it is alive, so each takes its fair share of the mailboxes to hold in IDLE."""
+
+    __tablename__ = "idle_watchers"
+
+    id: str = Field(primary_key=True, max_length=64)
+    host: str = Field(max_length=200)
+    pid: int
+    started_at: datetime = ts_field(default_factory=utcnow, nullable=False)
+    heartbeat_at: datetime = ts_field(default_factory=utcnow, nullable=False, index=True)
+    held: int = 0
+    idling: int = 0
+    capacity: int = 0

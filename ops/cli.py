@@ -161,6 +161,18 @@ def scheduler() -> None:
 
 @main.command()
 @friendly
+def watcher() -> None:
+    """Hold IMAP IDLE connections for a share of the mailboxes; several may run (leases spread them)."""
+    from ops.serve import run_watcher
+
+    settings = _settings()
+    if settings.idle_capacity <= 0:
+        raise ConfigError("MAILPIPE_IDLE_CAPACITY is 0: this watcher would hold no mailbox")
+    run_watcher(settings)
+
+
+@main.command()
+@friendly
 def migrate() -> None:
     """Bring the database schema up to date (Alembic upgrade head)."""
     from ops.migrate import upgrade

@@ -74,6 +74,25 @@ SENTIMENT_FALLBACK = Counter("mailpipe_sentiment_fallback_total",
                              "(error, rate_limited, paused, unavailable)",
                              ["reason"])
 ACCOUNTS_AT_RISK = Counter("mailpipe_accounts_at_risk_total", "CRM accounts that turned at risk (one per episode)")
+IDLE_CONNECTIONS = Gauge("mailpipe_idle_connections", "IMAP connections this watcher holds in IDLE on INBOX",
+                         multiprocess_mode="livesum")
+IDLE_HELD = Gauge("mailpipe_idle_mailboxes_held", "Mailboxes this watcher holds the IDLE lease of (idling or reconnecting)",
+                  multiprocess_mode="livesum")
+IDLE_RECONNECTS = Counter("mailpipe_idle_reconnects_total",
+                          "IDLE connections lost and reconnected, by reason (bye, connect, timeout, tls, auth, protocol, token)",
+                          ["reason"])
+IDLE_DUE = Gauge("mailpipe_idle_mailboxes_due", "Mailboxes that should be held in IDLE (set by the leading scheduler)",
+                 multiprocess_mode="mostrecent")
+IDLE_IDLING = Gauge("mailpipe_idle_mailboxes_idling", "Mailboxes idling under a live lease (set by the leading scheduler)",
+                    multiprocess_mode="mostrecent")
+ARRIVAL_SECONDS = Histogram("mailpipe_arrival_latency_seconds",
+                            "New inbound mail: from reaching the server (INTERNALDATE, whole seconds) to stored and linked",
+                            buckets=(0.5, 1, 2, 3, 5, 10, 30, 60, 120, 300, 900, 3600))
+SERVER_STATE = Counter("mailpipe_server_state_total",
+                       "Server-side changes applied: expunged locations and emails whose flags or deleted_on_server changed",
+                       ["change"])
+FLAG_STORES = Counter("mailpipe_flag_stores_total", "User flag changes written to the server, by result (done, retry, failed, superseded)",
+                      ["result"])
 
 
 class DramatiqMetrics(Middleware):

@@ -13,7 +13,7 @@ from dramatiq import Worker
 
 from ops.settings import Settings
 
-__all__ = ["Embedded", "run_scheduler", "run_web", "serve"]
+__all__ = ["Embedded", "run_scheduler", "run_watcher", "run_web", "serve"]
 
 log = structlog.get_logger("mailpipe")
 
@@ -26,6 +26,7 @@ class Embedded:
         self.worker_threads = worker_threads
         self.worker: Worker | None = None
         self.scheduler: Any = None
+        self.watcher: Any = None
 
     def start(self) -> None:
         import pipeline.actors  # noqa: F401  (declares every actor)
@@ -40,6 +41,9 @@ class Embedded:
         self.worker.start()
         self.scheduler = Scheduler(get_engine(), leader_lock_for(self.settings.database_url), self.settings.scheduler_tick_seconds)
         self.scheduler.start_background()
+        if self.settings.idle_capacity > 0:
+            self.watcher = _watcher(self.settings)
+            self.watcher.start()
 
     def stop(self, tracking_grace_ms: int = 10_000) -> None:
         """Scheduler first (no new work), then the worker (finish in-flight), then the broker.
@@ -53,6 +57,8 @@ class Embedded:
         from pipeline.broker import MemoryBroker, get_broker
 
         broker = get_broker()
+        if self.watcher is not None:
+            self.watcher.stop()
         if self.scheduler is not None:
             self.scheduler.shutdown()
         if self.worker is not None:
@@ -160,3 +166,38 @@ def run_scheduler(settings: Settings) -> None:
     signal.signal(signal.SIGINT, _stop)
     log.info("scheduler_started", holder=sched.holder, tick_seconds=sched.tick_seconds)
     sched.run_forever()
+
+
+def _watcher(settings: Settings) -> Any:
+    from pipeline.flows.watcher import Watcher, WatcherConfig
+
+    return Watcher(WatcherConfig(capacity=settings.idle_capacity or 2000, lease_seconds=settings.idle_lease_seconds,
+                                 reissue_seconds=settings.idle_reissue_seconds))
+
+
+def run_watcher(settings: Settings) -> None:
+    """The IDLE watcher alone; several may run, the mailboxes are spread among them by leases."""
+    from pipeline.broker import setup_broker
+
+    setup_broker()  # new mail is handed to the workers as fetch jobs
+    watcher = _watcher(settings)
+    if settings.watcher_metrics_port:
+        from prometheus_client import start_http_server
+
+        try:
+            start_http_server(settings.watcher_metrics_port, addr=settings.metrics_host)
+        except OSError as exc:  # another watcher on this host has the port: watch anyway, say so
+            log.warning("watcher_metrics_port_busy", port=settings.watcher_metrics_port, error=str(exc))
+    stopping = threading.Event()
+
+    def _stop(signum: int, _frame: Any) -> None:
+        if not stopping.is_set():
+            log.info("watcher_stopping", signal=signum)
+            stopping.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    watcher.start()
+    while not stopping.wait(1.0):
+        pass
+    watcher.stop()

@@ -97,6 +97,10 @@ class Settings(BaseSettings):
     metrics_port: int = 9191
     metrics_dir: str | None = None
     scheduler_metrics_port: int | None = 9192
+    idle_capacity: int = 2000
+    idle_lease_seconds: float = 60.0
+    idle_reissue_seconds: float = 1500.0
+    watcher_metrics_port: int | None = 9193
 
     google_client_id: str | None = None
     google_client_secret: str | None = None
@@ -134,7 +138,28 @@ class Settings(BaseSettings):
             return "postgresql+psycopg://" + v.split("://", 1)[1]
         raise ValueError("must be sqlite:///path.db or postgresql+psycopg://user@host:5432/db")
 
-    @field_validator("scheduler_metrics_port", mode="before")
+    @field_validator("idle_capacity")
+    @classmethod
+    def _capacity(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError("must be a whole number of mailboxes (0: no IDLE watcher inside serve)")
+        return v
+
+    @field_validator("idle_lease_seconds")
+    @classmethod
+    def _lease(cls, v: float) -> float:
+        if not 2 <= v <= 3600:
+            raise ValueError("must be between 2 and 3600 seconds")
+        return v
+
+    @field_validator("idle_reissue_seconds")
+    @classmethod
+    def _reissue(cls, v: float) -> float:
+        if not 1 <= v <= 1500:
+            raise ValueError("must be between 1 and 1500 seconds (servers end an IDLE after 29 minutes)")
+        return v
+
+    @field_validator("scheduler_metrics_port", "watcher_metrics_port", mode="before")
     @classmethod
     def _empty_port(cls, v: object) -> object:
         return None if isinstance(v, str) and v.strip().lower() in ("", "0", "off", "none") else v

@@ -20,6 +20,7 @@ from pipeline.broker import get_broker
 
 __all__ = [
     "FETCH_ACCOUNT",
+    "FLAG_STORE",
     "INGEST_ATTACHMENTS",
     "INGEST_LEADS",
     "INGEST_LINK",
@@ -66,6 +67,7 @@ INGEST_NOTIFY = Job("ingest.notify", "notify")
 INGEST_SENTIMENT = Job("ingest.sentiment", "pipeline")     # ([email_id, ...]): fanned out by the link stage, beside the chain
 LINK_RETRO = Job("link.retro", "pipeline")                 # (org_id, entity_type, entity_id)
 SEND_EMAIL = Job("send.email", "send")                     # (email_id)
+FLAG_STORE = Job("flags.store", "fetch")                   # (flag_change_id): IMAP round trips, beside the fetches
 TRACKING_RECORD = Job("tracking.record", "tracking")       # ([hit, ...]): the hits themselves
 TRACKING_SETTLE = Job("tracking.settle_clicks", "tracking")  # ([email_id, ...])
 NOTIFY_EMAIL = Job("notify.email", "notify")               # (notification_id)
@@ -74,7 +76,7 @@ SELFTEST_FIRST = Job("selftest.first", "ops")              # (run_id)
 SELFTEST_SECOND = Job("selftest.second", "ops")            # (run_id), piped from the first
 
 JOBS = (FETCH_ACCOUNT, INGEST_PARSE, INGEST_ATTACHMENTS, INGEST_LINK, INGEST_LEADS, INGEST_NOTIFY, INGEST_SENTIMENT, LINK_RETRO, SEND_EMAIL,
-        TRACKING_RECORD, TRACKING_SETTLE, NOTIFY_EMAIL, NOTION_SAVE, SELFTEST_FIRST, SELFTEST_SECOND)
+        FLAG_STORE, TRACKING_RECORD, TRACKING_SETTLE, NOTIFY_EMAIL, NOTION_SAVE, SELFTEST_FIRST, SELFTEST_SECOND)
 
 _CHAIN = (INGEST_PARSE, INGEST_ATTACHMENTS, INGEST_LINK, INGEST_LEADS, INGEST_NOTIFY)
 

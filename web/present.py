@@ -9,7 +9,7 @@ from sqlmodel import SQLModel
 
 from models import EmailAccount
 
-__all__ = ["account_json", "iso", "record_json", "relative_time"]
+__all__ = ["account_json", "iso", "realtime", "record_json", "relative_time"]
 
 _HIDDEN = {"org_id", "email_norm", "personal_email_norm"}
 
@@ -56,6 +56,16 @@ def relative_time(at: datetime | None, now: datetime | None = None) -> str:
     return at.astimezone(UTC).strftime("%b %d, %Y").replace(" 0", " ")
 
 
+def realtime(a: EmailAccount, now: datetime | None = None) -> str:
+    """"idle" while a watcher holds the mailbox's INBOX in IDLE under a live lease, else "poll"."""
+    until = a.idle_lease_until
+    if a.idle_since is None or until is None:
+        return "poll"
+    if until.tzinfo is None:
+        until = until.replace(tzinfo=UTC)
+    return "idle" if until > (now or datetime.now(UTC)) else "poll"
+
+
 def account_json(a: EmailAccount) -> dict[str, Any]:
     """The API view of an account; secrets are never included."""
     return {
@@ -68,6 +78,7 @@ def account_json(a: EmailAccount) -> dict[str, Any]:
             "error_code": a.last_error_code, "reconnect_needed": a.last_error_code == "auth" or a.sync_state == "reconnect_required",
             "messages_synced": a.messages_synced, "backfill": {"done": a.backfill_done, "total": a.backfill_total},
             "next_fetch_at": iso(a.next_fetch_at), "deferred_until": iso(a.deferred_until),
+            "realtime": realtime(a), "idle_since": iso(a.idle_since) if realtime(a) == "idle" else None,
         },
         "created_at": iso(a.created_at),
     }

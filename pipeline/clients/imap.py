@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import base64
 import imaplib
+import re
 import socket
 import ssl
-import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,6 +34,8 @@ from imap_tools.utils import check_command_status
 
 from pipeline.clients import netguard
 from pipeline.clients.errors import ConnErrorKind
+from pipeline.clients.imap_events import FlagChanges, MailboxEvent, parse_event
+from pipeline.clients.imap_socket import PinnedIMAP4, PinnedIMAP4_SSL
 from pipeline.clients.imap_wire import (
     ParseError,
     Value,
@@ -60,6 +62,8 @@ __all__ = [
     "SESSION_CLOSED",
     "SPECIAL_USE_FLAGS",
     "FetchedMessage",
+    "FlagChanges",
+    "MailboxEvent",
     "FolderInfo",
     "FolderStatus",
     "ImapError",
@@ -77,6 +81,7 @@ SESSION_FLAGS = frozenset({"\\Recent"})
 MIN_MAXLINE = 10_000_000
 DEFAULT_FETCH_BATCH = 200
 MIN_SCRUB_LENGTH = 4
+_LITERAL_AT_END = re.compile(rb"\{(\d+)\+?\}$")
 NO_FOLDER_SELECTED = "no folder selected; call select() first"
 SESSION_CLOSED = "session is closed"
 CONNECTION_LOST = "connection lost earlier, reconnect"
@@ -136,6 +141,8 @@ class ImapSession(Protocol):
     """One logged-in IMAP connection; fetch/search_uids work on the folder chosen with select()."""
 
     capabilities: frozenset[str]
+    enabled: frozenset[str]
+    """Extensions switched on with ENABLE (CONDSTORE, QRESYNC)."""
 
     def list_folders(self) -> list[FolderInfo]:
         """Selectable folders with their special-use attributes."""
@@ -158,7 +165,33 @@ class ImapSession(Protocol):
         ...
 
     def add_flags(self, folder: str, uids: Sequence[int], flags: Sequence[str]) -> None:
-        """Add flags on the server (only for an explicit org setting)."""
+        """Add flags on the server (an org's ``mark_seen``, or a user's change through the API)."""
+        ...
+
+    def remove_flags(self, folder: str, uids: Sequence[int], flags: Sequence[str]) -> None:
+        """Remove flags on the server (a user's change through the API)."""
+        ...
+
+    def fetch_flags(self, uid_from: int = 1, changedsince: int | None = None) -> FlagChanges:
+        """Flags of the selected folder's UIDs from ``uid_from`` up; with ``changedsince`` (CONDSTORE)
+        only those changed after that MODSEQ, plus the UIDs expunged since (when QRESYNC is enabled)."""
+        ...
+
+    def idle_start(self) -> None:
+        """Enter IDLE on the selected folder (RFC 2177); no other command until :meth:`idle_done`."""
+        ...
+
+    def idle_wait(self, timeout: float) -> list[MailboxEvent]:
+        """Events the server sent while idling, waiting up to ``timeout`` seconds for the first;
+        ImapError (connect) when the connection ends (a BYE, a kick, :meth:`interrupt`)."""
+        ...
+
+    def idle_done(self) -> list[MailboxEvent]:
+        """Leave IDLE (DONE); the events that arrived meanwhile."""
+        ...
+
+    def interrupt(self) -> None:
+        """From another thread: end the connection so a blocked :meth:`idle_wait` returns at once."""
         ...
 
     def append(self, folder: str, raw: bytes, flags: Sequence[str], when: datetime | None) -> tuple[int, int] | None:
@@ -249,35 +282,6 @@ def _checked(settings: ImapSettings) -> netguard.CheckedHost:
         raise ImapError(ImapErrorKind.CONNECT, str(exc), HOST_NOT_ALLOWED) from None
 
 
-class _PinnedIMAP4(imaplib.IMAP4):
-    """imaplib.IMAP4 whose socket goes to the checked addresses; ``host`` stays the TLS name (STARTTLS)."""
-
-    def __init__(self, target: netguard.CheckedHost, port: int, timeout: float) -> None:
-        self._target = target
-        super().__init__(target.tls_name, port, timeout)
-
-    def _create_socket(self, timeout: float | None) -> socket.socket:
-        sys.audit("imaplib.open", self, self.host, self.port)
-        return netguard.open_socket(self._target, self.port, timeout)
-
-
-class _PinnedIMAP4_SSL(imaplib.IMAP4_SSL):
-    """imaplib.IMAP4_SSL to the checked addresses, verifying the certificate for ``host``."""
-
-    def __init__(self, target: netguard.CheckedHost, port: int, timeout: float, ssl_context: ssl.SSLContext) -> None:
-        self._target = target
-        super().__init__(target.tls_name, port, ssl_context=ssl_context, timeout=timeout)
-
-    def _create_socket(self, timeout: float | None) -> socket.socket:
-        sys.audit("imaplib.open", self, self.host, self.port)
-        sock = netguard.open_socket(self._target, self.port, timeout)
-        try:
-            return self.ssl_context.wrap_socket(sock, server_hostname=self.host)
-        except BaseException:
-            sock.close()
-            raise
-
-
 class _PinnedMailBox(BaseMailBox):
     """An imap-tools mailbox on a pinned imaplib client, with the requested security.
 
@@ -292,10 +296,10 @@ class _PinnedMailBox(BaseMailBox):
         s = self._settings
         context = s.ssl_context or ssl.create_default_context()
         if s.security == "ssl":
-            return _PinnedIMAP4_SSL(self._target, s.port, s.timeout, context)
+            return PinnedIMAP4_SSL(self._target, s.port, s.timeout, context)
         if s.security == "starttls" and s.port == 993:
             raise ImapError(ImapErrorKind.TLS, "port 993 expects implicit TLS: use security \"ssl\" there")
-        client = _PinnedIMAP4(self._target, s.port, s.timeout)
+        client = PinnedIMAP4(self._target, s.port, s.timeout)
         if s.security == "starttls":
             try:
                 check_command_status(client.starttls(context), MailboxStarttlsError)
@@ -360,9 +364,18 @@ class _ImapToolsSession:
         words = b" ".join(d for d in data if isinstance(d, bytes)).decode("ascii", "replace").upper().split()
         self._client.capabilities = tuple(words)
         self.capabilities: frozenset[str] = frozenset(words)
+        self.enabled: frozenset[str] = frozenset()
+        self._idle_tag: bytes | None = None
+        self._events: list[MailboxEvent] = []
         if "ENABLE" in self.capabilities and "CONDSTORE" in self.capabilities:
-            # Makes SELECT/EXAMINE report HIGHESTMODSEQ; FETCH responses then carry MODSEQ too.
-            _check(*self._client.enable("CONDSTORE"))
+            # CONDSTORE makes SELECT/EXAMINE report HIGHESTMODSEQ and FETCH carry MODSEQ; QRESYNC
+            # (which implies it) reports expunges as VANISHED UIDs and puts the UID in every FETCH.
+            wanted = "QRESYNC" if "QRESYNC" in self.capabilities else "CONDSTORE"
+            typ, data = self._client.enable(wanted)
+            _check(typ, data)
+            enabled = self._client.untagged_responses.pop("ENABLED", [])
+            said = b" ".join(d for d in enabled if isinstance(d, bytes)).decode("ascii", "replace").upper().split()
+            self.enabled = frozenset(said) | ({"CONDSTORE"} if "QRESYNC" in said else set())
 
     def list_folders(self) -> list[FolderInfo]:
         """LIST "" "*" without \\Noselect/\\NonExistent entries; names decoded from modified UTF-7."""
@@ -449,6 +462,13 @@ class _ImapToolsSession:
 
     def add_flags(self, folder: str, uids: Sequence[int], flags: Sequence[str]) -> None:
         """UID STORE +FLAGS.SILENT in a read-write SELECT of folder."""
+        self._store(folder, uids, "+FLAGS.SILENT", flags)
+
+    def remove_flags(self, folder: str, uids: Sequence[int], flags: Sequence[str]) -> None:
+        """UID STORE -FLAGS.SILENT in a read-write SELECT of folder."""
+        self._store(folder, uids, "-FLAGS.SILENT", flags)
+
+    def _store(self, folder: str, uids: Sequence[int], action: str, flags: Sequence[str]) -> None:
         if not uids or not flags:
             return
         rendered = flag_list(flags)
@@ -456,7 +476,133 @@ class _ImapToolsSession:
         with self._call(), self._in_folder(folder, readonly=False):
             for start in range(0, len(wanted), self._fetch_batch):
                 batch = wanted[start : start + self._fetch_batch]
-                _check(*self._client.uid("STORE", uid_set(batch), "+FLAGS.SILENT", rendered))
+                _check(*self._client.uid("STORE", uid_set(batch), action, rendered))
+
+    def fetch_flags(self, uid_from: int = 1, changedsince: int | None = None) -> FlagChanges:
+        """UID FETCH n:* (UID FLAGS [MODSEQ]) [(CHANGEDSINCE m [VANISHED])]; the VANISHED (EARLIER) answer and
+        any expunges reported meanwhile (VANISHED under QRESYNC) come back as ``vanished``."""
+        if changedsince is not None and "CONDSTORE" not in self.enabled:
+            raise ImapError(ImapErrorKind.PROTOCOL, "CHANGEDSINCE needs CONDSTORE, which this server does not offer")
+        modifier = None
+        if changedsince is not None:
+            modifier = f"(CHANGEDSINCE {int(changedsince)}{' VANISHED' if 'QRESYNC' in self.enabled else ''})"
+        items = "(UID FLAGS MODSEQ)" if "CONDSTORE" in self.enabled else "(UID FLAGS)"
+        with self._call():
+            self._require_selected()
+            args = [uid_set([max(1, uid_from)]) + ":*", items] + ([modifier] if modifier else [])
+            typ, data = self._client.uid("FETCH", *args)
+            _check(typ, data)
+            vanished_parts = self._client.untagged_responses.pop("VANISHED", [])
+            flags: dict[int, frozenset[str]] = {}
+            modseqs: dict[int, int] = {}
+            top: int | None = None
+            for response in parse_responses(data):
+                fetched = fetch_items(response)
+                if fetched is None or not isinstance(fetched.get("UID"), str) or not isinstance(fetched.get("FLAGS"), list):
+                    continue
+                uid = int(fetched["UID"])  # type: ignore[arg-type]
+                if uid < uid_from:
+                    continue  # n:* always names the highest UID, even below n
+                flags[uid] = frozenset(f for f in fetched["FLAGS"] if isinstance(f, str)) - SESSION_FLAGS  # type: ignore[union-attr]
+                modseq = fetched.get("MODSEQ")
+                if isinstance(modseq, list) and modseq and isinstance(modseq[0], str) and modseq[0].isdigit():
+                    modseqs[uid] = int(modseq[0])
+                    top = max(top or 0, modseqs[uid])
+            gone: set[int] = set()
+            for part in vanished_parts:
+                event = parse_event([b"VANISHED " + part] if isinstance(part, bytes) else [])
+                if event is not None:
+                    gone.update(event.uids)
+        return FlagChanges(flags=flags, modseqs=modseqs, vanished=frozenset(gone), highestmodseq=top, complete=changedsince is None)
+
+    def idle_start(self) -> None:
+        """IDLE, then read up to the server's "+" continuation (untagged responses before it are kept)."""
+        with self._call():
+            self._require_selected()
+            if "IDLE" not in self.capabilities:
+                raise ImapError(ImapErrorKind.PROTOCOL, "this server does not offer IDLE")
+            if self._idle_tag is not None:
+                raise ImapError(ImapErrorKind.PROTOCOL, "already idling")
+            tag = self._client._command("IDLE")
+            while True:
+                kind, parts = self._read_response()
+                if kind == "+":
+                    self._idle_tag = tag
+                    return
+                if kind == "tagged":
+                    raise ImapError(ImapErrorKind.PROTOCOL, _server_text(parts) or "IDLE refused")
+                self._keep_event(parts)
+
+    def idle_wait(self, timeout: float) -> list[MailboxEvent]:
+        """Wait for the first event (up to ``timeout`` seconds), then take every response already here."""
+        with self._call():
+            if self._idle_tag is None:
+                raise ImapError(ImapErrorKind.PROTOCOL, "not idling; call idle_start() first")
+            if not self._events and self._client.wait_readable(timeout):
+                self._read_available()
+            events, self._events = self._events, []
+            if any(e.kind == "bye" for e in events):
+                text = next(e.text for e in events if e.kind == "bye")
+                raise ImapError(ImapErrorKind.CONNECT, f"the server ended the session: {text}")
+            return events
+
+    def idle_done(self) -> list[MailboxEvent]:
+        """DONE, then read up to IDLE's tagged completion."""
+        with self._call():
+            tag, self._idle_tag = self._idle_tag, None
+            if tag is None:
+                return []
+            self._client.send(b"DONE\r\n")
+            while True:
+                kind, parts = self._read_response()
+                if kind == "tagged":
+                    if not parts or not isinstance(parts[0], bytes) or not parts[0].startswith(tag):
+                        raise ImapError(ImapErrorKind.PROTOCOL, "unexpected tagged response after DONE")
+                    break
+                if kind == "untagged":
+                    self._keep_event(parts)
+            events, self._events = self._events, []
+            return events
+
+    def interrupt(self) -> None:
+        """Shut the socket down under a blocked read (another thread stops this connection)."""
+        self._client.interrupt()
+
+    def _read_available(self) -> None:
+        """Read responses while a whole one is buffered or the socket has bytes (never blocks long)."""
+        client = self._client
+        while True:
+            kind, parts = self._read_response()
+            if kind == "untagged":
+                self._keep_event(parts)
+            if not client.has_pending() and not client.wait_readable(0):
+                return
+
+    def _keep_event(self, parts: list[object]) -> None:
+        event = parse_event(parts)
+        if event is not None:
+            self._events.append(event)
+
+    def _read_response(self) -> tuple[str, list[object]]:
+        """One response as ("untagged" | "tagged" | "+", imaplib-style parts without the leading "* ").
+
+        EOF is an abort (a CONNECT error). A literal ``{n}`` at a line's end is read whole.
+        """
+        line = self._client._get_line()
+        if line.startswith(b"+"):
+            return "+", [line]
+        if not line.startswith(b"* "):
+            return "tagged", [line]
+        text = line[2:]
+        parts: list[object] = []
+        while True:
+            match = _LITERAL_AT_END.search(text)
+            if match is None:
+                parts.append(text)
+                return "untagged", parts
+            literal = self._client.read(int(match.group(1)))
+            parts.append((text, literal))
+            text = self._client._get_line()
 
     def append(self, folder: str, raw: bytes, flags: Sequence[str], when: datetime | None) -> tuple[int, int] | None:
         """APPEND (imaplib turns bare LF into CRLF); naive `when` is taken as UTC."""

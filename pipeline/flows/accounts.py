@@ -25,6 +25,7 @@ from models import (
     EmailLink,
     EmailLocation,
     EmailSentiment,
+    FlagChange,
     FolderState,
     Outbox,
     TrackedLink,
@@ -200,7 +201,7 @@ def erase_account_mail(session: Session, account_id: str) -> list[str]:
         for atts in session.execute(select(Outbox.attachments).where(col(Outbox.email_id).in_(chunk))).scalars():
             keys += [a["key"] for a in atts if str(a.get("key", "")).startswith("outbox/")]  # forwarded files belong to others
         for model in (Document, EmailLink, EmailAddress, EmailLocation, Delivery, Outbox, TrackedLink, TrackingEvent,
-                      EmailSentiment):
+                      EmailSentiment, FlagChange):
             session.execute(delete(model).where(col(model.email_id).in_(chunk)))
         session.execute(delete(Email).where(col(Email.id).in_(chunk)))
     session.execute(delete(FolderState).where(col(FolderState.account_id) == account_id))

@@ -1,5 +1,5 @@
 """Fleet gauges the leading scheduler publishes every tick: mailboxes by state, mailboxes whose sync
-is stale, and broker queue depths (ready, delayed, dead). They come from the database and the
+is stale, mailboxes due for IDLE and those idling, and broker queue depths (ready, delayed, dead). They come from the database and the
 broker, so one process (the leader) reports them for all; read them with ``max`` in queries.
 """
 
@@ -16,6 +16,7 @@ from models import EmailAccount
 from ops import metrics
 from ops.settings import get_settings
 from pipeline.broker import QUEUES, get_broker
+from pipeline.flows.idle_leases import idle_counts
 from pipeline.scheduler import register_sweep
 
 __all__ = ["queue_depths", "sweep_fleet_gauges"]
@@ -55,6 +56,9 @@ def sweep_fleet_gauges(session: Session, now: datetime) -> int:
         or_(col(EmailAccount.last_synced_at) < stale_before,
             and_(col(EmailAccount.last_synced_at).is_(None), col(EmailAccount.created_at) < stale_before)))).scalar_one()
     metrics.ACCOUNTS_STALE.set(stale)
+    due, idling = idle_counts(session, now)
+    metrics.IDLE_DUE.set(due)
+    metrics.IDLE_IDLING.set(idling)
     try:
         for q, (ready, delayed, dead) in queue_depths(get_broker()).items():
             metrics.QUEUE_MESSAGES.labels(q, "ready").set(ready)

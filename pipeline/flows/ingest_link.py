@@ -11,7 +11,7 @@ from typing import cast
 from sqlalchemy import delete, or_, update
 from sqlmodel import Session, col, select
 
-from models import Contact, CrmAccount, Email, EmailAccount, EmailAddress, EmailLink, Lead, RelinkRequest, normalize_email
+from models import Contact, CrmAccount, Email, EmailAccount, EmailAddress, EmailLink, Lead, RelinkRequest, normalize_email, utcnow
 from models.db import get_engine
 from models.upsert import insert_ignore
 from ops import metrics
@@ -71,7 +71,7 @@ def link_batch(email_ids: list[str]) -> None:
     """Plan and store links for every email of the batch in state ``stored`` (set-at-a-time writes)."""
     with Session(get_engine(), expire_on_commit=False) as s:
         emails = in_state(s, email_ids, "stored", "direction", "from_email", "to_emails", "cc_emails", "linked", "needs_review",
-                          "suspicious_sender")
+                          "suspicious_sender", "received_at", "silent")
         if not emails:
             return
         own = dict(s.execute(select(EmailAccount.id, EmailAccount.email_norm).where(
@@ -104,6 +104,17 @@ def link_batch(email_ids: list[str]) -> None:
     fan_out_sentiment([e.id for e in emails if e.direction == "inbound"])  # beside the chain: it never waits for sentiment
     metrics.INGESTED.labels("link", "linked").inc(len(flags))
     metrics.INGESTED.labels("link", "unlinked").inc(len(emails) - len(flags))
+    _observe_arrivals(emails)
+
+
+def _observe_arrivals(emails: list[Email]) -> None:
+    """Arrival latency of new inbound mail (reached the server within the hour; not a re-index)."""
+    now = utcnow()
+    for e in emails:
+        if e.direction == "inbound" and not e.silent and e.received_at is not None:
+            waited = (now - e.received_at).total_seconds()
+            if 0 <= waited < 3600:
+                metrics.ARRIVAL_SECONDS.observe(waited)
 
 
 def _addresses(e: Email) -> list[str]:

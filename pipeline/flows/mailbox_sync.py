@@ -10,6 +10,7 @@ the ingest chain.
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from typing import Any
 
 import structlog
@@ -24,9 +25,11 @@ from ops.settings import get_settings
 from pipeline.clients.imap import FetchedMessage, ImapSession
 from pipeline.clients.storage import get_storage
 from pipeline.flows.chain import FINAL_STATES, raw_digest, start_chain
+from pipeline.flows.flag_sync import sync_folder_flags
 from pipeline.flows.mailbox_lease import Claim, renew
 from pipeline.stages import sync
 from pipeline.stages.identity import message_identity
+from pipeline.stages.mailbox_state import email_flags
 
 __all__ = ["JOB_BUDGET_SECONDS", "STORE_BATCH", "MailboxSync", "adopt_known", "adopt_sent"]
 
@@ -84,6 +87,9 @@ class MailboxSync:
         cursor = None if state.uidvalidity is None else sync.FolderCursor(
             state.uidvalidity, state.uidnext, state.highestmodseq, state.last_uid, state.backfill_low_uid, state.backfill_done)
         plan = sync.plan_folder(cursor, status, now=utcnow(), backfill_days=self.settings.backfill_days)
+        if cursor is not None and not plan.reset:  # flags changed and messages expunged on the server
+            sync_folder_flags(self.imap, self.account.id, choice.name, status.uidvalidity, stored_modseq=cursor.highestmodseq,
+                              server_modseq=status.highestmodseq, readonly=not self.org.mark_seen)
         if plan.reset:
             self._reset_folder(state, plan, status.messages)
         if plan.action == "noop":
@@ -171,6 +177,7 @@ class MailboxSync:
                 "status": "sent" if choice.role == "sent" else "received",
                 "size": m.size or len(m.raw), "raw_key": raw_key, "received_at": m.internaldate,
                 "pipeline_state": "fetched", "silent": silent, "stage_at": utcnow(),
+                **asdict(email_flags([m.flags])),
             })
             locations.append((ident.dedupe_key, m))
         now = utcnow()

@@ -61,7 +61,12 @@ class Dovecot:
         host: str = "127.0.0.1",
         max_userip_connections: int = 20,
         oauth_introspection_url: str | None = None,
+        condstore: bool = True,
+        connections: int | None = None,
     ) -> None:
+        """``condstore=False``: the server advertises neither CONDSTORE nor QRESYNC (a server without
+        them, as many are). ``connections``: size the login and imap services for that many open
+        sessions at once (the defaults stop near 100 TLS sessions)."""
         self._base = Path(tempfile.mkdtemp(prefix="mailpipe-dovecot-"))
         self._base.chmod(0o755)  # login processes (nobody) must reach the sockets in run/
         self._run_dir = self._base / "run"
@@ -75,6 +80,8 @@ class Dovecot:
         self._host = host
         self._max_userip = max_userip_connections
         self._introspection = oauth_introspection_url
+        self._condstore = condstore
+        self._connections = connections
         self._port, self._tls_port = _two_free_ports(host)
         self._users: dict[str, str] = {}
         self._special_use: dict[str, str] = {}
@@ -284,6 +291,24 @@ class Dovecot:
         """Add flags to one or more UIDs, as another client would."""
         self.doveadm("flags", "add", "-u", user, " ".join(flags), "mailbox", folder, "uid", _uid_list(uid))
 
+    def remove_flags(self, user: str, folder: str, uid: int | Sequence[int], flags: Iterable[str]) -> None:
+        """Remove flags from one or more UIDs, as another client would."""
+        self.doveadm("flags", "remove", "-u", user, " ".join(flags), "mailbox", folder, "uid", _uid_list(uid))
+
+    def kick(self, user: str) -> None:
+        """Disconnect every IMAP session of user (``doveadm kick``), as an admin or a failover would."""
+        self.doveadm("kick", user)
+
+    def deliver(self, user: str, raw: bytes) -> int:
+        """Deliver one message into INBOX the way an MTA's LDA does (``doveadm save``, so sessions
+        idling on INBOX are told at once); returns its UID."""
+        first = self.status(user, "INBOX")["uidnext"]
+        self.doveadm("save", "-u", user, "-m", "INBOX", stdin=raw)
+        uids = self._uids_from(user, "INBOX", first)
+        if not uids:
+            raise RuntimeError("doveadm save stored nothing")
+        return uids[-1]
+
     # -- internals -----------------------------------------------------------------------------
 
     def _install_cert(
@@ -330,6 +355,8 @@ class Dovecot:
                 tls_port=self._tls_port,
                 max_userip=self._max_userip,
                 mailboxes=mailboxes,
+                capability=_capability_line(self._condstore),
+                scale=_scale_settings(self._connections),
                 oauth_passdb=self._oauth_passdb(),
                 password_mechanisms="  mechanisms = plain login\n" if self._introspection else "",
                 # doveadm's userdb lookups would otherwise ask the passdbs, which are per-mechanism now
@@ -432,6 +459,40 @@ class Dovecot:
         return sorted(uid for uid in uids if uid >= first_uid)
 
 
+# Dovecot 2.3's post-login capabilities, without CONDSTORE and QRESYNC for condstore=False.
+_CAPABILITIES = (
+    "IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE SORT SORT=DISPLAY THREAD=REFERENCES THREAD=REFS "
+    "THREAD=ORDEREDSUBJECT MULTIAPPEND URL-PARTIAL CATENATE UNSELECT CHILDREN NAMESPACE UIDPLUS LIST-EXTENDED "
+    "I18NLEVEL=1 ESEARCH ESORT SEARCHRES WITHIN CONTEXT=SEARCH LIST-STATUS BINARY MOVE SNIPPET=FUZZY PREVIEW=FUZZY "
+    "PREVIEW STATUS=SIZE SAVEDATE LITERAL+ SPECIAL-USE"
+)
+
+
+def _capability_line(condstore: bool) -> str:
+    """Nothing (Dovecot's own list, CONDSTORE and QRESYNC included) or a list without them."""
+    return "" if condstore else f"imap_capability = {_CAPABILITIES}\n"
+
+
+def _scale_settings(connections: int | None) -> str:
+    """Service limits for many concurrent sessions: login processes that each proxy many TLS
+    sessions, and one imap process per session (Dovecot's imap processes serve one user each).
+
+    All sessions run as one user here, and Linux gives a user 128 inotify instances by default
+    (``fs.inotify.max_user_instances``): past that Dovecot notices new mail in an idling session by
+    looking every ``mailbox_idle_check_interval`` (30 s by default), so it looks every second.
+    """
+    if connections is None:
+        return ""
+    return (
+        "mailbox_idle_check_interval = 1 secs\n"
+        f"default_client_limit = {connections * 2 + 200}\n"
+        f"default_process_limit = {connections + 100}\n"
+        "service imap-login {\n  service_count = 0\n  process_min_avail = 2\n"
+        f"  client_limit = {connections + 100}\n}}\n"
+        f"service imap {{\n  process_limit = {connections + 50}\n}}\n"
+    )
+
+
 def _die_with_parent() -> None:
     """In the forked child: get SIGTERM when the test process dies, even by SIGKILL or timeout(1).
 
@@ -521,7 +582,7 @@ userdb {{
   args = uid={user} gid={group} home={mail}/%u{userdb_extra}
 }}
 mail_location = maildir:~/Maildir
-namespace inbox {{
+{capability}{scale}namespace inbox {{
   inbox = yes
   separator = /
 {mailboxes}}}

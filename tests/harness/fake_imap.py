@@ -13,6 +13,8 @@ from __future__ import annotations
 import email.policy
 import itertools
 import re
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -23,12 +25,14 @@ from pipeline.clients.imap import (
     NO_FOLDER_SELECTED,
     SESSION_CLOSED,
     FetchedMessage,
+    FlagChanges,
     FolderInfo,
     FolderStatus,
     ImapError,
     ImapErrorKind,
     ImapSession,
     ImapSettings,
+    MailboxEvent,
 )
 from pipeline.clients.imap_wire import check_header_name, flag_list, response_code
 
@@ -50,6 +54,7 @@ GMAIL_CAPABILITIES = frozenset(
 )
 OPERATIONS = (
     "connect", "list_folders", "status", "select", "search_uids", "fetch", "add_flags", "append", "search_header",
+    "remove_flags", "fetch_flags", "idle",
 )
 _SYSTEM_FLAGS = {f.lower(): f for f in ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft")}
 _DEFAULT_FOLDERS = (("INBOX", ()), ("Sent", ("\\Sent",)), ("Drafts", ("\\Drafts",)), ("Trash", ("\\Trash",)))
@@ -102,6 +107,7 @@ class FakeFolder:
     highestmodseq: int = 1
     messages: dict[int, FakeMessage] = field(default_factory=dict)
     keywords: dict[str, str] = field(default_factory=dict)
+    expunged: dict[int, int] = field(default_factory=dict)  # UID -> MODSEQ of its expunge (for VANISHED)
 
     def bump(self) -> int:
         """Advance and return the folder's MODSEQ."""
@@ -150,6 +156,7 @@ class FakeImapServer:
         self.sessions: list[FakeImapSession] = []
         self.log: list[tuple[str, str | None, object]] = []
         self._failures: list[_Failure] = []
+        self.changed = threading.Condition()  # idling sessions wait on it for events
         for name, special_use in _GMAIL_FOLDERS if gmail else _DEFAULT_FOLDERS:
             self.create_folder(name, special_use[0] if special_use else None)
 
@@ -193,7 +200,10 @@ class FakeImapServer:
         """Store messages (folder created if missing) and return their UIDs, like Dovecot.seed."""
         raws = [bytes(messages)] if isinstance(messages, (bytes, bytearray)) else [bytes(m) for m in messages]
         target = self._find(folder) or self.create_folder(folder)
-        return [self._store(target, raw, flags or (), when, gm_msgid, gm_thrid) for raw in raws]
+        uids = [self._store(target, raw, flags or (), when, gm_msgid, gm_thrid) for raw in raws]
+        if uids:
+            self._announce(target, lambda session: [MailboxEvent("exists", number=len(target.messages))])
+        return uids
 
     def flags(self, folder: str) -> dict[int, frozenset[str]]:
         """Map each UID in folder to its flags."""
@@ -216,19 +226,37 @@ class FakeImapServer:
     def expunge(self, folder: str, uid: int | Sequence[int]) -> None:
         """Remove messages, as another client would."""
         target = self.folder(folder)
-        for one in _uids(uid):
-            if target.messages.pop(one, None) is not None:
-                target.bump()
+        for one in sorted(_uids(uid), reverse=True):
+            if one not in target.messages:
+                continue
+            seq = sorted(target.messages).index(one) + 1
+            del target.messages[one]
+            target.expunged[one] = target.bump()
+            self._announce(target, lambda session, seq=seq, one=one: [
+                MailboxEvent("vanished", uids=(one,)) if "QRESYNC" in session.enabled else MailboxEvent("expunge", number=seq)])
 
     def add_flags(self, folder: str, uid: int | Sequence[int], flags: Iterable[str]) -> None:
         """Add flags, as another client would."""
         self._add_flags(self.folder(folder), _uids(uid), list(flags))
+
+    def remove_flags(self, folder: str, uid: int | Sequence[int], flags: Iterable[str]) -> None:
+        """Remove flags, as another client would."""
+        self._add_flags(self.folder(folder), _uids(uid), list(flags), remove=True)
+
+    def kick(self) -> None:
+        """Disconnect every open session (as ``doveadm kick`` does); new logins still work."""
+        for session in list(self.sessions):
+            session._drop("Disconnected by the administrator.")
+        with self.changed:
+            self.changed.notify_all()
 
     def stop(self) -> None:
         """Simulate an outage: open sessions lose their connection, new ones are refused."""
         self.running = False
         for session in list(self.sessions):
             session._drop("Server shutting down.")
+        with self.changed:
+            self.changed.notify_all()
 
     def start(self) -> None:
         """End the outage; mail is kept."""
@@ -322,16 +350,33 @@ class FakeImapServer:
         )
         return uid
 
-    def _add_flags(self, folder: FakeFolder, uids: Iterable[int], flags: Sequence[str]) -> None:
-        """Add flags to existing messages, bumping MODSEQ for each changed one."""
+    def _add_flags(self, folder: FakeFolder, uids: Iterable[int], flags: Sequence[str], *, remove: bool = False,
+                   by: FakeImapSession | None = None) -> None:
+        """Add (or remove) flags of existing messages, bumping MODSEQ for each changed one and telling
+        the other sessions on the folder (a FETCH with the UID under QRESYNC, else the sequence number)."""
         for uid in uids:
             message = folder.messages.get(uid)
             if message is None:
                 continue
             wanted = {folder.canonical_flag(f) for f in flags}
-            if not wanted <= message.flags:
-                message.flags |= wanted
-                message.modseq = folder.bump()
+            changed = bool(wanted & message.flags) if remove else not wanted <= message.flags
+            if not changed:
+                continue
+            message.flags = message.flags - wanted if remove else message.flags | wanted
+            message.modseq = folder.bump()
+            seq = sorted(folder.messages).index(uid) + 1
+            self._announce(folder, lambda session, m=message, seq=seq: [MailboxEvent(
+                "flags", number=seq, uids=(m.uid,) if "QRESYNC" in session.enabled else (), flags=frozenset(m.flags),
+                modseq=m.modseq if "CONDSTORE" in session.enabled else None)], but=by)
+
+    def _announce(self, folder: FakeFolder, events: Callable[[FakeImapSession], list[MailboxEvent]],
+                  but: FakeImapSession | None = None) -> None:
+        """Queue events for every other session that has folder selected, and wake idlers."""
+        with self.changed:
+            for session in self.sessions:
+                if session is not but and session._selected is not None and self._find(session._selected[0]) is folder:
+                    session._pending.extend(events(session))
+            self.changed.notify_all()
 
 
 class FakeImapSession:
@@ -345,6 +390,12 @@ class FakeImapSession:
         self._dropped: str | None = None
         self._lost: str | None = None
         self.capabilities: frozenset[str] = server.capabilities
+        enable = "ENABLE" in server.capabilities
+        qresync = enable and "QRESYNC" in server.capabilities
+        self.enabled: frozenset[str] = (frozenset({"QRESYNC", "CONDSTORE"}) if qresync
+                                        else frozenset({"CONDSTORE"}) if enable and "CONDSTORE" in server.capabilities else frozenset())
+        self._pending: list[MailboxEvent] = []
+        self._idling = False
 
     def list_folders(self) -> list[FolderInfo]:
         """Selectable folders with their special-use attributes."""
@@ -360,6 +411,7 @@ class FakeImapSession:
         """Select folder for search_uids and fetch; a failed select leaves nothing selected."""
         self._enter("select", folder, readonly)
         self._selected = None
+        self._pending = []
         target = self._server._existing(folder)
         self._selected = (target.name, readonly)
         return self._status_of(target)
@@ -399,8 +451,75 @@ class FakeImapSession:
         flag_list(flags)
         self._enter("add_flags", folder, (list(uids), list(flags)))
         target = self._server._existing(folder)
-        self._server._add_flags(target, sorted(set(uids)), list(flags))
+        self._server._add_flags(target, sorted(set(uids)), list(flags), by=self)
         self._keep_selection(target, readonly=False)
+
+    def remove_flags(self, folder: str, uids: Sequence[int], flags: Sequence[str]) -> None:
+        """Remove flags on the server (a user's change through the API)."""
+        if not uids or not flags:
+            return
+        flag_list(flags)
+        self._enter("remove_flags", folder, (list(uids), list(flags)))
+        target = self._server._existing(folder)
+        self._server._add_flags(target, sorted(set(uids)), list(flags), remove=True, by=self)
+        self._keep_selection(target, readonly=False)
+
+    def fetch_flags(self, uid_from: int = 1, changedsince: int | None = None) -> FlagChanges:
+        """Flags from uid_from up; with changedsince only newer MODSEQs, plus VANISHED under QRESYNC."""
+        if changedsince is not None and "CONDSTORE" not in self.enabled:
+            raise ImapError(ImapErrorKind.PROTOCOL, "CHANGEDSINCE needs CONDSTORE, which this server does not offer")
+        folder = self._selected_folder("fetch_flags", (uid_from, changedsince))
+        chosen = {uid: m for uid, m in folder.messages.items()
+                  if uid >= uid_from and (changedsince is None or m.modseq > changedsince)}
+        gone: frozenset[int] = frozenset()
+        if changedsince is not None and "QRESYNC" in self.enabled:
+            gone = frozenset(uid for uid, modseq in folder.expunged.items() if uid >= uid_from and modseq > changedsince)
+        gone |= frozenset(uid for e in self._pending if e.kind == "vanished" for uid in e.uids)
+        self._pending = [e for e in self._pending if e.kind != "vanished"]
+        top = max((m.modseq for m in chosen.values()), default=None) if "CONDSTORE" in self.enabled else None
+        modseqs = {uid: m.modseq for uid, m in chosen.items()} if "CONDSTORE" in self.enabled else {}
+        return FlagChanges(flags={uid: frozenset(m.flags) for uid, m in sorted(chosen.items())}, modseqs=modseqs, vanished=gone,
+                           highestmodseq=top, complete=changedsince is None)
+
+    def idle_start(self) -> None:
+        """Enter IDLE on the selected folder."""
+        self._selected_folder("idle")
+        if "IDLE" not in self.capabilities:
+            raise ImapError(ImapErrorKind.PROTOCOL, "this server does not offer IDLE")
+        if self._idling:
+            raise ImapError(ImapErrorKind.PROTOCOL, "already idling")
+        self._idling = True
+
+    def idle_wait(self, timeout: float) -> list[MailboxEvent]:
+        """Wait up to timeout seconds for events; a dropped connection is a connect error."""
+        if not self._idling:
+            raise ImapError(ImapErrorKind.PROTOCOL, "not idling; call idle_start() first")
+        deadline = time.monotonic() + timeout
+        with self._server.changed:
+            while not self._pending and self._dropped is None and not self._closed:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._server.changed.wait(left)
+            events, self._pending = self._pending, []
+        if self._dropped is not None or self._closed:
+            self._lost = self._dropped or SESSION_CLOSED
+            raise ImapError(ImapErrorKind.CONNECT, self._lost)
+        return events
+
+    def idle_done(self) -> list[MailboxEvent]:
+        """Leave IDLE; events that arrived meanwhile."""
+        self._enter("idle")
+        self._idling = False
+        with self._server.changed:
+            events, self._pending = self._pending, []
+        return events
+
+    def interrupt(self) -> None:
+        """End the connection from another thread."""
+        self._drop("interrupted")
+        with self._server.changed:
+            self._server.changed.notify_all()
 
     def append(self, folder: str, raw: bytes, flags: Sequence[str], when: datetime | None) -> tuple[int, int] | None:
         """APPEND with CRLF line endings; (uidvalidity, uid) when UIDPLUS is advertised."""

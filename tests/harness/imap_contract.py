@@ -21,6 +21,7 @@ from pipeline.clients.imap import (
     ImapError,
     ImapErrorKind,
     ImapSession,
+    MailboxEvent,
 )
 
 __all__ = ["ImapBackend", "ImapSessionContract", "mail"]
@@ -61,6 +62,14 @@ class ImapBackend(Protocol):
 
     def create_folder(self, name: str, special_use: str | None = None) -> None:
         """Create a mailbox."""
+        ...
+
+    def remove_flags(self, folder: str, uid: int, flags: Iterable[str]) -> None:
+        """Unflag as another client."""
+        ...
+
+    def kick(self) -> None:
+        """Disconnect the user's sessions (doveadm kick)."""
         ...
 
 
@@ -301,3 +310,83 @@ class ImapSessionContract:
         with pytest.raises(ImapError, match=re.escape(SESSION_CLOSED)) as caught:
             session.status("INBOX")
         assert caught.value.kind is ImapErrorKind.PROTOCOL
+
+
+def _events_until(session: ImapSession, wanted: str, timeout: float = 10.0) -> list[MailboxEvent]:
+    """idle_wait until an event of kind ``wanted`` has come (every event seen is returned)."""
+    import time
+
+    seen: list[MailboxEvent] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        seen += session.idle_wait(max(0.05, deadline - time.monotonic()))
+        if any(e.kind == wanted for e in seen):
+            return seen
+    raise AssertionError(f"no {wanted} event within {timeout}s; got {seen}")
+
+
+class ImapStateContract:
+    """Flags both ways, CHANGEDSINCE/VANISHED and IDLE: the calls real-time sync is built on
+    (run against servers that offer CONDSTORE, QRESYNC and IDLE)."""
+
+    @pytest.fixture
+    def session(self, backend: ImapBackend) -> Iterator[ImapSession]:
+        opened = backend.connect()
+        yield opened
+        opened.close()
+
+    def test_qresync_is_enabled(self, session: ImapSession) -> None:
+        assert {"CONDSTORE", "QRESYNC"} <= session.enabled
+
+    def test_remove_flags_changes_only_the_given_messages(self, backend: ImapBackend, session: ImapSession) -> None:
+        uids = backend.seed("INBOX", [mail(1), mail(2)], flags=["\\Seen", "\\Flagged"])
+        session.remove_flags("INBOX", [uids[0]], ["\\Seen"])
+        session.remove_flags("INBOX", [], ["\\Seen"])
+        assert backend.flags("INBOX") == {uids[0]: frozenset({"\\Flagged"}), uids[1]: frozenset({"\\Seen", "\\Flagged"})}
+
+    def test_fetch_flags_window_lists_every_uid_from_the_start(self, backend: ImapBackend, session: ImapSession) -> None:
+        uids = backend.seed("INBOX", [mail(1), mail(2), mail(3)])
+        backend.add_flags("INBOX", uids[1], ["\\Seen"])
+        session.select("INBOX")
+        window = session.fetch_flags(uid_from=uids[1])
+        assert window.complete and window.flags == {uids[1]: frozenset({"\\Seen"}), uids[2]: frozenset()}
+        assert session.fetch_flags(uid_from=uids[2] + 5).flags == {}
+
+    def test_changedsince_reports_flag_changes_and_vanished_uids(self, backend: ImapBackend, session: ImapSession) -> None:
+        uids = backend.seed("INBOX", [mail(1), mail(2), mail(3)])
+        modseq = session.select("INBOX").highestmodseq
+        assert modseq is not None
+        backend.add_flags("INBOX", uids[0], ["\\Seen"])
+        backend.expunge("INBOX", uids[2])
+        session.select("INBOX")
+        changes = session.fetch_flags(changedsince=modseq)
+        assert not changes.complete
+        assert changes.flags == {uids[0]: frozenset({"\\Seen"})}
+        assert changes.vanished == {uids[2]}
+        assert changes.highestmodseq is not None and changes.highestmodseq > modseq
+
+    def test_idle_reports_new_mail_flag_changes_and_expunges(self, backend: ImapBackend, session: ImapSession) -> None:
+        [first] = backend.seed("INBOX", mail(1))
+        session.select("INBOX")
+        session.idle_start()
+        assert session.idle_wait(0.2) == []
+        backend.seed("INBOX", mail(2))
+        assert any(e.kind == "exists" and e.number == 2 for e in _events_until(session, "exists"))
+        backend.add_flags("INBOX", first, ["\\Seen"])
+        changed = [e for e in _events_until(session, "flags") if e.kind == "flags"]
+        assert changed[-1].uids == (first,) and changed[-1].flags is not None and "\\Seen" in changed[-1].flags
+        backend.expunge("INBOX", first)
+        gone = [e for e in _events_until(session, "vanished") if e.kind == "vanished"]
+        assert gone[-1].uids == (first,)
+        session.idle_done()
+        assert session.search_uids() == [first + 1]
+
+    def test_a_kicked_idle_session_fails_with_a_connect_error(self, backend: ImapBackend, session: ImapSession) -> None:
+        session.select("INBOX")
+        session.idle_start()
+        backend.kick()
+        with pytest.raises(ImapError) as caught:
+            _events_until(session, "never")
+        assert caught.value.kind is ImapErrorKind.CONNECT
+        with pytest.raises(ImapError):
+            session.status("INBOX")

@@ -21,7 +21,7 @@ from pipeline.clients.imap import (
 )
 from tests.harness.dovecot import Dovecot
 from tests.harness.fixtures import ALICE_EMAIL, ALICE_PASSWORD
-from tests.harness.imap_contract import ImapSessionContract, mail
+from tests.harness.imap_contract import ImapSessionContract, ImapStateContract, mail
 from tests.harness.ports import free_port
 
 pytestmark = pytest.mark.integration
@@ -73,10 +73,20 @@ class DovecotBackend:
     def create_folder(self, name: str, special_use: str | None = None) -> None:
         self.server.create_folder(self.user, name, special_use)
 
+    def remove_flags(self, folder: str, uid: int, flags: Iterable[str]) -> None:
+        self.server.remove_flags(self.user, folder, uid, flags)
+
+    def kick(self) -> None:
+        self.server.kick(self.user)
+
 
 @pytest.fixture
 def backend(dovecot: Dovecot, dovecot_user: tuple[str, str], tls_context_for_tests: ssl.SSLContext) -> DovecotBackend:
     return DovecotBackend(dovecot, *dovecot_user, tls_context_for_tests)
+
+
+class TestDovecotState(ImapStateContract):
+    """Flags both ways, CHANGEDSINCE/VANISHED and IDLE, on Dovecot."""
 
 
 class TestDovecotSession(ImapSessionContract):

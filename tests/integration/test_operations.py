@@ -279,7 +279,8 @@ def test_dead_letters_are_counted_and_replayed(ops_env: dict[str, Any]) -> None:
 
 def test_systemd_units_verify_and_the_compose_file_holds_the_three_roles(tmp_path: Path) -> None:
     units = sorted((ROOT / "ops" / "systemd").glob("*.service"))
-    assert {u.name for u in units} == {"mailpipe-web.service", "mailpipe-worker@.service", "mailpipe-scheduler.service"}
+    assert {u.name for u in units} == {"mailpipe-web.service", "mailpipe-worker@.service", "mailpipe-scheduler.service",
+                                       "mailpipe-watcher.service"}
     venv_bin = Path(shutil.which("mailpipe") or ROOT / ".venv" / "bin" / "mailpipe")
     for u in units:
         text = u.read_text().replace("/opt/mailpipe/.venv/bin/mailpipe", str(venv_bin))
@@ -292,8 +293,8 @@ def test_systemd_units_verify_and_the_compose_file_holds_the_three_roles(tmp_pat
         assert r.returncode == 0 and (r.stdout + r.stderr).strip() == "", r.stdout + r.stderr
     compose = yaml.safe_load((ROOT / "ops" / "compose.yaml").read_text())
     services = compose["services"]
-    assert {"postgres", "rabbitmq", "migrate", "web", "worker", "scheduler"} <= set(services)
-    for role in ("web", "worker", "scheduler"):
+    assert {"postgres", "rabbitmq", "migrate", "web", "worker", "scheduler", "watcher"} <= set(services)
+    for role in ("web", "worker", "scheduler", "watcher"):
         env = services[role]["environment"]
         assert env["MAILPIPE_DATABASE_URL"].startswith("postgresql+psycopg://") and env["MAILPIPE_BROKER_URL"].startswith("amqp://")
         assert services[role]["command"][0] == "mailpipe" and services[role]["command"][1] == role

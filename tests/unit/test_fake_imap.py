@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.clients.imap import CONNECTION_LOST, ImapError, ImapErrorKind, ImapSession, ImapSettings
 from tests.harness.fake_imap import FakeImapServer, fake_connect
-from tests.harness.imap_contract import ImapSessionContract, mail
+from tests.harness.imap_contract import ImapSessionContract, ImapStateContract, mail
 
 
 class FakeBackend:
@@ -44,6 +44,10 @@ def server() -> FakeImapServer:
 @pytest.fixture
 def backend(server: FakeImapServer) -> FakeBackend:
     return FakeBackend(server)
+
+
+class TestFakeState(ImapStateContract):
+    """Flags both ways, CHANGEDSINCE/VANISHED and IDLE, on the fake."""
 
 
 class TestFakeSession(ImapSessionContract):

@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from models import CRM_TABLES, Document, Email, EmailLink, EmailSentiment
 from models.db import get_engine
 from ops.settings import get_settings
+from pipeline.flows.flag_store import request_flag_change
 from web.api import ApiRouter, Raw
 from web.cursors import CURSOR, keyset_cursor, read_keyset
 from web.errors import ApiError
@@ -68,6 +69,8 @@ def summary_json(e: Email, sentiment: EmailSentiment | None = None) -> dict[str,
         "sent_at": iso(e.sent_at), "linked": e.linked, "needs_review": e.needs_review,
         "attachment_count": e.attachment_count, "open_count": e.open_count, "click_count": e.click_count,
         "pipeline_state": e.pipeline_state, "sentiment": sentiment_json(sentiment),
+        "flags": {"seen": e.seen, "flagged": e.flagged, "answered": e.answered},
+        "deleted_on_server": e.deleted_on_server,
         # badge data for outbound mail: unopened / opened / clicked (human events only)
         "tracking_status": None if e.direction != "outbound" else
         "clicked" if e.click_count else "opened" if e.open_count else "unopened",
@@ -221,6 +224,26 @@ async def download_attachment(request: Request) -> Response:
                "Content-Length": str(doc.size), "X-Content-Type-Options": "nosniff"}
     return StreamingResponse(iterate_in_threadpool(storage.open_stream(doc.storage_key)), media_type=doc.document_file_mimeType,
                              headers=headers)
+
+
+class FlagsIn(Body):
+    seen: bool | None = Field(default=None, description="true: mark read (\\Seen) on every location; false: unread")
+    flagged: bool | None = Field(default=None, description="true: star (\\Flagged); false: unstar")
+
+
+@router.route("PATCH", "/api/v1/emails/{id}", summary="Mark read/unread or flagged: written to the server (UID STORE) on every location",
+              body=FlagsIn, response=EmailOut, responses={404: "not found"})
+async def patch_email(request: Request) -> JSONResponse:
+    org_id, email_id = _org(request), request.path_params["id"]
+    body = await parse_body(request, FlagsIn)
+
+    def run() -> dict[str, Any]:
+        if not request_flag_change(org_id, email_id, seen=body.seen, flagged=body.flagged):
+            raise ApiError.not_found("email")
+        with Session(get_engine()) as s:
+            return email_json(s, _load(s, org_id, email_id), get_settings().public_url)
+
+    return JSONResponse(await run_in_threadpool(run))
 
 
 class LinkIn(Body):

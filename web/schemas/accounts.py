@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import Field
 
 from web.schemas import Out
 from web.schemas.common import Ts
@@ -30,6 +32,8 @@ class SyncOut(Out):
     backfill: Backfill
     next_fetch_at: Ts
     deferred_until: Ts
+    realtime: Literal["idle", "poll"] = Field(description="idle: new INBOX mail arrives through IMAP IDLE; poll: every poll_seconds")
+    idle_since: Ts = Field(description="when the current IDLE connection was established (null while polling)")
 
 
 class AccountOut(Out):

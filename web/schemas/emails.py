@@ -16,6 +16,12 @@ class SentimentOut(Out):
     model: str = Field(description="the backend that produced it (vader-business-1, onnx:<model>, llm:<model>)")
 
 
+class EmailFlags(Out):
+    seen: bool = Field(description="\\Seen on the server (on any location)")
+    flagged: bool = Field(description="\\Flagged on the server")
+    answered: bool = Field(description="\\Answered on the server")
+
+
 class EmailSummary(Out):
     id: str
     account_id: str
@@ -39,6 +45,8 @@ class EmailSummary(Out):
     pipeline_state: str
     sentiment: SentimentOut | None = Field(description="inbound mail: the sentiment of its new text (quotes and signature left out)")
     tracking_status: Literal["unopened", "opened", "clicked"] | None
+    flags: EmailFlags
+    deleted_on_server: bool = Field(description="no location of it is left on the server (it stays in the CRM's record)")
 
 
 class EmailsPage(Out):
