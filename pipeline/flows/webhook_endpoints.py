@@ -173,7 +173,7 @@ def _reseal_old(current: str | None) -> str | None:
 
 def send_test(org_id: str, endpoint_id: str) -> dict[str, Any] | None:
     """Record a ``webhook.test`` event for this endpoint only; it is delivered like any other."""
-    with Session(get_engine()) as s:
+    with Session(get_engine(), expire_on_commit=False) as s:
         ep = _owned(s, org_id, endpoint_id)
         if ep is None:
             return None
