@@ -18,6 +18,7 @@ from typing import Any
 
 import structlog
 from sqlalchemy import event as sa_event
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from models import Email, EmailAccount, EmailLink, WebhookEndpoint, WebhookEvent, new_id, utcnow
@@ -65,7 +66,7 @@ def record_events(session: Session, org_id: str, events: Sequence[tuple[str, dic
     if not events:
         return []
     now = utcnow()
-    rows = [{"id": "evt_" + new_id(), "org_id": org_id, "type": t, "data": d, "dedupe_key": (k[:200] if k else None),
+    rows: list[dict[str, Any]] = [{"id": "evt_" + new_id(), "org_id": org_id, "type": t, "data": d, "dedupe_key": (k[:200] if k else None),
              "endpoint_id": endpoint_id, "created_at": now, "dispatched_at": None} for t, d, k in events]
     keyed = [r for r in rows if r["dedupe_key"] is not None]
     if keyed:
@@ -121,7 +122,7 @@ def email_payloads(session: Session, email_ids: Iterable[str]) -> dict[str, dict
     ids = sorted(set(email_ids))
     if not ids:
         return {}
-    rows = session.execute(select(col(Email.id), col(Email.account_id), col(Email.direction), col(Email.message_id),
+    rows = session.execute(sa_select(col(Email.id), col(Email.account_id), col(Email.direction), col(Email.message_id),
                                   col(Email.thread_id), col(Email.subject), col(Email.from_email), col(Email.to_emails),
                                   col(Email.received_at), col(Email.sent_at)).where(col(Email.id).in_(ids))).all()
     owners = dict(session.execute(select(EmailAccount.id, EmailAccount.user_id).where(
