@@ -19,6 +19,7 @@ from typing import Any
 import structlog
 from sqlalchemy import event as sa_event
 from sqlalchemy import select as sa_select
+from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from models import Email, EmailAccount, EmailLink, WebhookEndpoint, WebhookEvent, new_id, utcnow
@@ -26,7 +27,7 @@ from models.upsert import insert_ignore
 from pipeline import jobs
 from pipeline.stages.webhooks import EVENT_TYPES, TEST_EVENT, subscribes
 
-__all__ = ["email_payloads", "record_event", "record_events"]
+__all__ = ["email_payloads", "note_sync_state", "record_event", "record_events"]
 
 log = structlog.get_logger("mailpipe.webhooks")
 
@@ -142,3 +143,29 @@ def email_payloads(session: Session, email_ids: Iterable[str]) -> dict[str, dict
                      "from_email": r.from_email, "to_emails": list(r.to_emails or []), "at": at.isoformat() if at else None,
                      **links[r.id]}
     return out
+
+
+SETTLED_STATES = ("idle", "error", "reconnect_required", "disabled")  # "syncing" comes and goes with every run
+
+
+def note_sync_state(session: Session, account_id: str, state: str, *, error: str | None = None,
+                    error_code: str | None = None) -> str | None:
+    """``account.sync_state_changed`` when an account settles in a state other than the one last
+    announced (in the caller's transaction). Runs that start and end ``idle`` announce nothing;
+    the conditional update makes two writers announce a change once."""
+    if state not in SETTLED_STATES:
+        return None
+    row = session.execute(sa_select(col(EmailAccount.org_id), col(EmailAccount.user_id), col(EmailAccount.email),
+                                    col(EmailAccount.reported_sync_state)).where(col(EmailAccount.id) == account_id)).one_or_none()
+    previous = (row.reported_sync_state if row is not None else None) or "idle"
+    if row is None or previous == state:
+        return None
+    reported = col(EmailAccount.reported_sync_state)
+    unchanged = reported.is_(None) if row.reported_sync_state is None else reported == row.reported_sync_state
+    moved = session.execute(update(EmailAccount).where(col(EmailAccount.id) == account_id, unchanged)
+                            .values(reported_sync_state=state))
+    if getattr(moved, "rowcount", 0) != 1:
+        return None
+    return record_event(session, row.org_id, "account.sync_state_changed", {
+        "account_id": account_id, "user_id": row.user_id, "email": row.email, "state": state, "previous_state": previous,
+        "error": (error or "")[:500] or None, "error_code": error_code})

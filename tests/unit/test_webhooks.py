@@ -227,3 +227,31 @@ class TestDeliveryRun:
             notes = list(s.execute(select(Notification)).scalars())
         assert [(n.user_id, n.kind) for n in notes] == [("u1", "webhook.disabled")]
         assert self._run(ep, Scripted([])) == 0, "a disabled endpoint gets no run"
+
+
+class TestSyncState:
+    def test_only_settled_changes_are_announced(self, org: str) -> None:
+        """idle → syncing → idle says nothing; idle → error, error again, then idle: two events."""
+        from models import EmailAccount
+        from pipeline.flows.mailbox_lease import FETCH_LEASE, release
+        from tests.harness.flow import make_account
+
+        _endpoint(org, ["account.sync_state_changed"])
+        account_id = make_account(org)
+
+        def run(**values: Any) -> None:
+            with Session(get_engine()) as s:
+                assert FETCH_LEASE.claim(s, account_id, "m:1", sync_state="syncing")
+                s.commit()
+            release(account_id, "m:1", **values)
+
+        run(sync_state="idle")
+        run(sync_state="error", last_error="connect: refused", last_error_code="connect")
+        run(sync_state="error", last_error="connect: refused", last_error_code="connect")
+        run(sync_state="idle", last_error=None)
+        with Session(get_engine()) as s:
+            events = list(s.execute(select(WebhookEvent).order_by(WebhookEvent.id)).scalars())  # type: ignore[arg-type]
+            account = s.get(EmailAccount, account_id)
+        assert [(e.data["previous_state"], e.data["state"]) for e in events] == [("idle", "error"), ("error", "idle")]
+        assert events[0].data["error_code"] == "connect" and events[0].data["account_id"] == account_id
+        assert events[0].data["user_id"] == "u1" and account is not None and account.reported_sync_state == "idle"
