@@ -11,8 +11,9 @@ subscribed endpoint adds to the inbound pipeline.
 2. inbound cost (``--inbound N``): ``bench/sync.py``'s embedded pipeline over N messages seeded in a
    private Dovecot, alternately without and with one endpoint subscribed to every event (each
    email then records ``email.received`` (+ ``email.linked``/``lead.created``) in its stage's
-   transaction, and the same worker delivers them), ``--rounds`` pairs; prints wall and CPU time per
-   run and the medians' difference.
+   transaction): "record" keeps the events in the outbox during the run (the outbox's own cost),
+   "deliver" has the same worker dispatch and POST them meanwhile; ``--rounds`` rounds, order
+   alternating; prints wall and CPU time per run and the medians' difference.
 
 Usage::
 
@@ -38,6 +39,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from tests.harness.webhook_receiver import WebhookReceiver  # noqa: E402
+
+TRICKLE = 30
 
 
 def pct(values: list[float], q: float) -> float:
@@ -104,13 +107,26 @@ def outbox_to_receiver(n: int, endpoints: int, threads: int, distributed: bool) 
                 raise SystemExit(f"only {sum(len(r.requests) for r in receivers)} of {n * endpoints} deliveries arrived")
             time.sleep(0.05)
         elapsed = time.perf_counter() - start
+        # Unloaded latency: one event at a time, commit → arrival at the first receiver.
+        single: list[float] = []
+        for i in range(TRICKLE):
+            before = len(receivers[0].requests)
+            with Session(get_engine()) as s:
+                record_events(s, org_id, [("lead.created", {"lead_id": f"t{i}"}, None)])
+                s.commit()
+            t0 = time.perf_counter()
+            while len(receivers[0].requests) == before and time.perf_counter() - t0 < 30:
+                time.sleep(0.001)
+            single.append(time.perf_counter() - t0)
         worker.stop()
         broker.close()
         offset = time.perf_counter() - time.monotonic()  # receiver times are monotonic
-        lat = [r.at + offset - committed[r.headers["webhook-id"]] for rec in receivers for r in rec.requests]
+        lat = [r.at + offset - committed[r.headers["webhook-id"]] for rec in receivers for r in rec.requests
+           if r.headers["webhook-id"] in committed]
         return {"events": n, "endpoints": endpoints, "deliveries": n * endpoints, "mode": "distributed" if distributed else "embedded",
                 "record_events_per_s": round(n / recorded, 1), "deliveries_per_s": round(n * endpoints / elapsed, 1),
-                "latency_p50_ms": round(1000 * pct(lat, 0.5), 1), "latency_p99_ms": round(1000 * pct(lat, 0.99), 1)}
+                "latency_p50_ms": round(1000 * pct(lat, 0.5), 1), "latency_p99_ms": round(1000 * pct(lat, 0.99), 1),
+                "single_event_p50_ms": round(1000 * pct(single, 0.5), 1), "single_event_max_ms": round(1000 * max(single), 1)}
     finally:
         for rec in receivers:
             rec.stop()
@@ -145,30 +161,51 @@ def inbound_cost(n: int, rounds: int, threads: int) -> dict[str, Any]:
         create_endpoint(org_id, receiver.url, ["*"], None)
         return org_id, key
 
-    wall: dict[str, list[float]] = {"off": [], "on": []}
-    cpu: dict[str, list[float]] = {"off": [], "on": []}
+    from pipeline import jobs
+
+    wall: dict[str, list[float]] = {m: [] for m in MODES}
+    cpu: dict[str, list[float]] = {m: [] for m in MODES}
     delivered: list[int] = []
+    dispatch_send = jobs.Job.send
     try:
         sync_bench.seed(dovecot, n)
         sync_bench.pipeline(dovecot, cert, work, n, False, threads)  # warm-up
         for r in range(rounds):
-            for mode in (("off", "on") if r % 2 == 0 else ("on", "off")):
-                flow.make_org = make_org_with_endpoint if mode == "on" else plain_make_org
+            for mode in (MODES if r % 2 == 0 else MODES[::-1]):
+                flow.make_org = plain_make_org if mode == "off" else make_org_with_endpoint
+                # "record": the events are written in each stage's transaction but not dispatched during the run
+                # (the outbox alone); "deliver": the same worker also dispatches and POSTs them meanwhile.
+                jobs.Job.send = _no_dispatch(dispatch_send) if mode == "record" else dispatch_send  # type: ignore[method-assign]
                 before = len(receiver.requests)
                 _, seconds, _ = sync_bench.pipeline(dovecot, cert, work, n, False, threads, cpu=cpu[mode])
                 wall[mode].append(seconds)
-                if mode == "on":
+                if mode == "deliver":
                     delivered.append(len(receiver.requests) - before)
     finally:
+        jobs.Job.send = dispatch_send  # type: ignore[method-assign]
         flow.make_org = plain_make_org
         receiver.stop()
         dovecot.close()
-    on, off = statistics.median(wall["on"]), statistics.median(wall["off"])
-    on_cpu, off_cpu = statistics.median(cpu["on"]), statistics.median(cpu["off"])
-    return {"inbound_messages": n, "rounds": rounds, "wall_off_s": [round(x, 2) for x in wall["off"]],
-            "wall_on_s": [round(x, 2) for x in wall["on"]], "cpu_off_s": [round(x, 2) for x in cpu["off"]],
-            "cpu_on_s": [round(x, 2) for x in cpu["on"]], "wall_overhead": round(on / off - 1, 4),
-            "cpu_overhead": round(on_cpu / off_cpu - 1, 4), "webhooks_delivered_during_runs": delivered}
+    out: dict[str, Any] = {"inbound_messages": n, "rounds": rounds, "webhooks_delivered_during_runs": delivered}
+    for mode in MODES:
+        out[f"wall_{mode}_s"] = [round(x, 2) for x in wall[mode]]
+        out[f"cpu_{mode}_s"] = [round(x, 2) for x in cpu[mode]]
+    for mode in MODES[1:]:
+        out[f"wall_overhead_{mode}"] = round(statistics.median(wall[mode]) / statistics.median(wall["off"]) - 1, 4)
+        out[f"cpu_overhead_{mode}"] = round(statistics.median(cpu[mode]) / statistics.median(cpu["off"]) - 1, 4)
+    return out
+
+
+MODES = ("off", "record", "deliver")
+
+
+def _no_dispatch(send: Any) -> Any:
+    def send_unless_webhooks(self: Any, *args: Any, **kw: Any) -> Any:
+        if self.queue == "webhooks":
+            return None
+        return send(self, *args, **kw)
+
+    return send_unless_webhooks
 
 
 def main() -> None:
@@ -195,12 +232,16 @@ def main() -> None:
         print(f"outbox → receiver ({o['mode']}, {o['events']} events × {o['endpoints']} endpoint(s))")
         print(f"  recorded:   {o['record_events_per_s']:10.1f} events/s (100 per transaction)")
         print(f"  delivered:  {o['deliveries_per_s']:10.1f} deliveries/s, first record to last arrival")
-        print(f"  latency:    p50 {o['latency_p50_ms']} ms, p99 {o['latency_p99_ms']} ms (commit → arrival)")
+        print(f"  latency:    p50 {o['latency_p50_ms']} ms, p99 {o['latency_p99_ms']} ms (commit → arrival, all recorded at once)")
+        print(f"  one at a time: p50 {o['single_event_p50_ms']} ms, max {o['single_event_max_ms']} ms ({TRICKLE} events)")
     if "inbound" in result:
         i = result["inbound"]
-        print(f"inbound pipeline, {i['inbound_messages']} messages, without / with one endpoint (all events)")
-        print(f"  wall s:     {i['wall_off_s']} / {i['wall_on_s']}  → {100 * i['wall_overhead']:+.1f} % (medians)")
-        print(f"  CPU s:      {i['cpu_off_s']} / {i['cpu_on_s']}  → {100 * i['cpu_overhead']:+.1f} % (medians)")
+        print(f"inbound pipeline, {i['inbound_messages']} messages: no endpoint / one endpoint (all events), recorded only /"
+              " recorded and delivered by the same worker meanwhile")
+        for m in MODES:
+            extra = "" if m == "off" else (f"  → wall {100 * i[f'wall_overhead_{m}']:+.1f} %, CPU {100 * i[f'cpu_overhead_{m}']:+.1f} %"
+                                           " (medians)")
+            print(f"  {m:8s} wall s {i[f'wall_{m}_s']}, CPU s {i[f'cpu_{m}_s']}{extra}")
         print(f"  webhooks delivered while the pipeline ran: {i['webhooks_delivered_during_runs']}")
     print(f"load average (1 min): {result['load_before']:.2f} before, {result['load_after']:.2f} after (2 cores, shared)")
 

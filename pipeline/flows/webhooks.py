@@ -136,13 +136,12 @@ def deliver_endpoint(endpoint_id: str, owner: str, *, poster_factory: PosterFact
     attempts = 0
     started = _now()
     poster: Poster | None = None
+    target = _target(endpoint_id)  # the URL and secrets, read once per run (a run lasts seconds)
     try:
-        while (_now() - started).total_seconds() < budget_seconds:
-            step = _begin_attempt(endpoint_id, owner)
+        while target is not None and (_now() - started).total_seconds() < budget_seconds:
+            step = _begin_attempt(endpoint_id, owner, target)
             if step is None:
                 break
-            if step.get("skip"):
-                continue
             if poster is None:
                 poster = (poster_factory or _poster)()
             outcome = poster.post(step["url"], step["body"], step["headers"])
@@ -167,34 +166,39 @@ def deliver_endpoint(endpoint_id: str, owner: str, *, poster_factory: PosterFact
     return attempts
 
 
-def _begin_attempt(endpoint_id: str, owner: str) -> dict[str, Any] | None:
-    """Record the next due delivery's attempt (the intent) and return what to POST; None when nothing is due."""
-    settings = get_settings()
-    with Session(get_engine(), expire_on_commit=False) as s:
+def _target(endpoint_id: str) -> dict[str, Any] | None:
+    """Where and how a run POSTs: the endpoint's URL and the secrets that sign now (None: gone or disabled)."""
+    with Session(get_engine()) as s:
         ep = s.get(WebhookEndpoint, endpoint_id)
         if ep is None or ep.disabled:
             return None
+        return {"url": ep.url, "secrets": endpoint_secrets(ep, _now())}
+
+
+def _begin_attempt(endpoint_id: str, owner: str, target: dict[str, Any]) -> dict[str, Any] | None:
+    """Record the next due delivery's attempt (the intent) and return what to POST; None when nothing is due.
+
+    The lease renewal refuses a disabled endpoint (LeaseLost), so a PATCH disabling it stops the run."""
+    settings = get_settings()
+    with Session(get_engine(), expire_on_commit=False) as s:
         now = _now()
-        d = s.execute(select(WebhookDelivery).where(
-            col(WebhookDelivery.endpoint_id) == endpoint_id, col(WebhookDelivery.status) == "pending",
-            col(WebhookDelivery.next_attempt_at) <= now).order_by(col(WebhookDelivery.event_id)).limit(1)).scalar_one_or_none()
-        if d is None:
+        row = s.execute(select(WebhookDelivery, WebhookEvent).join(WebhookEvent, col(WebhookEvent.id) == WebhookDelivery.event_id)
+                        .where(col(WebhookDelivery.endpoint_id) == endpoint_id, col(WebhookDelivery.status) == "pending",
+                               col(WebhookDelivery.next_attempt_at) <= now)
+                        .order_by(col(WebhookDelivery.event_id)).limit(1)).first()
+        if row is None:
             return None
-        ev = s.get(WebhookEvent, d.event_id)
-        if ev is None:  # cannot happen with the foreign key; never POST nothing
-            s.execute(update(WebhookDelivery).where(col(WebhookDelivery.id) == d.id).values(status="failed", last_error="event missing"))
-            s.commit()
-            return {"skip": True, "id": d.id}
+        d, ev = row
         attempt = d.attempts + 1
         retry_at = now + timedelta(seconds=backoff_seconds(attempt, settings.webhook_retry_base_seconds))
-        ENDPOINT_LEASE.renew(s, endpoint_id, owner)
+        ENDPOINT_LEASE.renew(s, endpoint_id, owner, where=[col(WebhookEndpoint.disabled).is_(False)])
         s.execute(update(WebhookDelivery).where(col(WebhookDelivery.id) == d.id, col(WebhookDelivery.status) == "pending")
                   .values(attempts=attempt, next_attempt_at=retry_at, last_attempt_at=now))
         s.commit()
         body = body_bytes(ev.type, ev.created_at, ev.data)
-        headers = signed_headers(ev.id, now, body, endpoint_secrets(ep, now))
-        return {"id": d.id, "event_id": ev.id, "type": ev.type, "url": ep.url, "body": body, "headers": headers,
-                "attempt": attempt, "retry_at": retry_at, "created_at": d.created_at, "org_id": ep.org_id}
+        headers = signed_headers(ev.id, now, body, target["secrets"])
+        return {"id": d.id, "event_id": ev.id, "type": ev.type, "url": target["url"], "body": body, "headers": headers,
+                "attempt": attempt, "retry_at": retry_at, "created_at": d.created_at}
 
 
 def _finish_attempt(endpoint_id: str, owner: str, step: dict[str, Any], outcome: Outcome) -> bool:
