@@ -255,3 +255,47 @@ class TestSyncState:
         assert [(e.data["previous_state"], e.data["state"]) for e in events] == [("idle", "error"), ("error", "idle")]
         assert events[0].data["error_code"] == "connect" and events[0].data["account_id"] == account_id
         assert events[0].data["user_id"] == "u1" and account is not None and account.reported_sync_state == "idle"
+
+
+class TestApi:
+    def test_manual_link_records_email_linked_and_patch_rechecks_the_url(self, org: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        """POST /emails/{id}/links writes email.linked (source manual) in the link's transaction; a
+        PATCH to a private URL is a 422 that leaves the endpoint unchanged."""
+        from starlette.testclient import TestClient
+
+        from models import Contact, Email
+        from ops.orgs import issue_key
+        from ops.settings import reset_settings
+        from tests.harness.flow import make_account
+        from web.app import create_app
+
+        monkeypatch.setenv("MAILPIPE_WEBHOOK_ALLOWED_NETS", "127.0.0.0/8")
+        reset_settings()
+        account_id = make_account(org)
+        with Session(get_engine()) as s:
+            s.add(Contact(org_id=org, id="c9", last_name="Doe", email="jo@client.test", email_norm="jo@client.test"))
+            email = Email(org_id=org, account_id=account_id, dedupe_key="d9", subject="Quote", from_email="jo@client.test",
+                          from_email_norm="jo@client.test", to_emails=["alice@example.test"])
+            s.add(email)
+            s.commit()
+            email_id = email.id
+            key = issue_key(s, org)
+            s.commit()
+        h = {"Authorization": f"Bearer {key}"}
+        with TestClient(create_app()) as c:
+            r = c.post("/api/v1/webhooks", json={"url": "http://127.0.0.1:9/hook", "events": ["email.linked"]}, headers=h)
+            assert r.status_code == 201, r.text
+            ep_id = r.json()["id"]
+            r = c.post(f"/api/v1/emails/{email_id}/links", json={"entity_type": "contact", "entity_id": "c9"}, headers=h)
+            assert r.status_code == 200, r.text
+            assert c.post(f"/api/v1/emails/{email_id}/links", json={"entity_type": "contact", "entity_id": "c9"},
+                          headers=h).status_code == 200
+            r = c.patch(f"/api/v1/webhooks/{ep_id}", json={"url": "http://10.0.0.5/"}, headers=h)
+            assert r.status_code == 422 and r.json()["error"]["code"] == "host_not_allowed"
+            assert c.get(f"/api/v1/webhooks/{ep_id}", headers=h).json()["url"] == "http://127.0.0.1:9/hook"
+        with Session(get_engine()) as s:
+            events = list(s.execute(select(WebhookEvent)).scalars())
+        assert len(events) == 1, "linking twice is one link, one event"
+        data = events[0].data
+        assert events[0].type == "email.linked" and data["source"] == "manual" and data["contact_ids"] == ["c9"]
+        assert data["email_id"] == email_id and data["user_id"] == "u1" and data["subject"] == "Quote"
