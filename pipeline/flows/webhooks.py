@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import func, update
+from sqlalchemy import delete, func, update
 from sqlmodel import Session, col, select
 
 from models import User, WebhookDelivery, WebhookEndpoint, WebhookEvent, utcnow
@@ -269,6 +269,7 @@ def sweep_webhooks(session: Session, now: datetime) -> int:
     metrics.WEBHOOK_BACKLOG.labels("events").set(undispatched)
     metrics.WEBHOOK_BACKLOG.labels("deliveries").set(pending)
     metrics.WEBHOOK_DISABLED.set(disabled)
+    _purge_old(session, now)
     sent = 0
     if undispatched:
         try:
@@ -285,3 +286,30 @@ def sweep_webhooks(session: Session, now: datetime) -> int:
             _enqueue_delivery(endpoint_id)
             sent += 1
     return sent
+
+
+KEEP = timedelta(days=30)       # finished deliveries, and events none of whose deliveries is pending, are kept this long
+PURGE_EVERY = timedelta(minutes=10)
+PURGE_BATCH = 5000
+_last_purge: dict[str, datetime] = {}
+
+
+def _purge_old(session: Session, now: datetime) -> int:
+    """Every :data:`PURGE_EVERY`: delete finished deliveries older than :data:`KEEP`, then the events
+    left without deliveries that are as old (in batches, so a big backlog never makes one long transaction)."""
+    last = _last_purge.get("at")
+    if last is not None and now - last < PURGE_EVERY:
+        return 0
+    _last_purge["at"] = now
+    cutoff = now - KEEP
+    old = list(session.execute(select(WebhookDelivery.id).where(
+        col(WebhookDelivery.status).in_(("succeeded", "failed")), col(WebhookDelivery.created_at) < cutoff).limit(PURGE_BATCH)).scalars())
+    if old:
+        session.execute(delete(WebhookDelivery).where(col(WebhookDelivery.id).in_(old)))
+    orphans = list(session.execute(select(WebhookEvent.id).where(
+        col(WebhookEvent.dispatched_at).is_not(None), col(WebhookEvent.created_at) < cutoff,
+        ~select(WebhookDelivery.id).where(col(WebhookDelivery.event_id) == WebhookEvent.id).exists()).limit(PURGE_BATCH)).scalars())
+    if orphans:
+        session.execute(delete(WebhookEvent).where(col(WebhookEvent.id).in_(orphans)))
+    session.commit()
+    return len(old) + len(orphans)

@@ -299,3 +299,30 @@ class TestApi:
         data = events[0].data
         assert events[0].type == "email.linked" and data["source"] == "manual" and data["contact_ids"] == ["c9"]
         assert data["email_id"] == email_id and data["user_id"] == "u1" and data["subject"] == "Quote"
+
+
+def test_sweep_purges_finished_deliveries_and_their_events_after_30_days(org: str, stub_broker: StubBroker) -> None:
+    """Old succeeded/failed deliveries and the events left without any go; pending ones and recent ones stay."""
+    from pipeline.flows import webhooks
+    from pipeline.flows.events_outbox import record_event
+    from pipeline.flows.webhooks import dispatch_pending, sweep_webhooks
+
+    _endpoint(org, ["*"])
+    with Session(get_engine()) as s:
+        ids = [record_event(s, org, "lead.created", {"lead_id": f"l{i}"}) for i in range(3)]
+        s.commit()
+    dispatch_pending()
+    old = utcnow() - timedelta(days=31)
+    with Session(get_engine()) as s:
+        s.execute(update(WebhookEvent).values(created_at=old))
+        s.execute(update(WebhookDelivery).where(WebhookDelivery.event_id == ids[0]).values(status="succeeded", created_at=old))  # type: ignore[arg-type]
+        s.execute(update(WebhookDelivery).where(WebhookDelivery.event_id == ids[1]).values(status="pending", created_at=old))  # type: ignore[arg-type]
+        s.execute(update(WebhookDelivery).where(WebhookDelivery.event_id == ids[2]).values(status="failed"))  # type: ignore[arg-type]
+        s.commit()
+    webhooks._last_purge.clear()
+    with Session(get_engine()) as s:
+        sweep_webhooks(s, utcnow())
+    with Session(get_engine()) as s:
+        left = {d.event_id for d in s.execute(select(WebhookDelivery)).scalars()}
+        events = {e.id for e in s.execute(select(WebhookEvent)).scalars()}
+    assert left == {ids[1], ids[2]} and events == {ids[1], ids[2]}
