@@ -24,9 +24,9 @@ from types import TracebackType
 import httpx
 
 from pipeline.clients import netguard
-from pipeline.stages.netpolicy import IpNetwork
+from pipeline.stages.netpolicy import IpNetwork, host_literal
 
-__all__ = ["CONNECT_TIMEOUT", "MAX_READ", "TOTAL_TIMEOUT", "Outcome", "Poster"]
+__all__ = ["CONNECT_TIMEOUT", "MAX_READ", "TOTAL_TIMEOUT", "Outcome", "Poster", "refusal_text"]
 
 CONNECT_TIMEOUT = 5.0
 TOTAL_TIMEOUT = 15.0
@@ -42,6 +42,17 @@ class Outcome:
     error: str | None
     seconds: float
     refused: bool = False
+    detail: str | None = None  # for the operator's log only (e.g. the address a refused name resolved to)
+
+
+def refusal_text(host: str, exc: netguard.HostNotAllowed) -> str:
+    """What a tenant is told of a refused target. A numeric host gets the guard's full reason; a name
+    only that it resolves to a non-public address: the address itself would turn the API into an
+    oracle for the operator's internal DNS (a tenant's name can CNAME to an internal one)."""
+    if host_literal(host) is not None:
+        return str(exc)
+    return (f"{host} resolves to a non-public address; mailpipe does not send webhooks there "
+            f"(an operator can allow a network in {netguard.WEBHOOK_SETTING})")
 
 
 class Poster:
@@ -76,7 +87,8 @@ class Poster:
         try:
             checked = netguard.check_host(target.host, self.nets, setting=netguard.WEBHOOK_SETTING, resolver=self.resolver)
         except netguard.HostNotAllowed as exc:
-            return Outcome(False, None, f"host_not_allowed: {exc}"[:500], time.perf_counter() - started, refused=True)
+            return Outcome(False, None, f"host_not_allowed: {refusal_text(target.host, exc)}"[:500], time.perf_counter() - started,
+                           refused=True, detail=str(exc))
         except socket.gaierror as exc:
             return Outcome(False, None, f"dns: {exc}"[:500], time.perf_counter() - started)
         except (UnicodeError, ValueError) as exc:

@@ -21,6 +21,7 @@ from models.db import get_engine
 from ops.keys import seal, unseal
 from pipeline import jobs
 from pipeline.clients import netguard
+from pipeline.clients.webhook_http import refusal_text
 from pipeline.flows.events_outbox import record_event
 from pipeline.stages.webhooks import TEST_EVENT, new_secret, parse_target, validate_events
 
@@ -50,7 +51,7 @@ def check_target(url: str) -> None:
     try:
         netguard.check_host(target.host, netguard.webhook_nets(), setting=netguard.WEBHOOK_SETTING, resolver=RESOLVER)
     except netguard.HostNotAllowed as exc:
-        raise TargetRefused("host_not_allowed", f"url: {exc}") from None
+        raise TargetRefused("host_not_allowed", f"url: {refusal_text(target.host, exc)}") from None
     except (socket.gaierror, UnicodeError) as exc:
         raise TargetRefused("host_unresolvable", f"url: {target.host} does not resolve ({exc})") from None
 

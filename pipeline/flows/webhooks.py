@@ -239,7 +239,8 @@ def _finish_attempt(endpoint_id: str, owner: str, step: dict[str, Any], outcome:
     notifications.publish(pushed)
     metrics.WEBHOOK_DELIVERIES.labels(result).inc()
     log.info("webhook_attempt", endpoint_id=endpoint_id, event_id=step["event_id"], type=step["type"], attempt=step["attempt"],
-             result=result, status_code=outcome.status_code, error=outcome.error, seconds=round(outcome.seconds, 3))
+             result=result, status_code=outcome.status_code, error=outcome.error, seconds=round(outcome.seconds, 3),
+             **({"detail": outcome.detail} if outcome.detail else {}))
     return outcome.ok or result == "failed"
 
 
