@@ -326,3 +326,73 @@ def test_sweep_purges_finished_deliveries_and_their_events_after_30_days(org: st
         left = {d.event_id for d in s.execute(select(WebhookDelivery)).scalars()}
         events = {e.id for e in s.execute(select(WebhookEvent)).scalars()}
     assert left == {ids[1], ids[2]} and events == {ids[1], ids[2]}
+
+
+class TestPoster:
+    """The HTTP attempt against a local server: no redirects, a bounded read, the name kept in Host."""
+
+    def _serve(self, status: int, body: bytes, headers: dict[str, str], *, length: int | None = None) -> tuple[Any, list[str]]:
+        import threading
+        import time
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        seen: list[str] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("content-length") or 0))
+                seen.append(f"{self.path} host={self.headers.get('host')}")
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("content-length", str(length if length is not None else len(body)))
+                self.end_headers()
+                try:
+                    self.wfile.write(body)
+                    self.wfile.flush()
+                    if length is not None and length > len(body):
+                        time.sleep(20)  # the rest never comes: only a reader that stops early returns soon
+                except OSError:
+                    pass
+
+            def do_GET(self) -> None:
+                seen.append(f"GET {self.path}")
+                self.send_response(200)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server, seen
+
+    def test_redirect_is_not_followed_and_is_not_delivered(self) -> None:
+        from pipeline.clients.webhook_http import Poster
+        from pipeline.stages.netpolicy import parse_nets
+
+        server, seen = self._serve(302, b"", {"location": "/elsewhere"})
+        try:
+            with Poster(parse_nets("127.0.0.0/8")) as p:
+                out = p.post(f"http://localhost:{server.server_address[1]}/hook", b"{}", {})
+        finally:
+            server.shutdown()
+        assert not out.ok and out.status_code == 302 and out.error == "http_302"
+        assert seen == [f"/hook host=localhost:{server.server_address[1]}"], "one POST, to the name given, no GET of the Location"
+
+    def test_a_huge_answer_is_read_only_up_to_64_kib(self) -> None:
+        """The receiver promises 100 MB, sends 128 KiB and stalls: the attempt returns at once, delivered."""
+        from pipeline.clients.webhook_http import MAX_READ, Poster
+        from pipeline.stages.netpolicy import parse_nets
+
+        server, _ = self._serve(200, b"x" * (2 * MAX_READ), {}, length=100 * 2**20)
+        try:
+            with Poster(parse_nets("127.0.0.0/8")) as p:
+                out = p.post(f"http://127.0.0.1:{server.server_address[1]}/hook", b"{}", {})
+        finally:
+            server.shutdown()
+        assert out.ok and out.status_code == 200 and out.seconds < 3
