@@ -15,6 +15,7 @@ from models.runtime import IdleWatcher, RelinkRequest, SchedulerHeartbeat, SelfT
 from models.sentiment import AccountRisk, EmailSentiment
 from models.templates import Template
 from models.tracking import TrackedLink, TrackingEvent
+from models.webhooks import WebhookDelivery, WebhookEndpoint, WebhookEvent
 
 metadata = SQLModel.metadata
 
@@ -54,6 +55,9 @@ __all__ = [
     "TrackedLink",
     "TrackingEvent",
     "User",
+    "WebhookDelivery",
+    "WebhookEndpoint",
+    "WebhookEvent",
     "metadata",
     "new_id",
     "normalize_email",

@@ -47,6 +47,8 @@ class EmailAccount(SQLModel, table=True):
     last_synced_at: datetime | None = ts_field(default=None)
     last_error: str | None = Field(default=None, max_length=2000)
     last_error_code: str | None = Field(default=None, max_length=32, description="dns|connect|tls|auth|timeout|protocol")
+    reported_sync_state: str | None = Field(default=None, max_length=32,
+                                            description="the sync state last announced to webhooks (null: idle)")
     consecutive_failures: int = 0
     messages_synced: int = 0
     backfill_done: int = 0

@@ -93,6 +93,15 @@ SERVER_STATE = Counter("mailpipe_server_state_total",
                        ["change"])
 FLAG_STORES = Counter("mailpipe_flag_stores_total", "User flag changes written to the server, by result (done, retry, failed, superseded)",
                       ["result"])
+WEBHOOK_DELIVERIES = Counter("mailpipe_webhook_deliveries_total",
+                             "Webhook delivery attempts by result (succeeded, retry, failed, refused)", ["result"])
+WEBHOOK_SECONDS = Histogram("mailpipe_webhook_delivery_duration_seconds", "Duration of one webhook POST (to the end of the answer)",
+                            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30))
+WEBHOOK_BACKLOG = Gauge("mailpipe_webhook_outbox_backlog",
+                        "Webhook work waiting (set by the leading scheduler): undispatched events, pending deliveries",
+                        ["kind"], multiprocess_mode="mostrecent")
+WEBHOOK_DISABLED = Gauge("mailpipe_webhook_endpoints_disabled", "Webhook endpoints disabled (set by the leading scheduler)",
+                         multiprocess_mode="mostrecent")
 
 
 class DramatiqMetrics(Middleware):

@@ -76,6 +76,8 @@ class Settings(BaseSettings):
     trusted_proxies: str = ""
     mail_allowed_nets: str = ""
     webhook_allowed_nets: str = ""
+    webhook_retry_base_seconds: float = 5.0
+    webhook_retry_hours: float = 24.0
     account_tests_per_minute: int = 10
     scheduler_tick_seconds: float = 5.0
     sync_rate_per_hour: int = 1000
@@ -209,7 +211,8 @@ class Settings(BaseSettings):
             return v
         raise ValueError("must be file:///path or s3://bucket?endpoint_url=...&region=...")
 
-    @field_validator("send_retry_base_seconds", "send_data_grace_seconds", "tracking_open_delay_seconds")
+    @field_validator("send_retry_base_seconds", "send_data_grace_seconds", "tracking_open_delay_seconds",
+                     "webhook_retry_base_seconds", "webhook_retry_hours")
     @classmethod
     def _positive_float(cls, v: float) -> float:
         if v <= 0:

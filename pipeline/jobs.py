@@ -36,6 +36,8 @@ __all__ = [
     "SEND_EMAIL",
     "TRACKING_RECORD",
     "TRACKING_SETTLE",
+    "WEBHOOK_DELIVER",
+    "WEBHOOK_DISPATCH",
     "Job",
     "chain",
     "ingest_chain",
@@ -74,9 +76,12 @@ NOTIFY_EMAIL = Job("notify.email", "notify")               # (notification_id)
 NOTION_SAVE = Job("notion.save", "notion")                 # (save_id)
 SELFTEST_FIRST = Job("selftest.first", "ops")              # (run_id)
 SELFTEST_SECOND = Job("selftest.second", "ops")            # (run_id), piped from the first
+WEBHOOK_DISPATCH = Job("webhooks.dispatch", "webhooks")    # (): fan undispatched outbox events out to endpoints
+WEBHOOK_DELIVER = Job("webhooks.deliver", "webhooks")      # (endpoint_id): one endpoint's due deliveries, in event order
 
 JOBS = (FETCH_ACCOUNT, INGEST_PARSE, INGEST_ATTACHMENTS, INGEST_LINK, INGEST_LEADS, INGEST_NOTIFY, INGEST_SENTIMENT, LINK_RETRO, SEND_EMAIL,
-        FLAG_STORE, TRACKING_RECORD, TRACKING_SETTLE, NOTIFY_EMAIL, NOTION_SAVE, SELFTEST_FIRST, SELFTEST_SECOND)
+        FLAG_STORE, TRACKING_RECORD, TRACKING_SETTLE, NOTIFY_EMAIL, NOTION_SAVE, SELFTEST_FIRST, SELFTEST_SECOND,
+        WEBHOOK_DISPATCH, WEBHOOK_DELIVER)
 
 _CHAIN = (INGEST_PARSE, INGEST_ATTACHMENTS, INGEST_LINK, INGEST_LEADS, INGEST_NOTIFY)
 

@@ -29,6 +29,7 @@ from models.upsert import insert_ignore
 from ops import metrics
 from ops.settings import get_settings
 from pipeline.flows import notifications
+from pipeline.flows.events_outbox import record_event
 from pipeline.scheduler import register_sweep
 from pipeline.stages.account_risk import Mail, Policy, RiskReport, assess
 
@@ -108,10 +109,13 @@ def evaluate(s: Session, org_id: str, account_ids: Iterable[str], now: datetime,
         metrics.ACCOUNTS_AT_RISK.inc()
         account = owners.get(account_id)
         log.info("account_at_risk", account_id=account_id, episode=episode)
-        if account is None or not account.assigned_to:
-            continue  # nobody to tell; the state still records the episode
+        if account is None:
+            continue
         data = at_risk_data(account, episode, report, email_id)
-        # The sentiment.at_risk webhook event goes here, in this transaction: events.emit(s, org_id, AT_RISK_KIND, data).
+        # The webhook event, in this transaction (the CRM hears it even when nobody owns the account).
+        record_event(s, org_id, AT_RISK_KIND, data, dedupe_key=f"{AT_RISK_KIND}:{account_id}:{episode}")
+        if not account.assigned_to:
+            continue  # nobody to tell; the state still records the episode
         notes.append({"org_id": org_id, "user_id": account.assigned_to, "kind": AT_RISK_KIND,
                       "title": f"{account.name} is at risk"[:500], "body": "; ".join(report.reasons)[:2000], "email_id": email_id,
                       "data": data, "dedupe_key": f"{AT_RISK_KIND}:{account_id}:{episode}"[:200]})

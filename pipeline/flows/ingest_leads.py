@@ -4,7 +4,8 @@ Lead ids are derived from (organization, address), so two emails from the same n
 one batch or racing in two workers — create one lead, and a redelivered message creates none.
 A batch inserts its leads in one statement in id order, so two racing batches lock them in the
 same order (no deadlock). The owner's ``lead.created`` notification is written with the lead and
-pushed to their websocket after the commit, like every notification.
+pushed to their websocket after the commit, like every notification; the ``lead.created`` webhook
+event is written in the same transaction (unique per lead).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from models.upsert import insert_ignore
 from ops import metrics
 from pipeline.flows import notifications
 from pipeline.flows.chain import in_state, move
+from pipeline.flows.events_outbox import email_payloads, record_events
 from pipeline.flows.ingest_link import store_links
 from pipeline.stages.autolink import LinkDecision
 from pipeline.stages.leads import decide_lead, lead_notification_text
@@ -65,7 +67,25 @@ def create_batch(email_ids: list[str]) -> None:
             store_links(s, e, [LinkDecision("lead", lead_id, draft.email, "auto:lead_created")], needs_review=False)
         created = insert_ignore(s, Lead, sorted(leads.values(), key=lambda r: (r["org_id"], r["id"])), ["org_id", "id"])
         pushed = notifications.insert_new(s, notes)
+        _record_webhook_events(s, list(leads.values()))
         move(s, [e.id for e in emails], "leads")
         s.commit()
     metrics.INGESTED.labels("leads", "created").inc(created)
     notifications.publish(pushed)
+
+
+def _record_webhook_events(s: Session, leads: list[dict[str, Any]]) -> None:
+    """``lead.created`` outbox events (in the caller's transaction); a lead that existed already has its
+    event recorded before, so the dedupe key writes nothing twice."""
+    if not leads:
+        return
+    payloads = email_payloads(s, [r["source_email_id"] for r in leads])
+    by_org: dict[str, list[tuple[str, dict[str, Any], str | None]]] = {}
+    for r in leads:
+        src = payloads.get(r["source_email_id"], {})
+        data = {**src, "lead_id": r["id"], "lead": {"id": r["id"], "firstName": r["firstName"], "lastName": r["lastName"],
+                                                    "email": r["email"], "status": r["status"], "lead_source": r["lead_source"],
+                                                    "assigned_to": r["assigned_to"]}}
+        by_org.setdefault(r["org_id"], []).append(("lead.created", data, f"lead.created:{r['id']}"))
+    for org_id, events in by_org.items():
+        record_events(s, org_id, events)

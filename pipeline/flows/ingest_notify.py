@@ -2,17 +2,22 @@
 
 Notifications are unique on ``email.received:<email id>``, so a repeat inserts nothing; re-indexed
 copies (``silent``) and mail that just created a lead (already announced) notify no one.
+The ``email.received`` webhook event (every new inbound email, linked or not, with its links) and
+``email.linked`` (when it has links) are written in the same transaction, unique per email.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlmodel import Session, col, select
 
-from models import EmailAccount, EmailLink, Notification
+from models import Email, EmailAccount, EmailLink, Notification
 from models.db import get_engine
 from ops import metrics
 from pipeline.flows import notifications
 from pipeline.flows.chain import in_state, move
+from pipeline.flows.events_outbox import email_payloads, record_events
 
 __all__ = ["notify_batch"]
 
@@ -40,7 +45,26 @@ def notify_batch(email_ids: list[str]) -> None:
             "dedupe_key": f"email.received:{e.id}",
         } for e in wanted if e.id not in announced]
         rows = notifications.insert_new(s, rows)
+        _record_webhook_events(s, [e for e in emails if e.direction == "inbound" and not e.silent])
         move(s, [e.id for e in emails], "done")
         s.commit()
     metrics.INGESTED.labels("notify", "ok").inc(len(rows))
     notifications.publish(rows)
+
+
+def _record_webhook_events(s: Session, emails: list[Email]) -> None:
+    """``email.received`` and ``email.linked`` outbox events for new inbound emails (in the caller's transaction)."""
+    if not emails:
+        return
+    payloads = email_payloads(s, [e.id for e in emails])
+    by_org: dict[str, list[tuple[str, dict[str, Any], str | None]]] = {}
+    for e in emails:
+        data = payloads.get(e.id)
+        if data is None:
+            continue
+        events = by_org.setdefault(e.org_id, [])
+        events.append(("email.received", data, f"email.received:{e.id}"))
+        if any(data[k] for k in ("contact_ids", "lead_ids", "account_ids", "opportunity_ids")):
+            events.append(("email.linked", {**data, "source": "auto"}, f"email.linked:{e.id}"))
+    for org_id, events in by_org.items():
+        record_events(s, org_id, events)

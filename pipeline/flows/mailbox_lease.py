@@ -21,6 +21,7 @@ from models.lease import Lease
 from ops import metrics
 from ops.settings import get_settings
 from pipeline.clients.imap import ImapErrorKind
+from pipeline.flows.events_outbox import note_sync_state
 
 __all__ = ["ERROR_AFTER_FAILURES", "FETCH_LEASE", "Claim", "claim", "record_failure", "release", "renew"]
 
@@ -67,7 +68,8 @@ def renew(s: Session, account_id: str, owner: str, **values: Any) -> None:
 def release(account_id: str, owner: str, **values: Any) -> None:
     """Give the lease back with the run's outcome ``values``."""
     with Session(get_engine()) as s:
-        FETCH_LEASE.release(s, account_id, owner, **values)
+        if FETCH_LEASE.release(s, account_id, owner, **values) and "sync_state" in values:
+            note_sync_state(s, account_id, values["sync_state"], error=values.get("last_error"), error_code=values.get("last_error_code"))
         s.commit()
 
 

@@ -30,6 +30,7 @@ from pipeline import jobs
 from pipeline.clients.notion import NotionError, call, make_client, results
 from pipeline.clients.storage import StorageError, get_storage
 from pipeline.flows import notifications
+from pipeline.flows.events_outbox import email_payloads, record_event
 from pipeline.flows.notion_connect import refresh, schema, token_of
 from pipeline.scheduler import register_sweep
 from pipeline.stages import notion_blocks as nb
@@ -255,6 +256,10 @@ class NotionSaveRun:
                 "org_id": self.row.org_id, "user_id": self.row.user_id, "kind": "notion.saved",
                 "title": f"Saved to Notion: {self.row.title}"[:500], "body": self.row.page_url or "", "email_id": self.row.email_id,
                 "dedupe_key": f"notion.saved:{self.save_id}", "data": {"notion_page_url": self.row.page_url}}])
+            record_event(s, self.row.org_id, "notion.saved", {
+                **email_payloads(s, [self.row.email_id]).get(self.row.email_id, {"email_id": self.row.email_id}),
+                "user_id": self.row.user_id, "save_id": self.save_id, "notion_page_url": self.row.page_url},
+                dedupe_key=f"notion.saved:{self.save_id}")
             s.commit()
         notifications.publish(pushed)
         metrics.NOTION_SAVES.labels("done").inc()
@@ -275,6 +280,10 @@ class NotionSaveRun:
                 "org_id": self.row.org_id, "user_id": self.row.user_id, "kind": "notion.failed",
                 "title": f"Could not save to Notion: {self.row.title}"[:500], "body": message[:2000], "email_id": self.row.email_id,
                 "dedupe_key": f"notion.failed:{self.save_id}", "data": {"error_code": code}}])
+            record_event(s, self.row.org_id, "notion.failed", {
+                **email_payloads(s, [self.row.email_id]).get(self.row.email_id, {"email_id": self.row.email_id}),
+                "user_id": self.row.user_id, "save_id": self.save_id, "error_code": code, "message": message[:500]},
+                dedupe_key=f"notion.failed:{self.save_id}")
             s.commit()
         notifications.publish(pushed)
         metrics.NOTION_SAVES.labels("failed").inc()

@@ -33,6 +33,7 @@ from pipeline.clients.storage import StorageError
 from pipeline.flows.chain import start_chain
 from pipeline.flows.connections import smtp_settings, smtp_transport
 from pipeline.flows.delivery_copy import DeliveryCopies
+from pipeline.flows.events_outbox import email_payloads, record_event
 from pipeline.flows.send_due import enqueue_send
 from pipeline.flows.send_lease import SEND_LEASE, Loaded, claim, guard, load, release, tx
 from pipeline.flows.sent_copy import SentCopy, in_sent_folder
@@ -327,6 +328,11 @@ class SendRun:
                 # Stored and linked like inbound mail: the chain parses the untracked copy.
                 values.update(sent_at=now, pipeline_state="fetched", stage_at=now, raw_key=self.outbox.base_key)
             s.execute(update(Email).where(col(Email.id) == self.email_id).values(**values))
+            data = email_payloads(s, [self.email_id]).get(self.email_id, {"email_id": self.email_id})
+            kind = "email.sent" if sent else "email.failed"
+            record_event(s, self.outbox.org_id, kind, {**data, "status": summary.status, "error": summary.error,
+                                                       "recipients": [r for d in self.deliveries for r in d.recipients]},
+                         dedupe_key=f"{kind}:{self.email_id}")
             s.commit()
         self.outbox.state = summary.status
         metrics.SENT.labels(summary.status).inc()

@@ -15,8 +15,10 @@ from pipeline.flows.notion_save import sweep_notion_saves
 from pipeline.flows.send_due import sweep_send_due
 from pipeline.flows.sync import sweep_due_accounts
 from pipeline.flows.tracking_record import sweep_unsettled_clicks
+from pipeline.flows.webhooks import sweep_webhooks
 
 __all__ = ["SWEEPS"]
 
 SWEEPS = (sweep_due_accounts, resume_ingest, sweep_relinks, sweep_send_due, sweep_unsettled_clicks, sweep_notion_saves,
-          sweep_pending_notification_emails, sweep_flag_changes, sweep_fleet_gauges, sweep_unclassified, sweep_account_risk)
+          sweep_pending_notification_emails, sweep_flag_changes, sweep_fleet_gauges, sweep_unclassified, sweep_account_risk,
+          sweep_webhooks)

@@ -29,6 +29,7 @@ from ops.keys import seal, unseal
 from ops.settings import get_settings
 from pipeline.clients.oauth import TokenEndpointError, post_form
 from pipeline.flows import notifications
+from pipeline.flows.events_outbox import note_sync_state
 from pipeline.stages.oauth import TokenError, interpret_token_response, needs_refresh, provider_config, reconnect_reason
 
 __all__ = ["CredentialsUnavailable", "ReconnectRequired", "TokenUnavailable", "access_token", "grant_token"]
@@ -156,6 +157,7 @@ def _revoke(s: Session, grant: OAuthGrant, error: TokenError) -> str:
     if account is not None:
         s.execute(update(EmailAccount).where(col(EmailAccount.id) == account.id).values(
             sync_state="reconnect_required", last_error=reason[:2000], last_error_code="auth"))
+        note_sync_state(s, account.id, "reconnect_required", error=reason, error_code="auth")
         pushed = notifications.insert_new(s, [{
             "org_id": account.org_id, "user_id": account.user_id, "kind": "account.reconnect_required",
             "title": f"Reconnect {account.email}"[:500], "body": reason[:2000], "email_id": None,

@@ -17,6 +17,7 @@ from models.db import is_postgres
 from ops import metrics
 from ops.keys import get_keyring
 from pipeline.flows import notifications
+from pipeline.flows.events_outbox import email_payloads, record_events
 from pipeline.stages.throttle import window_cap
 from pipeline.stages.tracking_ids import verify_link_hash, verify_recipient_hash
 
@@ -207,6 +208,7 @@ def notify(s: Session, batch: Batch, rows: list[dict[str, Any]], *, proxied: boo
     for r in human:
         by_org[batch.emails[r["email_id"]].org_id].append(r)
     out = []
+    _record_webhook_events(s, by_org)
     for org_id, items in by_org.items():
         names = crm_names(s, org_id, {r["recipient_email"] for r in items if r["recipient_email"]})
         for r in items:
@@ -227,3 +229,22 @@ def notify(s: Session, batch: Batch, rows: list[dict[str, Any]], *, proxied: boo
     if not out:
         return []
     return notifications.insert_new(s, out)
+
+
+def _record_webhook_events(s: Session, by_org: dict[str, list[dict[str, Any]]]) -> None:
+    """``email.opened``/``email.clicked`` outbox events for every counted human hit (in the caller's
+    transaction; unique per tracking event, so a replayed batch records nothing twice)."""
+    if not by_org:
+        return
+    payloads = email_payloads(s, {r["email_id"] for items in by_org.values() for r in items})
+    for org_id, items in by_org.items():
+        events: list[tuple[str, dict[str, Any], str | None]] = []
+        for r in items:
+            hit_id = r.get("intake_id") or r.get("_event_id")
+            kind = "email.opened" if r["kind"] == "open" else "email.clicked"
+            data = {**payloads.get(r["email_id"], {"email_id": r["email_id"]}), "recipient_email": r.get("recipient_email"),
+                    "at": r["at"].isoformat()}
+            if kind == "email.clicked":
+                data["url"] = r.get("url")
+            events.append((kind, data, f"{kind}:{hit_id}" if hit_id else None))
+        record_events(s, org_id, events)

@@ -174,7 +174,7 @@ def settle(email_ids: list[str]) -> int:
                 s.add(e)
             s.flush()
             batch = Batch(s, [{"email_id": eid} for eid in ids])
-            rows = [{"email_id": e.email_id, "kind": e.kind, "machine": e.machine, "counted": e.counted, "at": e.at,
+            rows = [{"email_id": e.email_id, "kind": e.kind, "machine": e.machine, "counted": e.counted, "at": e.at, "_event_id": e.id,
                      "recipient_email": e.recipient_email, "url": e.url, "link_hash": e.link_hash,
                      "_text": (batch.links.get((e.email_id, e.link_hash or "")) or _NoLink).text} for e in due]
             count(s, rows)

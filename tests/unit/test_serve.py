@@ -50,8 +50,15 @@ def test_stop_spools_unrecorded_batches_and_the_next_start_replays_them(memory_b
     for b in range(10):
         publish_batch([{"id": b * 10 + i, "kind": "open"} for i in range(10)])
     assert entered.wait(10), "the worker took the first batch"
-    threading.Timer(0.3, gate.set).start()  # the in-flight batch finishes while the worker stops
-    embedded.stop(tracking_grace_ms=50)
+    # The in-flight batch finishes only once the worker has been told to stop (not on a timer, which a
+    # loaded machine can outrun: the stop would then begin after every batch had been recorded).
+    stopper = threading.Thread(target=embedded.stop, kwargs={"tracking_grace_ms": 50})
+    stopper.start()
+    assert embedded.worker is not None
+    wait_until(lambda: not any(t.running for t in embedded.worker.workers), 20, what="the worker told to stop")
+    gate.set()
+    stopper.join(30)
+    assert not stopper.is_alive()
 
     assert recorded and len(recorded) < 100, "one batch was in flight, the rest never ran"
     (left,) = spooled_files()

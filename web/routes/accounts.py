@@ -19,6 +19,7 @@ from models.oauth import OAuthGrant
 from ops.keys import seal
 from pipeline.flows import accounts as svc
 from pipeline.flows import tokens
+from pipeline.flows.events_outbox import note_sync_state
 from pipeline.flows.sync import fetch_now
 from pipeline.stages.wire_text import control_character, host_problem
 from web.api import ApiRouter
@@ -260,6 +261,9 @@ async def patch_account(request: Request) -> JSONResponse:
             for k, v in changes.items():
                 setattr(acct, k, v)
             s.add(acct)
+            if "sync_state" in changes:
+                s.flush()
+                note_sync_state(s, acct.id, changes["sync_state"])
             s.commit()
             return account_json(acct)
 

@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from models import CRM_TABLES, Document, Email, EmailLink, EmailSentiment
 from models.db import get_engine
 from ops.settings import get_settings
+from pipeline.flows.events_outbox import email_payloads, record_event
 from pipeline.flows.flag_store import request_flag_change
 from web.api import ApiRouter, Raw
 from web.cursors import CURSOR, keyset_cursor, read_keyset
@@ -264,10 +265,15 @@ async def add_link(request: Request) -> JSONResponse:
             e = _load(s, org_id, email_id)
             if s.get(ENTITY_MODELS[body.entity_type], (org_id, body.entity_id)) is None:
                 raise ApiError.not_found(body.entity_type)
-            insert_ignore(s, EmailLink, [{"org_id": org_id, "email_id": e.id, "entity_type": body.entity_type,
-                                          "entity_id": body.entity_id, "how": "manual"}], ["email_id", "entity_type", "entity_id"])
+            added = insert_ignore(s, EmailLink, [{"org_id": org_id, "email_id": e.id, "entity_type": body.entity_type,
+                                                  "entity_id": body.entity_id, "how": "manual"}], ["email_id", "entity_type", "entity_id"])
             e.linked = True
             s.add(e)
+            if added:  # the webhook event, in the link's transaction
+                s.flush()
+                data = email_payloads(s, [e.id]).get(e.id, {"email_id": e.id})
+                record_event(s, org_id, "email.linked", {**data, "source": "manual", "entity_type": body.entity_type,
+                                                         "entity_id": body.entity_id})
             s.commit()
             return email_json(s, e, get_settings().public_url)["links"]
 
