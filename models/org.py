@@ -24,6 +24,7 @@ class Organization(SQLModel, table=True):
     anonymize_ip: bool = Field(default=False, description="store tracking IPs truncated (/24, /48)")
     sentiment_llm: bool = Field(default=False, description="classify this organization's mail with the LLM backend when one is set")
     created_at: datetime = ts_field(default_factory=utcnow, nullable=False)
+    retention_days: int | None = Field(default=None, description="emails older than this are purged daily (None: kept forever)")
 
 
 class ApiKey(SQLModel, table=True):

@@ -93,6 +93,11 @@ SERVER_STATE = Counter("mailpipe_server_state_total",
                        ["change"])
 FLAG_STORES = Counter("mailpipe_flag_stores_total", "User flag changes written to the server, by result (done, retry, failed, superseded)",
                       ["result"])
+BOUNCES = Counter("mailpipe_bounces_total", "Bounced recipients of sent mail by type (hard, soft) and complaints (complaint)", ["type"])
+EMAILS_BOUNCED = Counter("mailpipe_emails_bounced_total", "Sent emails that became bounced (every recipient hard-bounced)")
+PRIVACY_JOBS = Counter("mailpipe_privacy_jobs_total", "Privacy jobs finished, by kind (export, erase) and state (done, failed)",
+                       ["kind", "state"])
+EMAILS_PURGED = Counter("mailpipe_emails_purged_total", "Emails deleted by erase requests and retention, by reason", ["reason"])
 
 
 class DramatiqMetrics(Middleware):
