@@ -9,7 +9,7 @@ from pipeline.broker import setup_broker
 
 broker = setup_broker()
 
-from pipeline.actors import fetch, flags, ingest, notify_email, notion, selftest, send, sentiment, tracking  # noqa: E402
+from pipeline.actors import fetch, flags, ingest, notify_email, notion, privacy, selftest, send, sentiment, tracking  # noqa: E402
 from pipeline.flows import sweeps  # noqa: E402,F401  (registers every sweep with the scheduler)
 
-__all__ = ["broker", "fetch", "flags", "ingest", "notify_email", "notion", "selftest", "send", "sentiment", "tracking"]
+__all__ = ["broker", "fetch", "flags", "ingest", "notify_email", "notion", "privacy", "selftest", "send", "sentiment", "tracking"]

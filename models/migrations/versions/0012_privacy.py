@@ -21,6 +21,7 @@ def upgrade() -> None:
     op.add_column('emails', sa.Column('kind', sa.String(length=16), nullable=False, server_default='message'))
     op.add_column('emails', sa.Column('bounces', sa.JSON(), nullable=False, server_default='[]'))
     op.add_column('organizations', sa.Column('retention_days', sa.Integer(), nullable=True))
+    op.add_column('organizations', sa.Column('retention_run_at', sa.DateTime(timezone=True), nullable=True))
 
     op.create_table('privacy_jobs',
     sa.Column('id', sa.String(length=24), nullable=False),
@@ -67,6 +68,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_privacy_jobs_org_id'))
     op.drop_table('privacy_jobs')
     with op.batch_alter_table('organizations', schema=None) as batch_op:
+        batch_op.drop_column('retention_run_at')
         batch_op.drop_column('retention_days')
     with op.batch_alter_table('emails', schema=None) as batch_op:
         batch_op.drop_column('bounces')

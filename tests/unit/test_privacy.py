@@ -1,0 +1,416 @@
+"""Privacy and deliverability on SQLite with the fake IMAP/SMTP servers and the StubBroker: the
+sanitizer and report detector (pure), bounces and suppression, erase, retention and export.
+
+The same scenarios against Dovecot, aiosmtpd, PostgreSQL and moto S3 are in
+tests/integration/test_privacy_dovecot.py; these are the fast twins.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from collections.abc import Iterator
+from datetime import timedelta
+from email.message import EmailMessage
+from typing import Any
+
+import pytest
+from dramatiq import Worker
+from dramatiq.brokers.stub import StubBroker
+from sqlalchemy import delete, select
+from sqlmodel import Session
+from starlette.testclient import TestClient
+
+from models import Document, Email, EmailAddress, EmailLink, ErasedMessage, FolderState, Lead, Notification, PrivacyJob, Suppression, utcnow
+from models.db import get_engine
+from pipeline.clients.storage import get_storage
+from pipeline.flows.connections import use_imap_connector, use_smtp_transport
+from pipeline.stages.bounces import detect_report
+from pipeline.stages.safe_html import BLOCKED_IMAGE, safe_html
+from tests.harness.fake_imap import FakeImapServer, fake_connect
+from tests.harness.fake_smtp import FakeSmtpTransport
+from tests.harness.flow import CRM, count, drain, make_account, make_org, seed_crm, tick
+from tests.harness.mail import make_message
+from tests.harness.reports import arf_complaint, postfix_dsn, text_bounce
+
+ME = "alice@example.test"
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(64)) * 4
+DANGEROUS = """<html><head><meta http-equiv="refresh" content="0;url=https://evil.example/">
+<link rel="stylesheet" href="https://evil.example/x.css"><style>body { background: url(https://evil.example/bg) }</style></head>
+<body onload="steal()"><p>Hello <b>there</b></p>
+<script>alert("xss")</script>
+<img src="https://evil.example/x.png" onerror="alert(document.cookie)" alt="broken">
+<a href="javascript:alert(1)">click me</a> <a href="https://ok.example/page">fine link</a>
+<iframe src="https://evil.example/frame"></iframe><form action="https://evil.example/post"><input name="pw"></form>
+<object data="https://evil.example/x.swf"></object><embed src="https://evil.example/e">
+<img src="https://tracker.example/pixel.gif?u=42" width="1" height="1">
+<img src="cid:logo123@mail.example" alt="logo">
+<a href="data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==">data link</a>
+<p style="color: red; background-image: url('https://tracker.example/css')">styled</p>
+<p style="color: blue">blue</p><div style="width: expression(alert(1))">ie</div>
+</body></html>"""
+
+
+def html_with_cid(i: int, *, from_: str, message_id: str) -> bytes:
+    """A multipart/related message: the dangerous HTML and the inline logo it shows by cid."""
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"], msg["Message-ID"] = from_, ME, f"Newsletter {i}", message_id
+    msg.set_content("plain version")
+    msg.add_alternative(DANGEROUS, subtype="html")
+    html_part = msg.get_payload()[1]
+    html_part.add_related(PNG, "image", "png", cid="<logo123@mail.example>", filename="logo.png")
+    return bytes(msg)
+
+
+def assert_safe(safe: str, *, remote: bool = False) -> None:
+    """None of the dangerous parts; with ``remote`` the one remote image of evil.example may stay."""
+    low = safe.lower()
+    for bad in ("<script", "alert(", "onerror", "onload", "javascript:", "<iframe", "<form", "<input", "<object", "<embed",
+                "<meta", "refresh", "<link", "<style", "url(", "expression(", "data:text", "evil.example"):
+        if remote and bad == "evil.example":
+            assert low.count(bad) == 1 and '<img src="https://evil.example/x.png" alt="broken">' in low, safe
+            continue
+        assert bad not in low, (bad, safe)
+
+
+class TestSafeHtml:
+    def test_dangerous_parts_removed_cid_rewritten_remote_blocked(self) -> None:
+        safe = safe_html(DANGEROUS, cid_urls={"logo123@mail.example": "https://mp.example/api/v1/emails/E/attachments/D"},
+                         remote_content=False)
+        assert_safe(safe)
+        assert '<img src="https://mp.example/api/v1/emails/E/attachments/D" alt="logo">' in safe
+        assert "tracker.example" not in safe and safe.count(BLOCKED_IMAGE) == 2
+        assert '<a href="https://ok.example/page" target="_blank" rel="noopener noreferrer">fine link</a>' in safe \
+            or ('href="https://ok.example/page"' in safe and 'rel="noopener noreferrer"' in safe and 'target="_blank"' in safe)
+        assert '<p style="color:blue">blue</p>' in safe.replace("color: blue", "color:blue")
+        assert "<b>there</b>" in safe
+
+    def test_remote_content_true_keeps_remote_images_only(self) -> None:
+        safe = safe_html(DANGEROUS, cid_urls={}, remote_content=True)
+        assert_safe(safe, remote=True)
+        assert 'src="https://tracker.example/pixel.gif?u=42"' in safe
+        assert "cid:" not in safe  # an unknown cid loses its src
+
+    @pytest.mark.parametrize("attack", [
+        '<a href="  JaVaScRiPt:alert(1)">x</a>', '<a href="java&#x09;script:alert(1)">x</a>', "<svg onload=alert(1)>",
+        '<img src=x onerror=alert(1)//', '<math><mtext><table><mglyph><style><img src=x onerror=alert(1)>',
+        '<p style="background:u\\72l(https://evil.example/)">x</p>', "<base href='https://evil.example/'>",
+        '<a href="vbscript:msgbox(1)">x</a>', '<div style="behavior: url(x.htc)">x</div>',
+    ])
+    def test_classic_vectors(self, attack: str) -> None:
+        assert_safe(safe_html(attack, cid_urls={}, remote_content=True))
+
+
+class TestDetectReport:
+    ORIGINAL = make_message(1, from_=ME, to="gone@rcpt.example", message_id="<orig1@example.test>",
+                            headers={"X-Mailpipe-Email-Id": "0193aaaabbbbccccdddd0001"})
+
+    def test_postfix_hard(self) -> None:
+        r = detect_report(postfix_dsn(self.ORIGINAL, "gone@rcpt.example", to=ME))
+        assert r is not None and r.kind == "bounce"
+        assert [(x.recipient, x.type, x.status) for x in r.recipients] == [("gone@rcpt.example", "hard", "5.1.1")]
+        assert "550 5.1.1" in r.recipients[0].diagnostic
+        assert r.email_ids == ("0193aaaabbbbccccdddd0001",) and r.message_ids == ("orig1@example.test",)
+
+    def test_postfix_soft_headers_only(self) -> None:
+        r = detect_report(postfix_dsn(self.ORIGINAL, "gone@rcpt.example", to=ME, status="4.2.2", code=452, headers_only=True))
+        assert r is not None and [(x.type, x.status) for x in r.recipients] == [("soft", "4.2.2")]
+        assert r.email_ids == ("0193aaaabbbbccccdddd0001",)
+
+    def test_arf_complaint(self) -> None:
+        r = detect_report(arf_complaint(self.ORIGINAL, "gone@rcpt.example", to=ME))
+        assert r is not None and r.kind == "complaint" and r.feedback_type == "abuse"
+        assert [x.recipient for x in r.recipients] == ["gone@rcpt.example"] and r.message_ids == ("orig1@example.test",)
+
+    def test_non_standard_bounce(self) -> None:
+        r = detect_report(text_bounce(self.ORIGINAL, "gone@rcpt.example", to=ME))
+        assert r is not None and r.kind == "bounce" and [(x.recipient, x.type) for x in r.recipients] == [("gone@rcpt.example", "hard")]
+        assert r.email_ids == ("0193aaaabbbbccccdddd0001",)
+
+    def test_ordinary_mail_is_no_report(self) -> None:
+        assert detect_report(self.ORIGINAL) is None
+        assert detect_report(make_message(2, from_="Jane <jane@customer.example>", subject="Delivery failed? No, a question")) is None
+        assert detect_report(b"\xff\xfe garbage \x00") is None
+
+
+@pytest.fixture
+def env(db: str, stub_broker: StubBroker, stub_worker: Worker, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+    from ops.settings import reset_settings
+    from web.app import create_app
+
+    monkeypatch.setenv("MAILPIPE_SEND_RETRY_BASE_SECONDS", "0.05")
+    monkeypatch.setenv("MAILPIPE_BACKFILL_DAYS", "1000")
+    reset_settings()
+    imap_server = FakeImapServer(ME, "alicepass")
+    smtp = FakeSmtpTransport()
+    use_imap_connector(fake_connect(imap_server))
+    use_smtp_transport(smtp)
+    org_id, key = make_org(auto_create_leads=True)
+    seed_crm(org_id)
+    account_id = make_account(org_id)
+    with TestClient(create_app()) as client:
+        yield {"client": client, "h": {"Authorization": f"Bearer {key}"}, "imap": imap_server, "smtp": smtp,
+               "broker": stub_broker, "worker": stub_worker, "org_id": org_id, "account_id": account_id}
+    use_imap_connector(None)
+    use_smtp_transport(None)
+
+
+def settle(env: dict[str, Any]) -> None:
+    drain(env["broker"], env["worker"])
+
+
+def sync(env: dict[str, Any]) -> None:
+    from sqlalchemy import update
+
+    from models import EmailAccount
+
+    with Session(get_engine()) as s:
+        s.execute(update(EmailAccount).values(next_fetch_at=None))
+        s.commit()
+    tick()
+    settle(env)
+
+
+def resync_from_scratch(env: dict[str, Any]) -> None:
+    """Forget every folder cursor: the next sync is a first sync that fetches the whole mailbox again."""
+    with Session(get_engine()) as s:
+        s.execute(delete(FolderState))
+        s.commit()
+    sync(env)
+
+
+def send(env: dict[str, Any], to: list[str], **body: Any) -> Any:
+    payload = {"account_id": env["account_id"], "to": to, "subject": "Proposal", "body_html": "<p>Hello</p>", **body}
+    return env["client"].post("/api/v1/emails/send", json=payload, headers=env["h"])
+
+
+def get(env: dict[str, Any], email_id: str, **params: Any) -> Any:
+    return env["client"].get(f"/api/v1/emails/{email_id}", headers=env["h"], params=params)
+
+
+def sent(env: dict[str, Any], to: list[str], **body: Any) -> tuple[str, bytes]:
+    r = send(env, to, **body)
+    assert r.status_code == 202, r.text
+    eid = r.json()["id"]
+    for _ in range(40):
+        settle(env)
+        if get(env, eid).json()["status"] == "sent":
+            break
+        tick()
+    assert get(env, eid).json()["status"] == "sent"
+    raw = next(raw for _, _, rcpts, raw in reversed(env["smtp"].sends) if f"X-Mailpipe-Email-Id: {eid}".encode() in raw)
+    return eid, raw
+
+
+def wait_job(env: dict[str, Any], job_id: str) -> dict[str, Any]:
+    for _ in range(20):
+        settle(env)
+        r = env["client"].get(f"/api/v1/privacy/jobs/{job_id}", headers=env["h"])
+        assert r.status_code == 200, r.text
+        if r.json()["state"] in ("done", "failed"):
+            return dict(r.json())
+    raise AssertionError("privacy job did not finish")
+
+
+def by_mid(message_id: str) -> Email | None:
+    with Session(get_engine()) as s:
+        return s.execute(select(Email).where(Email.message_id == message_id)).scalar_one_or_none()
+
+
+class TestSanitizedRead:
+    def test_inbound_html_is_served_safe(self, env: dict[str, Any]) -> None:
+        env["imap"].seed("INBOX", [html_with_cid(1, from_=f"Ada <{CRM['contact'][1]}>", message_id="<news1@mail.example>")])
+        sync(env)
+        e = by_mid("news1@mail.example")
+        assert e is not None and e.pipeline_state == "done"
+        data = get(env, e.id).json()
+        assert "<script>" in data["body_html"]  # as received
+        safe = data["body_html_safe"]
+        assert_safe(safe)
+        (logo,) = [a for a in data["attachments"] if a["content_id"] == "logo123@mail.example"]
+        assert f'src="{logo["url"]}"' in safe and "tracker.example" not in safe and BLOCKED_IMAGE in safe
+        assert env["client"].get(logo["url"].split("8000", 1)[-1], headers=env["h"]).content == PNG
+        remote = get(env, e.id, remote_content="true").json()["body_html_safe"]
+        assert_safe(remote, remote=True)
+        assert 'src="https://tracker.example/pixel.gif?u=42"' in remote and f'src="{logo["url"]}"' in remote
+
+
+class TestBounces:
+    def test_hard_bounce_soft_bounce_and_complaint(self, env: dict[str, Any]) -> None:
+        c, h = env["client"], env["h"]
+        leads_before = count(Lead)
+        eid, raw = sent(env, ["Gone Person <gone@rcpt.example>"])
+        env["imap"].seed("INBOX", [postfix_dsn(raw, "gone@rcpt.example", to=ME)])
+        sync(env)
+        data = get(env, eid).json()
+        assert data["status"] == "bounced"
+        (b,) = data["bounces"]
+        assert (b["recipient"], b["type"], b["status"]) == ("gone@rcpt.example", "hard", "5.1.1") and "550" in b["diagnostic"]
+        with Session(get_engine()) as s:
+            report = s.execute(select(Email).where(Email.kind == "bounce")).scalar_one()
+            assert not report.linked and report.pipeline_state == "done"
+            assert s.execute(select(EmailLink).where(EmailLink.email_id == report.id)).first() is None
+            assert s.execute(select(EmailAddress).where(EmailAddress.email_id == report.id)).first() is None
+        assert get(env, report.id).json()["kind"] == "bounce" and b["report_email_id"] == report.id
+        assert count(Lead) == leads_before
+        assert count(Notification, Notification.email_id == report.id) == 0
+        notes = c.get("/api/v1/notifications", params={"user_id": "u1"}, headers=h).json()["items"]
+        assert [n["email_id"] for n in notes if n["type"] == "email.bounced"] == [eid]
+        items = c.get("/api/v1/suppressions", headers=h).json()["items"]
+        assert [(i["email"], i["reason"], i["email_id"]) for i in items] == [("gone@rcpt.example", "hard_bounce", eid)]
+        r = send(env, ["GONE@rcpt.example", CRM["contact"][1]])
+        assert r.status_code == 422 and r.json()["error"]["code"] == "recipient_suppressed"
+        assert r.json()["error"]["details"]["addresses"] == ["gone@rcpt.example"]
+        # The same report synced again (a second copy) changes nothing.
+        assert len(get(env, eid).json()["bounces"]) == 1
+
+        # 4.x.x: soft, the email stays sent, nothing suppressed, the next send goes.
+        eid2, raw2 = sent(env, ["full@rcpt.example"])
+        env["imap"].seed("INBOX", [postfix_dsn(raw2, "full@rcpt.example", to=ME, status="4.2.2", code=452)])
+        sync(env)
+        data2 = get(env, eid2).json()
+        assert data2["status"] == "sent" and [(x["type"], x["status"]) for x in data2["bounces"]] == [("soft", "4.2.2")]
+        assert count(Suppression, Suppression.address_norm == "full@rcpt.example") == 0
+        assert send(env, ["full@rcpt.example"]).status_code == 202
+
+        # An ARF complaint suppresses the complainer; unsubscribes block marketing mail only.
+        eid3, raw3 = sent(env, ["angry@rcpt.example"])
+        env["imap"].seed("INBOX", [arf_complaint(raw3, "angry@rcpt.example", to=ME)])
+        sync(env)
+        assert get(env, eid3).json()["status"] == "sent"
+        assert c.get("/api/v1/suppressions", params={"reason": "complaint"}, headers=h).json()["items"][0]["email"] == "angry@rcpt.example"
+        assert send(env, ["angry@rcpt.example"]).status_code == 422
+        assert count(Notification, Notification.kind == "email.complained") == 1
+
+    def test_suppression_api(self, env: dict[str, Any]) -> None:
+        c, h = env["client"], env["h"]
+        r = c.post("/api/v1/suppressions", json={"email": "Manual@Block.example"}, headers=h)
+        assert r.status_code == 201 and r.json()["email"] == "manual@block.example" and r.json()["reason"] == "manual"
+        assert c.post("/api/v1/suppressions", json={"email": "not an address"}, headers=h).status_code == 422
+        assert send(env, ["manual@block.example"]).json()["error"]["details"]["addresses"] == ["manual@block.example"]
+        with Session(get_engine()) as s:
+            s.add(Suppression(org_id=env["org_id"], address_norm="unsub@x.example", reason="unsubscribe"))
+            s.commit()
+        assert send(env, ["unsub@x.example"]).status_code == 202  # sales mail: unsubscribes do not block it
+        for i in range(3):
+            c.post("/api/v1/suppressions", json={"email": f"p{i}@page.example"}, headers=h)
+        page = c.get("/api/v1/suppressions", params={"limit": 2}, headers=h).json()
+        rest = c.get("/api/v1/suppressions", params={"limit": 10, "cursor": page["next_cursor"]}, headers=h).json()
+        assert len(page["items"]) == 2 and len(page["items"]) + len(rest["items"]) == 5 and rest["next_cursor"] is None
+        assert c.delete("/api/v1/suppressions/MANUAL@block.example", headers=h).status_code == 204
+        assert c.delete("/api/v1/suppressions/manual@block.example", headers=h).status_code == 404
+        assert send(env, ["manual@block.example"]).status_code == 202
+
+
+PERSON = "ex.person@person.example"
+
+
+def seed_people(env: dict[str, Any]) -> None:
+    env["imap"].seed("INBOX", [
+        make_message(1, from_=f"Ex Person <{PERSON}>", message_id="<ex1@person.example>", subject="From the person",
+                     attachments=[("cv.pdf", "application/pdf", b"%PDF person cv " * 40)]),
+        make_message(2, from_=f"Ada <{CRM['contact'][1]}>", cc=PERSON, message_id="<ex2@engine.example>", subject="Person in cc"),
+        make_message(3, from_=f"Ada <{CRM['contact'][1]}>", message_id="<ada3@engine.example>", subject="Only Ada",
+                     attachments=[("ada.pdf", "application/pdf", b"%PDF ada " * 40)]),
+    ])
+
+
+class TestErase:
+    def test_erase_an_address(self, env: dict[str, Any]) -> None:
+        c, h = env["client"], env["h"]
+        assert c.put("/api/v1/crm/contacts/c-ex", json={"last_name": "Person", "email": PERSON}, headers=h).status_code in (200, 201)
+        seed_people(env)
+        sync(env)
+        out_id, _ = sent(env, [PERSON], attachments=[{"filename": "offer.pdf", "content_type": "application/pdf",
+                                                      "content_base64": "JVBERi0xLjQgb2ZmZXI="}])
+        theirs = [by_mid("ex1@person.example"), by_mid("ex2@engine.example")]
+        assert all(e is not None for e in theirs)
+        ids = [e.id for e in theirs if e is not None] + [out_id]
+        ada = by_mid("ada3@engine.example")
+        assert ada is not None
+        with Session(get_engine()) as s:
+            keys = [k for k in s.execute(select(Email.raw_key).where(Email.id.in_(ids))).scalars() if k]  # type: ignore[attr-defined]
+            keys += list(s.execute(select(Document.storage_key).where(Document.email_id.in_(ids))).scalars())  # type: ignore[attr-defined]
+            ada_doc = s.execute(select(Document).where(Document.email_id == ada.id)).scalar_one()
+        storage = get_storage()
+        assert len(keys) >= 4 and all(storage.exists(k) for k in keys)
+        assert len(c.get("/api/v1/crm/contacts/c-ex/timeline", headers=h).json()["items"]) >= 2
+
+        r = c.post("/api/v1/privacy/erase", json={"email": PERSON.upper()}, headers=h)
+        assert r.status_code == 202
+        job = wait_job(env, r.json()["job_id"])
+        assert job["state"] == "done" and job["kind"] == "erase" and job["counts"]["emails"] == 3 and job["counts"]["attachments"] >= 1
+        assert PERSON not in str(job)
+        with Session(get_engine()) as s:
+            row = s.get(PrivacyJob, job["id"])
+            assert row is not None and row.subject is None
+        for eid in ids:
+            assert get(env, eid).status_code == 404
+        assert not any(storage.exists(k) for k in keys)
+        assert c.get("/api/v1/crm/contacts/c-ex/timeline", headers=h).json()["items"] == []
+        assert c.get("/api/v1/emails", params={"q": "person"}, headers=h).json()["items"] == []
+        assert get(env, ada.id).status_code == 200 and storage.exists(ada_doc.storage_key)
+        assert count(ErasedMessage) >= 3
+
+        resync_from_scratch(env)
+        assert by_mid("ex1@person.example") is None and by_mid("ex2@engine.example") is None
+        assert count(Email, Email.org_id == env["org_id"]) == 1 + count(Email, Email.kind == "bounce")  # only Ada's
+        assert get(env, ada.id).status_code == 200
+
+
+class TestRetention:
+    def test_old_mail_purged_recent_kept_not_reimported(self, env: dict[str, Any]) -> None:
+        from click.testing import CliRunner
+
+        from ops.cli import main
+
+        c, h = env["client"], env["h"]
+        r = c.patch("/api/v1/org", json={"retention_days": 365}, headers=h)
+        assert r.status_code == 200 and r.json()["retention_days"] == 365
+        env["imap"].seed("INBOX", [make_message(1, from_=CRM["contact"][1], message_id="<old@t>", date=utcnow() - timedelta(days=400),
+                                                attachments=[("old.pdf", "application/pdf", b"%PDF old " * 30)])],
+                         when=utcnow() - timedelta(days=400))
+        env["imap"].seed("INBOX", [make_message(2, from_=CRM["contact"][1], message_id="<new@t>")])
+        sync(env)
+        old, new = by_mid("old@t"), by_mid("new@t")
+        assert old is not None and new is not None
+        with Session(get_engine()) as s:
+            old_key = s.execute(select(Document.storage_key).where(Document.email_id == old.id)).scalar_one()
+        result = CliRunner().invoke(main, ["retention", "run", "--json"])
+        assert result.exit_code == 0, result.output
+        assert '"emails": 1' in result.output
+        assert get(env, old.id).status_code == 404 and get(env, new.id).status_code == 200
+        assert not get_storage().exists(old_key)
+        resync_from_scratch(env)
+        assert by_mid("old@t") is None and by_mid("new@t") is not None
+        assert c.patch("/api/v1/org", json={"retention_days": None}, headers=h).json()["retention_days"] is None
+
+    def test_daily_sweep_hands_orgs_to_the_queue(self, env: dict[str, Any]) -> None:
+        env["client"].patch("/api/v1/org", json={"retention_days": 30}, headers=env["h"])
+        assert tick()["retention"] == 1
+        assert tick()["retention"] == 0  # once a day
+
+
+class TestExport:
+    def test_export_an_address(self, env: dict[str, Any]) -> None:
+        c, h = env["client"], env["h"]
+        seed_people(env)
+        sync(env)
+        out_id, _ = sent(env, [PERSON], attachments=[{"filename": "offer.pdf", "content_type": "application/pdf",
+                                                      "content_base64": "JVBERi0xLjQgb2ZmZXI="}])
+        r = c.post("/api/v1/privacy/export", json={"email": PERSON}, headers=h)
+        job = wait_job(env, r.json()["job_id"])
+        assert job["state"] == "done" and job["counts"]["emails"] == 3 and job["download_url"]
+        path = job["download_url"].split("8000", 1)[-1]
+        got = c.get(path)  # no API key: the URL is signed
+        assert got.status_code == 200 and got.headers["content-type"] == "application/zip"
+        zf = zipfile.ZipFile(io.BytesIO(got.content))
+        names = zf.namelist()
+        ex1, ex2, ada = by_mid("ex1@person.example"), by_mid("ex2@engine.example"), by_mid("ada3@engine.example")
+        assert ex1 and ex2 and ada
+        assert {f"emails/{ex1.id}.eml", f"emails/{ex2.id}.eml", f"emails/{out_id}.eml", "tracking.json"} <= set(names)
+        assert b"cv.pdf" in zf.read(f"emails/{ex1.id}.eml") and b"offer.pdf" in zf.read(f"emails/{out_id}.eml")
+        assert any(n.startswith(f"attachments/{ex1.id}/") and n.endswith("cv.pdf") for n in names)
+        everything = b"".join(zf.read(n) for n in names)
+        assert b"Only Ada" not in everything and b"ada.pdf" not in everything and ada.id.encode() not in everything
+        assert c.get(path[:-3] + "xyz").status_code == 404
