@@ -102,7 +102,8 @@ def link_batch(email_ids: list[str]) -> None:
             s.execute(update(Email), flags)
         move(s, [e.id for e in emails], "linked")
         s.commit()
-    fan_out_sentiment([e.id for e in emails if e.direction == "inbound" and e.kind == "message"])  # beside the chain: it never waits for sentiment
+    # beside the chain: it never waits for sentiment (delivery reports and complaints have none)
+    fan_out_sentiment([e.id for e in emails if e.direction == "inbound" and e.kind == "message"])
     metrics.INGESTED.labels("link", "linked").inc(len(flags))
     metrics.INGESTED.labels("link", "unlinked").inc(len(emails) - len(flags))
     _observe_arrivals(emails)

@@ -14,6 +14,7 @@ import base64
 import binascii
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -181,7 +182,7 @@ def _compose_or_422(draft: Draft) -> tuple[bytes, str]:
         raise SendRejected(422, "validation_error", str(exc), {"errors": [{"field": exc.field, "message": exc.message}]}) from None
 
 
-def suppressed_recipients(s: Session, org_id: str, addresses: list[str], *, marketing: bool) -> dict[str, str]:
+def suppressed_recipients(s: Session, org_id: str, addresses: Sequence[str], *, marketing: bool) -> dict[str, str]:
     """The addresses among ``addresses`` on the organization's suppression list → their reason
     (unsubscribes only when ``marketing``)."""
     norms = {normalize_email(a) or a: a for a in addresses}

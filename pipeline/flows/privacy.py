@@ -191,7 +191,8 @@ def _export(job: PrivacyJob) -> None:
                     if content is not None:
                         zf.writestr(f"attachments/{d.email_id}/{d.part_index:03d}-{_name(d.document_name)}", content)
                         counts["attachments"] += 1
-                for ev in s.execute(select(TrackingEvent).where(col(TrackingEvent.email_id).in_(ids)).order_by(col(TrackingEvent.at))).scalars():
+                events = select(TrackingEvent).where(col(TrackingEvent.email_id).in_(ids)).order_by(col(TrackingEvent.at))
+                for ev in s.execute(events).scalars():
                     tracking.append({"email_id": ev.email_id, "kind": ev.kind, "at": _iso(ev.at), "url": ev.url, "ip": ev.ip,
                                      "user_agent": ev.user_agent, "machine": ev.machine, "recipient_email": ev.recipient_email})
                 for lk in s.execute(select(TrackedLink).where(col(TrackedLink.email_id).in_(ids))).scalars():

@@ -75,7 +75,7 @@ def _address(value: str | None) -> str | None:
 def _text(part: Message) -> str:
     try:
         payload = part.get_payload(decode=True)
-    except Exception:  # noqa: BLE001 - hostile transfer encodings: no text, no crash
+    except Exception:  # hostile transfer encodings: no text, no crash
         return ""
     if isinstance(payload, bytes):
         return payload[:_MAX_TEXT].decode("utf-8", "replace")
@@ -181,7 +181,7 @@ def _looks_like_bounce(msg: Message) -> bool:
 def _nonstandard(msg: Message) -> list[BounceRecipient]:
     try:
         temporary, permanent = all_failures(msg)
-    except Exception:  # noqa: BLE001 - a detector tripping over hostile MIME: not a bounce
+    except Exception:  # a detector tripping over hostile MIME: not a bounce
         return []
     text = " ".join(_text(p) for p in msg.walk() if p.get_content_maintype() == "text")[:_MAX_TEXT]
     status_m = _STATUS.search(text)
@@ -199,7 +199,7 @@ def detect_report(raw: bytes) -> Report | None:
     """The delivery report or complaint ``raw`` is, or None for any other message."""
     try:
         msg = message_from_bytes(raw, policy=policy.compat32)
-    except Exception:  # noqa: BLE001 - unparseable: the parse stage quarantines it, not this one
+    except Exception:  # unparseable: the parse stage quarantines it, not this one
         return None
     ctype = msg.get_content_type()
     report_type = str(msg.get_param("report-type") or "").lower() if ctype == "multipart/report" else ""
