@@ -8,6 +8,7 @@ tests/integration/test_privacy_dovecot.py; these are the fast twins.
 from __future__ import annotations
 
 import io
+import time
 import zipfile
 from collections.abc import Iterator
 from datetime import timedelta
@@ -297,6 +298,19 @@ class TestBounces:
         page = c.get("/api/v1/suppressions", params={"limit": 2}, headers=h).json()
         rest = c.get("/api/v1/suppressions", params={"limit": 10, "cursor": page["next_cursor"]}, headers=h).json()
         assert len(page["items"]) == 2 and len(page["items"]) + len(rest["items"]) == 5 and rest["next_cursor"] is None
+        # Accepted before the address was suppressed (scheduled): skipped when it comes due.
+        r = send(env, ["later@block.example"], send_at=(utcnow() + timedelta(seconds=1.5)).isoformat())
+        assert r.status_code == 202 and r.json()["status"] == "scheduled", r.text
+        assert c.post("/api/v1/suppressions", json={"email": "later@block.example"}, headers=h).status_code == 201
+        time.sleep(1.6)
+        for _ in range(20):
+            tick()
+            settle(env)
+            if get(env, r.json()["id"]).json()["status"] in ("sent", "failed"):
+                break
+        later = get(env, r.json()["id"]).json()
+        assert later["status"] == "failed" and later["error"]["code"] == "all_suppressed", later
+        assert not any("later@block.example" in rcpts for _, _, rcpts, _ in env["smtp"].sends)
         assert c.delete("/api/v1/suppressions/MANUAL@block.example", headers=h).status_code == 204
         assert c.delete("/api/v1/suppressions/manual@block.example", headers=h).status_code == 404
         assert send(env, ["manual@block.example"]).status_code == 202
