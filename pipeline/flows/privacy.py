@@ -79,6 +79,11 @@ def _mentions(e: Email, address: str) -> bool:
 
 def emails_of_address(s: Session, org_id: str, address: str, *, after_id: str = "", limit: int = BATCH) -> list[Email]:
     """The next emails (by id, after ``after_id``) the address sent or received."""
+    return _scan(s, org_id, address, after_id, limit)[0]
+
+
+def _scan(s: Session, org_id: str, address: str, after_id: str, limit: int) -> tuple[list[Email], str]:
+    """The next emails of the address after ``after_id``, and the last id looked at."""
     pattern = "%" + address.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
     listed = select(EmailAddress.email_id).where(EmailAddress.org_id == org_id, EmailAddress.address_norm == address)
     out: list[Email] = []
@@ -93,9 +98,13 @@ def emails_of_address(s: Session, org_id: str, address: str, *, after_id: str = 
         ).order_by(col(Email.id)).limit(limit)).scalars())
         if not rows:
             break
-        out += [e for e in rows if _mentions(e, address)]  # the LIKE also matches longer addresses
-        cursor = rows[-1].id
-    return out[:limit]
+        for e in rows:
+            if len(out) >= limit:
+                break
+            cursor = e.id
+            if _mentions(e, address):  # the LIKE also matches longer addresses
+                out.append(e)
+    return out, cursor
 
 
 def _claim(job_id: str) -> PrivacyJob | None:
@@ -149,9 +158,11 @@ def _erase(job: PrivacyJob) -> None:
         if hasattr(total, name) and isinstance(value, int):
             setattr(total, name, value)
     deadline = time.monotonic() + JOB_BUDGET_SECONDS
+    after = ""  # everything up to here is purged or not the address's: each batch scans on from there
     while True:
         with Session(get_engine(), expire_on_commit=False) as s:
-            batch = [e.id for e in emails_of_address(s, job.org_id, address)]
+            found, after = _scan(s, job.org_id, address, after, BATCH)
+            batch = [e.id for e in found]
             if not batch:
                 break
             total.add(purge_emails(s, job.org_id, batch, reason="erase"))

@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass
 from email import message_from_bytes, policy
 from email.message import Message
+from email.parser import BytesHeaderParser
 from typing import Literal
 
 from flufl.bounce import all_failures
@@ -57,6 +58,7 @@ _BOUNCE_SUBJECT = re.compile(r"undeliver|delivery (status )?(notification|failur
                              r"mail delivery (failed|system)|non[- ]?delivery|could not be delivered|delivery has failed", re.I)
 _DAEMON = re.compile(r"^(mailer-daemon|postmaster|mail-daemon|mailerdaemon)@", re.I)
 _MAX_TEXT = 200_000
+_MAX_HEAD = 256 * 1024
 
 
 def _address(value: str | None) -> str | None:
@@ -195,8 +197,19 @@ def _nonstandard(msg: Message) -> list[BounceRecipient]:
     return out
 
 
+def _maybe_report(raw: bytes) -> bool:
+    """From the headers alone: could this be a report at all (most mail is not; no full parse for it)."""
+    try:
+        head = BytesHeaderParser(policy=policy.compat32).parsebytes(raw[:_MAX_HEAD])
+    except Exception:  # hostile header block: let the full parse decide
+        return True
+    return head.get_content_type() == "multipart/report" or _looks_like_bounce(head)
+
+
 def detect_report(raw: bytes) -> Report | None:
     """The delivery report or complaint ``raw`` is, or None for any other message."""
+    if not _maybe_report(raw):
+        return None
     try:
         msg = message_from_bytes(raw, policy=policy.compat32)
     except Exception:  # unparseable: the parse stage quarantines it, not this one

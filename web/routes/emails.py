@@ -136,10 +136,19 @@ def _load(s: Session, org_id: str, email_id: str) -> Email:
     return e
 
 
-@lru_cache(maxsize=256)
+_CACHE_MAX_BODY = 512 * 1024  # larger bodies are sanitized per read rather than held in the cache
+
+
+@lru_cache(maxsize=128)
+def _cached_safe_html(html: str, cid_urls: tuple[tuple[str, str], ...], remote_content: bool) -> str:
+    return safe_html(html, cid_urls=dict(cid_urls), remote_content=remote_content)
+
+
 def _safe_html(html: str, cid_urls: tuple[tuple[str, str], ...], remote_content: bool) -> str:
     """Sanitized HTML, computed once per (body, attachment URLs, remote choice) in this process."""
-    return safe_html(html, cid_urls=dict(cid_urls), remote_content=remote_content)
+    if len(html) > _CACHE_MAX_BODY:
+        return safe_html(html, cid_urls=dict(cid_urls), remote_content=remote_content)
+    return _cached_safe_html(html, cid_urls, remote_content)
 
 
 def email_json(s: Session, e: Email, base_url: str, *, remote_content: bool = False) -> dict[str, Any]:
