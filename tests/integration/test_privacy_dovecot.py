@@ -289,7 +289,8 @@ class TestRetention:
 
 
 class TestExport:
-    def test_must_show_2_export(self, priv: dict[str, Any]) -> None:
+    @pytest.mark.parametrize("storage_kind", ["file", "s3"], indirect=True)
+    def test_must_show_2_export(self, priv: dict[str, Any], storage_kind: str) -> None:
         """Export for an address → a zip with its inbound and outbound mail (attachments inside) and nothing of anyone else."""
         p = priv
         c, h = p["client"], p["h"]

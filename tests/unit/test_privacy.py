@@ -428,3 +428,16 @@ class TestExport:
         everything = b"".join(zf.read(n) for n in names)
         assert b"Only Ada" not in everything and b"ada.pdf" not in everything and ada.id.encode() not in everything
         assert c.get(path[:-3] + "xyz").status_code == 404
+
+    def test_hostile_input_and_tenancy(self, env: dict[str, Any]) -> None:
+        c, h = env["client"], env["h"]
+        for bad in ({"email": "nobody"}, {"email": ""}, {"email": "a b@c.example"}, {}, {"email": 5}):
+            r = c.post("/api/v1/privacy/erase", json=bad, headers=h)
+            assert r.status_code == 422 and r.json()["error"]["code"] == "validation_error", (bad, r.text)
+        job_id = c.post("/api/v1/privacy/export", json={"email": "x@y.example"}, headers=h).json()["job_id"]
+        assert wait_job(env, job_id)["counts"]["emails"] == 0
+        _, other_key = make_org("other")
+        assert c.get(f"/api/v1/privacy/jobs/{job_id}", headers={"Authorization": f"Bearer {other_key}"}).status_code == 404
+        assert c.get("/api/v1/privacy/jobs/nope", headers=h).status_code == 404
+        assert c.get("/privacy/exports/forged.token").status_code == 404
+        assert c.patch("/api/v1/org", json={"retention_days": 0}, headers=h).status_code == 422
