@@ -16,6 +16,7 @@ resort those headers quoted anywhere in the report's text.
 
 from __future__ import annotations
 
+import base64
 import re
 from dataclasses import dataclass
 from email import message_from_bytes, policy
@@ -84,14 +85,36 @@ def _text(part: Message) -> str:
     return str(part.get_payload())[:_MAX_TEXT] if not part.is_multipart() else ""
 
 
+def _split_blocks(text: str) -> list[Message]:
+    return [message_from_bytes(block.encode("utf-8", "replace"), policy=policy.compat32)
+            for block in re.split(r"\n\s*\n", text.replace("\r\n", "\n")) if block.strip()]
+
+
 def _header_blocks(part: Message) -> list[Message]:
-    """The header blocks of a ``message/delivery-status`` or ``message/feedback-report`` part."""
+    """The header blocks of a ``message/delivery-status`` or ``message/feedback-report`` part
+    (blank lines between blocks: one or several; a block's own base64 body decoded, as some MTAs write it)."""
     payload = part.get_payload()
-    if isinstance(payload, list) and all(isinstance(p, Message) for p in payload):
-        return list(payload)
-    raw = _text(part).replace("\r\n", "\n")
-    return [message_from_bytes(block.encode("utf-8", "replace"), policy=policy.compat32) for block in re.split(r"\n\s*\n", raw)
-            if block.strip()]
+    if not (isinstance(payload, list) and all(isinstance(p, Message) for p in payload)):
+        return _split_blocks(_text(part))
+    out: list[Message] = []
+    for block in payload:
+        if not isinstance(block, Message):
+            continue
+        if len(block.keys()):
+            out.append(block)
+        body = block.get_payload()
+        if isinstance(body, str) and body.strip():
+            out += _split_blocks(_text(block) if len(block.keys()) else _maybe_base64(body))
+    return out
+
+
+def _maybe_base64(body: str) -> str:
+    """A header-less block: base64 of the recipient fields (when the encoding was declared in the block before), or text."""
+    try:
+        decoded = base64.b64decode("".join(body.split()), validate=True).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return body
+    return decoded if ":" in decoded else body
 
 
 def _original_ids(msg: Message) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -138,9 +161,11 @@ def _delivery_status(msg: Message) -> list[BounceRecipient] | None:
         for block in _header_blocks(part)[1:] or _header_blocks(part):
             rcpt = _address(block.get("Final-Recipient")) or _address(block.get("Original-Recipient"))
             action = str(block.get("Action") or "").strip().lower()
+            status_m = _STATUS.search(str(block.get("Status") or "")) or _STATUS.search(str(block.get("Diagnostic-Code") or ""))
+            if not action and status_m is not None:  # Action left out: the status class says it
+                action = {"5": "failed", "4": "delayed"}.get(status_m.group(1), "")
             if rcpt is None or action not in ("failed", "delayed"):
                 continue
-            status_m = _STATUS.search(str(block.get("Status") or "")) or _STATUS.search(str(block.get("Diagnostic-Code") or ""))
             status = ".".join(status_m.groups()) if status_m else ("5.0.0" if action == "failed" else "4.0.0")
             kind: BounceType = "hard" if action == "failed" and status.startswith("5") else "soft"
             diagnostic = " ".join(str(block.get("Diagnostic-Code") or "").split())[:1000]

@@ -13,6 +13,7 @@ import zipfile
 from collections.abc import Iterator
 from datetime import timedelta
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -102,6 +103,28 @@ class TestSafeHtml:
         assert_safe(safe_html(attack, cid_urls={}, remote_content=True))
 
 
+CORPUS_REPORTS = {
+    "cpython/msg_16.eml": ("bounce", 1, "hard"), "cpython/msg_43.eml": ("bounce", 11, "hard"),
+    "flanker/bounce__delayed.eml": ("bounce", 1, "soft"), "flanker/bounce__gmail-invalid-address.eml": ("bounce", 1, "hard"),
+    "flanker/bounce__gmail-no-dns.eml": ("bounce", 1, "hard"), "flanker/bounce__mailbox-full.eml": ("bounce", 1, "hard"),
+    "flanker/bounce__no-mx.eml": ("bounce", 1, "soft"), "flanker/bounce__office365.eml": ("bounce", 1, "hard"),
+    "flanker/bounce__zed.eml": ("bounce", 1, "hard"), "flanker/complaints__aol.eml": ("complaint", 1, "hard"),
+    "flanker/complaints__yahoo.eml": ("complaint", 1, "hard"),
+    "mikel-mail/mime_emails__raw_email_with_mimepart_without_content_type.eml": ("bounce", 1, "soft"),
+    "mikel-mail/multipart_report_emails__multi_address_bounce1.eml": ("bounce", 5, "hard"),
+    "mikel-mail/multipart_report_emails__multipart_report_multiple_status.eml": ("bounce", 1, "hard"),
+    "mikel-mail/multipart_report_emails__report_422.eml": ("bounce", 1, "soft"),
+    "mikel-mail/multipart_report_emails__report_530.eml": ("bounce", 1, "hard"),
+    "mimekit/bounce.eml": ("bounce", 1, "hard"),  # the recipient block base64-encoded
+    "mimekit/delivery-status-multiple-blank-lines.eml": ("bounce", 1, "hard"),  # no Action: the status class says it
+    "mimekit/delivery-status-no-blank-line.eml": ("bounce", 1, "hard"),
+    "mimekit/delivery-status.anonymized.eml": ("bounce", 0, None),  # every field anonymized: a report of nothing
+    "mimekit/delivery-status2.eml": ("bounce", 1, "hard"),
+    "nodemailer-mailparser/delivery-status.eml": ("bounce", 1, "hard"),
+    "spamscope-mail-parser/mail_malformed_2.eml": ("bounce", 1, "soft"),
+}
+
+
 class TestDetectReport:
     ORIGINAL = make_message(1, from_=ME, to="gone@rcpt.example", message_id="<orig1@example.test>",
                             headers={"X-Mailpipe-Email-Id": "0193aaaabbbbccccdddd0001"})
@@ -127,6 +150,18 @@ class TestDetectReport:
         r = detect_report(text_bounce(self.ORIGINAL, "gone@rcpt.example", to=ME))
         assert r is not None and r.kind == "bounce" and [(x.recipient, x.type) for x in r.recipients] == [("gone@rcpt.example", "hard")]
         assert r.email_ids == ("0193aaaabbbbccccdddd0001",)
+
+    def test_public_corpus(self) -> None:
+        """Every report in the 425-message public corpus (tests/data/corpus) is found, with its failed
+        recipients and their type; no other message is taken for one."""
+        root = Path(__file__).parents[1] / "data" / "corpus"
+        found = {}
+        for path in sorted(root.rglob("*")):
+            if path.is_file() and path.suffix not in (".md", ".tsv") and "LICENSES" not in path.parts:
+                r = detect_report(path.read_bytes())
+                if r is not None:
+                    found[str(path.relative_to(root))] = (r.kind, len(r.recipients), r.recipients[0].type if r.recipients else None)
+        assert found == CORPUS_REPORTS
 
     def test_ordinary_mail_is_no_report(self) -> None:
         assert detect_report(self.ORIGINAL) is None
