@@ -42,7 +42,7 @@ from models.db import get_engine
 from ops import metrics
 from pipeline import jobs
 from pipeline.clients.storage import StorageError, get_storage
-from pipeline.flows.purge import PurgeCounts, purge_emails
+from pipeline.flows.purge import PurgeCounts, in_flight, purge_emails
 from pipeline.scheduler import register_sweep
 
 __all__ = ["BATCH", "EXPORT_TTL", "emails_of_address", "export_key", "request_job", "run_job", "sweep_privacy_jobs"]
@@ -54,6 +54,7 @@ EXPORT_TTL = timedelta(days=7)  # the export archive and its download URL
 STALL = timedelta(minutes=5)    # a running job not updated this long is resumed by the sweep
 MAX_ATTEMPTS = 5
 JOB_BUDGET_SECONDS = 120.0      # an erase continues in a fresh message after this
+BUSY_RETRY_MS = 10_000          # an erase waiting for mail still in the ingest chain or being sent
 
 
 def export_key(org_id: str, job_id: str) -> str:
@@ -158,19 +159,26 @@ def _erase(job: PrivacyJob) -> None:
         if hasattr(total, name) and isinstance(value, int):
             setattr(total, name, value)
     deadline = time.monotonic() + JOB_BUDGET_SECONDS
-    after = ""  # everything up to here is purged or not the address's: each batch scans on from there
+    after = ""  # everything up to here is purged, busy or not the address's: each batch scans on from there
+    busy = 0
     while True:
         with Session(get_engine(), expire_on_commit=False) as s:
             found, after = _scan(s, job.org_id, address, after, BATCH)
-            batch = [e.id for e in found]
-            if not batch:
+            if not found:
                 break
-            total.add(purge_emails(s, job.org_id, batch, reason="erase"))
+            batch = [e.id for e in found if not in_flight(e)]
+            busy += len(found) - len(batch)
+            if batch:
+                total.add(purge_emails(s, job.org_id, batch, reason="erase"))
         _progress(job.id, total.as_dict())
         if time.monotonic() > deadline:  # the rest in a fresh message (far below any broker timeout)
             _progress(job.id, total.as_dict(), state="pending")
             jobs.PRIVACY_RUN.send(job.id)
             return
+    if busy:  # mail still being ingested or sent: erased once that is over
+        _progress(job.id, total.as_dict(), state="pending")
+        jobs.PRIVACY_RUN.send(job.id, delay_ms=BUSY_RETRY_MS)
+        return
     _progress(job.id, total.as_dict(), state="done", subject=None, finished_at=utcnow(), error=None)
     log.info("privacy_erase_done", job_id=job.id, **total.as_dict())
 

@@ -49,9 +49,19 @@ from ops import metrics
 from ops.keys import get_keyring
 from pipeline.clients.storage import StorageNotFound, get_storage
 
-__all__ = ["PURGE_HOOKS", "PurgeCounts", "erased_filter", "identity_parts", "on_purge", "purge_emails"]
+__all__ = ["BUSY_STATES", "PURGE_HOOKS", "SENDING", "PurgeCounts", "erased_filter", "identity_parts", "in_flight", "on_purge",
+           "purge_emails"]
 
 log = structlog.get_logger("mailpipe.purge")
+
+BUSY_STATES = ("fetched", "parsed", "stored", "linked", "leads")  # still in the ingest chain
+SENDING = ("queued", "sending")  # an SMTP run may hold it
+
+
+def in_flight(e: Email) -> bool:
+    """An email a pipeline stage or a send run is working on: purge it once that is over."""
+    return e.pipeline_state in BUSY_STATES or e.status in SENDING
+
 
 PurgeHook = Callable[[Session, list[str]], None]
 PURGE_HOOKS: list[PurgeHook] = []
@@ -141,7 +151,7 @@ def _files(s: Session, ids: list[str], emails: list[Email]) -> list[str]:
 def purge_emails(s: Session, org_id: str, email_ids: Sequence[str], *, reason: str) -> PurgeCounts:
     """Delete these emails of ``org_id`` (ids of other organizations are ignored) with their files and
     every row about them, remembering them so no sync imports them again; commits. ``reason``:
-    ``erase`` or ``retention``."""
+    ``erase`` or ``retention``. Callers leave out emails :func:`in_flight` (and come back for them)."""
     counts = PurgeCounts()
     emails = list(s.execute(select(Email).where(col(Email.id).in_(list(email_ids)), Email.org_id == org_id)).scalars())
     if not emails:

@@ -19,7 +19,7 @@ from sqlmodel import Session, col, select
 from models import Email, Organization, utcnow
 from models.db import get_engine
 from pipeline import jobs
-from pipeline.flows.purge import PurgeCounts, purge_emails
+from pipeline.flows.purge import BUSY_STATES, SENDING, PurgeCounts, purge_emails
 from pipeline.scheduler import register_sweep
 
 __all__ = ["BATCH", "apply_retention", "retention_all", "sweep_retention"]
@@ -53,8 +53,8 @@ def apply_retention(org_id: str, *, now: datetime | None = None, budget_seconds:
         with Session(get_engine(), expire_on_commit=False) as s:
             ids = list(s.execute(select(Email.id).where(
                 Email.org_id == org_id, age < cutoff,
-                # mail still being sent or waiting to be sent is never purged under the sender's hands
-                or_(col(Email.direction) == "inbound", col(Email.status).not_in(("queued", "scheduled", "sending"))),
+                # mail still in the ingest chain, or waiting to be sent or being sent, is left for a later run
+                col(Email.pipeline_state).not_in(BUSY_STATES), col(Email.status).not_in((*SENDING, "scheduled")),
             ).order_by(age).limit(BATCH)).scalars())
             if not ids:
                 break

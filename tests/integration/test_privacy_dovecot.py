@@ -268,13 +268,13 @@ class TestRetention:
         from ops.cli import main
 
         p = priv
-        r = p["client"].patch("/api/v1/org", json={"retention_days": 365}, headers=p["h"])
-        assert r.status_code == 200 and r.json()["retention_days"] == 365
         long_ago = utcnow() - timedelta(days=400)
         p["dovecot"].seed(p["user"], "INBOX", make_message(1, from_=CRM["contact"][1], to=p["user"], message_id="<old@t>", date=long_ago,
                                                             attachments=[("old.pdf", "application/pdf", PDF)]), when=long_ago)
         p["dovecot"].seed(p["user"], "INBOX", make_message(2, from_=CRM["contact"][1], to=p["user"], message_id="<new@t>"))
         sync()
+        r = p["client"].patch("/api/v1/org", json={"retention_days": 365}, headers=p["h"])  # after the sync: its tick runs the daily sweep
+        assert r.status_code == 200 and r.json()["retention_days"] == 365
         old, new = by_mid("old@t"), by_mid("new@t")
         assert old is not None and new is not None
         with Session(get_engine()) as s:

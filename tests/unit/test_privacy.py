@@ -407,6 +407,40 @@ class TestErase:
         assert get(env, ada.id).status_code == 200
 
 
+    def test_erase_waits_for_mail_still_in_the_pipeline(self, env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+        """Mail the ingest chain is still working on is erased on a later run (the job re-enqueues itself)."""
+        from sqlalchemy import update
+
+        from pipeline import jobs
+        from pipeline.flows import privacy
+
+        seed_people(env)
+        sync(env)
+        ex1 = by_mid("ex1@person.example")
+        assert ex1 is not None
+        with Session(get_engine()) as s:  # as if the link stage were still working on it
+            s.execute(update(Email).where(Email.id == ex1.id).values(pipeline_state="linked"))  # type: ignore[arg-type]
+            s.commit()
+        sent_again: list[tuple[Any, ...]] = []
+
+        class Recorder:
+            def send(self, *args: Any, delay_ms: int | None = None) -> None:
+                sent_again.append((*args, delay_ms))
+
+        monkeypatch.setattr(jobs, "PRIVACY_RUN", Recorder())
+        job_id = privacy.request_job(env["org_id"], "erase", PERSON)
+        privacy.run_job(job_id)
+        r = env["client"].get(f"/api/v1/privacy/jobs/{job_id}", headers=env["h"]).json()
+        assert r["state"] == "pending" and r["counts"]["emails"] == 1 and get(env, ex1.id).status_code == 200
+        assert sent_again == [(job_id, None), (job_id, privacy.BUSY_RETRY_MS)]
+        with Session(get_engine()) as s:
+            s.execute(update(Email).where(Email.id == ex1.id).values(pipeline_state="done"))  # type: ignore[arg-type]
+            s.commit()
+        privacy.run_job(job_id)
+        job = env["client"].get(f"/api/v1/privacy/jobs/{job_id}", headers=env["h"]).json()
+        assert job["state"] == "done" and job["counts"]["emails"] == 2 and get(env, ex1.id).status_code == 404
+
+
 class TestRetention:
     def test_old_mail_purged_recent_kept_not_reimported(self, env: dict[str, Any]) -> None:
         from click.testing import CliRunner
@@ -414,13 +448,13 @@ class TestRetention:
         from ops.cli import main
 
         c, h = env["client"], env["h"]
-        r = c.patch("/api/v1/org", json={"retention_days": 365}, headers=h)
-        assert r.status_code == 200 and r.json()["retention_days"] == 365
         env["imap"].seed("INBOX", [make_message(1, from_=CRM["contact"][1], message_id="<old@t>", date=utcnow() - timedelta(days=400),
                                                 attachments=[("old.pdf", "application/pdf", b"%PDF old " * 30)])],
                          when=utcnow() - timedelta(days=400))
         env["imap"].seed("INBOX", [make_message(2, from_=CRM["contact"][1], message_id="<new@t>")])
         sync(env)
+        r = c.patch("/api/v1/org", json={"retention_days": 365}, headers=h)  # after the sync: its tick would run the daily sweep
+        assert r.status_code == 200 and r.json()["retention_days"] == 365
         old, new = by_mid("old@t"), by_mid("new@t")
         assert old is not None and new is not None
         with Session(get_engine()) as s:
