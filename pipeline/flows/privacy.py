@@ -168,6 +168,8 @@ def _erase(job: PrivacyJob) -> None:
                 break
             batch = [e.id for e in found if not in_flight(e)]
             busy += len(found) - len(batch)
+            # the delivery reports about mail to the address name it too
+            batch += [str(b["report_email_id"]) for e in found if not in_flight(e) for b in e.bounces or [] if b.get("report_email_id")]
             if batch:
                 total.add(purge_emails(s, job.org_id, batch, reason="erase"))
         _progress(job.id, total.as_dict())
