@@ -7,7 +7,8 @@ module only chooses what it allows and how image and link URLs are rewritten:
   (external stylesheets), ``<style>`` blocks or ``<base>``: none of them is on the tag list, and
   the ones whose content is code are dropped with their content;
 - links keep only ``http``, ``https``, ``mailto`` and ``tel`` URLs (no ``javascript:``, ``data:``,
-  ``vbscript:``...) and get ``rel="noopener noreferrer"`` and ``target="_blank"``;
+  ``vbscript:``...) and get ``rel="noopener noreferrer"`` and ``target="_blank"``; images may be
+  ``data:`` PNG, GIF, JPEG or WebP (nothing else, SVG included);
 - ``style`` attributes are reduced to a list of harmless properties, and dropped whole when they
   hold ``url(``, ``expression(``, ``@import``, ``behavior`` or a CSS escape that could spell them;
 - ``cid:`` images point at the attachment's download URL (``cid_urls``); an unknown cid loses its
@@ -49,7 +50,8 @@ _ATTRIBUTES = {
     "col": {"span"}, "colgroup": {"span"}, "ol": {"start", "type", "reversed"}, "ul": {"type"}, "li": {"value"},
     "blockquote": {"cite"}, "q": {"cite"}, "del": {"cite", "datetime"}, "ins": {"cite", "datetime"},
 }
-_SCHEMES = {"http", "https", "mailto", "tel", "cid"}  # cid only survives on images (see _filter)
+_SCHEMES = {"http", "https", "mailto", "tel", "cid", "data"}  # cid and data only survive on images (see _filter)
+_INLINE_IMAGE = re.compile(r"data:image/(png|gif|jpe?g|webp);base64,[a-z0-9+/=\s]*", re.I)
 _STYLE_PROPERTIES = {
     "background-color", "border", "border-bottom", "border-collapse", "border-color", "border-left", "border-radius",
     "border-right", "border-spacing", "border-style", "border-top", "border-width", "color", "direction", "display",
@@ -80,9 +82,11 @@ def safe_html(html: str, *, cid_urls: Mapping[str, str], remote_content: bool) -
                 return cid_urls.get(value.strip()[4:].strip("<>"))
             if low.startswith(("http:", "https:", "//")):
                 return value if remote_content else BLOCKED_IMAGE
+            if _INLINE_IMAGE.fullmatch(value.strip()):
+                return value.strip()  # a raster image inside the message: loads nothing from anywhere
             return None  # relative or other schemes: nothing to load
-        if low_scheme(value) == "cid":
-            return None  # a cid: link is no link
+        if low_scheme(value) in ("cid", "data"):
+            return None  # no cid: or data: link (a data: URL is a page of the sender's making)
         return value
 
     return nh3.clean(

@@ -93,6 +93,12 @@ class TestSafeHtml:
         assert 'src="https://tracker.example/pixel.gif?u=42"' in safe
         assert "cid:" not in safe  # an unknown cid loses its src
 
+    def test_inline_data_images_only_raster(self) -> None:
+        gif = "data:image/gif;base64,R0lGODlhAQABAAAAACw="
+        safe = safe_html(f'<img src="{gif}"><img src="data:image/svg+xml;base64,PHN2Zz4="><a href="{gif}">x</a>'
+                         '<blockquote cite="data:text/html,x">q</blockquote>', cid_urls={}, remote_content=False)
+        assert safe.count(gif) == 1 and "svg" not in safe and "data:text" not in safe and f'<img src="{gif}">' in safe
+
     @pytest.mark.parametrize("attack", [
         '<a href="  JaVaScRiPt:alert(1)">x</a>', '<a href="java&#x09;script:alert(1)">x</a>', "<svg onload=alert(1)>",
         '<img src=x onerror=alert(1)//', '<math><mtext><table><mglyph><style><img src=x onerror=alert(1)>',
