@@ -22,9 +22,16 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+import lxml.html
 import nh3
 
-__all__ = ["BLOCKED_IMAGE", "safe_html"]
+from pipeline.stages.budgets import TRUNCATED_NOTICE, clip
+from pipeline.stages.html_text import parse_html
+
+__all__ = ["BLOCKED_IMAGE", "SAFE_HTML_CHARS", "safe_html"]
+
+#: Characters of a body that are sanitized for display (the API takes bodies up to 5 MB; Gmail clips at 102 KB).
+SAFE_HTML_CHARS = 5_000_000
 
 # A 1×1 transparent GIF: what a blocked remote image shows (the CRM may style img[alt] around it).
 BLOCKED_IMAGE = "data:image/gif;base64,R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7"
@@ -70,8 +77,23 @@ def _style_ok(value: str) -> bool:
     return not any(token in flat for token in _CSS_DANGER)
 
 
+def _bounded(html: str) -> str:
+    """``html`` re-serialized by lxml: at most :data:`SAFE_HTML_CHARS` characters, 100 attributes per tag
+    and 256 levels of nesting (libxml2's limit). The sanitizer's HTML5 tree builder is quadratic in
+    the nesting depth and recurses by it (50,000 nested ``<div>``s: 12 s; 450,000: a crashed
+    process), so a hostile body never reaches it unbounded. The sanitizer has the last word on what
+    is kept: this pass only normalizes."""
+    clipped, cut = clip(html, SAFE_HTML_CHARS)
+    root = parse_html(clipped)
+    if root is None:
+        return ""
+    out = lxml.html.tostring(root, encoding="unicode")
+    return out + f"<p>{TRUNCATED_NOTICE}</p>" if cut else out
+
+
 def safe_html(html: str, *, cid_urls: Mapping[str, str], remote_content: bool) -> str:
     """``html`` sanitized for display; ``cid_urls`` maps a Content-ID (without ``<>``) to its attachment URL."""
+    html = _bounded(html)
 
     def _filter(tag: str, attr: str, value: str) -> str | None:
         if attr == "style":

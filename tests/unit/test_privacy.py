@@ -99,6 +99,19 @@ class TestSafeHtml:
                          '<blockquote cite="data:text/html,x">q</blockquote>', cid_urls={}, remote_content=False)
         assert safe.count(gif) == 1 and "svg" not in safe and "data:text" not in safe and f'<img src="{gif}">' in safe
 
+    @pytest.mark.parametrize("name", ["nested", "pre", "attributes", "unclosed", "tables", "wide"])
+    def test_hostile_bodies_stay_cheap(self, name: str) -> None:
+        """5 MB of nested <div>s (unbounded, the sanitizer's tree builder is quadratic in depth and a
+        few hundred thousand levels crash the process) and other bombs: a bounded time, a bounded output."""
+        levels = (5_000_000 - 4) // 11
+        body = {"nested": "<div>" * levels + "deep" + "</div>" * levels, "pre": "<pre>x" + "\n" * 40_000 + "x</pre>",
+                "attributes": "<a " + " ".join(f"a{i}=1" for i in range(100_000)) + ">x</a>", "unclosed": "<b>" * 200_000 + "x",
+                "tables": "<table><tr><td>" * 50_000, "wide": '<p>hi <a href="https://a.example/">l</a></p>' * 110_000}[name]
+        started = time.monotonic()
+        safe = safe_html(body, cid_urls={}, remote_content=False)
+        assert time.monotonic() - started < 5.0
+        assert len(safe) <= len(body) + 200 and "<script" not in safe
+
     @pytest.mark.parametrize("attack", [
         '<a href="  JaVaScRiPt:alert(1)">x</a>', '<a href="java&#x09;script:alert(1)">x</a>', "<svg onload=alert(1)>",
         '<img src=x onerror=alert(1)//', '<math><mtext><table><mglyph><style><img src=x onerror=alert(1)>',
