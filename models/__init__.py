@@ -11,6 +11,7 @@ from models.notion import NotionConnection, NotionSave
 from models.oauth import OAuthFlow, OAuthGrant
 from models.org import ApiKey, Organization
 from models.outbound import Delivery, Outbox, Suppression
+from models.privacy import ErasedMessage, PrivacyJob
 from models.runtime import IdleWatcher, RelinkRequest, SchedulerHeartbeat, SelfTestRun
 from models.sentiment import AccountRisk, EmailSentiment
 from models.templates import Template
@@ -35,6 +36,7 @@ __all__ = [
     "EmailLink",
     "EmailLocation",
     "EmailSentiment",
+    "ErasedMessage",
     "FlagChange",
     "FolderState",
     "IdleWatcher",
@@ -47,6 +49,7 @@ __all__ = [
     "Opportunity",
     "Organization",
     "Outbox",
+    "PrivacyJob",
     "RelinkRequest",
     "SchedulerHeartbeat",
     "SelfTestRun",

@@ -11,7 +11,8 @@ from sqlmodel import Field, SQLModel
 from models.base import new_id, ts_field, utcnow
 
 DIRECTIONS = ("inbound", "outbound")
-STATUSES = ("received", "queued", "scheduled", "sending", "sent", "failed", "cancelled")
+STATUSES = ("received", "queued", "scheduled", "sending", "sent", "failed", "cancelled", "bounced")
+KINDS = ("message", "bounce", "complaint")
 
 
 class Email(SQLModel, table=True):
@@ -79,6 +80,9 @@ class Email(SQLModel, table=True):
     deleted_on_server_at: datetime | None = ts_field(default=None)
     created_at: datetime = ts_field(default_factory=utcnow, nullable=False)
     deleted_at: datetime | None = ts_field(default=None)
+    kind: str = Field(default="message", max_length=16, description="message | bounce (a delivery report) | complaint (ARF)")
+    bounces: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False),
+                                          description="outbound: [{recipient, type: hard|soft, status, diagnostic, at}]")
 
 
 class FlagChange(SQLModel, table=True):

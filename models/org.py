@@ -24,6 +24,8 @@ class Organization(SQLModel, table=True):
     anonymize_ip: bool = Field(default=False, description="store tracking IPs truncated (/24, /48)")
     sentiment_llm: bool = Field(default=False, description="classify this organization's mail with the LLM backend when one is set")
     created_at: datetime = ts_field(default_factory=utcnow, nullable=False)
+    retention_days: int | None = Field(default=None, description="emails older than this are purged daily (None: kept forever)")
+    retention_run_at: datetime | None = ts_field(default=None, description="when the retention policy was last applied")
 
 
 class ApiKey(SQLModel, table=True):

@@ -392,6 +392,30 @@ def sentiment_backfill(org_id: str | None, days: int | None, redo: bool, batch: 
                f"({result.failed} failed, {result.notified} at-risk notification(s)) in {seconds:.1f}s ({rate:.0f}/s)")
 
 
+@main.group()
+def retention() -> None:
+    """The organizations' retention policies (retention_days)."""
+
+
+@retention.command("run")
+@click.option("--json", "as_json", is_flag=True, help="print {org_id: counts} as JSON")
+@friendly
+def retention_run(as_json: bool) -> None:
+    """Apply every organization's retention policy now, in this process (the scheduler also does it daily)."""
+    from pipeline.flows.retention import retention_all
+
+    _settings()
+    result = retention_all()
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    for org_id, counts in result.items():
+        click.echo(f"{org_id}: {counts['emails']} emails purged ({counts['attachments']} attachments, {counts['files']} files, "
+                   f"{counts['tracking_events']} tracking events)")
+    if not result:
+        click.echo("no organization has a retention policy (PATCH /api/v1/org {\"retention_days\": N})")
+
+
 @main.command()
 @click.option("--timeout", default=30.0, show_default=True, help="seconds to wait for the round trip")
 @friendly

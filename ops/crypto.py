@@ -100,6 +100,11 @@ class Keyring:
         msg = "\x1f".join(parts).encode("utf-8")
         return hmac.new(self._subkey(purpose, self._keys[0]), msg, hashlib.sha256).hexdigest()[:length]
 
+    def sign_all(self, purpose: str, *parts: str, length: int = 32) -> list[str]:
+        """:meth:`sign` under every configured key, newest first (to look up values signed before a rotation)."""
+        msg = "\x1f".join(parts).encode("utf-8")
+        return [hmac.new(self._subkey(purpose, k), msg, hashlib.sha256).hexdigest()[:length] for k in self._keys]
+
     def verify(self, purpose: str, signature: str, *parts: str, length: int = 32) -> bool:
         """Constant-time check of :meth:`sign` output under every configured key."""
         msg = "\x1f".join(parts).encode("utf-8")

@@ -102,6 +102,11 @@ WEBHOOK_BACKLOG = Gauge("mailpipe_webhook_outbox_backlog",
                         ["kind"], multiprocess_mode="mostrecent")
 WEBHOOK_DISABLED = Gauge("mailpipe_webhook_endpoints_disabled", "Webhook endpoints disabled (set by the leading scheduler)",
                          multiprocess_mode="mostrecent")
+BOUNCES = Counter("mailpipe_bounces_total", "Bounced recipients of sent mail by type (hard, soft) and complaints (complaint)", ["type"])
+EMAILS_BOUNCED = Counter("mailpipe_emails_bounced_total", "Sent emails that became bounced (every recipient hard-bounced)")
+PRIVACY_JOBS = Counter("mailpipe_privacy_jobs_total", "Privacy jobs finished, by kind (export, erase) and state (done, failed)",
+                       ["kind", "state"])
+EMAILS_PURGED = Counter("mailpipe_emails_purged_total", "Emails deleted by erase requests and retention, by reason", ["reason"])
 
 
 class DramatiqMetrics(Middleware):

@@ -26,7 +26,7 @@ __all__ = ["ACTORS", "QUEUES", "JobSpec", "current_run_owner", "MemoryBroker", "
 F = TypeVar("F", bound=Callable[..., Any])
 
 # Queues by stage, so worker groups can be bound with `mailpipe worker -Q ...`.
-QUEUES = ("fetch", "pipeline", "send", "tracking", "notify", "notion", "ops", "webhooks")
+QUEUES = ("fetch", "pipeline", "send", "tracking", "notify", "notion", "ops", "webhooks", "privacy")
 
 # Retries stay far below RabbitMQ's 30-minute consumer_timeout: delayed retries are held unacked.
 DEFAULT_MAX_RETRIES = 5

@@ -31,6 +31,8 @@ __all__ = [
     "LINK_RETRO",
     "NOTIFY_EMAIL",
     "NOTION_SAVE",
+    "PRIVACY_RETENTION",
+    "PRIVACY_RUN",
     "SELFTEST_FIRST",
     "SELFTEST_SECOND",
     "SEND_EMAIL",
@@ -78,10 +80,12 @@ SELFTEST_FIRST = Job("selftest.first", "ops")              # (run_id)
 SELFTEST_SECOND = Job("selftest.second", "ops")            # (run_id), piped from the first
 WEBHOOK_DISPATCH = Job("webhooks.dispatch", "webhooks")    # (): fan undispatched outbox events out to endpoints
 WEBHOOK_DELIVER = Job("webhooks.deliver", "webhooks")      # (endpoint_id): one endpoint's due deliveries, in event order
+PRIVACY_RUN = Job("privacy.run", "privacy")                # (privacy_job_id): an export or erase
+PRIVACY_RETENTION = Job("privacy.retention", "privacy")    # (org_id): purge mail older than the org's retention_days
 
 JOBS = (FETCH_ACCOUNT, INGEST_PARSE, INGEST_ATTACHMENTS, INGEST_LINK, INGEST_LEADS, INGEST_NOTIFY, INGEST_SENTIMENT, LINK_RETRO, SEND_EMAIL,
         FLAG_STORE, TRACKING_RECORD, TRACKING_SETTLE, NOTIFY_EMAIL, NOTION_SAVE, SELFTEST_FIRST, SELFTEST_SECOND,
-        WEBHOOK_DISPATCH, WEBHOOK_DELIVER)
+        WEBHOOK_DISPATCH, WEBHOOK_DELIVER, PRIVACY_RUN, PRIVACY_RETENTION)
 
 _CHAIN = (INGEST_PARSE, INGEST_ATTACHMENTS, INGEST_LINK, INGEST_LEADS, INGEST_NOTIFY)
 

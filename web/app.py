@@ -19,7 +19,22 @@ from web.errors import exception_handlers
 from web.guard import RejectNul
 from web.http_metrics import HttpMetrics
 from web.pixel import PixelFastPath
-from web.routes import accounts, crm, emails, health, notifications, notion, oauth, org, send, sentiment, templates, tracking, unsubscribe
+from web.routes import (
+    accounts,
+    crm,
+    emails,
+    health,
+    notifications,
+    notion,
+    oauth,
+    org,
+    privacy,
+    send,
+    sentiment,
+    templates,
+    tracking,
+    unsubscribe,
+)
 from web.routes import webhooks as webhook_routes
 
 __all__ = ["create_app"]
@@ -30,7 +45,7 @@ VERSION = "0.1.0"
 def routers() -> list[ApiRouter]:
     """Every router, in matching order."""
     return [health.router, org.router, crm.router, accounts.router, oauth.router, send.router, tracking.router, emails.router,
-            templates.router, notion.router, notifications.router, unsubscribe.router, sentiment.router,
+            templates.router, notion.router, notifications.router, unsubscribe.router, sentiment.router, privacy.router,
             webhook_routes.router]
 
 

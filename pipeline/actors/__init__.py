@@ -9,7 +9,20 @@ from pipeline.broker import setup_broker
 
 broker = setup_broker()
 
-from pipeline.actors import fetch, flags, ingest, notify_email, notion, selftest, send, sentiment, tracking, webhooks  # noqa: E402
+from pipeline.actors import (  # noqa: E402
+    fetch,
+    flags,
+    ingest,
+    notify_email,
+    notion,
+    privacy,
+    selftest,
+    send,
+    sentiment,
+    tracking,
+    webhooks,
+)
 from pipeline.flows import sweeps  # noqa: E402,F401  (registers every sweep with the scheduler)
 
-__all__ = ["broker", "fetch", "flags", "ingest", "notify_email", "notion", "selftest", "send", "sentiment", "tracking", "webhooks"]
+__all__ = ["broker", "fetch", "flags", "ingest", "notify_email", "notion", "privacy", "selftest", "send", "sentiment", "tracking",
+           "webhooks"]

@@ -38,7 +38,7 @@ def create_batch(email_ids: list[str]) -> None:
     """Decide and create leads for linked-stage emails, link them, notify the mailbox owner."""
     with Session(get_engine(), expire_on_commit=False) as s:
         emails = in_state(s, email_ids, "linked", "direction", "from_email", "from_name", "headers", "linked",
-                          "needs_review", "subject", "suspicious_sender")
+                          "needs_review", "subject", "suspicious_sender", "kind")
         if not emails:
             return
         orgs = {o.id: o for o in s.execute(select(Organization).where(col(Organization.id).in_({e.org_id for e in emails}))).scalars()}
@@ -47,6 +47,8 @@ def create_batch(email_ids: list[str]) -> None:
         leads: dict[str, dict[str, Any]] = {}
         notes: list[dict[str, Any]] = []
         for e in emails:
+            if e.kind != "message":  # a delivery report or complaint is no new contact
+                continue
             org, acct = orgs[e.org_id], accounts[e.account_id]
             headers = {k.replace("_", "-"): str(v) for k, v in (e.headers or {}).items()}
             decision = decide_lead(enabled=org.auto_create_leads, direction=e.direction, from_email=e.from_email,

@@ -71,7 +71,7 @@ def link_batch(email_ids: list[str]) -> None:
     """Plan and store links for every email of the batch in state ``stored`` (set-at-a-time writes)."""
     with Session(get_engine(), expire_on_commit=False) as s:
         emails = in_state(s, email_ids, "stored", "direction", "from_email", "to_emails", "cc_emails", "linked", "needs_review",
-                          "suspicious_sender", "received_at", "silent")
+                          "suspicious_sender", "received_at", "silent", "kind")
         if not emails:
             return
         own = dict(s.execute(select(EmailAccount.id, EmailAccount.email_norm).where(
@@ -84,6 +84,7 @@ def link_batch(email_ids: list[str]) -> None:
         flags: list[dict[str, object]] = []
         for org_id, batch in by_org.items():
             # One lookup for the whole batch, then plan each email against the in-memory result.
+            batch = [e for e in batch if e.kind == "message"]  # delivery reports and complaints are never linked
             every = {addr for e in batch for addr in _addresses(e)}
             directory = DictDirectory(SqlDirectory(s, org_id).lookup(every))
             for e in batch:
@@ -101,7 +102,8 @@ def link_batch(email_ids: list[str]) -> None:
             s.execute(update(Email), flags)
         move(s, [e.id for e in emails], "linked")
         s.commit()
-    fan_out_sentiment([e.id for e in emails if e.direction == "inbound"])  # beside the chain: it never waits for sentiment
+    # beside the chain: it never waits for sentiment (delivery reports and complaints have none)
+    fan_out_sentiment([e.id for e in emails if e.direction == "inbound" and e.kind == "message"])
     metrics.INGESTED.labels("link", "linked").inc(len(flags))
     metrics.INGESTED.labels("link", "unlinked").inc(len(emails) - len(flags))
     _observe_arrivals(emails)

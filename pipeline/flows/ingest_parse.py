@@ -12,12 +12,15 @@ import structlog
 from sqlalchemy import update
 from sqlmodel import Session, col, select
 
-from models import Email, EmailAccount, normalize_email
+from models import Email, EmailAccount, normalize_email, utcnow
 from models.db import get_engine
 from ops import metrics
 from pipeline.clients.storage import StorageError, get_storage
+from pipeline.flows import notifications
+from pipeline.flows.bounces import AppliedReport, apply_report
 from pipeline.flows.chain import in_state, move
 from pipeline.flows.raw import refetch_raw
+from pipeline.stages.bounces import Report, detect_report
 from pipeline.stages.parse import ParsedEmail, parse_email, snippet
 from pipeline.stages.threads import thread_key
 
@@ -58,7 +61,7 @@ def apply_parsed(email: Email, parsed: ParsedEmail, account_email: str | None) -
 
 _FIELDS = ("message_id", "in_reply_to", "references", "subject", "from_email", "from_email_norm", "from_name", "to_emails",
            "cc_emails", "bcc_emails", "body_text", "body_html", "snippet", "headers", "defects", "attachment_count", "sent_at",
-           "received_at", "direction", "status", "thread_id", "parse_error", "suspicious_sender")
+           "received_at", "direction", "status", "thread_id", "parse_error", "suspicious_sender", "kind", "silent")
 
 
 def parse_batch(email_ids: list[str]) -> list[str]:
@@ -73,6 +76,7 @@ def parse_batch(email_ids: list[str]) -> list[str]:
         s.expunge_all()  # rows are written below in one executemany, not by the unit of work
         results: list[tuple[Email, ParsedEmail]] = []
         quarantined: list[Email] = []
+        reports: list[tuple[Email, Report]] = []
         for email in emails:
             try:
                 raw = storage.get(email.raw_key or "")
@@ -90,6 +94,11 @@ def parse_batch(email_ids: list[str]) -> list[str]:
                 quarantined.append(email)
                 continue
             apply_parsed(email, parsed, accounts.get(email.account_id))
+            if email.direction == "inbound":
+                report = detect_report(raw)
+                if report is not None:  # a delivery report or complaint: never linked, no lead, no "new email"
+                    email.kind, email.silent = report.kind, True
+                    reports.append((email, report))
             results.append((email, parsed))
         threads = _ThreadIndex(s, results)
         for email, parsed in sorted(results, key=lambda r: r[0].sent_at or r[0].received_at or r[0].created_at):
@@ -100,7 +109,15 @@ def parse_batch(email_ids: list[str]) -> list[str]:
             s.execute(update(Email), rows)
         move(s, [e.id for e, _ in results], "parsed")
         move(s, [e.id for e in quarantined], "quarantined")
+        now = utcnow()
+        applied: list[AppliedReport] = [apply_report(s, email, report, now) for email, report in reports]
         s.commit()
+    for done in applied:
+        notifications.publish(done.notes)
+        for entry in done.bounced:
+            metrics.BOUNCES.labels(entry["type"]).inc()
+        if done.became_bounced:
+            metrics.EMAILS_BOUNCED.inc()
     metrics.INGESTED.labels("parse", "ok").inc(len(results))
     if quarantined:
         metrics.INGESTED.labels("parse", "quarantined").inc(len(quarantined))

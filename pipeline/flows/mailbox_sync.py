@@ -27,6 +27,7 @@ from pipeline.clients.storage import get_storage
 from pipeline.flows.chain import FINAL_STATES, raw_digest, start_chain
 from pipeline.flows.flag_sync import sync_folder_flags
 from pipeline.flows.mailbox_lease import Claim, renew
+from pipeline.flows.purge import erased_filter, identity_parts
 from pipeline.stages import sync
 from pipeline.stages.identity import message_identity
 from pipeline.stages.mailbox_state import email_flags
@@ -163,8 +164,13 @@ class MailboxSync:
         """Raw bytes to storage, then rows + cursor in one transaction, then the ingest chain."""
         acct = self.account
         rows, locations, legacy = [], [], []
-        for m in fetched:
-            ident = message_identity(m.raw, m.gm_msgid if gmail else None)
+        idents = [message_identity(m.raw, m.gm_msgid if gmail else None) for m in fetched]
+        with Session(get_engine()) as s:  # erased or purged by retention: never imported again
+            erased = erased_filter(s, acct.id, [identity_parts(i.dedupe_key, i.message_id, [(choice.name, cursor.uidvalidity or 0, m.uid)])
+                                                for i, m in zip(idents, fetched, strict=True)])
+        for m, ident, gone in zip(fetched, idents, erased, strict=True):
+            if gone:
+                continue
             legacy.append(ident.legacy_key)
             raw_key = f"raw/{acct.id}/{raw_digest(m.raw)}.eml"
             # Raw bytes are a cache of what the server holds: atomic but not fsynced; if a power

@@ -14,6 +14,7 @@ import base64
 import binascii
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -34,7 +35,7 @@ from pipeline.stages.merge import MergeSyntaxError, render_parts, suggest, unkno
 from pipeline.stages.parse import snippet
 from pipeline.stages.quoting import reply_headers
 
-__all__ = ["Outgoing", "SendRejected", "Submitted", "cancel", "draft_from_json", "submit"]
+__all__ = ["Outgoing", "SendRejected", "Submitted", "cancel", "draft_from_json", "submit", "suppressed_recipients"]
 
 MAX_RECIPIENTS = 100
 MAX_ATTACHMENT_BYTES = 25 * 1024 * 1024  # all attachments together (Gmail's and Outlook's limit)
@@ -181,6 +182,17 @@ def _compose_or_422(draft: Draft) -> tuple[bytes, str]:
         raise SendRejected(422, "validation_error", str(exc), {"errors": [{"field": exc.field, "message": exc.message}]}) from None
 
 
+def suppressed_recipients(s: Session, org_id: str, addresses: Sequence[str], *, marketing: bool) -> dict[str, str]:
+    """The addresses among ``addresses`` on the organization's suppression list → their reason
+    (unsubscribes only when ``marketing``)."""
+    norms = {normalize_email(a) or a: a for a in addresses}
+    if not norms:
+        return {}
+    rows = s.execute(select(Suppression.address_norm, Suppression.reason).where(
+        Suppression.org_id == org_id, col(Suppression.address_norm).in_(list(norms)))).all()
+    return {addr: reason for addr, reason in rows if marketing or reason != "unsubscribe"}
+
+
 def submit(org_id: str, req: Outgoing, *, now: datetime | None = None) -> Submitted:
     """Record a send and return its id; the caller enqueues ``send.email`` when status is "queued"."""
     now = now or utcnow()
@@ -242,6 +254,13 @@ def submit(org_id: str, req: Outgoing, *, now: datetime | None = None) -> Submit
         base_raw, message_id = _compose_or_422(base_draft)
         draft_json["message_id"] = message_id
         rcpts = envelope_recipients(base_draft)
+        blocked = suppressed_recipients(s, org_id, rcpts, marketing=req.category == "marketing")
+        if blocked and not (req.category == "marketing" and all(reason == "unsubscribe" for reason in blocked.values())):
+            # Hard bounces, complaints and manual entries block every send; unsubscribes only marketing,
+            # which keeps its per-recipient handling (the other recipients still get the mail).
+            hard = {a: r for a, r in blocked.items() if r != "unsubscribe"}
+            raise SendRejected(422, "recipient_suppressed", f"suppressed recipient(s): {', '.join(sorted(hard))}",
+                               {"addresses": sorted(hard), "reasons": hard})
         # Attachment bytes and the canonical message go to storage first; the rows that point at them commit after.
         stored: list[dict[str, Any]] = []
         for i, (desc, content, new) in enumerate(atts):

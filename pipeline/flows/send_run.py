@@ -165,8 +165,7 @@ class SendRun:
 
     def _deliver(self) -> None:
         assert self.account is not None
-        if self.outbox.category == "marketing":
-            self._suppress()
+        self._suppress()
         todo = [d for d in self.deliveries if d.state in ("pending", "sending", "retry")]
         if todo:
             try:
@@ -211,16 +210,21 @@ class SendRun:
         log.warning("send_held", email_id=self.email_id, reason=code, until=str(until))
 
     def _suppress(self) -> None:
-        """Skip recipients who unsubscribed after the email was accepted (scheduled or retried mail)."""
+        """Skip recipients suppressed after the email was accepted (scheduled or retried mail): for
+        marketing mail every entry, for other mail hard bounces, complaints and manual entries
+        (unsubscribes block marketing mail only)."""
         wanted = {normalize_email(d.tracked_for) or d.tracked_for: d for d in self.deliveries
                   if d.tracked_for and d.state in ("pending", "sending", "retry")}
         if not wanted:
             return
+        marketing = self.outbox.category == "marketing"
         with tx() as s:
-            gone = set(s.execute(select(Suppression.address_norm).where(
-                Suppression.org_id == self.outbox.org_id, col(Suppression.address_norm).in_(list(wanted)))).scalars())
-        for address in gone:
-            self._record(wanted[address], state="suppressed", entry={"event": "suppressed", "reason": "unsubscribed"})
+            gone = s.execute(select(Suppression.address_norm, Suppression.reason).where(
+                Suppression.org_id == self.outbox.org_id, col(Suppression.address_norm).in_(list(wanted)))).all()
+        for address, reason in gone:
+            if marketing or reason != "unsubscribe":
+                self._record(wanted[address], state="suppressed",
+                             entry={"event": "suppressed", "reason": "unsubscribed" if reason == "unsubscribe" else reason})
 
     def _attempt(self, d: Delivery, transport: Any, raw: bytes, links: list[dict[str, Any]]) -> None:
         attempt = d.attempts + 1

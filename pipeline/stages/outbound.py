@@ -160,7 +160,8 @@ def summarize(deliveries: Sequence[tuple[str, int | None, str | None, str | None
             state, code, message, error_code, _ = failed[0]
             return Summary("failed", {"code": error_code or "send_failed", "message": message or "the server refused the message",
                                       "smtp_code": code})
-        return Summary("failed", {"code": "all_suppressed", "message": "every recipient unsubscribed", "smtp_code": None})
+        return Summary("failed", {"code": "all_suppressed", "smtp_code": None,
+                                  "message": "every recipient is on the suppression list (unsubscribed, bounced or complained)"})
     if failed or refused:
         who = [r for d in failed for r in d[4]] + [r for r in refused if r not in {x for d in failed for x in d[4]}]
         state, code, message, error_code, _ = failed[0] if failed else ("failed", None, "recipient refused", None, ())

@@ -3,6 +3,7 @@ attachments and links, attachment download, manual link/unlink."""
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any, Literal
 
 from pydantic import Field
@@ -17,6 +18,7 @@ from models.db import get_engine
 from ops.settings import get_settings
 from pipeline.flows.events_outbox import email_payloads, record_event
 from pipeline.flows.flag_store import request_flag_change
+from pipeline.stages.safe_html import safe_html
 from web.api import ApiRouter, Raw
 from web.cursors import CURSOR, keyset_cursor, read_keyset
 from web.errors import ApiError
@@ -72,6 +74,7 @@ def summary_json(e: Email, sentiment: EmailSentiment | None = None) -> dict[str,
         "pipeline_state": e.pipeline_state, "sentiment": sentiment_json(sentiment),
         "flags": {"seen": e.seen, "flagged": e.flagged, "answered": e.answered},
         "deleted_on_server": e.deleted_on_server,
+        "kind": e.kind,
         # badge data for outbound mail: unopened / opened / clicked (human events only)
         "tracking_status": None if e.direction != "outbound" else
         "clicked" if e.click_count else "opened" if e.open_count else "unopened",
@@ -134,9 +137,25 @@ def _load(s: Session, org_id: str, email_id: str) -> Email:
     return e
 
 
-def email_json(s: Session, e: Email, base_url: str) -> dict[str, Any]:
+_CACHE_MAX_BODY = 512 * 1024  # larger bodies are sanitized per read rather than held in the cache
+
+
+@lru_cache(maxsize=128)
+def _cached_safe_html(html: str, cid_urls: tuple[tuple[str, str], ...], remote_content: bool) -> str:
+    return safe_html(html, cid_urls=dict(cid_urls), remote_content=remote_content)
+
+
+def _safe_html(html: str, cid_urls: tuple[tuple[str, str], ...], remote_content: bool) -> str:
+    """Sanitized HTML, computed once per (body, attachment URLs, remote choice) in this process."""
+    if len(html) > _CACHE_MAX_BODY:
+        return safe_html(html, cid_urls=dict(cid_urls), remote_content=remote_content)
+    return _cached_safe_html(html, cid_urls, remote_content)
+
+
+def email_json(s: Session, e: Email, base_url: str, *, remote_content: bool = False) -> dict[str, Any]:
     """The full API view of one email (API.md "Emails")."""
     docs = list(s.execute(select(Document).where(Document.email_id == e.id).order_by(col(Document.part_index))).scalars())
+    cids = tuple(sorted((d.content_id, f"{base_url}/api/v1/emails/{e.id}/attachments/{d.id}") for d in docs if d.content_id))
     links = list(s.execute(select(EmailLink).where(EmailLink.email_id == e.id)).scalars())
     by_type: dict[str, list[str]] = {"contact": [], "lead": [], "account": [], "opportunity": []}
     for link in links:
@@ -146,6 +165,8 @@ def email_json(s: Session, e: Email, base_url: str) -> dict[str, Any]:
         **summary_json(e, s.get(EmailSentiment, e.id)),
         "send_at": send["send_at"] if send else None, "deferred_until": send["deferred_until"] if send else None,
         "bcc_emails": e.bcc_emails, "body_text": e.body_text, "body_html": e.body_html,
+        "body_html_safe": _safe_html(e.body_html, cids, remote_content) if e.body_html else None,
+        "bounces": e.bounces or [],
         "in_reply_to": e.in_reply_to, "references": e.references,
         "attachments": [{"id": d.id, "filename": d.document_name, "content_type": d.document_file_mimeType, "size": d.size,
                          "inline": d.inline, "content_id": d.content_id,
@@ -182,14 +203,18 @@ def send_json(s: Session, e: Email) -> dict[str, Any] | None:
     }
 
 
+REMOTE_CONTENT = Param.boolean("remote_content", False, description="true: body_html_safe keeps remote images (they may track the reader)")
+
+
 @router.route("GET", "/api/v1/emails/{id}", summary="One email with bodies, attachments, links, tracking", response=EmailOut,
-              responses={404: "not found"})
+              query=(REMOTE_CONTENT,), responses={404: "not found"})
 async def get_email(request: Request) -> JSONResponse:
     org_id, email_id = _org(request), request.path_params["id"]
+    remote = bool(REMOTE_CONTENT.read(request))
 
     def run() -> dict[str, Any]:
         with Session(get_engine()) as s:
-            return email_json(s, _load(s, org_id, email_id), get_settings().public_url)
+            return email_json(s, _load(s, org_id, email_id), get_settings().public_url, remote_content=remote)
 
     return JSONResponse(await run_in_threadpool(run))
 

@@ -28,6 +28,8 @@ class OrgPatch(Body):
     honor_dnt: bool | None = None
     anonymize_ip: bool | None = None
     sentiment_llm: bool | None = Field(default=None, description="classify this organization's mail with the LLM backend (when configured)")
+    retention_days: int | None = Field(default=None, ge=1, le=36500,
+                                       description="emails older than this many days are purged daily; null keeps mail forever")
 
     @field_validator("own_domains")
     @classmethod
@@ -46,7 +48,7 @@ class OrgPatch(Body):
 def org_json(o: Organization) -> dict[str, Any]:
     return {"id": o.id, "name": o.name, "auto_create_leads": o.auto_create_leads, "mark_seen": o.mark_seen,
             "own_domains": o.own_domains, "honor_dnt": o.honor_dnt, "anonymize_ip": o.anonymize_ip,
-            "sentiment_llm": o.sentiment_llm, "created_at": iso(o.created_at)}
+            "sentiment_llm": o.sentiment_llm, "retention_days": o.retention_days, "created_at": iso(o.created_at)}
 
 
 @router.route("GET", "/api/v1/org", summary="The calling organization and its settings", response=OrgOut)
@@ -71,6 +73,8 @@ async def patch_org(request: Request) -> JSONResponse:
             assert o is not None
             for k, v in body.model_dump(exclude_none=True).items():
                 setattr(o, k, v)
+            if "retention_days" in body.model_fields_set and body.retention_days is None:
+                o.retention_days = None  # an explicit null: keep forever
             s.add(o)
             s.commit()
             return org_json(o)

@@ -47,6 +47,8 @@ class EmailSummary(Out):
     tracking_status: Literal["unopened", "opened", "clicked"] | None
     flags: EmailFlags
     deleted_on_server: bool = Field(description="no location of it is left on the server (it stays in the CRM's record)")
+    kind: Literal["message", "bounce", "complaint"] = Field(
+        description="bounce: a delivery report, complaint: an ARF abuse report (neither is ever linked or a lead)")
 
 
 class EmailsPage(Out):
@@ -117,12 +119,25 @@ class SendState(Out):
     deliveries: list[DeliveryOut]
 
 
+class BounceOut(Out):
+    recipient: str
+    type: Literal["hard", "soft"]
+    status: str = Field(description="the enhanced status code, e.g. 5.1.1")
+    diagnostic: str
+    at: str
+    report_email_id: str | None = Field(default=None, description="the stored delivery report (kind: bounce)")
+
+
 class EmailOut(EmailSummary):
     send_at: Ts
     deferred_until: Ts
     bcc_emails: list[str]
     body_text: str
     body_html: str | None
+    body_html_safe: str | None = Field(description="body_html sanitized for display: no scripts, handlers, frames, forms or "
+                                       "external styles; cid: images point at their attachments; remote images are a "
+                                       "placeholder unless ?remote_content=true")
+    bounces: list[BounceOut]
     in_reply_to: str | None
     references: list[str]
     attachments: list[AttachmentOut]

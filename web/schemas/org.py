@@ -15,4 +15,5 @@ class OrgOut(Out):
     honor_dnt: bool
     anonymize_ip: bool
     sentiment_llm: bool
+    retention_days: int | None
     created_at: Ts
