@@ -19,7 +19,22 @@ from web.errors import exception_handlers
 from web.guard import RejectNul
 from web.http_metrics import HttpMetrics
 from web.pixel import PixelFastPath
-from web.routes import accounts, crm, emails, health, notifications, notion, oauth, org, send, sentiment, templates, tracking, unsubscribe
+from web.routes import (
+    accounts,
+    conversations,
+    crm,
+    emails,
+    health,
+    notifications,
+    notion,
+    oauth,
+    org,
+    send,
+    sentiment,
+    templates,
+    tracking,
+    unsubscribe,
+)
 
 __all__ = ["create_app"]
 
@@ -29,7 +44,8 @@ VERSION = "0.1.0"
 def routers() -> list[ApiRouter]:
     """Every router, in matching order."""
     return [health.router, org.router, crm.router, accounts.router, oauth.router, send.router, tracking.router, emails.router,
-            templates.router, notion.router, notifications.router, unsubscribe.router, sentiment.router]
+            templates.router, notion.router, notifications.router, unsubscribe.router, sentiment.router,
+            conversations.router]
 
 
 def create_app() -> Starlette:

@@ -28,6 +28,7 @@ from models import (
     utcnow,
 )
 from models.db import get_engine
+from web.access import Actor, actor
 from web.api import ApiRouter
 from web.cursors import CURSOR, keyset_cursor, read_keyset
 from web.errors import ApiError
@@ -331,13 +332,14 @@ def _register(kind: str) -> None:
                   query=(TIMELINE_LIMIT, CURSOR), response=TimelineOut, responses={404: "not found"})
     async def timeline(request: Request) -> JSONResponse:
         limit, cursor = TIMELINE_LIMIT.read(request), read_keyset(CURSOR.read(request))
-        data = await run_in_threadpool(_timeline, _org(request), model, entity_type, request.path_params["id"], limit, cursor)
+        data = await run_in_threadpool(_timeline, actor(request), model, entity_type, request.path_params["id"], limit, cursor)
         return JSONResponse(data)
 
 
-def _timeline(org_id: str, model: type[SQLModel], entity_type: str, entity_id: str, limit: int,
+def _timeline(who: Actor, model: type[SQLModel], entity_type: str, entity_id: str, limit: int,
               cursor: tuple[Any, str] | None) -> dict[str, Any]:
-    now = utcnow()
+    """Emails linked to the record, in the mailboxes the caller sees."""
+    org_id, now = who.org_id, utcnow()
     with Session(get_engine()) as s:
         if s.get(model, (org_id, entity_id)) is None:
             raise ApiError.not_found(entity_type)
@@ -346,7 +348,7 @@ def _timeline(org_id: str, model: type[SQLModel], entity_type: str, entity_id: s
             select(Email)
             .join(EmailLink, col(EmailLink.email_id) == Email.id)
             .where(EmailLink.org_id == org_id, EmailLink.entity_type == entity_type, EmailLink.entity_id == entity_id,
-                   col(Email.deleted_at).is_(None))
+                   col(Email.deleted_at).is_(None), who.visible(Email.account_id))
             .order_by(at.desc(), col(Email.id).desc())
             .limit(limit + 1)
         )
