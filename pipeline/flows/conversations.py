@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import String, and_, cast, func, or_, update
@@ -35,6 +35,9 @@ __all__ = ["COUNTED_STATUSES", "Change", "Incoming", "change", "email_notificati
 
 # Emails that count in a conversation's numbers: received mail, and sent mail once it went out.
 COUNTED_STATUSES = ("received", "sent", "bounced")
+# A message dated up to this long before a resolution still reopens it (clock skew, second-precision
+# INTERNALDATE); older mail that a later sync finds does not.
+REOPEN_SLACK = timedelta(days=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +94,7 @@ def thread_emails(s: Session, items: Sequence[Incoming], own: dict[str, str | No
         e.thread_id = conv_id
         s.execute(update(Email).where(col(Email.id) == e.id).values(thread_id=conv_id))
         if e.direction == "inbound" and not e.silent:
-            _reopen(s, conv_id, _at(e))
+            _reopen(s, conv_id, e)
         out[e.id] = conv_id
         refresh(s, [conv_id])  # the next message of the batch may match it by subject
     return {eid: _live(s, cid) for eid, cid in out.items()}
@@ -125,11 +128,13 @@ def _start(s: Session, e: Email, people: list[str]) -> str:
     return conv.id
 
 
-def _reopen(s: Session, conv_id: str, at: datetime) -> None:
-    """A customer writing again reopens a resolved conversation (mail older than the resolution does not)."""
+def _reopen(s: Session, conv_id: str, e: Email) -> None:
+    """A customer writing again reopens a resolved conversation: a message stored after the
+    resolution and not dated long before it (old mail found by a later sync does not reopen)."""
     s.execute(update(Conversation).where(
         col(Conversation.id) == conv_id, col(Conversation.status) == "resolved",
-        or_(col(Conversation.status_changed_at).is_(None), col(Conversation.status_changed_at) <= at))
+        or_(col(Conversation.status_changed_at).is_(None),
+            and_(col(Conversation.status_changed_at) <= e.created_at, col(Conversation.status_changed_at) <= _at(e) + REOPEN_SLACK)))
         .values(status="open", status_changed_by=None, status_changed_at=utcnow(), updated_at=utcnow()))
 
 
@@ -234,7 +239,8 @@ def _assigned_notification(s: Session, conv: Conversation, actor: Actor, now: da
     by = f" by {actor.user_id}" if actor.user_id else ""
     row = {"org_id": conv.org_id, "user_id": conv.assignee_id, "kind": "conversation.assigned",
            "title": f"Conversation assigned to you{by}"[:500], "body": conv.subject[:2000], "email_id": event["email_id"],
-           "data": {k: v for k, v in event.items() if k != "email_id"},
+           # the event's user_id is who acted; the notification's is the assignee (the push goes to them)
+           "data": {k: v for k, v in event.items() if k not in ("email_id", "user_id")},
            "dedupe_key": f"conversation.assigned:{conv.id}:{conv.assignee_id}:{now.isoformat()}"[:200]}
     return notifications.insert_new(s, [row])
 

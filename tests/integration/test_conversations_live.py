@@ -233,3 +233,115 @@ class TestDelegation:
         r = team.client.patch(f"/api/v1/accounts/{private}", json={"delegates": []}, headers=team.h("u1"))
         assert r.status_code == 200 and r.json()["delegates"] == []
         assert [u for u in ("u1", "u2", "u3", "ops") if sees(u)] == ["u1"]
+
+
+def _ids(items: list[dict[str, Any]]) -> set[str]:
+    return {i["id"] for i in items}
+
+
+class TestAssignReplyReopen:
+    def test_assign_notifies_reply_clears_awaiting_resolve_then_customer_reopens(self, team: Team) -> None:
+        """Must-show 3: assigning to u2 notifies u2 (in-app and websocket); the assignee_id, unassigned and
+        awaiting_reply filters right before and after u2 replies from the shared mailbox through aiosmtpd;
+        resolved, then a new customer message reopens it."""
+        support = team.mailbox("ops", shared=True, members=["u1", "u2"])
+        first = team.deliver(support, make_message(1, from_=f"Ada <{ADA}>", to=team.logins[support], subject="Login broken",
+                                                   message_id="<lb1@engine.example>", date=_at(10)), "lb1@engine.example")
+        other = team.deliver(support, make_message(2, from_=f"Lee <{LEE}>", to=team.logins[support], subject="Feature request",
+                                                   message_id="<fr1@prospect.example>", date=_at(9)), "fr1@prospect.example")
+        conv = first.thread_id
+        assert conv and other.thread_id and conv != other.thread_id
+        assert _ids(team.conversations("u1", unassigned="true")) == {conv, other.thread_id}
+        assert _ids(team.conversations("u1", awaiting_reply="true")) == {conv, other.thread_id}
+
+        token = team.client.post("/api/v1/notifications/token", json={}, headers=team.h("u2")).json()["token"]
+        # a user's token is theirs: asking for another user's is a 404
+        assert team.client.post("/api/v1/notifications/token", json={"user_id": "u1"}, headers=team.h("u2")).status_code == 404
+        with team.client.websocket_connect(f"/api/v1/notifications/ws?token={token}") as ws:
+            assert ws.receive_json() == {"type": "hello", "user_id": "u2"}
+            r = team.client.patch(f"/api/v1/conversations/{conv}", json={"assignee_id": "u2"}, headers=team.h("u1"))
+            assert r.status_code == 200, r.text
+            assert r.json()["assignee_id"] == "u2" and r.json()["assigned_by"] == "u1"
+            pushed = ws.receive_json()
+        assert pushed["type"] == "conversation.assigned" and pushed["user_id"] == "u2"
+        assert pushed["conversation_id"] == conv and pushed["assigned_by"] == "u1" and pushed["email_id"] == first.id
+        notes = team.get("/api/v1/notifications?unread=true", "u2").json()
+        assert [n["type"] for n in notes["items"]] == ["conversation.assigned"] and notes["items"][0]["data"]["conversation_id"] == conv
+        assert team.get("/api/v1/notifications?user_id=u2", "u1").status_code == 404  # not u1's to read
+        # an assignee must see the mailbox
+        bad = team.client.patch(f"/api/v1/conversations/{conv}", json={"assignee_id": "u3"}, headers=team.h("u1"))
+        assert bad.status_code == 422 and bad.json()["error"]["code"] == "assignee_cannot_see"
+
+        # right before u2 replies
+        assert _ids(team.conversations("u1", assignee_id="u2")) == {conv}
+        assert _ids(team.conversations("u1", unassigned="true")) == {other.thread_id}
+        assert _ids(team.conversations("u1", awaiting_reply="true")) == {conv, other.thread_id}
+
+        before = len(team.smtp.messages)
+        r = team.client.post(f"/api/v1/emails/{first.id}/reply", json={"account_id": support, "body_text": "Fixed, please retry."},
+                             headers=team.h("u2"))
+        assert r.status_code == 202, r.text
+        reply_id = r.json()["id"]
+        sent = wait_until(lambda: (e := team.get(f"/api/v1/emails/{reply_id}", "u2").json())["pipeline_state"] == "done" and e,
+                          60, 0.2, "the reply sent and through the pipeline")
+        assert sent["status"] == "sent" and sent["thread_id"] == conv
+        assert len(team.smtp.messages) == before + 1 and ADA in team.smtp.messages[-1][1]
+        with Session(get_engine()) as s:
+            assert s.get(Outbox, reply_id).user_id == "u2"  # recorded as the user who replied  # type: ignore[union-attr]
+
+        # right after
+        assert _ids(team.conversations("u1", assignee_id="u2")) == {conv}
+        assert _ids(team.conversations("u1", unassigned="true")) == {other.thread_id}
+        assert _ids(team.conversations("u1", awaiting_reply="true")) == {other.thread_id}
+        assert _ids(team.conversations("u1", awaiting_reply="false")) == {conv}
+        after = team.get(f"/api/v1/conversations/{conv}", "u1").json()
+        assert after["last_direction"] == "outbound" and after["awaiting_reply_since"] is None and after["message_count"] == 2
+        assert [m["id"] for m in after["messages"]] == [first.id, reply_id]
+
+        r = team.client.patch(f"/api/v1/conversations/{conv}", json={"status": "resolved"}, headers=team.h("u2"))
+        assert r.json()["status"] == "resolved" and r.json()["status_changed_by"] == "u2"
+        assert _ids(team.conversations("u2", status="resolved")) == {conv}
+        assert _ids(team.conversations("u2", status="open")) == {other.thread_id}
+
+        again = make_message(3, from_=f"Ada <{ADA}>", to=team.logins[support], subject="Re: Login broken",
+                             message_id="<lb2@engine.example>", in_reply_to=f"<{sent['message_id']}>", body="Still broken!")
+        assert team.deliver(support, again, "lb2@engine.example").thread_id == conv
+        reopened = team.get(f"/api/v1/conversations/{conv}", "u2").json()
+        assert reopened["status"] == "open" and reopened["awaiting_reply"] is True and reopened["message_count"] == 3
+        assert reopened["assignee_id"] == "u2"
+        assert _ids(team.conversations("u2", status="open", awaiting_reply="true", assignee_id="u2")) == {conv}
+        r = team.client.patch(f"/api/v1/conversations/{conv}", json={"assignee_id": None}, headers=team.h("u1"))
+        assert r.json()["assignee_id"] is None
+        assert _ids(team.conversations("u1", unassigned="true")) == {conv, other.thread_id}
+
+
+class TestOutreach:
+    def test_outreach_names_the_teammate_and_a_send_warns_about_it(self, team: Team) -> None:
+        """Must-show 5: outreach lists u1's mail to a contact when u2 asks (who and when; not the content
+        of a mailbox u2 cannot see), and a send from u2 to that contact returns recent_outreach naming u1."""
+        private = team.mailbox("u1")
+        support = team.mailbox("ops", shared=True, members=["u1", "u2"])
+        r = team.client.post("/api/v1/emails/send", json={"account_id": private, "to": [ADA], "subject": "Renewal offer",
+                                                          "body_text": "Hi Ada, here is our renewal offer."}, headers=team.h("u1"))
+        assert r.status_code == 202 and r.json()["recent_outreach"] == []
+        first = r.json()["id"]
+        wait_until(lambda: team.get(f"/api/v1/emails/{first}", "u1").json()["pipeline_state"] == "done", 60, 0.2, "u1's mail sent")
+
+        seen_by_u2 = team.get("/api/v1/crm/contacts/c-ada/outreach?days=14", "u2").json()["items"]
+        assert len(seen_by_u2) == 1
+        item = seen_by_u2[0]
+        assert item["user_id"] == "u1" and item["direction"] == "outbound" and item["at"]
+        assert item["visible"] is False and item["subject"] is None and item["email_id"] is None  # u1's private mailbox
+        mine = team.get("/api/v1/crm/contacts/c-ada/outreach", "u1").json()["items"]
+        assert [(i["user_id"], i["email_id"], i["subject"]) for i in mine] == [("u1", first, "Renewal offer")]
+        assert team.get("/api/v1/crm/contacts/nobody/outreach", "u2").status_code == 404
+
+        r = team.client.post("/api/v1/emails/send", json={"account_id": support, "to": [ADA.upper()], "subject": "Support follow-up",
+                                                          "body_text": "Hi Ada, following up."}, headers=team.h("u2"))
+        assert r.status_code == 202, r.text
+        outreach = r.json()["recent_outreach"]
+        assert [(i["user_id"], i["direction"], i["visible"]) for i in outreach] == [("u1", "outbound", False)]
+        # u2 may not send from u1's private mailbox: it does not exist for u2
+        r = team.client.post("/api/v1/emails/send", json={"account_id": private, "to": [ADA], "subject": "x", "body_text": "x"},
+                             headers=team.h("u2"))
+        assert r.status_code == 404
