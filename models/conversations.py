@@ -24,12 +24,12 @@ class Conversation(SQLModel, table=True):
 
     __tablename__ = "conversations"
     __table_args__ = (
-        Index("ix_conversations_org_last", "org_id", "last_message_at", "id"),
+        Index("ix_conversations_org_last", "org_id", "last_message_at", "id", "account_id"),
         Index("ix_conversations_account_last", "account_id", "last_message_at", "id"),
         Index("ix_conversations_subject", "account_id", "subject_norm"),
-        Index("ix_conversations_assignee", "org_id", "assignee_id", "last_message_at"),
-        Index("ix_conversations_status", "org_id", "status", "last_message_at"),
-        Index("ix_conversations_awaiting", "org_id", "awaiting_reply_since"),
+        Index("ix_conversations_assignee", "org_id", "assignee_id", "last_message_at", "id"),
+        Index("ix_conversations_status", "org_id", "status", "last_message_at", "id"),
+        Index("ix_conversations_awaiting", "org_id", "awaiting_reply_since", "last_message_at", "id"),
     )
 
     id: str = Field(default_factory=new_id, primary_key=True, max_length=24)
@@ -37,6 +37,8 @@ class Conversation(SQLModel, table=True):
     account_id: str = Field(foreign_key="email_accounts.id", max_length=24)
     subject: str = Field(default="", sa_column=Column(Text, nullable=False))
     subject_norm: str = Field(default="", max_length=500, description="subject without Re:/Fwd:/[tags], lower case")
+    search_text: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""),
+                             description="subject and participants, lower case: what ?q= matches")
     participants: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False),
                                     description="addresses other than the mailbox's own, normalized")
     message_count: int = 0

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import String, and_, cast, func, or_, update
+from sqlalchemy import and_, func, or_, tuple_, update
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
@@ -28,7 +28,14 @@ from models.access import Actor
 from models.upsert import insert_ignore
 from pipeline.flows import notifications
 from pipeline.flows.notify_email import mark_pending
-from pipeline.stages.conversation_keys import Candidate, message_keys, normalize_subject, participants, pick_by_subject
+from pipeline.stages.conversation_keys import (
+    Candidate,
+    message_keys,
+    normalize_subject,
+    participants,
+    pick_by_subject,
+    search_text,
+)
 
 __all__ = ["COUNTED_STATUSES", "Change", "Incoming", "change", "email_notifications", "list_page", "merge",
            "record_conversation_assigned_event", "refresh", "thread_emails"]
@@ -122,7 +129,8 @@ def _by_subject(s: Session, e: Email, people: list[str]) -> str | None:
 def _start(s: Session, e: Email, people: list[str]) -> str:
     at = _at(e)
     conv = Conversation(org_id=e.org_id, account_id=e.account_id, subject=e.subject or "", subject_norm=normalize_subject(e.subject),
-                        participants=people, first_message_at=at, last_message_at=at, last_direction=e.direction)
+                        search_text=search_text(e.subject, people), participants=people,
+                        first_message_at=at, last_message_at=at, last_direction=e.direction)
     s.add(conv)
     s.flush()
     return conv.id
@@ -191,7 +199,8 @@ def refresh(s: Session, conversation_ids: Sequence[str] | set[str]) -> None:
         s.execute(update(Conversation).where(col(Conversation.id) == cid).values(
             message_count=len(rows), first_message_at=times[0], last_message_at=times[-1], last_direction=ordered[-1].direction,
             awaiting_reply_since=waiting, participants=people, subject=first.subject or conv.subject,
-            subject_norm=normalize_subject(first.subject or conv.subject), updated_at=utcnow()))
+            subject_norm=normalize_subject(first.subject or conv.subject),
+            search_text=search_text(first.subject or conv.subject, people), updated_at=utcnow()))
 
 
 # ---- PATCH: status and assignee ----------------------------------------------------------------
@@ -284,7 +293,7 @@ class Filters:
 def list_page(s: Session, actor: Actor, f: Filters, limit: int, cursor: tuple[datetime, str] | None) -> tuple[list[Conversation], bool]:
     """Conversations newest activity first, filtered, visible to ``actor``; (rows, whether more follow)."""
     stmt = select(Conversation).where(Conversation.org_id == actor.org_id, col(Conversation.merged_into).is_(None),
-                                      col(Conversation.last_message_at).is_not(None), actor.visible(Conversation.account_id))
+                                      actor.visible(Conversation.account_id))
     if f.account_id:
         stmt = stmt.where(Conversation.account_id == f.account_id)
     if f.status:
@@ -304,13 +313,12 @@ def list_page(s: Session, actor: Actor, f: Filters, limit: int, cursor: tuple[da
                   .where(EmailLink.org_id == actor.org_id, EmailLink.entity_type == "contact", EmailLink.entity_id == f.contact_id))
         stmt = stmt.where(col(Conversation.id).in_(linked))
     if f.q:
-        term = "%" + f.q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        stmt = stmt.where(or_(func.lower(Conversation.subject).like(term, escape="\\"),
-                              func.lower(cast(Conversation.participants, String)).like(term, escape="\\")))
+        term = "%" + f.q.casefold().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        stmt = stmt.where(col(Conversation.search_text).like(term, escape="\\"))
     if cursor is not None:
         when, last = cursor
-        stmt = stmt.where(or_(col(Conversation.last_message_at) < when,
-                              and_(col(Conversation.last_message_at) == when, col(Conversation.id) < last)))
+        # a row value: both dialects walk the (…, last_message_at, id) indexes from the cursor on
+        stmt = stmt.where(tuple_(col(Conversation.last_message_at), col(Conversation.id)) < tuple_(when, last))
     stmt = stmt.order_by(col(Conversation.last_message_at).desc(), col(Conversation.id).desc()).limit(limit + 1)
     rows = list(s.execute(stmt).scalars())
     return rows[:limit], len(rows) > limit

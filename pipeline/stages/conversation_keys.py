@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from pipeline.stages.threads import normalize_message_id
 
 __all__ = ["SUBJECT_WINDOW", "Candidate", "message_keys", "normalize_subject", "participants", "pick_by_subject",
-           "thread_index_root"]
+           "search_text", "thread_index_root"]
 
 SUBJECT_WINDOW = timedelta(days=30)
 MAX_KEY = 1000
@@ -44,6 +44,11 @@ def normalize_subject(subject: str | None) -> str:
             break
         text = stripped
     return _SPACE.sub(" ", text).strip().casefold()[:500]
+
+
+def search_text(subject: str | None, people: Sequence[str]) -> str:
+    """What the conversation list's ``q`` matches: the subject and the participants, lower case."""
+    return " ".join([(subject or "")[:2000], *people]).casefold()
 
 
 def thread_index_root(value: str | None) -> str | None:

@@ -52,6 +52,7 @@ def upgrade() -> None:
     sa.Column('account_id', sa.String(length=24), nullable=False),
     sa.Column('subject', sa.Text(), nullable=False),
     sa.Column('subject_norm', sa.String(length=500), nullable=False),
+    sa.Column('search_text', sa.Text(), server_default='', nullable=False),
     sa.Column('participants', sa.JSON(), nullable=False),
     sa.Column('message_count', sa.Integer(), nullable=False),
     sa.Column('first_message_at', sa.DateTime(timezone=True), nullable=True),
@@ -73,10 +74,10 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('conversations', schema=None) as batch_op:
         batch_op.create_index('ix_conversations_account_last', ['account_id', 'last_message_at', 'id'], unique=False)
-        batch_op.create_index('ix_conversations_assignee', ['org_id', 'assignee_id', 'last_message_at'], unique=False)
-        batch_op.create_index('ix_conversations_awaiting', ['org_id', 'awaiting_reply_since'], unique=False)
-        batch_op.create_index('ix_conversations_org_last', ['org_id', 'last_message_at', 'id'], unique=False)
-        batch_op.create_index('ix_conversations_status', ['org_id', 'status', 'last_message_at'], unique=False)
+        batch_op.create_index('ix_conversations_assignee', ['org_id', 'assignee_id', 'last_message_at', 'id'], unique=False)
+        batch_op.create_index('ix_conversations_awaiting', ['org_id', 'awaiting_reply_since', 'last_message_at', 'id'], unique=False)
+        batch_op.create_index('ix_conversations_org_last', ['org_id', 'last_message_at', 'id', 'account_id'], unique=False)
+        batch_op.create_index('ix_conversations_status', ['org_id', 'status', 'last_message_at', 'id'], unique=False)
         batch_op.create_index('ix_conversations_subject', ['account_id', 'subject_norm'], unique=False)
 
     # Plain ADD COLUMN (no table rebuild on SQLite): every existing mailbox starts private.
