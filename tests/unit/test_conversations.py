@@ -1,0 +1,201 @@
+"""Conversations with fake servers on SQLite: the threading keys and subject rules (pure), bridging
+merges and out-of-order arrival (through the ingest chain), the list's filters, paging and input
+checks, and the X-Mailpipe-User header's rules."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from dramatiq import Worker
+from dramatiq.brokers.stub import StubBroker
+from starlette.testclient import TestClient
+
+from pipeline.flows.connections import use_imap_connector, use_smtp_transport
+from pipeline.flows.sync import fetch_now
+from pipeline.stages.conversation_keys import (
+    Candidate,
+    message_keys,
+    normalize_subject,
+    participants,
+    pick_by_subject,
+    thread_index_root,
+)
+from tests.harness.fake_imap import FakeImapServer, fake_connect
+from tests.harness.fake_smtp import FakeSmtpTransport
+from tests.harness.flow import CRM, drain, make_org, seed_crm
+from tests.harness.mail import make_message
+from web.app import create_app
+
+BODY = {"user_id": "u1", "provider": "imap", "email": "alice@example.test",
+        "imap": {"host": "imap.example.test", "password": "alicepass"},
+        "smtp": {"host": "smtp.example.test", "password": "alicepass"}}
+T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
+
+
+class TestKeysAndSubjects:
+    @pytest.mark.parametrize(("raw", "norm"), [
+        ("RE: AW: [Support] Invoice  42", "invoice 42"),
+        ("Fwd: FW: sv: Vs: WG: Offer", "offer"),
+        ("Re[2]: RE(3): Hello", "hello"),
+        ("[EXTERNAL] [#123] Re: Quote", "quote"),
+        ("Reply needed", "reply needed"),  # "Re" only as a prefix with a colon
+        ("", ""),
+    ])
+    def test_normalize_subject(self, raw: str, norm: str) -> None:
+        assert normalize_subject(raw) == norm
+
+    def test_thread_index_root_is_the_first_22_bytes(self) -> None:
+        root = bytes(range(22))
+        first = base64.b64encode(root).decode()
+        reply = base64.b64encode(root + b"\x01\x02\x03\x04\x05").decode()
+        assert thread_index_root(first) == thread_index_root(reply) == first
+        assert thread_index_root("not base64!!") is None and thread_index_root(base64.b64encode(b"short").decode()) is None
+
+    def test_message_keys_cover_ids_thread_index_and_gmail(self) -> None:
+        keys = message_keys(message_id="<a@x>", in_reply_to="<b@x>", references=["c@x", "b@x"],
+                            thread_index=base64.b64encode(bytes(27)).decode(), gm_thrid=7)
+        assert keys == ["m:a@x", "m:b@x", "m:c@x", f"t:{base64.b64encode(bytes(22)).decode()}", "g:7"]
+
+    def test_participants_leave_the_mailbox_out(self) -> None:
+        assert participants(["Ada@Engine.example", "box@team.example", None, "x"], ["BOX@team.example"]) == ["ada@engine.example"]
+
+    def test_subject_match_needs_a_shared_participant_within_30_days(self) -> None:
+        near = Candidate("c1", ["ada@x"], T0 - timedelta(days=3), T0 - timedelta(days=2))
+        old = Candidate("c2", ["ada@x"], T0 - timedelta(days=60), T0 - timedelta(days=31))
+        other = Candidate("c3", ["lee@y"], T0 - timedelta(days=1), T0 - timedelta(hours=1))
+        assert pick_by_subject([near, old, other], ["ada@x"], T0) == "c1"
+        assert pick_by_subject([old, other], ["ada@x"], T0) is None
+        assert pick_by_subject([near], [], T0) is None
+
+
+@pytest.fixture
+def env(db: str, stub_broker: StubBroker, stub_worker: Worker) -> Iterator[dict[str, Any]]:
+    imap_server = FakeImapServer("alice@example.test", "alicepass")
+    use_imap_connector(fake_connect(imap_server))
+    use_smtp_transport(FakeSmtpTransport())
+    org_id, key = make_org()
+    seed_crm(org_id)
+    with TestClient(create_app()) as client:
+        h = {"Authorization": f"Bearer {key}"}
+        for uid in ("u2", "u3"):
+            client.put(f"/api/v1/users/{uid}", json={"name": uid, "email": f"{uid}@team.example"}, headers=h)
+        yield {"client": client, "h": h, "imap": imap_server, "broker": stub_broker, "worker": stub_worker, "org_id": org_id}
+
+
+def _sync(env: dict[str, Any], account_id: str | None = None) -> str:
+    c, h = env["client"], env["h"]
+    if account_id is None:
+        r = c.post("/api/v1/accounts", json=BODY, headers=h)
+        assert r.status_code == 201, r.text
+        account_id = str(r.json()["id"])
+    else:
+        assert fetch_now(account_id)
+    drain(env["broker"], env["worker"])
+    return account_id
+
+
+def _threads(env: dict[str, Any]) -> dict[str, str]:
+    items = env["client"].get("/api/v1/emails?limit=200", headers=env["h"]).json()["items"]
+    return {i["message_id"]: i["thread_id"] for i in items}
+
+
+class TestThreadingThroughTheChain:
+    def test_a_message_bridging_two_threads_merges_them(self, env: dict[str, Any]) -> None:
+        ada, lee = f"Ada <{CRM['contact'][1]}>", f"Lee <{CRM['lead'][1]}>"
+        env["imap"].seed("INBOX", make_message(1, from_=ada, subject="Alpha", message_id="<a@t>"), when=T0)
+        env["imap"].seed("INBOX", make_message(2, from_=lee, subject="Beta", message_id="<b@t>"), when=T0 + timedelta(minutes=1))
+        account = _sync(env)
+        before = _threads(env)
+        assert before["a@t"] != before["b@t"]
+        r = env["client"].patch(f"/api/v1/conversations/{before['b@t']}", json={"assignee_id": "u1"}, headers=env["h"])
+        assert r.status_code == 200, r.text
+        bridge = make_message(3, from_=ada, subject="Re: Alpha and Beta", message_id="<c@t>",
+                              headers={"References": "<a@t> <b@t>"})
+        env["imap"].seed("INBOX", bridge, when=T0 + timedelta(minutes=2))
+        _sync(env, account)
+        after = _threads(env)
+        assert after["a@t"] == after["b@t"] == after["c@t"] == before["a@t"]  # the older conversation survives
+        items = env["client"].get("/api/v1/conversations", headers=env["h"]).json()["items"]
+        assert [(i["id"], i["message_count"], i["assignee_id"]) for i in items] == [(before["a@t"], 3, "u1")]  # the assignee is kept
+        # the merged conversation's id still answers, as the one it joined
+        assert env["client"].get(f"/api/v1/conversations/{before['b@t']}", headers=env["h"]).json()["id"] == before["a@t"]
+
+    def test_a_reply_stored_before_its_parent_shares_the_parents_conversation(self, env: dict[str, Any]) -> None:
+        ada = f"Ada <{CRM['contact'][1]}>"
+        env["imap"].seed("INBOX", make_message(1, from_=ada, subject="Re: Plan", message_id="<r@t>", in_reply_to="<p@t>"), when=T0)
+        account = _sync(env)
+        env["imap"].seed("INBOX", make_message(2, from_=ada, subject="Plan", message_id="<p@t>"), when=T0 - timedelta(hours=1))
+        _sync(env, account)
+        threads = _threads(env)
+        assert threads["p@t"] == threads["r@t"]
+        detail = env["client"].get(f"/api/v1/conversations/{threads['p@t']}", headers=env["h"]).json()
+        assert [m["message_id"] for m in detail["messages"]] == ["p@t", "r@t"] and detail["message_count"] == 2
+
+    def test_same_subject_without_shared_participant_or_after_30_days_starts_anew(self, env: dict[str, Any]) -> None:
+        ada, lee = f"Ada <{CRM['contact'][1]}>", f"Lee <{CRM['lead'][1]}>"
+        env["imap"].seed("INBOX", make_message(1, from_=ada, subject="Status", message_id="<s1@t>"), when=T0)
+        env["imap"].seed("INBOX", make_message(2, from_=lee, subject="RE: Status", message_id="<s2@t>"), when=T0 + timedelta(hours=1))
+        env["imap"].seed("INBOX", make_message(3, from_=ada, subject="RE: Status", message_id="<s3@t>"), when=T0 + timedelta(days=2))
+        env["imap"].seed("INBOX", make_message(4, from_=ada, subject="Re: Status", message_id="<s4@t>"), when=T0 + timedelta(days=40))
+        _sync(env)
+        t = _threads(env)
+        assert t["s1@t"] == t["s3@t"] and len({t["s1@t"], t["s2@t"], t["s4@t"]}) == 3
+
+
+class TestListAndPatch:
+    def test_filters_paging_and_input_errors(self, env: dict[str, Any]) -> None:
+        c, h = env["client"], env["h"]
+        for i in range(5):
+            env["imap"].seed("INBOX", make_message(i, from_=f"c{i}@customer.example", subject=f"Topic {i}", message_id=f"<t{i}@t>"),
+                             when=T0 + timedelta(minutes=i))
+        _sync(env)
+        seen: list[str] = []
+        cursor = ""
+        while True:
+            page = c.get(f"/api/v1/conversations?limit=2&cursor={cursor}", headers=h).json()
+            seen += [i["subject"] for i in page["items"]]
+            cursor = page["next_cursor"]
+            if not cursor:
+                break
+        assert seen == [f"Topic {i}" for i in (4, 3, 2, 1, 0)]
+        assert [i["subject"] for i in c.get("/api/v1/conversations?q=C3@CUSTOMER", headers=h).json()["items"]] == ["Topic 3"]
+        assert [i["subject"] for i in c.get("/api/v1/conversations?q=topic 1", headers=h).json()["items"]] == ["Topic 1"]
+        contact = c.get(f"/api/v1/conversations?contact_id={CRM['contact'][0]}", headers=h).json()["items"]
+        assert contact == []
+        conv = c.get("/api/v1/conversations?limit=1", headers=h).json()["items"][0]["id"]
+        for bad, code in (({"status": "closed"}, "validation_error"), ({"assignee_id": "nobody"}, "assignee_cannot_see"),
+                          ({"assignee_id": ""}, "validation_error"), ({"color": "red"}, "validation_error")):
+            r = c.patch(f"/api/v1/conversations/{conv}", json=bad, headers=h)
+            assert r.status_code == 422 and r.json()["error"]["code"] == code, (bad, r.text)
+        r = c.patch(f"/api/v1/conversations/{conv}", json={"status": "pending"}, headers=h)
+        assert r.json()["status"] == "pending" and r.json()["status_changed_by"] is None  # the org key, no user
+        assert [i["id"] for i in c.get("/api/v1/conversations?status=pending", headers=h).json()["items"]] == [conv]
+        assert c.get("/api/v1/conversations?unassigned=maybe", headers=h).status_code == 422
+        assert c.get("/api/v1/conversations?cursor=bogus!", headers=h).status_code == 422
+        assert c.get("/api/v1/conversations/nope", headers=h).status_code == 404
+
+    def test_acting_user_header_rules(self, env: dict[str, Any]) -> None:
+        c, h = env["client"], env["h"]
+        account = _sync(env)
+        for bad in ("", "two words", "x" * 65, "tab\there"):
+            r = c.get("/api/v1/conversations", headers={**h, "X-Mailpipe-User": bad})
+            assert r.status_code == 422 and "X-Mailpipe-User" in r.json()["error"]["message"], bad
+        u2 = {**h, "X-Mailpipe-User": "u2"}
+        # a user connects their own mailboxes only, and sees no one else's
+        assert c.post("/api/v1/accounts", json={**BODY, "email": "other@example.test"}, headers=u2).status_code == 403
+        assert c.get(f"/api/v1/accounts/{account}", headers=u2).status_code == 404
+        assert c.get("/api/v1/accounts", headers=u2).json()["items"] == []
+        assert c.get("/api/v1/notifications?user_id=u1", headers=u2).status_code == 404
+        assert c.get("/api/v1/notifications", headers=u2).json()["items"] == []
+        r = c.patch(f"/api/v1/accounts/{account}", json={"members": ["ghost"]}, headers=h)
+        assert r.status_code == 422 and r.json()["error"]["details"]["unknown"] == ["ghost"]
+        r = c.patch(f"/api/v1/accounts/{account}", json={"shared": True, "members": ["u2"], "delegates": ["u3"]}, headers=h)
+        assert r.json()["shared"] is True and r.json()["members"] == ["u2"] and r.json()["delegates"] == ["u3"]
+        assert c.get(f"/api/v1/accounts/{account}", headers=u2).status_code == 200
+        # a member may read and work the mailbox but not change who sees it
+        assert c.patch(f"/api/v1/accounts/{account}", json={"members": []}, headers=u2).status_code == 403
+        assert c.delete(f"/api/v1/accounts/{account}", headers=u2).status_code == 403
