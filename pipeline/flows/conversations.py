@@ -14,7 +14,7 @@ event is written).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -28,6 +28,7 @@ from models.access import Actor
 from models.upsert import insert_ignore
 from pipeline.flows import notifications
 from pipeline.flows.notify_email import mark_pending
+from pipeline.scheduler import register_sweep
 from pipeline.stages.conversation_keys import (
     Candidate,
     message_keys,
@@ -38,7 +39,7 @@ from pipeline.stages.conversation_keys import (
 )
 
 __all__ = ["COUNTED_STATUSES", "Change", "Incoming", "change", "email_notifications", "list_page", "merge",
-           "record_conversation_assigned_event", "refresh", "thread_emails"]
+           "record_conversation_assigned_event", "refresh", "sweep_legacy_threads", "thread_emails"]
 
 # Emails that count in a conversation's numbers: received mail, and sent mail once it went out.
 COUNTED_STATUSES = ("received", "sent", "bounced")
@@ -61,17 +62,24 @@ def _at(e: Email) -> datetime:
     return e.received_at or e.sent_at or e.created_at
 
 
-def _live(s: Session, conversation_id: str) -> str:
-    """Follow ``merged_into`` to the conversation a merged one became."""
+def _live(s: Session, conversation_id: str) -> str | None:
+    """Follow ``merged_into`` to the conversation a merged one became; None when there is none
+    (a key left behind by a conversation that was erased)."""
     seen = set()
     current = conversation_id
     while current not in seen:
         seen.add(current)
-        nxt = s.execute(select(Conversation.merged_into).where(Conversation.id == current)).scalar_one_or_none()
-        if not nxt:
+        row = s.execute(select(Conversation.merged_into).where(Conversation.id == current)).first()
+        if row is None:
+            return None
+        if not row[0]:
             return current
-        current = nxt
+        current = row[0]
     return current
+
+
+def _lives(s: Session, conversation_ids: Iterable[str]) -> list[str]:
+    return sorted({live for live in (_live(s, c) for c in conversation_ids) if live is not None})
 
 
 def thread_emails(s: Session, items: Sequence[Incoming], own: dict[str, str | None]) -> dict[str, str]:
@@ -95,6 +103,10 @@ def thread_emails(s: Session, items: Sequence[Incoming], own: dict[str, str | No
         if keys:
             insert_ignore(s, ConversationKey, [{"account_id": e.account_id, "key": k, "conversation_id": conv_id} for k in keys],
                           ["account_id", "key"])
+            s.execute(update(ConversationKey).where(  # keys a since-erased conversation left behind
+                col(ConversationKey.account_id) == e.account_id, col(ConversationKey.key).in_(keys),
+                ~select(Conversation.id).where(col(Conversation.id) == col(ConversationKey.conversation_id)).exists())
+                .values(conversation_id=conv_id))
             claimed = _conversations_of(s, e.account_id, keys)  # a concurrent batch may have claimed some first
             if len(claimed) > 1 or (claimed and claimed[0] != conv_id):
                 conv_id = merge(s, [conv_id, *claimed])
@@ -104,7 +116,7 @@ def thread_emails(s: Session, items: Sequence[Incoming], own: dict[str, str | No
             _reopen(s, conv_id, e)
         out[e.id] = conv_id
         refresh(s, [conv_id])  # the next message of the batch may match it by subject
-    return {eid: _live(s, cid) for eid, cid in out.items()}
+    return {eid: _live(s, cid) or cid for eid, cid in out.items()}
 
 
 def _conversations_of(s: Session, account_id: str, keys: Sequence[str]) -> list[str]:
@@ -112,7 +124,7 @@ def _conversations_of(s: Session, account_id: str, keys: Sequence[str]) -> list[
         return []
     ids = s.execute(select(ConversationKey.conversation_id).where(
         ConversationKey.account_id == account_id, col(ConversationKey.key).in_(list(keys)))).scalars()
-    return sorted({_live(s, cid) for cid in ids})
+    return _lives(s, ids)
 
 
 def _by_subject(s: Session, e: Email, people: list[str]) -> str | None:
@@ -149,7 +161,7 @@ def _reopen(s: Session, conv_id: str, e: Email) -> None:
 def merge(s: Session, conversation_ids: Sequence[str]) -> str:
     """Merge conversations a message bridges into the oldest; returns its id. The survivor keeps its
     status and assignee (taking the others' assignee when it has none; open if any of them is open)."""
-    ids = sorted({_live(s, c) for c in conversation_ids})
+    ids = _lives(s, conversation_ids)
     if len(ids) == 1:
         return ids[0]
     convs = list(s.execute(select(Conversation).where(col(Conversation.id).in_(ids))).scalars())
@@ -175,7 +187,7 @@ def merge(s: Session, conversation_ids: Sequence[str]) -> str:
 
 def refresh(s: Session, conversation_ids: Sequence[str] | set[str]) -> None:
     """Recompute the numbers of conversations from their emails (idempotent)."""
-    for cid in sorted({_live(s, c) for c in conversation_ids}):
+    for cid in _lives(s, conversation_ids):
         conv = s.get(Conversation, cid)
         if conv is None:
             continue
@@ -322,3 +334,29 @@ def list_page(s: Session, actor: Actor, f: Filters, limit: int, cursor: tuple[da
     stmt = stmt.order_by(col(Conversation.last_message_at).desc(), col(Conversation.id).desc()).limit(limit + 1)
     rows = list(s.execute(stmt).scalars())
     return rows[:limit], len(rows) > limit
+
+
+# ---- mail stored before conversations existed -----------------------------------------------------
+
+# Thread ids the earlier threading wrote ("mid:<root>", "gm:<thrid>", "email:<id>", "sha256:<digest>"),
+# as index ranges: a conversation id is 24 hex digits, so none of them falls inside one.
+LEGACY_THREAD_RANGES = (("email:", "email;"), ("gm:", "gm;"), ("mid:", "mid;"), ("sha256:", "sha256;"))
+BACKFILL_BATCH = 200
+
+
+@register_sweep("conversation_backfill")
+def sweep_legacy_threads(session: Session, now: datetime) -> int:
+    """Put mail threaded before conversations existed into conversations, a batch per tick (oldest
+    first, so replies find their parents); once none is left each tick costs four empty index probes."""
+    legacy = or_(*(and_(col(Email.thread_id) >= lo, col(Email.thread_id) < hi) for lo, hi in LEGACY_THREAD_RANGES))
+    emails = list(session.execute(select(Email).where(legacy, col(Email.pipeline_state).not_in(("fetched", "quarantined")))
+                                  .order_by(func.coalesce(Email.received_at, Email.sent_at, Email.created_at))
+                                  .limit(BACKFILL_BATCH)).scalars())
+    if not emails:
+        return 0
+    session.expunge_all()  # thread_emails writes thread_id itself (a later merge may move an earlier email)
+    own = dict(session.execute(select(EmailAccount.id, EmailAccount.email).where(
+        col(EmailAccount.id).in_({e.account_id for e in emails}))).all())
+    items = [Incoming(e, e.in_reply_to, list(e.references), (e.headers or {}).get("thread_index")) for e in emails]
+    thread_emails(session, items, own)
+    return len(emails)

@@ -199,3 +199,30 @@ class TestListAndPatch:
         # a member may read and work the mailbox but not change who sees it
         assert c.patch(f"/api/v1/accounts/{account}", json={"members": []}, headers=u2).status_code == 403
         assert c.delete(f"/api/v1/accounts/{account}", headers=u2).status_code == 403
+
+
+class TestLegacyBackfill:
+    def test_mail_threaded_before_conversations_is_put_into_them_by_the_sweep(self, env: dict[str, Any]) -> None:
+        from sqlalchemy import select, update
+        from sqlmodel import Session
+
+        from models import Conversation, Email
+        from models.db import get_engine
+        from tests.harness.flow import tick
+
+        ada = f"Ada <{CRM['contact'][1]}>"
+        env["imap"].seed("INBOX", make_message(1, from_=ada, subject="Old", message_id="<o1@t>"), when=T0)
+        env["imap"].seed("INBOX", make_message(2, from_=ada, subject="Re: Old", message_id="<o2@t>", in_reply_to="<o1@t>"),
+                         when=T0 + timedelta(hours=1))
+        _sync(env)
+        with Session(get_engine()) as s:  # as the earlier version left them: "mid:<root>" and no conversation
+            s.execute(update(Email).values(thread_id="mid:o1@t"))
+            s.execute(Conversation.__table__.delete())  # type: ignore[attr-defined]
+            s.commit()
+        assert env["client"].get("/api/v1/conversations", headers=env["h"]).json()["items"] == []
+        assert tick()["conversation_backfill"] == 2
+        assert tick()["conversation_backfill"] == 0
+        items = env["client"].get("/api/v1/conversations", headers=env["h"]).json()["items"]
+        assert [(i["subject"], i["message_count"]) for i in items] == [("Old", 2)]
+        with Session(get_engine()) as s:
+            assert set(s.execute(select(Email.thread_id)).scalars()) == {items[0]["id"]}
