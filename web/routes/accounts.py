@@ -193,7 +193,7 @@ def _create(who: Actor, body: AccountIn, imap_ep: svc.Endpoint, smtp_ep: svc.End
 
 
 @router.route("POST", "/api/v1/accounts", summary="Connect a mailbox (tested first unless skip_test)", body=AccountIn,
-              status=201, response=AccountOut, responses={409: "already connected",
+              status=201, response=AccountOut, responses={403: "user_id is not the acting user", 409: "already connected",
                                                            422: "connection test failed, a refused host, or invalid body",
                                                            429: "too many tests"})
 async def create_account(request: Request) -> JSONResponse:
@@ -247,7 +247,8 @@ async def get_account(request: Request) -> JSONResponse:
 
 
 @router.route("PATCH", "/api/v1/accounts/{id}", summary="Change servers, credentials, interval; disable or enable",
-              body=AccountPatch, response=AccountOut, responses={404: "not found", 409: "the OAuth grant is revoked: connect again",
+              body=AccountPatch, response=AccountOut, responses={403: "only the owner changes sharing and delegates", 404: "not found",
+                                            409: "the OAuth grant is revoked: connect again",
                                             422: "connection test failed, a refused host, or a changed server without its password",
                                             429: "too many tests", 503: "the OAuth provider is unreachable"})
 async def patch_account(request: Request) -> JSONResponse:
@@ -322,7 +323,8 @@ async def _patched_endpoints(a: EmailAccount, body: AccountPatch) -> tuple[svc.E
 
 
 @router.route("DELETE", "/api/v1/accounts/{id}", summary="Stop syncing; ?erase=true also deletes its mail",
-              status=204, query=(Param.boolean("erase", False, description="also delete its mail"),), responses={404: "not found"})
+              status=204, query=(Param.boolean("erase", False, description="also delete its mail"),),
+              responses={403: "only the owner disconnects a mailbox", 404: "not found"})
 async def delete_account(request: Request) -> Response:
     who, account_id = actor(request), request.path_params["id"]
     erase = request.query_params.get("erase", "false").lower() in ("1", "true", "yes")
