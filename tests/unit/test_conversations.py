@@ -76,14 +76,16 @@ class TestKeysAndSubjects:
 def env(db: str, stub_broker: StubBroker, stub_worker: Worker) -> Iterator[dict[str, Any]]:
     imap_server = FakeImapServer("alice@example.test", "alicepass")
     use_imap_connector(fake_connect(imap_server))
-    use_smtp_transport(FakeSmtpTransport())
+    smtp = FakeSmtpTransport()
+    use_smtp_transport(smtp)
     org_id, key = make_org()
     seed_crm(org_id)
     with TestClient(create_app()) as client:
         h = {"Authorization": f"Bearer {key}"}
         for uid in ("u2", "u3"):
             client.put(f"/api/v1/users/{uid}", json={"name": uid, "email": f"{uid}@team.example"}, headers=h)
-        yield {"client": client, "h": h, "imap": imap_server, "broker": stub_broker, "worker": stub_worker, "org_id": org_id}
+        yield {"client": client, "h": h, "imap": imap_server, "broker": stub_broker, "worker": stub_worker, "org_id": org_id,
+               "smtp": smtp}
 
 
 def _sync(env: dict[str, Any], account_id: str | None = None) -> str:
@@ -226,3 +228,28 @@ class TestLegacyBackfill:
         assert [(i["subject"], i["message_count"]) for i in items] == [("Old", 2)]
         with Session(get_engine()) as s:
             assert set(s.execute(select(Email.thread_id)).scalars()) == {items[0]["id"]}
+
+
+class TestAssignmentByEmail:
+    def test_an_assignee_who_asked_gets_the_assignment_by_email_once(self, env: dict[str, Any],
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+        from ops.settings import reset_settings
+
+        monkeypatch.setenv("MAILPIPE_NOTIFY_SMTP_URL", "smtp://notify.example.test:2525?from=notifications@mailpipe.example&security=none")
+        reset_settings()
+        c, h = env["client"], env["h"]
+        env["imap"].seed("INBOX", make_message(1, from_=f"Ada <{CRM['contact'][1]}>", subject="Broken export", message_id="<x1@t>"))
+        account = _sync(env)
+        c.patch(f"/api/v1/accounts/{account}", json={"delegates": ["u2", "u3"]}, headers=h)
+        c.put("/api/v1/users/u2", json={"name": "Udo", "email": "udo@team.example", "notify_by_email": True}, headers=h)
+        conv = c.get("/api/v1/conversations", headers=h).json()["items"][0]["id"]
+        before = len(env["smtp"].sends)
+        assert c.patch(f"/api/v1/conversations/{conv}", json={"assignee_id": "u2"}, headers={**h, "X-Mailpipe-User": "u1"}).status_code == 200
+        assert c.patch(f"/api/v1/conversations/{conv}", json={"assignee_id": "u2"}, headers=h).status_code == 200  # unchanged: no news
+        assert c.patch(f"/api/v1/conversations/{conv}", json={"assignee_id": "u3"}, headers=h).status_code == 200  # u3 did not ask
+        drain(env["broker"], env["worker"])
+        mails = env["smtp"].sends[before:]
+        assert [(sender, rcpts) for _, sender, rcpts, _ in mails] == [("notifications@mailpipe.example", ("udo@team.example",))]
+        assert b"Conversation assigned to you by u1" in mails[0][3]
+        notes = c.get("/api/v1/notifications", headers={**h, "X-Mailpipe-User": "u3"}).json()["items"]
+        assert [n["type"] for n in notes] == ["conversation.assigned"]
