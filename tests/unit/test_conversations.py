@@ -244,7 +244,8 @@ class TestAssignmentByEmail:
         c.put("/api/v1/users/u2", json={"name": "Udo", "email": "udo@team.example", "notify_by_email": True}, headers=h)
         conv = c.get("/api/v1/conversations", headers=h).json()["items"][0]["id"]
         before = len(env["smtp"].sends)
-        assert c.patch(f"/api/v1/conversations/{conv}", json={"assignee_id": "u2"}, headers={**h, "X-Mailpipe-User": "u1"}).status_code == 200
+        as_u1 = {**h, "X-Mailpipe-User": "u1"}
+        assert c.patch(f"/api/v1/conversations/{conv}", json={"assignee_id": "u2"}, headers=as_u1).status_code == 200
         assert c.patch(f"/api/v1/conversations/{conv}", json={"assignee_id": "u2"}, headers=h).status_code == 200  # unchanged: no news
         assert c.patch(f"/api/v1/conversations/{conv}", json={"assignee_id": "u3"}, headers=h).status_code == 200  # u3 did not ask
         drain(env["broker"], env["worker"])
