@@ -16,14 +16,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, tuple_, update
+from sqlalchemy import and_, func, insert, or_, tuple_, update
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
-from models import Conversation, ConversationKey, Email, EmailAccount, EmailLink, User, utcnow
+from models import Conversation, ConversationKey, Email, EmailAccount, EmailLink, User, new_id, utcnow
 from models.access import Actor
 from models.upsert import insert_ignore
 from pipeline.flows import notifications
@@ -62,100 +62,232 @@ def _at(e: Email) -> datetime:
     return e.received_at or e.sent_at or e.created_at
 
 
+def _live_map(s: Session, conversation_ids: Iterable[str]) -> dict[str, str]:
+    """{id: the live conversation it is or was merged into}, following ``merged_into``; ids whose
+    conversation is gone (keys an erased conversation left behind) are left out. One query per
+    merge generation (usually one in all)."""
+    out: dict[str, str] = {}
+    pending = {c: c for c in set(conversation_ids)}  # asked id → the id to look up next
+    for _ in range(20):
+        if not pending:
+            break
+        wanted = sorted(set(pending.values()))
+        found: dict[str, str | None] = {}
+        for i in range(0, len(wanted), 500):
+            found.update(s.execute(select(Conversation.id, Conversation.merged_into).where(
+                col(Conversation.id).in_(wanted[i : i + 500]))).all())
+        nxt: dict[str, str] = {}
+        for asked, current in pending.items():
+            if current not in found:
+                continue
+            merged = found[current]
+            if merged:
+                nxt[asked] = merged
+            else:
+                out[asked] = current
+        pending = nxt
+    return out
+
+
 def _live(s: Session, conversation_id: str) -> str | None:
-    """Follow ``merged_into`` to the conversation a merged one became; None when there is none
-    (a key left behind by a conversation that was erased)."""
-    seen = set()
-    current = conversation_id
-    while current not in seen:
-        seen.add(current)
-        row = s.execute(select(Conversation.merged_into).where(Conversation.id == current)).first()
-        if row is None:
-            return None
-        if not row[0]:
-            return current
-        current = row[0]
-    return current
+    """The live conversation ``conversation_id`` is or was merged into (None: there is none)."""
+    return _live_map(s, [conversation_id]).get(conversation_id)
 
 
 def _lives(s: Session, conversation_ids: Iterable[str]) -> list[str]:
-    return sorted({live for live in (_live(s, c) for c in conversation_ids) if live is not None})
+    return sorted(set(_live_map(s, conversation_ids).values()))
+
+
+@dataclass
+class _Thread:
+    """A conversation as the batch sees it while threading (an existing one, or one it starts)."""
+
+    id: str
+    account_id: str
+    subject_norm: str
+    people: set[str]
+    first: datetime | None
+    last: datetime | None
+    new: bool = False
+    subject: str = ""
+    org_id: str = ""
+    direction: str | None = None
 
 
 def thread_emails(s: Session, items: Sequence[Incoming], own: dict[str, str | None]) -> dict[str, str]:
     """Put each email in its conversation (oldest first) and write its ``thread_id``; returns
     {email id: conversation id}. The emails' parsed fields must already be written (the numbers are
     recomputed from the stored rows). ``own``: each account's own address (not a participant).
+
+    The whole batch is threaded with a fixed number of statements (not per message): the known keys
+    and the subject candidates are read first, messages join in memory (a union of conversations
+    when one bridges two), then the new conversations, keys and thread ids are written in bulk.
     The caller commits."""
-    out: dict[str, str] = {}
-    for item in sorted(items, key=lambda i: _at(i.email)):
-        e = item.email
-        keys = message_keys(message_id=e.message_id, in_reply_to=item.in_reply_to, references=item.references,
-                            thread_index=item.thread_index, gm_thrid=e.gm_thrid)
-        people = participants([e.from_email, *e.to_emails, *e.cc_emails], [own.get(e.account_id)])
-        found = _conversations_of(s, e.account_id, keys)
+    if not items:
+        return {}
+    ordered = sorted(items, key=lambda i: _at(i.email))
+    keys_of = {i.email.id: message_keys(message_id=i.email.message_id, in_reply_to=i.in_reply_to, references=i.references,
+                                        thread_index=i.thread_index, gm_thrid=i.email.gm_thrid) for i in ordered}
+    people_of = {i.email.id: participants([i.email.from_email, *i.email.to_emails, *i.email.cc_emails], [own.get(i.email.account_id)])
+                 for i in ordered}
+    norm_of = {i.email.id: normalize_subject(i.email.subject) for i in ordered}
+    accounts = sorted({i.email.account_id for i in ordered})
+
+    known = _known_keys(s, {a: {k for i in ordered if i.email.account_id == a for k in keys_of[i.email.id]} for a in accounts})
+    threads = _threads_for(s, set(known.values()), {(i.email.account_id, norm_of[i.email.id]) for i in ordered if norm_of[i.email.id]})
+    known = {k: cid for k, cid in known.items() if cid in threads}
+    parent: dict[str, str] = {}
+
+    def find(cid: str) -> str:
+        while parent.get(cid, cid) != cid:
+            cid = parent[cid]
+        return cid
+
+    def union(ids: set[str]) -> str:
+        # the survivor: an existing conversation before a new one, then the oldest
+        ordered_ids = sorted(ids, key=lambda c: (threads[c].new, threads[c].first or _EPOCH, c))
+        root = ordered_ids[0]
+        for other in ordered_ids[1:]:
+            parent[other] = root
+        return root
+
+    assigned: dict[str, str] = {}
+    for item in ordered:
+        e, keys = item.email, keys_of[item.email.id]
+        found = {find(known[(e.account_id, k)]) for k in keys if (e.account_id, k) in known}
         if len(found) > 1:
-            conv_id = merge(s, found)
+            cid = union(found)
         elif found:
-            conv_id = found[0]
+            cid = found.pop()
         else:
-            conv_id = _by_subject(s, e, people) or _start(s, e, people)
-        if keys:
-            insert_ignore(s, ConversationKey, [{"account_id": e.account_id, "key": k, "conversation_id": conv_id} for k in keys],
-                          ["account_id", "key"])
-            s.execute(update(ConversationKey).where(  # keys a since-erased conversation left behind
-                col(ConversationKey.account_id) == e.account_id, col(ConversationKey.key).in_(keys),
-                ~select(Conversation.id).where(col(Conversation.id) == col(ConversationKey.conversation_id)).exists())
-                .values(conversation_id=conv_id))
-            claimed = _conversations_of(s, e.account_id, keys)  # a concurrent batch may have claimed some first
-            if len(claimed) > 1 or (claimed and claimed[0] != conv_id):
-                conv_id = merge(s, [conv_id, *claimed])
-        e.thread_id = conv_id
-        s.execute(update(Email).where(col(Email.id) == e.id).values(thread_id=conv_id))
-        if e.direction == "inbound" and not e.silent:
-            _reopen(s, conv_id, e)
-        out[e.id] = conv_id
-        refresh(s, [conv_id])  # the next message of the batch may match it by subject
-    return {eid: _live(s, cid) or cid for eid, cid in out.items()}
+            cid = _subject_match(threads, e, norm_of[e.id], people_of[e.id], find) or _new_thread(threads, e, norm_of[e.id])
+        for k in keys:
+            known.setdefault((e.account_id, k), cid)
+        t, at = threads[cid], _at(e)
+        t.people.update(people_of[e.id])
+        t.first = min(t.first, at) if t.first else at
+        t.last = max(t.last, at) if t.last else at
+        assigned[e.id] = cid
+
+    # write: the new conversations that survived, the existing ones merged, keys, thread ids
+    fresh = [threads[c] for c in sorted({find(c) for c in assigned.values()}) if threads[c].new]
+    if fresh:
+        now = utcnow()
+        s.execute(insert(Conversation), [{
+            "id": t.id, "org_id": t.org_id, "account_id": t.account_id, "subject": t.subject, "subject_norm": t.subject_norm,
+            "search_text": search_text(t.subject, sorted(t.people)), "participants": sorted(t.people)[:50],
+            "first_message_at": t.first, "last_message_at": t.last, "last_direction": t.direction, "status": "open",
+            "message_count": 0, "created_at": now, "updated_at": now} for t in fresh])
+    groups: dict[str, set[str]] = {}
+    for cid, t in threads.items():
+        if not t.new:
+            groups.setdefault(find(cid), set()).add(cid)
+    for members in groups.values():
+        if len(members) > 1:
+            merge(s, sorted(members))  # a message of the batch bridged them
+    live = _live_map(s, {find(c) for c in assigned.values()})
+
+    def resolve(cid: str) -> str:
+        return live.get(find(cid), find(cid))
+
+    claims: dict[tuple[str, str], str] = {}
+    for item in ordered:
+        for k in keys_of[item.email.id]:
+            claims.setdefault((item.email.account_id, k), resolve(assigned[item.email.id]))
+    final = {eid: resolve(cid) for eid, cid in assigned.items()}
+    if claims:
+        insert_ignore(s, ConversationKey, [{"account_id": a, "key": k, "conversation_id": c} for (a, k), c in claims.items()],
+                      ["account_id", "key"])
+        final = _claim_keys(s, claims, final)
+    s.execute(update(Email), [{"id": eid, "thread_id": cid} for eid, cid in final.items()])
+    for item in ordered:
+        item.email.thread_id = final[item.email.id]
+    _reopen(s, [i.email for i in ordered if i.email.direction == "inbound" and not i.email.silent], final)
+    refresh(s, set(final.values()))
+    return final
 
 
-def _conversations_of(s: Session, account_id: str, keys: Sequence[str]) -> list[str]:
-    if not keys:
-        return []
-    ids = s.execute(select(ConversationKey.conversation_id).where(
-        ConversationKey.account_id == account_id, col(ConversationKey.key).in_(list(keys)))).scalars()
-    return _lives(s, ids)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def _by_subject(s: Session, e: Email, people: list[str]) -> str | None:
-    norm = normalize_subject(e.subject)
+def _known_keys(s: Session, wanted: dict[str, set[str]]) -> dict[tuple[str, str], str]:
+    """{(account id, key): live conversation id} for the keys already claimed."""
+    raw: dict[tuple[str, str], str] = {}
+    for account_id, keys in wanted.items():
+        ordered = sorted(keys)
+        for i in range(0, len(ordered), 500):
+            for key, cid in s.execute(select(ConversationKey.key, ConversationKey.conversation_id).where(
+                    ConversationKey.account_id == account_id, col(ConversationKey.key).in_(ordered[i : i + 500]))).all():
+                raw[(account_id, key)] = cid
+    live = _live_map(s, raw.values())
+    return {k: live[c] for k, c in raw.items() if c in live}
+
+
+def _threads_for(s: Session, ids: set[str], subjects: set[tuple[str, str]]) -> dict[str, _Thread]:
+    """The existing conversations the batch may join: those its keys name, and those with its subjects."""
+    def rows(*where: Any) -> list[Any]:
+        return list(s.execute(sa_select(col(Conversation.id), col(Conversation.account_id), col(Conversation.subject_norm),
+                                        col(Conversation.participants), col(Conversation.first_message_at),
+                                        col(Conversation.last_message_at)).where(*where)).all())
+
+    found: list[Any] = []
+    wanted = sorted(ids)
+    for i in range(0, len(wanted), 500):
+        found += rows(col(Conversation.id).in_(wanted[i : i + 500]))
+    by_account: dict[str, list[str]] = {}
+    for account_id, norm in sorted(subjects):
+        by_account.setdefault(account_id, []).append(norm)
+    for account_id, norms in by_account.items():
+        for i in range(0, len(norms), 500):
+            found += rows(col(Conversation.account_id) == account_id, col(Conversation.subject_norm).in_(norms[i : i + 500]),
+                          col(Conversation.merged_into).is_(None))
+    return {r[0]: _Thread(r[0], r[1], r[2], set(r[3] or []), r[4], r[5]) for r in found}
+
+
+def _subject_match(threads: dict[str, _Thread], e: Email, norm: str, people: list[str], find: Any) -> str | None:
     if not norm or not people:
         return None
-    rows = s.execute(select(Conversation.id, Conversation.participants, Conversation.first_message_at, Conversation.last_message_at)
-                     .where(Conversation.account_id == e.account_id, Conversation.subject_norm == norm,
-                            col(Conversation.merged_into).is_(None))
-                     .order_by(col(Conversation.last_message_at).desc()).limit(50)).all()
-    return pick_by_subject([Candidate(r[0], r[1] or [], r[2], r[3]) for r in rows], people, _at(e))
+    candidates = [Candidate(t.id, sorted(t.people), t.first, t.last) for t in threads.values()
+                  if t.account_id == e.account_id and t.subject_norm == norm and find(t.id) == t.id]
+    return pick_by_subject(candidates, people, _at(e))
 
 
-def _start(s: Session, e: Email, people: list[str]) -> str:
-    at = _at(e)
-    conv = Conversation(org_id=e.org_id, account_id=e.account_id, subject=e.subject or "", subject_norm=normalize_subject(e.subject),
-                        search_text=search_text(e.subject, people), participants=people,
-                        first_message_at=at, last_message_at=at, last_direction=e.direction)
-    s.add(conv)
-    s.flush()
-    return conv.id
+def _new_thread(threads: dict[str, _Thread], e: Email, norm: str) -> str:
+    t = _Thread(new_id(), e.account_id, norm, set(), None, None, new=True, subject=e.subject or "", org_id=e.org_id,
+                direction=e.direction)
+    threads[t.id] = t
+    return t.id
 
 
-def _reopen(s: Session, conv_id: str, e: Email) -> None:
+def _claim_keys(s: Session, ours: dict[tuple[str, str], str], final: dict[str, str]) -> dict[str, str]:
+    """After the keys are written: a key another batch claimed first — merge with the conversation
+    holding it; a key an erased conversation left behind — take it over."""
+    held = _known_keys(s, {a: {k for (acct, k) in ours if acct == a} for a in {a for a, _ in ours}})
+    for (account_id, key), cid in ours.items():
+        if (account_id, key) not in held:
+            s.execute(update(ConversationKey).where(col(ConversationKey.account_id) == account_id, col(ConversationKey.key) == key)
+                      .values(conversation_id=cid))
+    conflicts = {(cid, held[k]) for k, cid in ours.items() if k in held and held[k] != cid}
+    for mine, theirs in sorted(conflicts):
+        merge(s, [mine, theirs])
+    if not conflicts:
+        return final
+    live = _live_map(s, set(final.values()))
+    return {eid: live.get(cid, cid) for eid, cid in final.items()}
+
+
+def _reopen(s: Session, emails: list[Email], final: dict[str, str]) -> None:
     """A customer writing again reopens a resolved conversation: a message stored after the
     resolution and not dated long before it (old mail found by a later sync does not reopen)."""
-    s.execute(update(Conversation).where(
-        col(Conversation.id) == conv_id, col(Conversation.status) == "resolved",
-        or_(col(Conversation.status_changed_at).is_(None),
-            and_(col(Conversation.status_changed_at) <= e.created_at, col(Conversation.status_changed_at) <= _at(e) + REOPEN_SLACK)))
-        .values(status="open", status_changed_by=None, status_changed_at=utcnow(), updated_at=utcnow()))
+    if not emails:
+        return
+    resolved = dict(s.execute(select(Conversation.id, Conversation.status_changed_at).where(
+        col(Conversation.id).in_({final[e.id] for e in emails}), col(Conversation.status) == "resolved")).all())
+    reopen = {final[e.id] for e in emails if final[e.id] in resolved and (
+        resolved[final[e.id]] is None or (resolved[final[e.id]] <= e.created_at and resolved[final[e.id]] <= _at(e) + REOPEN_SLACK))}
+    if reopen:
+        s.execute(update(Conversation).where(col(Conversation.id).in_(reopen)).values(
+            status="open", status_changed_by=None, status_changed_at=utcnow(), updated_at=utcnow()))
 
 
 def merge(s: Session, conversation_ids: Sequence[str]) -> str:
@@ -185,19 +317,32 @@ def merge(s: Session, conversation_ids: Sequence[str]) -> str:
     return survivor.id
 
 
-def refresh(s: Session, conversation_ids: Sequence[str] | set[str]) -> None:
-    """Recompute the numbers of conversations from their emails (idempotent)."""
-    for cid in _lives(s, conversation_ids):
-        conv = s.get(Conversation, cid)
-        if conv is None:
-            continue
-        rows = list(s.execute(sa_select(col(Email.direction), col(Email.received_at), col(Email.sent_at), col(Email.created_at),
-                                     col(Email.from_email), col(Email.to_emails), col(Email.cc_emails), col(Email.subject))
-                              .where(col(Email.thread_id) == cid, col(Email.deleted_at).is_(None),
-                                     col(Email.status).in_(COUNTED_STATUSES))).all())
+def refresh(s: Session, conversation_ids: Iterable[str]) -> None:
+    """Recompute the numbers of conversations from their emails (idempotent; a few statements for
+    any number of conversations)."""
+    ids = _lives(s, conversation_ids)
+    if not ids:
+        return
+    convs: dict[str, tuple[str, str]] = {}
+    mails: dict[str, list[Any]] = {}
+    for i in range(0, len(ids), 500):
+        chunk = ids[i : i + 500]
+        convs.update({r[0]: (r[1], r[2]) for r in s.execute(select(Conversation.id, Conversation.account_id, Conversation.subject)
+                                                              .where(col(Conversation.id).in_(chunk))).all()})
+        for r in s.execute(sa_select(col(Email.thread_id), col(Email.direction), col(Email.received_at), col(Email.sent_at),
+                                     col(Email.created_at), col(Email.from_email), col(Email.to_emails), col(Email.cc_emails),
+                                     col(Email.subject))
+                           .where(col(Email.thread_id).in_(chunk), col(Email.deleted_at).is_(None),
+                                  col(Email.status).in_(COUNTED_STATUSES))).all():
+            mails.setdefault(r.thread_id, []).append(r)
+    own = dict(s.execute(select(EmailAccount.id, EmailAccount.email).where(
+        col(EmailAccount.id).in_({a for a, _ in convs.values()}))).all())
+    now = utcnow()
+    values = []
+    for cid, (account_id, subject) in convs.items():
+        rows = mails.get(cid)
         if not rows:
             continue
-        own = s.execute(select(EmailAccount.email).where(EmailAccount.id == conv.account_id)).scalar_one_or_none()
         ordered = sorted(rows, key=lambda r: r.received_at or r.sent_at or r.created_at)
         times = [r.received_at or r.sent_at or r.created_at for r in ordered]
         waiting: datetime | None = None
@@ -206,13 +351,14 @@ def refresh(s: Session, conversation_ids: Sequence[str] | set[str]) -> None:
                 waiting = waiting or at
             else:
                 waiting = None
-        people = participants([a for r in ordered for a in (r.from_email, *r.to_emails, *r.cc_emails)], [own])
-        first = ordered[0]
-        s.execute(update(Conversation).where(col(Conversation.id) == cid).values(
-            message_count=len(rows), first_message_at=times[0], last_message_at=times[-1], last_direction=ordered[-1].direction,
-            awaiting_reply_since=waiting, participants=people, subject=first.subject or conv.subject,
-            subject_norm=normalize_subject(first.subject or conv.subject),
-            search_text=search_text(first.subject or conv.subject, people), updated_at=utcnow()))
+        people = participants([a for r in ordered for a in (r.from_email, *r.to_emails, *r.cc_emails)], [own.get(account_id)])
+        first_subject = ordered[0].subject or subject
+        values.append({"id": cid, "message_count": len(rows), "first_message_at": times[0], "last_message_at": times[-1],
+                       "last_direction": ordered[-1].direction, "awaiting_reply_since": waiting, "participants": people,
+                       "subject": first_subject, "subject_norm": normalize_subject(first_subject),
+                       "search_text": search_text(first_subject, people), "updated_at": now})
+    if values:
+        s.execute(update(Conversation), values)
 
 
 # ---- PATCH: status and assignee ----------------------------------------------------------------
