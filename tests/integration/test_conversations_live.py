@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import base64
 import os
+import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -345,3 +347,49 @@ class TestOutreach:
         r = team.client.post("/api/v1/emails/send", json={"account_id": private, "to": [ADA], "subject": "x", "body_text": "x"},
                              headers=team.h("u2"))
         assert r.status_code == 404
+
+
+class TestConcurrentThreading:
+    def test_two_batches_claiming_the_same_key_end_in_one_conversation(self, use_pg: str) -> None:
+        """Two parse batches thread a message and its reply at the same time on PostgreSQL: the second
+        waits on the first's key, finds it claimed and merges into its conversation."""
+        from models import Conversation
+        from pipeline.flows.conversations import Incoming, thread_emails
+        from tests.harness.flow import make_account
+
+        org_id, _ = make_org("race")
+        account = make_account(org_id, email="race@example.test")
+        now = datetime.now(UTC)
+        with Session(get_engine()) as s:
+            for eid, mid, refs in (("e1", "root@race", []), ("e2", "reply@race", ["root@race"])):
+                s.add(Email(id=f"{eid}{os.urandom(11).hex()}", org_id=org_id, account_id=account, dedupe_key=mid, message_id=mid,
+                            references=refs, subject=f"Race {eid}", from_email="cust@race.example", received_at=now,
+                            status="received", pipeline_state="fetched"))
+            s.commit()
+            rows = {e.message_id: e for e in s.execute(select(Email).where(Email.account_id == account)).scalars()}
+        first_written, results = threading.Event(), {}
+
+        def batch(mid: str, refs: list[str], hold: float) -> None:
+            with Session(get_engine(), expire_on_commit=False) as s:
+                e = s.get(Email, rows[mid].id)
+                assert e is not None
+                s.expunge(e)
+                results[mid] = thread_emails(s, [Incoming(e, None, refs, None)], {account: "race@example.test"})[e.id]
+                first_written.set()
+                time.sleep(hold)  # the other batch now blocks on the key this one wrote
+                s.commit()
+
+        t1 = threading.Thread(target=batch, args=("root@race", [], 1.0))
+        t1.start()
+        assert first_written.wait(10)
+        first_written.clear()
+        t2 = threading.Thread(target=batch, args=("reply@race", ["root@race"], 0.0))
+        t2.start()
+        t1.join(20)
+        t2.join(20)
+        with Session(get_engine()) as s:
+            threads = set(s.execute(select(Email.thread_id).where(Email.account_id == account)).scalars())
+            convs = list(s.execute(select(Conversation).where(Conversation.account_id == account)).scalars())
+        live = [c for c in convs if c.merged_into is None]
+        assert len(threads) == 1 and [c.id for c in live] == list(threads) and live[0].message_count == 2
+        assert [c.merged_into for c in convs if c.merged_into] == [live[0].id]  # the second batch's own conversation, merged

@@ -126,6 +126,19 @@ class TestThreadingThroughTheChain:
         # the merged conversation's id still answers, as the one it joined
         assert env["client"].get(f"/api/v1/conversations/{before['b@t']}", headers=env["h"]).json()["id"] == before["a@t"]
 
+    def test_a_bridge_in_the_same_batch_joins_all_three(self, env: dict[str, Any]) -> None:
+        ada, lee = f"Ada <{CRM['contact'][1]}>", f"Lee <{CRM['lead'][1]}>"
+        env["imap"].seed("INBOX", make_message(1, from_=ada, subject="One", message_id="<one@t>"), when=T0)
+        env["imap"].seed("INBOX", make_message(2, from_=lee, subject="Two", message_id="<two@t>"), when=T0 + timedelta(minutes=1))
+        env["imap"].seed("INBOX", make_message(3, from_=ada, subject="Re: One", message_id="<three@t>",
+                                               headers={"References": "<one@t> <two@t>"}), when=T0 + timedelta(minutes=2))
+        _sync(env)
+        t = _threads(env)
+        assert t["one@t"] == t["two@t"] == t["three@t"]
+        items = env["client"].get("/api/v1/conversations", headers=env["h"]).json()["items"]
+        assert [(i["subject"], i["message_count"], i["participants"]) for i in items] == [
+            ("One", 3, sorted([CRM["contact"][1], CRM["lead"][1]]))]
+
     def test_a_reply_stored_before_its_parent_shares_the_parents_conversation(self, env: dict[str, Any]) -> None:
         ada = f"Ada <{CRM['contact'][1]}>"
         env["imap"].seed("INBOX", make_message(1, from_=ada, subject="Re: Plan", message_id="<r@t>", in_reply_to="<p@t>"), when=T0)
