@@ -21,7 +21,7 @@ from sqlalchemy import select
 from sqlmodel import Session
 from starlette.testclient import TestClient
 
-from models import Email, Outbox
+from models import Email, FlagChange, Outbox
 from models.db import get_engine
 from pipeline.flows.sync import fetch_now
 from tests.conftest import reset_process_state
@@ -159,6 +159,9 @@ class TestSharedMailbox:
         h3 = team.h("u3")
         assert team.client.patch(f"/api/v1/conversations/{email.thread_id}", json={"status": "resolved"}, headers=h3).status_code == 404
         assert team.client.patch(f"/api/v1/emails/{email.id}", json={"seen": True}, headers=h3).status_code == 404
+        assert team.client.patch(f"/api/v1/emails/{email.id}", json={"flagged": True}, headers=team.h("u2")).status_code == 200
+        with Session(get_engine()) as s:  # recorded as the member who flagged it
+            assert s.execute(select(FlagChange.user_id).where(FlagChange.email_id == email.id)).scalar_one() == "u2"
         assert team.client.post(f"/api/v1/emails/{email.id}/reply", json={"account_id": support, "body_text": "hi"},
                                 headers=h3).status_code == 404
         # without the header the key acts for the whole organization, as before

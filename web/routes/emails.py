@@ -235,7 +235,7 @@ async def patch_email(request: Request) -> JSONResponse:
     def run() -> dict[str, Any]:
         with Session(get_engine()) as s:
             _load(s, who, email_id)
-        if not request_flag_change(who.org_id, email_id, seen=body.seen, flagged=body.flagged):
+        if not request_flag_change(who.org_id, email_id, seen=body.seen, flagged=body.flagged, user_id=who.user_id):
             raise ApiError.not_found("email")
         with Session(get_engine()) as s:
             return email_json(s, _load(s, who, email_id), get_settings().public_url)

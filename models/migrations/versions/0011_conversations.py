@@ -80,7 +80,9 @@ def upgrade() -> None:
         batch_op.create_index('ix_conversations_status', ['org_id', 'status', 'last_message_at', 'id'], unique=False)
         batch_op.create_index('ix_conversations_subject', ['account_id', 'subject_norm'], unique=False)
 
-    # Plain ADD COLUMN (no table rebuild on SQLite): every existing mailbox starts private.
+    # Plain ADD COLUMNs (no table rebuild on SQLite): every existing mailbox starts private; earlier
+    # flag changes were made by the organization's key.
+    op.add_column('flag_changes', sa.Column('user_id', sa.String(length=64), nullable=True))
     op.add_column('email_accounts', sa.Column('shared', sa.Boolean(), nullable=False, server_default=sa.false()))
 
 
@@ -88,6 +90,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     with op.batch_alter_table('email_accounts', schema=None) as batch_op:
         batch_op.drop_column('shared')
+    with op.batch_alter_table('flag_changes', schema=None) as batch_op:
+        batch_op.drop_column('user_id')
 
     with op.batch_alter_table('conversations', schema=None) as batch_op:
         batch_op.drop_index('ix_conversations_subject')
