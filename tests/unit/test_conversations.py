@@ -214,6 +214,9 @@ class TestListAndPatch:
         # a member may read and work the mailbox but not change who sees it
         assert c.patch(f"/api/v1/accounts/{account}", json={"members": []}, headers=u2).status_code == 403
         assert c.delete(f"/api/v1/accounts/{account}", headers=u2).status_code == 403
+        assert c.delete("/api/v1/users/u2", headers=h).status_code == 204  # a deleted user loses what they were given
+        assert c.get(f"/api/v1/accounts/{account}", headers=h).json()["members"] == []
+        assert c.get(f"/api/v1/accounts/{account}", headers=u2).status_code == 404
 
 
 class TestLegacyBackfill:

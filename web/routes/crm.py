@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, Response
 from models import (
     CRM_TABLES,
     ENTITY_TYPES,
+    AccountMember,
     Contact,
     CrmAccount,
     Email,
@@ -203,6 +204,8 @@ def _delete(model: type[SQLModel], org_id: str, record_id: str, label: str, enti
         s.delete(row)
         if entity_type is not None:
             _unlink_entity(s, org_id, entity_type, record_id)
+        if model is User:  # a deleted user is no one's member or delegate any more
+            s.execute(delete(AccountMember).where(col(AccountMember.org_id) == org_id, col(AccountMember.user_id) == record_id))
         s.commit()
     return Response(status_code=204)
 
