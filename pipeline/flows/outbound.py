@@ -203,7 +203,8 @@ def submit(org_id: str, req: Outgoing, *, now: datetime | None = None) -> Submit
             raise SendRejected(404, "not_found", "account not found")
         if not account.smtp_host:
             raise SendRejected(409, "no_smtp", "the account has no SMTP server configured")
-        user = s.get(User, (org_id, account.user_id))
+        # who sends: the acting user (a member writing from a shared mailbox signs as themselves), else the owner
+        user = s.get(User, (org_id, req.acting_user or account.user_id))
         subject, html, text = req.subject, req.body_html, req.body_text
         template_id = None
         if req.template_id:

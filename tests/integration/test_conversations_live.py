@@ -291,6 +291,7 @@ class TestAssignReplyReopen:
                           60, 0.2, "the reply sent and through the pipeline")
         assert sent["status"] == "sent" and sent["thread_id"] == conv
         assert len(team.smtp.messages) == before + 1 and ADA in team.smtp.messages[-1][1]
+        assert b"From: Udo Two <" in team.smtp.messages[-1][2]  # signed by the member who wrote it
         with Session(get_engine()) as s:
             assert s.get(Outbox, reply_id).user_id == "u2"  # recorded as the user who replied  # type: ignore[union-attr]
 
