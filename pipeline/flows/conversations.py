@@ -416,8 +416,13 @@ def record_conversation_assigned_event(s: Session, conv: Conversation, actor: Ac
     """The ``conversation.assigned`` event, built inside the assignment's transaction: its ``data``
     (API.md "Webhooks") travels in the assignee's notification, written in the same transaction.
 
-    This is the one place the webhook outbox row for the event is to be written (the webhooks work
-    lands separately): insert it here, with this ``data``, and it commits with the assignment.
+    This is the one place the webhook outbox row for the event is to be written; the webhooks work
+    lands separately (``pipeline.flows.events_outbox.record_event``). When the two meet, add here::
+
+        record_event(s, conv.org_id, "conversation.assigned", data,
+                     dedupe_key=f"conversation.assigned:{conv.id}:{conv.assigned_at.isoformat()}")
+
+    with ``data`` the dict this returns; it then commits with the assignment.
     """
     last = s.execute(select(Email.id).where(Email.thread_id == conv.id).order_by(
         func.coalesce(Email.received_at, Email.sent_at, Email.created_at).desc()).limit(1)).scalar_one_or_none()
