@@ -50,8 +50,9 @@ async def list_notifications(request: Request) -> JSONResponse:
 
     def run() -> dict[str, Any]:
         # Notifications about mail in mailboxes the user no longer sees (a membership removed) are left out.
-        seen = or_(col(Notification.email_id).is_(None), col(Notification.email_id).in_(
-            select(Email.id).where(Email.org_id == org_id, Actor(org_id, user_id).visible(Email.account_id))))
+        # one primary-key probe per notification, however much mail the organization has
+        seen = or_(col(Notification.email_id).is_(None), select(Email.id).where(
+            col(Email.id) == col(Notification.email_id), Actor(org_id, user_id).visible(Email.account_id)).exists())
         with Session(get_engine()) as s:
             base = select(Notification).where(Notification.org_id == org_id, Notification.user_id == user_id, seen)
             stmt = base.where(col(Notification.read_at).is_(None)) if unread_only else base
