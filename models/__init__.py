@@ -4,6 +4,7 @@ from sqlmodel import SQLModel
 
 from models.accounts import EmailAccount, FolderState
 from models.base import ENCRYPTED_COLUMNS, new_id, normalize_email, utcnow
+from models.conversations import AccountMember, Conversation, ConversationKey
 from models.crm import CRM_TABLES, ENTITY_TYPES, Contact, CrmAccount, Lead, Opportunity, User
 from models.emails import Document, Email, EmailAddress, EmailLink, EmailLocation, FlagChange
 from models.notifications import Notification
@@ -24,9 +25,12 @@ __all__ = [
     "CRM_TABLES",
     "ENCRYPTED_COLUMNS",
     "ENTITY_TYPES",
+    "AccountMember",
     "AccountRisk",
     "ApiKey",
     "Contact",
+    "Conversation",
+    "ConversationKey",
     "CrmAccount",
     "Delivery",
     "Document",

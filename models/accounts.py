@@ -42,6 +42,7 @@ class EmailAccount(SQLModel, table=True):
     smtp_password_enc: str | None = encrypted("email_accounts", "smtp_password_enc")
     oauth_enc: str | None = encrypted("email_accounts", "oauth_enc")
     saves_sent_copy: bool = Field(default=False, description="server files submitted mail in Sent itself")
+    shared: bool = Field(default=False, description="a team inbox: its members (account_members) see it too")
 
     sync_state: str = Field(default="idle", max_length=24)
     last_synced_at: datetime | None = ts_field(default=None)

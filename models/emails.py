@@ -100,6 +100,7 @@ class FlagChange(SQLModel, table=True):
     account_id: str = Field(foreign_key="email_accounts.id", max_length=24)
     seen: bool | None = None
     flagged: bool | None = None
+    user_id: str | None = Field(default=None, max_length=64, description="the acting user who asked (None: the org key)")
     state: str = Field(default="pending", max_length=16)
     attempts: int = 0
     error: str | None = Field(default=None, max_length=2000)

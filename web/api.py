@@ -22,7 +22,11 @@ from web.body_limit import DEFAULT_MAX_BODY, BodyLimit
 from web.params import ID, Param
 from web.schemas import Error
 
-__all__ = ["ApiRouter", "Endpoint", "Raw", "WebSocketDoc", "openapi_document"]
+__all__ = ["ACTING_USER", "ApiRouter", "Endpoint", "Raw", "WebSocketDoc", "openapi_document"]
+
+ACTING_USER = Param.text("X-Mailpipe-User", max_length=64, pattern=r"^[^\x00-\x20\x7f]{1,64}$", description=(
+    "the acting user: only mailboxes they own, are a member of or a delegate of are visible, and actions are recorded "
+    "as theirs; without it the API key acts for the whole organization"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +170,9 @@ def _statuses(e: Endpoint) -> dict[int, tuple[str, Schema]]:
         out[code] = (text, schema)
     if not e.public and e.path.startswith("/api/"):
         out.setdefault(401, ("missing or invalid API key", Error))
+        # X-Mailpipe-User: malformed → 422; what that user may not see (or act for) → 404
+        out.setdefault(404, ("not found, or not visible to the acting user (X-Mailpipe-User)", Error))
+        out.setdefault(422, ("validation error (details.errors names each field)", Error))
     if e.body is not None or e.query or _params(e.path):
         out.setdefault(422, ("validation error (details.errors names each field)", Error))
     if e.body is not None:
@@ -198,6 +205,8 @@ def openapi_document(routers: list[ApiRouter], *, version: str) -> dict[str, Any
                 op["security"] = [{"bearer": []}]
             params = [e.path_params.get(p, ID).openapi("path") | {"name": p} for p in _params(e.path)]
             params += [q.openapi() for q in e.query]
+            if not e.public and e.path.startswith("/api/"):
+                params.append(ACTING_USER.openapi("header"))
             if params:
                 op["parameters"] = params
             if e.body is not None:

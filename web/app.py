@@ -21,6 +21,7 @@ from web.http_metrics import HttpMetrics
 from web.pixel import PixelFastPath
 from web.routes import (
     accounts,
+    conversations,
     crm,
     emails,
     health,
@@ -46,7 +47,7 @@ def routers() -> list[ApiRouter]:
     """Every router, in matching order."""
     return [health.router, org.router, crm.router, accounts.router, oauth.router, send.router, tracking.router, emails.router,
             templates.router, notion.router, notifications.router, unsubscribe.router, sentiment.router, privacy.router,
-            webhook_routes.router]
+            webhook_routes.router, conversations.router]
 
 
 def create_app() -> Starlette:

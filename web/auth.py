@@ -1,6 +1,9 @@
 """Bearer API-key authentication for ``/api/v1/*``; public paths pass through.
 
-The key's organization is put in ``scope["state"]["org_id"]``; every query is scoped to it.
+The key's organization is put in ``scope["state"]["org_id"]``; every query is scoped to it. A request
+may name the acting user (``X-Mailpipe-User``, API.md "Conversations, shared inboxes and delegation"):
+it goes to ``scope["state"]["acting_user"]`` (None without the header) and :func:`web.access.actor`
+turns both into the :class:`models.access.Actor` every route asks.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from models.db import get_engine
 from ops.orgs import org_for_key
 from web.errors import error_response
 
-__all__ = ["ApiKeyAuth", "PUBLIC_API_PATHS", "WS_UNAUTHORIZED", "refuse_websocket"]
+__all__ = ["ApiKeyAuth", "PUBLIC_API_PATHS", "WS_UNAUTHORIZED", "acting_user", "refuse_websocket"]
 
 WS_UNAUTHORIZED = 4401  # websocket close code: missing, invalid or expired credentials (HTTP 401's analogue)
 
@@ -68,5 +71,34 @@ class ApiKeyAuth:
             response.headers["WWW-Authenticate"] = 'Bearer realm="mailpipe"'
             await response(scope, receive, send)
             return
-        scope.setdefault("state", {})["org_id"] = org_id
+        acting, problem = acting_user(scope)
+        if problem is not None:
+            if scope["type"] == "websocket":
+                await refuse_websocket(receive, send, problem)
+                return
+            await error_response(422, "validation_error", f"X-Mailpipe-User: {problem}", {"errors": [
+                {"field": "X-Mailpipe-User", "message": problem, "type": "value_error"}]})(scope, receive, send)
+            return
+        state = scope.setdefault("state", {})
+        state["org_id"] = org_id
+        state["acting_user"] = acting
         await self.app(scope, receive, send)
+
+
+_USER_ID = re.compile(r"[^\x00-\x20\x7f]{1,64}")
+
+
+def acting_user(scope: Scope) -> tuple[str | None, str | None]:
+    """(the ``X-Mailpipe-User`` user id or None, a problem with it or None)."""
+    values = [v for n, v in scope.get("headers", []) if n == b"x-mailpipe-user"]
+    if not values:
+        return None, None
+    if len(values) > 1:
+        return None, "give the header once"
+    try:
+        value = values[0].decode("utf-8").strip()
+    except UnicodeDecodeError:
+        return None, "must be UTF-8"
+    if not _USER_ID.fullmatch(value):
+        return None, "must be a user id: 1 to 64 characters, no spaces or control characters"
+    return value, None

@@ -9,6 +9,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from models.access import NotVisible
+
 __all__ = ["ApiError", "error_response", "exception_handlers", "field_error"]
 
 log = structlog.get_logger("mailpipe.web")
@@ -69,10 +71,17 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, code, message)
 
 
+async def _not_visible(request: Request, exc: Exception) -> JSONResponse:
+    """A row the acting user may not see answers exactly like one that does not exist."""
+    assert isinstance(exc, NotVisible)
+    return error_response(404, "not_found", f"{exc.what} not found")
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     # The exception text may carry connection strings or secrets: log the type only to the client.
     log.error("unhandled_error", path=request.url.path, error_type=type(exc).__name__, exc_info=exc)
     return error_response(500, "internal_error", "internal error; see server logs")
 
 
-exception_handlers: dict[Any, Any] = {ApiError: _api_error, HTTPException: _http_error, Exception: _unexpected}
+exception_handlers: dict[Any, Any] = {ApiError: _api_error, NotVisible: _not_visible, HTTPException: _http_error,
+                                      Exception: _unexpected}

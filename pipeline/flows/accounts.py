@@ -17,6 +17,9 @@ from sqlalchemy import delete, update
 from sqlmodel import Session, col, select
 
 from models import (
+    AccountMember,
+    Conversation,
+    ConversationKey,
     Delivery,
     Document,
     Email,
@@ -30,6 +33,7 @@ from models import (
     Outbox,
     TrackedLink,
     TrackingEvent,
+    User,
     new_id,
     normalize_email,
     utcnow,
@@ -45,8 +49,8 @@ from pipeline.stages.endpoint_rules import ENDPOINT_FIELDS, changed_fields, oaut
 from pipeline.stages.probe_report import failure_message, success_message
 from pipeline.stages.providers import PRESETS, apply_preset
 
-__all__ = ["ConnTest", "Endpoint", "EndpointRefused", "apply_presets", "create_account", "erase_account_mail",
-           "guard_endpoints", "patch_endpoints", "test_connection"]
+__all__ = ["ConnTest", "Endpoint", "EndpointRefused", "UnknownUsers", "access_lists", "apply_presets", "create_account",
+           "erase_account_mail", "guard_endpoints", "patch_endpoints", "set_access", "test_connection"]
 
 PROBE_TIMEOUT = 15.0
 
@@ -205,6 +209,53 @@ def erase_account_mail(session: Session, account_id: str) -> list[str]:
             session.execute(delete(model).where(col(model.email_id).in_(chunk)))
         session.execute(delete(Email).where(col(Email.id).in_(chunk)))
     session.execute(delete(FolderState).where(col(FolderState.account_id) == account_id))
+    session.execute(delete(ConversationKey).where(col(ConversationKey.account_id) == account_id))
+    session.execute(delete(Conversation).where(col(Conversation.account_id) == account_id))
     session.execute(update(EmailAccount).where(col(EmailAccount.id) == account_id)
                     .values(messages_synced=0, backfill_done=0, backfill_total=0))
     return keys
+
+
+class UnknownUsers(ValueError):
+    """Members or delegates named that are not users of the organization."""
+
+    def __init__(self, unknown: list[str]) -> None:
+        super().__init__(", ".join(unknown))
+        self.unknown = unknown
+
+
+def access_lists(s: Session, account_ids: list[str]) -> dict[str, dict[str, list[str]]]:
+    """{account id: {"members": [...], "delegates": [...]}} (sorted user ids)."""
+    out: dict[str, dict[str, list[str]]] = {a: {"members": [], "delegates": []} for a in account_ids}
+    if account_ids:
+        for account_id, user_id, role in s.execute(select(AccountMember.account_id, AccountMember.user_id, AccountMember.role)
+                                                   .where(col(AccountMember.account_id).in_(account_ids))
+                                                   .order_by(col(AccountMember.user_id))).all():
+            out[account_id]["members" if role == "member" else "delegates"].append(user_id)
+    return out
+
+
+def set_access(s: Session, account: EmailAccount, *, shared: bool | None, members: list[str] | None,
+               delegates: list[str] | None, by: str | None) -> None:
+    """Make the mailbox shared or private and replace its members and/or delegates (each list given
+    replaces the stored one; None keeps it). Effective at the commit: access is read per request."""
+    named = sorted({u for u in (*(members or ()), *(delegates or ())) if u})
+    if named:
+        known = set(s.execute(select(User.id).where(User.org_id == account.org_id, col(User.id).in_(named))).scalars())
+        unknown = [u for u in named if u not in known]
+        if unknown:
+            raise UnknownUsers(unknown)
+    if shared is not None:
+        account.shared = shared
+        s.add(account)
+    for role, wanted in (("member", members), ("delegate", delegates)):
+        if wanted is None:
+            continue
+        keep = {u for u in wanted if u and u != account.user_id}
+        s.execute(delete(AccountMember).where(col(AccountMember.account_id) == account.id, col(AccountMember.role) == role,
+                                              col(AccountMember.user_id).not_in(keep or {""})))
+        have = set(s.execute(select(AccountMember.user_id).where(AccountMember.account_id == account.id,
+                                                                 AccountMember.role == role)).scalars())
+        for user_id in sorted(keep - have):
+            s.add(AccountMember(org_id=account.org_id, account_id=account.id, user_id=user_id, role=role, added_by=by))
+    s.flush()

@@ -36,7 +36,7 @@ MAX_ATTEMPTS = 8
 RESEND_AFTER = timedelta(minutes=5)
 
 
-def request_flag_change(org_id: str, email_id: str, *, seen: bool | None, flagged: bool | None) -> bool:
+def request_flag_change(org_id: str, email_id: str, *, seen: bool | None, flagged: bool | None, user_id: str | None = None) -> bool:
     """Record the change and show it on the email; False when the email is not the org's (or deleted).
     Nothing to change (both None): True, nothing recorded."""
     with Session(get_engine()) as s:
@@ -45,7 +45,8 @@ def request_flag_change(org_id: str, email_id: str, *, seen: bool | None, flagge
             return False
         if seen is None and flagged is None:
             return True
-        change = FlagChange(org_id=org_id, email_id=email.id, account_id=email.account_id, seen=seen, flagged=flagged)
+        change = FlagChange(org_id=org_id, email_id=email.id, account_id=email.account_id, seen=seen, flagged=flagged,
+                            user_id=user_id)
         s.add(change)
         values = {name: value for name, value in (("seen", seen), ("flagged", flagged)) if value is not None}
         s.execute(update(Email).where(col(Email.id) == email.id).values(**values))

@@ -1,12 +1,10 @@
-"""Ingest stage 1 (``ingest.parse``): raw bytes from storage → structured email fields, thread id and snippet.
+"""Ingest stage 1 (``ingest.parse``): raw bytes from storage → structured email fields, conversation and snippet.
 
 A message that cannot be used is quarantined with the reason (its raw bytes stay in storage);
 one bad message never fails the batch, and nothing is retried forever.
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import structlog
 from sqlalchemy import update
@@ -19,10 +17,10 @@ from pipeline.clients.storage import StorageError, get_storage
 from pipeline.flows import notifications
 from pipeline.flows.bounces import AppliedReport, apply_report
 from pipeline.flows.chain import in_state, move
+from pipeline.flows.conversations import Incoming, thread_emails
 from pipeline.flows.raw import refetch_raw
 from pipeline.stages.bounces import Report, detect_report
 from pipeline.stages.parse import ParsedEmail, parse_email, snippet
-from pipeline.stages.threads import thread_key
 
 __all__ = ["apply_parsed", "parse_batch"]
 
@@ -61,7 +59,7 @@ def apply_parsed(email: Email, parsed: ParsedEmail, account_email: str | None) -
 
 _FIELDS = ("message_id", "in_reply_to", "references", "subject", "from_email", "from_email_norm", "from_name", "to_emails",
            "cc_emails", "bcc_emails", "body_text", "body_html", "snippet", "headers", "defects", "attachment_count", "sent_at",
-           "received_at", "direction", "status", "thread_id", "parse_error", "suspicious_sender", "kind", "silent")
+           "received_at", "direction", "status", "parse_error", "suspicious_sender", "kind", "silent")
 
 
 def parse_batch(email_ids: list[str]) -> list[str]:
@@ -100,13 +98,16 @@ def parse_batch(email_ids: list[str]) -> list[str]:
                     email.kind, email.silent = report.kind, True
                     reports.append((email, report))
             results.append((email, parsed))
-        threads = _ThreadIndex(s, results)
-        for email, parsed in sorted(results, key=lambda r: r[0].sent_at or r[0].received_at or r[0].created_at):
-            email.thread_id = threads.resolve(email, parsed)[:1000]
         rows = [{"id": e.id, **{f: getattr(e, f) for f in _FIELDS}} for e, _ in results] + \
                [{"id": e.id, **{f: getattr(e, f) for f in _FIELDS}} for e in quarantined]
         if rows:
             s.execute(update(Email), rows)
+        # Threads are joined on the stored fields (the conversation's numbers are recomputed from them).
+        # Delivery reports and complaints stay out of conversations: they are about our mail, not a
+        # customer waiting for an answer (the bounced email shows them in `bounces`).
+        thread_emails(s, [Incoming(e, p.in_reply_to, p.references, p.headers.get("thread_index")) for e, p in results
+                          if e.kind == "message"],
+                      {k: v for k, v in accounts.items()})
         move(s, [e.id for e, _ in results], "parsed")
         move(s, [e.id for e in quarantined], "quarantined")
         now = utcnow()
@@ -123,35 +124,3 @@ def parse_batch(email_ids: list[str]) -> list[str]:
         metrics.INGESTED.labels("parse", "quarantined").inc(len(quarantined))
         log.warning("emails_quarantined", count=len(quarantined), reasons=sorted({e.parse_error or "" for e in quarantined})[:5])
     return email_ids
-
-
-class _ThreadIndex:
-    """Known thread ids for every message id the batch refers to, fetched in one query."""
-
-    def __init__(self, s: Session, results: list[tuple[Email, ParsedEmail]]) -> None:
-        self.known: dict[tuple[str, str], str] = {}
-        by_account: dict[str, set[str]] = {}
-        for e, p in results:
-            ids = by_account.setdefault(e.account_id, set())
-            ids.update(x for x in (e.message_id, p.in_reply_to, *p.references) if x)
-        for account_id, ids in by_account.items():
-            wanted = sorted(ids)
-            for i in range(0, len(wanted), 500):
-                for mid, tid in s.execute(select(Email.message_id, Email.thread_id).where(
-                        Email.account_id == account_id, col(Email.message_id).in_(wanted[i : i + 500]),
-                        col(Email.thread_id).is_not(None))):
-                    self.known.setdefault((account_id, mid), tid)
-
-    def resolve(self, email: Email, parsed: ParsedEmail) -> str:
-        def known(ids: Sequence[str]) -> str | None:
-            for candidate in ids:
-                tid = self.known.get((email.account_id, candidate))
-                if tid:
-                    return tid
-            return None
-
-        tid = thread_key(message_id=email.message_id, in_reply_to=parsed.in_reply_to, references=parsed.references,
-                         gm_thrid=email.gm_thrid, known_threads=known, fallback=f"email:{email.id}")
-        if email.message_id:
-            self.known[(email.account_id, email.message_id)] = tid
-        return tid

@@ -72,10 +72,13 @@ class Outgoing:
     sync_after: bool = False
     kind: str = "send"
     references_from: Email | None = None  # reply: the parent, already loaded and checked
+    acting_user: str | None = None  # X-Mailpipe-User: who sends (recorded on the outbox); None: the mailbox's owner
 
     def fingerprint(self) -> str:
         """sha256 of the request as sent, so a reused idempotency key with another body is caught."""
         data = {k: v for k, v in self.__dict__.items() if k not in ("references_from", "idempotency_key")}
+        if data.get("acting_user") is None:
+            data.pop("acting_user", None)
         data["send_at"] = self.send_at.isoformat() if self.send_at else None
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -212,7 +215,8 @@ def submit(org_id: str, req: Outgoing, *, now: datetime | None = None) -> Submit
             raise SendRejected(404, "not_found", "account not found")
         if not account.smtp_host:
             raise SendRejected(409, "no_smtp", "the account has no SMTP server configured")
-        user = s.get(User, (org_id, account.user_id))
+        # who sends: the acting user (a member writing from a shared mailbox signs as themselves), else the owner
+        user = s.get(User, (org_id, req.acting_user or account.user_id))
         subject, html, text = req.subject, req.body_html, req.body_text
         template_id = None
         if req.template_id:
@@ -294,7 +298,7 @@ def submit(org_id: str, req: Outgoing, *, now: datetime | None = None) -> Submit
         ))
         s.flush()
         s.add(Outbox(
-            email_id=email_id, org_id=org_id, account_id=account.id, user_id=account.user_id,
+            email_id=email_id, org_id=org_id, account_id=account.id, user_id=req.acting_user or account.user_id,
             idempotency_key=req.idempotency_key, request_hash=fingerprint, kind=req.kind, state=status, category=req.category,
             track_opens=bool(tracking and req.track_opens), track_clicks=bool(tracking and req.track_clicks),
             draft=draft_json, attachments=stored, base_key=base_key, send_at=req.send_at, sync_after=req.sync_after,

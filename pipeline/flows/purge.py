@@ -49,6 +49,7 @@ from models.webhooks import WebhookDelivery, WebhookEvent
 from ops import metrics
 from ops.keys import get_keyring
 from pipeline.clients.storage import StorageNotFound, get_storage
+from pipeline.flows.conversations import after_purge
 
 __all__ = ["BUSY_STATES", "PURGE_HOOKS", "SENDING", "PurgeCounts", "erased_filter", "identity_parts", "in_flight", "on_purge",
            "purge_emails"]
@@ -187,6 +188,7 @@ def purge_emails(s: Session, org_id: str, email_ids: Sequence[str], *, reason: s
     s.execute(delete(WebhookDelivery).where(col(WebhookDelivery.event_id).in_(events)))
     s.execute(delete(WebhookEvent).where(col(WebhookEvent.id).in_(events)))
     s.execute(delete(Email).where(col(Email.id).in_(ids)))
+    after_purge(s, {e.thread_id for e in emails})
     s.commit()
     counts.emails = len(ids)
     metrics.EMAILS_PURGED.labels(reason).inc(len(ids))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pipeline.flows.account_risk import sweep_account_risk
 from pipeline.flows.chain import resume_ingest
+from pipeline.flows.conversations import sweep_legacy_threads
 from pipeline.flows.flag_store import sweep_flag_changes
 from pipeline.flows.fleet import sweep_fleet_gauges
 from pipeline.flows.ingest_link import sweep_relinks
@@ -23,4 +24,4 @@ __all__ = ["SWEEPS"]
 
 SWEEPS = (sweep_due_accounts, resume_ingest, sweep_relinks, sweep_send_due, sweep_unsettled_clicks, sweep_notion_saves,
           sweep_pending_notification_emails, sweep_flag_changes, sweep_fleet_gauges, sweep_unclassified, sweep_account_risk,
-          sweep_webhooks, sweep_privacy_jobs, sweep_retention)
+          sweep_webhooks, sweep_privacy_jobs, sweep_retention, sweep_legacy_threads)

@@ -124,7 +124,7 @@ _KNOWN_HEADERS = frozenset(
     "from to cc bcc date subject message-id received return-path mime-version content-type sender reply-to "
     "delivered-to in-reply-to references x-mailer user-agent dkim-signature list-id x-gm-thrid".split())
 _DOWNSTREAM_HEADERS = ("list-unsubscribe", "list-unsubscribe-post", "list-id", "precedence", "auto-submitted",
-                       "x-auto-response-suppress", "x-gm-thrid", "x-gmail-labels")
+                       "x-auto-response-suppress", "x-gm-thrid", "x-gmail-labels", "thread-index", "thread-topic")
 _CHARSET_ALIASES = {  # labels Python lacks, or whose real-world meaning is a superset (as browsers do)
     "iso-8859-8-i": "iso-8859-8", "x-user-defined": "cp1252", "gb2312": "gb18030", "gbk": "gb18030",
     "ks_c_5601-1987": "cp949", "euc-kr": "cp949", "iso-8859-1": "cp1252", "latin1": "cp1252",

@@ -188,9 +188,13 @@ class TestThreadingAndGmail:
         with Session(get_engine()) as s:
             from sqlalchemy import select
 
+            from models import ConversationKey
+
             rows = list(s.execute(select(Email)).scalars())
+            by_thrid = s.execute(select(ConversationKey.conversation_id).where(ConversationKey.key == "g:900")).scalar_one()
         assert sorted(r.dedupe_key for r in rows) == ["gm:1300000000000000111", "gm:1300000000000000222"]
-        assert {r.thread_id for r in rows} == {"gm:900"}
+        # thread_id is the conversation's id (API.md); X-GM-THRID is one of the keys it was joined by
+        assert {r.thread_id for r in rows} == {by_thrid}
 
 
 class TestDurableRelink:

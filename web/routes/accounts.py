@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, StringConstraints, field_validator
 from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
@@ -22,6 +22,7 @@ from pipeline.flows import tokens
 from pipeline.flows.events_outbox import note_sync_state
 from pipeline.flows.sync import fetch_now
 from pipeline.stages.wire_text import control_character, host_problem
+from web.access import Actor, actor
 from web.api import ApiRouter
 from web.errors import ApiError
 from web.params import Param
@@ -61,6 +62,9 @@ class ServerIn(Body):
         return v
 
 
+UserIds = list[Annotated[str, StringConstraints(min_length=1, max_length=64)]]
+
+
 class TestIn(Body):
     provider: Provider = "imap"
     email: str = Field(max_length=320)
@@ -69,6 +73,9 @@ class TestIn(Body):
     oauth: dict[str, Any] | None = None
     user_id: str | None = Field(default=None, max_length=64, description="accepted (and ignored) so a create body can be tested as is")
     skip_test: bool = False
+    shared: bool | None = Field(default=None, description="create: a team inbox whose members see it (ignored by the test)")
+    members: UserIds | None = Field(default=None, max_length=500, description="create: users who see the shared mailbox")
+    delegates: UserIds | None = Field(default=None, max_length=500, description="create: users the owner delegates it to")
 
     @field_validator("email")
     @classmethod
@@ -89,10 +96,26 @@ class AccountPatch(Body):
     saves_sent_copy: bool | None = None
     disabled: bool | None = None
     skip_test: bool = False
+    shared: bool | None = None
+    members: UserIds | None = Field(default=None, max_length=500)
+    delegates: UserIds | None = Field(default=None, max_length=500)
 
 
-def _org(request: Request) -> str:
-    return str(request.state.org_id)
+def _json(s: Session, a: EmailAccount) -> dict[str, Any]:
+    """The account as the API shows it, with who else sees it."""
+    return {**account_json(a), "shared": a.shared, **svc.access_lists(s, [a.id])[a.id]}
+
+
+def _set_access(s: Session, who: Actor, a: EmailAccount, body: AccountIn | AccountPatch) -> None:
+    """Sharing and delegation: the owner's (or the organization's) decision; 422 for unknown users."""
+    if body.shared is None and body.members is None and body.delegates is None:
+        return
+    if who.user_id is not None and who.user_id != a.user_id:
+        raise ApiError(403, "not_owner", "only the mailbox's owner (or the organization) changes who sees it")
+    try:
+        svc.set_access(s, a, shared=body.shared, members=body.members, delegates=body.delegates, by=who.user_id)
+    except svc.UnknownUsers as exc:
+        raise ApiError(422, "unknown_user", f"not users of this organization: {exc}", {"unknown": exc.unknown}) from None
 
 
 def _endpoints(body: TestIn) -> tuple[svc.Endpoint, svc.Endpoint]:
@@ -135,7 +158,7 @@ async def _guarded(imap_ep: svc.Endpoint, smtp_ep: svc.Endpoint) -> None:
 
 async def _tested(request: Request, imap_ep: svc.Endpoint, smtp_ep: svc.Endpoint) -> svc.ConnTest:
     """Run the connection test, counted against the organization's rate limit (429 beyond it)."""
-    CONNECTION_TESTS.check(_org(request))
+    CONNECTION_TESTS.check(actor(request).org_id)
     return await run_in_threadpool(svc.test_connection, imap_ep, smtp_ep)
 
 
@@ -149,7 +172,8 @@ async def test_account(request: Request) -> JSONResponse:
     return JSONResponse(result.as_json())
 
 
-def _create(org_id: str, body: AccountIn, imap_ep: svc.Endpoint, smtp_ep: svc.Endpoint) -> dict[str, Any]:
+def _create(who: Actor, body: AccountIn, imap_ep: svc.Endpoint, smtp_ep: svc.Endpoint) -> dict[str, Any]:
+    org_id = who.org_id
     with Session(get_engine(), expire_on_commit=False) as s:
         dup = s.execute(select(EmailAccount.id).where(EmailAccount.org_id == org_id, EmailAccount.email_norm == body.email.strip().lower(),
                                                       col(EmailAccount.deleted_at).is_(None))).first()
@@ -159,48 +183,54 @@ def _create(org_id: str, body: AccountIn, imap_ep: svc.Endpoint, smtp_ep: svc.En
                                      imap_ep=imap_ep, smtp_ep=smtp_ep, oauth=body.oauth)
         if s.get(User, (org_id, body.user_id)) is None:
             s.add(User(org_id=org_id, id=body.user_id, name=body.email[:300], email=body.email, email_norm=body.email.lower()))
+            s.flush()
+        _set_access(s, Actor(org_id), account, body)
         try:
             s.commit()
         except IntegrityError:  # a concurrent create of the same mailbox won the unique index
             raise ApiError(409, "account_exists", f"{body.email} is already connected") from None
         fetch_now(account.id)
-        return account_json(account)
+        return _json(s, account)
 
 
 @router.route("POST", "/api/v1/accounts", summary="Connect a mailbox (tested first unless skip_test)", body=AccountIn,
-              status=201, response=AccountOut, responses={409: "already connected",
+              status=201, response=AccountOut, responses={403: "user_id is not the acting user", 409: "already connected",
                                                            422: "connection test failed, a refused host, or invalid body",
                                                            429: "too many tests"})
 async def create_account(request: Request) -> JSONResponse:
     body = await parse_body(request, AccountIn)
+    who = actor(request)
+    if not who.may_act_as(body.user_id):
+        raise ApiError(403, "not_owner", "a user connects their own mailboxes (user_id must be the X-Mailpipe-User)")
     imap_ep, smtp_ep = _endpoints(body)
     await _guarded(imap_ep, smtp_ep)
     if not body.skip_test:
         result = await _tested(request, imap_ep, smtp_ep)
         if not result.ok:
             raise ApiError(422, "connection_test_failed", "the mailbox could not be reached or logged in to", result.as_json())
-    data = await run_in_threadpool(_create, _org(request), body, imap_ep, smtp_ep)
+    data = await run_in_threadpool(_create, who, body, imap_ep, smtp_ep)
     return JSONResponse(data, status_code=201)
 
 
-def _load(s: Session, org_id: str, account_id: str) -> EmailAccount:
-    a = s.get(EmailAccount, account_id)
-    if a is None or a.org_id != org_id or a.deleted_at is not None:
-        raise ApiError.not_found("account")
-    return a
+def _load(s: Session, who: Actor, account_id: str) -> EmailAccount:
+    """The mailbox, when the caller may see it (404 otherwise)."""
+    return who.account(s, account_id)
 
 
 @router.route("GET", "/api/v1/accounts", summary="List mailboxes", query=(Param.text("user_id", max_length=64),),
               response=AccountsOut)
 async def list_accounts(request: Request) -> JSONResponse:
-    org_id, user_id = _org(request), request.query_params.get("user_id")
+    who, user_id = actor(request), request.query_params.get("user_id")
 
     def run() -> list[dict[str, Any]]:
         with Session(get_engine()) as s:
-            stmt = select(EmailAccount).where(EmailAccount.org_id == org_id, col(EmailAccount.deleted_at).is_(None))
+            stmt = select(EmailAccount).where(EmailAccount.org_id == who.org_id, col(EmailAccount.deleted_at).is_(None),
+                                              who.visible(EmailAccount.id))
             if user_id:
                 stmt = stmt.where(EmailAccount.user_id == user_id)
-            return [account_json(a) for a in s.execute(stmt.order_by(EmailAccount.id)).scalars()]
+            rows = list(s.execute(stmt.order_by(EmailAccount.id)).scalars())
+            access = svc.access_lists(s, [a.id for a in rows])
+            return [{**account_json(a), "shared": a.shared, **access[a.id]} for a in rows]
 
     return JSONResponse({"items": await run_in_threadpool(run)})
 
@@ -208,26 +238,31 @@ async def list_accounts(request: Request) -> JSONResponse:
 @router.route("GET", "/api/v1/accounts/{id}", summary="A mailbox with its sync status", response=AccountOut,
               responses={404: "not found"})
 async def get_account(request: Request) -> JSONResponse:
-    org_id, account_id = _org(request), request.path_params["id"]
+    who, account_id = actor(request), request.path_params["id"]
 
     def run() -> dict[str, Any]:
         with Session(get_engine()) as s:
-            return account_json(_load(s, org_id, account_id))
+            return _json(s, _load(s, who, account_id))
 
     return JSONResponse(await run_in_threadpool(run))
 
 
 @router.route("PATCH", "/api/v1/accounts/{id}", summary="Change servers, credentials, interval; disable or enable",
-              body=AccountPatch, response=AccountOut, responses={404: "not found", 409: "the OAuth grant is revoked: connect again",
+              body=AccountPatch, response=AccountOut, responses={403: "only the owner changes sharing and delegates", 404: "not found",
+                                            409: "the OAuth grant is revoked: connect again",
                                             422: "connection test failed, a refused host, or a changed server without its password",
                                             429: "too many tests", 503: "the OAuth provider is unreachable"})
 async def patch_account(request: Request) -> JSONResponse:
-    org_id, account_id = _org(request), request.path_params["id"]
+    who, account_id = actor(request), request.path_params["id"]
     body = await parse_body(request, AccountPatch)
 
     def current() -> EmailAccount:
         with Session(get_engine(), expire_on_commit=False) as s:
-            return _load(s, org_id, account_id)
+            acct = _load(s, who, account_id)
+            if (body.shared is not None or body.members is not None or body.delegates is not None) and \
+                    who.user_id is not None and who.user_id != acct.user_id:
+                raise ApiError(403, "not_owner", "only the mailbox's owner (or the organization) changes who sees it")
+            return acct
 
     a = await run_in_threadpool(current)
     changes: dict[str, Any] = {}
@@ -257,15 +292,16 @@ async def patch_account(request: Request) -> JSONResponse:
 
     def save() -> dict[str, Any]:
         with Session(get_engine(), expire_on_commit=False) as s:
-            acct = _load(s, org_id, account_id)
+            acct = _load(s, who, account_id)
             for k, v in changes.items():
                 setattr(acct, k, v)
             s.add(acct)
+            _set_access(s, who, acct, body)
             if "sync_state" in changes:
                 s.flush()
                 note_sync_state(s, acct.id, changes["sync_state"])
             s.commit()
-            return account_json(acct)
+            return _json(s, acct)
 
     return JSONResponse(await run_in_threadpool(save))
 
@@ -291,16 +327,19 @@ async def _patched_endpoints(a: EmailAccount, body: AccountPatch) -> tuple[svc.E
 
 
 @router.route("DELETE", "/api/v1/accounts/{id}", summary="Stop syncing; ?erase=true also deletes its mail",
-              status=204, query=(Param.boolean("erase", False, description="also delete its mail"),), responses={404: "not found"})
+              status=204, query=(Param.boolean("erase", False, description="also delete its mail"),),
+              responses={403: "only the owner disconnects a mailbox", 404: "not found"})
 async def delete_account(request: Request) -> Response:
-    org_id, account_id = _org(request), request.path_params["id"]
+    who, account_id = actor(request), request.path_params["id"]
     erase = request.query_params.get("erase", "false").lower() in ("1", "true", "yes")
 
     def run() -> None:
         from pipeline.clients.storage import get_storage
 
         with Session(get_engine()) as s:
-            acct = _load(s, org_id, account_id)
+            acct = _load(s, who, account_id)
+            if who.user_id is not None and who.user_id != acct.user_id:
+                raise ApiError(403, "not_owner", "only the mailbox's owner (or the organization) disconnects it")
             acct.deleted_at = utcnow()
             acct.sync_state = "disabled"
             acct.fetch_token, acct.fetch_owner, acct.fetch_lease_until = None, None, None
@@ -320,11 +359,11 @@ async def delete_account(request: Request) -> Response:
 @router.route("POST", "/api/v1/accounts/{id}/sync", summary="Fetch now (manual refresh)", status=202, response=SyncQueuedOut,
               responses={404: "not found", 409: "account disabled"})
 async def sync_now(request: Request) -> JSONResponse:
-    org_id, account_id = _org(request), request.path_params["id"]
+    who, account_id = actor(request), request.path_params["id"]
 
     def run() -> dict[str, Any]:
         with Session(get_engine(), expire_on_commit=False) as s:
-            acct = _load(s, org_id, account_id)
+            acct = _load(s, who, account_id)
             if acct.sync_state == "disabled":
                 raise ApiError(409, "account_disabled", "enable the account first (PATCH disabled=false)")
             fetch_now(account_id)

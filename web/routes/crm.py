@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, Response
 from models import (
     CRM_TABLES,
     ENTITY_TYPES,
+    AccountMember,
     Contact,
     CrmAccount,
     Email,
@@ -28,6 +29,7 @@ from models import (
     utcnow,
 )
 from models.db import get_engine
+from web.access import Actor, actor
 from web.api import ApiRouter
 from web.cursors import CURSOR, keyset_cursor, read_keyset
 from web.errors import ApiError
@@ -202,6 +204,8 @@ def _delete(model: type[SQLModel], org_id: str, record_id: str, label: str, enti
         s.delete(row)
         if entity_type is not None:
             _unlink_entity(s, org_id, entity_type, record_id)
+        if model is User:  # a deleted user is no one's member or delegate any more
+            s.execute(delete(AccountMember).where(col(AccountMember.org_id) == org_id, col(AccountMember.user_id) == record_id))
         s.commit()
     return Response(status_code=204)
 
@@ -331,13 +335,14 @@ def _register(kind: str) -> None:
                   query=(TIMELINE_LIMIT, CURSOR), response=TimelineOut, responses={404: "not found"})
     async def timeline(request: Request) -> JSONResponse:
         limit, cursor = TIMELINE_LIMIT.read(request), read_keyset(CURSOR.read(request))
-        data = await run_in_threadpool(_timeline, _org(request), model, entity_type, request.path_params["id"], limit, cursor)
+        data = await run_in_threadpool(_timeline, actor(request), model, entity_type, request.path_params["id"], limit, cursor)
         return JSONResponse(data)
 
 
-def _timeline(org_id: str, model: type[SQLModel], entity_type: str, entity_id: str, limit: int,
+def _timeline(who: Actor, model: type[SQLModel], entity_type: str, entity_id: str, limit: int,
               cursor: tuple[Any, str] | None) -> dict[str, Any]:
-    now = utcnow()
+    """Emails linked to the record, in the mailboxes the caller sees."""
+    org_id, now = who.org_id, utcnow()
     with Session(get_engine()) as s:
         if s.get(model, (org_id, entity_id)) is None:
             raise ApiError.not_found(entity_type)
@@ -346,7 +351,7 @@ def _timeline(org_id: str, model: type[SQLModel], entity_type: str, entity_id: s
             select(Email)
             .join(EmailLink, col(EmailLink.email_id) == Email.id)
             .where(EmailLink.org_id == org_id, EmailLink.entity_type == entity_type, EmailLink.entity_id == entity_id,
-                   col(Email.deleted_at).is_(None))
+                   col(Email.deleted_at).is_(None), who.visible(Email.account_id))
             .order_by(at.desc(), col(Email.id).desc())
             .limit(limit + 1)
         )

@@ -19,6 +19,7 @@ from ops.settings import get_settings
 from pipeline.flows.events_outbox import email_payloads, record_event
 from pipeline.flows.flag_store import request_flag_change
 from pipeline.stages.safe_html import safe_html
+from web.access import Actor, actor
 from web.api import ApiRouter, Raw
 from web.cursors import CURSOR, keyset_cursor, read_keyset
 from web.errors import ApiError
@@ -33,8 +34,9 @@ ENTITY_MODELS = {"contact": CRM_TABLES["contacts"], "lead": CRM_TABLES["leads"],
                  "opportunity": CRM_TABLES["opportunities"]}
 
 
-def _org(request: Request) -> str:
-    return str(request.state.org_id)
+def _load(s: Session, who: Actor, email_id: str) -> Email:
+    """The email, when the caller may see its mailbox (404 otherwise)."""
+    return who.email(s, email_id)
 
 
 PIPELINE_STATES = ("fetched", "parsed", "stored", "linked", "leads", "done", "quarantined", "outbox")
@@ -81,11 +83,11 @@ def summary_json(e: Email, sentiment: EmailSentiment | None = None) -> dict[str,
     }
 
 
-def _list(org_id: str, request: Request) -> dict[str, Any]:
+def _list(who: Actor, request: Request) -> dict[str, Any]:
     q = {p.name: p.read(request) for p in LIST_PARAMS}
     limit = q["limit"]
     stmt = (select(Email, EmailSentiment).outerjoin(EmailSentiment, col(EmailSentiment.email_id) == col(Email.id))
-            .where(col(Email.org_id) == org_id, col(Email.deleted_at).is_(None)))
+            .where(col(Email.org_id) == who.org_id, col(Email.deleted_at).is_(None), who.visible(Email.account_id)))
     if q["account_id"]:
         stmt = stmt.where(Email.account_id == q["account_id"])
     if q["linked"] is not None:
@@ -127,14 +129,7 @@ def _list(org_id: str, request: Request) -> dict[str, Any]:
 @router.route("GET", "/api/v1/emails", summary="List emails (linked=false is the unlinked inbox)",
               query=LIST_PARAMS, response=EmailsPage)
 async def list_emails(request: Request) -> JSONResponse:
-    return JSONResponse(await run_in_threadpool(_list, _org(request), request))
-
-
-def _load(s: Session, org_id: str, email_id: str) -> Email:
-    e = s.get(Email, email_id)
-    if e is None or e.org_id != org_id or e.deleted_at is not None:
-        raise ApiError.not_found("email")
-    return e
+    return JSONResponse(await run_in_threadpool(_list, actor(request), request))
 
 
 _CACHE_MAX_BODY = 512 * 1024  # larger bodies are sanitized per read rather than held in the cache
@@ -209,12 +204,12 @@ REMOTE_CONTENT = Param.boolean("remote_content", False, description="true: body_
 @router.route("GET", "/api/v1/emails/{id}", summary="One email with bodies, attachments, links, tracking", response=EmailOut,
               query=(REMOTE_CONTENT,), responses={404: "not found"})
 async def get_email(request: Request) -> JSONResponse:
-    org_id, email_id = _org(request), request.path_params["id"]
+    who, email_id = actor(request), request.path_params["id"]
     remote = bool(REMOTE_CONTENT.read(request))
 
     def run() -> dict[str, Any]:
         with Session(get_engine()) as s:
-            return email_json(s, _load(s, org_id, email_id), get_settings().public_url, remote_content=remote)
+            return email_json(s, _load(s, who, email_id), get_settings().public_url, remote_content=remote)
 
     return JSONResponse(await run_in_threadpool(run))
 
@@ -222,11 +217,11 @@ async def get_email(request: Request) -> JSONResponse:
 @router.route("GET", "/api/v1/emails/{id}/attachments/{attachment_id}", summary="Download an attachment",
               response=Raw("*/*", {"type": "string", "format": "binary"}), responses={404: "not found"})
 async def download_attachment(request: Request) -> Response:
-    org_id, email_id, att_id = _org(request), request.path_params["id"], request.path_params["attachment_id"]
+    who, email_id, att_id = actor(request), request.path_params["id"], request.path_params["attachment_id"]
 
     def find() -> Document:
         with Session(get_engine()) as s:
-            _load(s, org_id, email_id)
+            _load(s, who, email_id)
             doc = s.get(Document, att_id)
             if doc is None or doc.email_id != email_id:
                 raise ApiError.not_found("attachment")
@@ -260,14 +255,16 @@ class FlagsIn(Body):
 @router.route("PATCH", "/api/v1/emails/{id}", summary="Mark read/unread or flagged: written to the server (UID STORE) on every location",
               body=FlagsIn, response=EmailOut, responses={404: "not found"})
 async def patch_email(request: Request) -> JSONResponse:
-    org_id, email_id = _org(request), request.path_params["id"]
+    who, email_id = actor(request), request.path_params["id"]
     body = await parse_body(request, FlagsIn)
 
     def run() -> dict[str, Any]:
-        if not request_flag_change(org_id, email_id, seen=body.seen, flagged=body.flagged):
+        with Session(get_engine()) as s:
+            _load(s, who, email_id)
+        if not request_flag_change(who.org_id, email_id, seen=body.seen, flagged=body.flagged, user_id=who.user_id):
             raise ApiError.not_found("email")
         with Session(get_engine()) as s:
-            return email_json(s, _load(s, org_id, email_id), get_settings().public_url)
+            return email_json(s, _load(s, who, email_id), get_settings().public_url)
 
     return JSONResponse(await run_in_threadpool(run))
 
@@ -280,18 +277,20 @@ class LinkIn(Body):
 @router.route("POST", "/api/v1/emails/{id}/links", summary="Link an email to a CRM record by hand", body=LinkIn,
               response=LinkAdded, responses={404: "email or record not found"})
 async def add_link(request: Request) -> JSONResponse:
-    org_id, email_id = _org(request), request.path_params["id"]
+    who, email_id = actor(request), request.path_params["id"]
+    org_id = who.org_id
     body = await parse_body(request, LinkIn)
 
     def run() -> dict[str, Any]:
         from models.upsert import insert_ignore
 
         with Session(get_engine()) as s:
-            e = _load(s, org_id, email_id)
+            e = _load(s, who, email_id)
             if s.get(ENTITY_MODELS[body.entity_type], (org_id, body.entity_id)) is None:
                 raise ApiError.not_found(body.entity_type)
+            how = f"manual:{who.user_id}"[:64] if who.user_id else "manual"  # who linked it, when a user did
             added = insert_ignore(s, EmailLink, [{"org_id": org_id, "email_id": e.id, "entity_type": body.entity_type,
-                                                  "entity_id": body.entity_id, "how": "manual"}], ["email_id", "entity_type", "entity_id"])
+                                                  "entity_id": body.entity_id, "how": how}], ["email_id", "entity_type", "entity_id"])
             e.linked = True
             s.add(e)
             if added:  # the webhook event, in the link's transaction
@@ -309,12 +308,12 @@ async def add_link(request: Request) -> JSONResponse:
               path_params={"entity_type": Param.choice("entity_type", ("contact", "lead", "account", "opportunity"))},
               responses={404: "not found"})
 async def remove_link(request: Request) -> Response:
-    org_id, email_id = _org(request), request.path_params["id"]
+    who, email_id = actor(request), request.path_params["id"]
     etype, eid = request.path_params["entity_type"], request.path_params["entity_id"]
 
     def run() -> None:
         with Session(get_engine()) as s:
-            e = _load(s, org_id, email_id)
+            e = _load(s, who, email_id)
             link = s.execute(select(EmailLink).where(EmailLink.email_id == e.id, EmailLink.entity_type == etype,
                                                      EmailLink.entity_id == eid)).scalar_one_or_none()
             if link is None:

@@ -20,6 +20,7 @@ from pipeline.clients.notion import NotionError
 from pipeline.flows import notion_connect as notion
 from pipeline.flows.notion_save import customer_of
 from pipeline.stages.notion_page import default_title
+from web.access import actor, own_user
 from web.api import ApiRouter
 from web.errors import ApiError
 from web.params import Param
@@ -87,6 +88,7 @@ def _missing_user() -> str:
 async def put_connection(request: Request) -> JSONResponse:
     body = await parse_body(request, NotionConnectIn)
     org_id, user_id = _org(request), request.path_params["id"]
+    own_user(actor(request), user_id)
     key = body.notion_api_key.get_secret_value() if body.notion_api_key is not None else None
 
     def run() -> dict[str, Any]:
@@ -108,6 +110,7 @@ USER_ID = Param.text("user_id", max_length=64, required=True, description="the C
               response=UrlOut, responses={400: "Notion OAuth not configured"})
 async def authorize(request: Request) -> JSONResponse:
     user_id = USER_ID.read(request).strip() or _missing_user()
+    own_user(actor(request), user_id)
     try:
         return JSONResponse({"url": notion.oauth_start(_org(request), user_id)})
     except NotionError as exc:
@@ -145,6 +148,7 @@ def _token(org_id: str, user_id: str) -> tuple[str, Any]:
               response=DatabasesOut, responses={409: "Notion not connected", 502: "Notion did not answer"})
 async def databases(request: Request) -> JSONResponse:
     user_id = USER_ID.read(request).strip() or _missing_user()
+    own_user(actor(request), user_id)
     token, conn = _token(_org(request), user_id)
     try:
         items = await run_in_threadpool(notion.list_databases, token)
@@ -166,9 +170,13 @@ def _save_json(sv: NotionSave) -> dict[str, Any]:
               responses={200: "already saved", 404: "email not found", 409: "Notion not connected"})
 async def save(request: Request) -> JSONResponse:
     body = await parse_body(request, NotionSaveIn)
-    org_id, email_id = _org(request), request.path_params["id"]
+    who, email_id = actor(request), request.path_params["id"]
+    org_id = who.org_id
+    own_user(who, body.user_id)
 
     def run() -> tuple[int, dict[str, Any], bool]:
+        with Session(get_engine()) as s:
+            who.email(s, email_id)
         _, conn = _token(org_id, body.user_id)
         database_id = body.database_id or conn.notion_db_id
         if not database_id:
@@ -211,12 +219,12 @@ async def save(request: Request) -> JSONResponse:
 @router.route("GET", "/api/v1/emails/{id}/notion", summary="How the email's Notion saves went", response=NotionSavesOut,
               responses={404: "email not found"})
 async def saves(request: Request) -> JSONResponse:
-    org_id, email_id = _org(request), request.path_params["id"]
+    who, email_id = actor(request), request.path_params["id"]
 
     def run() -> list[dict[str, Any]]:
         with Session(get_engine()) as s:
             email = s.get(Email, email_id)
-            if email is None or email.org_id != org_id:
+            if email is None or email.org_id != who.org_id or not who.sees_account(s, email.account_id):
                 raise ApiError(404, "not_found", "email not found")
             return [_save_json(sv) for sv in s.execute(select(NotionSave).where(NotionSave.email_id == email_id)
                                                        .order_by(col(NotionSave.created_at))).scalars()]

@@ -12,6 +12,7 @@ from models import User
 from models.db import get_engine
 from pipeline.flows import oauth_signin as oauth
 from pipeline.stages.wire_text import control_character, host_problem
+from web.access import actor, own_user
 from web.api import ApiRouter
 from web.errors import ApiError
 from web.params import Param
@@ -72,6 +73,7 @@ async def authorize(request: Request) -> JSONResponse:
         raise field_error("email", "must be the mailbox's email address")
     overrides = _overrides(request)
     org_id = str(request.state.org_id)
+    own_user(actor(request), user_id)
 
     def run() -> str:
         from sqlmodel import Session

@@ -17,7 +17,9 @@ from starlette.responses import JSONResponse
 from models import Document, Email, EmailAccount
 from models.db import get_engine
 from pipeline.flows.outbound import Outgoing, SendRejected, Submitted, cancel, submit
+from pipeline.flows.outreach import recent_outreach
 from pipeline.stages.quoting import forward_block, forward_subject, quote_for_reply, reply_subject
+from web.access import Actor, actor
 from web.api import ApiRouter
 from web.errors import ApiError
 from web.schemas.emails import CancelOut, SendAccepted
@@ -98,10 +100,6 @@ class ForwardIn(_Common):
     include_attachments: bool = True
 
 
-def _org(request: Request) -> str:
-    return str(request.state.org_id)
-
-
 def _outgoing(body: _Common, **fields: Any) -> Outgoing:
     return Outgoing(account_id=body.account_id, cc=list(body.cc), bcc=list(body.bcc),
                     attachments=[a.model_dump() for a in body.attachments], send_at=body.send_at,
@@ -109,19 +107,27 @@ def _outgoing(body: _Common, **fields: Any) -> Outgoing:
                     idempotency_key=body.idempotency_key, sync_after=body.sync_after, **fields)
 
 
-async def _accept(org_id: str, req: Outgoing) -> JSONResponse:
-    def run() -> Submitted:
+async def _accept(who: Actor, req: Outgoing) -> JSONResponse:
+    req.acting_user = who.user_id
+
+    def run() -> tuple[Submitted, list[dict[str, Any]]]:
+        with Session(get_engine()) as s:
+            owner = who.account(s, req.account_id).user_id  # a mailbox the caller may not use does not exist
         try:
-            return submit(org_id, req)
+            result = submit(who.org_id, req)
         except SendRejected as exc:
             raise ApiError(exc.status, exc.code, exc.message, exc.details) from None
+        with Session(get_engine()) as s:  # teammates who mailed these recipients lately (duplicate outreach)
+            outreach = recent_outreach(s, who, addresses=[*req.to, *req.cc, *req.bcc], exclude_user=who.user_id or owner)
+        return result, outreach
 
-    result = await run_in_threadpool(run)
+    result, outreach = await run_in_threadpool(run)
     if result.created and result.status == "queued":
         from pipeline.flows.send_due import enqueue_send
 
         await run_in_threadpool(enqueue_send, result.email_id)
-    return JSONResponse({"id": result.email_id, "status": result.status, "created": result.created}, status_code=202)
+    return JSONResponse({"id": result.email_id, "status": result.status, "created": result.created,
+                         "recent_outreach": outreach}, status_code=202)
 
 
 @router.route("POST", "/api/v1/emails/send", summary="Send (or schedule) an email from a connected mailbox", body=SendIn,
@@ -130,17 +136,15 @@ async def _accept(org_id: str, req: Outgoing) -> JSONResponse:
                          413: "body or attachments too large"})
 async def send(request: Request) -> JSONResponse:
     body = await parse_body(request, SendIn)
-    return await _accept(_org(request), _outgoing(
+    return await _accept(actor(request), _outgoing(
         body, to=list(body.to), subject=body.subject, body_html=body.body_html, body_text=body.body_text,
         template_id=body.template_id, in_reply_to_email_id=body.in_reply_to_email_id,
         merge=body.merge.model_dump() if body.merge is not None else None))
 
 
-def _original(org_id: str, email_id: str) -> tuple[Email, list[Document], str | None]:
+def _original(who: Actor, email_id: str) -> tuple[Email, list[Document], str | None]:
     with Session(get_engine(), expire_on_commit=False) as s:
-        e = s.get(Email, email_id)
-        if e is None or e.org_id != org_id or e.deleted_at is not None:
-            raise ApiError.not_found("email")
+        e = who.email(s, email_id)
         docs = list(s.execute(select(Document).where(Document.email_id == e.id).order_by(col(Document.part_index))).scalars())
         own = s.execute(select(EmailAccount.email_norm).where(EmailAccount.id == e.account_id)).scalar_one_or_none()
         return e, docs, own
@@ -187,11 +191,11 @@ def _forwarded(original: Email, note: str) -> str:
               body=ReplyIn, status=202, response=SendAccepted, max_body=SEND_MAX_BODY,
               responses={404: "email or account not found", 409: "idempotency key reused", 413: "body or attachments too large"})
 async def reply(request: Request) -> JSONResponse:
-    org_id, email_id = _org(request), request.path_params["id"]
+    who, email_id = actor(request), request.path_params["id"]
     body = await parse_body(request, ReplyIn)
     if body.body_html is None and body.body_text is None and body.template_id is None:
         raise ApiError(422, "validation_error", "give body_html, body_text or a template_id")
-    original, _, own = await run_in_threadpool(_original, org_id, email_id)
+    original, _, own = await run_in_threadpool(_original, who, email_id)
     if original.direction == "outbound":
         to = list(original.to_emails)
         cc = list(original.cc_emails) if body.reply_all else []
@@ -213,33 +217,35 @@ async def reply(request: Request) -> JSONResponse:
                     template_id=body.template_id, in_reply_to_email_id=original.id, kind="reply")
     req.cc = cc
     req.references_from = original
-    return await _accept(org_id, req)
+    return await _accept(who, req)
 
 
 @router.route("POST", "/api/v1/emails/{id}/forward", summary="Forward an email with its attachments and a note",
               body=ForwardIn, status=202, response=SendAccepted, max_body=SEND_MAX_BODY,
               responses={404: "email or account not found", 409: "idempotency key reused", 413: "body or attachments too large"})
 async def forward(request: Request) -> JSONResponse:
-    org_id, email_id = _org(request), request.path_params["id"]
+    who, email_id = actor(request), request.path_params["id"]
     body = await parse_body(request, ForwardIn)
-    original, docs, _ = await run_in_threadpool(_original, org_id, email_id)
+    original, docs, _ = await run_in_threadpool(_original, who, email_id)
     html = await run_in_threadpool(_forwarded, original, body.note_html or "")
     attachments = [{"attachment_id": d.id, "filename": d.document_name, "content_type": d.document_file_mimeType,
                     "content_id": None, "content_base64": None} for d in docs if not d.inline] if body.include_attachments else []
     req = _outgoing(body, to=list(body.to), subject=forward_subject(original.subject), body_html=html, body_text=None,
                     kind="forward")
     req.attachments = [*attachments, *req.attachments]
-    return await _accept(org_id, req)
+    return await _accept(who, req)
 
 
 @router.route("POST", "/api/v1/emails/{id}/cancel", summary="Cancel a scheduled send", response=CancelOut,
               responses={404: "email not found", 409: "not scheduled"})
 async def cancel_send(request: Request) -> JSONResponse:
-    org_id, email_id = _org(request), request.path_params["id"]
+    who, email_id = actor(request), request.path_params["id"]
 
     def run() -> str:
+        with Session(get_engine()) as s:
+            who.email(s, email_id)
         try:
-            return cancel(org_id, email_id)
+            return cancel(who.org_id, email_id)
         except SendRejected as exc:
             raise ApiError(exc.status, exc.code, exc.message, exc.details) from None
 

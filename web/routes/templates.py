@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 from models import Email, Template, User, utcnow
 from models.db import get_engine
 from pipeline.stages.merge import FIELDS, MergeSyntaxError, parse, render_parts, suggest
+from web.access import actor
 from web.api import ApiRouter, Raw
 from web.cursors import CURSOR, offset_cursor, read_offset
 from web.errors import ApiError
@@ -296,12 +297,11 @@ async def email_as_template(request: Request) -> JSONResponse:
     org_id, email_id = _org(request), request.path_params["id"]
     body = await parse_body(request, AsTemplateIn)
 
+    who = actor(request)
+
     def load() -> Email:
         with Session(get_engine()) as s:
-            e = s.get(Email, email_id)
-            if e is None or e.org_id != org_id or e.deleted_at is not None:
-                raise ApiError.not_found("email")
-            return e
+            return who.email(s, email_id)
 
     e = await run_in_threadpool(load)
     html = e.body_html if e.body_html is not None else "".join(f"<p>{line}</p>" for line in

@@ -25,14 +25,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
-from models import Email, TrackedLink
+from models import TrackedLink
 from models.db import get_engine
 from ops.keys import get_keyring
 from ops.settings import get_settings
 from pipeline.stages.tracking_ids import verify_link_hash
+from web.access import actor
 from web.api import ApiRouter, Raw
 from web.cursors import CURSOR, read_keyset
-from web.errors import ApiError
 from web.intake import event_id
 from web.params import Param
 from web.schemas.emails import TrackingOut
@@ -158,16 +158,13 @@ _LIMIT = Param.integer("limit", DEFAULT_LIMIT, maximum=MAX_LIMIT, description="e
 @router.route("GET", "/api/v1/emails/{id}/tracking", summary="Opens and clicks of a sent email, chronological, paged",
               query=(_LIMIT, CURSOR), response=TrackingOut, responses={404: "not found"})
 async def tracking(request: Request) -> JSONResponse:
-    org_id, email_id = str(request.state.org_id), request.path_params["id"]
+    who, email_id = actor(request), request.path_params["id"]
     limit = _LIMIT.read(request)
     cursor = CURSOR.read(request)
     read_keyset(cursor)  # a malformed cursor is a 422 before any database work
 
     def run() -> dict[str, Any]:
         with Session(get_engine()) as s:
-            e = s.get(Email, email_id)
-            if e is None or e.org_id != org_id or e.deleted_at is not None:
-                raise ApiError.not_found("email")
-            return tracking_page(s, e, limit=limit, cursor=cursor)
+            return tracking_page(s, who.email(s, email_id), limit=limit, cursor=cursor)
 
     return JSONResponse(await run_in_threadpool(run))

@@ -47,6 +47,9 @@ class AccountOut(Out):
     saves_sent_copy: bool
     sync: SyncOut
     created_at: Ts
+    shared: bool = Field(default=False, description="a team inbox: its members see it")
+    members: list[str] = Field(default_factory=list, description="users who see the shared mailbox")
+    delegates: list[str] = Field(default_factory=list, description="users the owner delegated the mailbox to")
 
 
 class AccountsOut(Out):

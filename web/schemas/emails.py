@@ -157,10 +157,22 @@ class LinkAdded(Out):
     links: LinksOut
 
 
+class OutreachEntry(Out):
+    user_id: str
+    email_id: str | None
+    subject: str | None
+    direction: str
+    at: Ts
+    account_id: str | None
+    visible: bool
+
+
 class SendAccepted(Out):
     id: str
     status: Literal["queued", "scheduled"]
     created: bool
+    recent_outreach: list[OutreachEntry] = Field(default_factory=list,
+                                                 description="teammates who mailed these recipients in the last 14 days")
 
 
 class CancelOut(Out):
