@@ -12,6 +12,7 @@ from models.oauth import OAuthFlow, OAuthGrant
 from models.org import ApiKey, Organization
 from models.outbound import Delivery, Outbox, Suppression
 from models.runtime import IdleWatcher, RelinkRequest, SchedulerHeartbeat, SelfTestRun
+from models.search import EmailSearch
 from models.sentiment import AccountRisk, EmailSentiment
 from models.templates import Template
 from models.tracking import TrackedLink, TrackingEvent
@@ -34,6 +35,7 @@ __all__ = [
     "EmailLink",
     "EmailLocation",
     "EmailSentiment",
+    "EmailSearch",
     "FlagChange",
     "FolderState",
     "IdleWatcher",

@@ -14,10 +14,12 @@ from sqlmodel import Session, col, select
 
 from models import Email, EmailAccount, normalize_email
 from models.db import get_engine
+from models.search import write_docs
 from ops import metrics
 from pipeline.clients.storage import StorageError, get_storage
 from pipeline.flows.chain import in_state, move
 from pipeline.flows.raw import refetch_raw
+from pipeline.flows.search_index import rows_for_parsed
 from pipeline.stages.parse import ParsedEmail, parse_email, snippet
 from pipeline.stages.threads import thread_key
 
@@ -98,6 +100,7 @@ def parse_batch(email_ids: list[str]) -> list[str]:
                [{"id": e.id, **{f: getattr(e, f) for f in _FIELDS}} for e in quarantined]
         if rows:
             s.execute(update(Email), rows)
+        write_docs(s, rows_for_parsed(results))  # the full-text index, in the same transaction as the parse
         move(s, [e.id for e, _ in results], "parsed")
         move(s, [e.id for e in quarantined], "quarantined")
         s.commit()

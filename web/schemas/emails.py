@@ -47,6 +47,12 @@ class EmailSummary(Out):
     tracking_status: Literal["unopened", "opened", "clicked"] | None
     flags: EmailFlags
     deleted_on_server: bool = Field(description="no location of it is left on the server (it stays in the CRM's record)")
+    search: SearchHit | None = Field(default=None, description="with q=: how well it matched, and where")
+
+
+class SearchHit(Out):
+    rank: float = Field(description="relevance of the match, higher is better (comparable within one query)")
+    highlight: str = Field(description="a passage around the matched words: HTML-escaped text, matches in <mark>")
 
 
 class EmailsPage(Out):
