@@ -195,25 +195,28 @@ def _pg_tsquery(q: str, language: str) -> ColumnElement[Any]:
     return exact.op("||")(stemmed)
 
 
-def matches(dialect: str, org_id: str, q: str, language: str = "english") -> Subquery | None:
+def matches(dialect: str, org_id: str, q: str, language: str = "english", top: int | None = None) -> Subquery | None:
     """``(email_id, rank)`` of the org's emails matching ``q``; a higher rank is a better match.
 
-    None when the query has nothing searchable in it (no results, not an error).
+    ``top`` keeps only the best ``top`` of them (the caller widens it when its filters leave too
+    few), so the emails table is read for those rows only. None when the query has nothing
+    searchable in it (no results, not an error).
     """
     es = SEARCH_TABLE
     if dialect == "postgresql":
         tsv: ColumnElement[Any] = literal_column("email_search.tsv")
         tsq = _pg_tsquery(q, language)
-        return (select(es.c.email_id, func.ts_rank_cd(tsv, tsq, 1).cast(Float).label("rank"))
-                .where(es.c.org_id == org_id, tsv.op("@@")(tsq)).subquery("search"))
+        rank = func.ts_rank_cd(tsv, tsq, 1).cast(Float).label("rank")
+        stmt = select(es.c.email_id, rank).where(es.c.org_id == org_id, tsv.op("@@")(tsq))
+        return (stmt.order_by(rank.desc()).limit(top) if top else stmt).subquery("search")
     expr = fts5_query(q)
     if expr is None:
         return None
     # bm25 is lower for better matches; weights: subject, participants, attachments, body
-    return (select(es.c.email_id, (-literal_column("bm25(email_search_fts, 8.0, 4.0, 2.0, 1.0)")).label("rank"))
-            .select_from(_fts_from())
-            .where(text("email_search_fts MATCH :fts_q").bindparams(fts_q=expr), es.c.org_id == org_id)
-            .subquery("search"))
+    rank = (-literal_column("bm25(email_search_fts, 8.0, 4.0, 2.0, 1.0)")).label("rank")
+    stmt = (select(es.c.email_id, rank).select_from(_fts_from())
+            .where(text("email_search_fts MATCH :fts_q").bindparams(fts_q=expr), es.c.org_id == org_id))
+    return (stmt.order_by(rank.desc()).limit(top) if top else stmt).subquery("search")
 
 
 def _marked(fragment: str) -> str:
@@ -235,8 +238,10 @@ def highlights(session: Session, email_ids: Sequence[str], q: str, language: str
     expr = fts5_query(q)
     if expr is None:
         return {}
-    stmt = (select(es.c.email_id, literal_column(
-                f"snippet(email_search_fts, -1, '{MARK_START}', '{MARK_END}', ' … ', 24)"))
-            .select_from(_fts_from())
-            .where(text("email_search_fts MATCH :fts_q").bindparams(fts_q=expr), es.c.email_id.in_(list(email_ids))))
-    return {eid: _marked(h) for eid, h in session.execute(stmt)}
+    rowids = dict(session.execute(select(literal_column("email_search.rowid"), es.c.email_id).select_from(es)
+                                  .where(es.c.email_id.in_(list(email_ids)))).tuples().all())
+    if not rowids:
+        return {}
+    stmt = (select(_FTS.c.rowid, literal_column(f"snippet(email_search_fts, -1, '{MARK_START}', '{MARK_END}', ' … ', 24)"))
+            .where(text("email_search_fts MATCH :fts_q").bindparams(fts_q=expr), _FTS.c.rowid.in_(list(rowids))))
+    return {rowids[rowid]: _marked(h) for rowid, h in session.execute(stmt)}

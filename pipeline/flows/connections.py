@@ -17,7 +17,7 @@ from typing import Any
 from models import EmailAccount
 from ops.keys import unseal
 from pipeline.clients import imap
-from pipeline.clients.smtp import AiosmtplibTransport, SmtpSettings, SmtpTransport
+from pipeline.clients.smtp import PooledSmtpTransport, SmtpSettings, SmtpTransport
 from pipeline.flows import tokens
 from pipeline.stages.endpoint_rules import oauth_host_rule
 
@@ -127,7 +127,7 @@ def smtp_transport() -> SmtpTransport:
     """The SMTP transport in use (aiosmtplib unless a test swapped in the fake)."""
     global _smtp_transport
     if _smtp_transport is None:
-        _smtp_transport = AiosmtplibTransport()
+        _smtp_transport = PooledSmtpTransport()
     return _smtp_transport
 
 

@@ -125,16 +125,29 @@ def _list(org_id: str, request: Request) -> dict[str, Any]:
 
 
 def _search(org_id: str, stmt: Any, q: dict[str, Any]) -> dict[str, Any]:
-    """A full-text search page: the filtered emails matching ``q``, best first, with highlighted passages."""
+    """A full-text search page: the filtered emails matching ``q``, best first, with highlighted passages.
+
+    The index is asked for its best matches only (a few pages' worth); when the other filters leave
+    too few of them, the window grows until the page is full or every match has been seen.
+    """
     limit, offset, lang = q["limit"], read_offset(q["cursor"]), q["lang"] or "english"
     engine = get_engine()
-    found = matches(engine.dialect.name, org_id, q["q"], lang)
-    if found is None:
-        return {"items": [], "next_cursor": None}
-    stmt = (stmt.add_columns(found.c.rank).join(found, found.c.email_id == Email.id)
-            .order_by(found.c.rank.desc(), col(Email.id).desc()).offset(offset).limit(limit + 1))
+    want = offset + limit + 1
+    top: int | None = max(4 * want, 200)
     with Session(engine) as s:
-        rows = list(s.execute(stmt).all())
+        while True:
+            found = matches(engine.dialect.name, org_id, q["q"], lang, top=top)
+            if found is None:
+                return {"items": [], "next_cursor": None}
+            page = (stmt.add_columns(found.c.rank).join(found, found.c.email_id == Email.id)
+                    .order_by(found.c.rank.desc(), col(Email.id).desc()).offset(offset).limit(limit + 1))
+            rows = list(s.execute(page).all())
+            if top is None or len(rows) > limit:
+                break
+            seen = s.execute(select(func.count()).select_from(found)).scalar_one()
+            if seen < top:  # every match was in the window
+                break
+            top = top * 8 if top < 100_000 else None
         marks = highlights(s, [r[0].id for r in rows[:limit]], q["q"], lang)
     items = [{**summary_json(e, sentiment), "search": {"rank": float(rank or 0), "highlight": marks.get(e.id, "")}}
              for e, sentiment, rank in rows[:limit]]
