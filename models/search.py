@@ -22,9 +22,10 @@ from __future__ import annotations
 import html
 import re
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Column, Connection, Float, Index, Subquery, Table, Text, event, func, literal_column, select, text
+from sqlalchemy import Column, Connection, Float, Index, Select, Subquery, Table, Text, event, func, literal_column, select, text
 from sqlalchemy import cast as sa_cast
 from sqlalchemy import column as sa_column
 from sqlalchemy import table as sa_table
@@ -32,6 +33,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import REGCONFIG
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Field, Session, SQLModel, col, delete
+
+from models.base import ts_field
+from models.emails import Email
 
 __all__ = ["EmailSearch", "SEARCH_DDL_OBJECTS", "forget", "fts5_query", "highlights", "install_search_ddl", "matches",
            "write_docs"]
@@ -43,7 +47,7 @@ class EmailSearch(SQLModel, table=True):
     """The searchable text of one email (the index itself is database-specific, see the module doc)."""
 
     __tablename__ = "email_search"
-    __table_args__ = (Index("ix_email_search_org", "org_id"),)
+    __table_args__ = (Index("ix_email_search_org_at", "org_id", "at"),)
 
     email_id: str = Field(primary_key=True, max_length=24, foreign_key="emails.id", ondelete="CASCADE")
     org_id: str = Field(max_length=24)
@@ -52,6 +56,7 @@ class EmailSearch(SQLModel, table=True):
     participants: str = Field(default="", sa_column=Column(Text, nullable=False))
     attachments: str = Field(default="", sa_column=Column(Text, nullable=False))
     body: str = Field(default="", sa_column=Column(Text, nullable=False))
+    at: datetime | None = ts_field(default=None, description="the email's time (received, else sent): newest matches first")
 
 
 SEARCH_TABLE = cast(Table, EmailSearch.__table__)  # type: ignore[attr-defined]  # SQLModel sets it at class creation
@@ -75,7 +80,8 @@ BEGIN
   RETURN NEW;
 END $$""",
     "DROP TRIGGER IF EXISTS email_search_tsv ON email_search",
-    "CREATE TRIGGER email_search_tsv BEFORE INSERT OR UPDATE ON email_search FOR EACH ROW EXECUTE FUNCTION email_search_tsv()",
+    "CREATE TRIGGER email_search_tsv BEFORE INSERT OR UPDATE OF language, subject, participants, attachments, body "
+    "ON email_search FOR EACH ROW EXECUTE FUNCTION email_search_tsv()",
     "CREATE INDEX IF NOT EXISTS ix_email_search_tsv ON email_search USING gin (tsv)",
 )
 _COLS = "subject, participants, attachments, body"
@@ -119,14 +125,14 @@ event.listen(SEARCH_TABLE, "after_create", _after_create)  # metadata.create_all
 
 
 def write_docs(session: Session, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert or replace the search rows ``{email_id, org_id, language, subject, participants, attachments, body}``."""
+    """Insert or replace the search rows ``{email_id, org_id, language, subject, participants, attachments, body, at}``."""
     if not rows:
         return
     dialect = session.get_bind().dialect.name
     table = SEARCH_TABLE
     ins = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
     stmt = ins.on_conflict_do_update(index_elements=["email_id"], set_={
-        c: ins.excluded[c] for c in ("org_id", "language", "subject", "participants", "attachments", "body")})
+        c: ins.excluded[c] for c in ("org_id", "language", "subject", "participants", "attachments", "body", "at")})
     for i in range(0, len(rows), 500):
         session.execute(stmt, [dict(r) for r in rows[i : i + 500]])
 
@@ -195,25 +201,35 @@ def _pg_tsquery(q: str, language: str) -> ColumnElement[Any]:
     return exact.op("||")(stemmed)
 
 
-def matches(dialect: str, org_id: str, q: str, language: str = "english", top: int | None = None) -> Subquery | None:
+#: PostgreSQL ranks this many of the newest matches (found through the (org_id, at) index when a
+#: term is common, through the GIN index when it is rare), so a query costs the same at any size.
+RANK_WINDOW = 500
+
+
+def matches(dialect: str, org_id: str, q: str, language: str = "english", top: int | None = None,
+            within: Select[Any] | None = None) -> Subquery | None:
     """``(email_id, rank)`` of the org's emails matching ``q``; a higher rank is a better match.
 
-    ``top`` keeps only the best ``top`` of them (the caller widens it when its filters leave too
-    few), so the emails table is read for those rows only. None when the query has nothing
-    searchable in it (no results, not an error).
+    PostgreSQL: the newest ``top`` (default :data:`RANK_WINDOW`) matches among the emails
+    ``within`` selects (a select from ``emails`` with the caller's filters), ranked with
+    ``ts_rank_cd``. SQLite: every match, ranked with ``bm25``, the best ``top`` of them kept (the
+    caller widens it when its filters leave too few). None when the query has nothing searchable
+    in it (no results, not an error).
     """
     es = SEARCH_TABLE
     if dialect == "postgresql":
         tsv: ColumnElement[Any] = literal_column("email_search.tsv")
         tsq = _pg_tsquery(q, language)
-        rank = func.ts_rank_cd(tsv, tsq, 1).cast(Float).label("rank")
-        stmt = select(es.c.email_id, rank).where(es.c.org_id == org_id, tsv.op("@@")(tsq))
-        return (stmt.order_by(rank.desc()).limit(top) if top else stmt).subquery("search")
+        base = (within.with_only_columns(es.c.email_id, tsv.label("tsv")).join(es, es.c.email_id == col(Email.id))
+                if within is not None else select(es.c.email_id, tsv.label("tsv")))
+        window = (base.where(es.c.org_id == org_id, tsv.op("@@")(tsq)).order_by(es.c.at.desc())
+                  .limit(top or RANK_WINDOW).subquery("window"))
+        return select(window.c.email_id, func.ts_rank_cd(window.c.tsv, tsq, 1).cast(Float).label("rank")).subquery("search")
     expr = fts5_query(q)
     if expr is None:
         return None
     # bm25 is lower for better matches; weights: subject, participants, attachments, body
-    rank = (-literal_column("bm25(email_search_fts, 8.0, 4.0, 2.0, 1.0)")).label("rank")
+    rank: Any = (-literal_column("bm25(email_search_fts, 8.0, 4.0, 2.0, 1.0)")).label("rank")
     stmt = (select(es.c.email_id, rank).select_from(_fts_from())
             .where(text("email_search_fts MATCH :fts_q").bindparams(fts_q=expr), es.c.org_id == org_id))
     return (stmt.order_by(rank.desc()).limit(top) if top else stmt).subquery("search")
@@ -239,7 +255,7 @@ def highlights(session: Session, email_ids: Sequence[str], q: str, language: str
     if expr is None:
         return {}
     rowids = dict(session.execute(select(literal_column("email_search.rowid"), es.c.email_id).select_from(es)
-                                  .where(es.c.email_id.in_(list(email_ids)))).tuples().all())
+                                  .where(es.c.email_id.in_(list(email_ids)))).all())
     if not rowids:
         return {}
     stmt = (select(_FTS.c.rowid, literal_column(f"snippet(email_search_fts, -1, '{MARK_START}', '{MARK_END}', ' … ', 24)"))

@@ -508,7 +508,7 @@ def _close(client: aiosmtplib.SMTP, sock: socket.socket, connected: bool = True)
     """
     transport = client.transport
     client.close()
-    if transport is not None:
+    if isinstance(transport, asyncio.WriteTransport):
         transport.abort()
     if not connected:
         sock.close()

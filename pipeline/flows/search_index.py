@@ -38,7 +38,8 @@ def search_row(email: Email, *, names: Iterable[str | None], attachment_names: I
         addresses=[email.from_email, *email.to_emails, *email.cc_emails, *email.bcc_emails],
         body_text=email.body_text, body_html=email.body_html, attachment_names=attachment_names)
     return {"email_id": email.id, "org_id": email.org_id, "language": doc.language, "subject": doc.subject,
-            "participants": doc.participants, "attachments": doc.attachments, "body": doc.body}
+            "participants": doc.participants, "attachments": doc.attachments, "body": doc.body,
+            "at": email.received_at or email.sent_at or email.created_at}
 
 
 def rows_for_parsed(results: Iterable[tuple[Email, ParsedEmail]]) -> list[dict[str, Any]]:

@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from models import CRM_TABLES, Document, Email, EmailLink, EmailSentiment
 from models.db import get_engine
-from models.search import highlights, matches
+from models.search import RANK_WINDOW, highlights, matches
 from ops.settings import get_settings
 from pipeline.flows.flag_store import request_flag_change
 from pipeline.stages.search_doc import LANGUAGES
@@ -127,25 +127,26 @@ def _list(org_id: str, request: Request) -> dict[str, Any]:
 def _search(org_id: str, stmt: Any, q: dict[str, Any]) -> dict[str, Any]:
     """A full-text search page: the filtered emails matching ``q``, best first, with highlighted passages.
 
-    The index is asked for its best matches only (a few pages' worth); when the other filters leave
-    too few of them, the window grows until the page is full or every match has been seen.
+    PostgreSQL ranks the newest :data:`~models.search.RANK_WINDOW` matches that pass the filters
+    (more when paging deeper); SQLite ranks every match, asking the index for a few pages' worth
+    first and widening when the filters leave too few.
     """
     limit, offset, lang = q["limit"], read_offset(q["cursor"]), q["lang"] or "english"
     engine = get_engine()
     want = offset + limit + 1
-    top: int | None = max(4 * want, 200)
+    postgres = engine.dialect.name == "postgresql"
+    top: int | None = max(RANK_WINDOW, want) if postgres else max(4 * want, 200)
     with Session(engine) as s:
         while True:
-            found = matches(engine.dialect.name, org_id, q["q"], lang, top=top)
+            found = matches(engine.dialect.name, org_id, q["q"], lang, top=top, within=stmt if postgres else None)
             if found is None:
                 return {"items": [], "next_cursor": None}
             page = (stmt.add_columns(found.c.rank).join(found, found.c.email_id == Email.id)
                     .order_by(found.c.rank.desc(), col(Email.id).desc()).offset(offset).limit(limit + 1))
             rows = list(s.execute(page).all())
-            if top is None or len(rows) > limit:
+            if postgres or top is None or len(rows) > limit:
                 break
-            seen = s.execute(select(func.count()).select_from(found)).scalar_one()
-            if seen < top:  # every match was in the window
+            if s.execute(select(func.count()).select_from(found)).scalar_one() < top:  # every match was in the window
                 break
             top = top * 8 if top < 100_000 else None
         marks = highlights(s, [r[0].id for r in rows[:limit]], q["q"], lang)

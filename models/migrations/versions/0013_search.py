@@ -35,7 +35,8 @@ BEGIN
   RETURN NEW;
 END $$""",
     "DROP TRIGGER IF EXISTS email_search_tsv ON email_search",
-    "CREATE TRIGGER email_search_tsv BEFORE INSERT OR UPDATE ON email_search FOR EACH ROW EXECUTE FUNCTION email_search_tsv()",
+    "CREATE TRIGGER email_search_tsv BEFORE INSERT OR UPDATE OF language, subject, participants, attachments, body "
+    "ON email_search FOR EACH ROW EXECUTE FUNCTION email_search_tsv()",
     "CREATE INDEX IF NOT EXISTS ix_email_search_tsv ON email_search USING gin (tsv)",
 )
 _COLS = "subject, participants, attachments, body"
@@ -63,11 +64,12 @@ def upgrade() -> None:
     sa.Column('participants', sa.Text(), nullable=False),
     sa.Column('attachments', sa.Text(), nullable=False),
     sa.Column('body', sa.Text(), nullable=False),
+    sa.Column('at', sa.DateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['email_id'], ['emails.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('email_id')
     )
     with op.batch_alter_table('email_search', schema=None) as batch_op:
-        batch_op.create_index('ix_email_search_org', ['org_id'], unique=False)
+        batch_op.create_index('ix_email_search_org_at', ['org_id', 'at'], unique=False)
     bind = op.get_bind()
     for stmt in PG_DDL if bind.dialect.name == "postgresql" else SQLITE_DDL:
         bind.exec_driver_sql(stmt)
