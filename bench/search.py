@@ -149,8 +149,8 @@ def main() -> None:
         filled = fill(n)
         org_id, key = filled["org_id"], filled["key"]
         if args.db == "postgresql":
-            with sa.create_engine(url).connect() as c:
-                c.exec_driver_sql("ANALYZE")
+            with sa.create_engine(url, isolation_level="AUTOCOMMIT").connect() as c:
+                c.exec_driver_sql("ANALYZE")  # outside a transaction, so the statistics stay
             state_file.write_text(f"{org_id} {key}")
 
     from sqlalchemy import func, or_, select

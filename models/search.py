@@ -38,7 +38,7 @@ from models.base import ts_field
 from models.emails import Email
 
 __all__ = ["EmailSearch", "SEARCH_DDL_OBJECTS", "forget", "fts5_query", "highlights", "install_search_ddl", "matches",
-           "write_docs"]
+           "prepare_search", "write_docs"]
 
 MARK_START, MARK_END = "\x01", "\x02"  # highlight markers: the text is HTML-escaped first, then they become <mark>
 
@@ -201,20 +201,28 @@ def _pg_tsquery(q: str, language: str) -> ColumnElement[Any]:
     return exact.op("||")(stemmed)
 
 
+def prepare_search(session: Session) -> None:
+    """Per-transaction planner settings for a search: on PostgreSQL no parallel workers (starting
+    them costs more than the few hundred rows a search reads, more so on a busy machine)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SET LOCAL max_parallel_workers_per_gather = 0"))
+
+
 #: PostgreSQL ranks this many of the newest matches (found through the (org_id, at) index when a
 #: term is common, through the GIN index when it is rare), so a query costs the same at any size.
 RANK_WINDOW = 500
 
 
 def matches(dialect: str, org_id: str, q: str, language: str = "english", top: int | None = None,
-            within: Select[Any] | None = None) -> Subquery | None:
+            within: Select[Any] | None = None, keep: int | None = None) -> Subquery | None:
     """``(email_id, rank)`` of the org's emails matching ``q``; a higher rank is a better match.
 
     PostgreSQL: the newest ``top`` (default :data:`RANK_WINDOW`) matches among the emails
     ``within`` selects (a select from ``emails`` with the caller's filters), ranked with
     ``ts_rank_cd``. SQLite: every match, ranked with ``bm25``, the best ``top`` of them kept (the
-    caller widens it when its filters leave too few). None when the query has nothing searchable
-    in it (no results, not an error).
+    caller widens it when its filters leave too few). ``keep``: on PostgreSQL only the best
+    ``keep`` ranked rows leave the subquery (the caller's page), so the emails table is read for
+    those alone. None when the query has nothing searchable in it (no results, not an error).
     """
     es = SEARCH_TABLE
     if dialect == "postgresql":
@@ -224,7 +232,11 @@ def matches(dialect: str, org_id: str, q: str, language: str = "english", top: i
                 if within is not None else select(es.c.email_id, tsv.label("tsv")))
         window = (base.where(es.c.org_id == org_id, tsv.op("@@")(tsq)).order_by(es.c.at.desc())
                   .limit(top or RANK_WINDOW).subquery("window"))
-        return select(window.c.email_id, func.ts_rank_cd(window.c.tsv, tsq, 1).cast(Float).label("rank")).subquery("search")
+        pg_rank = func.ts_rank_cd(window.c.tsv, tsq, 1).cast(Float).label("rank")
+        ranked = select(window.c.email_id, pg_rank)
+        if keep:
+            ranked = ranked.order_by(pg_rank.desc(), window.c.email_id.desc()).limit(keep)
+        return ranked.subquery("search")
     expr = fts5_query(q)
     if expr is None:
         return None
@@ -245,7 +257,13 @@ def highlights(session: Session, email_ids: Sequence[str], q: str, language: str
         return {}
     es = SEARCH_TABLE
     if session.get_bind().dialect.name == "postgresql":
-        tsq = _pg_tsquery(q, language)
+        # The words alone (any of them): ts_headline with phrase or negation operators is slow, and
+        # marking each matched word is what a reader needs.
+        words = [w for token in q.replace('"', " ").split() if not token.startswith("-")
+                 for w in _FTS_WORD.findall(token) if w.lower() != "or"]
+        if not words:
+            return {}
+        tsq = _pg_tsquery(" or ".join(words), language)
         opts = f"StartSel={MARK_START}, StopSel={MARK_END}, MaxWords=24, MinWords=8, MaxFragments=2, FragmentDelimiter=\" … \""
         doc = func.concat_ws(" · ", es.c.subject, func.left(es.c.body, 20_000), es.c.attachments)
         stmt = select(es.c.email_id, func.ts_headline(sa_cast("simple", REGCONFIG), doc, tsq, opts)

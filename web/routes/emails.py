@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from models import CRM_TABLES, Document, Email, EmailLink, EmailSentiment
 from models.db import get_engine
-from models.search import RANK_WINDOW, highlights, matches
+from models.search import RANK_WINDOW, highlights, matches, prepare_search
 from ops.settings import get_settings
 from pipeline.flows.flag_store import request_flag_change
 from pipeline.stages.search_doc import LANGUAGES
@@ -137,8 +137,10 @@ def _search(org_id: str, stmt: Any, q: dict[str, Any]) -> dict[str, Any]:
     postgres = engine.dialect.name == "postgresql"
     top: int | None = max(RANK_WINDOW, want) if postgres else max(4 * want, 200)
     with Session(engine) as s:
+        prepare_search(s)
         while True:
-            found = matches(engine.dialect.name, org_id, q["q"], lang, top=top, within=stmt if postgres else None)
+            found = matches(engine.dialect.name, org_id, q["q"], lang, top=top, within=stmt if postgres else None,
+                            keep=want if postgres else None)
             if found is None:
                 return {"items": [], "next_cursor": None}
             page = (stmt.add_columns(found.c.rank).join(found, found.c.email_id == Email.id)
