@@ -67,7 +67,7 @@ def fill(n: int, seed: int = 21) -> dict[str, Any]:
     lasts = ["Lovelace", "Hopper", "Turing", "Torvalds", "Liskov", "Dijkstra", "Knuth", "Allen", "Thompson", "Perlman"]
     org_id, key = make_org("bench-search")
     accounts = [make_account(org_id), make_account(org_id, email="bob@example.test")]
-    rare, common = vocab[4000], vocab[2]
+    rare = vocab[4000]
     now = datetime.now(UTC)
     t0 = time.perf_counter()
     engine = get_engine()
