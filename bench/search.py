@@ -140,6 +140,8 @@ def main() -> None:
         admin.dispose()
         url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{PG_BENCH_DB}"
         state_file = Path(tempfile.gettempdir()) / f"{PG_BENCH_DB}-{n}.key"
+        if not exists:  # a new (or refilled) database: whatever was noted about the old one is gone
+            state_file.unlink(missing_ok=True)
     os.environ["MAILPIPE_DATABASE_URL"] = url
     upgrade(url)
     if state_file.exists():
