@@ -340,6 +340,20 @@ class PooledSmtpTransport(AiosmtplibTransport):
         held.uses += 1
         held.last_used = time.monotonic()
         idle.append(held)
+        asyncio.get_running_loop().call_later(self.idle_seconds + 1, self._reap)
+
+    def _reap(self) -> None:
+        """Close sessions idle past ``idle_seconds`` (so a quiet process holds no connections open)."""
+        now = time.monotonic()
+        for key, idle in list(self._idle.items()):
+            keep = [h for h in idle if now - h.last_used <= self.idle_seconds and h.client.is_connected]
+            for h in idle:
+                if h not in keep:
+                    h.close()
+            if keep:
+                self._idle[key] = keep
+            else:
+                del self._idle[key]
 
     def close(self) -> None:
         """Close every idle session (no QUIT) and stop the loop's thread."""

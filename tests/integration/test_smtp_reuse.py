@@ -134,3 +134,19 @@ def test_a_session_lost_during_data_is_not_resent(env: dict[str, Any]) -> None:
     # recorded as possibly delivered (unconfirmed), never retried on the fresh session
     assert states == ["unconfirmed"] and status == "sent"
     assert env["transport"].reconnects == 0
+
+
+def test_idle_sessions_are_closed(env: dict[str, Any]) -> None:
+    transport: PooledSmtpTransport = env["transport"]
+    transport.idle_seconds = 0.2
+    assert _status(_send(env, 1))[0] == "sent"
+    smtp: SmtpServer = env["smtp"]
+    open_sessions = [p for p in smtp.sessions if p.transport is not None and not p.transport.is_closing()]
+    assert open_sessions  # kept after the send
+    import time
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(p.transport is not None and not p.transport.is_closing() for p in open_sessions):
+        time.sleep(0.1)
+    assert not any(p.transport is not None and not p.transport.is_closing() for p in open_sessions)
+    assert _status(_send(env, 2))[0] == "sent" and transport.opened == 2  # a new session after the reaping
