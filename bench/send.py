@@ -12,10 +12,15 @@ Starts a local aiosmtpd submission server (STARTTLS + AUTH, like a real provider
    over HTTP, and its latency runs until the SMTP server has accepted it (250). Tracking is on
    (one pixel, three rewritten links), the email is stored and then linked by the ingest chain.
 
-Prints p50/p99 latency and sends/second for both, and the ratios. Usage::
+mailpipe keeps one authenticated SMTP session per mailbox open between sends (``PooledSmtpTransport``);
+``--compare-no-reuse`` also runs it with ``MAILPIPE_SMTP_REUSE=0`` (a connection per message, the old
+way) in the same run, and ``--reuse-baseline`` adds a raw aiosmtplib loop over one reused session.
+
+Prints p50/p99 latency and sends/second for each, and the ratios to the raw per-message loop. Usage::
 
     .venv/bin/python bench/send.py                      # embedded, 200 latency + 1000 throughput sends
     .venv/bin/python bench/send.py --distributed --concurrency 4
+    .venv/bin/python bench/send.py --latency-n 100 --n 400 --compare-no-reuse --reuse-baseline
 """
 
 from __future__ import annotations
@@ -90,6 +95,46 @@ def baseline(server: SmtpServer, cafile: Path, latency_n: int, n: int, concurren
     return asyncio.run(run())
 
 
+def reuse_baseline(server: SmtpServer, cafile: Path, latency_n: int, n: int, concurrency: int) -> dict[str, float]:
+    """Raw aiosmtplib over reused sessions: each of ``concurrency`` tasks logs in once, then RSET + send per message."""
+    from pipeline.stages.compose import Draft, compose
+
+    ctx = ssl.create_default_context(cafile=str(cafile))
+    raws = [compose(Draft(from_email=USER, from_name="Bench", to=(f"r{i}@bench.example",), subject=f"Note {i}",
+                          html=HTML.format(i=i)))[0] for i in range(max(latency_n, n))]
+
+    async def session() -> aiosmtplib.SMTP:
+        client = aiosmtplib.SMTP(hostname=server.host, port=server.port, start_tls=False, tls_context=ctx,
+                                 local_hostname="bench.local")
+        await client.connect()
+        await client.starttls()
+        await client.login(USER, PASSWORD)
+        return client
+
+    async def run() -> dict[str, float]:
+        client = await session()
+        lat = []
+        for i in range(latency_n):
+            t0 = time.perf_counter()
+            await client.rset()
+            await client.sendmail(USER, [f"r{i}@bench.example"], raws[i])
+            lat.append(time.perf_counter() - t0)
+        await client.quit()
+
+        async def worker(k: int) -> None:
+            c = await session()
+            for i in range(k, n, concurrency):
+                await c.rset()
+                await c.sendmail(USER, [f"r{i}@bench.example"], raws[i])
+            await c.quit()
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(k) for k in range(concurrency)))
+        return {"p50_ms": pct(lat, 0.5) * 1000, "p99_ms": pct(lat, 0.99) * 1000, "sends_per_s": n / (time.perf_counter() - t0)}
+
+    return asyncio.run(run())
+
+
 def _serve_app(port: int) -> Any:
     import uvicorn
 
@@ -106,17 +151,21 @@ def _serve_app(port: int) -> Any:
 
 
 def mailpipe(server: SmtpServer, cafile: Path, workdir: Path, latency_n: int, n: int, concurrency: int,
-             distributed: bool) -> dict[str, float]:
+             distributed: bool, reuse: bool = True) -> dict[str, float]:
     from ops.crypto import generate_key_entry
+    from pipeline.flows.connections import use_smtp_transport
 
-    env = {"MAILPIPE_SECRET_KEYS": generate_key_entry("bench"), "MAILPIPE_STORAGE_URL": f"file://{workdir / 'store'}",
+    use_smtp_transport(None)  # the next send builds the transport the settings ask for
+    workdir = workdir / ("reuse" if reuse else "no-reuse")
+    env = {"MAILPIPE_SMTP_REUSE": "1" if reuse else "0",
+           "MAILPIPE_SECRET_KEYS": generate_key_entry("bench"), "MAILPIPE_STORAGE_URL": f"file://{workdir / 'store'}",
            "MAILPIPE_SEND_CAP_PER_DAY": str(10 * (n + latency_n) + 100), "SSL_CERT_FILE": str(cafile),
            "MAILPIPE_LOG_LEVEL": "WARNING", "MAILPIPE_MAIL_ALLOWED_NETS": "127.0.0.0/8"}  # aiosmtpd/Dovecot on loopback
     contexts: list[Any] = []
     if distributed:
         from tests.harness.services import pg_database, rabbit_vhost
 
-        pg, vhost = pg_database("mailpipe_bench"), rabbit_vhost("mailpipe_bench")
+        pg, vhost = pg_database("mailpipe_bench"), rabbit_vhost("mailpipe_bench" + ("" if reuse else "_noreuse"))
         contexts += [vhost, pg]
         env["MAILPIPE_DATABASE_URL"] = pg.__enter__()
         env["MAILPIPE_BROKER_URL"] = vhost.__enter__()
@@ -251,6 +300,8 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=4, help="concurrent sends: baseline tasks and worker threads (default 4)")
     ap.add_argument("--distributed", action="store_true", help="PostgreSQL + RabbitMQ + a `mailpipe worker` process")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    ap.add_argument("--compare-no-reuse", action="store_true", help="also run mailpipe with MAILPIPE_SMTP_REUSE=0")
+    ap.add_argument("--reuse-baseline", action="store_true", help="also run a raw aiosmtplib loop over reused sessions")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mailpipe-bench-send-"))
     cert, key = make_self_signed(work / "tls")
@@ -259,7 +310,11 @@ def main() -> None:
     try:
         base = baseline(server, cert, args.latency_n, args.n, args.concurrency)
         server.messages.clear()
+        raw_reuse = reuse_baseline(server, cert, args.latency_n, args.n, args.concurrency) if args.reuse_baseline else None
+        server.messages.clear()
         mp = mailpipe(server, cert, work, args.latency_n, args.n, args.concurrency, args.distributed)
+        no_reuse = (mailpipe(server, cert, work, args.latency_n, args.n, args.concurrency, args.distributed, reuse=False)
+                    if args.compare_no_reuse else None)
     finally:
         server.close()
         import shutil
@@ -269,13 +324,23 @@ def main() -> None:
               "concurrency": args.concurrency,
               "baseline": {k: round(v, 2) for k, v in base.items()}, "mailpipe": {k: round(v, 2) for k, v in mp.items()},
               "ratio_sends_per_s": round(mp["sends_per_s"] / base["sends_per_s"], 3),
-              "ratio_p50": round(mp["p50_ms"] / base["p50_ms"], 3)}
+              "ratio_p50": round(mp["p50_ms"] / base["p50_ms"], 3),
+              "load_average": [round(x, 2) for x in os.getloadavg()]}
+    extra = {"raw aiosmtplib, reused session (RSET+send):": raw_reuse, "mailpipe without reuse (SMTP_REUSE=0):": no_reuse}
+    for label, r in extra.items():
+        if r is not None:
+            result[label.split(" (")[0].split(",")[0].replace(" ", "_")] = {k: round(v, 2) for k, v in r.items()}
     if args.json:
         print(json.dumps(result))
         return
     print(f"mode: {result['mode']}; {args.latency_n} sends one at a time, then {args.n} with concurrency {args.concurrency}")
-    for label, r in (("raw aiosmtplib (connect+STARTTLS+AUTH+send):", base), ("mailpipe API call -> SMTP 250:", mp)):
-        print(f"{label:<45}p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms  {r['sends_per_s']:7.1f} sends/s")
+    print(f"load average {result['load_average']} on {os.cpu_count()} cores")
+    rows = [("raw aiosmtplib (connect+STARTTLS+AUTH+send):", base), *((k, v) for k, v in extra.items() if v is not None),
+            ("mailpipe API call -> SMTP 250 (reusing):", mp)]
+    for label, r in rows:
+        ratio = r["sends_per_s"] / base["sends_per_s"]
+        print(f"{label:<46}p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms  {r['sends_per_s']:7.1f} sends/s  "
+              f"({ratio:.2f}x the raw per-message loop)")
     print(f"ratio mailpipe/baseline: sends/s {result['ratio_sends_per_s']:.3f}, p50 latency {result['ratio_p50']:.2f}x")
 
 

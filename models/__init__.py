@@ -14,6 +14,7 @@ from models.org import ApiKey, Organization
 from models.outbound import Delivery, Outbox, Suppression
 from models.privacy import ErasedMessage, PrivacyJob
 from models.runtime import IdleWatcher, RelinkRequest, SchedulerHeartbeat, SelfTestRun
+from models.search import EmailSearch
 from models.sentiment import AccountRisk, EmailSentiment
 from models.templates import Template
 from models.tracking import TrackedLink, TrackingEvent
@@ -41,6 +42,7 @@ __all__ = [
     "EmailLocation",
     "EmailSentiment",
     "ErasedMessage",
+    "EmailSearch",
     "FlagChange",
     "FolderState",
     "IdleWatcher",

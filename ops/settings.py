@@ -84,6 +84,8 @@ class Settings(BaseSettings):
     send_cap_per_day: int = 2000
     send_retry_base_seconds: float = 30.0
     send_data_grace_seconds: float = 180.0
+    smtp_reuse: bool = True  # keep authenticated SMTP sessions per mailbox open between sends (issue 21)
+    smtp_idle_seconds: float = 30.0  # a kept session idle longer than this is closed instead of reused
     spool_dir: str = "./spool"
     notify_smtp_url: str | None = None
     tracking_spool_max_mb: int = 512

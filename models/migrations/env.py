@@ -11,6 +11,7 @@ from sqlmodel.sql.sqltypes import AutoString
 import models
 from models.base import UTCDateTime
 from models.db import engine_for
+from models.search import is_search_ddl_object
 
 config = context.config
 target_metadata = models.metadata
@@ -25,6 +26,12 @@ def render_item(type_: str, obj: Any, autogen_context: Any) -> str | Literal[Fal
     return False
 
 
+def include_object(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
+    """Leave out the search index objects made by plain DDL (models/search.py), which no model describes."""
+    table = getattr(getattr(obj, "table", None), "name", None)
+    return not (reflected and compare_to is None and is_search_ddl_object(name, type_, table))
+
+
 def _url() -> str:
     url = config.attributes.get("database_url") or config.get_main_option("sqlalchemy.url")
     if not url:
@@ -35,7 +42,8 @@ def _url() -> str:
 
 
 def run_migrations_offline() -> None:
-    context.configure(url=_url(), target_metadata=target_metadata, literal_binds=True, render_item=render_item)
+    context.configure(url=_url(), target_metadata=target_metadata, literal_binds=True, render_item=render_item,
+                      include_object=include_object)
     with context.begin_transaction():
         context.run_migrations()
 
@@ -58,6 +66,7 @@ def _run(connection: sa.Connection) -> None:
         render_as_batch=connection.dialect.name == "sqlite",
         render_item=render_item,
         compare_type=True,
+        include_object=include_object,
     )
     with context.begin_transaction():
         context.run_migrations()

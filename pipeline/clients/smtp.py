@@ -19,9 +19,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
+import inspect
 import logging
+import os
 import socket
 import ssl
+import threading
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
@@ -47,6 +51,7 @@ from pipeline.stages.wire_text import unsafe_login
 __all__ = [
     "HOST_NOT_ALLOWED",
     "AiosmtplibTransport",
+    "PooledSmtpTransport",
     "ProbeResult",
     "SendResult",
     "SmtpError",
@@ -230,6 +235,160 @@ class AiosmtplibTransport:
         return _run(lambda: _send(settings, mail_from, recipients, raw, before_data))
 
 
+class PooledSmtpTransport(AiosmtplibTransport):
+    """SmtpTransport that keeps authenticated connections open per mailbox and reuses them.
+
+    Sessions live on one event loop in a background thread of this process; a send checks one
+    out (or opens one), runs RSET and the transaction on it and puts it back. Concurrent sends for
+    the same mailbox get sessions of their own (at most ``max_idle`` are kept per mailbox).
+
+    A reused session the server has dropped (RSET or MAIL/RCPT failing with 421, a closed socket,
+    a timeout) is closed and the transaction runs once on a fresh connection, but only while
+    ``before_data`` has not been called: once DATA may have begun, the failure is raised exactly
+    as on a fresh connection (the send run reconciles it and never resends blindly). Sessions idle
+    for ``idle_seconds`` or used ``max_uses`` times are closed instead of reused. ``before_data``
+    runs in a worker thread of the loop (it writes to the database) and is awaited before DATA.
+    """
+
+    def __init__(self, idle_seconds: float = 30.0, max_uses: int = 100, max_idle: int = 4) -> None:
+        self.idle_seconds = idle_seconds
+        self.max_uses = max_uses
+        self.max_idle = max_idle
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pid = 0
+        self._idle: dict[tuple[Any, ...], list[_PooledSession]] = {}  # touched on the loop's thread only
+        self.opened = 0  # sessions opened (a reused send opens none), for tests and benchmarks
+        self.reconnects = 0  # reused sessions found dropped and replaced
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None or self._pid != os.getpid():  # a forked child starts its own
+                loop = asyncio.new_event_loop()
+                threading.Thread(target=loop.run_forever, name="smtp-pool", daemon=True).start()
+                self._loop, self._pid, self._idle = loop, os.getpid(), {}
+            return self._loop
+
+    def send(self, settings: SmtpSettings, mail_from: str, rcpt_to: Sequence[str], raw: bytes,
+             before_data: Callable[[], None] | None = None) -> SendResult:
+        recipients = envelope_recipients(mail_from, rcpt_to)
+        future = asyncio.run_coroutine_threadsafe(self._send(settings, mail_from, recipients, raw, before_data),
+                                                  self._running_loop())
+        return future.result()
+
+    async def _send(self, settings: SmtpSettings, mail_from: str, recipients: list[str], raw: bytes,
+                    before_data: Callable[[], None] | None) -> SendResult:
+        key = _session_key(settings)
+        data_started = False
+
+        async def mark_data() -> None:
+            nonlocal data_started
+            if before_data is not None:
+                await asyncio.to_thread(before_data)
+            data_started = True
+
+        held = await self._checkout(key)
+        if held is not None:
+            try:
+                with _translated(_secrets(settings), "send"):
+                    await held.client.rset()  # between transactions; also finds a dropped connection
+                result = await _transaction(held.client, settings, mail_from, recipients, raw, mark_data)
+            except SmtpError:
+                held.close()
+                if data_started:
+                    raise
+                self.reconnects += 1
+            except BaseException:  # e.g. the run lost its lease in before_data: this session is mid-transaction
+                held.close()
+                raise
+            else:
+                if not (result.verdict.code == 421 and not data_started):
+                    self._checkin(key, held, result)
+                    return result
+                held.close()  # the server is closing this session: once more on a new one
+                self.reconnects += 1
+        client, sock = await _open(settings, _Progress())
+        fresh = _PooledSession(client, sock)
+        self.opened += 1
+        try:
+            result = await _transaction(client, settings, mail_from, recipients, raw, mark_data)
+        except BaseException:
+            fresh.close()
+            raise
+        self._checkin(key, fresh, result)
+        return result
+
+    async def _checkout(self, key: tuple[Any, ...]) -> _PooledSession | None:
+        idle = self._idle.get(key) or []
+        while idle:
+            held = idle.pop()
+            if held.uses < self.max_uses and time.monotonic() - held.last_used <= self.idle_seconds \
+                    and held.client.is_connected:
+                return held
+            if held.client.is_connected:
+                await _quit(held.client)
+            else:
+                self.reconnects += 1  # the server hung up while it was idle
+            held.close()
+        return None
+
+    def _checkin(self, key: tuple[Any, ...], held: _PooledSession, result: SendResult) -> None:
+        idle = self._idle.setdefault(key, [])
+        if result.verdict.code == 421 or not held.client.is_connected or len(idle) >= self.max_idle:
+            held.close()
+            return
+        held.uses += 1
+        held.last_used = time.monotonic()
+        idle.append(held)
+        asyncio.get_running_loop().call_later(self.idle_seconds + 1, self._reap)
+
+    def _reap(self) -> None:
+        """Close sessions idle past ``idle_seconds`` (so a quiet process holds no connections open)."""
+        now = time.monotonic()
+        for key, idle in list(self._idle.items()):
+            keep = [h for h in idle if now - h.last_used <= self.idle_seconds and h.client.is_connected]
+            for h in idle:
+                if h not in keep:
+                    h.close()
+            if keep:
+                self._idle[key] = keep
+            else:
+                del self._idle[key]
+
+    def close(self) -> None:
+        """Close every idle session (no QUIT) and stop the loop's thread."""
+        with self._lock:
+            loop, self._loop = self._loop, None
+        if loop is None or self._pid != os.getpid():
+            return
+
+        def close_all() -> None:
+            for sessions in self._idle.values():
+                for held in sessions:
+                    held.close()
+            self._idle = {}
+            loop.stop()
+
+        loop.call_soon_threadsafe(close_all)
+
+
+@dataclass(eq=False)
+class _PooledSession:
+    client: aiosmtplib.SMTP
+    sock: socket.socket
+    uses: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+
+    def close(self) -> None:
+        _close(self.client, self.sock)
+
+
+def _session_key(settings: SmtpSettings) -> tuple[Any, ...]:
+    """Sessions are shared by sends with the same server, identity and credentials (a new password opens a new one)."""
+    return (settings.host, settings.port, settings.security, settings.username, settings.password, settings.oauth_token,
+            id(settings.ssl_context), settings.local_hostname, settings.allowed_nets, settings.listed_only)
+
+
 @dataclass
 class _Progress:
     """What a session has learnt so far, kept when it fails later: the greeting and EHLO extensions."""
@@ -248,39 +407,47 @@ async def _probe(settings: SmtpSettings, progress: _Progress) -> str:
 
 async def _send(settings: SmtpSettings, mail_from: str, recipients: list[str], raw: bytes,
                 before_data: Callable[[], None] | None = None) -> SendResult:
-    """One mail transaction: MAIL, RCPT per recipient, DATA; refusals become verdicts."""
-    secrets = _secrets(settings)
+    """One connection, one mail transaction."""
     async with _session(settings, _Progress()) as client:
-        with _translated(secrets, "send"):
-            options = _mail_options(client, mail_from, recipients, raw)
-            if options is None:
-                return send_result(recipients, {}, NO_SMTPUTF8)
-            utf8 = "SMTPUTF8" in options
-            encoding = "utf-8" if utf8 else "ascii"
+        return await _transaction(client, settings, mail_from, recipients, raw, before_data)
+
+
+async def _transaction(client: aiosmtplib.SMTP, settings: SmtpSettings, mail_from: str, recipients: list[str], raw: bytes,
+                       before_data: Callable[[], object] | None = None) -> SendResult:
+    """One mail transaction on a ready session: MAIL, RCPT per recipient, DATA; refusals become verdicts."""
+    secrets = _secrets(settings)
+    with _translated(secrets, "send"):
+        options = _mail_options(client, mail_from, recipients, raw)
+        if options is None:
+            return send_result(recipients, {}, NO_SMTPUTF8)
+        utf8 = "SMTPUTF8" in options
+        encoding = "utf-8" if utf8 else "ascii"
+        try:
+            await client.mail(mail_from, options=options, encoding=encoding)
+        except aiosmtplib.SMTPSenderRefused as exc:
+            await _reset(client)
+            return send_result(recipients, {}, classify_reply(exc.code, exc.message))
+        refused: dict[str, SmtpVerdict] = {}
+        for address in recipients:
             try:
-                await client.mail(mail_from, options=options, encoding=encoding)
-            except aiosmtplib.SMTPSenderRefused as exc:
-                await _reset(client)
-                return send_result(recipients, {}, classify_reply(exc.code, exc.message))
-            refused: dict[str, SmtpVerdict] = {}
-            for address in recipients:
-                try:
-                    await client.rcpt(address, encoding=encoding)
-                except aiosmtplib.SMTPRecipientRefused as exc:
-                    refused[address] = classify_reply(exc.code, exc.message)
-                    if exc.code == 421:  # the server is closing the connection
-                        return send_result(recipients, refused, refused[address])
-            if len(refused) == len(recipients):
-                await _reset(client)
-                return send_result(recipients, refused, None)
-            if before_data is not None:
-                before_data()
-            try:
-                reply = await client.data(raw, timeout=max(settings.timeout, MIN_DATA_TIMEOUT))
-            except aiosmtplib.SMTPDataError as exc:
-                await _reset(client)
-                return send_result(recipients, refused, classify_reply(exc.code, exc.message))
-            return send_result(recipients, refused, classify_reply(reply.code, reply.message))
+                await client.rcpt(address, encoding=encoding)
+            except aiosmtplib.SMTPRecipientRefused as exc:
+                refused[address] = classify_reply(exc.code, exc.message)
+                if exc.code == 421:  # the server is closing the connection
+                    return send_result(recipients, refused, refused[address])
+        if len(refused) == len(recipients):
+            await _reset(client)
+            return send_result(recipients, refused, None)
+        if before_data is not None:
+            pending = before_data()
+            if inspect.isawaitable(pending):
+                await pending
+        try:
+            reply = await client.data(raw, timeout=max(settings.timeout, MIN_DATA_TIMEOUT))
+        except aiosmtplib.SMTPDataError as exc:
+            await _reset(client)
+            return send_result(recipients, refused, classify_reply(exc.code, exc.message))
+        return send_result(recipients, refused, classify_reply(reply.code, reply.message))
 
 
 @asynccontextmanager
@@ -289,6 +456,18 @@ async def _session(settings: SmtpSettings, progress: _Progress) -> AsyncIterator
 
     progress is filled in as the conversation goes, so a failed probe can still report it.
     """
+    client, sock = await _open(settings, progress)
+    try:
+        yield client
+        with _translated(_secrets(settings), "quit"):
+            await _quit(client)
+    finally:
+        client.close()
+        sock.close()  # the transport closed it already, unless the connection never got that far
+
+
+async def _open(settings: SmtpSettings, progress: _Progress) -> tuple[aiosmtplib.SMTP, socket.socket]:
+    """Connect (through the guard), EHLO, STARTTLS when asked, AUTH when given credentials."""
     secrets = _secrets(settings)
     with _translated(secrets, "connect"):
         _refuse_unsafe_text(settings)
@@ -308,9 +487,11 @@ async def _session(settings: SmtpSettings, progress: _Progress) -> AsyncIterator
     except BaseException:
         sock.close()
         raise
+    connected = False
     try:
         with _translated(secrets, "connect"):
             greeting = await client.connect()
+        connected = True
         progress.greeting = f"{greeting.code} {greeting.message.splitlines()[0] if greeting.message else ''}".strip()
         with _translated(secrets, "ehlo"):
             await client.ehlo()
@@ -326,12 +507,25 @@ async def _session(settings: SmtpSettings, progress: _Progress) -> AsyncIterator
         if settings.username is not None:
             with _translated(secrets, "auth"):
                 await _authenticate(client, settings)
-        yield client
-        with _translated(secrets, "quit"):
-            await _quit(client)
-    finally:
-        client.close()
-        sock.close()  # the transport closed it already, unless the connection never got that far
+    except BaseException:
+        _close(client, sock, connected)
+        raise
+    return client, sock
+
+
+def _close(client: aiosmtplib.SMTP, sock: socket.socket, connected: bool = True) -> None:
+    """Close a session's connection without freeing its descriptor under a transport still closing.
+
+    Once connected, the transport owns the socket and closes it itself (aiosmtplib may already
+    have started that, e.g. on a 421); closing the socket here too would let a new connection reuse
+    the descriptor while the old transport still has it registered with the event loop.
+    """
+    transport = client.transport
+    client.close()
+    if isinstance(transport, asyncio.WriteTransport):
+        transport.abort()
+    if not connected:
+        sock.close()
 
 
 def _refuse_unsafe_text(settings: SmtpSettings) -> None:

@@ -16,8 +16,9 @@ from typing import Any
 
 from models import EmailAccount
 from ops.keys import unseal
+from ops.settings import get_settings
 from pipeline.clients import imap
-from pipeline.clients.smtp import AiosmtplibTransport, SmtpSettings, SmtpTransport
+from pipeline.clients.smtp import AiosmtplibTransport, PooledSmtpTransport, SmtpSettings, SmtpTransport
 from pipeline.flows import tokens
 from pipeline.stages.endpoint_rules import oauth_host_rule
 
@@ -127,13 +128,17 @@ def smtp_transport() -> SmtpTransport:
     """The SMTP transport in use (aiosmtplib unless a test swapped in the fake)."""
     global _smtp_transport
     if _smtp_transport is None:
-        _smtp_transport = AiosmtplibTransport()
+        settings = get_settings()
+        _smtp_transport = (PooledSmtpTransport(idle_seconds=settings.smtp_idle_seconds) if settings.smtp_reuse
+                           else AiosmtplibTransport())
     return _smtp_transport
 
 
 def use_smtp_transport(transport: SmtpTransport | None) -> None:
     """Swap the SMTP transport (tests); None restores the real one."""
     global _smtp_transport
+    if isinstance(_smtp_transport, PooledSmtpTransport) and _smtp_transport is not transport:
+        _smtp_transport.close()
     _smtp_transport = transport
 
 

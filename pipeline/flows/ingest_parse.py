@@ -12,6 +12,7 @@ from sqlmodel import Session, col, select
 
 from models import Email, EmailAccount, normalize_email, utcnow
 from models.db import get_engine
+from models.search import write_docs
 from ops import metrics
 from pipeline.clients.storage import StorageError, get_storage
 from pipeline.flows import notifications
@@ -19,6 +20,7 @@ from pipeline.flows.bounces import AppliedReport, apply_report
 from pipeline.flows.chain import in_state, move
 from pipeline.flows.conversations import Incoming, thread_emails
 from pipeline.flows.raw import refetch_raw
+from pipeline.flows.search_index import rows_for_parsed
 from pipeline.stages.bounces import Report, detect_report
 from pipeline.stages.parse import ParsedEmail, parse_email, snippet
 
@@ -108,6 +110,7 @@ def parse_batch(email_ids: list[str]) -> list[str]:
         thread_emails(s, [Incoming(e, p.in_reply_to, p.references, p.headers.get("thread_index")) for e, p in results
                           if e.kind == "message"],
                       {k: v for k, v in accounts.items()})
+        write_docs(s, rows_for_parsed(results))  # the full-text index, in the same transaction as the parse
         move(s, [e.id for e, _ in results], "parsed")
         move(s, [e.id for e in quarantined], "quarantined")
         now = utcnow()

@@ -25,8 +25,10 @@ from sqlmodel import Session, col, select
 
 from models import Delivery, Document, Email, EmailAccount, Outbox, Suppression, Template, User, new_id, normalize_email, utcnow
 from models.db import get_engine
+from models.search import write_docs
 from pipeline.clients.storage import StorageError, get_storage
 from pipeline.flows.merge_fields import MergeRecordMissing, merge_values
+from pipeline.flows.search_index import search_row
 from pipeline.stages import outbound as plan
 from pipeline.stages.compose import ComposeError, Draft, OutgoingAttachment, compose, envelope_recipients, recipient_groups
 from pipeline.stages.html_text import html_to_text
@@ -297,6 +299,7 @@ def submit(org_id: str, req: Outgoing, *, now: datetime | None = None) -> Submit
             pipeline_state="outbox", attachment_count=len(stored), template_id=template_id, created_at=now,
         ))
         s.flush()
+        write_docs(s, [search_row(s.get_one(Email, email_id), names=[], attachment_names=[a["filename"] for a in stored])])
         s.add(Outbox(
             email_id=email_id, org_id=org_id, account_id=account.id, user_id=req.acting_user or account.user_id,
             idempotency_key=req.idempotency_key, request_hash=fingerprint, kind=req.kind, state=status, category=req.category,

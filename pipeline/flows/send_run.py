@@ -14,12 +14,13 @@ records intent (``appending``) first and looks for the message before appending 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
 from sqlalchemy import update
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from models import Delivery, Email, EmailAccount, Outbox, Suppression, TrackedLink, normalize_email, utcnow
 from models.lease import LeaseLost
@@ -63,6 +64,7 @@ class SendRun:
         self.outbox, self.email, self.account, self.deliveries = loaded.outbox, loaded.email, loaded.account, loaded.deliveries
         self.copies = DeliveryCopies(email_id, self.outbox, self.settings.public_url)
         self._smtp: Any = None  # SMTP settings of this run (replaced when a refused token is renewed)
+        self.settled = False  # the email's final state was written (with its last delivery's reply)
         self.released = False  # the lease was given back in the run's last write
 
     def _let_go(self) -> dict[str, Any]:
@@ -259,10 +261,16 @@ class SendRun:
                 self._split(d, later, attempt)
                 refused = {r: v for r, v in refused.items() if r not in later}
         metrics.SEND_ATTEMPTS.labels(outcome).inc()
-        self._record(d, state=outcome, smtp_code=verdict.code, smtp_message=verdict.message[:4000],
-                     error_code=verdict.error_code or None, accepted=accepted, refused=refused,
-                     entry={"event": "reply", "n": attempt, "outcome": outcome, "code": verdict.code,
-                            "message": verdict.message[:500]})
+        values: dict[str, Any] = {"smtp_code": verdict.code, "smtp_message": verdict.message[:4000],
+                                  "error_code": verdict.error_code or None, "accepted": accepted, "refused": refused}
+        summary = self._summary_if(d, outcome, values)
+        now = utcnow()
+        self._record(d, state=outcome, entry={"event": "reply", "n": attempt, "outcome": outcome, "code": verdict.code,
+                                              "message": verdict.message[:500]},
+                     also=None if summary is None else (lambda s: self._finish_writes(s, summary, now)), **values)
+        if summary is not None:  # the reply and the email's final state went out in one transaction
+            self.settled = True
+            self._finished(summary, now)
         log.info("send_attempt", email_id=self.email_id, delivery=d.seq, attempt=attempt, outcome=outcome, code=verdict.code)
 
     def _send_once(self, transport: Any, d: Delivery, raw: bytes, before_data: Any, data_started: Any) -> Any:
@@ -302,8 +310,23 @@ class SendRun:
         self._record(d, state=verdict, smtp_message=exc.message[:4000], accepted=list(d.recipients),
                      entry={"event": "connection_lost_after_data", "outcome": verdict, "message": exc.message[:500]})
 
+    def _summary_if(self, d: Delivery, state: str, values: dict[str, Any]) -> plan.Summary | None:
+        """The email's final status if ``d`` took ``state`` and ``values`` and every other delivery stays as it is."""
+        rows = []
+        refused: list[str] = []
+        for x in self.deliveries:
+            st, code, msg, err, rcpts, ref = ((state, values["smtp_code"], values["smtp_message"], values["error_code"],
+                                               x.recipients, values["refused"]) if x is d else
+                                              (x.state, x.smtp_code, x.smtp_message, x.error_code, x.recipients, x.refused))
+            rows.append((st, code, msg, err, rcpts))
+            if st == "sent":
+                refused += list(ref)
+        return plan.summarize(rows, refused=refused)
+
     def _settle(self) -> None:
         """Final status when every delivery is final; otherwise schedule the next retry."""
+        if self.settled:
+            return
         rows = [(d.state, d.smtp_code, d.smtp_message, d.error_code, d.recipients) for d in self.deliveries]
         summary = plan.summarize(rows, refused=[r for d in self.deliveries if d.state == "sent" for r in d.refused])
         now = utcnow()
@@ -320,24 +343,33 @@ class SendRun:
         self._finish(summary, now)
 
     def _finish(self, summary: plan.Summary, now: datetime) -> None:
-        sent = summary.status == "sent"
-        copy_next = sent and self.outbox.sent_copy in ("pending", "appending")
         with tx() as s:
             guard(s, self.email_id, self.owner)
-            s.execute(update(Outbox).where(col(Outbox.email_id) == self.email_id).values(
-                state=summary.status, next_attempt_at=None, sent_copy=self.outbox.sent_copy if sent else "skipped",
-                **({} if copy_next else self._let_go())))
-            values: dict[str, Any] = {"status": summary.status, "error": summary.error}
-            if sent:
-                # Stored and linked like inbound mail: the chain parses the untracked copy.
-                values.update(sent_at=now, pipeline_state="fetched", stage_at=now, raw_key=self.outbox.base_key)
-            s.execute(update(Email).where(col(Email.id) == self.email_id).values(**values))
-            data = email_payloads(s, [self.email_id]).get(self.email_id, {"email_id": self.email_id})
-            kind = "email.sent" if sent else "email.failed"
-            record_event(s, self.outbox.org_id, kind, {**data, "status": summary.status, "error": summary.error,
-                                                       "recipients": [r for d in self.deliveries for r in d.recipients]},
-                         dedupe_key=f"{kind}:{self.email_id}")
+            self._finish_writes(s, summary, now)
             s.commit()
+        self._finished(summary, now)
+
+    def _finish_writes(self, s: Session, summary: plan.Summary, now: datetime) -> None:
+        """The email's and the outbox's final state (in the caller's transaction, which renews the lease)."""
+        sent = summary.status == "sent"
+        copy_next = sent and self.outbox.sent_copy in ("pending", "appending")
+        s.execute(update(Outbox).where(col(Outbox.email_id) == self.email_id).values(
+            state=summary.status, next_attempt_at=None, sent_copy=self.outbox.sent_copy if sent else "skipped",
+            **({} if copy_next else self._let_go())))
+        values: dict[str, Any] = {"status": summary.status, "error": summary.error}
+        if sent:
+            # Stored and linked like inbound mail: the chain parses the untracked copy.
+            values.update(sent_at=now, pipeline_state="fetched", stage_at=now, raw_key=self.outbox.base_key)
+        s.execute(update(Email).where(col(Email.id) == self.email_id).values(**values))
+        data = email_payloads(s, [self.email_id]).get(self.email_id, {"email_id": self.email_id})
+        kind = "email.sent" if sent else "email.failed"
+        record_event(s, self.outbox.org_id, kind, {**data, "status": summary.status, "error": summary.error,
+                                                   "recipients": [r for d in self.deliveries for r in d.recipients]},
+                     dedupe_key=f"{kind}:{self.email_id}")
+
+    def _finished(self, summary: plan.Summary, now: datetime) -> None:
+        """After the final state committed: metrics, log, the ingest chain and the Sent copy's turn."""
+        sent = summary.status == "sent"
         self.outbox.state = summary.status
         metrics.SENT.labels(summary.status).inc()
         if sent:
@@ -355,8 +387,9 @@ class SendRun:
     # -- helpers ---------------------------------------------------------------------------------
 
     def _record(self, d: Delivery, *, state: str, entry: dict[str, Any], links: list[dict[str, Any]] | None = None,
-                **values: Any) -> None:
-        """Write a delivery's new state (and an attempt-log entry) before acting on it."""
+                also: Callable[[Session], None] | None = None, **values: Any) -> None:
+        """Write a delivery's new state (and an attempt-log entry) before acting on it; ``also`` adds
+        more writes to the same transaction (the email's final status with its last delivery's reply)."""
         now = utcnow()
         entry = {"at": now.isoformat(), **entry}
         with tx(durable=state == "data") as s:
@@ -365,6 +398,8 @@ class SendRun:
                 insert_ignore(s, TrackedLink, links, ["email_id", "link_hash"])
             s.execute(update(Delivery).where(col(Delivery.id) == d.id).values(
                 state=state, updated_at=now, log=[*d.log, entry], **values))
+            if also is not None:
+                also(s)
             s.commit()
         d.state = state
         d.log = [*d.log, entry]

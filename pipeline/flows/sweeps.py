@@ -15,6 +15,7 @@ from pipeline.flows.notify_email import sweep_pending_notification_emails
 from pipeline.flows.notion_save import sweep_notion_saves
 from pipeline.flows.privacy import sweep_privacy_jobs
 from pipeline.flows.retention import sweep_retention
+from pipeline.flows.search_index import sweep_search_backfill
 from pipeline.flows.send_due import sweep_send_due
 from pipeline.flows.sync import sweep_due_accounts
 from pipeline.flows.tracking_record import sweep_unsettled_clicks
@@ -24,4 +25,4 @@ __all__ = ["SWEEPS"]
 
 SWEEPS = (sweep_due_accounts, resume_ingest, sweep_relinks, sweep_send_due, sweep_unsettled_clicks, sweep_notion_saves,
           sweep_pending_notification_emails, sweep_flag_changes, sweep_fleet_gauges, sweep_unclassified, sweep_account_risk,
-          sweep_webhooks, sweep_privacy_jobs, sweep_retention, sweep_legacy_threads)
+          sweep_webhooks, sweep_privacy_jobs, sweep_retention, sweep_legacy_threads, sweep_search_backfill)

@@ -108,10 +108,17 @@ class _Handler:
 class _Controller(Controller):
     """Controller that keeps aiosmtpd's AUTH-without-TLS warning quiet (implicit TLS *is* TLS)."""
 
+    def __init__(self, *args: Any, on_session: Callable[[SMTP], None] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.on_session = on_session
+
     def factory(self) -> SMTP:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Requiring AUTH while not requiring TLS")
-            return cast(SMTP, super().factory())  # type: ignore[no-untyped-call]
+            proto = cast(SMTP, super().factory())  # type: ignore[no-untyped-call]
+        if self.on_session is not None:
+            self.on_session(proto)
+        return proto
 
 
 class SmtpServer:
@@ -141,6 +148,7 @@ class SmtpServer:
         self._lock = threading.Lock()
         self._failure: ScriptedFailure | None = None
         self._controller: Controller | None = None
+        self.sessions: list[SMTP] = []  # every connection accepted (the protocol objects), oldest first
         self._scratch: tempfile.TemporaryDirectory[str] | None = None
         if cert_path is None or key_path is None:
             self._scratch = tempfile.TemporaryDirectory(prefix="mailpipe-smtp-")
@@ -183,7 +191,7 @@ class SmtpServer:
             extra = {"tls_context": tls, "require_starttls": True, "auth_require_tls": True}
         for _attempt in range(3):
             self._port = free_port(self._host)
-            controller = _Controller(_Handler(self), port=self._port, **common, **extra)
+            controller = _Controller(_Handler(self), port=self._port, on_session=self._note_session, **common, **extra)
             try:
                 controller.start()
             except (OSError, RuntimeError):
@@ -211,6 +219,29 @@ class SmtpServer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _note_session(self, proto: SMTP) -> None:
+        with self._lock:
+            self.sessions.append(proto)
+
+    def drop_connections(self) -> int:
+        """Close every open client connection from the server side (as a server's idle timeout does); returns how many."""
+        controller = self._controller
+        if controller is None:
+            return 0
+        with self._lock:
+            open_ = [p for p in self.sessions if p.transport is not None and not p.transport.is_closing()]
+        done = threading.Event()
+
+        def close_all() -> None:
+            for p in open_:
+                if p.transport is not None:
+                    p.transport.close()
+            done.set()
+
+        controller.loop.call_soon_threadsafe(close_all)
+        done.wait(5)
+        return len(open_)
 
     def fail_with(self, code: int, text: str, stage: str = "rcpt", times: int | None = None) -> None:
         """Answer `code text` at stage ("mail", "rcpt" or "data"), `times` times or until cleared."""

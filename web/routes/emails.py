@@ -15,13 +15,15 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from models import CRM_TABLES, Document, Email, EmailLink, EmailSentiment
 from models.db import get_engine
+from models.search import RANK_WINDOW, highlights, matches, prepare_search
 from ops.settings import get_settings
 from pipeline.flows.events_outbox import email_payloads, record_event
 from pipeline.flows.flag_store import request_flag_change
 from pipeline.stages.safe_html import safe_html
+from pipeline.stages.search_doc import LANGUAGES
 from web.access import Actor, actor
 from web.api import ApiRouter, Raw
-from web.cursors import CURSOR, keyset_cursor, read_keyset
+from web.cursors import CURSOR, keyset_cursor, offset_cursor, read_keyset, read_offset
 from web.errors import ApiError
 from web.params import Param
 from web.present import iso
@@ -52,7 +54,11 @@ LIST_PARAMS = (
     Param.choice("direction", ("inbound", "outbound")),
     Param.choice("state", PIPELINE_STATES, description="pipeline_state"),
     Param.choice("sentiment", ("positive", "neutral", "negative"), description="inbound mail with this sentiment label"),
-    Param.text("q", max_length=200, description="part of the subject, sender or snippet"),
+    Param.text("q", max_length=200, description="full-text search over subject, participants (names and addresses), "
+               "body (text and HTML) and attachment names; web-search syntax: words, \"a phrase\", or, -word; results "
+               "ranked by relevance, each with search.highlight"),
+    Param.choice("lang", LANGUAGES[1:], description="language the q words are stemmed in (default english); exact "
+                 "words match in any language"),
     Param.integer("limit", 50, maximum=200),
     CURSOR,
 )
@@ -101,14 +107,12 @@ def _list(who: Actor, request: Request) -> dict[str, Any]:
         if q.get(param):
             stmt = stmt.where(select(EmailLink.id).where(EmailLink.email_id == Email.id, EmailLink.entity_type == etype,
                                                          EmailLink.entity_id == q[param]).exists())
-    if q["q"]:
-        term = "%" + q["q"].lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        stmt = stmt.where(or_(func.lower(Email.subject).like(term, escape="\\"), func.lower(Email.from_email).like(term, escape="\\"),
-                              func.lower(Email.snippet).like(term, escape="\\")))
     if q["state"]:
         stmt = stmt.where(Email.pipeline_state == q["state"])
     if q["sentiment"]:
         stmt = stmt.where(col(EmailSentiment.label) == q["sentiment"])
+    if q["q"]:
+        return _search(who.org_id, stmt, q)
     at = func.coalesce(Email.received_at, Email.sent_at, Email.created_at)
     cursor = read_keyset(q["cursor"])
     if cursor is not None:
@@ -124,6 +128,39 @@ def _list(who: Actor, request: Request) -> dict[str, Any]:
         last_row = rows[limit - 1]
         next_cursor = keyset_cursor(last_row.received_at or last_row.sent_at or last_row.created_at, last_row.id)
     return {"items": items, "next_cursor": next_cursor}
+
+
+def _search(org_id: str, stmt: Any, q: dict[str, Any]) -> dict[str, Any]:
+    """A full-text search page: the filtered emails matching ``q``, best first, with highlighted passages.
+
+    PostgreSQL ranks the newest :data:`~models.search.RANK_WINDOW` matches that pass the filters
+    (more when paging deeper); SQLite ranks every match, asking the index for a few pages' worth
+    first and widening when the filters leave too few.
+    """
+    limit, offset, lang = q["limit"], read_offset(q["cursor"]), q["lang"] or "english"
+    engine = get_engine()
+    want = offset + limit + 1
+    postgres = engine.dialect.name == "postgresql"
+    top: int | None = max(RANK_WINDOW, want) if postgres else max(4 * want, 200)
+    with Session(engine) as s:
+        prepare_search(s)
+        while True:
+            found = matches(engine.dialect.name, org_id, q["q"], lang, top=top, within=stmt if postgres else None,
+                            keep=want if postgres else None)
+            if found is None:
+                return {"items": [], "next_cursor": None}
+            page = (stmt.add_columns(found.c.rank).join(found, found.c.email_id == Email.id)
+                    .order_by(found.c.rank.desc(), col(Email.id).desc()).offset(offset).limit(limit + 1))
+            rows = list(s.execute(page).all())
+            if postgres or top is None or len(rows) > limit:
+                break
+            if s.execute(select(func.count()).select_from(found)).scalar_one() < top:  # every match was in the window
+                break
+            top = top * 8 if top < 100_000 else None
+        marks = highlights(s, [r[0].id for r in rows[:limit]], q["q"], lang)
+    items = [{**summary_json(e, sentiment), "search": {"rank": float(rank or 0), "highlight": marks.get(e.id, "")}}
+             for e, sentiment, rank in rows[:limit]]
+    return {"items": items, "next_cursor": offset_cursor(offset + limit) if len(rows) > limit else None}
 
 
 @router.route("GET", "/api/v1/emails", summary="List emails (linked=false is the unlinked inbox)",

@@ -49,6 +49,12 @@ class EmailSummary(Out):
     deleted_on_server: bool = Field(description="no location of it is left on the server (it stays in the CRM's record)")
     kind: Literal["message", "bounce", "complaint"] = Field(
         description="bounce: a delivery report, complaint: an ARF abuse report (neither is ever linked or a lead)")
+    search: SearchHit | None = Field(default=None, description="with q=: how well it matched, and where")
+
+
+class SearchHit(Out):
+    rank: float = Field(description="relevance of the match, higher is better (comparable within one query)")
+    highlight: str = Field(description="a passage around the matched words: HTML-escaped text, matches in <mark>")
 
 
 class EmailsPage(Out):
