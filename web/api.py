@@ -19,6 +19,7 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from starlette.routing import Route, WebSocketRoute
 
 from web.body_limit import DEFAULT_MAX_BODY, BodyLimit
+from web.org_only import OrgOnly
 from web.params import ID, Param
 from web.schemas import Error
 
@@ -58,6 +59,7 @@ class Endpoint:
     response: Schema = None
     path_params: dict[str, Param] = field(default_factory=dict)
     max_body: int = DEFAULT_MAX_BODY
+    org_only: bool = False  # acts for the whole organization: refused (403) with X-Mailpipe-User
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,12 +95,13 @@ class ApiRouter:
         response: Schema = None,
         path_params: dict[str, Param] | None = None,
         max_body: int = DEFAULT_MAX_BODY,
+        org_only: bool = False,
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         params = tuple(q if isinstance(q, Param) else Param.text(q) for q in query)
 
         def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
             self.endpoints.append(Endpoint(method.upper(), path, fn, summary, self.tag, body, status, public, params,
-                                           responses or {}, response, path_params or {}, max_body))
+                                           responses or {}, response, path_params or {}, max_body, org_only))
             return fn
 
         return decorate
@@ -116,6 +119,8 @@ class ApiRouter:
         for e in self.endpoints:
             route = Route(e.path, e.handler, methods=[e.method], name=f"{e.method} {e.path}")
             route.app = BodyLimit(route.app, e.max_body)
+            if e.org_only:
+                route.app = OrgOnly(route.app)
             out.append(route)
         return out + list(self.websockets)
 
@@ -173,6 +178,8 @@ def _statuses(e: Endpoint) -> dict[int, tuple[str, Schema]]:
         # X-Mailpipe-User: malformed → 422; what that user may not see (or act for) → 404
         out.setdefault(404, ("not found, or not visible to the acting user (X-Mailpipe-User)", Error))
         out.setdefault(422, ("validation error (details.errors names each field)", Error))
+    if e.org_only:
+        out.setdefault(403, ("org_key_required: acts for the whole organization, refused with X-Mailpipe-User", Error))
     if e.body is not None or e.query or _params(e.path):
         out.setdefault(422, ("validation error (details.errors names each field)", Error))
     if e.body is not None:

@@ -63,7 +63,7 @@ async def get_org(request: Request) -> JSONResponse:
 
 
 @router.route("PATCH", "/api/v1/org", summary="Change settings: auto_create_leads, mark_seen, own_domains", body=OrgPatch,
-              response=OrgOut)
+              response=OrgOut, org_only=True)
 async def patch_org(request: Request) -> JSONResponse:
     body = await parse_body(request, OrgPatch)
 

@@ -73,19 +73,19 @@ async def _start(request: Request, kind: str) -> JSONResponse:
 
 
 @router.route("POST", "/api/v1/privacy/export", summary="Export everything held about an address (a zip of .eml files and tracking.json)",
-              body=AddressIn, status=202, response=JobAccepted)
+              body=AddressIn, status=202, response=JobAccepted, org_only=True)
 async def export(request: Request) -> JSONResponse:
     return await _start(request, "export")
 
 
 @router.route("POST", "/api/v1/privacy/erase", summary="Erase everything held about an address (mail, files, events); never re-imported",
-              body=AddressIn, status=202, response=JobAccepted)
+              body=AddressIn, status=202, response=JobAccepted, org_only=True)
 async def erase(request: Request) -> JSONResponse:
     return await _start(request, "erase")
 
 
 @router.route("GET", "/api/v1/privacy/jobs/{id}", summary="A privacy job: state, counts, and the export's download URL",
-              response=PrivacyJobOut, responses={404: "not found"})
+              response=PrivacyJobOut, responses={404: "not found"}, org_only=True)
 async def get_job(request: Request) -> JSONResponse:
     org_id, job_id = _org(request), request.path_params["id"]
 
@@ -145,7 +145,7 @@ SUPPRESSION_PARAMS = (Param.choice("reason", ("hard_bounce", "complaint", "unsub
 
 
 @router.route("GET", "/api/v1/suppressions", summary="The organization's suppression list", query=SUPPRESSION_PARAMS,
-              response=SuppressionsPage)
+              response=SuppressionsPage, org_only=True)
 async def list_suppressions(request: Request) -> JSONResponse:
     org_id = _org(request)
     q = {p.name: p.read(request) for p in SUPPRESSION_PARAMS}
@@ -166,7 +166,7 @@ async def list_suppressions(request: Request) -> JSONResponse:
 
 
 @router.route("POST", "/api/v1/suppressions", summary="Suppress an address by hand (reason: manual)", body=AddressIn,
-              status=201, response=SuppressionOut)
+              status=201, response=SuppressionOut, org_only=True)
 async def add_suppression(request: Request) -> JSONResponse:
     org_id = _org(request)
     body = await parse_body(request, AddressIn)
@@ -182,7 +182,7 @@ async def add_suppression(request: Request) -> JSONResponse:
 
 
 @router.route("DELETE", "/api/v1/suppressions/{email}", summary="Remove an address from the suppression list", status=204,
-              responses={404: "not on the list"})
+              responses={404: "not on the list"}, org_only=True)
 async def remove_suppression(request: Request) -> Response:
     org_id = _org(request)
     address = normalize_email(request.path_params["email"]) or request.path_params["email"]

@@ -45,7 +45,8 @@ def _found(value: Any, what: str = "webhook") -> Any:
 
 
 @router.route("POST", "/api/v1/webhooks", summary="Register a webhook endpoint (the secret is shown once)", body=WebhookIn,
-              status=201, response=WebhookCreatedOut, responses={422: "invalid url or events, or a target that is not public"})
+              status=201, response=WebhookCreatedOut, responses={422: "invalid url or events, or a target that is not public"},
+              org_only=True)
 async def create(request: Request) -> JSONResponse:
     body = await parse_body(request, WebhookIn)
     try:
@@ -55,20 +56,21 @@ async def create(request: Request) -> JSONResponse:
     return JSONResponse(data, status_code=201)
 
 
-@router.route("GET", "/api/v1/webhooks", summary="The organization's webhook endpoints", response=WebhooksOut)
+@router.route("GET", "/api/v1/webhooks", summary="The organization's webhook endpoints", response=WebhooksOut, org_only=True)
 async def list_all(request: Request) -> JSONResponse:
     return JSONResponse({"items": await run_in_threadpool(svc.list_endpoints, str(request.state.org_id))})
 
 
 @router.route("GET", "/api/v1/webhooks/{id}", summary="One webhook endpoint (never its secret)", response=WebhookOut,
-              responses={404: "not found"})
+              responses={404: "not found"}, org_only=True)
 async def get_one(request: Request) -> JSONResponse:
     data = await run_in_threadpool(svc.get_endpoint, str(request.state.org_id), request.path_params["id"])
     return JSONResponse(_found(data))
 
 
 @router.route("PATCH", "/api/v1/webhooks/{id}", summary="Change url, events, description or disabled", body=WebhookPatch,
-              response=WebhookOut, responses={404: "not found", 422: "invalid url or events, or a target that is not public"})
+              response=WebhookOut, responses={404: "not found", 422: "invalid url or events, or a target that is not public"},
+              org_only=True)
 async def patch(request: Request) -> JSONResponse:
     body = await parse_body(request, WebhookPatch)
     changes = body.model_dump(exclude_unset=True)
@@ -84,7 +86,7 @@ async def patch(request: Request) -> JSONResponse:
 
 
 @router.route("DELETE", "/api/v1/webhooks/{id}", summary="Delete a webhook endpoint and its delivery log", status=204,
-              responses={404: "not found"})
+              responses={404: "not found"}, org_only=True)
 async def remove(request: Request) -> Response:
     _found(await run_in_threadpool(svc.delete_endpoint, str(request.state.org_id), request.path_params["id"]) or None)
     return Response(status_code=204)
@@ -92,14 +94,14 @@ async def remove(request: Request) -> Response:
 
 @router.route("POST", "/api/v1/webhooks/{id}/rotate-secret",
               summary="A new secret (shown once); the previous one keeps signing beside it for 24 hours",
-              response=WebhookRotatedOut, responses={404: "not found"})
+              response=WebhookRotatedOut, responses={404: "not found"}, org_only=True)
 async def rotate(request: Request) -> JSONResponse:
     data = await run_in_threadpool(svc.rotate_secret, str(request.state.org_id), request.path_params["id"])
     return JSONResponse(_found(data))
 
 
 @router.route("POST", "/api/v1/webhooks/{id}/test", summary="Send a webhook.test event to this endpoint", status=202,
-              response=WebhookTestOut, responses={404: "not found"})
+              response=WebhookTestOut, responses={404: "not found"}, org_only=True)
 async def test(request: Request) -> JSONResponse:
     data = await run_in_threadpool(svc.send_test, str(request.state.org_id), request.path_params["id"])
     return JSONResponse(_found(data), status_code=202)
@@ -110,7 +112,7 @@ LIMIT = Param.integer("limit", 50, maximum=200)
 
 
 @router.route("GET", "/api/v1/webhooks/{id}/deliveries", summary="The endpoint's delivery log, newest first",
-              query=(STATUS, LIMIT), response=DeliveriesOut, responses={404: "not found"})
+              query=(STATUS, LIMIT), response=DeliveriesOut, responses={404: "not found"}, org_only=True)
 async def delivery_log(request: Request) -> JSONResponse:
     items = await run_in_threadpool(svc.deliveries, str(request.state.org_id), request.path_params["id"], STATUS.read(request),
                                     LIMIT.read(request))
@@ -118,7 +120,7 @@ async def delivery_log(request: Request) -> JSONResponse:
 
 
 @router.route("POST", "/api/v1/webhooks/{id}/deliveries/{delivery_id}/retry", summary="Re-send one delivery now",
-              status=202, response=DeliveryOut, responses={404: "not found"})
+              status=202, response=DeliveryOut, responses={404: "not found"}, org_only=True)
 async def retry(request: Request) -> JSONResponse:
     data = await run_in_threadpool(svc.retry_delivery, str(request.state.org_id), request.path_params["id"],
                                    request.path_params["delivery_id"])
