@@ -71,6 +71,7 @@ class Settings(BaseSettings):
     secret_keys: str | None = None
     public_url: str = "http://127.0.0.1:8000"
     storage_url: str = "file://./attachments"
+    raw_cache_mb: int = 64  # raw messages kept in memory between fetch and parse in one process; 0 = off
     poll_seconds: int = 60
     backfill_days: int = 90
     trusted_proxies: str = ""
@@ -147,6 +148,13 @@ class Settings(BaseSettings):
     def _capacity(cls, v: int) -> int:
         if v < 0:
             raise ValueError("must be a whole number of mailboxes (0: no IDLE watcher inside serve)")
+        return v
+
+    @field_validator("raw_cache_mb")
+    @classmethod
+    def _raw_cache(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError("must be a whole number of MiB (0 keeps no raw messages in memory)")
         return v
 
     @field_validator("idle_lease_seconds")

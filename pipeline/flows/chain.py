@@ -52,10 +52,14 @@ _PREVIOUS = {"parsed": ("fetched",), "quarantined": ("fetched",), "stored": ("pa
 
 def move(session: Session, email_ids: Sequence[str], to_state: str) -> None:
     """Advance emails to ``to_state`` (only from the state before it, so a duplicate chain can never
-    move an email backwards) and restart their stall clock."""
+    move an email backwards) and restart their stall clock. Emails loaded in ``session`` keep their
+    old ``pipeline_state`` in memory: read the state from the database after a move."""
     if email_ids:
+        # synchronize_session=False: no stage reads the state back from its loaded rows, so the ORM
+        # need not re-evaluate the WHERE clause in Python over every object in the session (the
+        # rows' other changes are flushed before this statement and are all the commit writes).
         session.execute(update(Email).where(col(Email.id).in_(list(email_ids)), col(Email.pipeline_state).in_(_PREVIOUS[to_state]))
-                        .values(pipeline_state=to_state, stage_at=utcnow()))
+                        .values(pipeline_state=to_state, stage_at=utcnow()).execution_options(synchronize_session=False))
 
 
 def in_state(session: Session, email_ids: Sequence[str], state: str, *columns: str) -> list[Email]:

@@ -12,7 +12,7 @@ from models import Document, Email
 from models.db import get_engine
 from models.upsert import insert_ignore
 from ops import metrics
-from pipeline.clients.storage import get_storage, safe_key
+from pipeline.clients.storage import forget_raw, get_storage, safe_key
 from pipeline.flows.chain import in_state, move
 from pipeline.flows.raw import raw_of
 from pipeline.stages.parse import parse_email
@@ -51,4 +51,5 @@ def store_batch(email_ids: list[str]) -> None:
             stored += insert_ignore(s, Document, rows, ["email_id", "part_index"])
         move(s, [e.id for e in emails], "stored")
         s.commit()
+    forget_raw([e.raw_key for e in emails])  # no later stage reads the raw message
     metrics.INGESTED.labels("attachments", "ok").inc(stored)

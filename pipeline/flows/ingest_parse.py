@@ -14,7 +14,7 @@ from models import Email, EmailAccount, normalize_email, utcnow
 from models.db import get_engine
 from models.search import write_docs
 from ops import metrics
-from pipeline.clients.storage import StorageError, get_storage
+from pipeline.clients.storage import StorageError, forget_raw, read_raw
 from pipeline.flows import notifications
 from pipeline.flows.bounces import AppliedReport, apply_report
 from pipeline.flows.chain import in_state, move
@@ -66,7 +66,6 @@ _FIELDS = ("message_id", "in_reply_to", "references", "subject", "from_email", "
 
 def parse_batch(email_ids: list[str]) -> list[str]:
     """Parse every email of the batch still in state ``fetched`` (one bulk UPDATE for the batch)."""
-    storage = get_storage()
     with Session(get_engine(), expire_on_commit=False) as s:
         emails = in_state(s, email_ids, "fetched")
         if not emails:
@@ -79,7 +78,7 @@ def parse_batch(email_ids: list[str]) -> list[str]:
         reports: list[tuple[Email, Report]] = []
         for email in emails:
             try:
-                raw = storage.get(email.raw_key or "")
+                raw = read_raw(email.raw_key or "")
             except StorageError as exc:
                 refetched = refetch_raw(s, email)
                 if refetched is None:
@@ -116,6 +115,8 @@ def parse_batch(email_ids: list[str]) -> list[str]:
         now = utcnow()
         applied: list[AppliedReport] = [apply_report(s, email, report, now) for email, report in reports]
         s.commit()
+    # The attachments stage reads the raw message again only when there are attachments.
+    forget_raw([e.raw_key for e, _ in results if not e.attachment_count] + [e.raw_key for e in quarantined])
     for done in applied:
         notifications.publish(done.notes)
         for entry in done.bounced:

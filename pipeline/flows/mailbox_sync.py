@@ -23,7 +23,7 @@ from models.upsert import insert_ignore
 from ops import metrics
 from ops.settings import get_settings
 from pipeline.clients.imap import FetchedMessage, ImapSession
-from pipeline.clients.storage import get_storage
+from pipeline.clients.storage import put_raw
 from pipeline.flows.chain import FINAL_STATES, raw_digest, start_chain
 from pipeline.flows.flag_sync import sync_folder_flags
 from pipeline.flows.mailbox_lease import Claim, renew
@@ -49,7 +49,6 @@ class MailboxSync:
         self.imap = session
         self.owner = claim.owner
         self.settings = get_settings()
-        self.storage = get_storage()
         self.deadline = time.monotonic() + JOB_BUDGET_SECONDS
         self.more = False
         now = utcnow()
@@ -174,8 +173,9 @@ class MailboxSync:
             legacy.append(ident.legacy_key)
             raw_key = f"raw/{acct.id}/{raw_digest(m.raw)}.eml"
             # Raw bytes are a cache of what the server holds: atomic but not fsynced; if a power
-            # cut loses one, the parse stage fetches it again by its location.
-            self.storage.put(raw_key, m.raw, "message/rfc822", durable=False)
+            # cut loses one, the parse stage fetches it again by its location. The bytes are also
+            # kept in this process's memory, so a parse running here does not read them back.
+            put_raw(raw_key, m.raw)
             rows.append({
                 "org_id": acct.org_id, "account_id": acct.id, "dedupe_key": ident.dedupe_key,
                 "message_id": ident.message_id, "gm_msgid": m.gm_msgid, "gm_thrid": m.gm_thrid,

@@ -12,7 +12,7 @@ from sqlmodel import Session, select
 
 from models import Email, EmailAccount, EmailLocation
 from pipeline.clients.imap import ImapError
-from pipeline.clients.storage import StorageError, get_storage
+from pipeline.clients.storage import StorageError, get_storage, read_raw
 from pipeline.flows.connections import open_imap
 from pipeline.flows.tokens import CredentialsUnavailable
 
@@ -24,7 +24,7 @@ log = structlog.get_logger("mailpipe.raw")
 def raw_of(s: Session, email: Email) -> bytes | None:
     """The email's raw bytes from storage, else from the server; None when both lost them."""
     try:
-        return get_storage().get(email.raw_key or "")
+        return read_raw(email.raw_key or "")
     except StorageError:
         return refetch_raw(s, email)
 

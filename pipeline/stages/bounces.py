@@ -60,6 +60,7 @@ _BOUNCE_SUBJECT = re.compile(r"undeliver|delivery (status )?(notification|failur
 _DAEMON = re.compile(r"^(mailer-daemon|postmaster|mail-daemon|mailerdaemon)@", re.I)
 _MAX_TEXT = 200_000
 _MAX_HEAD = 256 * 1024
+_BLANK_LINE = re.compile(rb"\n\r?\n")
 
 
 def _address(value: str | None) -> str | None:
@@ -224,8 +225,12 @@ def _nonstandard(msg: Message) -> list[BounceRecipient]:
 
 def _maybe_report(raw: bytes) -> bool:
     """From the headers alone: could this be a report at all (most mail is not; no full parse for it)."""
+    head_block = raw[:_MAX_HEAD]
+    end = _BLANK_LINE.search(head_block)  # the header block ends at the first empty line: parse no body
+    if end is not None:
+        head_block = head_block[:end.end()]
     try:
-        head = BytesHeaderParser(policy=policy.compat32).parsebytes(raw[:_MAX_HEAD])
+        head = BytesHeaderParser(policy=policy.compat32).parsebytes(head_block)
     except Exception:  # hostile header block: let the full parse decide
         return True
     return head.get_content_type() == "multipart/report" or _looks_like_bounce(head)

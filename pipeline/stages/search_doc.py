@@ -34,6 +34,10 @@ _STOPWORDS: dict[str, frozenset[str]] = {
     "swedish": frozenset("och att det som en på är av för med till den har inte om ett jag vi du".split()),
 }
 LANGUAGES = ("simple", *_STOPWORDS)
+_WORD_LANGS: dict[str, tuple[str, ...]] = {}  # stopword -> the languages listing it, one pass over the words
+for _lang, _stop in _STOPWORDS.items():
+    for _w in _stop:
+        _WORD_LANGS[_w] = (*_WORD_LANGS.get(_w, ()), _lang)
 _WORD = re.compile(r"[^\W\d_]+", re.UNICODE)
 _NAME_SPLIT = re.compile(r"[\W_]+", re.UNICODE)
 
@@ -52,9 +56,12 @@ def guess_language(text: str, sample: int = 4000) -> str:
     words = [w.lower() for w in _WORD.findall(text[:sample])]
     if not words:
         return "simple"
+    counts = dict.fromkeys(_STOPWORDS, 0)
+    for w in words:
+        for lang in _WORD_LANGS.get(w, ()):
+            counts[lang] += 1
     best, best_hits = "simple", 0
-    for lang, stop in _STOPWORDS.items():
-        hits = sum(1 for w in words if w in stop)
+    for lang, hits in counts.items():  # in _STOPWORDS order: the first of equals wins, as before
         if hits > best_hits:
             best, best_hits = lang, hits
     return best if best_hits >= max(2, len(words) // 40) else "simple"

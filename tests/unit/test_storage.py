@@ -369,3 +369,161 @@ class TestGetStorage:
     def test_round_trip_through_process_storage(self, tmp_path: Path) -> None:
         get_storage().put(KEY, b"hello")
         assert (tmp_path / "attachments" / KEY).read_bytes() == b"hello"
+
+
+class TestLocalTempFiles:
+    def test_temp_name_is_per_process_and_thread_and_private(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The temp file is named after the process's token and the thread, created 0600, then renamed."""
+        import stat
+        import threading
+
+        store = LocalStorage(tmp_path / "root")
+        seen: list[tuple[str, int]] = []
+        real_replace = os.replace
+
+        def spy(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+            seen.append((Path(src).name, stat.S_IMODE(os.stat(src).st_mode)))
+            real_replace(src, dst)
+
+        monkeypatch.setattr(os, "replace", spy)
+        store.put(KEY, b"one")
+        done = threading.Thread(target=store.put, args=(KEY, b"two"))
+        done.start()
+        done.join()
+        (first, mode1), (second, mode2) = seen
+        assert first.startswith(".0-report.pdf.") and first.endswith(".tmp") and mode1 == mode2 == 0o600
+        assert first != second and first.split(".")[-2].split("-")[0] == second.split(".")[-2].split("-")[0]
+        assert store.get(KEY) == b"two" and _files(tmp_path / "root") == [KEY]
+
+    def test_stale_temp_of_a_dead_writer_is_replaced(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A temp file left under this very name (a killed process whose pid and token recurred) is not an error."""
+        from pipeline.clients.storage import local
+
+        monkeypatch.setattr(local, "_temp_tag", lambda: "fixed-1")
+        store = LocalStorage(tmp_path / "root")
+        store.put(KEY, b"first")
+        stale = tmp_path / "root" / "org/o1/emails/e1/.0-report.pdf.fixed-1.tmp"
+        stale.write_bytes(b"half a file")
+        store.put(KEY, b"second")
+        assert store.get(KEY) == b"second" and _files(tmp_path / "root") == [KEY]
+
+    def test_directory_removed_behind_its_back_is_made_again(self, tmp_path: Path) -> None:
+        """Known directories are remembered; one deleted since is created again on the next write."""
+        import shutil
+
+        store = LocalStorage(tmp_path / "root")
+        store.put(KEY, b"x")
+        shutil.rmtree(tmp_path / "root" / "org")
+        store.put(KEY, b"y")
+        assert store.get(KEY) == b"y"
+
+    def test_concurrent_writers_of_one_key_never_expose_a_mix(self, tmp_path: Path) -> None:
+        """Threads writing the same key: every read sees one writer's whole bytes; no temp file is left."""
+        import threading
+
+        store = LocalStorage(tmp_path / "root")
+        blobs = [bytes([65 + i]) * 300_000 for i in range(4)]
+        store.put(KEY, blobs[0])
+        bad: list[bytes] = []
+        stop = threading.Event()
+
+        def read() -> None:
+            while not stop.is_set():
+                got = store.get(KEY)
+                if got not in blobs:
+                    bad.append(got[:10])
+
+        def write(blob: bytes) -> None:
+            for _ in range(20):
+                store.put(KEY, blob, durable=False)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        writers = [threading.Thread(target=write, args=(b,)) for b in blobs]
+        for w in writers:
+            w.start()
+        for w in writers:
+            w.join()
+        stop.set()
+        reader.join()
+        assert bad == [] and _files(tmp_path / "root") == [KEY]
+
+
+class TestRawMemo:
+    RAW = "raw/acct1/abc.eml"
+
+    def test_lru_cap_and_oversized_blobs(self) -> None:
+        from pipeline.clients.storage.memo import BlobMemo
+
+        memo = BlobMemo(10)
+        memo.remember("a", b"1234")
+        memo.remember("b", b"5678")
+        assert memo.recall("a") == b"1234"  # a is now the most recent
+        memo.remember("c", b"90ab")  # 12 bytes > 10: the least recently used (b) goes
+        assert memo.recall("b") is None and memo.recall("a") == b"1234" and memo.recall("c") == b"90ab"
+        assert memo.size == 8
+        memo.remember("big", b"x" * 11)  # larger than the whole cap: not kept, nothing evicted for it
+        assert memo.recall("big") is None and len(memo) == 2
+        memo.remember("a", b"zz")  # replacing keeps the byte count right
+        assert memo.size == 6
+        memo.forget("a")
+        memo.forget("nothing")
+        assert memo.size == 4 and memo.recall("a") is None
+        memo.resize(3)
+        assert len(memo) == 0 and memo.size == 0
+
+    def test_fetched_raw_is_read_from_memory_in_the_same_process(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """put_raw writes the file (the source of truth) and keeps the bytes; read_raw then skips storage."""
+        from pipeline.clients.storage import put_raw, read_raw
+
+        put_raw(self.RAW, b"raw message")
+        assert get_storage().get(self.RAW) == b"raw message"
+
+        def no_reads(key: str) -> bytes:
+            raise AssertionError("read from storage")
+
+        monkeypatch.setattr(get_storage(), "get", no_reads)
+        assert read_raw(self.RAW) == b"raw message"
+
+    def test_read_through_after_a_miss(self, tmp_path: Path) -> None:
+        """Another process wrote it: read_raw reads storage once, then remembers."""
+        from pipeline.clients.storage import read_raw
+        from pipeline.clients.storage.memo import MEMO
+
+        LocalStorage(tmp_path / "attachments").put(self.RAW, b"from elsewhere")
+        assert MEMO.recall(self.RAW) is None
+        assert read_raw(self.RAW) == b"from elsewhere"
+        assert MEMO.recall(self.RAW) == b"from elsewhere"
+
+    def test_deleted_raw_is_never_served_from_memory(self) -> None:
+        """A delete (or a new write) through the backend forgets the key: storage stays the truth."""
+        from pipeline.clients.storage import put_raw, read_raw
+
+        put_raw(self.RAW, b"v1")
+        get_storage().delete(self.RAW)
+        with pytest.raises(StorageNotFound):
+            read_raw(self.RAW)
+        put_raw(self.RAW, b"v1")
+        get_storage().put(self.RAW, b"v2")
+        assert read_raw(self.RAW) == b"v2"
+
+    def test_forget_raw_and_cap_zero(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """forget_raw drops what no stage reads again; MAILPIPE_RAW_CACHE_MB=0 keeps nothing in memory."""
+        from pipeline.clients.storage import forget_raw, put_raw
+        from pipeline.clients.storage.memo import MEMO
+
+        put_raw(self.RAW, b"abc")
+        forget_raw([self.RAW, None])
+        assert MEMO.recall(self.RAW) is None
+        monkeypatch.setenv("MAILPIPE_RAW_CACHE_MB", "0")
+        reset_settings()
+        put_raw(self.RAW, b"abc")
+        assert len(MEMO) == 0 and get_storage().get(self.RAW) == b"abc"
+
+    def test_reset_storage_clears_memory(self) -> None:
+        from pipeline.clients.storage import put_raw
+        from pipeline.clients.storage.memo import MEMO
+
+        put_raw(self.RAW, b"abc")
+        reset_storage()
+        assert len(MEMO) == 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterable
 from urllib.parse import unquote, urlsplit
 
 from ops.settings import get_settings
@@ -23,10 +24,11 @@ from pipeline.clients.storage.base import (
     validate_key,
 )
 from pipeline.clients.storage.local import LocalStorage
+from pipeline.clients.storage.memo import MEMO
 from pipeline.clients.storage.s3 import S3Storage
 
 __all__ = ["CHUNK_SIZE", "MAX_KEY_LENGTH", "InvalidKey", "LocalStorage", "S3Storage", "Storage", "StorageError", "StorageNotFound",
-           "get_storage", "reset_storage", "safe_key", "storage_from_url", "validate_key"]
+           "forget_raw", "get_storage", "put_raw", "read_raw", "reset_storage", "safe_key", "storage_from_url", "validate_key"]
 
 
 def _file_root(url: str) -> str:
@@ -74,11 +76,48 @@ def get_storage() -> Storage:
     with _cache_lock:
         if _cached is None or _cached[0] != ident:
             _cached = (ident, storage_from_url(url))
+            MEMO.clear()  # what it remembered was written to another backend
         return _cached[1]
 
 
 def reset_storage() -> None:
-    """Forget the cached backend (tests)."""
+    """Forget the cached backend and the raw messages remembered in memory (tests)."""
     global _cached
     with _cache_lock:
         _cached = None
+    MEMO.clear()
+
+
+def _memo_cap() -> int:
+    cap = get_settings().raw_cache_mb * 2**20
+    if cap != MEMO.max_bytes:
+        MEMO.resize(cap)
+    return cap
+
+
+def put_raw(key: str, data: bytes) -> None:
+    """Store a raw message (atomic, not fsynced: the server holds the original) and keep its bytes in
+    this process's memory (``MAILPIPE_RAW_CACHE_MB``) for a stage running in the same process."""
+    get_storage().put(key, data, "message/rfc822", durable=False)
+    if _memo_cap():
+        MEMO.remember(key, data)
+
+
+def read_raw(key: str) -> bytes:
+    """A raw message: from this process's memory of recent writes and reads, else from storage (then
+    remembered). Raises StorageError like ``get`` when storage has none (a deleted object is never
+    served from memory: every backend's put and delete forget the key)."""
+    blob = MEMO.recall(key)
+    if blob is not None:
+        return blob
+    blob = get_storage().get(key)
+    if _memo_cap():
+        MEMO.remember(key, blob)
+    return blob
+
+
+def forget_raw(keys: Iterable[str | None]) -> None:
+    """Drop raw messages from memory once no stage of this batch reads them again."""
+    for key in keys:
+        if key:
+            MEMO.forget(key)

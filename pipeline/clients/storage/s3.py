@@ -13,6 +13,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline.clients.storage.base import CHUNK_SIZE, DEFAULT_CONTENT_TYPE, StorageError, StorageNotFound, as_bytes, validate_key
+from pipeline.clients.storage.memo import forget
 
 __all__ = ["S3Storage"]
 
@@ -103,6 +104,7 @@ class S3Storage:
         """Upload with its content type and a Content-MD5 the server verifies."""
         full = self._key(key)
         blob = as_bytes(data)
+        forget(key)
         md5 = base64.b64encode(hashlib.md5(blob, usedforsecurity=False).digest()).decode("ascii")
         try:
             self.client.put_object(Bucket=self.bucket, Key=full, Body=blob, ContentType=content_type, ContentMD5=md5)
@@ -133,6 +135,7 @@ class S3Storage:
 
     def delete(self, key: str) -> None:
         """Delete the object; S3 treats a missing key as success."""
+        forget(key)
         try:
             self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
         except ClientError as exc:
