@@ -31,12 +31,15 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-## test: install what tests need, run the gate (`lint`; a finding fails the target), then the whole suite (unit + integration)
+## test: install what tests need, run the gate (`lint`; a finding fails the target), then the whole suite:
+## unit tests on both cores (pytest-xdist), then the integration tests one at a time (they share this run's
+## Dovecot, RabbitMQ vhost and PostgreSQL database)
 test: lint services
-	$(BIN)/pytest
+	$(BIN)/pytest -m "not integration" -n 2
+	$(BIN)/pytest -m integration
 
 test-unit: $(VENV)/.installed-test
-	$(BIN)/pytest -m "not integration"
+	$(BIN)/pytest -m "not integration" -n 2
 
 test-integration: $(VENV)/.installed-test services
 	$(BIN)/pytest -m integration
