@@ -16,6 +16,7 @@ dropped. Usage::
 
     .venv/bin/python bench/pixel.py                    # 10 s per run, 64 connections
     .venv/bin/python bench/pixel.py --seconds 20 --connections 128
+    .venv/bin/python bench/pixel.py --no-pin           # server and wrk share both cores (issue 21 measures this way)
 """
 
 from __future__ import annotations
@@ -43,7 +44,12 @@ UVICORN = [sys.executable, "-m", "uvicorn", "--loop", "uvloop", "--http", "httpt
            "--log-level", "warning", "--host", "127.0.0.1"]
 
 
+PIN = {"on": True}  # --no-pin: server and wrk float over every core, as in production
+
+
 def _pinned(cpu: int) -> list[str]:
+    if not PIN["on"]:
+        return []
     return ["taskset", "-c", str(cpu)] if shutil.which("taskset") and (os.cpu_count() or 1) > 1 else []
 
 
@@ -113,7 +119,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--no-pin", action="store_true", help="no CPU pinning: the server and wrk share every core")
     args = ap.parse_args()
+    PIN["on"] = not args.no_pin
     from tests.harness.services import rabbit_vhost
 
     work = Path(tempfile.mkdtemp(prefix="mailpipe-bench-pixel-"))
@@ -153,7 +161,8 @@ def main() -> None:
     if args.json:
         print(json.dumps(out))
         return
-    print(f"wrk -t1 -c{args.connections} -d{args.seconds}s; server pinned to CPU 0, wrk to CPU 1")
+    where = "server pinned to CPU 0, wrk to CPU 1" if PIN["on"] else "no CPU pinning"
+    print(f"wrk -t1 -c{args.connections} -d{args.seconds}s; {where}")
     print(f"bare Starlette GIF:                       {b_rps:9.0f} req/s  p99 {b_p99:6.2f} ms")
     print(f"mailpipe pixel (every hit admitted):      {m_rps:9.0f} req/s  p99 {m_p99:6.2f} ms")
     print(f"mailpipe pixel (hammered, default limits): {h_rps:8.0f} req/s  p99 {h_p99:6.2f} ms"
