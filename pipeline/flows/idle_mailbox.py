@@ -39,7 +39,8 @@ class IdleHooks:
     """What the watcher does with an idler's news (each called from the idler's thread; quick)."""
 
     fetch: Callable[[str], None]
-    """New mail or a change only a fetch can place: fetch this mailbox."""
+    """New mail or a change only a fetch can place: queue a fetch of this mailbox (the fetch job reads
+    through pipeline.clients.imap: EXAMINE and BODY.PEEK[], so nothing is marked \\Seen)."""
     state: Callable[[str, int, EventActions], None]
     """(account_id, INBOX's UIDVALIDITY, what changed): apply flag changes and expunges."""
     idling: Callable[[str, bool], None]

@@ -102,6 +102,8 @@ class TestArrival:
         p50 = statistics.median(latencies)
         print(f"\narrival -> linked over IDLE: p50 {p50:.3f}s, max {max(latencies):.3f}s, all {[round(x, 3) for x in latencies]}")
         assert p50 < 2.0
+        # The catch-up and every IDLE-triggered fetch read with EXAMINE and BODY.PEEK[]: nothing was marked read.
+        assert not [uid for uid, flags in dovecot.flags(dovecot_user[0], "INBOX").items() if "\\Seen" in flags]
 
     def test_kicked_connection_reconnects_and_mail_still_arrives(self, api: Any, watcher: Watcher, dovecot: Dovecot,
                                                                  dovecot_user: tuple[str, str]) -> None:
