@@ -23,7 +23,7 @@ from sqlmodel import Session, col, or_, select
 from models import Email, EmailAccount, Outbox, Suppression, normalize_email
 from models.upsert import insert_ignore
 from pipeline.flows import notifications
-from pipeline.flows.events_outbox import email_payloads, record_event
+from pipeline.flows.events_outbox import email_payloads, record_event, wants
 from pipeline.stages.bounces import Report
 
 __all__ = ["AppliedReport", "apply_report", "record_email_bounced", "suppress"]
@@ -80,9 +80,10 @@ def record_email_bounced(s: Session, email: Email, user_id: str, entries: list[d
     ``type: "complaint"``: the webhook contract has no separate complaint event), both in the
     same transaction. Returns the notification rows that are new.
     """
-    data = {**email_payloads(s, [email.id]).get(email.id, {"email_id": email.id}), "status": email.status,
-            "bounce": entries, "report_email_id": report_email_id}
-    record_event(s, email.org_id, "email.bounced", data, dedupe_key=f"email.bounced:{email.id}:{report_email_id}"[:200])
+    if wants(s, email.org_id, "email.bounced"):
+        data = {**email_payloads(s, [email.id]).get(email.id, {"email_id": email.id}), "status": email.status,
+                "bounce": entries, "report_email_id": report_email_id}
+        record_event(s, email.org_id, "email.bounced", data, dedupe_key=f"email.bounced:{email.id}:{report_email_id}"[:200])
     who = ", ".join(b["recipient"] for b in entries)[:300]
     verb = "Complaint about" if kind == "email.complained" else "Bounced"
     rows = [{

@@ -27,7 +27,7 @@ from models import Conversation, ConversationKey, Email, EmailAccount, EmailLink
 from models.access import Actor
 from models.upsert import insert_ignore
 from pipeline.flows import notifications
-from pipeline.flows.events_outbox import record_event
+from pipeline.flows.events_outbox import record_event, wants
 from pipeline.flows.notify_email import mark_pending
 from pipeline.scheduler import register_sweep
 from pipeline.stages.conversation_keys import (
@@ -290,7 +290,8 @@ def _reopen(s: Session, emails: list[Email], final: dict[str, str]) -> None:
         now = utcnow()
         s.execute(update(Conversation).where(col(Conversation.id).in_(reopen)).values(
             status="open", status_changed_by=None, status_changed_at=now, updated_at=now))
-        for conv in s.execute(select(Conversation).where(col(Conversation.id).in_(sorted(reopen)))).scalars():
+        convs = s.execute(select(Conversation).where(col(Conversation.id).in_(sorted(reopen)))).scalars()
+        for conv in (c for c in convs if wants(s, c.org_id, "conversation.status_changed")):
             by_mail = max((e for e in emails if final[e.id] == conv.id), key=lambda e: e.id)
             record_status_changed_event(s, conv, None, previous="resolved", reason="new_message", email_id=by_mail.id)
 
@@ -450,6 +451,8 @@ def record_status_changed_event(s: Session, conv: Conversation, user_id: str | N
                                 email_id: str | None = None) -> None:
     """The ``conversation.status_changed`` event, in the change's transaction (a PATCH, or a new
     customer message reopening a resolved conversation: ``reason`` ``patch`` or ``new_message``)."""
+    if not wants(s, conv.org_id, "conversation.status_changed"):
+        return
     at = conv.status_changed_at.isoformat() if conv.status_changed_at else ""
     data = {"conversation_id": conv.id, "account_id": conv.account_id, "status": conv.status, "previous_status": previous,
             "reason": reason, "user_id": user_id, "assignee_id": conv.assignee_id, "subject": conv.subject[:500],

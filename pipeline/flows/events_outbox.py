@@ -27,7 +27,7 @@ from models.upsert import insert_ignore
 from pipeline import jobs
 from pipeline.stages.webhooks import EVENT_TYPES, TEST_EVENT, subscribes
 
-__all__ = ["email_payloads", "note_sync_state", "record_event", "record_events"]
+__all__ = ["email_payloads", "note_sync_state", "record_event", "record_events", "wants"]
 
 log = structlog.get_logger("mailpipe.webhooks")
 
@@ -52,6 +52,13 @@ def record_event(session: Session, org_id: str, type: str, data: dict[str, Any],
     """
     ids = record_events(session, org_id, [(type, data, dedupe_key)], endpoint_id=endpoint_id)
     return ids[0] if ids else None
+
+
+def wants(session: Session, org_id: str, *types: str) -> bool:
+    """Whether an enabled endpoint of the organization takes one of these event types (the lookup is
+    cached for the transaction and shared with :func:`record_events`): emit points skip building
+    payloads nobody will receive, the common case on the ingest, tracking and send paths."""
+    return any(subscribes(subs, t) for subs in _subscriptions(session, org_id) for t in types)
 
 
 def record_events(session: Session, org_id: str, events: Sequence[tuple[str, dict[str, Any], str | None]], *,

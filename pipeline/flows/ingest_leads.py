@@ -21,7 +21,7 @@ from models.upsert import insert_ignore
 from ops import metrics
 from pipeline.flows import notifications
 from pipeline.flows.chain import in_state, move
-from pipeline.flows.events_outbox import email_payloads, record_events
+from pipeline.flows.events_outbox import email_payloads, record_events, wants
 from pipeline.flows.ingest_link import store_links
 from pipeline.stages.autolink import LinkDecision
 from pipeline.stages.leads import decide_lead, lead_notification_text
@@ -79,6 +79,7 @@ def create_batch(email_ids: list[str]) -> None:
 def _record_webhook_events(s: Session, leads: list[dict[str, Any]]) -> None:
     """``lead.created`` outbox events (in the caller's transaction); a lead that existed already has its
     event recorded before, so the dedupe key writes nothing twice."""
+    leads = [r for r in leads if wants(s, r["org_id"], "lead.created")]
     if not leads:
         return
     payloads = email_payloads(s, [r["source_email_id"] for r in leads])

@@ -17,7 +17,7 @@ from models.db import get_engine
 from ops import metrics
 from pipeline.flows import notifications
 from pipeline.flows.chain import in_state, move
-from pipeline.flows.events_outbox import email_payloads, record_events
+from pipeline.flows.events_outbox import email_payloads, record_events, wants
 
 __all__ = ["notify_batch"]
 
@@ -54,6 +54,7 @@ def notify_batch(email_ids: list[str]) -> None:
 
 def _record_webhook_events(s: Session, emails: list[Email]) -> None:
     """``email.received`` and ``email.linked`` outbox events for new inbound emails (in the caller's transaction)."""
+    emails = [e for e in emails if wants(s, e.org_id, "email.received", "email.linked")]
     if not emails:
         return
     payloads = email_payloads(s, [e.id for e in emails])

@@ -34,7 +34,7 @@ from pipeline.clients.storage import StorageError
 from pipeline.flows.chain import start_chain
 from pipeline.flows.connections import smtp_settings, smtp_transport
 from pipeline.flows.delivery_copy import DeliveryCopies
-from pipeline.flows.events_outbox import email_payloads, record_event
+from pipeline.flows.events_outbox import email_payloads, record_event, wants
 from pipeline.flows.send_due import enqueue_send
 from pipeline.flows.send_lease import SEND_LEASE, Loaded, claim, guard, load, release, tx
 from pipeline.flows.sent_copy import SentCopy, in_sent_folder
@@ -361,11 +361,12 @@ class SendRun:
             # Stored and linked like inbound mail: the chain parses the untracked copy.
             values.update(sent_at=now, pipeline_state="fetched", stage_at=now, raw_key=self.outbox.base_key)
         s.execute(update(Email).where(col(Email.id) == self.email_id).values(**values))
-        data = email_payloads(s, [self.email_id]).get(self.email_id, {"email_id": self.email_id})
         kind = "email.sent" if sent else "email.failed"
-        record_event(s, self.outbox.org_id, kind, {**data, "status": summary.status, "error": summary.error,
-                                                   "recipients": [r for d in self.deliveries for r in d.recipients]},
-                     dedupe_key=f"{kind}:{self.email_id}")
+        if wants(s, self.outbox.org_id, kind):
+            data = email_payloads(s, [self.email_id]).get(self.email_id, {"email_id": self.email_id})
+            record_event(s, self.outbox.org_id, kind, {**data, "status": summary.status, "error": summary.error,
+                                                       "recipients": [r for d in self.deliveries for r in d.recipients]},
+                         dedupe_key=f"{kind}:{self.email_id}")
 
     def _finished(self, summary: plan.Summary, now: datetime) -> None:
         """After the final state committed: metrics, log, the ingest chain and the Sent copy's turn."""

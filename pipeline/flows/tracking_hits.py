@@ -17,7 +17,7 @@ from models.db import is_postgres
 from ops import metrics
 from ops.keys import get_keyring
 from pipeline.flows import notifications
-from pipeline.flows.events_outbox import email_payloads, record_events
+from pipeline.flows.events_outbox import email_payloads, record_events, wants
 from pipeline.stages.throttle import window_cap
 from pipeline.stages.tracking_ids import verify_link_hash, verify_recipient_hash
 
@@ -234,6 +234,7 @@ def notify(s: Session, batch: Batch, rows: list[dict[str, Any]], *, proxied: boo
 def _record_webhook_events(s: Session, by_org: dict[str, list[dict[str, Any]]]) -> None:
     """``email.opened``/``email.clicked`` outbox events for every counted human hit (in the caller's
     transaction; unique per tracking event, so a replayed batch records nothing twice)."""
+    by_org = {org_id: items for org_id, items in by_org.items() if wants(s, org_id, "email.opened", "email.clicked")}
     if not by_org:
         return
     payloads = email_payloads(s, {r["email_id"] for items in by_org.values() for r in items})
