@@ -146,14 +146,8 @@ def run_scheduler(settings: Settings) -> None:
 
     setup_broker()  # sweeps hand due work to the broker
     sched = Scheduler(get_engine(), leader_lock_for(settings.database_url), settings.scheduler_tick_seconds)
-    if settings.scheduler_metrics_port:
-        from prometheus_client import start_http_server
-
-        # The leader's fleet gauges (mailboxes by state, queue depths), tick durations and leadership.
-        try:
-            start_http_server(settings.scheduler_metrics_port, addr=settings.metrics_host)
-        except OSError as exc:  # another scheduler on this host has the port: schedule anyway, say so
-            log.warning("scheduler_metrics_port_busy", port=settings.scheduler_metrics_port, error=str(exc))
+    # The leader's fleet gauges (mailboxes by state, queue depths), tick durations and leadership.
+    _metrics_endpoint("scheduler", settings.scheduler_metrics_port, settings.metrics_host)
     stop = threading.Event()
 
     def _stop(signum: int, _frame: Any) -> None:
@@ -166,6 +160,19 @@ def run_scheduler(settings: Settings) -> None:
     signal.signal(signal.SIGINT, _stop)
     log.info("scheduler_started", holder=sched.holder, tick_seconds=sched.tick_seconds)
     sched.run_forever()
+
+
+def _metrics_endpoint(process: str, port: int | None, host: str) -> None:
+    """A /metrics endpoint for a process without a web app (scheduler, watcher). Another one on this
+    host holding the port is logged (``<process>_metrics_port_busy``), and the process runs anyway."""
+    if not port:
+        return
+    from prometheus_client import start_http_server
+
+    try:
+        start_http_server(port, addr=host)
+    except OSError as exc:
+        log.warning(f"{process}_metrics_port_busy", port=port, error=str(exc))
 
 
 def _watcher(settings: Settings) -> Any:
@@ -181,13 +188,7 @@ def run_watcher(settings: Settings) -> None:
 
     setup_broker()  # new mail is handed to the workers as fetch jobs
     watcher = _watcher(settings)
-    if settings.watcher_metrics_port:
-        from prometheus_client import start_http_server
-
-        try:
-            start_http_server(settings.watcher_metrics_port, addr=settings.metrics_host)
-        except OSError as exc:  # another watcher on this host has the port: watch anyway, say so
-            log.warning("watcher_metrics_port_busy", port=settings.watcher_metrics_port, error=str(exc))
+    _metrics_endpoint("watcher", settings.watcher_metrics_port, settings.metrics_host)
     stopping = threading.Event()
 
     def _stop(signum: int, _frame: Any) -> None:
