@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import sys
-import tempfile
 import threading
 import time
 from datetime import timedelta
@@ -34,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
+from benchdb import migrated_database  # noqa: E402
 
 from tests.harness.ports import free_port  # noqa: E402
 
@@ -197,36 +196,12 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=100, help="per filter and caller")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    from ops.crypto import generate_key_entry
-
-    work = Path(tempfile.mkdtemp(prefix="mailpipe-bench-conversations-"))
-    os.environ.update({"MAILPIPE_SECRET_KEYS": generate_key_entry("bench"), "MAILPIPE_LOG_LEVEL": "WARNING",
-                       "MAILPIPE_SPOOL_DIR": str(work / "spool")})
-    ctx = None
-    if args.pg:
-        from tests.harness.services import pg_database
-
-        ctx = pg_database("mailpipe_bench_conv")
-        os.environ["MAILPIPE_DATABASE_URL"] = ctx.__enter__()
-    else:
-        os.environ["MAILPIPE_DATABASE_URL"] = f"sqlite:///{work / 'bench.db'}"
-    try:
-        from ops.migrate import upgrade
-
-        upgrade(os.environ["MAILPIPE_DATABASE_URL"])
-        import pipeline.actors  # noqa: F401
-
+    with migrated_database(pg=args.pg, pg_name="mailpipe_bench_conv", prefix="mailpipe-bench-conversations-"):
         t0 = time.perf_counter()
         key, names = seed(args.conversations, args.per_conversation)
         seeded = time.perf_counter() - t0
         result = latencies(key, names, args.requests)
         in_process = query_times(key, names, args.requests)
-    finally:
-        from models.db import reset_engine
-
-        reset_engine()
-        if ctx is not None:
-            ctx.__exit__(None, None, None)
     db = "postgresql" if args.pg else "sqlite"
     if args.json:
         print(json.dumps({"db": db, "conversations": args.conversations, "emails": args.conversations * args.per_conversation,

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -28,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
+from benchdb import migrated_database  # noqa: E402
 
 from tests.harness.ports import free_port  # noqa: E402
 
@@ -116,34 +115,10 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    from ops.crypto import generate_key_entry
-
-    work = Path(tempfile.mkdtemp(prefix="mailpipe-bench-templates-"))
-    os.environ.update({"MAILPIPE_SECRET_KEYS": generate_key_entry("bench"), "MAILPIPE_LOG_LEVEL": "WARNING",
-                       "MAILPIPE_SPOOL_DIR": str(work / "spool")})
-    ctx = None
-    if args.pg:
-        from tests.harness.services import pg_database
-
-        ctx = pg_database("mailpipe_bench_tpl")
-        os.environ["MAILPIPE_DATABASE_URL"] = ctx.__enter__()
-    else:
-        os.environ["MAILPIPE_DATABASE_URL"] = f"sqlite:///{work / 'bench.db'}"
-    try:
-        from ops.migrate import upgrade
-
-        upgrade(os.environ["MAILPIPE_DATABASE_URL"])
-        import pipeline.actors  # noqa: F401
-
+    with migrated_database(pg=args.pg, pg_name="mailpipe_bench_tpl", prefix="mailpipe-bench-templates-"):
         _, key = seed(args.templates, args.templates * 5)
         p50, p95 = list_latency(key, args.requests)
         rate = merge_rate()
-    finally:
-        from models.db import reset_engine
-
-        reset_engine()
-        if ctx is not None:
-            ctx.__exit__(None, None, None)
     result = {"db": "postgresql" if args.pg else "sqlite", "templates": args.templates, "list_p50_ms": round(p50, 2),
               "list_p95_ms": round(p95, 2), "merges_per_s": round(rate)}
     if args.json:
