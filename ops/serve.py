@@ -31,11 +31,18 @@ class Embedded:
     def start(self) -> None:
         import pipeline.actors  # noqa: F401  (declares every actor)
         from models.db import get_engine
-        from pipeline.broker import get_broker
+        from ops.pacing import WEB_LOAD, Pacer
+        from pipeline.broker import MemoryBroker, get_broker
         from pipeline.leader import leader_lock_for
         from pipeline.scheduler import Scheduler
 
         broker = get_broker()
+        if isinstance(broker, MemoryBroker):
+            # Recording yields to the app in this process (ops/pacing.py): while it is busy the
+            # recorder takes at most MAILPIPE_TRACKING_RECORD_SHARE of the time, and beyond
+            # MAILPIPE_TRACKING_BACKLOG_BATCHES waiting batches the intake spools hits to disk.
+            broker.pace("tracking", Pacer(self.settings.tracking_record_share, WEB_LOAD.busy))
+            broker.cap("tracking.record", "tracking", self.settings.tracking_backlog_batches)
         broker.emit_after("process_boot")
         self.worker = Worker(broker, worker_threads=self.worker_threads, worker_timeout=250)
         self.worker.start()
@@ -75,9 +82,10 @@ class Embedded:
 
 def _spool_tracking(broker: Any) -> None:
     """Tracking batches the stopped worker never recorded → the spool (replayed at the next start)."""
+    from pipeline.stages.hit_batch import decode_hits
     from web.intake import spool_for_later
 
-    events = [ev for m in broker.unprocessed("tracking") if m.actor_name == "tracking.record" for ev in m.args[0]]
+    events = [ev for m in broker.unprocessed("tracking") if m.actor_name == "tracking.record" for ev in decode_hits(m.args[0])]
     if events:
         spool_for_later(events)
         log.info("tracking_spooled_at_stop", events=len(events))

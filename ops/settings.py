@@ -95,6 +95,10 @@ class Settings(BaseSettings):
     tracking_token_per_minute: int = 20
     tracking_ip_per_minute: int = 600
     tracking_throttle_keys: int = 50_000
+    # serve only: while the app is busy, the share of the time the in-process recorder may take
+    # (ops/pacing.py), and how many recording batches may wait in memory before the intake spools
+    tracking_record_share: float = 0.15
+    tracking_backlog_batches: int = 1000
     tracking_data_dir: str = ""  # refreshed range and user-agent files (mailpipe tracking update-ranges); empty: the shipped ones
     log_level: str = "INFO"
     log_json: bool = False
@@ -230,11 +234,18 @@ class Settings(BaseSettings):
         return v
 
     @field_validator("poll_seconds", "backfill_days", "sync_rate_per_hour", "send_cap_per_day", "tracking_spool_max_mb",
-                     "account_tests_per_minute")
+                     "account_tests_per_minute", "tracking_backlog_batches")
     @classmethod
     def _positive(cls, v: int) -> int:
         if v <= 0:
             raise ValueError("must be a positive whole number")
+        return v
+
+    @field_validator("tracking_record_share")
+    @classmethod
+    def _share(cls, v: float) -> float:
+        if not 0 < v <= 1:
+            raise ValueError("must be a share of the time above 0 and at most 1 (1: no pacing)")
         return v
 
     @field_validator("tracking_token_per_minute", "tracking_ip_per_minute")

@@ -9,19 +9,23 @@ names) and recorded, so tests can rebind every actor to a fresh broker.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
+from queue import Empty
 from typing import Any, Protocol, TypeVar
 
 import dramatiq
 from dramatiq import Actor, Broker
-from dramatiq.brokers.stub import StubBroker, _StubConsumer
+from dramatiq.brokers.stub import StubBroker, _StubConsumer, _StubMessageProxy
+from dramatiq.errors import BrokerError
 from dramatiq.middleware import AgeLimit, Callbacks, CurrentMessage, Pipelines, Retries, ShutdownNotifications, TimeLimit
 
 from models.base import new_id
 from models.lease import run_owner
+from ops.pacing import Pacer
 
-__all__ = ["ACTORS", "QUEUES", "JobSpec", "current_run_owner", "MemoryBroker", "actor", "build_broker", "get_broker", "setup_broker",
-           "use_broker"]
+__all__ = ["ACTORS", "QUEUES", "BacklogFull", "JobSpec", "current_run_owner", "MemoryBroker", "actor", "build_broker", "get_broker",
+           "setup_broker", "use_broker"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -60,15 +64,83 @@ class _RequeueingConsumer(_StubConsumer):
             self.prefetch_semaphore.release()
 
 
+class _PacedConsumer(_RequeueingConsumer):
+    """One message at a time, each handed out when its :class:`ops.pacing.Pacer` allows; the time
+    from hand-out to acknowledgement is what the pacer counts."""
+
+    def __init__(self, queue: Any, dead_letters: Any, timeout: int, pacer: Pacer) -> None:
+        super().__init__(queue, dead_letters, 1, timeout)
+        self.pacer = pacer
+        self._handed = 0.0
+
+    def __next__(self) -> Any:
+        # The slot first, then the pacer: asked before the slot, it would let the next message through
+        # the moment the previous one is acknowledged, before hearing how long that one took.
+        if not self.prefetch_semaphore.acquire(timeout=self.timeout / 1000):
+            return None
+        hold = self.pacer.wait()
+        if hold > 0:
+            self.prefetch_semaphore.release()
+            time.sleep(min(hold, self.timeout / 1000))
+            return None
+        try:
+            data = self.queue.get(timeout=self.timeout / 1000)
+        except Empty:
+            self.prefetch_semaphore.release()
+            return None
+        self._handed = time.monotonic()
+        return _StubMessageProxy(dramatiq.Message.decode(data))
+
+    def _finished(self) -> None:
+        self.pacer.done(time.monotonic() - self._handed)
+
+    def ack(self, message: Any) -> None:
+        self._finished()
+        super().ack(message)
+
+    def nack(self, message: Any) -> None:
+        self._finished()
+        super().nack(message)
+
+
+class BacklogFull(BrokerError):
+    """The in-memory queue holds as many messages of this actor as it may (the caller keeps them)."""
+
+
 class MemoryBroker(StubBroker):
     """The embedded in-memory broker. Unlike ``StubBroker``, a stopping worker hands the messages
-    it had prefetched back to their queues, so :func:`unprocessed` can still see them."""
+    it had prefetched back to their queues, so :func:`unprocessed` can still see them. A queue can
+    be paced (:meth:`pace`) and an actor's waiting messages capped (:meth:`cap`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pacers: dict[str, Pacer] = {}
+        self._caps: dict[str, tuple[str, int]] = {}
+
+    def pace(self, queue_name: str, pacer: Pacer) -> None:
+        """Consumers of ``queue_name`` made from now on take one message at a time, when ``pacer`` allows."""
+        self._pacers[queue_name] = pacer
+
+    def cap(self, actor_name: str, queue_name: str, waiting: int) -> None:
+        """Refuse (:class:`BacklogFull`) a new ``actor_name`` message while ``queue_name`` holds ``waiting`` messages."""
+        self._caps[actor_name] = (queue_name, waiting)
+
+    def enqueue(self, message: dramatiq.Message[Any], *, delay: int | None = None) -> dramatiq.Message[Any]:
+        capped = self._caps.get(message.actor_name)
+        if capped is not None and delay is None:
+            queue = self.queues.get(capped[0])
+            if queue is not None and queue.qsize() >= capped[1]:
+                raise BacklogFull(f"{capped[0]} holds {queue.qsize()} messages")
+        return super().enqueue(message, delay=delay)
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 100) -> _StubConsumer:
         if queue_name not in self.queues:
             from dramatiq.errors import QueueNotFound
 
             raise QueueNotFound(queue_name)
+        pacer = self._pacers.get(queue_name)
+        if pacer is not None:
+            return _PacedConsumer(self.queues[queue_name], self.dead_letters_by_queue[queue_name], timeout, pacer)
         return _RequeueingConsumer(self.queues[queue_name], self.dead_letters_by_queue[queue_name], prefetch, timeout)
 
     def unprocessed(self, queue_name: str) -> list[dramatiq.Message[Any]]:

@@ -12,6 +12,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute
+from starlette.types import Receive, Scope, Send
 
 from web.api import ApiRouter, Raw, openapi_document
 from web.auth import ApiKeyAuth
@@ -38,9 +39,26 @@ from web.routes import (
 )
 from web.routes import webhooks as webhook_routes
 
-__all__ = ["create_app"]
+__all__ = ["MailpipeApp", "create_app"]
 
 VERSION = "0.1.0"
+
+
+class MailpipeApp(Starlette):
+    """The Starlette app with the open pixel answered in front of it (:class:`web.pixel.PixelFastPath`).
+
+    As a middleware the pixel ran inside Starlette's own outer layers (the app's call and its
+    server-error wrapper, which re-wraps ``send`` per request); answered here it costs less than a
+    bare Starlette route. The pixel path cannot raise (the intake swallows its own failures), so it
+    needs no error wrapper; every other request takes Starlette's whole stack as before.
+    """
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._front = PixelFastPath(super().__call__)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._front(scope, receive, send)
 
 
 def routers() -> list[ApiRouter]:
@@ -95,5 +113,5 @@ def create_app() -> Starlette:
 
             await run_in_threadpool(reset_intake)  # shutdown drains buffered tracking events (broker or spool)
 
-    middleware = [Middleware(PixelFastPath), Middleware(HttpMetrics), Middleware(RejectNul), Middleware(ApiKeyAuth)]
-    return Starlette(routes=routes, middleware=middleware, exception_handlers=exception_handlers, lifespan=lifespan)
+    middleware = [Middleware(HttpMetrics), Middleware(RejectNul), Middleware(ApiKeyAuth)]
+    return MailpipeApp(routes=routes, middleware=middleware, exception_handlers=exception_handlers, lifespan=lifespan)

@@ -33,6 +33,7 @@ from ops import metrics
 from ops.private_files import PRIVATE_DIR, make_private_dirs, open_private, tighten
 from ops.settings import get_settings
 from pipeline import jobs
+from pipeline.stages.hit_batch import encode_hits
 from web.hit_throttle import HitThrottle
 
 __all__ = ["Intake", "Spool", "event_id", "get_intake", "reset_intake", "spool_for_later", "spooled_files"]
@@ -103,9 +104,14 @@ class Spool:
     def pending(self) -> bool:
         return self.size > 0
 
-    def read_own(self) -> list[dict[str, Any]]:
+    def read_own(self, start: int = 0) -> list[dict[str, Any]]:
         self._fh.flush()
-        return _read_lines(self.path)
+        return [event for event, _ in _read_lines_at(self.path, start)]
+
+    def read_own_at(self, start: int) -> list[tuple[dict[str, Any], int]]:
+        """This process's spooled events from byte ``start`` on, each with the offset just past its line."""
+        self._fh.flush()
+        return _read_lines_at(self.path, start)
 
     def truncate_own(self) -> None:
         self._fh.flush()
@@ -146,14 +152,21 @@ class Spool:
 
 
 def _read_lines(path: Path) -> list[dict[str, Any]]:
+    return [event for event, _ in _read_lines_at(path, 0)]
+
+
+def _read_lines_at(path: Path, start: int) -> list[tuple[dict[str, Any], int]]:
     events = []
+    offset = start
     with open(path, "rb") as fh:
-        for line in fh:
-            line = line.strip()
+        fh.seek(start)
+        for raw in fh:
+            offset += len(raw)
+            line = raw.strip()
             if not line:
                 continue
             try:
-                events.append(json.loads(line))
+                events.append((json.loads(line), offset))
             except ValueError:  # a torn last line from a crash mid-write: that event was never acknowledged
                 log.warning("spool_line_unreadable", path=str(path))
     return events
@@ -182,6 +195,7 @@ class Intake:
         self._broker_ok = True
         self._next_retry = 0.0
         self._last_sync = time.monotonic()
+        self._replayed_to = 0  # bytes of this process's spool already published by a replay that stopped part-way
 
     @property
     def stopped(self) -> bool:
@@ -280,18 +294,28 @@ class Intake:
             log.error("intake_spool_full", dropped=dropped, max_bytes=self.spool.max_bytes)
 
     def _replay_own(self) -> None:
-        """Publish the whole spool in order; truncate it only when all of it went out."""
+        """Publish the spool in order; truncate it only when all of it went out.
+
+        A replay the broker stops part-way (down again, or a full in-memory backlog) remembers how
+        far it got, and the next one goes on from there instead of publishing the head again. A
+        crash forgets that: the next process replays the whole file, and event ids make the
+        repeats harmless.
+        """
         self.spool.sync()
-        pending = self.spool.read_own()
+        pending = self.spool.read_own_at(self._replayed_to)
         for i in range(0, len(pending), self.batch):
+            chunk = pending[i : i + self.batch]
             try:
-                self.publish(pending[i : i + self.batch])
+                self.publish([event for event, _ in chunk])
             except Exception as exc:
                 self._broker_ok = False
                 self._next_retry = time.monotonic() + self.retry_every
-                log.info("intake_replay_waiting", error=type(exc).__name__, spooled=len(pending))
-                return  # published batches will be published again later; event ids make that harmless
+                metrics.TRACK_INTAKE.labels("replayed").inc(i)
+                log.info("intake_replay_waiting", error=type(exc).__name__, spooled=len(pending) - i)
+                return
+            self._replayed_to = chunk[-1][1]
         self.spool.truncate_own()
+        self._replayed_to = 0
         metrics.SPOOL_BYTES.set(0)
         self._broker_ok = True
         metrics.TRACK_INTAKE.labels("replayed").inc(len(pending))
@@ -325,8 +349,9 @@ _lock = threading.Lock()
 
 
 def publish_batch(events: list[dict[str, Any]]) -> None:
-    """The intake's publish function: one ``tracking.record`` message per batch (raises when the broker refuses)."""
-    jobs.TRACKING_RECORD.send(events)
+    """The intake's publish function: one ``tracking.record`` message per batch, the hits encoded as one
+    JSON text (:func:`~pipeline.stages.hit_batch.encode_hits`; raises when the broker refuses)."""
+    jobs.TRACKING_RECORD.send(encode_hits(events))
 
 
 def get_intake() -> Intake:

@@ -15,6 +15,7 @@ from typing import Any
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ops import metrics
+from ops.pacing import WEB_LOAD as _LOAD
 from web.intake import event_id
 from web.routes.tracking import _ID, _TOKEN, GIF, NO_STORE, client_ip_from
 
@@ -38,7 +39,11 @@ class PixelFastPath:
         self._intake: Any = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path: str = scope.get("path", "") if scope["type"] == "http" else ""
+        if scope["type"] == "http":
+            _LOAD.count += 1  # WEB_LOAD.tick(), inline: background work in this process yields to requests
+            path: str = scope["path"]
+        else:
+            path = ""
         if not path.startswith(_PREFIX) or scope.get("method") not in ("GET", "HEAD"):
             await self.app(scope, receive, send)
             return

@@ -44,6 +44,6 @@ def notify_emails(email_ids: list[str]) -> None:
 
 
 @actor(jobs.LINK_RETRO, max_retries=3)
-def relink_record(org_id: str, entity_type: str, entity_id: str) -> int:
+def relink_record(org_id: str, entity_type: str, entity_id: str) -> None:
     """Earlier unlinked mail linked to a contact, lead or account the CRM just wrote."""
-    return ingest_link.relink_record(org_id, entity_type, entity_id)
+    ingest_link.relink_record(org_id, entity_type, entity_id)

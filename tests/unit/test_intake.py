@@ -111,3 +111,43 @@ def test_submit_never_blocks_when_the_buffer_is_full(tmp_path: Path) -> None:
     wait_until(lambda: len(broker.ids()) == 100, 10, what="all published")
     intake.stop()
     assert sorted(broker.ids()) == list(range(100))
+
+
+class FillingBroker:
+    """A publish function that takes ``room`` batches, then refuses until given more room (a full
+    in-memory backlog in ``serve``, :class:`pipeline.broker.BacklogFull`)."""
+
+    def __init__(self, room: int) -> None:
+        self.room = room
+        self.batches: list[list[dict[str, Any]]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, events: list[dict[str, Any]]) -> None:
+        with self.lock:
+            if self.room <= 0:
+                raise RuntimeError("backlog full")
+            self.room -= 1
+            self.batches.append(list(events))
+
+    def ids(self) -> list[int]:
+        with self.lock:
+            return [e["id"] for b in self.batches for e in b]
+
+
+def test_a_replay_stopped_part_way_goes_on_from_there(tmp_path: Path) -> None:
+    """Replaying a spool into a broker that fills up after 2 batches, then takes 3 more, then the rest:
+    every event is published exactly once, in order (the head is not published again each time)."""
+    broker = FillingBroker(room=0)
+    intake = Intake(broker, Spool(tmp_path, 10**8), batch=50, retry_every=0.05)
+    intake.start()
+    for e in events(0, 500):
+        intake.submit(e)
+    wait_until(lambda: intake.spool.size > 0 and intake.idle, 10, what="events spooled")
+    for room in (2, 3, 100):
+        with broker.lock:
+            broker.room = room
+        if room < 100:
+            wait_until(lambda: broker.room == 0, 10, what="the room used")
+    wait_until(lambda: len(broker.ids()) >= 500, 10, what="all replayed")
+    intake.stop()
+    assert broker.ids() == list(range(500))

@@ -33,16 +33,16 @@ def test_stop_spools_unrecorded_batches_and_the_next_start_replays_them(memory_b
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     from ops.serve import Embedded
     from pipeline.actors.tracking import record_events
+    from pipeline.stages.hit_batch import decode_hits
     from web.intake import publish_batch
 
     gate, entered = threading.Event(), threading.Event()
     recorded: list[int] = []
 
-    def slow_record(events: list[dict[str, Any]]) -> int:
+    def slow_record(events: str | list[dict[str, Any]]) -> None:
         entered.set()
         gate.wait(10)
-        recorded.extend(e["id"] for e in events)
-        return len(events)
+        recorded.extend(e["id"] for e in decode_hits(events))  # the batch as published: one JSON text
 
     monkeypatch.setattr(record_events, "fn", slow_record)
     embedded = Embedded(get_settings(), worker_threads=1)
@@ -95,3 +95,43 @@ def test_memory_broker_requeues_what_a_stopping_worker_prefetched(memory_broker:
         record_events.fn = original
     left = memory_broker.unprocessed("tracking")
     assert sorted(m.args[0][0]["id"] for m in left) == [1, 2, 3, 4]
+
+
+def test_serve_paces_recording_and_caps_its_backlog(memory_broker: MemoryBroker, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Embedded: while the app is busy the recorder waits between batches, and beyond
+    MAILPIPE_TRACKING_BACKLOG_BATCHES waiting batches the publish is refused (the intake then spools)."""
+    from ops.pacing import WEB_LOAD
+    from ops.serve import Embedded
+    from pipeline.actors.tracking import record_events
+    from pipeline.broker import BacklogFull
+    from web.intake import publish_batch
+
+    monkeypatch.setenv("MAILPIPE_TRACKING_BACKLOG_BATCHES", "3")
+    monkeypatch.setenv("MAILPIPE_TRACKING_RECORD_SHARE", "0.1")
+    reset_settings()
+    starts: list[float] = []
+
+    def slow_record(events: str | list[dict[str, Any]]) -> None:
+        import time
+
+        starts.append(time.monotonic())
+        time.sleep(0.05)
+
+    monkeypatch.setattr(record_events, "fn", slow_record)
+    monkeypatch.setattr(WEB_LOAD, "busy", lambda now=None: True)  # the app is serving a flood
+    embedded = Embedded(get_settings(), worker_threads=2)
+    embedded.start()
+    try:
+        for b in range(3):
+            publish_batch([{"id": f"{b}", "kind": "open"}])
+        wait_until(lambda: len(starts) >= 2, 10, what="two batches recorded")
+        assert starts[1] - starts[0] >= 0.4, "50 ms at a 10 % share: the next one ~450 ms later"
+        for b in range(3, 6):
+            try:
+                publish_batch([{"id": f"{b}", "kind": "open"}])
+            except BacklogFull:
+                break
+        else:
+            raise AssertionError("the backlog was never full")
+    finally:
+        embedded.stop(tracking_grace_ms=50)
