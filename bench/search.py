@@ -114,7 +114,12 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=None, help="emails (default 5000 on SQLite, 100000 on PostgreSQL)")
     ap.add_argument("--rounds", type=int, default=40, help="requests per query kind")
     ap.add_argument("--refill", action="store_true", help="PostgreSQL: drop and refill the bench database")
+    ap.add_argument("--pg-db", default=PG_BENCH_DB, help=f"PostgreSQL: the bench database's name (default {PG_BENCH_DB}; "
+                    "another name keeps a second copy, e.g. one per branch being compared)")
     args = ap.parse_args()
+    pg_db = args.pg_db
+    if not pg_db.replace("_", "").isalnum():
+        ap.error("--pg-db: letters, digits and _ only")
     n = args.n or (5000 if args.db == "sqlite" else 100_000)
     from ops.crypto import generate_key_entry
 
@@ -131,22 +136,22 @@ def main() -> None:
     else:
         admin = sa.create_engine("postgresql+psycopg://postgres@127.0.0.1:5432/postgres", isolation_level="AUTOCOMMIT")
         with admin.connect() as c:
-            exists = c.exec_driver_sql(f"SELECT 1 FROM pg_database WHERE datname = '{PG_BENCH_DB}'").first() is not None
+            exists = c.exec_driver_sql(f"SELECT 1 FROM pg_database WHERE datname = '{pg_db}'").first() is not None
             if exists and args.refill:
-                c.exec_driver_sql(f"DROP DATABASE {PG_BENCH_DB} WITH (FORCE)")
+                c.exec_driver_sql(f"DROP DATABASE {pg_db} WITH (FORCE)")
                 exists = False
             if not exists:
-                c.exec_driver_sql(f"CREATE DATABASE {PG_BENCH_DB}")
+                c.exec_driver_sql(f"CREATE DATABASE {pg_db}")
         admin.dispose()
-        url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{PG_BENCH_DB}"
-        state_file = Path(tempfile.gettempdir()) / f"{PG_BENCH_DB}-{n}.key"
+        url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{pg_db}"
+        state_file = Path(tempfile.gettempdir()) / f"{pg_db}-{n}.key"
         if not exists:  # a new (or refilled) database: whatever was noted about the old one is gone
             state_file.unlink(missing_ok=True)
     os.environ["MAILPIPE_DATABASE_URL"] = url
     upgrade(url)
     if state_file.exists():
         org_id, key = state_file.read_text().split()
-        print(f"reusing the filled PostgreSQL database {PG_BENCH_DB} ({n} emails; --refill to rebuild)")
+        print(f"reusing the filled PostgreSQL database {pg_db} ({n} emails; --refill to rebuild)")
     else:
         filled = fill(n)
         org_id, key = filled["org_id"], filled["key"]

@@ -7,7 +7,7 @@ accepting a send. The index is kept by the database itself:
 * PostgreSQL: a ``tsv tsvector`` column filled by a ``BEFORE INSERT OR UPDATE`` trigger (the body
   stemmed with the email's language configuration, every part also unstemmed with ``simple`` so
   exact words and addresses always match), a GIN index on it; queries use ``websearch_to_tsquery``,
-  ``ts_rank_cd`` and ``ts_headline``.
+  ``ts_rank`` and ``ts_headline``.
 * SQLite: an FTS5 table with external content (``email_search_fts``, porter + unicode61 with
   diacritics removed) kept by insert/update/delete triggers on ``email_search``; ``bm25`` and
   ``snippet``.
@@ -37,8 +37,8 @@ from sqlmodel import Field, Session, SQLModel, col, delete
 from models.base import ts_field
 from models.emails import Email
 
-__all__ = ["EmailSearch", "SEARCH_DDL_OBJECTS", "forget", "fts5_query", "highlights", "install_search_ddl", "matches",
-           "prepare_search", "write_docs"]
+__all__ = ["EmailSearch", "SEARCH_DDL_OBJECTS", "SEARCH_TABLE", "forget", "fts5_query", "headline", "highlights",
+           "install_search_ddl", "marked", "matches", "order_by_rank", "prepare_search", "write_docs"]
 
 MARK_START, MARK_END = "\x01", "\x02"  # highlight markers: the text is HTML-escaped first, then they become <mark>
 
@@ -67,6 +67,10 @@ _FTS_SHADOW = re.compile(r"^email_search_fts(_data|_idx|_content|_docsize|_confi
 
 _PG_DDL = (
     "ALTER TABLE email_search ADD COLUMN IF NOT EXISTS tsv tsvector",
+    # In the row, not in TOAST: a search checks the tsvector of each of the newest rows until it has
+    # its window of matches, and an out-of-line value costs a TOAST index lookup and two chunk reads
+    # per row (the body, never read by that walk, goes out of line instead). Migration 0014.
+    "ALTER TABLE email_search ALTER COLUMN tsv SET STORAGE MAIN",
     """
 CREATE OR REPLACE FUNCTION email_search_tsv() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE cfg regconfig;
@@ -213,14 +217,23 @@ def prepare_search(session: Session) -> None:
 RANK_WINDOW = 500
 
 
+def order_by_rank(found: Subquery, email_id: Any = None) -> list[Any]:
+    """Best first, in the same order on every page: rank, then (PostgreSQL) newest, then id."""
+    ties = [found.c.at.desc()] if "at" in found.c else []
+    return [found.c.rank.desc(), *ties, (found.c.email_id if email_id is None else email_id).desc()]
+
+
 def matches(dialect: str, org_id: str, q: str, language: str = "english", top: int | None = None,
             within: Select[Any] | None = None, keep: int | None = None) -> Subquery | None:
-    """``(email_id, rank)`` of the org's emails matching ``q``; a higher rank is a better match.
+    """``(email_id, rank)`` of the org's emails matching ``q`` (and ``at`` on PostgreSQL); a higher rank is a
+    better match; :func:`order_by_rank` orders them.
 
     PostgreSQL: the newest ``top`` (default :data:`RANK_WINDOW`) matches among the emails
     ``within`` selects (a select from ``emails`` with the caller's filters), ranked with
-    ``ts_rank_cd``. SQLite: every match, ranked with ``bm25``, the best ``top`` of them kept (the
-    caller widens it when its filters leave too few). ``keep``: on PostgreSQL only the best
+    ``ts_rank`` (weights and term frequency; ``ts_rank_cd``'s cover density cost 20-60 times as
+    much per row, most with phrases and frequent words, whose many positions it pairs up). SQLite:
+    every match, ranked with ``bm25``, the best ``top`` of them kept (the caller widens it when its
+    filters leave too few). ``keep``: on PostgreSQL only the best
     ``keep`` ranked rows leave the subquery (the caller's page), so the emails table is read for
     those alone. None when the query has nothing searchable in it (no results, not an error).
     """
@@ -228,14 +241,15 @@ def matches(dialect: str, org_id: str, q: str, language: str = "english", top: i
     if dialect == "postgresql":
         tsv: ColumnElement[Any] = literal_column("email_search.tsv")
         tsq = _pg_tsquery(q, language)
-        base = (within.with_only_columns(es.c.email_id, tsv.label("tsv")).join(es, es.c.email_id == col(Email.id))
-                if within is not None else select(es.c.email_id, tsv.label("tsv")))
+        pg_rank = func.ts_rank(tsv, tsq, 1).cast(Float).label("rank")
+        cols = (es.c.email_id, pg_rank, es.c.at)
+        base = (within.with_only_columns(*cols).join(es, es.c.email_id == col(Email.id)) if within is not None
+                else select(*cols))
         window = (base.where(es.c.org_id == org_id, tsv.op("@@")(tsq)).order_by(es.c.at.desc())
                   .limit(top or RANK_WINDOW).subquery("window"))
-        pg_rank = func.ts_rank_cd(window.c.tsv, tsq, 1).cast(Float).label("rank")
-        ranked = select(window.c.email_id, pg_rank)
-        if keep:
-            ranked = ranked.order_by(pg_rank.desc(), window.c.email_id.desc()).limit(keep)
+        ranked = select(window.c.email_id, window.c.rank, window.c.at)
+        if keep:  # ties by time first: comparing the ids of hundreds of equal ranks costs more than the ranking
+            ranked = ranked.order_by(*order_by_rank(window)).limit(keep)
         return ranked.subquery("search")
     expr = fts5_query(q)
     if expr is None:
@@ -247,8 +261,43 @@ def matches(dialect: str, org_id: str, q: str, language: str = "english", top: i
     return (stmt.order_by(rank.desc()).limit(top) if top else stmt).subquery("search")
 
 
-def _marked(fragment: str) -> str:
+def marked(fragment: str) -> str:
+    """A highlight from the database (matches between the marker characters) as HTML: escaped, matches in ``<mark>``."""
     return html.escape(fragment, quote=False).replace(MARK_START, "<mark>").replace(MARK_END, "</mark>")
+
+
+#: ts_headline reads this many characters of the body, around the first place a query word occurs.
+HEADLINE_SPAN = 1200
+_HEADLINE_OPTS = (f"StartSel={MARK_START}, StopSel={MARK_END}, MaxWords=24, MinWords=8, MaxFragments=2, "
+                  "FragmentDelimiter=\" … \"")
+
+
+def _headline_words(q: str) -> list[str]:
+    """The query's words, any of which a highlight marks (phrase and negation operators make ts_headline slow,
+    and marking each matched word is what a reader needs)."""
+    return [w for token in q.replace('"', " ").split() if not token.startswith("-")
+            for w in _FTS_WORD.findall(token) if w.lower() != "or"]
+
+
+def headline(q: str, language: str = "english") -> ColumnElement[str] | None:
+    """PostgreSQL: an ``email_search`` column expression, the highlight of the row's text for ``q``
+    (pass it through :func:`marked`); None when the query has no words to mark.
+
+    ts_headline parses and normalizes every word of the text it is given, so it is given the
+    subject, :data:`HEADLINE_SPAN` characters of the body around the first occurrence of a query
+    word (its start when none occurs as written, e.g. a stemmed match) and the attachment names.
+    """
+    words = _headline_words(q)
+    if not words:
+        return None
+    es = SEARCH_TABLE
+    tsq = _pg_tsquery(" or ".join(words), language)
+    lowered = func.lower(func.left(es.c.body, 20_000))
+    found = [func.nullif(func.strpos(lowered, w), 0) for w in dict.fromkeys(w.lower() for w in words[:8])]
+    first = func.least(*found) if len(found) > 1 else found[0]
+    start = func.greatest(func.coalesce(first, 1) - HEADLINE_SPAN // 4, 1)
+    doc = func.concat_ws(" · ", es.c.subject, func.substr(es.c.body, start, HEADLINE_SPAN), es.c.attachments)
+    return cast(ColumnElement[str], func.ts_headline(sa_cast("simple", REGCONFIG), doc, tsq, _HEADLINE_OPTS))
 
 
 def highlights(session: Session, email_ids: Sequence[str], q: str, language: str = "english") -> dict[str, str]:
@@ -257,18 +306,11 @@ def highlights(session: Session, email_ids: Sequence[str], q: str, language: str
         return {}
     es = SEARCH_TABLE
     if session.get_bind().dialect.name == "postgresql":
-        # The words alone (any of them): ts_headline with phrase or negation operators is slow, and
-        # marking each matched word is what a reader needs.
-        words = [w for token in q.replace('"', " ").split() if not token.startswith("-")
-                 for w in _FTS_WORD.findall(token) if w.lower() != "or"]
-        if not words:
+        mark = headline(q, language)
+        if mark is None:
             return {}
-        tsq = _pg_tsquery(" or ".join(words), language)
-        opts = f"StartSel={MARK_START}, StopSel={MARK_END}, MaxWords=24, MinWords=8, MaxFragments=2, FragmentDelimiter=\" … \""
-        doc = func.concat_ws(" · ", es.c.subject, func.left(es.c.body, 20_000), es.c.attachments)
-        stmt = select(es.c.email_id, func.ts_headline(sa_cast("simple", REGCONFIG), doc, tsq, opts)
-                      ).where(es.c.email_id.in_(list(email_ids)))
-        return {eid: _marked(h) for eid, h in session.execute(stmt)}
+        stmt = select(es.c.email_id, mark).where(es.c.email_id.in_(list(email_ids)))
+        return {eid: marked(h) for eid, h in session.execute(stmt)}
     expr = fts5_query(q)
     if expr is None:
         return {}
@@ -278,4 +320,4 @@ def highlights(session: Session, email_ids: Sequence[str], q: str, language: str
         return {}
     stmt = (select(_FTS.c.rowid, literal_column(f"snippet(email_search_fts, -1, '{MARK_START}', '{MARK_END}', ' … ', 24)"))
             .where(text("email_search_fts MATCH :fts_q").bindparams(fts_q=expr), _FTS.c.rowid.in_(list(rowids))))
-    return {rowids[rowid]: _marked(h) for rowid, h in session.execute(stmt)}
+    return {rowids[rowid]: marked(h) for rowid, h in session.execute(stmt)}

@@ -40,6 +40,8 @@ for _lang, _stop in _STOPWORDS.items():
         _WORD_LANGS[_w] = (*_WORD_LANGS.get(_w, ()), _lang)
 _WORD = re.compile(r"[^\W\d_]+", re.UNICODE)
 _NAME_SPLIT = re.compile(r"[\W_]+", re.UNICODE)
+_TOKEN = re.compile(r"\S+")
+_EDGE_PUNCT = "".join(chr(c) for c in range(0x21, 0x7F) if not chr(c).isalnum())  # stripped from a token's ends
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,13 +83,26 @@ def _name_words(filename: str) -> str:
     return " ".join([filename, *(w for w in words if w)]) if len(words) > 1 else filename
 
 
+def _tokens(text: str) -> set[str]:
+    """The text's whitespace-separated tokens, case-folded, without the punctuation around them (``acme.com``
+    stays one token, as the text search parser reads it)."""
+    return {t for t in (m.strip(_EDGE_PUNCT).casefold() for m in _TOKEN.findall(text)) if t}
+
+
+def _words_within(text: str, other: str) -> bool:
+    """Whether every token of ``text`` is also one of ``other`` (then indexing ``text`` beside it adds nothing)."""
+    return bool(other) and _tokens(text) <= _tokens(other)
+
+
 def build_search_doc(*, subject: str, names: Iterable[str | None], addresses: Iterable[str | None], body_text: str,
                      body_html: str | None, attachment_names: Iterable[str]) -> SearchDoc:
-    """The indexed texts of an email (the HTML part is converted to text and indexed beside the text part)."""
+    """The indexed texts of an email (the HTML part is converted to text and indexed beside the text part
+    when it has a word the text part lacks: the two are usually the same message, and indexing it twice
+    doubles the index entry every search reads)."""
     body = body_text or ""
     if body_html:
         html_text = html_to_text(body_html)
-        if html_text.strip() and html_text.strip() != body.strip():
+        if html_text.strip() and html_text.strip() != body.strip() and not _words_within(html_text, body):
             body = f"{body}\n{html_text}" if body else html_text
     body = body[:BODY_CHARS]
     people = " ".join(n for n in names if n)

@@ -145,3 +145,14 @@ def test_subject_participants_attachments_ranking_and_erase(world: dict[str, Any
         erase_account_mail(s, world["a2"])
         s.commit()
     assert _search(world, "zeppelin")["items"] == []
+
+
+def test_the_highlight_finds_a_word_deep_in_a_long_body(world: dict[str, Any]) -> None:
+    """The highlight is cut from the body around the first matched word, so a word 6,000 characters
+    in is marked in context, not just the body's opening."""
+    filler = " ".join(f"routine{i % 97} line" for i in range(800))  # ~10,000 characters before and after
+    ids = _ingest(world["org"], world["a1"], [_raw(0), _raw(1, html_extra=f" {filler[:6000]} the albatross clause {filler}")])
+    page = _search(world, "albatross")
+    assert [it["id"] for it in page["items"]] == [ids[1]]
+    highlight = page["items"][0]["search"]["highlight"]
+    assert "<mark>albatross</mark>" in highlight and "clause" in highlight and len(highlight) < 1000

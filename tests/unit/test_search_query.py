@@ -34,6 +34,16 @@ class TestSearchDoc:
         assert doc.participants == "Grace Hopper grace@navy.example grace navy.example"
         assert doc.attachments == "Roadmap-Q3.pdf Roadmap Q3 pdf"
 
+    def test_an_html_part_saying_what_the_text_part_says_is_indexed_once(self) -> None:
+        text = "Hello Alice,\n\nthe delivery of order 7 is on track. Regards, Pat"
+        html = "<html><body><p>Hello Alice,</p><p>the delivery of order 7 is on track.</p><p>Regards, Pat</p></body></html>"
+        doc = build_search_doc(subject="Hi", names=[], addresses=[], body_text=text, body_html=html, attachment_names=[])
+        assert doc.body == text
+        # one token more (a host the text part spells as two words) and the HTML text is indexed too
+        doc = build_search_doc(subject="Hi", names=[], addresses=[], body_text="see acme com",
+                               body_html="<p>see acme.com</p>", attachment_names=[])
+        assert "acme.com" in doc.body and doc.body.startswith("see acme com")
+
     def test_language_guess(self) -> None:
         assert guess_language("Please find the report attached, and let me know if you have any questions.") == "english"
         assert guess_language("Bitte senden Sie mir die Rechnung, und ich werde sie mit dem Team prüfen.") == "german"

@@ -7,7 +7,7 @@ from functools import lru_cache
 from typing import Any, Literal
 
 from pydantic import Field
-from sqlalchemy import and_, func, or_, update
+from sqlalchemy import Row, and_, func, or_, update
 from sqlmodel import Session, col, select
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.requests import Request
@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from models import CRM_TABLES, Document, Email, EmailLink, EmailSentiment
 from models.db import get_engine
-from models.search import RANK_WINDOW, highlights, matches, prepare_search
+from models.search import RANK_WINDOW, SEARCH_TABLE, headline, highlights, marked, matches, order_by_rank, prepare_search
 from ops.settings import get_settings
 from pipeline.flows.events_outbox import email_payloads, record_event
 from pipeline.flows.flag_store import request_flag_change
@@ -64,15 +64,25 @@ LIST_PARAMS = (
 )
 
 
-def sentiment_json(row: EmailSentiment | None) -> dict[str, Any] | None:
+def sentiment_json(row: EmailSentiment | Row[Any] | None) -> dict[str, Any] | None:
     """``{label, score, model}`` of a classified inbound email; None before classification (or when it failed)."""
     if row is None or row.label is None:
         return None
     return {"label": row.label, "score": row.score, "model": row.model}
 
 
-def summary_json(e: Email, sentiment: EmailSentiment | None = None) -> dict[str, Any]:
-    """An email in lists: no bodies, a snippet instead."""
+#: What :func:`summary_json` reads, for lists that select columns rather than load Email objects
+#: (the bodies and headers are the bulk of an email row and a list shows none of them).
+SUMMARY_COLUMNS = tuple(getattr(Email, name) for name in (
+    "id", "account_id", "direction", "status", "message_id", "thread_id", "from_email", "from_name", "to_emails",
+    "cc_emails", "subject", "snippet", "received_at", "sent_at", "linked", "needs_review", "attachment_count",
+    "open_count", "click_count", "pipeline_state", "seen", "flagged", "answered", "deleted_on_server", "kind"))
+SENTIMENT_COLUMNS = (EmailSentiment.label, EmailSentiment.score, EmailSentiment.model)
+
+
+def summary_json(e: Email | Row[Any], sentiment: EmailSentiment | Row[Any] | None = None) -> dict[str, Any]:
+    """An email in lists: no bodies, a snippet instead (``e``: an Email, or a row of :data:`SUMMARY_COLUMNS`;
+    ``sentiment``: its EmailSentiment, or a row with :data:`SENTIMENT_COLUMNS`)."""
     return {
         "id": e.id, "account_id": e.account_id, "direction": e.direction, "status": e.status, "message_id": e.message_id,
         "thread_id": e.thread_id, "from_email": e.from_email, "from_name": e.from_name, "to_emails": e.to_emails,
@@ -142,6 +152,9 @@ def _search(org_id: str, stmt: Any, q: dict[str, Any]) -> dict[str, Any]:
     want = offset + limit + 1
     postgres = engine.dialect.name == "postgresql"
     top: int | None = max(RANK_WINDOW, want) if postgres else max(4 * want, 200)
+    # columns, not Email objects: a page of 50 would otherwise read and decode every body and header
+    columns = (*SUMMARY_COLUMNS, *SENTIMENT_COLUMNS)
+    mark = headline(q["q"], lang) if postgres else None
     with Session(engine) as s:
         prepare_search(s)
         while True:
@@ -149,17 +162,24 @@ def _search(org_id: str, stmt: Any, q: dict[str, Any]) -> dict[str, Any]:
                             keep=want if postgres else None)
             if found is None:
                 return {"items": [], "next_cursor": None}
-            page = (stmt.add_columns(found.c.rank).join(found, found.c.email_id == Email.id)
-                    .order_by(found.c.rank.desc(), col(Email.id).desc()).offset(offset).limit(limit + 1))
+            page = stmt.with_only_columns(*columns, found.c.rank).join(found, found.c.email_id == Email.id)
+            if mark is not None:  # PostgreSQL: the highlights in the same query, for the page's rows only
+                page = page.add_columns(mark.label("highlight")).join(SEARCH_TABLE, SEARCH_TABLE.c.email_id == Email.id)
+            page = page.order_by(*order_by_rank(found, col(Email.id))).offset(offset).limit(limit + 1)
             rows = list(s.execute(page).all())
             if postgres or top is None or len(rows) > limit:
                 break
             if s.execute(select(func.count()).select_from(found)).scalar_one() < top:  # every match was in the window
                 break
             top = top * 8 if top < 100_000 else None
-        marks = highlights(s, [r[0].id for r in rows[:limit]], q["q"], lang)
-    items = [{**summary_json(e, sentiment), "search": {"rank": float(rank or 0), "highlight": marks.get(e.id, "")}}
-             for e, sentiment, rank in rows[:limit]]
+        if mark is not None:
+            marks = {r.id: marked(r.highlight) for r in rows[:limit]}
+        elif postgres:
+            marks = {}
+        else:
+            marks = highlights(s, [r.id for r in rows[:limit]], q["q"], lang)
+    items = [{**summary_json(r, r), "search": {"rank": float(r.rank or 0), "highlight": marks.get(r.id, "")}}
+             for r in rows[:limit]]
     return {"items": items, "next_cursor": offset_cursor(offset + limit) if len(rows) > limit else None}
 
 
