@@ -363,8 +363,10 @@ def get_intake() -> Intake:
             settings = get_settings()
             throttle = HitThrottle(token_per_minute=settings.tracking_token_per_minute,
                                    ip_per_minute=settings.tracking_ip_per_minute, max_keys=settings.tracking_throttle_keys)
+            # Batches of up to 1,000 hits, gathered for up to 50 ms: at a flood's rate, each broker message
+            # (its publish, confirm and storage) serves 5x as many hits as batches of 200 did.
             _intake = Intake(publish_batch, Spool(settings.spool_dir, settings.tracking_spool_max_mb * 1024 * 1024),
-                             admit=throttle.admit)
+                             admit=throttle.admit, batch=1000, linger=0.05)
             _intake.start()
         return _intake
 
