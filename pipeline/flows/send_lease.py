@@ -8,7 +8,7 @@ writing; the run's last write gives it back. See :mod:`models.lease`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -47,15 +47,23 @@ def due(now: datetime) -> ColumnElement[bool]:
     )
 
 
-def claim(email_id: str, owner: str, now: datetime) -> Loaded | None:
+def claim(email_id: str, owner: str, now: datetime,
+          then: Callable[[Session, Loaded], None] | None = None) -> Loaded | None:
     """Take the email's lease when it has work due and nobody else (but a redelivery of us) holds it,
-    and read what the run needs in the same transaction."""
+    and read what the run needs in the same transaction.
+
+    ``then`` runs in that transaction before it commits, so a run's first bookkeeping writes (the
+    cap slot, suppressed recipients, the first delivery's ``sending`` mark) cost no round trip of
+    their own; what it raises rolls the claim back.
+    """
     with tx() as s:
         if not SEND_LEASE.claim(s, email_id, owner, now=now, where=(due(now + EARLY_TOLERANCE),),
                                 runs=Outbox.runs + 1, updated_at=now):
             s.rollback()
             return None
         loaded = load(s, email_id)
+        if then is not None:
+            then(s, loaded)
         s.commit()
         return loaded
 
