@@ -63,6 +63,7 @@ def claim(email_id: str, owner: str, now: datetime,
             return None
         loaded = load(s, email_id)
         if then is not None:
+            s.expunge_all()  # ``then`` writes with UPDATE statements; the loaded rows are plain values from here
             then(s, loaded)
         s.commit()
         return loaded

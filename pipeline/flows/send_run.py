@@ -446,11 +446,10 @@ class SendRun:
     def _write(self, s: Session, d: Delivery, *, state: str, entry: dict[str, Any], **values: Any) -> None:
         """A delivery's new state and attempt-log entry in the caller's transaction (and on ``d``)."""
         now = utcnow()
-        entry = {"at": now.isoformat(), **entry}
-        s.execute(update(Delivery).where(col(Delivery.id) == d.id).values(
-            state=state, updated_at=now, log=[*d.log, entry], **values))
+        log_ = [*d.log, {"at": now.isoformat(), **entry}]
+        s.execute(update(Delivery).where(col(Delivery.id) == d.id).values(state=state, updated_at=now, log=log_, **values))
         d.state = state
-        d.log = [*d.log, entry]
+        d.log = log_
         for k, v in values.items():
             setattr(d, k, v)
 

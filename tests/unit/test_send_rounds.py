@@ -1,0 +1,78 @@
+"""How many bookkeeping transactions a send run makes (issue 21: as few round trips as exactly-once allows).
+
+A single-copy send is three: the claim (with the cap slot, the suppression check and the delivery's
+``sending`` mark), the ``data`` mark (with the click map) and the reply (with the email's final state);
+each further copy adds two (its ``sending`` mark rides on the previous copy's reply).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from dramatiq import Worker
+from dramatiq.brokers.stub import StubBroker
+from sqlalchemy import event, select, update
+from sqlmodel import Session
+
+from models import Delivery, EmailAccount, Outbox, TrackedLink
+from models.db import get_engine
+from pipeline.flows.connections import use_smtp_transport
+from pipeline.flows.outbound import Outgoing, submit
+from pipeline.flows.send_run import run_send
+from tests.harness.fake_smtp import FakeSmtpTransport
+from tests.harness.flow import make_account, make_org
+
+HTML = '<html><body><p>Hi,</p><p><a href="https://engine.example/deck">deck</a></p></body></html>'
+
+
+@pytest.fixture
+def env(db: str, stub_broker: StubBroker, stub_worker: Worker) -> Iterator[dict[str, Any]]:
+    smtp = FakeSmtpTransport()
+    use_smtp_transport(smtp)
+    org_id, _ = make_org()
+    account_id = make_account(org_id)
+    with Session(get_engine()) as s:  # no IMAP here: the provider files its own Sent copy
+        s.execute(update(EmailAccount).where(EmailAccount.id == account_id).values(saves_sent_copy=True))
+        s.commit()
+    commits: list[int] = []
+
+    def count(_conn: Any) -> None:
+        commits.append(1)
+
+    event.listen(get_engine(), "commit", count)
+    try:
+        yield {"smtp": smtp, "org_id": org_id, "account_id": account_id, "commits": commits}
+    finally:
+        event.remove(get_engine(), "commit", count)
+        use_smtp_transport(None)
+
+
+def _run(env: dict[str, Any], to: list[str]) -> tuple[int, list[list[str]], str]:
+    email_id = submit(env["org_id"], Outgoing(account_id=env["account_id"], to=to, subject="Deck", body_html=HTML)).email_id
+    env["commits"].clear()
+    run_send(email_id, "msg-1:abcd")
+    with Session(get_engine()) as s:
+        logs = [[e["event"] for e in d.log] for d in s.execute(
+            select(Delivery).where(Delivery.email_id == email_id).order_by(Delivery.seq)).scalars()]
+        box = s.get_one(Outbox, email_id)
+        assert box.state == "sent" and box.lease_owner is None, "sent, and the lease given back in the last write"
+        assert s.execute(select(TrackedLink.url).where(TrackedLink.email_id == email_id)).scalars().all() == \
+            ["https://engine.example/deck"]
+    return len(env["commits"]), logs, email_id
+
+
+def test_a_single_copy_send_commits_three_times(env: dict[str, Any]) -> None:
+    commits, logs, _ = _run(env, ["ada@engine.example"])
+    assert logs == [["attempt", "data", "reply"]]
+    assert commits == 3
+    (sent,) = env["smtp"].sends
+    assert b"/track/click/" in sent[3] and b"https://engine.example/deck" in sent[3]  # the text part keeps the link
+
+
+def test_each_further_copy_adds_two(env: dict[str, Any]) -> None:
+    commits, logs, _ = _run(env, ["ada@engine.example", "bob@engine.example", "cy@engine.example"])
+    assert logs == [["attempt", "data", "reply"]] * 3
+    assert commits == 3 + 2 * 2
+    assert len(env["smtp"].sends) == 3 and len({raw for *_, raw in env["smtp"].sends}) == 3  # a pixel of their own
