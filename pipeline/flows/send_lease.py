@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import ColumnElement, or_, text
 from sqlmodel import Session, col, select
@@ -70,9 +71,11 @@ def claim(email_id: str, owner: str, now: datetime,
 
 
 def load(s: Session, email_id: str) -> Loaded:
-    outbox, email = s.get(Outbox, email_id), s.get(Email, email_id)
-    assert outbox is not None and email is not None
-    return Loaded(outbox, email, s.get(EmailAccount, outbox.account_id),
+    """The outbox row, its email and account (one query), and its deliveries."""
+    outbox, email, account = s.execute(
+        select(Outbox, Email, EmailAccount).join(Email, col(Email.id) == col(Outbox.email_id))
+        .outerjoin(EmailAccount, col(EmailAccount.id) == col(Outbox.account_id)).where(col(Outbox.email_id) == email_id)).one()
+    return Loaded(outbox, email, account,
                   list(s.execute(select(Delivery).where(Delivery.email_id == email_id).order_by(col(Delivery.seq))).scalars()))
 
 
@@ -91,9 +94,10 @@ def tx(*, durable: bool = False) -> Iterator[Session]:
         yield s
 
 
-def guard(s: Session, email_id: str, owner: str) -> None:
-    """Renew the lease inside the caller's transaction; LeaseLost when this run no longer owns it."""
-    SEND_LEASE.renew(s, email_id, owner, updated_at=utcnow())
+def guard(s: Session, email_id: str, owner: str, **values: Any) -> None:
+    """Renew the lease inside the caller's transaction, writing the outbox ``values`` in the same
+    statement; LeaseLost when this run no longer owns it."""
+    SEND_LEASE.renew(s, email_id, owner, updated_at=utcnow(), **values)
 
 
 def release(email_id: str, owner: str) -> None:

@@ -120,12 +120,11 @@ class SendRun:
             return True
         assert self.account is not None
         cap = plan.daily_cap(self.account.provider, self.account.send_cap_per_day, self.settings.send_cap_per_day)
+        # The window as the claim read it; read again after a lost race: each statement sees the winner's
+        # commit (READ COMMITTED; SQLite holds the write lock since the claim, so there it never loses).
+        row: Any = self.account
         for _ in range(20):  # compare-and-set on the window: concurrent sends never overshoot the cap
             now = utcnow()
-            # Read again on a lost race: each statement sees the winner's commit (READ COMMITTED; SQLite
-            # holds the write lock since the claim, so there it never loses).
-            row = s.execute(select(EmailAccount.send_window_start, EmailAccount.send_window_count)
-                            .where(EmailAccount.id == self.account.id)).one()
             decision = plan.reserve(plan.SendWindow(row.send_window_start, row.send_window_count), now=now, cap=cap,
                                     n=max(1, sum(1 for d in self.deliveries if d.state != "suppressed")))
             if not decision.allowed:
@@ -141,6 +140,8 @@ class SendRun:
             res = s.exec(update(EmailAccount).where(*cond).values(
                 send_window_start=decision.window.start, send_window_count=decision.window.count))
             if res.rowcount != 1:
+                row = s.execute(select(EmailAccount.send_window_start, EmailAccount.send_window_count)
+                                .where(EmailAccount.id == self.account.id)).one()
                 continue
             s.execute(update(Outbox).where(col(Outbox.email_id) == self.email_id).values(
                 cap_reserved=True, state="sending", deferred_until=None))
@@ -305,12 +306,14 @@ class SendRun:
         summary = self._summary_if(d, outcome, values)
         now = utcnow()
         also: Callable[[Session], None] | None = None
-        if summary is not None:
+        final: dict[str, Any] | None = None
+        if summary is not None:  # the outbox's final values go with the lease renewal, the email's after the reply
+            final = self._final_outbox(summary)
             also = lambda s: self._finish_writes(s, summary, now)  # noqa: E731
         elif following is not None:  # the next delivery's `sending` mark rides on this reply's transaction
             also = lambda s: self._mark_sending(s, following)  # noqa: E731
         self._record(d, state=outcome, entry={"event": "reply", "n": attempt, "outcome": outcome, "code": verdict.code,
-                                              "message": verdict.message[:500]}, also=also, **values)
+                                              "message": verdict.message[:500]}, also=also, outbox=final, **values)
         if summary is not None:  # the reply and the email's final state went out in one transaction
             self.settled = True
             self._finished(summary, now)
@@ -387,18 +390,22 @@ class SendRun:
 
     def _finish(self, summary: plan.Summary, now: datetime) -> None:
         with tx() as s:
-            guard(s, self.email_id, self.owner)
+            guard(s, self.email_id, self.owner, **self._final_outbox(summary))
             self._finish_writes(s, summary, now)
             s.commit()
         self._finished(summary, now)
 
-    def _finish_writes(self, s: Session, summary: plan.Summary, now: datetime) -> None:
-        """The email's and the outbox's final state (in the caller's transaction, which renews the lease)."""
+    def _final_outbox(self, summary: plan.Summary) -> dict[str, Any]:
+        """The outbox's final values, written with the lease guard of the run's last transaction (which
+        gives the lease back unless the Sent copy is still to be made)."""
         sent = summary.status == "sent"
         copy_next = sent and self.outbox.sent_copy in ("pending", "appending")
-        s.execute(update(Outbox).where(col(Outbox.email_id) == self.email_id).values(
-            state=summary.status, next_attempt_at=None, sent_copy=self.outbox.sent_copy if sent else "skipped",
-            **({} if copy_next else self._let_go())))
+        return {"state": summary.status, "next_attempt_at": None, "sent_copy": self.outbox.sent_copy if sent else "skipped",
+                **({} if copy_next else self._let_go())}
+
+    def _finish_writes(self, s: Session, summary: plan.Summary, now: datetime) -> None:
+        """The email's final state and its event (in the caller's transaction, whose guard wrote the outbox's)."""
+        sent = summary.status == "sent"
         values: dict[str, Any] = {"status": summary.status, "error": summary.error}
         if sent:
             # Stored and linked like inbound mail: the chain parses the untracked copy.
@@ -431,11 +438,12 @@ class SendRun:
     # -- helpers ---------------------------------------------------------------------------------
 
     def _record(self, d: Delivery, *, state: str, entry: dict[str, Any], links: list[dict[str, Any]] | None = None,
-                also: Callable[[Session], None] | None = None, **values: Any) -> None:
-        """Write a delivery's new state (and an attempt-log entry) before acting on it; ``also`` adds
-        more writes to the same transaction (the email's final status with its last delivery's reply)."""
+                also: Callable[[Session], None] | None = None, outbox: dict[str, Any] | None = None, **values: Any) -> None:
+        """Write a delivery's new state (and an attempt-log entry) before acting on it; ``outbox`` values
+        go with the lease guard (one statement), ``also`` adds more writes to the same transaction (the
+        email's final status with its last delivery's reply, or the next delivery's ``sending`` mark)."""
         with tx(durable=state == "data") as s:
-            guard(s, self.email_id, self.owner)
+            guard(s, self.email_id, self.owner, **(outbox or {}))
             if links:
                 insert_ignore(s, TrackedLink, links, ["email_id", "link_hash"])
             self._write(s, d, state=state, entry=entry, **values)
