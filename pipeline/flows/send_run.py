@@ -31,7 +31,7 @@ from ops.settings import get_settings
 from pipeline.clients.errors import ConnErrorKind
 from pipeline.clients.smtp import SmtpError
 from pipeline.clients.storage import StorageError
-from pipeline.flows.chain import start_chain
+from pipeline.flows.chain import chain_sent
 from pipeline.flows.connections import smtp_settings, smtp_transport
 from pipeline.flows.delivery_copy import DeliveryCopies
 from pipeline.flows.events_outbox import email_payloads, record_event, wants
@@ -431,7 +431,7 @@ class SendRun:
         log.info("send_finished", email_id=self.email_id, status=summary.status,
                  error=(summary.error or {}).get("code"))
         if sent:
-            start_chain([self.email_id])
+            chain_sent(self.outbox.account_id)  # the ingest chain, shared with the mailbox's other sends
             if self.outbox.sync_after:
                 fetch_now(self.outbox.account_id)
 

@@ -76,3 +76,26 @@ def test_each_further_copy_adds_two(env: dict[str, Any]) -> None:
     assert logs == [["attempt", "data", "reply"]] * 3
     assert commits == 3 + 2 * 2
     assert len(env["smtp"].sends) == 3 and len({raw for *_, raw in env["smtp"].sends}) == 3  # a pixel of their own
+
+
+def test_sent_emails_share_one_ingest_chain(env: dict[str, Any], stub_broker: StubBroker, stub_worker: Worker,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each send asks for the chain after a short delay; the first batcher takes every sent email waiting, once."""
+    import pipeline.flows.send_run as send_run
+    from models import Email, utcnow
+    from pipeline.flows.chain import start_sent_chains
+    from tests.harness.flow import drain
+
+    asked: list[str] = []
+    monkeypatch.setattr(send_run, "chain_sent", asked.append)  # the batch requests, held back here
+    ids = [_run(env, [f"r{i}@engine.example"])[2] for i in range(3)]
+    assert asked == [env["account_id"]] * 3
+    with Session(get_engine()) as s:
+        assert {s.get_one(Email, i).pipeline_state for i in ids} == {"fetched"}
+    assert start_sent_chains(env["account_id"]) == 3
+    assert start_sent_chains(env["account_id"]) == 0, "claimed: a concurrent or later batcher starts no second chain"
+    with Session(get_engine()) as s:
+        assert all(s.get_one(Email, i).stage_at > utcnow() for i in ids)
+    drain(stub_broker, stub_worker)
+    with Session(get_engine()) as s:
+        assert {s.get_one(Email, i).pipeline_state for i in ids} == {"done"}
