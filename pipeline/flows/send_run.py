@@ -466,7 +466,11 @@ class SendRun:
             if d.state == "data":  # the server may have it: never claim it failed
                 self._record(d, state="unconfirmed", accepted=list(d.recipients), entry={"event": "unconfirmed", "reason": message})
             elif d.state not in plan.FINAL_DELIVERY_STATES:
-                self._record(d, state="failed", error_code=code, smtp_message=message, entry={"event": "failed", "reason": message})
+                # A `sending` mark made ahead (with the claim or the previous reply) counted an attempt that never began.
+                uncount: dict[str, Any] = {"attempts": d.attempts - 1} if d is self._marked else {}
+                self._record(d, state="failed", error_code=code, smtp_message=message, entry={"event": "failed", "reason": message},
+                             **uncount)
+        self._marked = None
         self._settle()
 
 

@@ -7,6 +7,7 @@ each further copy adds two (its ``sending`` mark rides on the previous copy's re
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -37,9 +38,11 @@ def env(db: str, stub_broker: StubBroker, stub_worker: Worker) -> Iterator[dict[
         s.execute(update(EmailAccount).where(EmailAccount.id == account_id).values(saves_sent_copy=True))
         s.commit()
     commits: list[int] = []
+    me = threading.get_ident()
 
     def count(_conn: Any) -> None:
-        commits.append(1)
+        if threading.get_ident() == me:  # the run's own; the worker threads run the ingest batch beside it
+            commits.append(1)
 
     event.listen(get_engine(), "commit", count)
     try:
@@ -99,3 +102,22 @@ def test_sent_emails_share_one_ingest_chain(env: dict[str, Any], stub_broker: St
     drain(stub_broker, stub_worker)
     with Session(get_engine()) as s:
         assert {s.get_one(Email, i).pipeline_state for i in ids} == {"done"}
+
+
+def test_a_run_that_never_connects_counts_no_attempt(env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The claim marks the first delivery `sending` ahead of time; failing before any connection un-counts it."""
+    import pipeline.flows.send_run as send_run
+    from models import Email
+
+    def broken(_account: Any, **_kw: Any) -> Any:
+        raise ValueError("the SMTP settings are unusable")
+
+    monkeypatch.setattr(send_run, "smtp_settings", broken)
+    email_id = submit(env["org_id"], Outgoing(account_id=env["account_id"], to=["ada@engine.example"], subject="Deck",
+                                              body_html=HTML)).email_id
+    run_send(email_id, "msg-2:abcd")
+    with Session(get_engine()) as s:
+        (d,) = s.execute(select(Delivery).where(Delivery.email_id == email_id)).scalars()
+        assert (d.state, d.attempts, [e["event"] for e in d.log]) == ("failed", 0, ["attempt", "failed"])
+        assert s.get_one(Email, email_id).status == "failed" and s.get_one(Outbox, email_id).lease_owner is None
+    assert env["smtp"].sends == []
