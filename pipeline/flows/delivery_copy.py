@@ -17,7 +17,7 @@ from models import Delivery, Outbox
 from ops.keys import get_keyring
 from pipeline.clients.storage import StorageError, get_storage
 from pipeline.flows.outbound import draft_from_json, load_attachments
-from pipeline.stages.compose import compose, swap_html
+from pipeline.stages.compose import compose, html_part_bytes, swap_html
 from pipeline.stages.html_text import html_to_text
 from pipeline.stages.link_rewrite import inject
 from pipeline.stages.tracking_ids import recipient_hash
@@ -42,6 +42,7 @@ class DeliveryCopies:
         self._attachments: list[Any] | None = None
         self._text: str | None = None  # the text part derived from the draft's HTML
         self._base: bytes | None = None  # the canonical message, read once
+        self._base_html: bytes | None = None  # its HTML part as written in it
 
     def copy_for(self, d: Delivery) -> DeliveryCopy:
         """Compose this delivery's copy: the stored draft, with its recipient's pixel and tracked links.
@@ -87,4 +88,8 @@ class DeliveryCopies:
                 self._base = get_storage().get(self.outbox.base_key)
             except StorageError:  # the draft row alone still composes the copy
                 self._base = b""
-        return swap_html(self._base, html, tracked) if self._base else None
+        if not self._base:
+            return None
+        if self._base_html is None:
+            self._base_html = html_part_bytes(html)  # the canonical HTML part, encoded once for every copy
+        return swap_html(self._base, self._base_html, tracked)

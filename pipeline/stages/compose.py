@@ -394,14 +394,15 @@ def html_part_bytes(html: str) -> bytes:
     return as_bytes(_text_part(body, "html"))
 
 
-def swap_html(raw: bytes, html: str, new_html: str) -> bytes | None:
+def swap_html(raw: bytes, html: str | bytes, new_html: str) -> bytes | None:
     """``raw`` (a message :func:`compose` wrote with the HTML body ``html``) with ``new_html`` in its
-    place, every other byte kept: a per-recipient copy without composing the message again.
+    place, every other byte kept: a per-recipient copy without composing the message again. ``html``
+    may be given as its :func:`html_part_bytes` already (computed once for many copies).
 
     None when that cannot be done safely (the HTML part is not found exactly once, or the new part
     contains a line one of the message's multipart boundaries would collide with): compose instead.
     """
-    old = html_part_bytes(html)
+    old = html if isinstance(html, bytes) else html_part_bytes(html)
     at = raw.find(old)
     if at < 0 or raw.find(old, at + 1) >= 0:
         return None

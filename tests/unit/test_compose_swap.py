@@ -48,3 +48,10 @@ def test_not_found_or_colliding_falls_back_to_composing() -> None:
     assert swap_html(raw, HTML, f"<p>x</p>\n--{boundary}\n<p>y</p>") is None
     untouched, _ = compose(_draft("<p>plain</p>"))
     assert swap_html(untouched + untouched, "<p>plain</p>", "<p>new</p>") is None  # found twice: not ours to guess
+
+
+def test_the_old_part_can_be_given_encoded() -> None:
+    from pipeline.stages.compose import html_part_bytes
+
+    raw, _ = compose(_draft(HTML))
+    assert swap_html(raw, html_part_bytes(HTML), TRACKED) == swap_html(raw, HTML, TRACKED) is not None
