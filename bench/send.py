@@ -177,6 +177,9 @@ def mailpipe(server: SmtpServer, cafile: Path, workdir: Path, latency_n: int, n:
     from ops.settings import reset_settings
 
     reset_settings(), reset_engine(), reset_keyring()
+    from ops.logging import configure_logging
+
+    configure_logging("WARNING")  # as MAILPIPE_LOG_LEVEL says (the embedded worker's and app's lines are this process's)
     accepted: dict[str, float] = {}
     server.on_message = lambda _f, _r, raw: accepted.setdefault(
         (m.group(1).decode() if (m := _EMAIL_ID.search(raw)) else ""), time.perf_counter())

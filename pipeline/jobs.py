@@ -26,6 +26,7 @@ __all__ = [
     "INGEST_LINK",
     "INGEST_NOTIFY",
     "INGEST_PARSE",
+    "INGEST_SENT",
     "INGEST_SENTIMENT",
     "JOBS",
     "LINK_RETRO",
@@ -68,6 +69,7 @@ INGEST_ATTACHMENTS = Job("ingest.attachments", "pipeline")
 INGEST_LINK = Job("ingest.link", "pipeline")
 INGEST_LEADS = Job("ingest.leads", "pipeline")
 INGEST_NOTIFY = Job("ingest.notify", "notify")
+INGEST_SENT = Job("ingest.sent", "pipeline")               # (account_id): the chain for the mailbox's sent emails, several at once
 INGEST_SENTIMENT = Job("ingest.sentiment", "pipeline")     # ([email_id, ...]): fanned out by the link stage, beside the chain
 LINK_RETRO = Job("link.retro", "pipeline")                 # (org_id, entity_type, entity_id)
 SEND_EMAIL = Job("send.email", "send")                     # (email_id)
@@ -83,7 +85,8 @@ WEBHOOK_DELIVER = Job("webhooks.deliver", "webhooks")      # (endpoint_id): one 
 PRIVACY_RUN = Job("privacy.run", "privacy")                # (privacy_job_id): an export or erase
 PRIVACY_RETENTION = Job("privacy.retention", "privacy")    # (org_id): purge mail older than the org's retention_days
 
-JOBS = (FETCH_ACCOUNT, INGEST_PARSE, INGEST_ATTACHMENTS, INGEST_LINK, INGEST_LEADS, INGEST_NOTIFY, INGEST_SENTIMENT, LINK_RETRO, SEND_EMAIL,
+JOBS = (FETCH_ACCOUNT, INGEST_PARSE, INGEST_ATTACHMENTS, INGEST_LINK, INGEST_LEADS, INGEST_NOTIFY, INGEST_SENT, INGEST_SENTIMENT,
+        LINK_RETRO, SEND_EMAIL,
         FLAG_STORE, TRACKING_RECORD, TRACKING_SETTLE, NOTIFY_EMAIL, NOTION_SAVE, SELFTEST_FIRST, SELFTEST_SECOND,
         WEBHOOK_DISPATCH, WEBHOOK_DELIVER, PRIVACY_RUN, PRIVACY_RETENTION)
 

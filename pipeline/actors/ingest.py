@@ -8,9 +8,15 @@ from __future__ import annotations
 
 from pipeline import jobs
 from pipeline.broker import actor
-from pipeline.flows import ingest_attachments, ingest_leads, ingest_link, ingest_notify, ingest_parse
+from pipeline.flows import chain, ingest_attachments, ingest_leads, ingest_link, ingest_notify, ingest_parse
 
-__all__ = ["create_leads", "link_emails", "notify_emails", "parse_emails", "relink_record", "store_attachments"]
+__all__ = ["create_leads", "link_emails", "notify_emails", "parse_emails", "relink_record", "start_sent", "store_attachments"]
+
+
+@actor(jobs.INGEST_SENT, max_retries=3)
+def start_sent(account_id: str) -> None:
+    """The chain for a mailbox's sent emails, several at once (:func:`pipeline.flows.chain.start_sent_chains`)."""
+    chain.start_sent_chains(account_id)
 
 
 @actor(jobs.INGEST_PARSE, max_retries=3)

@@ -1,6 +1,11 @@
 """The bytes each SMTP transaction of an outbound email sends: the stored draft, with its
 recipient's pixel, tracked links and unsubscribe link (or the canonical message itself when
-nothing is tracked), and the tracked links the copy points at."""
+nothing is tracked), and the tracked links the copy points at.
+
+A copy that differs from the canonical message only in its HTML (tracking without an unsubscribe
+link) is the canonical message's bytes with the recipient's HTML part swapped in
+(:func:`pipeline.stages.compose.swap_html`): no MIME tree is built again per recipient.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +15,9 @@ from typing import Any
 
 from models import Delivery, Outbox
 from ops.keys import get_keyring
-from pipeline.clients.storage import get_storage
+from pipeline.clients.storage import StorageError, get_storage
 from pipeline.flows.outbound import draft_from_json, load_attachments
-from pipeline.stages.compose import compose
+from pipeline.stages.compose import compose, html_part_bytes, swap_html
 from pipeline.stages.html_text import html_to_text
 from pipeline.stages.link_rewrite import inject
 from pipeline.stages.tracking_ids import recipient_hash
@@ -36,6 +41,8 @@ class DeliveryCopies:
         self.email_id, self.outbox, self.public_url = email_id, outbox, public_url
         self._attachments: list[Any] | None = None
         self._text: str | None = None  # the text part derived from the draft's HTML
+        self._base: bytes | None = None  # the canonical message, read once
+        self._base_html: bytes | None = None  # its HTML part as written in it
 
     def copy_for(self, d: Delivery) -> DeliveryCopy:
         """Compose this delivery's copy: the stored draft, with its recipient's pixel and tracked links.
@@ -44,8 +51,6 @@ class DeliveryCopies:
         """
         if d.tracked_for is None:
             return DeliveryCopy(get_storage().get(self.outbox.base_key), [])
-        if self._attachments is None:
-            self._attachments = load_attachments(self.outbox.attachments)
         draft = self.outbox.draft
         changes: dict[str, Any] = {}
         links: list[dict[str, Any]] = []
@@ -63,11 +68,28 @@ class DeliveryCopies:
                     skip_urls=(changes["unsubscribe_url"],) if "unsubscribe_url" in changes else (),
                 )
                 changes["html"] = injected.html
+                links = [{"email_id": self.email_id, "link_hash": spec.link_hash, "url": spec.url, "position": spec.position,
+                          "text": spec.text[:500]} for spec in injected.links]
+                if "unsubscribe_url" not in changes and (swapped := self._swapped(draft["html"], injected.html)) is not None:
+                    return DeliveryCopy(swapped, links)
                 if draft.get("text") is None:  # the text part shows the original links, not tracking URLs
                     if self._text is None:
                         self._text = html_to_text(draft["html"])
                     changes["text"] = self._text
-                links = [{"email_id": self.email_id, "link_hash": spec.link_hash, "url": spec.url, "position": spec.position,
-                          "text": spec.text[:500]} for spec in injected.links]
+        if self._attachments is None:
+            self._attachments = load_attachments(self.outbox.attachments)
         raw, _ = compose(draft_from_json(draft, tuple(self._attachments), **changes))
         return DeliveryCopy(raw, links)
+
+    def _swapped(self, html: str, tracked: str) -> bytes | None:
+        """The canonical message with ``tracked`` as its HTML (None: compose the copy instead)."""
+        if self._base is None:
+            try:
+                self._base = get_storage().get(self.outbox.base_key)
+            except StorageError:  # the draft row alone still composes the copy
+                self._base = b""
+        if not self._base:
+            return None
+        if self._base_html is None:
+            self._base_html = html_part_bytes(html)  # the canonical HTML part, encoded once for every copy
+        return swap_html(self._base, self._base_html, tracked)

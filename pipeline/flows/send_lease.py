@@ -8,10 +8,11 @@ writing; the run's last write gives it back. See :mod:`models.lease`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import ColumnElement, or_, text
 from sqlmodel import Session, col, select
@@ -47,23 +48,34 @@ def due(now: datetime) -> ColumnElement[bool]:
     )
 
 
-def claim(email_id: str, owner: str, now: datetime) -> Loaded | None:
+def claim(email_id: str, owner: str, now: datetime,
+          then: Callable[[Session, Loaded], None] | None = None) -> Loaded | None:
     """Take the email's lease when it has work due and nobody else (but a redelivery of us) holds it,
-    and read what the run needs in the same transaction."""
+    and read what the run needs in the same transaction.
+
+    ``then`` runs in that transaction before it commits, so a run's first bookkeeping writes (the
+    cap slot, suppressed recipients, the first delivery's ``sending`` mark) cost no round trip of
+    their own; what it raises rolls the claim back.
+    """
     with tx() as s:
         if not SEND_LEASE.claim(s, email_id, owner, now=now, where=(due(now + EARLY_TOLERANCE),),
                                 runs=Outbox.runs + 1, updated_at=now):
             s.rollback()
             return None
         loaded = load(s, email_id)
+        if then is not None:
+            s.expunge_all()  # ``then`` writes with UPDATE statements; the loaded rows are plain values from here
+            then(s, loaded)
         s.commit()
         return loaded
 
 
 def load(s: Session, email_id: str) -> Loaded:
-    outbox, email = s.get(Outbox, email_id), s.get(Email, email_id)
-    assert outbox is not None and email is not None
-    return Loaded(outbox, email, s.get(EmailAccount, outbox.account_id),
+    """The outbox row, its email and account (one query), and its deliveries."""
+    outbox, email, account = s.execute(
+        select(Outbox, Email, EmailAccount).join(Email, col(Email.id) == col(Outbox.email_id))
+        .outerjoin(EmailAccount, col(EmailAccount.id) == col(Outbox.account_id)).where(col(Outbox.email_id) == email_id)).one()
+    return Loaded(outbox, email, account,
                   list(s.execute(select(Delivery).where(Delivery.email_id == email_id).order_by(col(Delivery.seq))).scalars()))
 
 
@@ -82,9 +94,10 @@ def tx(*, durable: bool = False) -> Iterator[Session]:
         yield s
 
 
-def guard(s: Session, email_id: str, owner: str) -> None:
-    """Renew the lease inside the caller's transaction; LeaseLost when this run no longer owns it."""
-    SEND_LEASE.renew(s, email_id, owner, updated_at=utcnow())
+def guard(s: Session, email_id: str, owner: str, **values: Any) -> None:
+    """Renew the lease inside the caller's transaction, writing the outbox ``values`` in the same
+    statement; LeaseLost when this run no longer owns it."""
+    SEND_LEASE.renew(s, email_id, owner, updated_at=utcnow(), **values)
 
 
 def release(email_id: str, owner: str) -> None:

@@ -31,7 +31,7 @@ from ops.settings import get_settings
 from pipeline.clients.errors import ConnErrorKind
 from pipeline.clients.smtp import SmtpError
 from pipeline.clients.storage import StorageError
-from pipeline.flows.chain import start_chain
+from pipeline.flows.chain import chain_sent
 from pipeline.flows.connections import smtp_settings, smtp_transport
 from pipeline.flows.delivery_copy import DeliveryCopies
 from pipeline.flows.events_outbox import email_payloads, record_event, wants
@@ -66,6 +66,9 @@ class SendRun:
         self._smtp: Any = None  # SMTP settings of this run (replaced when a refused token is renewed)
         self.settled = False  # the email's final state was written (with its last delivery's reply)
         self.released = False  # the lease was given back in the run's last write
+        self.started = False  # the claim-time writes (:meth:`start`) were made
+        self.deferred: datetime | None = None  # over the cap: the window opens then (written by start)
+        self._marked: Delivery | None = None  # a delivery whose `sending` mark an earlier write already made
 
     def _let_go(self) -> dict[str, Any]:
         """Outbox values that give the lease back in the same write that ends the run."""
@@ -74,11 +77,34 @@ class SendRun:
 
     # -- the steps -------------------------------------------------------------------------------
 
+    def start(self, s: Session) -> None:
+        """The run's first writes, made in the claiming transaction (no round trips of their own): the
+        cap slot, recipients suppressed since the email was accepted, and the first delivery's
+        ``sending`` mark (still before any connection opens)."""
+        self.started = True
+        if self.outbox.state not in ("queued", "sending") or self.account is None or self.account.deleted_at is not None:
+            return
+        if not self._take_slot(s):
+            return
+        self._suppress(s)
+        if any(d.state == "data" for d in self.deliveries):  # reconcile those first (maybe later): mark nothing
+            return
+        first = next((d for d in self.deliveries if d.state in ("pending", "sending", "retry")), None)
+        if first is not None:
+            self._mark_sending(s, first)
+
     def run(self) -> None:
+        if not self.started:  # not started by the claim (a run built some other way): its own transaction
+            with tx() as s:
+                guard(s, self.email_id, self.owner)
+                self.start(s)
+                s.commit()
         if self.outbox.state in ("queued", "sending"):
             if self.account is None or self.account.deleted_at is not None:
                 self._fail_all("account_deleted", "the sending account was deleted before the email went out")
-            elif not self._take_slot():
+            elif self.deferred is not None:
+                metrics.SEND_DEFERRED.inc()
+                log.info("send_deferred", email_id=self.email_id, until=str(self.deferred))
                 return
             else:
                 if self._reconcile():
@@ -87,43 +113,41 @@ class SendRun:
             assert self.account is not None  # a sent email's account (deleted ones fail before sending)
             SentCopy(self.email_id, self.owner, self.outbox, self.email, self.account, self.settings, self._let_go).run()
 
-    def _take_slot(self) -> bool:
-        """Reserve one message of the account's 24-hour cap (once per email); False when over the cap."""
+    def _take_slot(self, s: Session) -> bool:
+        """Reserve one message of the account's 24-hour cap (once per email) in the run's claiming
+        transaction; False when over the cap (the email is queued until the window opens, the lease given back)."""
         if self.outbox.cap_reserved:
             return True
         assert self.account is not None
         cap = plan.daily_cap(self.account.provider, self.account.send_cap_per_day, self.settings.send_cap_per_day)
+        # The window as the claim read it; read again after a lost race: each statement sees the winner's
+        # commit (READ COMMITTED; SQLite holds the write lock since the claim, so there it never loses).
+        row: Any = self.account
         for _ in range(20):  # compare-and-set on the window: concurrent sends never overshoot the cap
             now = utcnow()
-            with tx() as s:
+            decision = plan.reserve(plan.SendWindow(row.send_window_start, row.send_window_count), now=now, cap=cap,
+                                    n=max(1, sum(1 for d in self.deliveries if d.state != "suppressed")))
+            if not decision.allowed:
+                s.execute(update(Outbox).where(col(Outbox.email_id) == self.email_id).values(
+                    state="queued", deferred_until=decision.deferred_until, next_attempt_at=decision.deferred_until,
+                    enqueued_at=None, **self._let_go()))  # the sweep hands it over again when the window opens
+                s.execute(update(Email).where(col(Email.id) == self.email_id).values(status="queued"))
+                self.deferred = decision.deferred_until
+                return False
+            cond = [col(EmailAccount.id) == self.account.id, col(EmailAccount.send_window_count) == row.send_window_count]
+            cond.append(col(EmailAccount.send_window_start).is_(None) if row.send_window_start is None
+                        else col(EmailAccount.send_window_start) == row.send_window_start)
+            res = s.exec(update(EmailAccount).where(*cond).values(
+                send_window_start=decision.window.start, send_window_count=decision.window.count))
+            if res.rowcount != 1:
                 row = s.execute(select(EmailAccount.send_window_start, EmailAccount.send_window_count)
                                 .where(EmailAccount.id == self.account.id)).one()
-                decision = plan.reserve(plan.SendWindow(row.send_window_start, row.send_window_count), now=now, cap=cap,
-                                        n=max(1, sum(1 for d in self.deliveries if d.state != "suppressed")))
-                guard(s, self.email_id, self.owner)
-                if not decision.allowed:
-                    s.execute(update(Outbox).where(col(Outbox.email_id) == self.email_id).values(
-                        state="queued", deferred_until=decision.deferred_until, next_attempt_at=decision.deferred_until,
-                        enqueued_at=None, **self._let_go()))  # the sweep hands it over again when the window opens
-                    s.execute(update(Email).where(col(Email.id) == self.email_id).values(status="queued"))
-                    s.commit()
-                    metrics.SEND_DEFERRED.inc()
-                    log.info("send_deferred", email_id=self.email_id, until=str(decision.deferred_until), cap=cap)
-                    return False
-                cond = [col(EmailAccount.id) == self.account.id, col(EmailAccount.send_window_count) == row.send_window_count]
-                cond.append(col(EmailAccount.send_window_start).is_(None) if row.send_window_start is None
-                            else col(EmailAccount.send_window_start) == row.send_window_start)
-                res = s.exec(update(EmailAccount).where(*cond).values(
-                    send_window_start=decision.window.start, send_window_count=decision.window.count))
-                if res.rowcount != 1:
-                    s.rollback()
-                    continue
-                s.execute(update(Outbox).where(col(Outbox.email_id) == self.email_id).values(
-                    cap_reserved=True, state="sending", deferred_until=None))
-                s.execute(update(Email).where(col(Email.id) == self.email_id).values(status="sending"))
-                s.commit()
-                self.outbox.cap_reserved, self.outbox.state = True, "sending"
-                return True
+                continue
+            s.execute(update(Outbox).where(col(Outbox.email_id) == self.email_id).values(
+                cap_reserved=True, state="sending", deferred_until=None))
+            s.execute(update(Email).where(col(Email.id) == self.email_id).values(status="sending"))
+            self.outbox.cap_reserved, self.outbox.state = True, "sending"
+            return True
         raise RuntimeError("could not reserve a send slot (contention)")
 
     def _reconcile(self) -> bool:
@@ -167,7 +191,6 @@ class SendRun:
 
     def _deliver(self) -> None:
         assert self.account is not None
-        self._suppress()
         todo = [d for d in self.deliveries if d.state in ("pending", "sending", "retry")]
         if todo:
             try:
@@ -180,9 +203,9 @@ class SendRun:
                 return
             transport = smtp_transport()
             try:
-                for d in todo:
+                for i, d in enumerate(todo):
                     copy = self.copies.copy_for(d)
-                    self._attempt(d, transport, copy.raw, copy.links)
+                    self._attempt(d, transport, copy.raw, copy.links, todo[i + 1] if i + 1 < len(todo) else None)
             except CredentialsUnavailable as exc:  # a refused token could not be renewed
                 self._hold(exc)
                 return
@@ -203,6 +226,10 @@ class SendRun:
         until = now + (RECONNECT_HOLD if reconnect else TOKEN_HOLD)
         with tx() as s:
             guard(s, self.email_id, self.owner)
+            if (d := self._marked) is not None:  # its `sending` mark counted an attempt that never happened
+                self._marked = None
+                self._write(s, d, state="pending" if d.attempts <= 1 else "retry", attempts=d.attempts - 1,
+                            entry={"event": "held", "n": d.attempts, "reason": code})
             s.execute(update(Outbox).where(col(Outbox.email_id) == self.email_id).values(
                 state="queued", deferred_until=until, next_attempt_at=until, enqueued_at=None, **self._let_go()))
             s.execute(update(Email).where(col(Email.id) == self.email_id).values(
@@ -211,32 +238,45 @@ class SendRun:
         metrics.SEND_DEFERRED.inc()
         log.warning("send_held", email_id=self.email_id, reason=code, until=str(until))
 
-    def _suppress(self) -> None:
+    def _suppress(self, s: Session) -> None:
         """Skip recipients suppressed after the email was accepted (scheduled or retried mail): for
         marketing mail every entry, for other mail hard bounces, complaints and manual entries
-        (unsubscribes block marketing mail only)."""
+        (unsubscribes block marketing mail only). In the claiming transaction."""
         wanted = {normalize_email(d.tracked_for) or d.tracked_for: d for d in self.deliveries
                   if d.tracked_for and d.state in ("pending", "sending", "retry")}
         if not wanted:
             return
         marketing = self.outbox.category == "marketing"
-        with tx() as s:
-            gone = s.execute(select(Suppression.address_norm, Suppression.reason).where(
-                Suppression.org_id == self.outbox.org_id, col(Suppression.address_norm).in_(list(wanted)))).all()
+        gone = s.execute(select(Suppression.address_norm, Suppression.reason).where(
+            Suppression.org_id == self.outbox.org_id, col(Suppression.address_norm).in_(list(wanted)))).all()
         for address, reason in gone:
             if marketing or reason != "unsubscribe":
-                self._record(wanted[address], state="suppressed",
-                             entry={"event": "suppressed", "reason": "unsubscribed" if reason == "unsubscribe" else reason})
+                self._write(s, wanted[address], state="suppressed",
+                            entry={"event": "suppressed", "reason": "unsubscribed" if reason == "unsubscribe" else reason})
 
-    def _attempt(self, d: Delivery, transport: Any, raw: bytes, links: list[dict[str, Any]]) -> None:
+    def _mark_sending(self, s: Session, d: Delivery) -> None:
+        """``d``'s ``sending`` mark (an attempt counted, no connection yet) inside the caller's transaction:
+        the claim's for the first delivery, the previous delivery's reply for the next one."""
         attempt = d.attempts + 1
-        # The click map commits with the attempt: a redirect must resolve before the mail is out.
-        self._record(d, state="sending", attempts=attempt, entry={"event": "attempt", "n": attempt}, links=links)
+        self._write(s, d, state="sending", attempts=attempt, entry={"event": "attempt", "n": attempt})
+        self._marked = d
+
+    def _attempt(self, d: Delivery, transport: Any, raw: bytes, links: list[dict[str, Any]],
+                 following: Delivery | None = None) -> None:
+        if self._marked is d:  # its `sending` mark was written with the claim or the previous reply
+            self._marked = None
+            attempt = d.attempts
+            data_links = links
+        else:
+            attempt = d.attempts + 1
+            self._record(d, state="sending", attempts=attempt, entry={"event": "attempt", "n": attempt}, links=links)
+            data_links = []
         data_started = False
 
         def before_data() -> None:
             nonlocal data_started
-            self._record(d, state="data", entry={"event": "data", "n": attempt})
+            # The click map commits before DATA at the latest: a redirect must resolve before the mail is out.
+            self._record(d, state="data", entry={"event": "data", "n": attempt}, links=data_links)
             data_started = True
 
         try:
@@ -265,9 +305,15 @@ class SendRun:
                                   "error_code": verdict.error_code or None, "accepted": accepted, "refused": refused}
         summary = self._summary_if(d, outcome, values)
         now = utcnow()
+        also: Callable[[Session], None] | None = None
+        final: dict[str, Any] | None = None
+        if summary is not None:  # the outbox's final values go with the lease renewal, the email's after the reply
+            final = self._final_outbox(summary)
+            also = lambda s: self._finish_writes(s, summary, now)  # noqa: E731
+        elif following is not None:  # the next delivery's `sending` mark rides on this reply's transaction
+            also = lambda s: self._mark_sending(s, following)  # noqa: E731
         self._record(d, state=outcome, entry={"event": "reply", "n": attempt, "outcome": outcome, "code": verdict.code,
-                                              "message": verdict.message[:500]},
-                     also=None if summary is None else (lambda s: self._finish_writes(s, summary, now)), **values)
+                                              "message": verdict.message[:500]}, also=also, outbox=final, **values)
         if summary is not None:  # the reply and the email's final state went out in one transaction
             self.settled = True
             self._finished(summary, now)
@@ -344,18 +390,22 @@ class SendRun:
 
     def _finish(self, summary: plan.Summary, now: datetime) -> None:
         with tx() as s:
-            guard(s, self.email_id, self.owner)
+            guard(s, self.email_id, self.owner, **self._final_outbox(summary))
             self._finish_writes(s, summary, now)
             s.commit()
         self._finished(summary, now)
 
-    def _finish_writes(self, s: Session, summary: plan.Summary, now: datetime) -> None:
-        """The email's and the outbox's final state (in the caller's transaction, which renews the lease)."""
+    def _final_outbox(self, summary: plan.Summary) -> dict[str, Any]:
+        """The outbox's final values, written with the lease guard of the run's last transaction (which
+        gives the lease back unless the Sent copy is still to be made)."""
         sent = summary.status == "sent"
         copy_next = sent and self.outbox.sent_copy in ("pending", "appending")
-        s.execute(update(Outbox).where(col(Outbox.email_id) == self.email_id).values(
-            state=summary.status, next_attempt_at=None, sent_copy=self.outbox.sent_copy if sent else "skipped",
-            **({} if copy_next else self._let_go())))
+        return {"state": summary.status, "next_attempt_at": None, "sent_copy": self.outbox.sent_copy if sent else "skipped",
+                **({} if copy_next else self._let_go())}
+
+    def _finish_writes(self, s: Session, summary: plan.Summary, now: datetime) -> None:
+        """The email's final state and its event (in the caller's transaction, whose guard wrote the outbox's)."""
+        sent = summary.status == "sent"
         values: dict[str, Any] = {"status": summary.status, "error": summary.error}
         if sent:
             # Stored and linked like inbound mail: the chain parses the untracked copy.
@@ -381,29 +431,33 @@ class SendRun:
         log.info("send_finished", email_id=self.email_id, status=summary.status,
                  error=(summary.error or {}).get("code"))
         if sent:
-            start_chain([self.email_id])
+            chain_sent(self.outbox.account_id)  # the ingest chain, shared with the mailbox's other sends
             if self.outbox.sync_after:
                 fetch_now(self.outbox.account_id)
 
     # -- helpers ---------------------------------------------------------------------------------
 
     def _record(self, d: Delivery, *, state: str, entry: dict[str, Any], links: list[dict[str, Any]] | None = None,
-                also: Callable[[Session], None] | None = None, **values: Any) -> None:
-        """Write a delivery's new state (and an attempt-log entry) before acting on it; ``also`` adds
-        more writes to the same transaction (the email's final status with its last delivery's reply)."""
-        now = utcnow()
-        entry = {"at": now.isoformat(), **entry}
+                also: Callable[[Session], None] | None = None, outbox: dict[str, Any] | None = None, **values: Any) -> None:
+        """Write a delivery's new state (and an attempt-log entry) before acting on it; ``outbox`` values
+        go with the lease guard (one statement), ``also`` adds more writes to the same transaction (the
+        email's final status with its last delivery's reply, or the next delivery's ``sending`` mark)."""
         with tx(durable=state == "data") as s:
-            guard(s, self.email_id, self.owner)
+            guard(s, self.email_id, self.owner, **(outbox or {}))
             if links:
                 insert_ignore(s, TrackedLink, links, ["email_id", "link_hash"])
-            s.execute(update(Delivery).where(col(Delivery.id) == d.id).values(
-                state=state, updated_at=now, log=[*d.log, entry], **values))
+            self._write(s, d, state=state, entry=entry, **values)
             if also is not None:
                 also(s)
             s.commit()
+
+    def _write(self, s: Session, d: Delivery, *, state: str, entry: dict[str, Any], **values: Any) -> None:
+        """A delivery's new state and attempt-log entry in the caller's transaction (and on ``d``)."""
+        now = utcnow()
+        log_ = [*d.log, {"at": now.isoformat(), **entry}]
+        s.execute(update(Delivery).where(col(Delivery.id) == d.id).values(state=state, updated_at=now, log=log_, **values))
         d.state = state
-        d.log = [*d.log, entry]
+        d.log = log_
         for k, v in values.items():
             setattr(d, k, v)
 
@@ -412,20 +466,30 @@ class SendRun:
             if d.state == "data":  # the server may have it: never claim it failed
                 self._record(d, state="unconfirmed", accepted=list(d.recipients), entry={"event": "unconfirmed", "reason": message})
             elif d.state not in plan.FINAL_DELIVERY_STATES:
-                self._record(d, state="failed", error_code=code, smtp_message=message, entry={"event": "failed", "reason": message})
+                # A `sending` mark made ahead (with the claim or the previous reply) counted an attempt that never began.
+                uncount: dict[str, Any] = {"attempts": d.attempts - 1} if d is self._marked else {}
+                self._record(d, state="failed", error_code=code, smtp_message=message, entry={"event": "failed", "reason": message},
+                             **uncount)
+        self._marked = None
         self._settle()
 
 
 def run_send(email_id: str, owner: str) -> None:
     """Run one email's due send work under its lease (``owner``: :func:`models.lease.run_owner` of the
     message); nothing due, or another run holding it: a no-op. Raises what a retry can help with."""
-    loaded = claim(email_id, owner, utcnow())
+    started: list[SendRun] = []
+
+    def start(s: Session, loaded: Loaded) -> None:  # in the claiming transaction
+        started.append(SendRun(email_id, owner, loaded))
+        started[-1].start(s)
+
+    loaded = claim(email_id, owner, utcnow(), then=start)
     if loaded is None:
         log.debug("send_dropped", email_id=email_id, reason="nothing due or another run holds it")
         return
-    run: SendRun | None = None
+    run: SendRun | None = started[-1]
     try:
-        run = SendRun(email_id, owner, loaded)
+        assert run is not None
         run.run()
     except LeaseLost:
         log.info("send_superseded", email_id=email_id)

@@ -32,7 +32,8 @@ from pipeline.stages.html_text import html_to_text
 from pipeline.stages.mime_bytes import as_bytes
 from pipeline.stages.slices import SLICE
 
-__all__ = ["ComposeError", "Draft", "OutgoingAttachment", "compose", "envelope_recipients", "recipient_groups", "validate_address"]
+__all__ = ["ComposeError", "Draft", "OutgoingAttachment", "compose", "envelope_recipients", "html_part_bytes", "recipient_groups",
+           "swap_html", "validate_address"]
 
 _MAX_URL = 900
 _EMAIL_ID = re.compile(r"^[A-Za-z0-9._:@+-]{1,200}$")
@@ -42,6 +43,7 @@ _URL_TEXT = re.compile(r"^[!#-;=?-~]+$")  # printable ASCII without space, '"', 
 _MAILTO_QUERY = re.compile(r"^[A-Za-z0-9%._~!$&'()*+,;=:@/?-]*$")
 _LONG_LINE = re.compile(r"[^\r\n]{79}")  # longer than EmailPolicy.max_line_length
 _LARGE_PART = 1_000_000  # characters
+_BOUNDARY = re.compile(rb'boundary="([^"\r\n]{1,200})"', re.I)
 _BODY_CLOSE = re.compile(r"</body\s*>", re.I)
 _HTML_CLOSE = re.compile(r"</html\s*>", re.I)
 _RESERVED_HEADERS = frozenset(
@@ -382,3 +384,29 @@ def _extra_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str | 
     return checked
 
 
+
+
+def html_part_bytes(html: str) -> bytes:
+    """The HTML body part exactly as :func:`compose` writes it into a message (headers, blank line,
+    encoded body; CRLF line ends), for swapping one copy's HTML into an already composed message."""
+    body = _body("html", html)
+    assert body is not None
+    return as_bytes(_text_part(body, "html"))
+
+
+def swap_html(raw: bytes, html: str | bytes, new_html: str) -> bytes | None:
+    """``raw`` (a message :func:`compose` wrote with the HTML body ``html``) with ``new_html`` in its
+    place, every other byte kept: a per-recipient copy without composing the message again. ``html``
+    may be given as its :func:`html_part_bytes` already (computed once for many copies).
+
+    None when that cannot be done safely (the HTML part is not found exactly once, or the new part
+    contains a line one of the message's multipart boundaries would collide with): compose instead.
+    """
+    old = html if isinstance(html, bytes) else html_part_bytes(html)
+    at = raw.find(old)
+    if at < 0 or raw.find(old, at + 1) >= 0:
+        return None
+    new = html_part_bytes(new_html)
+    if any(b"--" + boundary in new for boundary in _BOUNDARY.findall(raw, 0, at)):
+        return None
+    return raw[:at] + new + raw[at + len(old):]

@@ -18,6 +18,7 @@ from models import Document, Email, EmailAccount
 from models.db import get_engine
 from pipeline.flows.outbound import Outgoing, SendRejected, Submitted, cancel, submit
 from pipeline.flows.outreach import recent_outreach
+from pipeline.flows.send_due import enqueue_send
 from pipeline.stages.quoting import forward_block, forward_subject, quote_for_reply, reply_subject
 from web.access import Actor, actor
 from web.api import ApiRouter
@@ -117,15 +118,13 @@ async def _accept(who: Actor, req: Outgoing) -> JSONResponse:
             result = submit(who.org_id, req)
         except SendRejected as exc:
             raise ApiError(exc.status, exc.code, exc.message, exc.details) from None
+        if result.created and result.status == "queued":  # handed over at once: the send starts while we answer
+            enqueue_send(result.email_id)
         with Session(get_engine()) as s:  # teammates who mailed these recipients lately (duplicate outreach)
             outreach = recent_outreach(s, who, addresses=[*req.to, *req.cc, *req.bcc], exclude_user=who.user_id or owner)
         return result, outreach
 
     result, outreach = await run_in_threadpool(run)
-    if result.created and result.status == "queued":
-        from pipeline.flows.send_due import enqueue_send
-
-        await run_in_threadpool(enqueue_send, result.email_id)
     return JSONResponse({"id": result.email_id, "status": result.status, "created": result.created,
                          "recent_outreach": outreach}, status_code=202)
 
