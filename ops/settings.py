@@ -98,7 +98,7 @@ class Settings(BaseSettings):
     # serve only: while the app is busy, the share of the time the in-process recorder may take
     # (ops/pacing.py), and how many recording batches may wait in memory before the intake spools
     tracking_record_share: float = 0.15
-    tracking_backlog_batches: int = 1000
+    tracking_backlog_batches: int = 250
     tracking_data_dir: str = ""  # refreshed range and user-agent files (mailpipe tracking update-ranges); empty: the shipped ones
     log_level: str = "INFO"
     log_json: bool = False

@@ -23,7 +23,7 @@ import orjson
 __all__ = ["MAX_BATCH_BYTES", "decode_hits", "encode_hits"]
 
 _PREFIX = "z:"
-#: A batch never inflates beyond this (a batch of 1,000 hits is ~0.3 MB); anything larger is refused.
+#: A batch never inflates beyond this (a batch of 2,000 hits is ~0.6 MB); anything larger is refused.
 MAX_BATCH_BYTES = 64 * 1024 * 1024
 
 
