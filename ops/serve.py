@@ -113,9 +113,17 @@ def _absorb_reraised_signals() -> None:
         signal.signal(sig, lambda signum, frame: log.info("signal_received", signal=signum))
 
 
+#: ``serve``'s GIL switch interval (CPython's default is 5 ms): how long the event loop may wait for
+#: the GIL while a worker thread computes. With the default, a pixel flood's p99 was ~15 ms while
+#: the paced recorder ran; with 1 ms, ~9 ms, at the same throughput.
+SERVE_SWITCH_INTERVAL_S = 0.001
+
+
 def serve(settings: Settings, host: str, port: int, *, generated_key: bool) -> None:
     """API + scheduler thread + in-process worker; SIGINT/SIGTERM stop all three cleanly."""
     from web.app import create_app
+
+    sys.setswitchinterval(SERVE_SWITCH_INTERVAL_S)
 
     server = uvicorn.Server(uvicorn.Config(create_app(), host=host, port=port, log_level="warning", lifespan="on",
                                            proxy_headers=False, access_log=False, log_config=None))

@@ -97,7 +97,7 @@ class Settings(BaseSettings):
     tracking_throttle_keys: int = 50_000
     # serve only: while the app is busy, the share of the time the in-process recorder may take
     # (ops/pacing.py), and how many recording batches may wait in memory before the intake spools
-    tracking_record_share: float = 0.15
+    tracking_record_share: float = 0.10
     tracking_backlog_batches: int = 250
     tracking_data_dir: str = ""  # refreshed range and user-agent files (mailpipe tracking update-ranges); empty: the shipped ones
     log_level: str = "INFO"

@@ -23,7 +23,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -108,10 +108,11 @@ class Spool:
         self._fh.flush()
         return [event for event, _ in _read_lines_at(self.path, start)]
 
-    def read_own_at(self, start: int) -> list[tuple[dict[str, Any], int]]:
-        """This process's spooled events from byte ``start`` on, each with the offset just past its line."""
+    def iter_own_at(self, start: int) -> Iterator[tuple[dict[str, Any], int]]:
+        """This process's spooled events from byte ``start`` on, each with the offset just past its
+        line, read as they are consumed (a replay that stops early has parsed only what it sent)."""
         self._fh.flush()
-        return _read_lines_at(self.path, start)
+        return _iter_lines_at(self.path, start)
 
     def truncate_own(self) -> None:
         self._fh.flush()
@@ -156,7 +157,10 @@ def _read_lines(path: Path) -> list[dict[str, Any]]:
 
 
 def _read_lines_at(path: Path, start: int) -> list[tuple[dict[str, Any], int]]:
-    events = []
+    return list(_iter_lines_at(path, start))
+
+
+def _iter_lines_at(path: Path, start: int) -> Iterator[tuple[dict[str, Any], int]]:
     offset = start
     with open(path, "rb") as fh:
         fh.seek(start)
@@ -166,10 +170,9 @@ def _read_lines_at(path: Path, start: int) -> list[tuple[dict[str, Any], int]]:
             if not line:
                 continue
             try:
-                events.append((json.loads(line), offset))
+                yield json.loads(line), offset
             except ValueError:  # a torn last line from a crash mid-write: that event was never acknowledged
                 log.warning("spool_line_unreadable", path=str(path))
-    return events
 
 
 class Intake:
@@ -305,33 +308,37 @@ class Intake:
         repeats harmless.
         """
         self.spool.sync()
-        pending = self.spool.read_own_at(self._replayed_to)
-        for i in range(0, len(pending), self.batch):
-            chunk = pending[i : i + self.batch]
+        pending = self.spool.iter_own_at(self._replayed_to)
+        sent = 0
+        while chunk := list(itertools.islice(pending, self.batch)):
             try:
                 self.publish([event for event, _ in chunk])
             except Exception as exc:
                 self._broker_ok = False
                 self._next_retry = time.monotonic() + self.retry_every
-                metrics.TRACK_INTAKE.labels("replayed").inc(i)
-                log.info("intake_replay_waiting", error=type(exc).__name__, spooled=len(pending) - i)
+                metrics.TRACK_INTAKE.labels("replayed").inc(sent)
+                log.info("intake_replay_waiting", error=type(exc).__name__, replayed=sent,
+                         spooled_bytes=self.spool.size - self._replayed_to)
                 return
             self._replayed_to = chunk[-1][1]
+            sent += len(chunk)
         self.spool.truncate_own()
         self._replayed_to = 0
         metrics.SPOOL_BYTES.set(0)
         self._broker_ok = True
-        metrics.TRACK_INTAKE.labels("replayed").inc(len(pending))
-        log.info("intake_replayed", events=len(pending))
+        metrics.TRACK_INTAKE.labels("replayed").inc(sent)
+        log.info("intake_replayed", events=sent)
 
     def _adopt_orphans(self) -> None:
         """Move spooled events of dead processes into this process's spool (replayed with it)."""
         for path in self.spool.orphans():
-            events = _read_lines(path)
-            self._to_spool(events)
+            lines, adopted = _iter_lines_at(path, 0), 0
+            while chunk := [event for event, _ in itertools.islice(lines, 10_000)]:  # a large file in pieces
+                self._to_spool(chunk)
+                adopted += len(chunk)
             self.spool.sync()
             path.unlink(missing_ok=True)
-            log.info("intake_adopted_spool", path=str(path), events=len(events))
+            log.info("intake_adopted_spool", path=str(path), events=adopted)
             self._next_retry = 0.0
 
     def _drain_all(self) -> None:
