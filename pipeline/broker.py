@@ -11,12 +11,11 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from queue import Empty
 from typing import Any, Protocol, TypeVar
 
 import dramatiq
 from dramatiq import Actor, Broker
-from dramatiq.brokers.stub import StubBroker, _StubConsumer, _StubMessageProxy
+from dramatiq.brokers.stub import StubBroker, _StubConsumer
 from dramatiq.errors import BrokerError
 from dramatiq.middleware import AgeLimit, Callbacks, CurrentMessage, Pipelines, Retries, ShutdownNotifications, TimeLimit
 
@@ -75,21 +74,19 @@ class _PacedConsumer(_RequeueingConsumer):
 
     def __next__(self) -> Any:
         # The slot first, then the pacer: asked before the slot, it would let the next message through
-        # the moment the previous one is acknowledged, before hearing how long that one took.
+        # the moment the previous one is acknowledged, before hearing how long that one took. The slot
+        # goes back at once; only this thread takes slots, so the stub's own __next__ gets it again.
         if not self.prefetch_semaphore.acquire(timeout=self.timeout / 1000):
             return None
         hold = self.pacer.wait()
+        self.prefetch_semaphore.release()
         if hold > 0:
-            self.prefetch_semaphore.release()
             time.sleep(min(hold, self.timeout / 1000))
             return None
-        try:
-            data = self.queue.get(timeout=self.timeout / 1000)
-        except Empty:
-            self.prefetch_semaphore.release()
-            return None
-        self._handed = time.monotonic()
-        return _StubMessageProxy(dramatiq.Message.decode(data))
+        message = super().__next__()
+        if message is not None:
+            self._handed = time.monotonic()
+        return message
 
     def _finished(self) -> None:
         self.pacer.done(time.monotonic() - self._handed)

@@ -104,9 +104,9 @@ class Spool:
     def pending(self) -> bool:
         return self.size > 0
 
-    def read_own(self, start: int = 0) -> list[dict[str, Any]]:
+    def read_own(self) -> list[dict[str, Any]]:
         self._fh.flush()
-        return [event for event, _ in _read_lines_at(self.path, start)]
+        return _read_lines(self.path)
 
     def iter_own_at(self, start: int) -> Iterator[tuple[dict[str, Any], int]]:
         """This process's spooled events from byte ``start`` on, each with the offset just past its
@@ -153,11 +153,7 @@ class Spool:
 
 
 def _read_lines(path: Path) -> list[dict[str, Any]]:
-    return [event for event, _ in _read_lines_at(path, 0)]
-
-
-def _read_lines_at(path: Path, start: int) -> list[tuple[dict[str, Any], int]]:
-    return list(_iter_lines_at(path, start))
+    return [event for event, _ in _iter_lines_at(path, 0)]
 
 
 def _iter_lines_at(path: Path, start: int) -> Iterator[tuple[dict[str, Any], int]]:
