@@ -24,8 +24,8 @@ from models.db import get_engine
 from pipeline import jobs
 from pipeline.scheduler import register_sweep
 
-__all__ = ["FINAL_STATES", "MAX_ATTEMPTS", "SENT_BATCH_DELAY_MS", "STATES", "chain_sent", "in_state", "move", "raw_digest",
-           "resume_ingest", "start_chain", "start_sent_chains"]
+__all__ = ["FINAL_STATES", "MAX_ATTEMPTS", "STATES", "chain_sent", "in_state", "move", "raw_digest", "resume_ingest", "start_chain",
+           "start_sent_chains"]
 
 log = structlog.get_logger("mailpipe.ingest")
 
@@ -34,9 +34,6 @@ FINAL_STATES = ("done", "quarantined")
 MAX_ATTEMPTS = 8
 STALL = timedelta(minutes=15)  # long enough that a queue backlog is not mistaken for a stall
 CHAIN_BATCH = 100
-SENT_BATCH_DELAY_MS = 0  # how long a sent email waits for the mailbox's other sends to share its chain
-# (0: none on purpose. Waiting 100 ms batched more but made the batches' bursts stall other sends:
-# p99 one at a time 92-97 ms against 65-71 ms; a queue behind busy workers batches by itself.)
 SENT_CLAIM = timedelta(minutes=1)  # a batch handed to the chain: other batchers skip it (the stall clock starts later)
 
 
@@ -59,9 +56,11 @@ def chain_sent(account_id: str) -> None:
     Sending does not wait for the chain (it links the sent email to contacts, threads it...): under
     load, while the ``ingest.sent`` messages queue behind busy workers, the sends of one mailbox share
     one chain of five messages. A lost message only delays the chain until the ``resume_ingest``
-    sweep restarts it.
+    sweep restarts it. The message is not delayed on purpose: waiting 100 ms batched more, but the
+    bigger batches' bursts stalled other sends (p99 one at a time 92-97 ms against 65-71 ms); a queue
+    behind busy workers batches by itself.
     """
-    jobs.INGEST_SENT.send(account_id, delay_ms=SENT_BATCH_DELAY_MS or None)
+    jobs.INGEST_SENT.send(account_id)
 
 
 def start_sent_chains(account_id: str, *, now: datetime | None = None) -> int:

@@ -384,8 +384,6 @@ def _extra_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str | 
     return checked
 
 
-
-
 def html_part_bytes(html: str) -> bytes:
     """The HTML body part exactly as :func:`compose` writes it into a message (headers, blank line,
     encoded body; CRLF line ends), for swapping one copy's HTML into an already composed message."""
