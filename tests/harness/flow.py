@@ -142,9 +142,8 @@ def email_by_mid(message_id: str) -> Email:
         return s.execute(select(Email).where(Email.message_id == message_id)).scalar_one()
 
 
-def sync_until_done(expected_total: int, timeout: float = 120) -> None:
-    """Make every account due, run one tick whose fetch completes, then wait until ``expected_total``
-    emails have reached a final pipeline state (done or quarantined). For live workers (RabbitMQ)."""
+def fetch_tick(timeout: float = 120) -> None:
+    """Make every account due and run one scheduler tick whose fetches complete (for live workers)."""
     from models import utcnow
     from tests.harness.wait import wait_until
 
@@ -160,9 +159,17 @@ def sync_until_done(expected_total: int, timeout: float = 120) -> None:
     tick()
     wait_until(lambda: all(a.last_synced_at is not None and a.last_synced_at >= started and a.fetch_owner is None
                            for a in accounts()), timeout, what="the fetch this tick enqueued")
+
+
+def sync_until_done(expected_total: int, timeout: float = 120) -> None:
+    """:func:`fetch_tick`, then wait until ``expected_total`` emails have reached a final pipeline
+    state (done or quarantined). For live workers (RabbitMQ)."""
+    from tests.harness.wait import wait_until
+
+    fetch_tick(timeout)
     final = Email.pipeline_state.in_(("done", "quarantined"))  # type: ignore[attr-defined]
     wait_until(lambda: count(Email, final) >= expected_total, timeout,
                what=f"{expected_total} emails through the pipeline")
 
 
-__all__ += ["account", "email_by_mid", "links_of", "sync_until_done", "EmailLocation", "Notification"]
+__all__ += ["account", "email_by_mid", "fetch_tick", "links_of", "sync_until_done", "EmailLocation", "Notification"]

@@ -14,17 +14,17 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select
 from sqlmodel import Session
 from starlette.testclient import TestClient
 
-from models import Document, Email, EmailAccount, EmailAddress, EmailLink, FolderState, Lead, Notification, PrivacyJob, utcnow
+from models import Document, Email, EmailAddress, EmailLink, FolderState, Lead, Notification, PrivacyJob, utcnow
 from models.db import get_engine
 from pipeline.clients.storage import get_storage
 from pipeline.stages.safe_html import BLOCKED_IMAGE
 from tests.conftest import reset_process_state
 from tests.harness.dovecot import Dovecot
-from tests.harness.flow import CRM, count, make_org, seed_crm, tick
+from tests.harness.flow import CRM, count, fetch_tick, make_org, seed_crm
 from tests.harness.mail import make_message
 from tests.harness.moto_server import moto_s3  # noqa: F401
 from tests.harness.reports import postfix_dsn
@@ -75,21 +75,9 @@ def priv(live: dict[str, Any], dovecot: Dovecot, dovecot_user: tuple[str, str], 
                "account_id": r.json()["id"]}
 
 
-def _accounts() -> list[EmailAccount]:
-    with Session(get_engine()) as s:
-        return list(s.execute(select(EmailAccount)).scalars())
-
-
 def sync(timeout: float = 90) -> None:
     """One tick whose fetch completes, then every fetched email through the ingest chain."""
-    wait_until(lambda: all(a.fetch_owner is None for a in _accounts()), 30, what="no fetch running")
-    started = utcnow()
-    with Session(get_engine()) as s:
-        s.execute(update(EmailAccount).values(next_fetch_at=None))
-        s.commit()
-    tick()
-    wait_until(lambda: all(a.last_synced_at is not None and a.last_synced_at >= started and a.fetch_owner is None
-                           for a in _accounts()), timeout, what="the fetch this tick enqueued")
+    fetch_tick(timeout)
     busy = Email.pipeline_state.in_(("fetched", "parsed", "stored", "linked", "leads"))  # type: ignore[attr-defined]
     wait_until(lambda: count(Email, busy) == 0 or None, timeout, what="the ingest chain")
 
